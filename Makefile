@@ -1,0 +1,52 @@
+# qdata developer commands. `make run` and `make test` do all set-up on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+NODE_INSTALLED := node_modules/.installed
+BUF := node_modules/.bin/buf
+
+.PHONY: install run test lint proto bench migrate verify seed clean
+
+$(INSTALLED): requirements.txt requirements-dev.txt server/pyproject.toml clients/python/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e clients/python -e server
+	touch $@
+
+$(NODE_INSTALLED): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(INSTALLED)
+
+## run: serve on 127.0.0.1:50051 (embedded PostgreSQL unless DATABASE_URL is set)
+run: $(INSTALLED)
+	$(BIN)/python -m qdata_server serve
+
+## test: the whole suite against real PostgreSQL (QDATA_TEST_DATABASE_URL or an embedded one)
+test: $(INSTALLED)
+	$(BIN)/python -m pytest
+
+## lint: buf lint + buf format check on the contract, ruff on the Python
+lint: $(INSTALLED) $(NODE_INSTALLED)
+	cd protos && ../$(BUF) lint && ../$(BUF) format -d --exit-code
+	$(BIN)/ruff check server clients tests bench
+	$(BIN)/ruff format --check server clients/python/qdata/client.py tests bench
+
+## proto: regenerate the Python modules and .pyi stubs from protos/
+proto: $(INSTALLED)
+	rm -f clients/python/qdata/v1/*_pb2*.py clients/python/qdata/v1/*_pb2*.pyi
+	$(BIN)/python clients/python/generate.py
+
+## bench: throughput and latency ratios against a reference measured in the same run
+bench: $(INSTALLED)
+	$(BIN)/python -m bench
+
+migrate verify seed: $(INSTALLED)
+	$(BIN)/python -m qdata_server $@
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Generated code for the qdata.v1 contract; regenerate with `make proto`, never edit by hand."""

@@ -1,0 +1,179 @@
+"""Builds and runs one grpc.aio server: services, health, reflection, pool and lifecycle.
+
+One `QdataServer` lives in each worker process (created after the fork). Health starts
+NOT_SERVING, turns SERVING once the pool reaches the database and no migration is pending, goes
+back to NOT_SERVING while the database is unreachable, and enters graceful shutdown on stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
+
+import psycopg
+from google.protobuf.message import Message
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from psycopg_pool import AsyncConnectionPool
+
+from qdata.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2, ledger_pb2_grpc, usage_pb2, usage_pb2_grpc, user_pb2, user_pb2_grpc
+from qdata_server import idempotency
+from qdata_server.config import Settings
+from qdata_server.db import migrate, transactions
+from qdata_server.db.pool import open_pool
+from qdata_server.db.sql import query
+from qdata_server.errors import Unavailable
+from qdata_server.interceptor import ServiceInterceptor
+from qdata_server.pagination import PageTokens
+from qdata_server.users.passwords import PasswordHasher
+from qdata_server.users.service import UserServicer
+
+log = logging.getLogger("qdata.server")
+R = TypeVar("R", bound=Message)
+
+SERVICE_NAMES = (
+    user_pb2.DESCRIPTOR.services_by_name["UserService"].full_name,
+    ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,
+    chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
+    usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name,
+)
+
+
+@dataclasses.dataclass
+class Deps:
+    """What service code needs from the runtime: settings, pool and shared helpers."""
+
+    settings: Settings
+    pool: AsyncConnectionPool
+    passwords: PasswordHasher
+    _page_tokens: PageTokens | None = None
+
+    async def transaction(self, work: Callable[[psycopg.AsyncConnection], Awaitable[R]]) -> R:
+        """Runs work(conn) in one transaction with the configured retries."""
+        return await transactions.run(self.pool, work, retries=self.settings.transaction_retries)
+
+    async def idempotent(
+        self,
+        request: Message,
+        response_type: type[R],
+        work: Callable[[psycopg.AsyncConnection], Awaitable[R]],
+        *,
+        user_id: uuid.UUID | None = None,
+        secret_fields: Iterable[str] = (),
+    ) -> R:
+        """Runs a mutation once per request_id; see qdata_server.idempotency."""
+        return await idempotency.run_idempotent(
+            self.pool, request, response_type, work,
+            user_id=user_id, secret_fields=secret_fields, retries=self.settings.transaction_retries,
+        )
+
+    async def replayed(self, request: Message, *, user_id: uuid.UUID | None = None) -> bool:
+        """True if request's request_id already holds a committed response."""
+        return await idempotency.was_recorded(self.pool, request, user_id=user_id)
+
+    async def page_tokens(self) -> PageTokens:
+        """The page token sealer, keyed by the secret stored in the database (read once)."""
+        if self._page_tokens is None:
+            async def read(conn: psycopg.AsyncConnection) -> bytes:
+                cur = await conn.execute(query("get_server_secret"), {"name": "page_token_key"})
+                row = await cur.fetchone()
+                if row is None:
+                    raise Unavailable("the schema is not migrated", reason="SCHEMA_NOT_READY")
+                return bytes(row["secret"])
+
+            self._page_tokens = PageTokens(await self.transaction(read))
+        return self._page_tokens
+
+
+class QdataServer:
+    """One gRPC server with its pool; `start` serves, `stop` drains and closes."""
+
+    def __init__(self, settings: Settings, conninfo: str):
+        self.settings = settings
+        self.conninfo = conninfo
+        self.health = HealthServicer()
+        self.server: aio.Server | None = None
+        self.pool: AsyncConnectionPool | None = None
+        self.deps: Deps | None = None
+        self.port: int = 0
+        self._monitor: asyncio.Task | None = None
+        self._serving: bool | None = None
+
+    async def start(self, address: str | None = None, *, reuse_port: bool = False) -> int:
+        """Opens the pool, starts serving on address and returns the bound port."""
+        settings = self.settings
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.pool = await open_pool(settings, self.conninfo)
+        passwords = await PasswordHasher.create(settings)
+        self.deps = Deps(settings=settings, pool=self.pool, passwords=passwords)
+
+        options = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ]
+        server = aio.server(interceptors=[ServiceInterceptor()], options=options)
+        user_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(self.deps), server)
+        # Contracts whose implementations are still to come: every RPC answers UNIMPLEMENTED.
+        ledger_pb2_grpc.add_LedgerServiceServicer_to_server(ledger_pb2_grpc.LedgerServiceServicer(), server)
+        chat_pb2_grpc.add_ChatServiceServicer_to_server(chat_pb2_grpc.ChatServiceServicer(), server)
+        usage_pb2_grpc.add_UsageServiceServicer_to_server(usage_pb2_grpc.UsageServiceServicer(), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        self.port = server.add_insecure_port(address or settings.listen_address)
+        await server.start()
+        self.server = server
+        await self.check_health()
+        self._monitor = asyncio.create_task(self._watch_database(), name="qdata-health")
+        return self.port
+
+    async def check_health(self) -> bool:
+        """Probes the database and the schema; sets and returns the serving status."""
+        serving = False
+        try:
+            async with self.pool.connection(timeout=min(2.0, self.settings.pool_timeout_seconds)) as conn:
+                await conn.execute(query("ping"))
+                serving = await migrate.pending_count(conn) == 0
+                await conn.rollback()
+            if not serving and self._serving is not False:
+                log.warning("schema has pending migrations; not serving until they are applied")
+        except migrate.MigrationError as exc:
+            log.error("migration history disagrees with this build: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the database means not serving
+            if self._serving is not False:
+                log.warning("database unreachable", extra={"error_type": type(exc).__name__})
+        if serving != self._serving:
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", *SERVICE_NAMES):
+                await self.health.set(name, status)
+            self._serving = serving
+            log.info("health", extra={"serving": serving})
+        return serving
+
+    async def _watch_database(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health_probe_seconds)
+            await self.check_health()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown: NOT_SERVING, stop accepting, drain within grace, close the pool."""
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        if self._monitor:
+            self._monitor.cancel()
+            await asyncio.gather(self._monitor, return_exceptions=True)
+        await self.health.enter_graceful_shutdown()
+        if self.server:
+            await self.server.stop(grace)
+        if self.pool:
+            await self.pool.close()
+        log.info("stopped")

@@ -1,0 +1,134 @@
+"""Configuration: every setting comes from an environment variable into one frozen dataclass.
+
+The table in README.md documents each variable; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+
+
+class ConfigError(ValueError):
+    """A configuration variable is missing or malformed."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the server can be told from outside; built once at start."""
+
+    # Address the gRPC server listens on, host:port.
+    listen_address: str = "127.0.0.1:50051"
+    # PostgreSQL connection string; empty means "start the embedded PostgreSQL".
+    database_url: str = ""
+    # Where the embedded PostgreSQL keeps its data when database_url is empty.
+    embedded_data_dir: str = ".qdata/pgdata"
+    # Connection pool bounds, per worker process.
+    pool_min_size: int = 2
+    pool_max_size: int = 10
+    # Seconds a request waits for a pooled connection before failing with UNAVAILABLE.
+    pool_timeout_seconds: float = 5.0
+    # Worker processes sharing the port through SO_REUSEPORT; 0 means the CPU count.
+    workers: int = 0
+    # Python logging level name.
+    log_level: str = "INFO"
+    # Seconds in-flight RPCs get to finish after SIGTERM/SIGINT.
+    shutdown_grace_seconds: float = 10.0
+    # bcrypt work factor for new password hashes (4..31; 12 is a sane production value).
+    bcrypt_cost: int = 12
+    # Optional secret mixed into every password pre-hash (HMAC key); changing it invalidates
+    # every stored bcrypt hash, so set it once.
+    password_pepper: str = ""
+    # Password policy, in UTF-8 bytes.
+    password_min_length: int = 8
+    password_max_length: int = 1024
+    # Consecutive failed logins that lock an account, and for how long.
+    lockout_threshold: int = 5
+    lockout_seconds: int = 900
+    # Largest gRPC message accepted or sent, in bytes.
+    max_message_bytes: int = 4 * 1024 * 1024
+    # Seconds between database liveness probes that drive the health status.
+    health_probe_seconds: float = 5.0
+    # Apply pending migrations at start (the embedded default does; Kubernetes runs `migrate`).
+    migrate_on_start: bool = False
+    # Load sample data at start if the database holds no users yet.
+    seed_on_start: bool = False
+    # Retries of a transaction that hit a serialization failure or deadlock.
+    transaction_retries: int = 5
+
+    @property
+    def embedded(self) -> bool:
+        """True when the server runs its own private PostgreSQL."""
+        return not self.database_url
+
+    @property
+    def effective_workers(self) -> int:
+        return self.workers or (os.cpu_count() or 1)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Reads QDATA_* variables (and DATABASE_URL); unset ones keep their defaults."""
+        env = os.environ if env is None else env
+        d = cls()
+        database_url = env.get("DATABASE_URL", "").strip()
+        flag = env.get("QDATA_MIGRATE_ON_START", "").strip().lower()
+        migrate_on_start = flag in ("1", "true", "yes") if flag else not database_url
+        seed_flag = env.get("QDATA_SEED_ON_START", "").strip().lower()
+        seed_on_start = seed_flag in ("1", "true", "yes") if seed_flag else not database_url
+        level = env.get("QDATA_LOG_LEVEL", d.log_level).strip().upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"QDATA_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+        settings = cls(
+            listen_address=env.get("QDATA_LISTEN_ADDRESS", d.listen_address).strip(),
+            database_url=database_url,
+            embedded_data_dir=env.get("QDATA_EMBEDDED_DATA_DIR", d.embedded_data_dir).strip(),
+            pool_min_size=_int(env, "QDATA_POOL_MIN_SIZE", d.pool_min_size, 0, 1000),
+            pool_max_size=_int(env, "QDATA_POOL_MAX_SIZE", d.pool_max_size, 1, 1000),
+            pool_timeout_seconds=_float(env, "QDATA_POOL_TIMEOUT_SECONDS", d.pool_timeout_seconds, 0.1),
+            workers=_int(env, "QDATA_WORKERS", d.workers, 0, 256),
+            log_level=level,
+            shutdown_grace_seconds=_float(env, "QDATA_SHUTDOWN_GRACE_SECONDS", d.shutdown_grace_seconds, 0),
+            bcrypt_cost=_int(env, "QDATA_BCRYPT_COST", d.bcrypt_cost, 4, 31),
+            password_pepper=env.get("QDATA_PASSWORD_PEPPER", ""),
+            password_min_length=_int(env, "QDATA_PASSWORD_MIN_LENGTH", d.password_min_length, 1, 4096),
+            password_max_length=_int(env, "QDATA_PASSWORD_MAX_LENGTH", d.password_max_length, 1, 65536),
+            lockout_threshold=_int(env, "QDATA_LOCKOUT_THRESHOLD", d.lockout_threshold, 1, 1000),
+            lockout_seconds=_int(env, "QDATA_LOCKOUT_SECONDS", d.lockout_seconds, 1, 86400 * 30),
+            max_message_bytes=_int(env, "QDATA_MAX_MESSAGE_BYTES", d.max_message_bytes, 1024, 1 << 30),
+            health_probe_seconds=_float(env, "QDATA_HEALTH_PROBE_SECONDS", d.health_probe_seconds, 0.1),
+            migrate_on_start=migrate_on_start,
+            seed_on_start=seed_on_start,
+            transaction_retries=_int(env, "QDATA_TRANSACTION_RETRIES", d.transaction_retries, 0, 100),
+        )
+        if settings.pool_min_size > settings.pool_max_size:
+            raise ConfigError("QDATA_POOL_MIN_SIZE must not exceed QDATA_POOL_MAX_SIZE")
+        if settings.password_min_length > settings.password_max_length:
+            raise ConfigError("QDATA_PASSWORD_MIN_LENGTH must not exceed QDATA_PASSWORD_MAX_LENGTH")
+        return settings

@@ -1,0 +1,1 @@
+"""Database access: connection pool, transactions, named SQL and migrations."""

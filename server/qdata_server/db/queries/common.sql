@@ -1,0 +1,31 @@
+-- name: claim_request_id
+-- Claims an idempotency key for this transaction; returns no row if it was already claimed (a
+-- concurrent claim waits here until the first transaction commits or rolls back).
+INSERT INTO idempotency_keys (user_id, actor, request_id, method, request_hash, response)
+VALUES (%(user_id)s, %(actor)s, %(request_id)s, %(method)s, %(request_hash)s, ''::bytea)
+ON CONFLICT (user_id, actor, request_id) DO NOTHING
+RETURNING true AS claimed;
+
+-- name: get_request_id
+-- Reads a claimed idempotency key with the first response.
+SELECT method, request_hash, response
+  FROM idempotency_keys
+ WHERE user_id = %(user_id)s AND actor = %(actor)s AND request_id = %(request_id)s;
+
+-- name: store_response
+-- Stores the response for a key claimed in this transaction.
+UPDATE idempotency_keys SET response = %(response)s
+ WHERE user_id = %(user_id)s AND actor = %(actor)s AND request_id = %(request_id)s;
+
+-- name: insert_audit_event
+-- Appends one audit record in the caller's transaction.
+INSERT INTO audit_events (actor, user_id, action, target_type, target_id, request_id, summary)
+VALUES (%(actor)s, %(user_id)s, %(action)s, %(target_type)s, %(target_id)s, %(request_id)s, %(summary)s);
+
+-- name: get_server_secret
+-- Reads a secret the server generated for itself at migration time.
+SELECT secret FROM server_secrets WHERE name = %(name)s;
+
+-- name: ping
+-- Proves the database answers.
+SELECT 1 AS ok;

@@ -1,0 +1,99 @@
+"""Named SQL blocks, parsed once at import from the .sql files in queries/.
+
+A file holds blocks like
+
+    -- name: create_user
+    -- Inserts a user and returns it.
+    INSERT INTO users ...;
+
+The first comment line names the block, the following comment lines describe it, and the SQL
+runs to the next `-- name:` line. Parameters are psycopg's `%(name)s` placeholders; values are
+never formatted into the text.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from typing import LiteralString, cast
+
+_NAME_LINE = re.compile(r"^--\s*name:\s*(?P<name>[a-z_][a-z0-9_]*)\s*$")
+
+
+class SqlError(RuntimeError):
+    """A .sql file is malformed or a block name is unknown."""
+
+
+def parse_blocks(text: str, source: str = "<sql>") -> dict[str, str]:
+    """Returns {name: sql} for every named block in text; raises on duplicates or empty blocks."""
+    blocks: dict[str, list[str]] = {}
+    current: str | None = None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        match = _NAME_LINE.match(line.strip())
+        if match:
+            current = match.group("name")
+            if current in blocks:
+                raise SqlError(f"{source}:{lineno}: duplicate query name {current!r}")
+            blocks[current] = []
+            continue
+        if current is None:
+            if line.strip() and not line.strip().startswith("--"):
+                raise SqlError(f"{source}:{lineno}: SQL before the first '-- name:' line")
+            continue
+        if line.strip().startswith("--") and not any(s.strip() for s in blocks[current]):
+            continue  # description lines directly under the name
+        blocks[current].append(line)
+    result: dict[str, str] = {}
+    for name, lines in blocks.items():
+        body = "\n".join(lines).strip()
+        if not body:
+            raise SqlError(f"{source}: query {name!r} is empty")
+        result[name] = body
+    return result
+
+
+def _load_all() -> dict[str, str]:
+    queries: dict[str, str] = {}
+    folder = resources.files("qdata_server.db").joinpath("queries")
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        for name, body in parse_blocks(entry.read_text("utf-8"), entry.name).items():
+            if name in queries:
+                raise SqlError(f"{entry.name}: query name {name!r} is defined in two files")
+            queries[name] = body
+    return queries
+
+
+_QUERIES = _load_all()
+
+
+def query(name: str) -> LiteralString:
+    """The SQL text of a named block (a literal from a shipped file, hence LiteralString)."""
+    try:
+        return cast(LiteralString, _QUERIES[name])
+    except KeyError:
+        raise SqlError(f"unknown query {name!r}") from None
+
+
+def names() -> list[str]:
+    """All loaded block names, sorted."""
+    return sorted(_QUERIES)
+
+
+async def fetch_one(conn, name: str, params: dict | None = None) -> dict | None:
+    """Runs a named block and returns its first row (a dict) or None."""
+    cur = await conn.execute(query(name), params or {})
+    return await cur.fetchone()
+
+
+async def fetch_all(conn, name: str, params: dict | None = None) -> list[dict]:
+    """Runs a named block and returns all its rows."""
+    cur = await conn.execute(query(name), params or {})
+    return await cur.fetchall()
+
+
+async def execute(conn, name: str, params: dict | None = None) -> int:
+    """Runs a named block for its effect; returns the affected row count."""
+    cur = await conn.execute(query(name), params or {})
+    return cur.rowcount

@@ -1,0 +1,107 @@
+"""Request-id idempotency for every mutating RPC.
+
+`run_idempotent` claims (user, caller, request_id) in the same transaction as the change, so the
+change and its recorded response commit or vanish together:
+- first call: the key is claimed, the work runs, its response is stored;
+- replay with the same parameters: the stored response comes back, the work does not run;
+- concurrent replays: the later claims wait on the key's unique index until the first commits,
+  then see its response (one effect);
+- same request_id, different parameters or method: ALREADY_EXISTS (reason REQUEST_ID_REUSED);
+- a call that fails (bad input, business rejection) rolls back and leaves no trace, so it can be
+  retried with the same request_id once corrected.
+Secret fields (passwords, API key secrets) are left out of the parameter fingerprint, so none of
+them is stored even as a fast hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
+
+import psycopg
+from google.protobuf.message import Message
+from psycopg_pool import AsyncConnectionPool
+
+from qdata_server import callctx
+from qdata_server.db import transactions
+from qdata_server.db.sql import query
+from qdata_server.errors import AlreadyExists, invalid
+
+R = TypeVar("R", bound=Message)
+NO_USER = uuid.UUID(int=0)
+MAX_REQUEST_ID_LENGTH = 128
+
+
+def check_request_id(request_id: str) -> None:
+    """Raises INVALID_ARGUMENT unless request_id is 1 to 128 characters."""
+    if not request_id.strip():
+        raise invalid("request_id", "is required (a UUID4 is recommended)")
+    if len(request_id) > MAX_REQUEST_ID_LENGTH:
+        raise invalid("request_id", f"must be at most {MAX_REQUEST_ID_LENGTH} characters")
+
+
+def fingerprint(request: Message, secret_fields: Iterable[str] = ()) -> bytes:
+    """SHA-256 of the request's deterministic encoding, without request_id and secret fields."""
+    copy = type(request)()
+    copy.CopyFrom(request)
+    for name in ("request_id", *secret_fields):
+        copy.ClearField(name)
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).digest()
+
+
+def _key(request: Message, user_id: uuid.UUID | None) -> dict[str, object]:
+    ctx = callctx.current()
+    return {
+        "user_id": user_id or NO_USER,
+        "actor": ctx.actor if ctx else "anonymous",
+        "request_id": request.request_id,  # type: ignore[attr-defined]
+    }
+
+
+async def was_recorded(pool: AsyncConnectionPool, request: Message, *, user_id: uuid.UUID | None = None) -> bool:
+    """True if this request_id already has a committed response (the call is a replay)."""
+    check_request_id(request.request_id)  # type: ignore[attr-defined]
+    key = _key(request, user_id)
+
+    async def read(conn: psycopg.AsyncConnection) -> bool:
+        cur = await conn.execute(query("get_request_id"), key)
+        return await cur.fetchone() is not None
+
+    return await transactions.run(pool, read)
+
+
+async def run_idempotent(
+    pool: AsyncConnectionPool,
+    request: Message,
+    response_type: type[R],
+    work: Callable[[psycopg.AsyncConnection], Awaitable[R]],
+    *,
+    user_id: uuid.UUID | None = None,
+    secret_fields: Iterable[str] = (),
+    retries: int = 5,
+) -> R:
+    """Runs work(conn) once per request_id and returns its (stored) response."""
+    check_request_id(request.request_id)  # type: ignore[attr-defined]
+    ctx = callctx.current()
+    key = _key(request, user_id)
+    method = ctx.method if ctx else type(request).DESCRIPTOR.full_name
+    request_hash = fingerprint(request, secret_fields)
+
+    async def transaction(conn: psycopg.AsyncConnection) -> R:
+        cur = await conn.execute(query("claim_request_id"), {**key, "method": method, "request_hash": request_hash})
+        if await cur.fetchone() is None:
+            cur = await conn.execute(query("get_request_id"), key)
+            first = await cur.fetchone()
+            if first["method"] != method or bytes(first["request_hash"]) != request_hash:
+                raise AlreadyExists(
+                    "request_id was already used for a different request; use a new request_id",
+                    reason="REQUEST_ID_REUSED",
+                )
+            return response_type.FromString(bytes(first["response"]))
+        response = await work(conn)
+        await conn.execute(query("store_response"), {**key, "response": response.SerializeToString()})
+        return response
+
+    return await transactions.run(pool, transaction, retries=retries)

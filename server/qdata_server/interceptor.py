@@ -1,0 +1,159 @@
+"""The server interceptor every RPC passes through.
+
+It binds the per-call context (method, caller, deadline, request_id), maps every outcome to a
+status in one place (domain errors to rich statuses, NotImplementedError to UNIMPLEMENTED, any
+other exception to a generic INTERNAL carrying an error id), and writes one structured log line
+per RPC: method, status code, duration and request_id, never request contents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from qdata_server import callctx
+from qdata_server.errors import Internal, QdataError, Unimplemented, to_grpc_status
+
+log = logging.getLogger("qdata.rpc")
+
+# Services whose calls are not logged per call (probes would drown the log).
+_QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def _context_for(method: str, request: Any, context: aio.ServicerContext) -> callctx.CallContext:
+    remaining = context.time_remaining()
+    deadline = time.monotonic() + remaining if remaining is not None else None
+    request_id = getattr(request, "request_id", "")
+    return callctx.CallContext(
+        method=method,
+        deadline=deadline,
+        request_id=request_id if isinstance(request_id, str) else "",
+    )
+
+
+def _as_domain_error(exc: BaseException, method: str) -> QdataError:
+    if isinstance(exc, QdataError):
+        return exc
+    if isinstance(exc, NotImplementedError):
+        return Unimplemented(f"{method.lstrip('/')} is not implemented yet")
+    error_id = uuid.uuid4().hex[:12]
+    # Type and error id only: exception text may carry SQL or values.
+    log.error("unexpected error", extra={"method": method, "error_type": type(exc).__name__, "error_id": error_id})
+    return Internal(f"internal error (error id {error_id}); the server log has the details")
+
+
+class _Outcome:
+    """Collects what the log line reports about one call."""
+
+    def __init__(self, method: str, ctx: callctx.CallContext):
+        self.method = method
+        self.ctx = ctx
+        self.code = grpc.StatusCode.OK
+        self.reason = ""
+        self.started = time.perf_counter()
+
+    def failed(self, error: QdataError) -> None:
+        self.code = error.code
+        self.reason = error.reason
+
+    def log(self) -> None:
+        if self.method.startswith(_QUIET_PREFIXES):
+            return
+        fields = {
+            "method": self.method,
+            "code": self.code.name,
+            "duration_ms": round((time.perf_counter() - self.started) * 1000, 3),
+            "request_id": self.ctx.request_id,
+            "actor": self.ctx.actor,
+        }
+        if self.reason:
+            fields["reason"] = self.reason
+        log.info("rpc", extra=fields)
+
+
+def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def handler(request: Any, context: aio.ServicerContext) -> Any:
+        ctx = _context_for(method, request, context)
+        token = callctx.bind(ctx)
+        outcome = _Outcome(method, ctx)
+        try:
+            result = behavior(request, context)
+            return await result if inspect.isawaitable(result) else result
+        except aio.AbortError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every outcome is mapped here, once
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            if _is_cancellation(exc):
+                outcome.code = grpc.StatusCode.CANCELLED
+                raise
+            error = _as_domain_error(exc, method)
+            outcome.failed(error)
+            await context.abort_with_status(to_grpc_status(error))
+        finally:
+            callctx.unbind(token)
+            outcome.log()
+
+    return handler
+
+
+def _wrap_stream(method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    async def handler(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+        ctx = _context_for(method, request, context)
+        token = callctx.bind(ctx)
+        outcome = _Outcome(method, ctx)
+        try:
+            async for item in behavior(request, context):
+                yield item
+        except aio.AbortError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every outcome is mapped here, once
+            if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+                raise
+            if _is_cancellation(exc):
+                outcome.code = grpc.StatusCode.CANCELLED
+                raise
+            error = _as_domain_error(exc, method)
+            outcome.failed(error)
+            await context.abort_with_status(to_grpc_status(error))
+        finally:
+            callctx.unbind(token)
+            outcome.log()
+
+    return handler
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    return isinstance(exc, asyncio.CancelledError)
+
+
+class ServiceInterceptor(aio.ServerInterceptor):
+    """Wraps unary-unary and unary-stream handlers with context, error mapping and logging."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=_wrap_unary(method, handler.unary_unary))
+        if handler.unary_stream is not None:
+            behavior = handler.unary_stream
+            if inspect.isasyncgenfunction(behavior):
+                return handler._replace(unary_stream=_wrap_stream(method, behavior))
+            # Handlers that write with context.write (health's Watch) or that raise at once
+            # (an unimplemented base method) are wrapped like unary ones.
+            return handler._replace(unary_stream=_wrap_unary(method, behavior))
+        return handler

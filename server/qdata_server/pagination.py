@@ -1,0 +1,65 @@
+"""Page sizes and opaque page tokens.
+
+A page token is a keyset cursor (the sort key of the last row returned) sealed with Fernet
+(AES-128-CBC + HMAC-SHA-256, from `cryptography`) under a key every replica reads from the
+database, together with a digest of the method and filters it was issued for. Callers cannot read
+or forge one, and a token used with other filters is INVALID_ARGUMENT instead of a wrong page.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from qdata_server.errors import invalid
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+MAX_TOKEN_LENGTH = 2048
+
+
+def page_size(requested: int, *, field: str = "page_size", default: int = DEFAULT_PAGE_SIZE,
+              maximum: int = MAX_PAGE_SIZE) -> int:
+    """0 means the default, above the maximum is capped, negative is INVALID_ARGUMENT."""
+    if requested < 0:
+        raise invalid(field, "must not be negative")
+    if requested == 0:
+        return default
+    return min(requested, maximum)
+
+
+class PageTokens:
+    """Seals and opens page tokens with one key (shared by all processes through the database)."""
+
+    def __init__(self, key: bytes):
+        if len(key) != 32:
+            raise ValueError("page token key must be 32 bytes")
+        self._fernet = Fernet(base64.urlsafe_b64encode(key))
+
+    @staticmethod
+    def _scope(method: str, filters: dict[str, Any]) -> str:
+        encoded = json.dumps([method, filters], sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(encoded.encode()).hexdigest()[:32]
+
+    def seal(self, method: str, filters: dict[str, Any], cursor: list[Any]) -> str:
+        """A token for the page after `cursor` under these filters."""
+        payload = json.dumps({"s": self._scope(method, filters), "c": cursor}, separators=(",", ":"))
+        return self._fernet.encrypt(payload.encode()).decode()
+
+    def open(self, token: str, method: str, filters: dict[str, Any], *, field: str = "page_token") -> list[Any] | None:
+        """The cursor in token, None for an empty token; INVALID_ARGUMENT if forged or misused."""
+        if not token:
+            return None
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise invalid(field, "is not a token issued by this service")
+        try:
+            payload = json.loads(self._fernet.decrypt(token.encode("ascii")))
+        except (InvalidToken, UnicodeEncodeError, ValueError):
+            raise invalid(field, "is not a token issued by this service") from None
+        if payload.get("s") != self._scope(method, filters):
+            raise invalid(field, "was issued for different filters; start again without a token")
+        return payload["c"]

@@ -1,0 +1,140 @@
+"""Process lifecycle: prepare the database, fork workers that share the port, stop cleanly.
+
+The parent prepares the database (embedded start, migrations, sample data) and reserves the
+port, then forks; only then does each worker build its gRPC server and pool, since neither
+survives a fork. Workers share the port through SO_REUSEPORT. SIGTERM or SIGINT makes every
+worker report NOT_SERVING, stop accepting, drain in-flight RPCs within the grace period and close
+its pool; the parent exits 0 once all workers have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+
+from qdata_server.config import Settings
+
+log = logging.getLogger("qdata.serve")
+
+
+def resolve_database(settings: Settings) -> str:
+    """DATABASE_URL, or the URL of the embedded PostgreSQL (started on demand)."""
+    if settings.database_url:
+        return settings.database_url
+    from qdata_server import embedded
+
+    return embedded.start(settings.embedded_data_dir)
+
+
+async def run_worker(settings: Settings, conninfo: str, address: str, *, reuse_port: bool, on_ready=None) -> None:
+    """Serves until SIGTERM or SIGINT, then shuts down gracefully."""
+    from qdata_server.app import QdataServer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = QdataServer(settings, conninfo)
+    await server.start(address, reuse_port=reuse_port)
+    log.info("serving", extra={"address": address, "port": server.port})
+    if on_ready is not None:
+        on_ready()
+    await stop.wait()
+    log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
+    await server.stop()
+
+
+def _worker_main(settings: Settings, conninfo: str, address: str, ready) -> None:
+    from qdata_server import logs
+
+    logs.configure(settings.log_level)
+    asyncio.run(run_worker(settings, conninfo, address, reuse_port=True, on_ready=ready.set))
+
+
+def _reserve_port(address: str) -> socket.socket:
+    """Binds the address with SO_REUSEPORT so workers can bind it too; fails early if taken."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, int(port)))
+    return sock
+
+
+def _banner(address: str) -> str:
+    return (
+        f"qdata is serving on {address}. Try:\n"
+        f"  npx buf curl --protocol grpc --http2-prior-knowledge --list-services http://{address}\n"
+        f"  npx buf curl --protocol grpc --http2-prior-knowledge "
+        f"-d '{{\"login\": \"alice\", \"password\": \"marketplace-demo\"}}' "
+        f"http://{address}/qdata.v1.UserService/Authenticate\n"
+        "Ctrl-C stops it; data stays in the embedded PostgreSQL for the next start.\n"
+    )
+
+
+def serve(settings: Settings) -> int:
+    """Runs the service until told to stop; returns the process exit code."""
+    from qdata_server.db import migrate
+
+    conninfo = resolve_database(settings)
+    if settings.migrate_on_start:
+        applied = migrate.migrate(conninfo)
+        log.info("migrations applied", extra={"applied": applied})
+    if settings.seed_on_start:
+        asyncio.run(_seed(settings, conninfo))
+    address = settings.listen_address
+    workers = settings.effective_workers
+    if workers == 1:
+        def on_ready() -> None:
+            sys.stderr.write(_banner(address))
+
+        asyncio.run(run_worker(settings, conninfo, address, reuse_port=False, on_ready=on_ready))
+        return 0
+
+    reserved = _reserve_port(address)
+    context = multiprocessing.get_context("fork")
+    readies = [context.Event() for _ in range(workers)]
+    processes = [
+        context.Process(target=_worker_main, args=(settings, conninfo, address, ready), name=f"qdata-worker-{i}")
+        for i, ready in enumerate(readies)
+    ]
+    for process in processes:
+        process.start()
+
+    def forward(signum, _frame):
+        for process in processes:
+            if process.is_alive() and process.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    if all(ready.wait(timeout=120) for ready in readies):
+        sys.stderr.write(_banner(address))
+        sys.stderr.flush()
+    for process in processes:
+        process.join()
+    reserved.close()
+    failed = [p.exitcode for p in processes if p.exitcode not in (0, -signal.SIGTERM)]
+    return 1 if failed else 0
+
+
+async def _seed(settings: Settings, conninfo: str) -> None:
+    from qdata_server.app import Deps
+    from qdata_server.db.pool import open_pool
+    from qdata_server.seed import seed
+    from qdata_server.users.passwords import PasswordHasher
+
+    pool = await open_pool(settings, conninfo)
+    try:
+        deps = Deps(settings=settings, pool=pool, passwords=await PasswordHasher.create(settings))
+        await seed(deps)
+    finally:
+        await pool.close()

@@ -1,0 +1,1 @@
+"""UserService: accounts, login, profile and preferences."""

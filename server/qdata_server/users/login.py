@@ -1,0 +1,144 @@
+"""Login and password changes, with an atomic lockout counter.
+
+Authenticate counts the attempt in the database before it checks the password (one UPDATE that
+also refuses a locked account), so parallel wrong guesses can never exceed the threshold: the
+attempt that reaches it locks the account at once, and only a correct password clears the lock.
+The password check (bcrypt or legacy PBKDF2) runs off the event loop and outside any transaction.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any
+
+import psycopg
+
+from qdata.v1 import user_pb2
+from qdata_server import audit
+from qdata_server.db.sql import fetch_one
+from qdata_server.errors import Aborted, FailedPrecondition
+from qdata_server.users import convert, rules
+from qdata_server.users.accounts import load_live_user, user_not_found
+from qdata_server.validation import Violations
+
+MAX_LOGIN_LENGTH = 254
+
+
+async def authenticate(deps, request: user_pb2.AuthenticateRequest) -> user_pb2.AuthenticateResponse:
+    settings = deps.settings
+    v = Violations()
+    login = request.login.strip().lower()
+    if not login:
+        v.add("login", "is required")
+    v.max_length("login", login, MAX_LOGIN_LENGTH)
+    if not request.password:
+        v.add("password", "is required")
+    elif len(request.password.encode("utf-8")) > settings.password_max_length:
+        v.add("password", f"must be at most {settings.password_max_length} bytes")
+    v.raise_if_any()
+    # Emails are stored lower-cased after NFC; a login is compared the same way.
+    login = login if "@" not in login else _normalized_email_or_raw(login)
+    lockout = {"login": login, "threshold": settings.lockout_threshold, "lock_seconds": settings.lockout_seconds}
+
+    async def begin(conn: psycopg.AsyncConnection) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        row = await fetch_one(conn, "begin_login_attempt", lockout)
+        if row is not None:
+            return row, None
+        return None, await fetch_one(conn, "get_lock", {"login": login})
+
+    row, lock = await deps.transaction(begin)
+    if lock is not None:
+        return user_pb2.AuthenticateResponse(
+            outcome=user_pb2.AUTHENTICATE_OUTCOME_LOCKED, locked_until_time=convert.timestamp(lock["locked_until"])
+        )
+    # Unknown logins verify against a dummy hash, so they take as long as a wrong password.
+    check = await deps.passwords.verify(request.password, row["password_hash"] if row else None)
+    if row is None or not check.ok:
+        if row is not None and row["locked_until"] is not None:
+            await _audit_lock(deps, row)
+        return user_pb2.AuthenticateResponse(outcome=user_pb2.AUTHENTICATE_OUTCOME_INVALID_CREDENTIALS)
+    if row["status"] == "disabled":
+        return user_pb2.AuthenticateResponse(outcome=user_pb2.AUTHENTICATE_OUTCOME_DISABLED)
+
+    new_hash = await deps.passwords.hash(request.password) if check.needs_rehash else None
+
+    async def finish(conn: psycopg.AsyncConnection) -> dict[str, Any] | None:
+        done = await fetch_one(conn, "finish_login",
+                               {"user_id": row["user_id"], "new_hash": new_hash, "old_hash": row["password_hash"]})
+        if done is not None and new_hash is not None:
+            await audit.record(conn, action="users.Authenticate", target_type="user", target_id=str(row["user_id"]),
+                               user_id=row["user_id"], summary={"password_rehashed": True})
+        return done
+
+    done = await deps.transaction(finish)
+    if done is None:  # deleted between the check and now
+        return user_pb2.AuthenticateResponse(outcome=user_pb2.AUTHENTICATE_OUTCOME_INVALID_CREDENTIALS)
+    return user_pb2.AuthenticateResponse(outcome=user_pb2.AUTHENTICATE_OUTCOME_SUCCESS, user=convert.user(done))
+
+
+def _normalized_email_or_raw(login: str) -> str:
+    v = Violations()
+    normalized = rules.normalize_email(v, "login", login)
+    return normalized or login
+
+
+async def _audit_lock(deps, row: dict[str, Any]) -> None:
+    """Records that this failure locked the account (the count reached the threshold)."""
+    if row["failed_login_count"] != deps.settings.lockout_threshold:
+        return
+
+    async def work(conn: psycopg.AsyncConnection) -> None:
+        await audit.record(conn, action="users.AccountLocked", target_type="user", target_id=str(row["user_id"]),
+                           user_id=row["user_id"], summary={"failed_login_count": row["failed_login_count"],
+                                                            "locked_until": row["locked_until"].isoformat()})
+
+    await deps.transaction(work)
+
+
+async def change_password(deps, request: user_pb2.ChangePasswordRequest) -> user_pb2.ChangePasswordResponse:
+    settings = deps.settings
+    v = Violations()
+    user_id = v.uuid("user_id", request.user_id)
+    if not request.current_password:
+        v.add("current_password", "is required")
+    rules.check_password(v, "new_password", request.new_password, settings)
+    v.raise_if_any()
+    assert user_id is not None
+
+    # A replay of a change that already happened must return its first answer, though the
+    # current password no longer matches: the idempotency record decides before any check.
+    if not await deps.replayed(request, user_id=user_id):
+        row = await deps.transaction(lambda conn: load_live_user(conn, user_id))
+        if row["locked_until"] is not None and row["locked_until"] > datetime.datetime.now(datetime.UTC):
+            raise FailedPrecondition(
+                "the account is locked after too many failed attempts",
+                reason="ACCOUNT_LOCKED", metadata={"locked_until": row["locked_until"].isoformat()},
+            )
+        check = await deps.passwords.verify(request.current_password, row["password_hash"])
+        if not check.ok:
+            await _count_failure(deps, user_id)
+            raise FailedPrecondition("current_password does not match", reason="WRONG_PASSWORD")
+        old_hash = row["password_hash"]
+    else:
+        old_hash = None
+    new_hash = await deps.passwords.hash(request.new_password)
+
+    async def work(conn: psycopg.AsyncConnection) -> user_pb2.ChangePasswordResponse:
+        done = await fetch_one(conn, "set_password", {"user_id": user_id, "old_hash": old_hash, "new_hash": new_hash})
+        if done is None:
+            if await fetch_one(conn, "get_user_by_id", {"user_id": user_id}) is None:
+                raise user_not_found()
+            raise Aborted("the password changed while this request was checked; retry", reason="CONCURRENT_CHANGE")
+        await audit.record(conn, action="users.ChangePassword", target_type="user", target_id=str(user_id),
+                           user_id=user_id, summary={"fields": ["password"]})
+        return user_pb2.ChangePasswordResponse(user=convert.user(done))
+
+    return await deps.idempotent(request, user_pb2.ChangePasswordResponse, work, user_id=user_id,
+                                 secret_fields=("current_password", "new_password"))
+
+
+async def _count_failure(deps, user_id: uuid.UUID) -> None:
+    params = {"user_id": user_id, "threshold": deps.settings.lockout_threshold,
+              "lock_seconds": deps.settings.lockout_seconds}
+    await deps.transaction(lambda conn: fetch_one(conn, "count_failed_password", params))

@@ -1,0 +1,137 @@
+"""Shared fixtures: one PostgreSQL per session, a fresh database and gRPC server per test.
+
+The database server is QDATA_TEST_DATABASE_URL when set, else a private embedded PostgreSQL in a
+temporary directory. The schema is migrated once into a template database; every test gets its
+own database cloned from it (CREATE DATABASE ... TEMPLATE), so tests are isolated and can run in
+any order. The gRPC server runs in-process on a free port and tests call it over a real channel
+with the generated stubs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from qdata.v1 import chat_pb2_grpc, ledger_pb2_grpc, usage_pb2_grpc, user_pb2_grpc
+from qdata_server.app import QdataServer
+from qdata_server.config import Settings
+from qdata_server.db import migrate
+
+TEMPLATE_DB = "qdata_test_template"
+
+# Test settings: a low bcrypt cost keeps the suite fast (configuration, not a test-only path).
+TEST_SETTINGS = Settings(
+    database_url="(per test)",
+    pool_min_size=1,
+    pool_max_size=8,
+    pool_timeout_seconds=5.0,
+    bcrypt_cost=4,
+    lockout_threshold=3,
+    lockout_seconds=60,
+    health_probe_seconds=0.2,
+    shutdown_grace_seconds=2.0,
+)
+
+
+def with_database(conninfo: str, dbname: str) -> str:
+    params = conninfo_to_dict(conninfo)
+    params["dbname"] = dbname
+    return make_conninfo(**params)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The maintenance database URL of the session's PostgreSQL server."""
+    url = os.environ.get("QDATA_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    from qdata_server import embedded
+
+    yield embedded.start(str(tmp_path_factory.mktemp("pg") / "data"), database="postgres")
+
+
+@pytest.fixture(scope="session")
+def template_url(postgres_url: str) -> str:
+    """A freshly migrated template database, created once per session."""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEMPLATE_DB)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE_DB)))
+    url = with_database(postgres_url, TEMPLATE_DB)
+    migrate.migrate(url)
+    return url
+
+
+@pytest.fixture
+def database_url(postgres_url: str, template_url: str) -> Iterator[str]:
+    """A database of this test's own, cloned from the migrated template."""
+    name = f"qdata_test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(TEMPLATE_DB))
+        )
+    yield with_database(postgres_url, name)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def empty_database_url(postgres_url: str) -> Iterator[str]:
+    """A database with no schema at all, for migration tests."""
+    name = f"qdata_empty_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield with_database(postgres_url, name)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@dataclasses.dataclass
+class Api:
+    """A running server and stubs for each service over one real channel."""
+
+    server: QdataServer
+    channel: grpc.aio.Channel
+    address: str
+    database_url: str
+    users: user_pb2_grpc.UserServiceStub
+    ledger: ledger_pb2_grpc.LedgerServiceStub
+    chat: chat_pb2_grpc.ChatServiceStub
+    usage: usage_pb2_grpc.UsageServiceStub
+
+
+async def start_api(database_url: str, settings: Settings = TEST_SETTINGS) -> Api:
+    server = QdataServer(settings, database_url)
+    port = await server.start("127.0.0.1:0")
+    address = f"127.0.0.1:{port}"
+    channel = grpc.aio.insecure_channel(address)
+    return Api(
+        server=server, channel=channel, address=address, database_url=database_url,
+        users=user_pb2_grpc.UserServiceStub(channel),
+        ledger=ledger_pb2_grpc.LedgerServiceStub(channel),
+        chat=chat_pb2_grpc.ChatServiceStub(channel),
+        usage=usage_pb2_grpc.UsageServiceStub(channel),
+    )
+
+
+async def stop_api(api: Api) -> None:
+    await api.channel.close()
+    await api.server.stop(grace=1.0)
+
+
+@pytest.fixture
+async def api(database_url: str) -> AsyncIterator[Api]:
+    """The service on a free port over this test's database."""
+    running = await start_api(database_url)
+    try:
+        yield running
+    finally:
+        await stop_api(running)
