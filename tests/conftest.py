@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import grpc
 import psycopg
@@ -48,7 +50,7 @@ def with_database(conninfo: str, dbname: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_url() -> Iterator[str]:
     """The maintenance database URL of the session's PostgreSQL server."""
     url = os.environ.get("QDATA_TEST_DATABASE_URL")
     if url:
@@ -56,7 +58,10 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     from qdata_server import embedded
 
-    yield embedded.start(str(tmp_path_factory.mktemp("pg") / "data"), database="postgres")
+    # Its own directory outside pytest's tmp tree (which concurrent pytest runs prune), removed
+    # with the data when this process exits.
+    data_dir = Path(tempfile.mkdtemp(prefix="qdata-test-pg-")) / "data"
+    yield embedded.start(str(data_dir), database="postgres", delete_on_exit=True)
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +119,10 @@ async def start_api(database_url: str, settings: Settings = TEST_SETTINGS) -> Ap
     address = f"127.0.0.1:{port}"
     channel = grpc.aio.insecure_channel(address)
     return Api(
-        server=server, channel=channel, address=address, database_url=database_url,
+        server=server,
+        channel=channel,
+        address=address,
+        database_url=database_url,
         users=user_pb2_grpc.UserServiceStub(channel),
         ledger=ledger_pb2_grpc.LedgerServiceStub(channel),
         chat=chat_pb2_grpc.ChatServiceStub(channel),

@@ -18,8 +18,9 @@ from qdata_server.config import ConfigError, Settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="qdata-server", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="qdata-server", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate", "status", "verify", "seed"])
     args = parser.parse_args(argv)
     try:

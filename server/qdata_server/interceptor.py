@@ -89,7 +89,7 @@ def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callabl
             return await result if inspect.isawaitable(result) else result
         except aio.AbortError:
             raise
-        except BaseException as exc:  # noqa: BLE001 - every outcome is mapped here, once
+        except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             if _is_cancellation(exc):
@@ -115,7 +115,7 @@ def _wrap_stream(method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Ca
                 yield item
         except aio.AbortError:
             raise
-        except BaseException as exc:  # noqa: BLE001 - every outcome is mapped here, once
+        except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
                 raise
             if _is_cancellation(exc):

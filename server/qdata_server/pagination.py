@@ -22,8 +22,9 @@ MAX_PAGE_SIZE = 1000
 MAX_TOKEN_LENGTH = 2048
 
 
-def page_size(requested: int, *, field: str = "page_size", default: int = DEFAULT_PAGE_SIZE,
-              maximum: int = MAX_PAGE_SIZE) -> int:
+def page_size(
+    requested: int, *, field: str = "page_size", default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE
+) -> int:
     """0 means the default, above the maximum is capped, negative is INVALID_ARGUMENT."""
     if requested < 0:
         raise invalid(field, "must not be negative")

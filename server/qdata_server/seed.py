@@ -37,20 +37,29 @@ async def seed(deps, *, only_if_empty: bool = True) -> int:
         created = 0
         for email, username, name in SAMPLE_USERS:
             request = user_pb2.CreateUserRequest(
-                request_id=f"seed-user-{username}", email=email, username=username,
-                display_name=name, password=SAMPLE_PASSWORD,
+                request_id=f"seed-user-{username}",
+                email=email,
+                username=username,
+                display_name=name,
+                password=SAMPLE_PASSWORD,
             )
             response = await accounts.create_user(deps, request)
             created += 1
             if username == "alice":
-                await preferences.update_preferences(deps, user_pb2.UpdatePreferencesRequest(
-                    request_id="seed-preferences-alice",
-                    preferences=user_pb2.Preferences(
-                        user_id=response.user.id, default_model_id="openai/gpt-4o-mini", language="en",
-                        theme=user_pb2.THEME_DARK, extra={"chat.stream": "true"},
+                await preferences.update_preferences(
+                    deps,
+                    user_pb2.UpdatePreferencesRequest(
+                        request_id="seed-preferences-alice",
+                        preferences=user_pb2.Preferences(
+                            user_id=response.user.id,
+                            default_model_id="openai/gpt-4o-mini",
+                            language="en",
+                            theme=user_pb2.THEME_DARK,
+                            extra={"chat.stream": "true"},
+                        ),
+                        update_mask=field_mask_pb2.FieldMask(paths=["default_model_id", "language", "theme", "extra"]),
                     ),
-                    update_mask=field_mask_pb2.FieldMask(paths=["default_model_id", "language", "theme", "extra"]),
-                ))
+                )
         log.info("seeded sample data", extra={"users": created})
         return created
     finally:

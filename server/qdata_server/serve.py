@@ -73,7 +73,7 @@ def _banner(address: str) -> str:
         f"qdata is serving on {address}. Try:\n"
         f"  npx buf curl --protocol grpc --http2-prior-knowledge --list-services http://{address}\n"
         f"  npx buf curl --protocol grpc --http2-prior-knowledge "
-        f"-d '{{\"login\": \"alice\", \"password\": \"marketplace-demo\"}}' "
+        f'-d \'{{"login": "alice", "password": "marketplace-demo"}}\' '
         f"http://{address}/qdata.v1.UserService/Authenticate\n"
         "Ctrl-C stops it; data stays in the embedded PostgreSQL for the next start.\n"
     )
@@ -92,6 +92,7 @@ def serve(settings: Settings) -> int:
     address = settings.listen_address
     workers = settings.effective_workers
     if workers == 1:
+
         def on_ready() -> None:
             sys.stderr.write(_banner(address))
 

@@ -139,8 +139,7 @@ def migrate(conninfo: str) -> list[str]:
                     conn.execute(migration.sql.encode("utf-8"))
                     fingerprint = conn.execute(_FINGERPRINT).fetchone()[0]
                     conn.execute(
-                        "INSERT INTO schema_migrations (version, name, checksum, fingerprint)"
-                        " VALUES (%s, %s, %s, %s)",
+                        "INSERT INTO schema_migrations (version, name, checksum, fingerprint) VALUES (%s, %s, %s, %s)",
                         (migration.version, migration.name, migration.checksum, fingerprint),
                     )
                 applied_now.append(f"{migration.version:04d}_{migration.name}")

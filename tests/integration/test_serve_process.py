@@ -1,0 +1,141 @@
+"""The real process: `python -m qdata_server serve` with workers, signals and the embedded default."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from qdata.v1 import user_pb2, user_pb2_grpc
+from qdata_server.seed import SAMPLE_PASSWORD
+from tests.helpers import PASSWORD, rid
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """Starts the service as a child process and stops it with a signal."""
+
+    def __init__(self, env: dict[str, str], log_path: Path):
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("QDATA_", "DATABASE_URL"))}
+        full_env.update(
+            {"QDATA_LISTEN_ADDRESS": self.address, "QDATA_BCRYPT_COST": "4", "QDATA_HEALTH_PROBE_SECONDS": "0.2"}
+        )
+        full_env.update(env)
+        self.log_path = log_path
+        self.log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "qdata_server", "serve"], env=full_env, stdout=self.log, stderr=subprocess.STDOUT
+        )
+
+    def wait_serving(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                assert self.process.poll() is None, self.output()
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
+        raise AssertionError(f"not serving within {timeout}s:\n{self.output()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            self.log.close()
+
+    def output(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+
+def users_stub(address: str):
+    channel = grpc.insecure_channel(address)
+    return channel, user_pb2_grpc.UserServiceStub(channel)
+
+
+def test_workers_share_the_port_and_stop_cleanly_on_sigterm(database_url, tmp_path):
+    server = ServerProcess({"DATABASE_URL": database_url, "QDATA_WORKERS": "2"}, tmp_path / "serve.log")
+    try:
+        server.wait_serving()
+        channel, users = users_stub(server.address)
+        with channel:
+            # Many short connections land on both workers; every one of them answers.
+            for i in range(6):
+                with grpc.insecure_channel(server.address) as c:
+                    stub = user_pb2_grpc.UserServiceStub(c)
+                    stub.CreateUser(
+                        user_pb2.CreateUserRequest(
+                            request_id=rid(), email=f"w{i}@example.com", username=f"worker{i}", password=PASSWORD
+                        ),
+                        timeout=10,
+                    )
+            listed = users.ListUsers(user_pb2.ListUsersRequest(page_size=100), timeout=10)
+            assert len(listed.users) == 6
+    finally:
+        code = server.stop(signal.SIGTERM)
+    output = server.output()
+    assert code == 0, output
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    serving_pids = {line["pid"] for line in lines if line.get("message") == "serving"}
+    stopped_pids = {line["pid"] for line in lines if line.get("message") == "stopped"}
+    assert len(serving_pids) == 2 and stopped_pids == serving_pids, output
+    assert PASSWORD not in output
+    assert "Traceback" not in output
+
+
+def test_embedded_default_migrates_seeds_and_keeps_data_across_restarts(tmp_path):
+    env = {"QDATA_EMBEDDED_DATA_DIR": str(tmp_path / "pgdata"), "QDATA_WORKERS": "1"}
+    first = ServerProcess(env, tmp_path / "first.log")
+    try:
+        first.wait_serving(timeout=120)
+        channel, users = users_stub(first.address)
+        with channel:
+            login = users.Authenticate(user_pb2.AuthenticateRequest(login="alice", password=SAMPLE_PASSWORD), timeout=10)
+            assert login.outcome == user_pb2.AUTHENTICATE_OUTCOME_SUCCESS
+            users.CreateUser(
+                user_pb2.CreateUserRequest(
+                    request_id=rid(), email="kept@example.com", username="kept", password=PASSWORD
+                ),
+                timeout=10,
+            )
+    finally:
+        assert first.stop(signal.SIGINT) == 0, first.output()
+    assert "buf curl" in first.output()
+
+    second = ServerProcess(env, tmp_path / "second.log")
+    try:
+        second.wait_serving(timeout=120)
+        channel, users = users_stub(second.address)
+        with channel:
+            kept = users.GetUser(user_pb2.GetUserRequest(username="kept"), timeout=10)
+            assert kept.user.email == "kept@example.com"
+            listed = users.ListUsers(user_pb2.ListUsersRequest(), timeout=10)
+            # Seeding ran once: the three sample users plus the one created above.
+            assert len(listed.users) == 4
+    finally:
+        assert second.stop(signal.SIGTERM) == 0, second.output()

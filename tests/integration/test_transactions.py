@@ -1,0 +1,82 @@
+"""The transaction runner against real PostgreSQL: deadlock retry, contention limit, errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+
+from qdata_server.db import transactions
+from qdata_server.db.pool import open_pool
+from qdata_server.errors import Aborted, AlreadyExists
+from tests.conftest import TEST_SETTINGS
+
+
+@pytest.fixture
+async def pool(database_url):
+    pool = await open_pool(TEST_SETTINGS, database_url)
+    async with pool.connection() as conn:
+        await conn.execute("CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL)")
+        await conn.execute("INSERT INTO counters VALUES (1, 0), (2, 0)")
+    yield pool
+    await pool.close()
+
+
+def crossing_updates(first: int, second: int, both_hold_first: asyncio.Barrier, attempts: list[int]):
+    """A transaction that locks `first`, waits until the other holds its first row, then locks `second`."""
+
+    async def work(conn: psycopg.AsyncConnection) -> None:
+        attempts.append(first)
+        await conn.execute("UPDATE counters SET n = n + 1 WHERE id = %s", (first,))
+        if len(attempts) <= 2:  # only the first round is made to cross
+            await both_hold_first.wait()
+        await conn.execute("UPDATE counters SET n = n + 1 WHERE id = %s", (second,))
+
+    return work
+
+
+async def test_a_deadlock_is_retried_until_both_transactions_commit(pool):
+    barrier = asyncio.Barrier(2)
+    attempts: list[int] = []
+    await asyncio.gather(
+        transactions.run(pool, crossing_updates(1, 2, barrier, attempts)),
+        transactions.run(pool, crossing_updates(2, 1, barrier, attempts)),
+    )
+    # PostgreSQL broke the deadlock by aborting one of them; the runner ran that one again.
+    assert len(attempts) == 3
+    async with pool.connection() as conn:
+        rows = await (await conn.execute("SELECT id, n FROM counters ORDER BY id")).fetchall()
+    assert [(r["id"], r["n"]) for r in rows] == [(1, 2), (2, 2)]
+
+
+async def test_persistent_serialization_failures_become_aborted(pool):
+    calls = 0
+
+    async def always_conflicts(conn: psycopg.AsyncConnection) -> None:
+        nonlocal calls
+        calls += 1
+        await conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        await conn.execute("SELECT n FROM counters WHERE id = 1")
+        # Another transaction changes the row this one read, then this one writes it: 40001.
+        async with await psycopg.AsyncConnection.connect(pool.conninfo, autocommit=True) as other:
+            await other.execute("UPDATE counters SET n = n + 10 WHERE id = 1")
+        await conn.execute("UPDATE counters SET n = n + 1 WHERE id = 1")
+
+    with pytest.raises(Aborted) as caught:
+        await transactions.run(pool, always_conflicts, retries=2)
+    assert caught.value.reason == "CONTENTION"
+    assert calls == 3
+
+
+async def test_a_named_constraint_becomes_its_domain_error(pool):
+    async def duplicate(conn: psycopg.AsyncConnection) -> None:
+        for _ in range(2):
+            await conn.execute(
+                "INSERT INTO users (email, username, password_hash) VALUES ('dup@example.com', %s, 'x')",
+                (f"dup{_}",),
+            )
+
+    with pytest.raises(AlreadyExists) as caught:
+        await transactions.run(pool, duplicate)
+    assert caught.value.reason == "EMAIL_TAKEN"

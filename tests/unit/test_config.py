@@ -1,0 +1,52 @@
+"""Settings from environment variables."""
+
+import pytest
+
+from qdata_server.config import ConfigError, Settings
+
+
+def test_defaults_run_the_embedded_database_with_migrations_and_seed():
+    settings = Settings.from_env({})
+    assert settings.embedded
+    assert settings.migrate_on_start and settings.seed_on_start
+    assert settings.listen_address == "127.0.0.1:50051"
+    assert settings.bcrypt_cost == 12
+
+
+def test_database_url_turns_off_automatic_migration_and_seeding():
+    settings = Settings.from_env({"DATABASE_URL": "postgresql://db/qdata"})
+    assert not settings.embedded
+    assert not settings.migrate_on_start and not settings.seed_on_start
+    forced = Settings.from_env({"DATABASE_URL": "postgresql://db/qdata", "QDATA_MIGRATE_ON_START": "true"})
+    assert forced.migrate_on_start
+
+
+def test_values_are_parsed():
+    settings = Settings.from_env(
+        {
+            "QDATA_WORKERS": "3",
+            "QDATA_BCRYPT_COST": "10",
+            "QDATA_LOCKOUT_THRESHOLD": "7",
+            "QDATA_SHUTDOWN_GRACE_SECONDS": "2.5",
+            "QDATA_LOG_LEVEL": "debug",
+        }
+    )
+    assert (settings.workers, settings.bcrypt_cost, settings.lockout_threshold) == (3, 10, 7)
+    assert settings.shutdown_grace_seconds == 2.5
+    assert settings.log_level == "DEBUG"
+    assert settings.effective_workers == 3
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"QDATA_WORKERS": "many"}, "QDATA_WORKERS must be an integer"),
+        ({"QDATA_BCRYPT_COST": "3"}, "QDATA_BCRYPT_COST must be between 4 and 31"),
+        ({"QDATA_POOL_MIN_SIZE": "20", "QDATA_POOL_MAX_SIZE": "5"}, "must not exceed"),
+        ({"QDATA_LOG_LEVEL": "LOUD"}, "QDATA_LOG_LEVEL"),
+        ({"QDATA_SHUTDOWN_GRACE_SECONDS": "-1"}, "at least 0"),
+    ],
+)
+def test_bad_values_are_named(env, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
