@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             print("schema ok" if not problems else f"{len(problems)} problem(s)")
             return 1 if problems else 0
         elif args.command == "seed":
-            asyncio.run(serve._seed(settings, conninfo))
+            asyncio.run(serve.seed_database(settings, conninfo))
             print("seeded")
     except migrate.MigrationError as exc:
         print(f"migration error: {exc}", file=sys.stderr)

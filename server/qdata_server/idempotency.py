@@ -35,11 +35,13 @@ MAX_REQUEST_ID_LENGTH = 128
 
 
 def check_request_id(request_id: str) -> None:
-    """Raises INVALID_ARGUMENT unless request_id is 1 to 128 characters."""
+    """Raises INVALID_ARGUMENT unless request_id is 1 to 128 printable characters."""
     if not request_id.strip():
         raise invalid("request_id", "is required (a UUID4 is recommended)")
     if len(request_id) > MAX_REQUEST_ID_LENGTH:
         raise invalid("request_id", f"must be at most {MAX_REQUEST_ID_LENGTH} characters")
+    if not request_id.isprintable():
+        raise invalid("request_id", "must not contain control characters")
 
 
 def fingerprint(request: Message, secret_fields: Iterable[str] = ()) -> bytes:

@@ -88,7 +88,7 @@ def serve(settings: Settings) -> int:
         applied = migrate.migrate(conninfo)
         log.info("migrations applied", extra={"applied": applied})
     if settings.seed_on_start:
-        asyncio.run(_seed(settings, conninfo))
+        asyncio.run(seed_database(settings, conninfo))
     address = settings.listen_address
     workers = settings.effective_workers
     if workers == 1:
@@ -127,7 +127,8 @@ def serve(settings: Settings) -> int:
     return 1 if failed else 0
 
 
-async def _seed(settings: Settings, conninfo: str) -> None:
+async def seed_database(settings: Settings, conninfo: str) -> None:
+    """Loads the sample data through a short-lived pool (before any worker is forked)."""
     from qdata_server.app import Deps
     from qdata_server.db.pool import open_pool
     from qdata_server.seed import seed
