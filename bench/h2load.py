@@ -114,7 +114,8 @@ def parse(output: str) -> Result:
 
     finished = grab(r"^finished in ([\d.]+)(us|ms|s), ([\d.]+) req/s")
     requests = grab(
-        r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout"
+        r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+        r"(\d+) failed, (\d+) errored, (\d+) timeout"
     )
     codes = grab(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx")
     traffic = grab(r"^traffic: .*?, .*?\((\d+)\) data")

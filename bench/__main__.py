@@ -1,0 +1,327 @@
+"""python -m bench [--duration S] [--connections N] [--streams M] [--workers W[,W...]] [--out DIR]
+
+Measures qdata against a reference served in the same run (see bench/README.md) and prints
+ratios: qdata GetUser versus a bare grpc.aio echo, both under the same h2load load, in
+alternating rounds (A B, then B A, ...) so drift on a shared machine hits both alike. Writes
+everything to DIR/<timestamp>.json. Exits 2 if h2load is missing, 1 if a measurement is invalid
+(HTTP or gRPC errors under load, a server that failed), 0 otherwise. It asserts no speed:
+reading the ratios is for people and for comparisons between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from bench import h2load
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _workers(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected W or W,W,..., got {text!r}") from None
+    if not values or any(not 1 <= v <= 64 for v in values):
+        raise argparse.ArgumentTypeError("worker counts must be between 1 and 64")
+    return values
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per measured h2load run (-D); default 10")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured load before each run; default 1")
+    p.add_argument("--rounds", type=int, default=2, help="reference/qdata pairs, order alternating; default 2")
+    p.add_argument("--connections", type=int, default=16, help="h2load -c; default 16")
+    p.add_argument("--streams", type=int, default=8, help="h2load -m, concurrent streams per connection; default 8")
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=[1],
+        help="server worker processes, e.g. 1 or 1,2 (both servers use the same count); default 1",
+    )
+    p.add_argument(
+        "--auth-duration",
+        type=float,
+        default=None,
+        help="seconds of the Authenticate run; default min(duration, 5); 0 skips it",
+    )
+    p.add_argument("--bcrypt-cost", type=int, default=4, help="QDATA_BCRYPT_COST of the server; default 4")
+    p.add_argument("--out", type=Path, default=RESULTS, help=f"directory for the JSON; default {RESULTS}")
+    return p
+
+
+# Authenticate runs few streams: all of them log in the same user, and every attempt is counted
+# against the lockout threshold (5 by default) before its password is checked.
+AUTH_LOAD = h2load.Load(connections=2, streams=2, threads=1)
+
+
+def _measure(exe: str, target, *, duration: float, warmup: float, load: h2load.Load, tmp: Path, tag: str) -> dict:
+    body = h2load.write_frame(tmp / f"{tag}.body", target.message)
+    if warmup > 0:
+        h2load.run(exe, target.url, body, duration=warmup, load=load)
+    expected = len(h2load.grpc_frame(target.probe()))
+    result = h2load.run(exe, target.url, body, duration=duration, load=load, log_file=tmp / f"{tag}.log")
+    h2load.check_payload(result, expected, tolerance=target.size_tolerance)
+    if not target.server.alive():
+        raise RuntimeError(f"{target.server.name} died under load:\n{target.server.log_tail()}")
+    row = {
+        "label": target.label,
+        "tag": tag,
+        "load": dataclasses.asdict(load),
+        "duration_s": duration,
+        **dataclasses.asdict(result),
+        "ok": result.ok,
+    }
+    print(_row(row), flush=True)
+    return row
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _section(exe: str, args, tmp: Path, database_url: str, workers: int) -> dict:
+    from bench import servers
+    from qdata_server.seed import SAMPLE_PASSWORD
+
+    load = h2load.Load(connections=args.connections, streams=args.streams, threads=1)
+    print(f"\nworkers={workers}: starting the reference echo and qdata ...", flush=True)
+    with contextlib.ExitStack() as stack:
+        echo_server, echo_address = servers.start_echo(tmp, workers)
+        stack.callback(echo_server.stop)
+        qdata_server, qdata_address = servers.start_qdata(tmp, database_url, workers, bcrypt_cost=args.bcrypt_cost)
+        stack.callback(qdata_server.stop)
+
+        uid = servers.user_id(qdata_address, "alice")
+        get_user = servers.get_user_target(qdata_server, qdata_address, uid)
+        # The echo gets the very bytes GetUser gets, and sends them back.
+        reference = servers.echo_target(echo_server, echo_address, get_user.message)
+
+        print(_header(), flush=True)
+        rounds = []
+        for number in range(1, args.rounds + 1):
+            order = (reference, get_user) if number % 2 else (get_user, reference)
+            runs = {}
+            for target in order:
+                tag = f"w{workers}-r{number}-{'ref' if target is reference else 'getuser'}"
+                runs[target.label] = _measure(
+                    exe, target, duration=args.duration, warmup=args.warmup, load=load, tmp=tmp, tag=tag
+                )
+            ref, got = runs[reference.label], runs[get_user.label]
+            rounds.append(
+                {
+                    "round": number,
+                    "reference": ref,
+                    "qdata_get_user": got,
+                    "rps_ratio": _ratio(got["rps"], ref["rps"]),
+                    "mean_latency_ratio": _ratio(got["mean_ms"], ref["mean_ms"]),
+                    "p50_latency_ratio": _ratio(got["p50_ms"], ref["p50_ms"]),
+                    "p99_latency_ratio": _ratio(got["p99_ms"], ref["p99_ms"]),
+                }
+            )
+
+        auth = None
+        auth_duration = min(args.duration, 5.0) if args.auth_duration is None else args.auth_duration
+        if auth_duration > 0:
+            target = servers.authenticate_target(qdata_server, qdata_address, "bob", SAMPLE_PASSWORD)
+            auth = _measure(
+                exe,
+                target,
+                duration=auth_duration,
+                warmup=min(args.warmup, 1.0),
+                load=AUTH_LOAD,
+                tmp=tmp,
+                tag=f"w{workers}-auth",
+            )
+            auth["bcrypt_cost"] = args.bcrypt_cost
+
+        # Peaks over the whole run, read while the processes still live.
+        ref_peaks, qdata_peaks = echo_server.peak_rss_kb(), qdata_server.peak_rss_kb()
+
+    ref_kb, qdata_kb = sum(ref_peaks.values()), sum(qdata_peaks.values())
+    return {
+        "workers": workers,
+        "rounds": rounds,
+        "authenticate": auth,
+        "rps_ref": _median([r["reference"]["rps"] for r in rounds]),
+        "rps_qdata": _median([r["qdata_get_user"]["rps"] for r in rounds]),
+        "rps_ratio": _median([r["rps_ratio"] for r in rounds]),
+        "mean_latency_ratio": _median([r["mean_latency_ratio"] for r in rounds]),
+        "p50_latency_ratio": _median([r["p50_latency_ratio"] for r in rounds]),
+        "p99_latency_ratio": _median([r["p99_latency_ratio"] for r in rounds]),
+        "peak_rss_kb_ref": ref_kb,
+        "peak_rss_kb_qdata": qdata_kb,
+        "peak_rss_kb_ref_by_pid": ref_peaks,
+        "peak_rss_kb_qdata_by_pid": qdata_peaks,
+        "memory_ratio": _ratio(qdata_kb, ref_kb),
+    }
+
+
+_COLUMNS = ("run", "rps", "mean ms", "p50 ms", "p90 ms", "p99 ms", "max ms", "requests", "errors")
+
+
+def _header() -> str:
+    return f"  {_COLUMNS[0]:<26}" + "".join(f"{c:>10}" for c in _COLUMNS[1:])
+
+
+def _fmt(value, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _row(row: dict) -> str:
+    errors = row["failed"] + row["errored"] + row["timeout"] + row["non_2xx"] + (row["grpc_errors"] or 0)
+    return (
+        f"  {row['label'] + ' ' + row['tag'].split('-')[1]:<26}{row['rps']:>10.1f}{_fmt(row['mean_ms']):>10}"
+        f"{_fmt(row['p50_ms']):>10}{_fmt(row['p90_ms']):>10}{_fmt(row['p99_ms']):>10}{_fmt(row['max_ms']):>10}"
+        f"{row['done']:>10}{errors:>10}"
+    )
+
+
+def _summary(section: dict) -> str:
+    rounds = section["rounds"]
+
+    def spread(key: str) -> str:
+        return "[" + ", ".join(_fmt(r[key], 2) for r in rounds) + "]"
+
+    mib = 1024
+    lines = [
+        f"  qdata / reference, median of {len(rounds)} round(s) [per round]:",
+        f"    throughput    {_fmt(section['rps_ratio'], 3):>6}  {spread('rps_ratio'):<14}"
+        f"  rps {_fmt(section['rps_qdata'])} / {_fmt(section['rps_ref'])}  (higher is better; 1 = bare grpc.aio)",
+        f"    latency mean  {_fmt(section['mean_latency_ratio'], 2):>6}  {spread('mean_latency_ratio'):<14}"
+        "  (lower is better; 1 = bare grpc.aio)",
+        f"    latency p50   {_fmt(section['p50_latency_ratio'], 2):>6}  {spread('p50_latency_ratio'):<14}",
+        f"    latency p99   {_fmt(section['p99_latency_ratio'], 2):>6}  {spread('p99_latency_ratio'):<14}",
+        f"    peak RSS      {_fmt(section['memory_ratio'], 2):>6}  "
+        f"{' ' * 14}  {section['peak_rss_kb_qdata'] / mib:.1f} MiB / {section['peak_rss_kb_ref'] / mib:.1f} MiB"
+        f" (VmHWM summed over {len(section['peak_rss_kb_qdata_by_pid'])} / "
+        f"{len(section['peak_rss_kb_ref_by_pid'])} process(es))",
+    ]
+    auth = section["authenticate"]
+    if auth is not None:
+        cost = auth["bcrypt_cost"]
+        lines += [
+            f"  qdata Authenticate, reported apart and not compared with the reference: {auth['rps']:.1f} rps, "
+            f"mean {auth['mean_ms']:.1f} ms at h2load -c {AUTH_LOAD.connections} -m {AUTH_LOAD.streams}.",
+            f"    CPU bound by design: one bcrypt check per call, here at cost {cost} (production's 12 is "
+            f"{2 ** (12 - cost)}x the work), and every call updates the same user's row twice.",
+        ]
+    return "\n".join(lines)
+
+
+def _runs(report: dict) -> list[dict]:
+    runs = []
+    for section in report["sections"]:
+        for pair in section["rounds"]:
+            runs += [pair["reference"], pair["qdata_get_user"]]
+        if section["authenticate"] is not None:
+            runs.append(section["authenticate"])
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    exe = h2load.find()
+    if exe is None:
+        print(h2load.INSTALL_HINT, file=sys.stderr)
+        return 2
+    if args.duration <= 0 or args.rounds < 1 or args.connections < 1 or args.streams < 1:
+        print("--duration, --rounds, --connections and --streams must be positive", file=sys.stderr)
+        return 2
+
+    import grpc
+
+    started = datetime.datetime.now(datetime.UTC)
+    report = {
+        "started": started.isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_at_start": os.getloadavg(),
+            "python": platform.python_version(),
+            "grpcio": grpc.__version__,
+            "h2load": h2load.version(exe),
+            "platform": platform.platform(),
+        },
+        "settings": {
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "rounds": args.rounds,
+            "h2load": {"connections": args.connections, "streams": args.streams, "threads": 1},
+            "workers": args.workers,
+            "bcrypt_cost": args.bcrypt_cost,
+        },
+        "sections": [],
+    }
+    print(
+        f"qdata bench: h2load -c {args.connections} -m {args.streams} -t 1, {args.duration:g}s per run "
+        f"(after {args.warmup:g}s warm-up), {args.rounds} round(s); {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+
+    if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
+        print(
+            "note: other work keeps this machine busy; absolute numbers will drift more than the ratios "
+            "(more --rounds narrows them)",
+            flush=True,
+        )
+    tmp = Path(tempfile.mkdtemp(prefix="qdata-bench-"))
+    failure = None
+    database = None
+    try:
+        from bench import servers
+
+        print("starting the embedded PostgreSQL ...", flush=True)
+        database_url, database = servers.start_database(tmp)
+        for workers in args.workers:
+            section = _section(exe, args, tmp, database_url, workers)
+            report["sections"].append(section)
+            print(_summary(section), flush=True)
+    except Exception as exc:  # the report is still written, and everything started is stopped
+        failure = f"{type(exc).__name__}: {exc}"
+        print(f"\nbench failed: {failure}", file=sys.stderr)
+    except KeyboardInterrupt:
+        failure = "interrupted"
+        print("\ninterrupted", file=sys.stderr)
+    finally:
+        if database is not None:
+            database.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    report["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    report["loadavg_at_end"] = os.getloadavg()
+    report["failure"] = failure
+    invalid = [run["tag"] for run in _runs(report) if not run["ok"]]
+    report["invalid_runs"] = invalid
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"\nresults: {out}")
+    if invalid:
+        print(f"invalid runs (HTTP or gRPC errors under load): {', '.join(invalid)}", file=sys.stderr)
+    return 1 if failure or invalid else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
