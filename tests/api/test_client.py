@@ -121,13 +121,17 @@ async def test_unknown_rpc_is_an_attribute_error(client):
     assert "GetUser" in dir(client.users)
 
 
+# GetUser reaches the database, and the server refuses database work once the caller's deadline
+# has passed, so a 1 microsecond deadline ends in DEADLINE_EXCEEDED whichever side notices first
+# (the reason is then "" from the client's gRPC or DEADLINE_EXCEEDED from the server).
+
+
 async def test_default_timeout_applies_and_a_call_timeout_overrides_it(api):
     async with AsyncQdataClient(api.address, default_timeout=1e-6) as qdata:
         with pytest.raises(QdataError) as caught:
             await qdata.users.GetUser(user_pb2.GetUserRequest(username="nobody"))
-        assert type(caught.value) is QdataError
+        assert type(caught.value) is QdataError  # no subclass for DEADLINE_EXCEEDED
         assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert caught.value.reason == ""
 
         with pytest.raises(NotFound):  # a generous per-call timeout reaches the server
             await qdata.users.GetUser(user_pb2.GetUserRequest(username="nobody"), timeout=10)
@@ -141,12 +145,16 @@ async def test_call_timeout(client):
 
 async def test_token_and_deadline_reach_the_server():
     """A stand-in server records what the client sends: bearer token, extra metadata, deadline."""
-    seen: dict = {}
+    seen: list[dict] = []
 
     async def create_user(request, context):
-        seen["metadata"] = dict(context.invocation_metadata())
-        seen["time_remaining"] = context.time_remaining()
-        seen["request_id"] = request.request_id
+        seen.append(
+            {
+                "metadata": dict(context.invocation_metadata()),
+                "time_remaining": context.time_remaining(),
+                "request_id": request.request_id,
+            }
+        )
         return user_pb2.CreateUserResponse(user=user_pb2.User(id="u1"))
 
     handler = grpc.method_handlers_generic_handler(
@@ -168,14 +176,20 @@ async def test_token_and_deadline_reach_the_server():
             f"127.0.0.1:{port}", token="s3cret", metadata=[("x-caller", "billing")], default_timeout=7.0
         ) as qdata:
             await qdata.users.CreateUser(new_user_request(), metadata=[("x-trace", "t1")])
+            await qdata.users.CreateUser(new_user_request(), timeout=60)
     finally:
         await server.stop(None)
 
-    assert seen["metadata"]["authorization"] == "Bearer s3cret"
-    assert seen["metadata"]["x-caller"] == "billing"
-    assert seen["metadata"]["x-trace"] == "t1"
-    assert 0 < seen["time_remaining"] <= 7.0
-    assert uuid.UUID(seen["request_id"])
+    first, second = seen
+    assert first["metadata"]["authorization"] == "Bearer s3cret"
+    assert first["metadata"]["x-caller"] == "billing"
+    assert first["metadata"]["x-trace"] == "t1"
+    assert "x-trace" not in second["metadata"]
+    assert second["metadata"]["authorization"] == "Bearer s3cret"
+    # gRPC rounds the deadline it sends up a little, hence the slack.
+    assert 0 < first["time_remaining"] < 8  # the default deadline (7 s)
+    assert 8 < second["time_remaining"] < 61  # the call's own (60 s)
+    assert uuid.UUID(first["request_id"]) != uuid.UUID(second["request_id"])
 
 
 def sync_session(address: str) -> dict:
@@ -195,7 +209,7 @@ def sync_session(address: str) -> dict:
                 call()
             except QdataError as exc:
                 errors[name] = exc
-    # A fresh channel: the tiny default deadline expires while it connects.
+    # The tiny default deadline (see the note above test_default_timeout_applies...).
     with QdataClient(address, default_timeout=1e-6) as hasty:
         try:
             hasty.users.GetUser(user_pb2.GetUserRequest(username="nobody"))

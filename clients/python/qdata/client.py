@@ -73,11 +73,15 @@ from qdata.v1 import chat_pb2_grpc, ledger_pb2_grpc, usage_pb2_grpc, user_pb2_gr
 __all__ = [
     "AlreadyExists",
     "AsyncQdataClient",
+    "AsyncResponseStream",
     "FailedPrecondition",
     "InvalidArgument",
+    "MetadataPairs",
     "NotFound",
     "QdataClient",
     "QdataError",
+    "ResponseStream",
+    "Service",
     "Unavailable",
     "Unimplemented",
     "from_rpc_error",
@@ -229,7 +233,12 @@ class _AsyncUnary:
         self._defaults = defaults
 
     async def __call__(
-        self, request: Message, *, timeout: float | None = None, metadata: MetadataPairs | None = None, **kwargs: Any
+        self,
+        request: Message,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the gRPC deadline, also sent to the server
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
     ) -> Any:
         """Sends request and returns the response message; raises QdataError on failure."""
         call_kwargs = self._defaults.prepare(request, timeout, metadata)
@@ -357,7 +366,9 @@ class Service:
     """One qdata service: the generated stub with every RPC wrapped (timeout, request_id, errors).
 
     ``service.GetUser(request, timeout=..., metadata=..., **grpc_kwargs)`` calls the stub's RPC of
-    that name; extra keyword arguments (``wait_for_ready``, ``compression``, ...) go to gRPC.
+    that name. ``timeout`` is in seconds; None (the default) means the client's default_timeout.
+    ``metadata`` is added to the client's. Other keyword arguments (``wait_for_ready``,
+    ``compression``, ...) go to gRPC unchanged.
     """
 
     def __init__(self, stub: object, defaults: _CallDefaults) -> None:
