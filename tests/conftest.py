@@ -9,8 +9,13 @@ with the generated stubs.
 
 from __future__ import annotations
 
-import dataclasses
 import os
+
+# Tests fork helper processes (grpcurl, the server under test) while gRPC threads run; gRPC's
+# fork handlers are not needed for that and only print a warning line.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import dataclasses
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator

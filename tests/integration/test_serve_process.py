@@ -40,7 +40,7 @@ class ServerProcess:
         )
         full_env.update(env)
         self.log_path = log_path
-        self.log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.log = open(log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "qdata_server", "serve"], env=full_env, stdout=self.log, stderr=subprocess.STDOUT
         )
@@ -115,7 +115,9 @@ def test_embedded_default_migrates_seeds_and_keeps_data_across_restarts(tmp_path
         first.wait_serving(timeout=120)
         channel, users = users_stub(first.address)
         with channel:
-            login = users.Authenticate(user_pb2.AuthenticateRequest(login="alice", password=SAMPLE_PASSWORD), timeout=10)
+            login = users.Authenticate(
+                user_pb2.AuthenticateRequest(login="alice", password=SAMPLE_PASSWORD), timeout=10
+            )
             assert login.outcome == user_pb2.AUTHENTICATE_OUTCOME_SUCCESS
             users.CreateUser(
                 user_pb2.CreateUserRequest(
