@@ -28,7 +28,9 @@ def user_not_found() -> NotFound:
     return NotFound("user not found", reason="USER_NOT_FOUND")
 
 
-async def load_live_user(conn: psycopg.AsyncConnection, user_id: uuid.UUID, *, for_update: bool = False) -> dict[str, Any]:
+async def load_live_user(
+    conn: psycopg.AsyncConnection, user_id: uuid.UUID, *, for_update: bool = False
+) -> dict[str, Any]:
     """The live user's row, or NOT_FOUND (USER_NOT_FOUND)."""
     row = await fetch_one(conn, "get_user_by_id_for_update" if for_update else "get_user_by_id", {"user_id": user_id})
     if row is None:
@@ -49,11 +51,22 @@ async def create_user(deps, request: user_pb2.CreateUserRequest) -> user_pb2.Cre
         row = await fetch_one(
             conn,
             "insert_user",
-            {"email": email, "username": username, "display_name": display_name,
-             "status": "active", "password_hash": password_hash},
+            {
+                "email": email,
+                "username": username,
+                "display_name": display_name,
+                "status": "active",
+                "password_hash": password_hash,
+            },
         )
-        await audit.record(conn, action="users.CreateUser", target_type="user", target_id=str(row["user_id"]),
-                           user_id=row["user_id"], summary={"fields": ["email", "username", "display_name", "password"]})
+        await audit.record(
+            conn,
+            action="users.CreateUser",
+            target_type="user",
+            target_id=str(row["user_id"]),
+            user_id=row["user_id"],
+            summary={"fields": ["email", "username", "display_name", "password"]},
+        )
         return user_pb2.CreateUserResponse(user=convert.user(row))
 
     return await deps.idempotent(request, user_pb2.CreateUserResponse, work, secret_fields=("password",))
@@ -91,12 +104,16 @@ async def list_users(deps, request: user_pb2.ListUsersRequest) -> user_pb2.ListU
     cursor = tokens.open(request.page_token, "ListUsers", filters)
 
     async def work(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
-        return await fetch_all(conn, "list_users", {
-            "status": status,
-            "after_created_at": cursor[0] if cursor else None,
-            "after_user_id": cursor[1] if cursor else None,
-            "limit": limit + 1,
-        })
+        return await fetch_all(
+            conn,
+            "list_users",
+            {
+                "status": status,
+                "after_created_at": cursor[0] if cursor else None,
+                "after_user_id": cursor[1] if cursor else None,
+                "limit": limit + 1,
+            },
+        )
 
     rows = await deps.transaction(work)
     next_token = ""
@@ -135,8 +152,14 @@ async def update_user(deps, request: user_pb2.UpdateUserRequest) -> user_pb2.Upd
         row = await fetch_one(conn, "update_user", values)
         if row is None:
             raise user_not_found()
-        await audit.record(conn, action="users.UpdateUser", target_type="user", target_id=str(user_id),
-                           user_id=user_id, summary=_update_summary(paths, values))
+        await audit.record(
+            conn,
+            action="users.UpdateUser",
+            target_type="user",
+            target_id=str(user_id),
+            user_id=user_id,
+            summary=_update_summary(paths, values),
+        )
         return user_pb2.UpdateUserResponse(user=convert.user(row))
 
     return await deps.idempotent(request, user_pb2.UpdateUserResponse, work, user_id=user_id)
@@ -158,8 +181,14 @@ async def delete_user(deps, request: user_pb2.DeleteUserRequest) -> user_pb2.Del
         if row is None:
             raise user_not_found()
         await execute(conn, "delete_preferences", {"user_id": user_id})
-        await audit.record(conn, action="users.DeleteUser", target_type="user", target_id=str(user_id),
-                           user_id=user_id, summary={"erased": ["email", "username", "display_name", "password", "preferences"]})
+        await audit.record(
+            conn,
+            action="users.DeleteUser",
+            target_type="user",
+            target_id=str(user_id),
+            user_id=user_id,
+            summary={"erased": ["email", "username", "display_name", "password", "preferences"]},
+        )
         return user_pb2.DeleteUserResponse(user=convert.user(row))
 
     return await deps.idempotent(request, user_pb2.DeleteUserResponse, work, user_id=user_id)
@@ -183,8 +212,11 @@ async def import_users(deps, request: user_pb2.ImportUsersRequest) -> user_pb2.I
             "username": rules.normalize_username(uv, "username", item.username),
             "display_name": rules.check_display_name(uv, "display_name", item.display_name),
             "password_hash": item.legacy_password_hash,
-            "status": {user_pb2.USER_STATUS_UNSPECIFIED: "active", user_pb2.USER_STATUS_ACTIVE: "active",
-                       user_pb2.USER_STATUS_DISABLED: "disabled"}.get(item.status),
+            "status": {
+                user_pb2.USER_STATUS_UNSPECIFIED: "active",
+                user_pb2.USER_STATUS_ACTIVE: "active",
+                user_pb2.USER_STATUS_DISABLED: "disabled",
+            }.get(item.status),
         }
         try:
             passwords.parse_legacy(item.legacy_password_hash)
@@ -193,11 +225,14 @@ async def import_users(deps, request: user_pb2.ImportUsersRequest) -> user_pb2.I
         if row["status"] is None:
             uv.add("status", "must be USER_STATUS_ACTIVE or USER_STATUS_DISABLED")
         if uv:
-            results.append(user_pb2.ImportUserResult(
-                index=index, error_reason="INVALID_ARGUMENT",
-                error_message="; ".join(f"{x.field}: {x.description}" for x in uv.items),
-                error_fields=sorted({x.field for x in uv.items}),
-            ))
+            results.append(
+                user_pb2.ImportUserResult(
+                    index=index,
+                    error_reason="INVALID_ARGUMENT",
+                    error_message="; ".join(f"{x.field}: {x.description}" for x in uv.items),
+                    error_fields=sorted({x.field for x in uv.items}),
+                )
+            )
         else:
             candidates.append((index, row))
 
@@ -207,15 +242,24 @@ async def import_users(deps, request: user_pb2.ImportUsersRequest) -> user_pb2.I
             created = await fetch_one(conn, "insert_user_if_free", row)
             if created is None:
                 taken = await fetch_one(conn, "find_taken_identity", row)
-                reason = "EMAIL_TAKEN" if taken and taken["email_taken"] else "USERNAME_TAKEN"
-                done.append(user_pb2.ImportUserResult(
-                    index=index, error_reason=reason,
-                    error_message=f"a user with this {'email' if reason == 'EMAIL_TAKEN' else 'username'} already exists",
-                    error_fields=["email" if reason == "EMAIL_TAKEN" else "username"],
-                ))
+                field = "email" if taken and taken["email_taken"] else "username"
+                done.append(
+                    user_pb2.ImportUserResult(
+                        index=index,
+                        error_reason=f"{field.upper()}_TAKEN",
+                        error_message=f"a user with this {field} already exists",
+                        error_fields=[field],
+                    )
+                )
                 continue
-            await audit.record(conn, action="users.ImportUsers", target_type="user", target_id=str(created["user_id"]),
-                               user_id=created["user_id"], summary={"scheme": passwords.scheme_of(row["password_hash"])})
+            await audit.record(
+                conn,
+                action="users.ImportUsers",
+                target_type="user",
+                target_id=str(created["user_id"]),
+                user_id=created["user_id"],
+                summary={"scheme": passwords.scheme_of(row["password_hash"])},
+            )
             done.append(user_pb2.ImportUserResult(index=index, user=convert.user(created)))
         done.sort(key=lambda r: r.index)
         imported = sum(1 for r in done if r.HasField("user"))

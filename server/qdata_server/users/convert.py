@@ -49,7 +49,9 @@ def user(row: dict[str, Any]) -> user_pb2.User:
         username=row["username"] or "",
         display_name=row["display_name"],
         status=STATUS_TO_PROTO[row["status"]],
-        password_scheme=SCHEME_TO_PROTO.get(passwords.scheme_of(row["password_hash"]), user_pb2.PASSWORD_SCHEME_UNSPECIFIED),
+        password_scheme=SCHEME_TO_PROTO.get(
+            passwords.scheme_of(row["password_hash"]), user_pb2.PASSWORD_SCHEME_UNSPECIFIED
+        ),
         last_login_time=timestamp(row["last_login_at"]),
         locked_until_time=timestamp(locked),
         create_time=timestamp(row["created_at"]),

@@ -65,11 +65,18 @@ async def authenticate(deps, request: user_pb2.AuthenticateRequest) -> user_pb2.
     new_hash = await deps.passwords.hash(request.password) if check.needs_rehash else None
 
     async def finish(conn: psycopg.AsyncConnection) -> dict[str, Any] | None:
-        done = await fetch_one(conn, "finish_login",
-                               {"user_id": row["user_id"], "new_hash": new_hash, "old_hash": row["password_hash"]})
+        done = await fetch_one(
+            conn, "finish_login", {"user_id": row["user_id"], "new_hash": new_hash, "old_hash": row["password_hash"]}
+        )
         if done is not None and new_hash is not None:
-            await audit.record(conn, action="users.Authenticate", target_type="user", target_id=str(row["user_id"]),
-                               user_id=row["user_id"], summary={"password_rehashed": True})
+            await audit.record(
+                conn,
+                action="users.Authenticate",
+                target_type="user",
+                target_id=str(row["user_id"]),
+                user_id=row["user_id"],
+                summary={"password_rehashed": True},
+            )
         return done
 
     done = await deps.transaction(finish)
@@ -90,9 +97,14 @@ async def _audit_lock(deps, row: dict[str, Any]) -> None:
         return
 
     async def work(conn: psycopg.AsyncConnection) -> None:
-        await audit.record(conn, action="users.AccountLocked", target_type="user", target_id=str(row["user_id"]),
-                           user_id=row["user_id"], summary={"failed_login_count": row["failed_login_count"],
-                                                            "locked_until": row["locked_until"].isoformat()})
+        await audit.record(
+            conn,
+            action="users.AccountLocked",
+            target_type="user",
+            target_id=str(row["user_id"]),
+            user_id=row["user_id"],
+            summary={"failed_login_count": row["failed_login_count"], "locked_until": row["locked_until"].isoformat()},
+        )
 
     await deps.transaction(work)
 
@@ -114,7 +126,8 @@ async def change_password(deps, request: user_pb2.ChangePasswordRequest) -> user
         if row["locked_until"] is not None and row["locked_until"] > datetime.datetime.now(datetime.UTC):
             raise FailedPrecondition(
                 "the account is locked after too many failed attempts",
-                reason="ACCOUNT_LOCKED", metadata={"locked_until": row["locked_until"].isoformat()},
+                reason="ACCOUNT_LOCKED",
+                metadata={"locked_until": row["locked_until"].isoformat()},
             )
         check = await deps.passwords.verify(request.current_password, row["password_hash"])
         if not check.ok:
@@ -131,15 +144,29 @@ async def change_password(deps, request: user_pb2.ChangePasswordRequest) -> user
             if await fetch_one(conn, "get_user_by_id", {"user_id": user_id}) is None:
                 raise user_not_found()
             raise Aborted("the password changed while this request was checked; retry", reason="CONCURRENT_CHANGE")
-        await audit.record(conn, action="users.ChangePassword", target_type="user", target_id=str(user_id),
-                           user_id=user_id, summary={"fields": ["password"]})
+        await audit.record(
+            conn,
+            action="users.ChangePassword",
+            target_type="user",
+            target_id=str(user_id),
+            user_id=user_id,
+            summary={"fields": ["password"]},
+        )
         return user_pb2.ChangePasswordResponse(user=convert.user(done))
 
-    return await deps.idempotent(request, user_pb2.ChangePasswordResponse, work, user_id=user_id,
-                                 secret_fields=("current_password", "new_password"))
+    return await deps.idempotent(
+        request,
+        user_pb2.ChangePasswordResponse,
+        work,
+        user_id=user_id,
+        secret_fields=("current_password", "new_password"),
+    )
 
 
 async def _count_failure(deps, user_id: uuid.UUID) -> None:
-    params = {"user_id": user_id, "threshold": deps.settings.lockout_threshold,
-              "lock_seconds": deps.settings.lockout_seconds}
+    params = {
+        "user_id": user_id,
+        "threshold": deps.settings.lockout_threshold,
+        "lock_seconds": deps.settings.lockout_seconds,
+    }
     await deps.transaction(lambda conn: fetch_one(conn, "count_failed_password", params))

@@ -32,8 +32,10 @@ SCHEME_BCRYPT = "bcrypt"
 SCHEME_WERKZEUG = "werkzeug"
 SCHEME_DJANGO = "django"
 
-_WERKZEUG = re.compile(r"^pbkdf2:sha256:(?P<iterations>\d{1,8})\$(?P<salt>[^$]{1,128})\$(?P<hash>[0-9a-f]{32,128})$")
-_DJANGO = re.compile(r"^pbkdf2_sha256\$(?P<iterations>\d{1,8})\$(?P<salt>[^$]{1,128})\$(?P<hash>[A-Za-z0-9+/]{20,172}={0,2})$")
+# A salt is any characters but "$" and control characters (PostgreSQL text cannot hold NUL).
+_SALT = r"(?P<salt>[^$\x00-\x1f\x7f]{1,128})"
+_WERKZEUG = re.compile(r"^pbkdf2:sha256:(?P<iterations>\d{1,8})\$" + _SALT + r"\$(?P<hash>[0-9a-f]{32,128})$")
+_DJANGO = re.compile(r"^pbkdf2_sha256\$(?P<iterations>\d{1,8})\$" + _SALT + r"\$(?P<hash>[A-Za-z0-9+/]{20,172}={0,2})$")
 
 
 class LegacyHashError(ValueError):
@@ -113,7 +115,7 @@ class PasswordHasher:
 
     def _verify_sync(self, password: str, stored: str) -> Verification:
         if stored.startswith(CURRENT_PREFIX):
-            hashed = stored[len(CURRENT_PREFIX):].encode("ascii")
+            hashed = stored[len(CURRENT_PREFIX) :].encode("ascii")
             ok = bcrypt.checkpw(self._prehash(password), hashed)
             # "$2b$12$..." carries its cost in the third field.
             cost = int(hashed.split(b"$")[2])

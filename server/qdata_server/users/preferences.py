@@ -49,8 +49,10 @@ async def update_preferences(deps, request: user_pb2.UpdatePreferencesRequest) -
     if "default_model_id" in paths:
         v.max_length("preferences.default_model_id", prefs.default_model_id, MAX_MODEL_ID_LENGTH)
         v.printable("preferences.default_model_id", prefs.default_model_id)
-    if "language" in paths and prefs.language and (
-        len(prefs.language) > MAX_LANGUAGE_LENGTH or not _LANGUAGE.match(prefs.language)
+    if (
+        "language" in paths
+        and prefs.language
+        and (len(prefs.language) > MAX_LANGUAGE_LENGTH or not _LANGUAGE.match(prefs.language))
     ):
         v.add("preferences.language", "must be a BCP 47 tag such as 'en' or 'pt-BR'")
     if "theme" in paths and prefs.theme not in convert.THEME_FROM_PROTO:
@@ -58,7 +60,7 @@ async def update_preferences(deps, request: user_pb2.UpdatePreferencesRequest) -
     if "extra" in paths and any(p.startswith("extra.") for p in paths):
         v.add("update_mask", "must not name both 'extra' and 'extra.<key>'")
     for path in paths:
-        if path.startswith("extra.") and not _EXTRA_KEY.match(path[len("extra."):]):
+        if path.startswith("extra.") and not _EXTRA_KEY.match(path[len("extra.") :]):
             v.add("update_mask", f"{path[:80]!r}: extra keys are 1 to 64 characters of A-Z, a-z, 0-9, '_', '.', '-'")
     if "extra" in paths or any(p.startswith("extra.") for p in paths):
         for key, value in prefs.extra.items():
@@ -78,9 +80,17 @@ async def update_preferences(deps, request: user_pb2.UpdatePreferencesRequest) -
             bad = Violations()
             bad.add("preferences.extra", f"may hold at most {MAX_EXTRA_ENTRIES} entries after the update")
             bad.raise_if_any()
-        row = await fetch_one(conn, "upsert_preferences", {**merged, "user_id": user_id, "extra": Jsonb(merged["extra"])})
-        await audit.record(conn, action="users.UpdatePreferences", target_type="preferences",
-                           target_id=str(user_id), user_id=user_id, summary={"fields": sorted(paths)})
+        row = await fetch_one(
+            conn, "upsert_preferences", {**merged, "user_id": user_id, "extra": Jsonb(merged["extra"])}
+        )
+        await audit.record(
+            conn,
+            action="users.UpdatePreferences",
+            target_type="preferences",
+            target_id=str(user_id),
+            user_id=user_id,
+            summary={"fields": sorted(paths)},
+        )
         return user_pb2.UpdatePreferencesResponse(preferences=convert.preferences(str(user_id), row))
 
     return await deps.idempotent(request, user_pb2.UpdatePreferencesResponse, work, user_id=user_id)
@@ -104,7 +114,7 @@ def _merge(current: dict[str, Any] | None, prefs: user_pb2.Preferences, paths: l
         elif path == "extra":
             merged["extra"] = dict(prefs.extra)
         else:
-            key = path[len("extra."):]
+            key = path[len("extra.") :]
             if key in prefs.extra:
                 merged["extra"][key] = prefs.extra[key]
             else:
