@@ -17,9 +17,10 @@ ARG PYTHON_IMAGE=python:3.11-slim
 # ---- builder: resolve and install everything into /opt/venv -------------------------------
 FROM ${PYTHON_IMAGE} AS builder
 
+# No PYTHONDONTWRITEBYTECODE here: the .pyc files pip writes are wanted in the venv; with a
+# read-only root filesystem the server could not cache them, and would compile at every start.
 ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -36,6 +37,7 @@ RUN pip install --only-binary=:all: -r requirements.txt
 COPY clients/python ./clients/python
 COPY server ./server
 RUN pip install --no-deps ./clients/python ./server \
+    && pip check \
     && qdata-server --help >/dev/null \
     && python -c "from qdata_server.db import migrate, sql; assert sql.names() and migrate.load_migrations()"
 

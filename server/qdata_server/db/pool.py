@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
+import time
+import weakref
+
+import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from qdata_server.config import Settings
 
+# A connection given back less than this long ago is handed out again without a liveness
+# round trip: it just worked, and if it broke since, the one request using it fails with
+# UNAVAILABLE and the pool discards it. Older connections are checked before use.
+RECENTLY_USED_SECONDS = 2.0
+_returned_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection, float] = weakref.WeakKeyDictionary()
+
+
+async def _note_return(conn: psycopg.AsyncConnection) -> None:
+    _returned_at[conn] = time.monotonic()
+
+
+async def _check_unless_recently_used(conn: psycopg.AsyncConnection) -> None:
+    returned = _returned_at.get(conn)
+    if returned is not None and time.monotonic() - returned < RECENTLY_USED_SECONDS:
+        return
+    await AsyncConnectionPool.check_connection(conn)
+
 
 async def open_pool(settings: Settings, conninfo: str) -> AsyncConnectionPool:
     """Opens a pool and waits until min_size connections work (raises PoolTimeout otherwise).
 
-    Connections are checked on checkout, so one broken by a database restart is replaced
-    instead of failing a request. Every connection returns rows as dicts and, being used
-    only in explicit transactions, never autocommits.
+    Connections idle for a while are checked on checkout, so one broken by a database restart
+    is replaced instead of failing a request. Every connection returns rows as dicts and, being
+    used only in explicit transactions, never autocommits.
     """
     pool = AsyncConnectionPool(
         conninfo,
@@ -21,7 +42,8 @@ async def open_pool(settings: Settings, conninfo: str) -> AsyncConnectionPool:
         max_size=settings.pool_max_size,
         timeout=settings.pool_timeout_seconds,
         open=False,
-        check=AsyncConnectionPool.check_connection,
+        check=_check_unless_recently_used,
+        reset=_note_return,
         kwargs={"row_factory": dict_row, "application_name": "qdata"},
         name="qdata",
     )
