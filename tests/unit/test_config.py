@@ -29,8 +29,10 @@ def test_values_are_parsed():
             "QDATA_LOCKOUT_THRESHOLD": "7",
             "QDATA_SHUTDOWN_GRACE_SECONDS": "2.5",
             "QDATA_LOG_LEVEL": "debug",
+            "QDATA_PREPARED_STATEMENTS": "false",
         }
     )
+    assert settings.prepared_statements is False
     assert (settings.workers, settings.bcrypt_cost, settings.lockout_threshold) == (3, 10, 7)
     assert settings.shutdown_grace_seconds == 2.5
     assert settings.log_level == "DEBUG"
@@ -45,6 +47,7 @@ def test_values_are_parsed():
         ({"QDATA_POOL_MIN_SIZE": "20", "QDATA_POOL_MAX_SIZE": "5"}, "must not exceed"),
         ({"QDATA_LOG_LEVEL": "LOUD"}, "QDATA_LOG_LEVEL"),
         ({"QDATA_SHUTDOWN_GRACE_SECONDS": "-1"}, "at least 0"),
+        ({"QDATA_PREPARED_STATEMENTS": "sometimes"}, "true or false"),
     ],
 )
 def test_bad_values_are_named(env, message):

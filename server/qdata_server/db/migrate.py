@@ -95,11 +95,29 @@ def load_migrations() -> list[Migration]:
     return migrations
 
 
+def newer_than_build(files: list[Migration], applied: list[AppliedMigration]) -> list[AppliedMigration]:
+    """Applied migrations newer than every shipped file: a newer release migrated the database.
+
+    During a rolling update the old pods keep serving next to them (migrations are written to be
+    backward compatible for one release), so these are reported, not refused.
+    """
+    newest = max((m.version for m in files), default=0)
+    return [row for row in applied if row.version > newest]
+
+
 def pending(files: list[Migration], applied: list[AppliedMigration]) -> list[Migration]:
-    """The files still to apply; raises MigrationError if history and files disagree."""
+    """The files still to apply; raises MigrationError if history and files disagree.
+
+    An applied migration that was edited, or that is missing from the shipped files while newer
+    ones are shipped, is an error; applied migrations newer than the whole build are tolerated
+    (see newer_than_build).
+    """
     by_version = {m.version: m for m in files}
+    newest = max(by_version, default=0)
     for row in applied:
         shipped = by_version.get(row.version)
+        if shipped is None and row.version > newest:
+            continue
         if shipped is None:
             raise MigrationError(
                 f"applied migration {row.version:04d}_{row.name} is missing from this build "

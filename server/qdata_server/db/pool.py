@@ -29,8 +29,11 @@ async def _check_unless_recently_used(conn: psycopg.AsyncConnection) -> None:
     await AsyncConnectionPool.check_connection(conn)
 
 
-async def open_pool(settings: Settings, conninfo: str) -> AsyncConnectionPool:
-    """Opens a pool and waits until min_size connections work (raises PoolTimeout otherwise).
+async def open_pool(settings: Settings, conninfo: str, *, wait: bool = True) -> AsyncConnectionPool:
+    """Opens a pool; with wait, until min_size connections work (raises PoolTimeout otherwise).
+
+    Without wait the pool connects in the background and keeps retrying while the database is
+    unreachable; requests meanwhile fail with UNAVAILABLE after the pool timeout.
 
     Connections idle for a while are checked on checkout, so one broken by a database restart
     is replaced instead of failing a request. Every connection returns rows as dicts and, being
@@ -44,8 +47,13 @@ async def open_pool(settings: Settings, conninfo: str) -> AsyncConnectionPool:
         open=False,
         check=_check_unless_recently_used,
         reset=_note_return,
-        kwargs={"row_factory": dict_row, "application_name": "qdata"},
+        kwargs={
+            "row_factory": dict_row,
+            "application_name": "qdata",
+            # None never prepares; psycopg's default prepares a query after its 5th use.
+            **({} if settings.prepared_statements else {"prepare_threshold": None}),
+        },
         name="qdata",
     )
-    await pool.open(wait=True, timeout=max(settings.pool_timeout_seconds, 10.0))
+    await pool.open(wait=wait, timeout=max(settings.pool_timeout_seconds, 10.0))
     return pool
