@@ -39,6 +39,8 @@ from qdata_server.db.pool import open_pool
 from qdata_server.db.sql import query
 from qdata_server.errors import Unavailable
 from qdata_server.interceptor import ServiceInterceptor
+from qdata_server.ledger import operations as ledger_operations
+from qdata_server.ledger.service import LedgerServicer
 from qdata_server.pagination import PageTokens
 from qdata_server.users.passwords import PasswordHasher
 from qdata_server.users.service import UserServicer
@@ -63,9 +65,11 @@ class Deps:
     passwords: PasswordHasher
     _page_tokens: PageTokens | None = None
 
-    async def transaction(self, work: Callable[[psycopg.AsyncConnection], Awaitable[R]]) -> R:
-        """Runs work(conn) in one transaction with the configured retries."""
-        return await transactions.run(self.pool, work, retries=self.settings.transaction_retries)
+    async def transaction(
+        self, work: Callable[[psycopg.AsyncConnection], Awaitable[R]], *, snapshot: bool = False
+    ) -> R:
+        """Runs work(conn) in one transaction with the configured retries (see db/transactions.py)."""
+        return await transactions.run(self.pool, work, retries=self.settings.transaction_retries, snapshot=snapshot)
 
     async def idempotent(
         self,
@@ -118,6 +122,7 @@ class QdataServer:
         self.deps: Deps | None = None
         self.port: int = 0
         self._monitor: asyncio.Task | None = None
+        self._sweeper: asyncio.Task | None = None
         self._serving: bool | None = None
 
     async def start(self, address: str | None = None, *, reuse_port: bool = False) -> int:
@@ -138,8 +143,8 @@ class QdataServer:
         ]
         server = aio.server(interceptors=[ServiceInterceptor()], options=options)
         user_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(self.deps), server)
+        ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(self.deps), server)
         # Contracts whose implementations are still to come: every RPC answers UNIMPLEMENTED.
-        ledger_pb2_grpc.add_LedgerServiceServicer_to_server(ledger_pb2_grpc.LedgerServiceServicer(), server)
         chat_pb2_grpc.add_ChatServiceServicer_to_server(chat_pb2_grpc.ChatServiceServicer(), server)
         usage_pb2_grpc.add_UsageServiceServicer_to_server(usage_pb2_grpc.UsageServiceServicer(), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -152,6 +157,8 @@ class QdataServer:
         self.server = server
         await self.check_health()
         self._monitor = asyncio.create_task(self._watch_database(), name="qdata-health")
+        if settings.hold_sweep_seconds > 0:
+            self._sweeper = asyncio.create_task(self._sweep_holds(), name="qdata-hold-sweeper")
         return self.port
 
     async def check_health(self) -> bool:
@@ -182,12 +189,26 @@ class QdataServer:
             await asyncio.sleep(self.settings.health_probe_seconds)
             await self.check_health()
 
+    async def _sweep_holds(self) -> None:
+        """Resolves expired holds in the background (requests also sweep the accounts they touch)."""
+        while True:
+            await asyncio.sleep(self.settings.hold_sweep_seconds)
+            if not self._serving:
+                continue
+            try:
+                swept = await ledger_operations.sweep_expired_holds(self.deps)
+                if swept:
+                    log.info("swept expired holds", extra={"accounts": swept})
+            except Exception as exc:
+                log.warning("hold sweep failed", extra={"error_type": type(exc).__name__})
+
     async def stop(self, grace: float | None = None) -> None:
         """Graceful shutdown: NOT_SERVING, stop accepting, drain within grace, close the pool."""
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
-        if self._monitor:
-            self._monitor.cancel()
-            await asyncio.gather(self._monitor, return_exceptions=True)
+        for task in (self._monitor, self._sweeper):
+            if task:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.health.enter_graceful_shutdown()
         if self.server:
             await self.server.stop(grace)

@@ -85,6 +85,11 @@ class Settings:
     # Server-side prepared statements for repeated queries; turn off behind a PgBouncer older
     # than 1.21 (or without max_prepared_statements) in transaction mode.
     prepared_statements: bool = True
+    # ISO 4217 currencies the ledger accepts (USD always).
+    ledger_currencies: tuple[str, ...] = ("USD",)
+    # Seconds between runs of the background sweeper that resolves expired holds (0: never; the
+    # ledger also sweeps an account's expired holds whenever it touches the account).
+    hold_sweep_seconds: float = 30.0
 
     @property
     def embedded(self) -> bool:
@@ -108,6 +113,14 @@ class Settings:
         prepared = env.get("QDATA_PREPARED_STATEMENTS", "").strip().lower()
         if prepared not in ("", "1", "true", "yes", "0", "false", "no"):
             raise ConfigError(f"QDATA_PREPARED_STATEMENTS must be true or false, got {prepared!r}")
+        currencies = tuple(
+            sorted(
+                {"USD", *(c.strip().upper() for c in env.get("QDATA_LEDGER_CURRENCIES", "").split(",") if c.strip())}
+            )
+        )
+        for code in currencies:
+            if len(code) != 3 or not code.isalpha() or not code.isascii():
+                raise ConfigError(f"QDATA_LEDGER_CURRENCIES must list ISO 4217 codes like USD,EUR; got {code!r}")
         level = env.get("QDATA_LOG_LEVEL", d.log_level).strip().upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"QDATA_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
@@ -133,6 +146,8 @@ class Settings:
             seed_on_start=seed_on_start,
             transaction_retries=_int(env, "QDATA_TRANSACTION_RETRIES", d.transaction_retries, 0, 100),
             prepared_statements=prepared not in ("0", "false", "no"),
+            ledger_currencies=currencies,
+            hold_sweep_seconds=_float(env, "QDATA_HOLD_SWEEP_SECONDS", d.hold_sweep_seconds, 0),
         )
         if settings.pool_min_size > settings.pool_max_size:
             raise ConfigError("QDATA_POOL_MIN_SIZE must not exceed QDATA_POOL_MAX_SIZE")

@@ -1,23 +1,70 @@
 """Constraint names to domain errors: how the database's own checks reach callers.
 
 The transaction runner looks up `diag.constraint_name` of an integrity error here (never the
-message text). A constraint that is not listed is an invariant the server should have kept
-itself, so its violation is a bug and surfaces as INTERNAL.
+message text). Business rules enforced in SQL (the ledger's functions) raise through
+`ledger_reject`, which names a pseudo-constraint and passes one value in DETAIL (an id or an
+amount, never personal data). A constraint that is not listed is an invariant the server should
+have kept itself, so its violation is a bug and surfaces as INTERNAL.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from qdata_server.errors import AlreadyExists, QdataError
+from qdata_server.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    QdataError,
+)
 
-CONSTRAINT_ERRORS: dict[str, Callable[[], QdataError]] = {
-    "users_email_key": lambda: AlreadyExists("a user with this email already exists", reason="EMAIL_TAKEN"),
-    "users_username_key": lambda: AlreadyExists("a user with this username already exists", reason="USERNAME_TAKEN"),
+# Each factory gets the DETAIL of the error ("" if none).
+CONSTRAINT_ERRORS: dict[str, Callable[[str], QdataError]] = {
+    "users_email_key": lambda _: AlreadyExists("a user with this email already exists", reason="EMAIL_TAKEN"),
+    "users_username_key": lambda _: AlreadyExists("a user with this username already exists", reason="USERNAME_TAKEN"),
+    # Ledger (db/migrations/0003_ledger.sql).
+    "ledger_user_not_found": lambda _: NotFound("user not found", reason="USER_NOT_FOUND"),
+    "ledger_transactions_external_reference_key": lambda detail: AlreadyExists(
+        "a deposit with this external_reference already exists",
+        reason="EXTERNAL_REFERENCE_EXISTS",
+        metadata={"transaction_id": detail} if detail else {},
+    ),
+    "ledger_balance_limit_exceeded": lambda _: FailedPrecondition(
+        "the posted balance would exceed 10^18 micro-units", reason="BALANCE_LIMIT_EXCEEDED"
+    ),
+    "ledger_insufficient_funds": lambda detail: FailedPrecondition(
+        "the available balance is lower than the amount",
+        reason="INSUFFICIENT_FUNDS",
+        metadata={"available_micros": detail} if detail else {},
+    ),
+    "ledger_transaction_not_found": lambda _: NotFound("transaction not found", reason="TRANSACTION_NOT_FOUND"),
+    "ledger_transaction_not_refundable": lambda detail: FailedPrecondition(
+        f"only CHARGE and HOLD_CAPTURE transactions can be refunded, not {detail.upper() or 'this one'}",
+        reason="TRANSACTION_NOT_REFUNDABLE",
+    ),
+    "ledger_refund_exceeds_original": lambda detail: FailedPrecondition(
+        "refunds would exceed the original amount",
+        reason="REFUND_EXCEEDS_ORIGINAL",
+        metadata={"refundable_micros": detail} if detail else {},
+    ),
+    "ledger_hold_not_found": lambda _: NotFound("hold not found", reason="HOLD_NOT_FOUND"),
+    "ledger_hold_already_captured": lambda _: FailedPrecondition(
+        "the hold was already captured", reason="HOLD_ALREADY_CAPTURED"
+    ),
+    "ledger_hold_already_released": lambda _: FailedPrecondition(
+        "the hold was already released", reason="HOLD_ALREADY_RELEASED"
+    ),
+    "ledger_hold_expired": lambda _: FailedPrecondition("the hold has expired", reason="HOLD_EXPIRED"),
+    "ledger_capture_exceeds_hold": lambda detail: InvalidArgument(
+        [FieldViolation("amount_micros", f"must not exceed the hold's amount ({detail} micro-units)")],
+        reason="CAPTURE_EXCEEDS_HOLD",
+    ),
 }
 
 
-def error_for(constraint_name: str | None) -> QdataError | None:
+def error_for(constraint_name: str | None, detail: str | None = None) -> QdataError | None:
     """The domain error for a violated constraint, or None if it is not a caller's mistake."""
     factory = CONSTRAINT_ERRORS.get(constraint_name or "")
-    return factory() if factory else None
+    return factory(detail or "") if factory else None

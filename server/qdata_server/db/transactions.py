@@ -42,12 +42,17 @@ async def run(
     work: Callable[[psycopg.AsyncConnection], Awaitable[T]],
     *,
     retries: int = 5,
+    snapshot: bool = False,
 ) -> T:
-    """Runs work(conn) in one transaction, retrying it on serialization failure or deadlock."""
+    """Runs work(conn) in one transaction, retrying it on serialization failure or deadlock.
+
+    With snapshot, the transaction is REPEATABLE READ and READ ONLY: every statement sees the
+    same consistent state (for checks that read a lot, like VerifyLedger).
+    """
     attempt = 0
     while True:
         try:
-            return await _run_once(pool, work)
+            return await _run_once(pool, work, snapshot)
         except _RETRYABLE as exc:
             attempt += 1
             if attempt > retries:
@@ -56,7 +61,7 @@ async def run(
             # Jittered exponential backoff keeps colliding transactions from colliding again.
             await asyncio.sleep(random.uniform(0, 0.005 * (2**attempt)))
         except psycopg.IntegrityError as exc:
-            error = error_for(exc.diag.constraint_name)
+            error = error_for(exc.diag.constraint_name, exc.diag.message_detail)
             if error is None:
                 raise
             raise error from None
@@ -69,12 +74,16 @@ async def run(
             raise Unavailable("the database is unavailable", reason="DATABASE_UNAVAILABLE") from None
 
 
-async def _run_once(pool: AsyncConnectionPool, work: Callable[[psycopg.AsyncConnection], Awaitable[T]]) -> T:
+async def _run_once(
+    pool: AsyncConnectionPool, work: Callable[[psycopg.AsyncConnection], Awaitable[T]], snapshot: bool
+) -> T:
     ctx = callctx.current()
     left = ctx.time_left() if ctx else None
     if left is not None and left <= _DEADLINE_MARGIN_SECONDS:
         raise DeadlineExceeded("the deadline expired before the database was reached")
     async with pool.connection() as conn, conn.transaction():
+        if snapshot:
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         if left is not None:
             millis = max(1, int((left - _DEADLINE_MARGIN_SECONDS) * 1000))
             await conn.execute(_SET_TIMEOUT, (f"{millis}ms",))

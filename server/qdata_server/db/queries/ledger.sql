@@ -1,0 +1,150 @@
+-- name: ledger_deposit
+-- Credits a user (one transaction, two postings); returns the new transaction's id.
+SELECT ledger_deposit(%(user_id)s, %(amount_micros)s, %(currency_code)s, %(source)s, %(external_reference)s,
+                      %(description)s, %(request_id)s) AS transaction_id;
+
+-- name: ledger_charge
+-- Debits a user's available balance for revenue; rejects INSUFFICIENT_FUNDS.
+SELECT ledger_charge(%(user_id)s, %(amount_micros)s, %(currency_code)s, %(description)s, %(reference)s,
+                     %(request_id)s) AS transaction_id;
+
+-- name: ledger_transfer
+-- Moves credits between two users, locking both accounts in user_id order.
+SELECT ledger_transfer(%(from_user_id)s, %(to_user_id)s, %(amount_micros)s, %(currency_code)s, %(description)s,
+                       %(reference)s, %(request_id)s) AS transaction_id;
+
+-- name: ledger_refund
+-- Returns part of a CHARGE or HOLD_CAPTURE; refunds never exceed the original.
+SELECT ledger_refund(%(user_id)s, %(original_transaction_id)s, %(amount_micros)s, %(description)s,
+                     %(request_id)s) AS transaction_id;
+
+-- name: ledger_create_hold
+-- Reserves credits until the hold is captured, released or expires.
+SELECT ledger_create_hold(%(user_id)s, %(amount_micros)s, %(currency_code)s, %(ttl_seconds)s, %(description)s,
+                          %(reference)s, %(request_id)s) AS hold_id;
+
+-- name: ledger_capture_hold
+-- Charges part or all of an active hold and releases the rest.
+SELECT ledger_capture_hold(%(user_id)s, %(hold_id)s, %(amount_micros)s, %(description)s,
+                           %(request_id)s) AS transaction_id;
+
+-- name: ledger_release_hold
+-- Releases an active hold.
+SELECT ledger_release_hold(%(user_id)s, %(hold_id)s);
+
+-- name: ledger_sweep_expired_holds
+-- Resolves the expired holds of up to `limit` accounts; returns how many accounts it swept.
+SELECT ledger_sweep_expired_holds(%(limit)s) AS swept;
+
+-- name: ledger_user_state
+-- Whether a user ever existed (deleted users' money stays readable).
+SELECT status FROM users WHERE user_id = %(user_id)s;
+
+-- name: ledger_get_balance
+-- A user's balance in one currency; held counts only holds still reserving at this moment.
+SELECT a.posted_micros,
+       coalesce((SELECT sum(h.amount_micros) FROM ledger_holds h
+                  WHERE h.user_id = a.user_id AND h.currency_code = a.currency_code
+                    AND h.status = 'active' AND h.expire_at > now()), 0)::bigint AS held_micros,
+       a.updated_at
+  FROM ledger_accounts a
+ WHERE a.user_id = %(user_id)s AND a.currency_code = %(currency_code)s;
+
+-- name: ledger_get_transaction
+-- One transaction visible to a user (its owner or a transfer's receiver), with postings and the
+-- refunded total.
+SELECT t.*,
+       (SELECT json_agg(json_build_object(
+                   'account', CASE WHEN p.account_user_id IS NOT NULL THEN 'users/' || p.account_user_id
+                                   ELSE 'system/' || p.system_account END,
+                   'amount_micros', p.amount_micros) ORDER BY p.leg)
+          FROM ledger_postings p WHERE p.user_id = t.user_id AND p.transaction_id = t.transaction_id) AS postings,
+       (SELECT coalesce(sum(r.amount_micros), 0) FROM ledger_transactions r
+         WHERE r.user_id = t.user_id AND r.original_transaction_id = t.transaction_id)::bigint AS refunded_micros
+  FROM ledger_transactions t
+ WHERE t.transaction_id = %(transaction_id)s
+   AND (t.user_id = %(user_id)s OR t.counterparty_user_id = %(user_id)s);
+
+-- name: ledger_list_transactions
+-- One page of a user's transactions (owned, or received by transfer), newest first, after an
+-- optional (created_at, transaction_id) cursor, filtered by time range, kinds and currency.
+WITH visible AS (
+    SELECT * FROM ledger_transactions WHERE user_id = %(user_id)s
+    UNION ALL
+    SELECT * FROM ledger_transactions WHERE counterparty_user_id = %(user_id)s
+)
+SELECT t.*,
+       (SELECT json_agg(json_build_object(
+                   'account', CASE WHEN p.account_user_id IS NOT NULL THEN 'users/' || p.account_user_id
+                                   ELSE 'system/' || p.system_account END,
+                   'amount_micros', p.amount_micros) ORDER BY p.leg)
+          FROM ledger_postings p WHERE p.user_id = t.user_id AND p.transaction_id = t.transaction_id) AS postings,
+       (SELECT coalesce(sum(r.amount_micros), 0) FROM ledger_transactions r
+         WHERE r.user_id = t.user_id AND r.original_transaction_id = t.transaction_id)::bigint AS refunded_micros
+  FROM visible t
+ WHERE (%(start_time)s::timestamptz IS NULL OR t.created_at >= %(start_time)s::timestamptz)
+   AND (%(end_time)s::timestamptz IS NULL OR t.created_at < %(end_time)s::timestamptz)
+   AND (%(kinds)s::text[] IS NULL OR t.kind = ANY (%(kinds)s::text[]))
+   AND (%(currency_code)s::text IS NULL OR t.currency_code = %(currency_code)s::text)
+   AND (%(after_created_at)s::timestamptz IS NULL
+        OR (t.created_at, t.transaction_id) < (%(after_created_at)s::timestamptz, %(after_transaction_id)s::uuid))
+ ORDER BY t.created_at DESC, t.transaction_id DESC
+ LIMIT %(limit)s;
+
+-- name: ledger_get_hold
+-- One hold of a user.
+SELECT h.*, now() AS read_at FROM ledger_holds h WHERE h.user_id = %(user_id)s AND h.hold_id = %(hold_id)s;
+
+-- name: ledger_verify_unbalanced
+-- Transactions whose postings do not sum to zero (or that have no postings).
+SELECT t.transaction_id, t.currency_code, coalesce(sum(p.amount_micros), 0)::bigint AS total
+  FROM ledger_transactions t
+  LEFT JOIN ledger_postings p ON p.user_id = t.user_id AND p.transaction_id = t.transaction_id
+ WHERE %(user_id)s::uuid IS NULL OR t.user_id = %(user_id)s::uuid
+ GROUP BY t.user_id, t.transaction_id, t.currency_code
+HAVING coalesce(sum(p.amount_micros), 0) <> 0 OR count(p.leg) <> 2
+ LIMIT %(limit)s;
+
+-- name: ledger_verify_accounts
+-- Accounts whose cached posted or held amount differs from their postings or active holds, or
+-- whose available balance is negative.
+SELECT a.user_id, a.currency_code, a.posted_micros, a.held_micros,
+       coalesce(p.total, 0)::bigint AS postings_total, coalesce(h.total, 0)::bigint AS holds_total
+  FROM ledger_accounts a
+  LEFT JOIN LATERAL (SELECT sum(amount_micros) AS total FROM ledger_postings
+                      WHERE account_user_id = a.user_id AND currency_code = a.currency_code) p ON true
+  LEFT JOIN LATERAL (SELECT sum(amount_micros) AS total FROM ledger_holds
+                      WHERE user_id = a.user_id AND currency_code = a.currency_code AND status = 'active') h ON true
+ WHERE (%(user_id)s::uuid IS NULL OR a.user_id = %(user_id)s::uuid)
+   AND (a.posted_micros <> coalesce(p.total, 0) OR a.held_micros <> coalesce(h.total, 0)
+        OR a.posted_micros < a.held_micros)
+ LIMIT %(limit)s;
+
+-- name: ledger_verify_holds
+-- Holds whose state disagrees with itself or with their capture transaction.
+SELECT h.hold_id, h.user_id, h.currency_code, h.status, h.captured_micros, t.amount_micros AS captured_in_transaction
+  FROM ledger_holds h
+  LEFT JOIN ledger_transactions t ON t.user_id = h.user_id AND t.transaction_id = h.capture_transaction_id
+ WHERE (%(user_id)s::uuid IS NULL OR h.user_id = %(user_id)s::uuid)
+   AND ((h.status = 'captured' AND (t.transaction_id IS NULL OR t.amount_micros <> h.captured_micros
+                                    OR t.hold_id IS DISTINCT FROM h.hold_id))
+        OR (h.status <> 'captured' AND h.captured_micros <> 0)
+        OR h.captured_micros > h.amount_micros)
+ LIMIT %(limit)s;
+
+-- name: ledger_verify_refunds
+-- Originals whose refunds total more than their amount.
+SELECT o.transaction_id, o.currency_code, o.amount_micros, sum(r.amount_micros)::bigint AS refunded
+  FROM ledger_transactions o
+  JOIN ledger_transactions r ON r.user_id = o.user_id AND r.original_transaction_id = o.transaction_id
+ WHERE %(user_id)s::uuid IS NULL OR o.user_id = %(user_id)s::uuid
+ GROUP BY o.user_id, o.transaction_id, o.currency_code, o.amount_micros
+HAVING sum(r.amount_micros) > o.amount_micros
+ LIMIT %(limit)s;
+
+-- name: ledger_verify_counts
+-- How much the check covered.
+SELECT (SELECT count(*) FROM ledger_accounts WHERE %(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid) AS accounts,
+       (SELECT count(*) FROM ledger_transactions WHERE %(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid) AS transactions,
+       (SELECT count(*) FROM ledger_holds WHERE %(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid) AS holds,
+       now() AS check_time;

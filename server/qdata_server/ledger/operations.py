@@ -1,0 +1,301 @@
+"""Ledger mutations: each is one idempotent transaction around one ledger_* SQL function.
+
+The SQL functions (0003_ledger.sql) lock the user accounts involved in user_id order, check
+funds, append the immutable transaction and its postings and move the cached balances; business
+rejections (INSUFFICIENT_FUNDS, HOLD_EXPIRED, ...) roll everything back, including the
+request_id claim, so a rejected request leaves no trace and may be retried with the same id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg
+
+from qdata.v1 import ledger_pb2
+from qdata_server import audit
+from qdata_server.db.sql import execute, fetch_one
+from qdata_server.errors import FieldViolation, InvalidArgument
+from qdata_server.ledger import convert, rules
+from qdata_server.validation import Violations
+
+
+async def _transaction(conn: psycopg.AsyncConnection, user_id: uuid.UUID, transaction_id: uuid.UUID):
+    row = await fetch_one(conn, "ledger_get_transaction", {"user_id": user_id, "transaction_id": transaction_id})
+    return convert.transaction(row)
+
+
+async def _hold(conn: psycopg.AsyncConnection, user_id: uuid.UUID, hold_id: uuid.UUID) -> ledger_pb2.Hold:
+    row = await fetch_one(conn, "ledger_get_hold", {"user_id": user_id, "hold_id": hold_id})
+    return convert.hold(row, row["read_at"])
+
+
+async def _record(conn, action: str, target_type: str, target_id: Any, user_id: uuid.UUID, **summary) -> None:
+    await audit.record(
+        conn,
+        action=f"ledger.{action}",
+        target_type=target_type,
+        target_id=str(target_id),
+        user_id=user_id,
+        summary=summary,
+    )
+
+
+def _money(deps, request, v: Violations, *, currency_field: str = "currency_code") -> str:
+    rules.amount(v, "amount_micros", request.amount_micros)
+    return rules.currency(v, currency_field, getattr(request, currency_field))
+
+
+async def deposit(deps, request: ledger_pb2.DepositRequest) -> ledger_pb2.DepositResponse:
+    v = Violations()
+    user_id = v.uuid("user_id", request.user_id)
+    currency = _money(deps, request, v)
+    source = {
+        ledger_pb2.DEPOSIT_SOURCE_UNSPECIFIED: "payment",
+        ledger_pb2.DEPOSIT_SOURCE_PAYMENT: "payment",
+        ledger_pb2.DEPOSIT_SOURCE_PROMOTION: "promotion",
+    }.get(request.source)
+    if source is None:
+        v.add("source", "is not a known DepositSource")
+    rules.text(v, "external_reference", request.external_reference, rules.MAX_REFERENCE_LENGTH)
+    if source == "payment" and not request.external_reference.strip():
+        v.add("external_reference", "is required for a PAYMENT deposit (the payment provider's reference)")
+    rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
+    v.raise_if_any()
+    rules.check_supported("currency_code", currency, deps.settings.ledger_currencies)
+
+    async def work(conn: psycopg.AsyncConnection) -> ledger_pb2.DepositResponse:
+        row = await fetch_one(
+            conn,
+            "ledger_deposit",
+            {
+                "user_id": user_id,
+                "amount_micros": request.amount_micros,
+                "currency_code": currency,
+                "source": source,
+                "external_reference": request.external_reference,
+                "description": request.description,
+                "request_id": request.request_id,
+            },
+        )
+        await _record(
+            conn,
+            "Deposit",
+            "transaction",
+            row["transaction_id"],
+            user_id,
+            amount_micros=request.amount_micros,
+            currency_code=currency,
+            source=source,
+        )
+        return ledger_pb2.DepositResponse(transaction=await _transaction(conn, user_id, row["transaction_id"]))
+
+    return await deps.idempotent(request, ledger_pb2.DepositResponse, work, user_id=user_id)
+
+
+async def charge(deps, request: ledger_pb2.ChargeRequest) -> ledger_pb2.ChargeResponse:
+    v = Violations()
+    user_id = v.uuid("user_id", request.user_id)
+    currency = _money(deps, request, v)
+    rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
+    rules.text(v, "reference", request.reference, rules.MAX_REFERENCE_LENGTH)
+    v.raise_if_any()
+    rules.check_supported("currency_code", currency, deps.settings.ledger_currencies)
+
+    async def work(conn: psycopg.AsyncConnection) -> ledger_pb2.ChargeResponse:
+        row = await fetch_one(
+            conn,
+            "ledger_charge",
+            {
+                "user_id": user_id,
+                "amount_micros": request.amount_micros,
+                "currency_code": currency,
+                "description": request.description,
+                "reference": request.reference,
+                "request_id": request.request_id,
+            },
+        )
+        await _record(
+            conn,
+            "Charge",
+            "transaction",
+            row["transaction_id"],
+            user_id,
+            amount_micros=request.amount_micros,
+            currency_code=currency,
+        )
+        return ledger_pb2.ChargeResponse(transaction=await _transaction(conn, user_id, row["transaction_id"]))
+
+    return await deps.idempotent(request, ledger_pb2.ChargeResponse, work, user_id=user_id)
+
+
+async def refund(deps, request: ledger_pb2.RefundRequest) -> ledger_pb2.RefundResponse:
+    v = Violations()
+    user_id = v.uuid("user_id", request.user_id)
+    original_id = v.uuid("original_transaction_id", request.original_transaction_id)
+    rules.amount(v, "amount_micros", request.amount_micros)
+    rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
+    v.raise_if_any()
+
+    async def work(conn: psycopg.AsyncConnection) -> ledger_pb2.RefundResponse:
+        row = await fetch_one(
+            conn,
+            "ledger_refund",
+            {
+                "user_id": user_id,
+                "original_transaction_id": original_id,
+                "amount_micros": request.amount_micros,
+                "description": request.description,
+                "request_id": request.request_id,
+            },
+        )
+        await _record(
+            conn,
+            "Refund",
+            "transaction",
+            row["transaction_id"],
+            user_id,
+            amount_micros=request.amount_micros,
+            original_transaction_id=str(original_id),
+        )
+        return ledger_pb2.RefundResponse(transaction=await _transaction(conn, user_id, row["transaction_id"]))
+
+    return await deps.idempotent(request, ledger_pb2.RefundResponse, work, user_id=user_id)
+
+
+async def transfer(deps, request: ledger_pb2.TransferRequest) -> ledger_pb2.TransferResponse:
+    v = Violations()
+    from_id = v.uuid("from_user_id", request.from_user_id)
+    to_id = v.uuid("to_user_id", request.to_user_id)
+    currency = _money(deps, request, v)
+    rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
+    rules.text(v, "reference", request.reference, rules.MAX_REFERENCE_LENGTH)
+    v.raise_if_any()
+    if from_id == to_id:
+        raise InvalidArgument([FieldViolation("to_user_id", "must differ from from_user_id")], reason="SELF_TRANSFER")
+    rules.check_supported("currency_code", currency, deps.settings.ledger_currencies)
+
+    async def work(conn: psycopg.AsyncConnection) -> ledger_pb2.TransferResponse:
+        row = await fetch_one(
+            conn,
+            "ledger_transfer",
+            {
+                "from_user_id": from_id,
+                "to_user_id": to_id,
+                "amount_micros": request.amount_micros,
+                "currency_code": currency,
+                "description": request.description,
+                "reference": request.reference,
+                "request_id": request.request_id,
+            },
+        )
+        await _record(
+            conn,
+            "Transfer",
+            "transaction",
+            row["transaction_id"],
+            from_id,
+            amount_micros=request.amount_micros,
+            currency_code=currency,
+            to_user_id=str(to_id),
+        )
+        return ledger_pb2.TransferResponse(transaction=await _transaction(conn, from_id, row["transaction_id"]))
+
+    return await deps.idempotent(request, ledger_pb2.TransferResponse, work, user_id=from_id)
+
+
+async def create_hold(deps, request: ledger_pb2.CreateHoldRequest) -> ledger_pb2.CreateHoldResponse:
+    v = Violations()
+    user_id = v.uuid("user_id", request.user_id)
+    currency = _money(deps, request, v)
+    ttl_seconds = rules.hold_ttl(v, "ttl", request.ttl, request.HasField("ttl"))
+    rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
+    rules.text(v, "reference", request.reference, rules.MAX_REFERENCE_LENGTH)
+    v.raise_if_any()
+    rules.check_supported("currency_code", currency, deps.settings.ledger_currencies)
+
+    async def work(conn: psycopg.AsyncConnection) -> ledger_pb2.CreateHoldResponse:
+        row = await fetch_one(
+            conn,
+            "ledger_create_hold",
+            {
+                "user_id": user_id,
+                "amount_micros": request.amount_micros,
+                "currency_code": currency,
+                "ttl_seconds": ttl_seconds,
+                "description": request.description,
+                "reference": request.reference,
+                "request_id": request.request_id,
+            },
+        )
+        await _record(
+            conn,
+            "CreateHold",
+            "hold",
+            row["hold_id"],
+            user_id,
+            amount_micros=request.amount_micros,
+            currency_code=currency,
+            ttl_seconds=ttl_seconds,
+        )
+        return ledger_pb2.CreateHoldResponse(hold=await _hold(conn, user_id, row["hold_id"]))
+
+    return await deps.idempotent(request, ledger_pb2.CreateHoldResponse, work, user_id=user_id)
+
+
+async def capture_hold(deps, request: ledger_pb2.CaptureHoldRequest) -> ledger_pb2.CaptureHoldResponse:
+    v = Violations()
+    user_id = v.uuid("user_id", request.user_id)
+    hold_id = v.uuid("hold_id", request.hold_id)
+    rules.amount(v, "amount_micros", request.amount_micros)
+    rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
+    v.raise_if_any()
+
+    async def work(conn: psycopg.AsyncConnection) -> ledger_pb2.CaptureHoldResponse:
+        row = await fetch_one(
+            conn,
+            "ledger_capture_hold",
+            {
+                "user_id": user_id,
+                "hold_id": hold_id,
+                "amount_micros": request.amount_micros,
+                "description": request.description,
+                "request_id": request.request_id,
+            },
+        )
+        await _record(
+            conn,
+            "CaptureHold",
+            "hold",
+            hold_id,
+            user_id,
+            amount_micros=request.amount_micros,
+            transaction_id=str(row["transaction_id"]),
+        )
+        return ledger_pb2.CaptureHoldResponse(
+            hold=await _hold(conn, user_id, hold_id),
+            transaction=await _transaction(conn, user_id, row["transaction_id"]),
+        )
+
+    return await deps.idempotent(request, ledger_pb2.CaptureHoldResponse, work, user_id=user_id)
+
+
+async def release_hold(deps, request: ledger_pb2.ReleaseHoldRequest) -> ledger_pb2.ReleaseHoldResponse:
+    v = Violations()
+    user_id = v.uuid("user_id", request.user_id)
+    hold_id = v.uuid("hold_id", request.hold_id)
+    v.raise_if_any()
+
+    async def work(conn: psycopg.AsyncConnection) -> ledger_pb2.ReleaseHoldResponse:
+        await execute(conn, "ledger_release_hold", {"user_id": user_id, "hold_id": hold_id})
+        await _record(conn, "ReleaseHold", "hold", hold_id, user_id)
+        return ledger_pb2.ReleaseHoldResponse(hold=await _hold(conn, user_id, hold_id))
+
+    return await deps.idempotent(request, ledger_pb2.ReleaseHoldResponse, work, user_id=user_id)
+
+
+async def sweep_expired_holds(deps, *, batch: int = 500) -> int:
+    """Resolves expired holds of up to `batch` accounts (the background sweeper); returns the count."""
+    row = await deps.transaction(lambda conn: fetch_one(conn, "ledger_sweep_expired_holds", {"limit": batch}))
+    return row["swept"]

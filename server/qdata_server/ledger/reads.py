@@ -1,0 +1,234 @@
+"""Ledger reads: balances, transactions, holds, and the VerifyLedger audit of invariants."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import psycopg
+
+from qdata.v1 import ledger_pb2
+from qdata_server.db.sql import fetch_all, fetch_one
+from qdata_server.errors import NotFound
+from qdata_server.ledger import convert, rules
+from qdata_server.pagination import page_size
+from qdata_server.users.convert import timestamp
+from qdata_server.validation import Violations
+
+MAX_KINDS = 5
+
+
+def _user_never_existed() -> NotFound:
+    return NotFound("user not found", reason="USER_NOT_FOUND")
+
+
+async def _require_user(conn: psycopg.AsyncConnection, user_id) -> None:
+    """Users that ever existed, deleted ones included (their money stays readable)."""
+    if await fetch_one(conn, "ledger_user_state", {"user_id": user_id}) is None:
+        raise _user_never_existed()
+
+
+async def get_balance(deps, request: ledger_pb2.GetBalanceRequest) -> ledger_pb2.GetBalanceResponse:
+    v = Violations()
+    user_id = v.uuid("user_id", request.user_id)
+    currency = rules.currency(v, "currency_code", request.currency_code)
+    v.raise_if_any()
+    rules.check_supported("currency_code", currency, deps.settings.ledger_currencies)
+
+    async def work(conn: psycopg.AsyncConnection) -> dict[str, Any] | None:
+        await _require_user(conn, user_id)
+        return await fetch_one(conn, "ledger_get_balance", {"user_id": user_id, "currency_code": currency})
+
+    row = await deps.transaction(work)
+    balance = ledger_pb2.Balance(user_id=str(user_id), currency_code=currency)
+    if row is not None:
+        balance.posted_micros = row["posted_micros"]
+        balance.held_micros = row["held_micros"]
+        balance.available_micros = row["posted_micros"] - row["held_micros"]
+        balance.update_time.CopyFrom(timestamp(row["updated_at"]))
+    return ledger_pb2.GetBalanceResponse(balance=balance)
+
+
+async def get_transaction(deps, request: ledger_pb2.GetTransactionRequest) -> ledger_pb2.GetTransactionResponse:
+    v = Violations()
+    user_id = v.uuid("user_id", request.user_id)
+    transaction_id = v.uuid("transaction_id", request.transaction_id)
+    v.raise_if_any()
+    row = await deps.transaction(
+        lambda conn: fetch_one(conn, "ledger_get_transaction", {"user_id": user_id, "transaction_id": transaction_id})
+    )
+    if row is None:
+        raise NotFound("transaction not found", reason="TRANSACTION_NOT_FOUND")
+    return ledger_pb2.GetTransactionResponse(transaction=convert.transaction(row))
+
+
+async def get_hold(deps, request: ledger_pb2.GetHoldRequest) -> ledger_pb2.GetHoldResponse:
+    v = Violations()
+    user_id = v.uuid("user_id", request.user_id)
+    hold_id = v.uuid("hold_id", request.hold_id)
+    v.raise_if_any()
+    row = await deps.transaction(
+        lambda conn: fetch_one(conn, "ledger_get_hold", {"user_id": user_id, "hold_id": hold_id})
+    )
+    if row is None:
+        raise NotFound("hold not found", reason="HOLD_NOT_FOUND")
+    return ledger_pb2.GetHoldResponse(hold=convert.hold(row, row["read_at"]))
+
+
+async def list_transactions(deps, request: ledger_pb2.ListTransactionsRequest) -> ledger_pb2.ListTransactionsResponse:
+    v = Violations()
+    user_id = v.uuid("user_id", request.user_id)
+    limit = page_size(request.page_size)
+    start = request.start_time.ToDatetime(datetime.UTC) if request.HasField("start_time") else None
+    end = request.end_time.ToDatetime(datetime.UTC) if request.HasField("end_time") else None
+    if start and end and end <= start:
+        v.add("end_time", "must be after start_time")
+    if len(request.kinds) > MAX_KINDS:
+        v.add("kinds", f"must hold at most {MAX_KINDS} entries")
+    kinds = []
+    for index, kind in enumerate(request.kinds):
+        if kind not in convert.KIND_FROM_PROTO:
+            v.add(f"kinds[{index}]", "must be a known TransactionKind other than UNSPECIFIED")
+        else:
+            kinds.append(convert.KIND_FROM_PROTO[kind])
+    currency = rules.currency(v, "currency_code", request.currency_code) if request.currency_code else None
+    v.raise_if_any()
+    filters = {
+        "user_id": str(user_id),
+        "start_time": start and start.isoformat(),
+        "end_time": end and end.isoformat(),
+        "kinds": sorted(kinds),
+        "currency_code": currency,
+    }
+    tokens = await deps.page_tokens()
+    cursor = tokens.open(request.page_token, "ListTransactions", filters)
+
+    async def work(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
+        await _require_user(conn, user_id)
+        return await fetch_all(
+            conn,
+            "ledger_list_transactions",
+            {
+                "user_id": user_id,
+                "start_time": start,
+                "end_time": end,
+                "kinds": kinds or None,
+                "currency_code": currency,
+                "after_created_at": cursor[0] if cursor else None,
+                "after_transaction_id": cursor[1] if cursor else None,
+                "limit": limit + 1,
+            },
+        )
+
+    rows = await deps.transaction(work)
+    next_token = ""
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        next_token = tokens.seal(
+            "ListTransactions", filters, [last["created_at"].isoformat(), str(last["transaction_id"])]
+        )
+    return ledger_pb2.ListTransactionsResponse(
+        transactions=[convert.transaction(r) for r in rows], next_page_token=next_token
+    )
+
+
+async def verify_ledger(deps, request: ledger_pb2.VerifyLedgerRequest) -> ledger_pb2.VerifyLedgerResponse:
+    v = Violations()
+    user_id = v.uuid("user_id", request.user_id, required=False)
+    if request.max_discrepancies < 0:
+        v.add("max_discrepancies", "must not be negative")
+    v.raise_if_any()
+    limit = page_size(request.max_discrepancies, field="max_discrepancies", default=100)
+    params = {"user_id": user_id, "limit": limit + 1}
+
+    async def work(conn: psycopg.AsyncConnection):
+        if user_id is not None:
+            await _require_user(conn, user_id)
+        return (
+            await fetch_all(conn, "ledger_verify_unbalanced", params),
+            await fetch_all(conn, "ledger_verify_accounts", params),
+            await fetch_all(conn, "ledger_verify_holds", params),
+            await fetch_all(conn, "ledger_verify_refunds", params),
+            await fetch_one(conn, "ledger_verify_counts", params),
+        )
+
+    unbalanced, accounts, holds, refunds, counts = await deps.transaction(work, snapshot=True)
+    found: list[ledger_pb2.LedgerDiscrepancy] = []
+    for row in unbalanced:
+        found.append(
+            ledger_pb2.LedgerDiscrepancy(
+                kind=ledger_pb2.DISCREPANCY_KIND_UNBALANCED_TRANSACTION,
+                transaction_id=str(row["transaction_id"]),
+                currency_code=row["currency_code"],
+                expected_micros=0,
+                actual_micros=row["total"],
+                detail="the postings of this transaction do not sum to zero (or it lacks its two legs)",
+            )
+        )
+    for row in accounts:
+        account = f"users/{row['user_id']}"
+        if row["posted_micros"] != row["postings_total"]:
+            found.append(
+                ledger_pb2.LedgerDiscrepancy(
+                    kind=ledger_pb2.DISCREPANCY_KIND_BALANCE_MISMATCH,
+                    account=account,
+                    currency_code=row["currency_code"],
+                    expected_micros=row["postings_total"],
+                    actual_micros=row["posted_micros"],
+                    detail="cached posted balance differs from the sum of the account's postings",
+                )
+            )
+        if row["held_micros"] != row["holds_total"]:
+            found.append(
+                ledger_pb2.LedgerDiscrepancy(
+                    kind=ledger_pb2.DISCREPANCY_KIND_HELD_MISMATCH,
+                    account=account,
+                    currency_code=row["currency_code"],
+                    expected_micros=row["holds_total"],
+                    actual_micros=row["held_micros"],
+                    detail="cached held amount differs from the sum of the account's active holds",
+                )
+            )
+        if row["posted_micros"] < row["held_micros"]:
+            found.append(
+                ledger_pb2.LedgerDiscrepancy(
+                    kind=ledger_pb2.DISCREPANCY_KIND_NEGATIVE_AVAILABLE,
+                    account=account,
+                    currency_code=row["currency_code"],
+                    expected_micros=0,
+                    actual_micros=row["posted_micros"] - row["held_micros"],
+                    detail="available balance is negative",
+                )
+            )
+    for row in holds:
+        found.append(
+            ledger_pb2.LedgerDiscrepancy(
+                kind=ledger_pb2.DISCREPANCY_KIND_HOLD_INCONSISTENT,
+                hold_id=str(row["hold_id"]),
+                account=f"users/{row['user_id']}",
+                currency_code=row["currency_code"],
+                expected_micros=row["captured_in_transaction"] or 0,
+                actual_micros=row["captured_micros"],
+                detail=f"hold in status {row['status']} disagrees with its capture transaction",
+            )
+        )
+    for row in refunds:
+        found.append(
+            ledger_pb2.LedgerDiscrepancy(
+                kind=ledger_pb2.DISCREPANCY_KIND_REFUND_EXCEEDS_ORIGINAL,
+                transaction_id=str(row["transaction_id"]),
+                currency_code=row["currency_code"],
+                expected_micros=row["amount_micros"],
+                actual_micros=row["refunded"],
+                detail="refunds of this transaction exceed its amount",
+            )
+        )
+    return ledger_pb2.VerifyLedgerResponse(
+        discrepancies=found[:limit],
+        truncated=len(found) > limit,
+        accounts_checked=counts["accounts"],
+        transactions_checked=counts["transactions"],
+        holds_checked=counts["holds"],
+        check_time=timestamp(counts["check_time"]),
+    )
