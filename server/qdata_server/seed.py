@@ -10,9 +10,10 @@ import logging
 
 from google.protobuf import field_mask_pb2
 
-from qdata.v1 import user_pb2
+from qdata.v1 import ledger_pb2, user_pb2
 from qdata_server import callctx
 from qdata_server.db.sql import fetch_one
+from qdata_server.ledger import operations as ledger
 from qdata_server.users import accounts, preferences
 
 log = logging.getLogger("qdata.seed")
@@ -27,7 +28,7 @@ SAMPLE_USERS = (
 
 
 async def seed(deps, *, only_if_empty: bool = True) -> int:
-    """Loads the sample users (and Alice's preferences); returns how many users it created."""
+    """Loads the sample users, their welcome credits and Alice's preferences; returns the user count."""
     if only_if_empty:
         row = await deps.transaction(lambda conn: fetch_one(conn, "count_users"))
         if row["n"]:
@@ -45,6 +46,11 @@ async def seed(deps, *, only_if_empty: bool = True) -> int:
             )
             response = await accounts.create_user(deps, request)
             created += 1
+            # Every sample user starts with 25 USD of promotional credits.
+            await ledger.deposit(deps, ledger_pb2.DepositRequest(
+                request_id=f"seed-credits-{username}", user_id=response.user.id, amount_micros=25_000_000,
+                source=ledger_pb2.DEPOSIT_SOURCE_PROMOTION, description="Welcome credits",
+            ))
             if username == "alice":
                 await preferences.update_preferences(
                     deps,
