@@ -47,10 +47,16 @@ async def seed(deps, *, only_if_empty: bool = True) -> int:
             response = await accounts.create_user(deps, request)
             created += 1
             # Every sample user starts with 25 USD of promotional credits.
-            await ledger.deposit(deps, ledger_pb2.DepositRequest(
-                request_id=f"seed-credits-{username}", user_id=response.user.id, amount_micros=25_000_000,
-                source=ledger_pb2.DEPOSIT_SOURCE_PROMOTION, description="Welcome credits",
-            ))
+            await ledger.deposit(
+                deps,
+                ledger_pb2.DepositRequest(
+                    request_id=f"seed-credits-{username}",
+                    user_id=response.user.id,
+                    amount_micros=25_000_000,
+                    source=ledger_pb2.DEPOSIT_SOURCE_PROMOTION,
+                    description="Welcome credits",
+                ),
+            )
             if username == "alice":
                 await preferences.update_preferences(
                     deps,
