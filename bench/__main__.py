@@ -1,4 +1,6 @@
 """python -m bench [--duration S] [--connections N] [--streams M] [--workers W[,W...]] [--out DIR]
+   python -m bench --suite chat [--small-messages N] [--big-messages N] [--appends N] [--reads N]
+   python -m bench --suite usage [--records N] [--batch-size N] [--big-records N] [--small-records N]
 
 Measures qdata against a reference served in the same run (see bench/README.md) and prints
 ratios: qdata GetUser versus a bare grpc.aio echo, both under the same h2load load, in
@@ -63,6 +65,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bcrypt-cost", type=int, default=4, help="QDATA_BCRYPT_COST of the server; default 4")
     p.add_argument("--out", type=Path, default=RESULTS, help=f"directory for the JSON; default {RESULTS}")
+    p.add_argument(
+        "--suite",
+        choices=["default", "chat", "usage"],
+        default="default",
+        help="default: GetUser and Authenticate against the reference (h2load); chat: ChatService append "
+        "and last-50 cost in a small versus a big session (see bench/chat.py); usage: RecordUsage one by one "
+        "versus RecordUsageBatch, and GetModelStats over 1M versus 1k records (see bench/usage.py)",
+    )
+    chat = p.add_argument_group("--suite chat")
+    chat.add_argument("--small-messages", type=int, default=1_000, help="messages in the small session; default 1000")
+    chat.add_argument("--big-messages", type=int, default=100_000, help="messages in the big session; default 100000")
+    chat.add_argument("--appends", type=int, default=400, help="timed appends per session; default 400")
+    chat.add_argument("--reads", type=int, default=400, help="timed last-50 reads per session; default 400")
+    usage = p.add_argument_group("--suite usage")
+    usage.add_argument("--records", type=int, default=3000, help="records per recording run and mode; default 3000")
+    usage.add_argument("--concurrency", type=int, default=16, help="RecordUsage calls in flight; default 16")
+    usage.add_argument("--batch-size", type=int, default=500, help="records per RecordUsageBatch; default 500")
+    usage.add_argument("--big-records", type=int, default=1_000_000, help="records of the big model; default 1000000")
+    usage.add_argument("--small-records", type=int, default=1_000, help="records of the small model; default 1000")
+    usage.add_argument("--stats-calls", type=int, default=200, help="timed GetModelStats per model and window")
     return p
 
 
@@ -242,6 +264,14 @@ def _runs(report: dict) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.suite == "chat":
+        from bench import chat
+
+        return chat.run(args)
+    if args.suite == "usage":
+        from bench import usage
+
+        return usage.run(args)
     exe = h2load.find()
     if exe is None:
         print(h2load.INSTALL_HINT, file=sys.stderr)

@@ -33,6 +33,7 @@ from qdata.v1 import (
     user_pb2_grpc,
 )
 from qdata_server import idempotency
+from qdata_server.chat.service import ChatServicer
 from qdata_server.config import Settings
 from qdata_server.db import migrate, transactions
 from qdata_server.db.pool import open_pool
@@ -42,6 +43,8 @@ from qdata_server.interceptor import ServiceInterceptor
 from qdata_server.ledger import operations as ledger_operations
 from qdata_server.ledger.service import LedgerServicer
 from qdata_server.pagination import PageTokens
+from qdata_server.usage import maintenance as usage_maintenance
+from qdata_server.usage.service import UsageServicer
 from qdata_server.users.passwords import PasswordHasher
 from qdata_server.users.service import UserServicer
 
@@ -123,6 +126,7 @@ class QdataServer:
         self.port: int = 0
         self._monitor: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None
+        self._usage_upkeep: asyncio.Task | None = None
         self._serving: bool | None = None
 
     async def start(self, address: str | None = None, *, reuse_port: bool = False) -> int:
@@ -144,9 +148,8 @@ class QdataServer:
         server = aio.server(interceptors=[ServiceInterceptor()], options=options)
         user_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(self.deps), server)
         ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(self.deps), server)
-        # Contracts whose implementations are still to come: every RPC answers UNIMPLEMENTED.
-        chat_pb2_grpc.add_ChatServiceServicer_to_server(chat_pb2_grpc.ChatServiceServicer(), server)
-        usage_pb2_grpc.add_UsageServiceServicer_to_server(usage_pb2_grpc.UsageServiceServicer(), server)
+        chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(self.deps), server)
+        usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(self.deps), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -159,6 +162,10 @@ class QdataServer:
         self._monitor = asyncio.create_task(self._watch_database(), name="qdata-health")
         if settings.hold_sweep_seconds > 0:
             self._sweeper = asyncio.create_task(self._sweep_holds(), name="qdata-hold-sweeper")
+        # Folds recorded usage into the statistics rollups and keeps usage partitions ahead.
+        self._usage_upkeep = asyncio.create_task(
+            usage_maintenance.run(self.deps, lambda: bool(self._serving)), name="qdata-usage-upkeep"
+        )
         return self.port
 
     async def check_health(self) -> bool:
@@ -205,7 +212,7 @@ class QdataServer:
     async def stop(self, grace: float | None = None) -> None:
         """Graceful shutdown: NOT_SERVING, stop accepting, drain within grace, close the pool."""
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
-        for task in (self._monitor, self._sweeper):
+        for task in (self._monitor, self._sweeper, self._usage_upkeep):
             if task:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

@@ -9,6 +9,10 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
+# Room a gRPC message needs beside one chat message's content: the response that repeats it, the
+# session and the other fields (ChatService keeps 256 KiB of it for the response itself).
+CHAT_MESSAGE_HEADROOM_BYTES = 512 * 1024
+
 
 class ConfigError(ValueError):
     """A configuration variable is missing or malformed."""
@@ -74,6 +78,9 @@ class Settings:
     lockout_seconds: int = 900
     # Largest gRPC message accepted or sent, in bytes.
     max_message_bytes: int = 4 * 1024 * 1024
+    # Largest chat message content (with its tool-call arguments), in UTF-8 bytes; the gRPC
+    # maximum must leave room for it plus CHAT_MESSAGE_HEADROOM_BYTES.
+    chat_max_content_bytes: int = 1024 * 1024
     # Seconds between database liveness probes that drive the health status.
     health_probe_seconds: float = 5.0
     # Apply pending migrations at start (the embedded default does; Kubernetes runs `migrate`).
@@ -90,6 +97,11 @@ class Settings:
     # Seconds between runs of the background sweeper that resolves expired holds (0: never; the
     # ledger also sweeps an account's expired holds whenever it touches the account).
     hold_sweep_seconds: float = 30.0
+    # Seconds between runs of the folder that moves recorded usage into the statistics rollups
+    # (0: never; reads stay exact either way, but grow slower as unfolded usage piles up).
+    usage_fold_seconds: float = 1.0
+    # Monthly partitions of usage_records kept created ahead of the current month.
+    usage_partition_months_ahead: int = 3
 
     @property
     def embedded(self) -> bool:
@@ -141,6 +153,13 @@ class Settings:
             lockout_threshold=_int(env, "QDATA_LOCKOUT_THRESHOLD", d.lockout_threshold, 1, 1000),
             lockout_seconds=_int(env, "QDATA_LOCKOUT_SECONDS", d.lockout_seconds, 1, 86400 * 30),
             max_message_bytes=_int(env, "QDATA_MAX_MESSAGE_BYTES", d.max_message_bytes, 1024, 1 << 30),
+            chat_max_content_bytes=_int(
+                env,
+                "QDATA_CHAT_MAX_CONTENT_BYTES",
+                d.chat_max_content_bytes,
+                1024,
+                (1 << 30) - CHAT_MESSAGE_HEADROOM_BYTES,
+            ),
             health_probe_seconds=_float(env, "QDATA_HEALTH_PROBE_SECONDS", d.health_probe_seconds, 0.1),
             migrate_on_start=migrate_on_start,
             seed_on_start=seed_on_start,
@@ -148,7 +167,16 @@ class Settings:
             prepared_statements=prepared not in ("0", "false", "no"),
             ledger_currencies=currencies,
             hold_sweep_seconds=_float(env, "QDATA_HOLD_SWEEP_SECONDS", d.hold_sweep_seconds, 0),
+            usage_fold_seconds=_float(env, "QDATA_USAGE_FOLD_SECONDS", d.usage_fold_seconds, 0),
+            usage_partition_months_ahead=_int(
+                env, "QDATA_USAGE_PARTITION_MONTHS_AHEAD", d.usage_partition_months_ahead, 1, 120
+            ),
         )
+        if settings.max_message_bytes < settings.chat_max_content_bytes + CHAT_MESSAGE_HEADROOM_BYTES:
+            raise ConfigError(
+                "QDATA_MAX_MESSAGE_BYTES must be at least QDATA_CHAT_MAX_CONTENT_BYTES + "
+                f"{CHAT_MESSAGE_HEADROOM_BYTES}, so the largest chat message fits in one gRPC message"
+            )
         if settings.pool_min_size > settings.pool_max_size:
             raise ConfigError("QDATA_POOL_MIN_SIZE must not exceed QDATA_POOL_MAX_SIZE")
         if settings.password_min_length > settings.password_max_length:

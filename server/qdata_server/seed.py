@@ -10,10 +10,13 @@ import logging
 
 from google.protobuf import field_mask_pb2
 
-from qdata.v1 import ledger_pb2, user_pb2
+from qdata.v1 import chat_pb2, ledger_pb2, user_pb2
 from qdata_server import callctx
+from qdata_server.chat import messages as chat_messages
+from qdata_server.chat import sessions as chat_sessions
 from qdata_server.db.sql import fetch_one
 from qdata_server.ledger import operations as ledger
+from qdata_server.usage import samples as usage_samples
 from qdata_server.users import accounts, preferences
 
 log = logging.getLogger("qdata.seed")
@@ -72,7 +75,110 @@ async def seed(deps, *, only_if_empty: bool = True) -> int:
                         update_mask=field_mask_pb2.FieldMask(paths=["default_model_id", "language", "theme", "extra"]),
                     ),
                 )
+                await seed_chats(deps, response.user.id)
+        # Sample models with prices, a few calls of the sample users and their ratings.
+        await usage_samples.seed(deps)
         log.info("seeded sample data", extra={"users": created})
         return created
     finally:
         callctx.unbind(token)
+
+
+async def seed_chats(deps, user_id: str) -> None:
+    """Two chat sessions for Alice: a conversation with a regenerated answer (two branches) and one
+    with a tool call."""
+    user, assistant = chat_pb2.MESSAGE_ROLE_USER, chat_pb2.MESSAGE_ROLE_ASSISTANT
+    model = "openai/gpt-4o-mini"
+    trip = await chat_sessions.create_session(
+        deps,
+        chat_pb2.CreateSessionRequest(
+            request_id="seed-chat-alice-lisbon",
+            user_id=user_id,
+            model_id=model,
+            title="A weekend in Lisbon",
+            tags=["travel"],
+            pinned=True,
+            metadata={"client": "web"},
+        ),
+    )
+    await chat_messages.append_messages(
+        deps,
+        chat_pb2.AppendMessagesRequest(
+            request_id="seed-chat-alice-lisbon-1",
+            user_id=user_id,
+            session_id=trip.session.id,
+            messages=[
+                chat_pb2.MessageInput(role=chat_pb2.MESSAGE_ROLE_SYSTEM, content="You are a concise travel guide."),
+                chat_pb2.MessageInput(role=user, content="What should I see in Lisbon in two days?"),
+                chat_pb2.MessageInput(
+                    role=assistant,
+                    model_id=model,
+                    input_tokens=42,
+                    output_tokens=61,
+                    content="Day 1: Alfama, the castle and a fado evening. Day 2: Belém (tower, monastery, "
+                    "pastéis de nata) and sunset at the Miradouro da Senhora do Monte.",
+                ),
+                chat_pb2.MessageInput(role=user, content="Is tram 28 worth it?"),
+                chat_pb2.MessageInput(
+                    role=assistant,
+                    model_id=model,
+                    input_tokens=120,
+                    output_tokens=38,
+                    content="Yes, early in the morning before the queues; otherwise walk the same route.",
+                ),
+            ],
+        ),
+    )
+    # "Regenerate" the last answer: a second branch from the question (message 4).
+    await chat_messages.append_messages(
+        deps,
+        chat_pb2.AppendMessagesRequest(
+            request_id="seed-chat-alice-lisbon-2",
+            user_id=user_id,
+            session_id=trip.session.id,
+            parent_sequence_number=4,
+            messages=[
+                chat_pb2.MessageInput(
+                    role=assistant,
+                    model_id=model,
+                    input_tokens=120,
+                    output_tokens=35,
+                    content="It is charming but crowded; ride it from Martim Moniz at 8 am for a seat.",
+                )
+            ],
+        ),
+    )
+    code = await chat_sessions.create_session(
+        deps,
+        chat_pb2.CreateSessionRequest(
+            request_id="seed-chat-alice-csv",
+            user_id=user_id,
+            model_id=model,
+            title="Reading a CSV file in Python",
+            tags=["code", "python"],
+        ),
+    )
+    call = chat_pb2.ToolCall(id="call_1", name="run_python", arguments_json='{"code": "import csv"}')
+    await chat_messages.append_messages(
+        deps,
+        chat_pb2.AppendMessagesRequest(
+            request_id="seed-chat-alice-csv-1",
+            user_id=user_id,
+            session_id=code.session.id,
+            messages=[
+                chat_pb2.MessageInput(role=user, content="How do I read a CSV file with a header row in Python?"),
+                chat_pb2.MessageInput(
+                    role=assistant, model_id=model, input_tokens=25, output_tokens=12, tool_calls=[call]
+                ),
+                chat_pb2.MessageInput(role=chat_pb2.MESSAGE_ROLE_TOOL, tool_call_id="call_1", content="ok"),
+                chat_pb2.MessageInput(
+                    role=assistant,
+                    model_id=model,
+                    input_tokens=60,
+                    output_tokens=44,
+                    content="Use csv.DictReader: `with open(path, newline='') as f: rows = list(csv.DictReader(f))` "
+                    "gives one dict per row, keyed by the header.",
+                ),
+            ],
+        ),
+    )

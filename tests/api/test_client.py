@@ -17,7 +17,7 @@ from qdata.client import (
     QdataError,
     Unimplemented,
 )
-from qdata.v1 import chat_pb2, ledger_pb2, user_pb2
+from qdata.v1 import chat_pb2, user_pb2
 from tests.helpers import PASSWORD
 
 
@@ -104,15 +104,17 @@ async def test_already_exists_email_taken(client):
 
 async def test_unimplemented_rpc(client):
     with pytest.raises(Unimplemented) as caught:
-        await client.ledger.GetBalance(ledger_pb2.GetBalanceRequest(user_id=str(uuid.uuid4())))
+        await client.users.ListAuditEvents(user_pb2.ListAuditEventsRequest())
     assert caught.value.code == grpc.StatusCode.UNIMPLEMENTED
 
 
 async def test_stream_errors_during_iteration_are_converted(client):
-    stream = client.chat.ExportSession(chat_pb2.ExportSessionRequest(user_id=str(uuid.uuid4())))
-    with pytest.raises(Unimplemented):
+    request = chat_pb2.ExportSessionRequest(user_id=str(uuid.uuid4()), session_id=str(uuid.uuid4()))
+    stream = client.chat.ExportSession(request)
+    with pytest.raises(NotFound) as caught:
         async for _ in stream:
             pass
+    assert caught.value.reason == "SESSION_NOT_FOUND"
 
 
 async def test_unknown_rpc_is_an_attribute_error(client):
@@ -230,4 +232,4 @@ async def test_sync_client(api):
     assert isinstance(errors["invalid"], InvalidArgument)
     assert "email" in errors["invalid"].field_violations
     assert errors["deadline"].code == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert isinstance(errors["stream"], Unimplemented)
+    assert isinstance(errors["stream"], InvalidArgument)

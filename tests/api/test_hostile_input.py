@@ -42,9 +42,37 @@ SERVICES = [
 ]
 
 
-def valid_bases(user: user_pb2.User) -> dict[str, object]:
-    """Valid requests to start from, so a hostile field is the only thing wrong and gets deep."""
-    return {
+def valid_bases(user: user_pb2.User, session: chat_pb2.Session | None = None) -> dict[str, object]:
+    """Valid requests to start from, so a hostile field is the only thing wrong and gets deep.
+
+    Chat requests name `session` (the user's, holding message 1) when one is given.
+    """
+    chat = {}
+    if session is not None:
+        ids = {"user_id": user.id, "session_id": session.id}
+        hello = chat_pb2.MessageInput(role=chat_pb2.MESSAGE_ROLE_USER, content="hello")
+        chat = {
+            "CreateSession": chat_pb2.CreateSessionRequest(
+                user_id=user.id, title="t", model_id="m", tags=["a"], metadata={"k": "v"}
+            ),
+            "GetSession": chat_pb2.GetSessionRequest(**ids),
+            "ListSessions": chat_pb2.ListSessionsRequest(user_id=user.id, tags=["a"], page_size=5),
+            "UpdateSession": chat_pb2.UpdateSessionRequest(
+                session=chat_pb2.Session(
+                    id=session.id, user_id=user.id, title="t", model_id="m", current_leaf_sequence_number=1
+                ),
+                update_mask={"paths": ["title", "model_id", "current_leaf_sequence_number"]},
+            ),
+            "DeleteSession": chat_pb2.DeleteSessionRequest(**ids),
+            "AppendMessages": chat_pb2.AppendMessagesRequest(**ids, messages=[hello], parent_sequence_number=1),
+            "ListMessages": chat_pb2.ListMessagesRequest(
+                **ids, scope=chat_pb2.MESSAGE_SCOPE_BRANCH, leaf_sequence_number=1, page_size=5
+            ),
+            "GetMessage": chat_pb2.GetMessageRequest(**ids, sequence_number=1),
+            "DeleteMessage": chat_pb2.DeleteMessageRequest(**ids, sequence_number=1),
+            "SearchMessages": chat_pb2.SearchMessagesRequest(**ids, query="hello"),
+        }
+    return chat | {
         "CreateUser": user_pb2.CreateUserRequest(
             email="fresh@example.com", username="fresh", display_name="Fresh", password=PASSWORD
         ),
@@ -119,7 +147,16 @@ def cases():
 async def test_hostile_scalars_never_cause_internal_errors(api, stub_name, method_name, request_class):
     method = getattr(getattr(api, stub_name), method_name)
     user = await create_user(api)
-    base = valid_bases(user).get(method_name) if stub_name == "users" else None
+    session = None
+    if stub_name == "chat":
+        session = (
+            await api.chat.CreateSession(chat_pb2.CreateSessionRequest(request_id=rid(), user_id=user.id))
+        ).session
+        hello = chat_pb2.MessageInput(role=chat_pb2.MESSAGE_ROLE_USER, content="hello")
+        await api.chat.AppendMessages(
+            chat_pb2.AppendMessagesRequest(request_id=rid(), user_id=user.id, session_id=session.id, messages=[hello])
+        )
+    base = valid_bases(user, session).get(method_name) if stub_name in ("users", "chat") else None
     for request in variants(request_class, base):
         try:
             await method(request, timeout=10)

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from qdata.v1 import chat_pb2, ledger_pb2, user_pb2
+from qdata.v1 import chat_pb2, user_pb2
 from qdata_server.app import SERVICE_NAMES
 from tests.conftest import start_api, stop_api
 from tests.helpers import PASSWORD, create_user, error_info, expect_error, rid
@@ -62,18 +62,19 @@ async def test_reflection_lets_grpcurl_list_describe_and_call(api):
 
 async def test_unimplemented_rpcs_say_so(api):
     error = await expect_error(
-        api.ledger.GetBalance(ledger_pb2.GetBalanceRequest(user_id=rid())),
+        api.users.ListAuditEvents(user_pb2.ListAuditEventsRequest()),
         grpc.StatusCode.UNIMPLEMENTED,
         "NOT_IMPLEMENTED",
     )
-    assert "qdata.v1.LedgerService/GetBalance is not implemented yet" in error.details()
+    assert "qdata.v1.UserService/ListAuditEvents is not implemented yet" in error.details()
 
+    # A streaming RPC's errors get the same mapping (ChatService.ExportSession, an async generator).
     stream = api.chat.ExportSession(chat_pb2.ExportSessionRequest())
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         async for _ in stream:
             pass
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert error_info(caught.value).reason == "NOT_IMPLEMENTED"
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).reason == "INVALID_ARGUMENT"
 
 
 async def test_unknown_method_is_unimplemented(api):

@@ -24,6 +24,10 @@ from qdata_server.errors import (
 CONSTRAINT_ERRORS: dict[str, Callable[[str], QdataError]] = {
     "users_email_key": lambda _: AlreadyExists("a user with this email already exists", reason="EMAIL_TAKEN"),
     "users_username_key": lambda _: AlreadyExists("a user with this username already exists", reason="USERNAME_TAKEN"),
+    # Chat (db/migrations/0002_chat.sql): the server locks the user or session first, so these only
+    # fire if a row vanished anyway.
+    "chat_sessions_user_fkey": lambda _: NotFound("user not found", reason="USER_NOT_FOUND"),
+    "chat_messages_session_fkey": lambda _: NotFound("session not found", reason="SESSION_NOT_FOUND"),
     # Ledger (db/migrations/0003_ledger.sql).
     "ledger_user_not_found": lambda _: NotFound("user not found", reason="USER_NOT_FOUND"),
     "ledger_transactions_external_reference_key": lambda detail: AlreadyExists(
@@ -60,6 +64,20 @@ CONSTRAINT_ERRORS: dict[str, Callable[[str], QdataError]] = {
     "ledger_capture_exceeds_hold": lambda detail: InvalidArgument(
         [FieldViolation("amount_micros", f"must not exceed the hold's amount ({detail} micro-units)")],
         reason="CAPTURE_EXCEEDS_HOLD",
+    ),
+    # Usage (db/migrations/0004_usage.sql).
+    "usage_user_not_found": lambda _: NotFound("user not found", reason="USER_NOT_FOUND"),
+    "usage_model_not_found": lambda _: NotFound("model not found", reason="MODEL_NOT_FOUND"),
+    "usage_session_not_found": lambda _: NotFound("chat session not found", reason="SESSION_NOT_FOUND"),
+    "usage_model_not_priced": lambda _: FailedPrecondition(
+        "the model has no price version in force at call_time", reason="MODEL_NOT_PRICED"
+    ),
+    "usage_currency_mismatch": lambda detail: FailedPrecondition(
+        f"the hold is in {detail or 'another currency'}, not in the currency of the model's price",
+        reason="CURRENCY_MISMATCH",
+    ),
+    "model_prices_model_effective_key": lambda _: AlreadyExists(
+        "the model already has a price version with this effective_time", reason="PRICE_VERSION_EXISTS"
     ),
 }
 

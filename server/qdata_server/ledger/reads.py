@@ -75,12 +75,23 @@ async def get_hold(deps, request: ledger_pb2.GetHoldRequest) -> ledger_pb2.GetHo
     return ledger_pb2.GetHoldResponse(hold=convert.hold(row, row["read_at"]))
 
 
+def _time(v: Violations, request, field: str) -> datetime.datetime | None:
+    """A Timestamp field as a datetime, None when unset; out-of-range values are violations."""
+    if not request.HasField(field):
+        return None
+    try:
+        return getattr(request, field).ToDatetime(datetime.UTC)
+    except (ValueError, OverflowError):
+        v.add(field, "must be a valid Timestamp (years 1 to 9999, nanos 0 to 999,999,999)")
+        return None
+
+
 async def list_transactions(deps, request: ledger_pb2.ListTransactionsRequest) -> ledger_pb2.ListTransactionsResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     limit = page_size(request.page_size)
-    start = request.start_time.ToDatetime(datetime.UTC) if request.HasField("start_time") else None
-    end = request.end_time.ToDatetime(datetime.UTC) if request.HasField("end_time") else None
+    start = _time(v, request, "start_time")
+    end = _time(v, request, "end_time")
     if start and end and end <= start:
         v.add("end_time", "must be after start_time")
     if len(request.kinds) > MAX_KINDS:

@@ -49,11 +49,16 @@ def text(v: Violations, field: str, value: str, limit: int) -> str:
     return value
 
 
+def _nanoseconds(value: datetime.timedelta) -> int:
+    return value // datetime.timedelta(microseconds=1) * 1000
+
+
 def hold_ttl(v: Violations, field: str, ttl: duration_pb2.Duration, present: bool) -> float:
     """Seconds a hold lasts: unset or zero means 15 minutes; 1 second to 24 hours."""
     if not present or (ttl.seconds == 0 and ttl.nanos == 0):
         return DEFAULT_HOLD_TTL.total_seconds()
-    value = ttl.ToTimedelta()
-    if not MIN_HOLD_TTL <= value <= MAX_HOLD_TTL:
+    # Integer nanoseconds: ToTimedelta() overflows on huge seconds (a caller's value, not a bug).
+    nanos = ttl.seconds * 1_000_000_000 + ttl.nanos
+    if not _nanoseconds(MIN_HOLD_TTL) <= nanos <= _nanoseconds(MAX_HOLD_TTL):
         v.add(field, "must be between 1 second and 24 hours")
-    return value.total_seconds()
+    return nanos / 1e9

@@ -181,6 +181,8 @@ async def delete_user(deps, request: user_pb2.DeleteUserRequest) -> user_pb2.Del
         if row is None:
             raise user_not_found()
         await execute(conn, "delete_preferences", {"user_id": user_id})
+        await execute(conn, "delete_user_chats", {"user_id": user_id})
+        await execute(conn, "usage_delete_user_ratings", {"user_id": user_id})
         await audit.record(
             conn,
             action="users.DeleteUser",

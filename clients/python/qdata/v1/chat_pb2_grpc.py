@@ -47,7 +47,9 @@ class ChatServiceStub:
     characters of a-z, 0-9, "_", "-" and ":" (upper case is folded to lower case, duplicates
     collapse). A request or response must also fit the server's maximum gRPC message size, which
     the server configures above the content limit; a larger one fails with RESOURCE_EXHAUSTED in
-    gRPC itself.
+    gRPC itself. So that every answer fits, the messages of one append must together stay 256 KiB
+    below that size (INVALID_ARGUMENT, reason CONTENT_TOO_LARGE), and pages of messages hold fewer
+    than page_size when the messages are large.
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "qdata", reason in UPPER_SNAKE_CASE)
     and, for invalid input, a BadRequest listing each field violation (e.g. "messages[3].content").
@@ -145,7 +147,9 @@ class ChatServiceServicer:
     characters of a-z, 0-9, "_", "-" and ":" (upper case is folded to lower case, duplicates
     collapse). A request or response must also fit the server's maximum gRPC message size, which
     the server configures above the content limit; a larger one fails with RESOURCE_EXHAUSTED in
-    gRPC itself.
+    gRPC itself. So that every answer fits, the messages of one append must together stay 256 KiB
+    below that size (INVALID_ARGUMENT, reason CONTENT_TOO_LARGE), and pages of messages hold fewer
+    than page_size when the messages are large.
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "qdata", reason in UPPER_SNAKE_CASE)
     and, for invalid input, a BadRequest listing each field violation (e.g. "messages[3].content").
@@ -259,7 +263,7 @@ class ChatServiceServicer:
         """Streams a whole session: first the session, then all its live messages in ascending sequence
         order, in as many responses as needed, for sessions too long for one page. Messages appended
         after the export starts are not included. Fails with NOT_FOUND (reason SESSION_NOT_FOUND)
-        before sending anything.
+        before sending anything, or after some responses if the session is deleted during the export.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -268,10 +272,12 @@ class ChatServiceServicer:
     def SearchMessages(self, request, context):
         """Searches the content of one user's live messages with PostgreSQL full-text search (words are
         stemmed; web-search syntax: "quoted phrases", "or", "-excluded"), best match first, each hit
-        with its session and a highlighted snippet. A query without searchable words (only stop
-        words) returns no hits. Fails with NOT_FOUND (reason USER_NOT_FOUND) and INVALID_ARGUMENT
-        (reason INVALID_ARGUMENT) for an empty or too long query, a negative page_size, or a
-        page_token that was not issued for the same query and filters.
+        with its session and a highlighted snippet. Only the first 100,000 characters of a message
+        are searched. A query without searchable words (only stop words) returns no hits. Fails with
+        NOT_FOUND (reason USER_NOT_FOUND), NOT_FOUND (reason SESSION_NOT_FOUND) if session_id names no
+        session of the user, and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an empty or too long
+        query, a negative page_size, or a page_token that was not issued for the same query and
+        filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -365,7 +371,9 @@ class ChatService:
     characters of a-z, 0-9, "_", "-" and ":" (upper case is folded to lower case, duplicates
     collapse). A request or response must also fit the server's maximum gRPC message size, which
     the server configures above the content limit; a larger one fails with RESOURCE_EXHAUSTED in
-    gRPC itself.
+    gRPC itself. So that every answer fits, the messages of one append must together stay 256 KiB
+    below that size (INVALID_ARGUMENT, reason CONTENT_TOO_LARGE), and pages of messages hold fewer
+    than page_size when the messages are large.
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "qdata", reason in UPPER_SNAKE_CASE)
     and, for invalid input, a BadRequest listing each field violation (e.g. "messages[3].content").

@@ -228,6 +228,9 @@ DECLARE
     earlier uuid;
 BEGIN
     IF p_external_reference <> '' THEN
+        -- Deposits of one reference queue here, so a later one sees the earlier one committed
+        -- (and names it) instead of failing on the unique index with its raw message.
+        PERFORM pg_advisory_xact_lock(hashtextextended('ledger_external_reference:' || p_external_reference, 0));
         SELECT transaction_id INTO earlier FROM ledger_transactions WHERE external_reference = p_external_reference;
         IF FOUND THEN
             PERFORM ledger_reject('ledger_transactions_external_reference_key', earlier::text);
@@ -355,8 +358,9 @@ BEGIN
 END;
 $$;
 
+-- p_reference: the capture transaction's reference; empty keeps the hold's own.
 CREATE FUNCTION ledger_capture_hold(
-    p_user uuid, p_hold uuid, p_amount bigint, p_description text, p_request_id text
+    p_user uuid, p_hold uuid, p_amount bigint, p_description text, p_request_id text, p_reference text DEFAULT ''
 ) RETURNS uuid
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -374,7 +378,8 @@ BEGIN
      WHERE user_id = p_user AND currency_code = hold.currency_code;
     new_id := ledger_insert_transaction(
         p_user, 'hold_capture', p_amount, hold.currency_code, p_user, NULL, NULL, 'revenue',
-        NULL, CASE WHEN p_description = '' THEN hold.description ELSE p_description END, hold.reference,
+        NULL, CASE WHEN p_description = '' THEN hold.description ELSE p_description END,
+        CASE WHEN p_reference = '' THEN hold.reference ELSE p_reference END,
         '', '', NULL, p_hold, p_request_id);
     UPDATE ledger_holds
        SET status = 'captured', captured_micros = p_amount, capture_transaction_id = new_id, resolved_at = now()

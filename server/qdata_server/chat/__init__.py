@@ -1,0 +1,1 @@
+"""ChatService: sessions, messages in append order, branches, export and full-text search."""

@@ -1,0 +1,76 @@
+"""Database rows to qdata.v1 chat messages."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from qdata.v1 import chat_pb2
+from qdata_server.chat.rules import ROLE_FROM_DB
+
+
+def timestamp(value: datetime.datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def session(row: dict[str, Any]) -> chat_pb2.Session:
+    """A Session from a chat_sessions row."""
+    return chat_pb2.Session(
+        id=str(row["session_id"]),
+        user_id=str(row["user_id"]),
+        model_id=row["model_id"],
+        title=row["title"],
+        metadata=row["metadata"],
+        tags=row["tags"],
+        pinned=row["pinned"],
+        archived=row["archived"],
+        current_leaf_sequence_number=row["current_leaf"],
+        message_count=row["message_count"],
+        last_sequence_number=row["last_sequence_number"],
+        total_input_tokens=row["total_input_tokens"],
+        total_output_tokens=row["total_output_tokens"],
+        last_activity_time=timestamp(row["last_activity_at"]),
+        create_time=timestamp(row["created_at"]),
+        update_time=timestamp(row["updated_at"]),
+    )
+
+
+def message(row: dict[str, Any]) -> chat_pb2.Message:
+    """A Message from a live chat_messages row."""
+    return chat_pb2.Message(
+        session_id=str(row["session_id"]),
+        sequence_number=row["sequence_number"],
+        parent_sequence_number=row["parent_sequence_number"],
+        role=ROLE_FROM_DB[row["role"]],
+        content=row["content"],
+        model_id=row["model_id"],
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        tool_calls=[
+            chat_pb2.ToolCall(id=c["id"], name=c["name"], arguments_json=c["arguments_json"]) for c in row["tool_calls"]
+        ],
+        tool_call_id=row["tool_call_id"],
+        create_time=timestamp(row["created_at"]),
+    )
+
+
+def size_bounded(rows: list[dict[str, Any]], limit: int, budget: int) -> tuple[list[chat_pb2.Message], bool]:
+    """Up to limit messages from rows whose encoded size stays within budget bytes (at least one).
+
+    Returns the messages and whether rows held more than were taken (so another page follows).
+    """
+    taken: list[chat_pb2.Message] = []
+    used = 0
+    for row in rows[:limit]:
+        converted = message(row)
+        # Each repeated element costs its size plus a tag and a length prefix (<= 6 bytes).
+        cost = converted.ByteSize() + 6
+        if taken and used + cost > budget:
+            return taken, True
+        taken.append(converted)
+        used += cost
+    return taken, len(rows) > limit

@@ -1,0 +1,1 @@
+"""UsageService: model catalog and prices, usage recording and billing, statistics, ratings."""

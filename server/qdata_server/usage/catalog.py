@@ -1,0 +1,192 @@
+"""The model catalog: UpsertModel, GetModel, ListModels, ListModelPrices.
+
+Models change in place (status, names); prices never do: each UpsertModel with a price adds an
+immutable version with its effective time, possibly ahead, and usage is priced by the version in
+force at its call time. All versions of a model share one currency, fixed by the first.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import psycopg
+
+from qdata.v1 import usage_pb2
+from qdata_server import audit
+from qdata_server.db.sql import fetch_all, fetch_one
+from qdata_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from qdata_server.ledger import rules as money
+from qdata_server.pagination import page_size
+from qdata_server.usage import convert, rules
+from qdata_server.validation import Violations
+
+_CATALOG_PATHS = ("provider", "display_name", "context_window_tokens", "status")
+
+
+def model_not_found() -> NotFound:
+    return NotFound("model not found", reason="MODEL_NOT_FOUND")
+
+
+def _mask(v: Violations, paths: list[str]) -> set[str]:
+    """The catalog fields an update changes: the whitelisted paths, "*" for all of them."""
+    chosen: set[str] = set()
+    for path in paths:
+        if path == "*":
+            chosen.update(_CATALOG_PATHS)
+        elif path in _CATALOG_PATHS:
+            chosen.add(path)
+        else:
+            v.add("update_mask", f"unknown path {path[:100]!r}; allowed: {', '.join(_CATALOG_PATHS)} or *")
+    if len(set(paths)) != len(paths):
+        v.add("update_mask", "names a path twice")
+    return chosen
+
+
+def _price_values(v: Violations, request: usage_pb2.UpsertModelRequest, now: datetime.datetime) -> dict[str, Any]:
+    price = request.price
+    if price.model_id and price.model_id != request.model.id:
+        v.add("price.model_id", "must be empty or equal to model.id")
+    currency = money.currency(v, "price.currency_code", price.currency_code)
+    values: dict[str, Any] = {"currency_code": currency, "effective_at": None}
+    for field, key in (
+        ("input_micros_per_million_tokens", "input"),
+        ("output_micros_per_million_tokens", "output"),
+        ("cached_input_micros_per_million_tokens", "cached_input"),
+        ("reasoning_micros_per_million_tokens", "reasoning"),
+    ):
+        values[key] = rules.bounded(v, f"price.{field}", getattr(price, field), rules.MAX_PRICE_MICROS, " micro-units")
+    if price.HasField("effective_time"):
+        effective = rules.timestamp(v, "price.effective_time", price.effective_time)
+        if effective is not None and effective < now:
+            v.add("price.effective_time", "must not be in the past (leave it unset for 'now')")
+        values["effective_at"] = effective
+    return values
+
+
+async def upsert_model(deps, request: usage_pb2.UpsertModelRequest) -> usage_pb2.UpsertModelResponse:
+    v = Violations()
+    m = request.model
+    model_id = rules.model_id(v, "model.id", m.id)
+    rules.provider(v, "model.provider", m.provider, required=False)
+    display_name = rules.text(v, "model.display_name", m.display_name, rules.MAX_DISPLAY_NAME_LENGTH)
+    rules.bounded(v, "model.context_window_tokens", m.context_window_tokens, rules.MAX_CONTEXT_WINDOW_TOKENS)
+    if m.status not in rules.STATUS_FROM_PROTO and m.status != usage_pb2.MODEL_STATUS_UNSPECIFIED:
+        v.add("model.status", "is not a known ModelStatus")
+    paths = _mask(v, list(request.update_mask.paths))
+    if "status" in paths and m.status == usage_pb2.MODEL_STATUS_UNSPECIFIED:
+        v.add("model.status", "must be ACTIVE or DEPRECATED when update_mask names it")
+    if "provider" in paths and not m.provider:
+        v.add("model.provider", "is required when update_mask names it")
+    has_price = request.HasField("price")
+    price = _price_values(v, request, datetime.datetime.now(datetime.UTC)) if has_price else None
+    v.raise_if_any()
+    if price is not None:
+        money.check_supported("price.currency_code", price["currency_code"], deps.settings.ledger_currencies)
+    fields = {
+        "model_id": model_id,
+        "provider": m.provider,
+        "display_name": display_name,
+        "context_window_tokens": m.context_window_tokens,
+        "status": rules.STATUS_FROM_PROTO.get(m.status, "active"),
+    }
+
+    async def work(conn: psycopg.AsyncConnection) -> usage_pb2.UpsertModelResponse:
+        created = False
+        row = await fetch_one(conn, "usage_lock_model", {"model_id": model_id})
+        if row is None:
+            if not m.provider:
+                raise InvalidArgument([FieldViolation("model.provider", "is required to create a model")])
+            row = await fetch_one(conn, "usage_insert_model", fields)
+            created = row is not None
+            if row is None:  # created concurrently: change it like any existing model
+                row = await fetch_one(conn, "usage_lock_model", {"model_id": model_id})
+        if not created and paths:
+            await fetch_one(conn, "usage_update_model", {**fields, **{f"set_{p}": p in paths for p in _CATALOG_PATHS}})
+        added = None
+        if price is not None:
+            if row["currency_code"] is not None and row["currency_code"] != price["currency_code"]:
+                raise FailedPrecondition(
+                    f"the model's prices are in {row['currency_code']}; a new version must use it too",
+                    reason="CURRENCY_MISMATCH",
+                )
+            added = await fetch_one(conn, "usage_insert_price", {"model_id": model_id, **price})
+        await audit.record(
+            conn,
+            action="usage.UpsertModel",
+            target_type="model",
+            target_id=model_id,
+            user_id=None,
+            summary={
+                "created": created,
+                "fields": sorted(_CATALOG_PATHS) if created else sorted(paths),
+                "price_id": str(added["price_id"]) if added else None,
+            },
+        )
+        current = await fetch_one(conn, "usage_get_model", {"model_id": model_id})
+        return usage_pb2.UpsertModelResponse(
+            model=convert.model(current), created=created, price=convert.price(added) if added else None
+        )
+
+    return await deps.idempotent(request, usage_pb2.UpsertModelResponse, work)
+
+
+async def get_model(deps, request: usage_pb2.GetModelRequest) -> usage_pb2.GetModelResponse:
+    v = Violations()
+    model_id = rules.model_id(v, "model_id", request.model_id)
+    v.raise_if_any()
+    row = await deps.transaction(lambda conn: fetch_one(conn, "usage_get_model", {"model_id": model_id}))
+    if row is None:
+        raise model_not_found()
+    return usage_pb2.GetModelResponse(model=convert.model(row))
+
+
+async def list_models(deps, request: usage_pb2.ListModelsRequest) -> usage_pb2.ListModelsResponse:
+    v = Violations()
+    provider = rules.provider_filter(v, "provider", request.provider)
+    status = rules.status_filter(v, "status", request.status)
+    if request.page_size < 0:
+        v.add("page_size", "must not be negative")
+    v.raise_if_any()
+    limit = page_size(request.page_size)
+    filters = {"provider": provider, "status": status}
+    tokens = await deps.page_tokens()
+    cursor = tokens.open(request.page_token, "ListModels", filters)
+    rows = await deps.transaction(
+        lambda conn: fetch_all(
+            conn, "usage_list_models", {**filters, "after_model_id": cursor[0] if cursor else None, "limit": limit + 1}
+        )
+    )
+    next_token = ""
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_token = tokens.seal("ListModels", filters, [rows[-1]["model_id"]])
+    return usage_pb2.ListModelsResponse(models=[convert.model(r) for r in rows], next_page_token=next_token)
+
+
+async def list_model_prices(deps, request: usage_pb2.ListModelPricesRequest) -> usage_pb2.ListModelPricesResponse:
+    v = Violations()
+    model_id = rules.model_id(v, "model_id", request.model_id)
+    if request.page_size < 0:
+        v.add("page_size", "must not be negative")
+    v.raise_if_any()
+    limit = page_size(request.page_size)
+    filters = {"model_id": model_id}
+    tokens = await deps.page_tokens()
+    cursor = tokens.open(request.page_token, "ListModelPrices", filters)
+
+    async def work(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
+        if await fetch_one(conn, "usage_model_exists", {"model_id": model_id}) is None:
+            raise model_not_found()
+        return await fetch_all(
+            conn,
+            "usage_list_model_prices",
+            {"model_id": model_id, "before_effective_at": cursor[0] if cursor else None, "limit": limit + 1},
+        )
+
+    rows = await deps.transaction(work)
+    next_token = ""
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_token = tokens.seal("ListModelPrices", filters, [rows[-1]["effective_at"].isoformat()])
+    return usage_pb2.ListModelPricesResponse(prices=[convert.price(r) for r in rows], next_page_token=next_token)

@@ -1,0 +1,58 @@
+"""Background upkeep of usage data: folding queued records into the rollups, partitions ahead.
+
+Every worker process runs `run` (app.py); the database keeps it single-writer (usage_fold takes
+a transaction-level advisory lock and returns at once if another process holds it), so more
+workers or replicas only add idle attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from qdata_server.db.sql import fetch_one
+
+log = logging.getLogger("qdata.usage")
+
+# Queued rows folded per transaction; the folder loops until the queue is drained.
+FOLD_BATCH = 20_000
+PARTITION_CHECK_SECONDS = 3600.0
+
+
+async def fold(deps, *, batch: int = FOLD_BATCH) -> int:
+    """Folds queued usage into the rollups until the queue is empty; returns the rows folded."""
+    total = 0
+    while True:
+        row = await deps.transaction(lambda conn: fetch_one(conn, "usage_fold", {"limit": batch}))
+        total += row["folded"]
+        if row["folded"] < batch:
+            return total
+
+
+async def ensure_partitions(deps) -> int:
+    """Creates the missing monthly partitions of usage_records up to the configured months ahead."""
+    months = deps.settings.usage_partition_months_ahead
+    row = await deps.transaction(lambda conn: fetch_one(conn, "usage_ensure_partitions", {"months_ahead": months}))
+    return row["created"]
+
+
+async def run(deps, is_serving) -> None:
+    """Folds every usage_fold_seconds (0: never) and checks partitions hourly, while serving."""
+    fold_seconds = deps.settings.usage_fold_seconds
+    next_partition_check = 0.0
+    while True:
+        if is_serving():
+            try:
+                if time.monotonic() >= next_partition_check:
+                    # A failed check (say, lock_timeout behind long transactions) retries in a minute.
+                    next_partition_check = time.monotonic() + 60.0
+                    created = await ensure_partitions(deps)
+                    next_partition_check = time.monotonic() + PARTITION_CHECK_SECONDS
+                    if created:
+                        log.info("created usage partitions", extra={"partitions": created})
+                if fold_seconds > 0:
+                    await fold(deps)
+            except Exception as exc:
+                log.warning("usage maintenance failed", extra={"error_type": type(exc).__name__})
+        await asyncio.sleep(fold_seconds if fold_seconds > 0 else 60.0)

@@ -1,0 +1,281 @@
+"""RecordUsage and RecordUsageBatch: usage is recorded if and only if it is billed.
+
+Each record is one call of the SQL function usage_record (0004_usage.sql), inside the
+transaction that also claims its request_id: it prices the call by the version in force at its
+call time, writes the record, charges the ledger (or captures the hold, charging any overage, or
+releases the hold of an unbilled call), queues the record for the rollups and writes the audit
+event. A rejection (INSUFFICIENT_FUNDS, HOLD_EXPIRED, ...) rolls all of it back, so nothing is
+recorded and the request_id stays free for a retry.
+
+RecordUsageBatch sends its items in chunks of CHUNK_SIZE, one transaction and one round trip
+per chunk (usage_record_batch): each item runs in its own subtransaction, so it succeeds or
+fails on its own, and the chunk pays one commit instead of one per record. Items share
+RecordUsage's idempotency keys (same method, fingerprint and user scope), so a record sent by
+either RPC replays through the other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import uuid
+from typing import Any
+
+import psycopg
+
+from qdata.v1 import usage_pb2
+from qdata_server import callctx
+from qdata_server.db.constraints import error_for
+from qdata_server.db.sql import execute, fetch_all, fetch_one
+from qdata_server.errors import AlreadyExists, Internal, InvalidArgument, QdataError, invalid
+from qdata_server.idempotency import check_request_id, fingerprint
+from qdata_server.usage import convert, rules
+from qdata_server.validation import Violations
+
+log = logging.getLogger("qdata.usage")
+
+# The idempotency method of a usage record, whichever RPC sent it.
+METHOD = "/qdata.v1.UsageService/RecordUsage"
+MAX_BATCH = 1000
+# Items per transaction of a batch; below the 64 subtransactions PostgreSQL caches per backend.
+CHUNK_SIZE = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """A validated RecordUsageRequest, as usage_record takes it."""
+
+    user_id: uuid.UUID
+    model_id: str
+    session_id: uuid.UUID | None
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    latency_ns: int | None
+    ttft_ns: int | None
+    outcome: str
+    error_code: str
+    used_own_provider_key: bool
+    hold_id: uuid.UUID | None
+    called_at: datetime.datetime | None
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "model_id": self.model_id,
+            "session_id": self.session_id,
+            "input_tokens": self.input_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
+            "output_tokens": self.output_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "latency_ns": self.latency_ns,
+            "ttft_ns": self.ttft_ns,
+            "outcome": self.outcome,
+            "error_code": self.error_code,
+            "used_own_provider_key": self.used_own_provider_key,
+            "hold_id": self.hold_id,
+            "called_at": self.called_at,
+        }
+
+
+def parse(request: usage_pb2.RecordUsageRequest, now: datetime.datetime) -> Call:
+    """Checks every field of a RecordUsageRequest (but its request_id); INVALID_ARGUMENT lists all."""
+    v = Violations()
+    user_id = v.uuid("user_id", request.user_id)
+    model_id = rules.model_id(v, "model_id", request.model_id)
+    session_id = v.uuid("session_id", request.session_id, required=False)
+    hold_id = v.uuid("hold_id", request.hold_id, required=False)
+    for field in ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens"):
+        rules.bounded(v, field, getattr(request, field), rules.MAX_TOKENS)
+    latency = rules.duration_nanos(v, "latency", request.latency, request.HasField("latency"))
+    ttft = rules.duration_nanos(
+        v, "time_to_first_token", request.time_to_first_token, request.HasField("time_to_first_token")
+    )
+    if latency is not None and ttft is not None and ttft > latency:
+        v.add("time_to_first_token", "must not be above latency")
+    outcome = rules.OUTCOME_FROM_PROTO.get(request.outcome)
+    if outcome is None:
+        v.add("outcome", "is required: USAGE_OUTCOME_SUCCESS or USAGE_OUTCOME_ERROR")
+    if outcome == "error":
+        if not request.error_code:
+            v.add("error_code", "is required for an ERROR outcome (e.g. rate_limit_exceeded)")
+        rules.text(v, "error_code", request.error_code, rules.MAX_ERROR_CODE_LENGTH)
+    elif request.error_code:
+        v.add("error_code", "must be empty unless the outcome is ERROR")
+    called_at = None
+    if request.HasField("call_time"):
+        called_at = rules.timestamp(v, "call_time", request.call_time)
+        if called_at is not None and not now - rules.MAX_CALL_AGE <= called_at <= now + rules.MAX_CALL_AHEAD:
+            v.add("call_time", "must be at most 7 days in the past and 5 minutes in the future")
+    v.raise_if_any()
+    return Call(
+        user_id=user_id,
+        model_id=model_id,
+        session_id=session_id,
+        input_tokens=request.input_tokens,
+        cached_input_tokens=request.cached_input_tokens,
+        output_tokens=request.output_tokens,
+        reasoning_tokens=request.reasoning_tokens,
+        latency_ns=latency,
+        ttft_ns=ttft,
+        outcome=outcome,
+        error_code=request.error_code,
+        used_own_provider_key=request.used_own_provider_key,
+        hold_id=hold_id,
+        called_at=called_at,
+    )
+
+
+def _actor() -> str:
+    ctx = callctx.current()
+    return ctx.actor if ctx else "cli"
+
+
+async def record_usage(deps, request: usage_pb2.RecordUsageRequest) -> usage_pb2.RecordUsageResponse:
+    call = parse(request, datetime.datetime.now(datetime.UTC))
+
+    async def work(conn: psycopg.AsyncConnection) -> usage_pb2.RecordUsageResponse:
+        row = await fetch_one(
+            conn, "usage_record", {**call.params(), "request_id": request.request_id, "actor": _actor()}
+        )
+        return usage_pb2.RecordUsageResponse(record=convert.usage_record(row))
+
+    return await deps.idempotent(request, usage_pb2.RecordUsageResponse, work, user_id=call.user_id)
+
+
+def _failure(index: int, error: QdataError) -> usage_pb2.RecordUsageResult:
+    fields = [v.field for v in error.violations] if isinstance(error, InvalidArgument) else []
+    return usage_pb2.RecordUsageResult(
+        index=index,
+        error_code=error.code.name,
+        error_reason=error.reason,
+        error_message=error.message,
+        error_fields=fields,
+    )
+
+
+def _reused() -> AlreadyExists:
+    return AlreadyExists(
+        "request_id was already used for a different request; use a new request_id", reason="REQUEST_ID_REUSED"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Item:
+    index: int
+    request: usage_pb2.RecordUsageRequest
+    call: Call
+    request_hash: bytes
+
+
+async def _record_chunk(
+    conn: psycopg.AsyncConnection, items: list[_Item], actor: str
+) -> dict[int, usage_pb2.RecordUsageResult]:
+    params = [item.call.params() for item in items]
+    rows = await fetch_all(
+        conn,
+        "usage_record_batch",
+        {
+            "actor": actor,
+            "method": METHOD,
+            "request_ids": [item.request.request_id for item in items],
+            "request_hashes": [item.request_hash for item in items],
+            "user_ids": [p["user_id"] for p in params],
+            "model_ids": [p["model_id"] for p in params],
+            "session_ids": [p["session_id"] for p in params],
+            "input_tokens": [p["input_tokens"] for p in params],
+            "cached_input_tokens": [p["cached_input_tokens"] for p in params],
+            "output_tokens": [p["output_tokens"] for p in params],
+            "reasoning_tokens": [p["reasoning_tokens"] for p in params],
+            "latency_ns": [p["latency_ns"] for p in params],
+            "ttft_ns": [p["ttft_ns"] for p in params],
+            "outcomes": [p["outcome"] for p in params],
+            "error_codes": [p["error_code"] for p in params],
+            "used_own_provider_keys": [p["used_own_provider_key"] for p in params],
+            "hold_ids": [p["hold_id"] for p in params],
+            "called_at": [p["called_at"] for p in params],
+        },
+    )
+    results: dict[int, usage_pb2.RecordUsageResult] = {}
+    stored: tuple[list, list, list] = ([], [], [])
+    for row in rows:
+        item = items[row["item"]]
+        if row["status"] == "recorded":
+            response = usage_pb2.RecordUsageResponse(record=convert.usage_record(row))
+            for column, value in zip(
+                stored, (item.call.user_id, item.request.request_id, response.SerializeToString()), strict=True
+            ):
+                column.append(value)
+            results[item.index] = usage_pb2.RecordUsageResult(index=item.index, record=response.record)
+        elif row["status"] == "claimed":
+            if row["stored_method"] != METHOD or bytes(row["stored_hash"]) != item.request_hash:
+                results[item.index] = _failure(item.index, _reused())
+            else:
+                first = usage_pb2.RecordUsageResponse.FromString(bytes(row["stored_response"]))
+                results[item.index] = usage_pb2.RecordUsageResult(index=item.index, record=first.record)
+        else:
+            error = error_for(row["error_constraint"], row["error_detail"])
+            if error is None:
+                # A constraint nobody maps is an invariant the server should have kept: a bug.
+                log.error(
+                    "unexpected constraint violation in a batch item",
+                    extra={"constraint": row["error_constraint"], "sqlstate": row["error_sqlstate"]},
+                )
+                error = Internal("internal error recording this item; the server log has the details")
+            results[item.index] = _failure(item.index, error)
+    if stored[0]:
+        await execute(
+            conn,
+            "usage_store_responses",
+            {"actor": actor, "user_ids": stored[0], "request_ids": stored[1], "responses": stored[2]},
+        )
+    return results
+
+
+async def record_usage_batch(deps, request: usage_pb2.RecordUsageBatchRequest) -> usage_pb2.RecordUsageBatchResponse:
+    count = len(request.requests)
+    if not 1 <= count <= MAX_BATCH:
+        raise invalid("requests", f"must hold 1 to {MAX_BATCH:,} records (got {count:,})")
+    now = datetime.datetime.now(datetime.UTC)
+    actor = _actor()
+    results: list[usage_pb2.RecordUsageResult | None] = [None] * count
+    items: list[_Item] = []
+    first: dict[tuple[uuid.UUID, str], _Item] = {}
+    repeats: list[tuple[int, _Item, bytes]] = []
+    for index, item in enumerate(request.requests):
+        try:
+            check_request_id(item.request_id)
+            call = parse(item, now)
+        except QdataError as error:
+            results[index] = _failure(index, error)
+            continue
+        parsed = _Item(index, item, call, fingerprint(item))
+        key = (call.user_id, item.request_id)
+        if key in first:
+            # A request_id seen earlier in this batch replays that occurrence.
+            repeats.append((index, first[key], parsed.request_hash))
+            continue
+        first[key] = parsed
+        items.append(parsed)
+
+    for offset in range(0, len(items), CHUNK_SIZE):
+        chunk = items[offset : offset + CHUNK_SIZE]
+
+        async def work(conn: psycopg.AsyncConnection, chunk: list[_Item] = chunk):
+            return await _record_chunk(conn, chunk, actor)
+
+        for index, result in (await deps.transaction(work)).items():
+            results[index] = result
+
+    for index, original, request_hash in repeats:
+        if request_hash != original.request_hash:
+            results[index] = _failure(index, _reused())
+        else:
+            replay = usage_pb2.RecordUsageResult()
+            replay.CopyFrom(results[original.index])
+            replay.index = index
+            results[index] = replay
+    failed = sum(1 for r in results if r.error_code)
+    return usage_pb2.RecordUsageBatchResponse(results=results, recorded_count=count - failed, failed_count=failed)
