@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import shutil
@@ -26,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from bench import h2load
+from bench import report as report_file
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -339,15 +339,9 @@ def main(argv: list[str] | None = None) -> int:
             database.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    report["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    report["loadavg_at_end"] = os.getloadavg()
-    report["failure"] = failure
     invalid = [run["tag"] for run in _runs(report) if not run["ok"]]
     report["invalid_runs"] = invalid
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(f"\nresults: {out}")
+    report_file.save(report, args.out, started.strftime("%Y%m%dT%H%M%SZ"), failure)
     if invalid:
         print(f"invalid runs (HTTP or gRPC errors under load): {', '.join(invalid)}", file=sys.stderr)
     return 1 if failure or invalid else 0

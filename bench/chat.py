@@ -19,7 +19,6 @@ Scan in the plan, a failed call, numbers that are not gapless afterwards).
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import shutil
@@ -29,6 +28,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from bench import report as report_file
 
 # The filler messages: alternating user and assistant turns of about 150 bytes each.
 _FILL = """
@@ -261,13 +262,7 @@ def run(args) -> int:
             database.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    report["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    report["loadavg_at_end"] = os.getloadavg()
-    report["failure"] = failure
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"chat-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(f"\nresults: {out}")
+    report_file.save(report, args.out, f"chat-{started.strftime('%Y%m%dT%H%M%SZ')}", failure)
     if failure:
         print(f"chat bench failed: {failure}", file=sys.stderr)
     return 1 if failure else 0

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import json
 import os
 import platform
 import shutil
@@ -32,6 +31,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from bench import report as report_file
 
 RECORDED_MODEL = "bench/recorded"
 BIG_MODEL = "bench/big"
@@ -385,13 +386,7 @@ def run(args) -> int:
             database.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    report["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    report["loadavg_at_end"] = os.getloadavg()
-    report["failure"] = failure
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"usage-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(f"\nresults: {out}")
+    report_file.save(report, args.out, f"usage-{started.strftime('%Y%m%dT%H%M%SZ')}", failure)
     return 1 if failure else 0
 
 
