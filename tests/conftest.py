@@ -35,7 +35,11 @@ from qdata_server.db import migrate
 TEMPLATE_DB = "qdata_test_template"
 
 # Test settings: a low bcrypt cost keeps the suite fast (configuration, not a test-only path).
+# Authentication is off here (QDATA_ALLOW_INSECURE, every call as "anonymous") so that tests
+# calling with grpcurl or the client library stay as they are; tests/api/test_auth.py runs the
+# same server with tokens and proves every RPC refuses calls without the right one.
 TEST_SETTINGS = Settings(
+    allow_insecure=True,
     database_url="(per test)",
     pool_min_size=1,
     pool_max_size=8,

@@ -4,7 +4,13 @@ serve    runs the gRPC service (the default; the container's entrypoint)
 migrate  applies pending migrations (a Kubernetes Job or init container runs this)
 status   lists pending migrations
 verify   checks the migration history and the live schema; exits 1 on any problem
+verify-audit  recomputes the audit trail's hash chain; exits 1 on an edited or missing event
 seed     loads the sample data into an empty database
+rewrap-keys [--batch N]
+         re-wraps every stored API key's data key under the key ring's primary version, online,
+         in batches of N (default 500); resumable; afterwards older ring versions can be removed
+hash-token  reads a caller token on stdin (or makes a new one if stdin is empty) and prints the
+         sha256:<hex> form QDATA_AUTH_TOKENS takes
 """
 
 from __future__ import annotations
@@ -21,8 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="qdata-server", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate", "status", "verify", "seed"])
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="serve",
+        choices=["serve", "migrate", "status", "verify", "verify-audit", "seed", "hash-token", "rewrap-keys"],
+    )
+    parser.add_argument("--batch", type=int, default=500, help="rewrap-keys: keys per transaction (default 500)")
     args = parser.parse_args(argv)
+    if args.command == "hash-token":
+        from qdata_server import auth
+
+        return auth.hash_token_command(sys.stdin, sys.stdout)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -49,11 +65,55 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"problem: {problem}")
             print("schema ok" if not problems else f"{len(problems)} problem(s)")
             return 1 if problems else 0
+        elif args.command == "verify-audit":
+            from qdata_server import audit_chain
+
+            report = asyncio.run(audit_chain.verify(conninfo))
+            for problem in report.problems:
+                print(f"problem: {problem}")
+            if report.ok:
+                print(f"audit trail intact: {report.checked} event(s) verified in {report.chains} chain(s)")
+                return 0
+            print(f"audit trail broken: {len(report.problems)} problem(s) in {report.checked} event(s) checked")
+            return 1
         elif args.command == "seed":
             asyncio.run(serve.seed_database(settings, conninfo))
             print("seeded")
+        elif args.command == "rewrap-keys":
+            return rewrap_keys(settings, conninfo, args.batch)
     except migrate.MigrationError as exc:
         print(f"migration error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def rewrap_keys(settings: Settings, conninfo: str, batch: int) -> int:
+    """The rewrap-keys command: progress on stdout, problems on stderr."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from qdata_server.users import api_keys, vault
+
+    if not 1 <= batch <= 100_000:
+        print("--batch must be 1 to 100000", file=sys.stderr)
+        return 2
+    try:
+        ring = vault.load_key_ring(settings)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    if ring is None:
+        print("no key ring configured: set QDATA_KEY_RING or QDATA_KEY_RING_FILE", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True, row_factory=dict_row) as conn:
+            await api_keys.rewrap_all(conn, ring, batch=batch, progress=lambda line: print(line, flush=True))
+
+    try:
+        asyncio.run(run())
+    except vault.VaultError as exc:
+        print(str(exc), file=sys.stderr)
         return 1
     return 0
 

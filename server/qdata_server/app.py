@@ -33,8 +33,9 @@ from qdata.v1 import (
     user_pb2_grpc,
 )
 from qdata_server import idempotency
+from qdata_server.auth import Authenticator
 from qdata_server.chat.service import ChatServicer
-from qdata_server.config import Settings
+from qdata_server.config import ConfigError, Settings
 from qdata_server.db import migrate, transactions
 from qdata_server.db.pool import open_pool
 from qdata_server.db.sql import query
@@ -45,6 +46,7 @@ from qdata_server.ledger.service import LedgerServicer
 from qdata_server.pagination import PageTokens
 from qdata_server.usage import maintenance as usage_maintenance
 from qdata_server.usage.service import UsageServicer
+from qdata_server.users import api_keys, vault
 from qdata_server.users.passwords import PasswordHasher
 from qdata_server.users.service import UserServicer
 
@@ -67,6 +69,8 @@ class Deps:
     pool: AsyncConnectionPool
     passwords: PasswordHasher
     _page_tokens: PageTokens | None = None
+    # The API key vault's key ring; None when none is configured (VAULT_NOT_CONFIGURED).
+    key_ring: vault.KeyRing | None = None
 
     async def transaction(
         self, work: Callable[[psycopg.AsyncConnection], Awaitable[R]], *, snapshot: bool = False
@@ -128,33 +132,44 @@ class QdataServer:
         self._sweeper: asyncio.Task | None = None
         self._usage_upkeep: asyncio.Task | None = None
         self._serving: bool | None = None
+        self._key_ring_checked = False
 
     async def start(self, address: str | None = None, *, reuse_port: bool = False) -> int:
         """Starts serving on address (NOT_SERVING until the database is ready); returns the port."""
         settings = self.settings
+        # Refuses (ConfigError) before anything is opened when no way to authenticate is configured.
+        authenticator = Authenticator.from_settings(settings)
+        if authenticator.insecure:
+            log.warning("QDATA_ALLOW_INSECURE: no caller tokens; every call is accepted as 'anonymous'")
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         # The pool connects in the background: a database that is down at start leaves the
         # server up and NOT_SERVING until the health monitor reaches it.
+        try:
+            key_ring = vault.load_key_ring(settings)
+        except ConfigError as exc:
+            raise SystemExit(f"configuration error: {exc}") from None
         self.pool = await open_pool(settings, self.conninfo, wait=False)
         passwords = await PasswordHasher.create(settings)
-        self.deps = Deps(settings=settings, pool=self.pool, passwords=passwords)
+        self.deps = Deps(settings=settings, pool=self.pool, passwords=passwords, key_ring=key_ring)
+        await self._refuse_missing_key_versions()
 
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
-        server = aio.server(interceptors=[ServiceInterceptor()], options=options)
+        server = aio.server(interceptors=[ServiceInterceptor(authenticator)], options=options)
         user_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(self.deps), server)
         ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(self.deps), server)
         chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(self.deps), server)
         usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(self.deps), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server,
-        )
+        if settings.reflection:
+            reflection.enable_server_reflection(
+                (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+                server,
+            )
         self.port = server.add_insecure_port(address or settings.listen_address)
         await server.start()
         self.server = server
@@ -168,6 +183,31 @@ class QdataServer:
         )
         return self.port
 
+    async def _refuse_missing_key_versions(self) -> None:
+        """Exits if stored API keys need KEK versions the key ring lacks (see users/vault.py).
+
+        Checked here, in each worker, because only the worker has a pool; a database that is down
+        or not migrated yet defers the check to the health monitor, which keeps the server
+        NOT_SERVING while the check fails.
+        """
+        ring = self.deps.key_ring
+        if ring is None:
+            return
+        try:
+            async with self.pool.connection(timeout=min(2.0, self.settings.pool_timeout_seconds)) as conn:
+                cur = await conn.execute(query("api_keys_table_present"))
+                present = (await cur.fetchone())["present"]
+                problem = await api_keys.check_ring(conn, ring) if present else None
+                await conn.rollback()
+        except Exception as exc:
+            log.warning("key ring check deferred: database unreachable", extra={"error_type": type(exc).__name__})
+            return
+        if problem:
+            await self.pool.close()
+            raise SystemExit(problem)
+        self._key_ring_checked = present
+        log.info("key ring", extra={"versions": ring.versions, "primary": ring.primary})
+
     async def check_health(self) -> bool:
         """Probes the database and the schema; sets and returns the serving status."""
         serving = False
@@ -175,6 +215,13 @@ class QdataServer:
             async with self.pool.connection(timeout=min(2.0, self.settings.pool_timeout_seconds)) as conn:
                 await conn.execute(query("ping"))
                 serving = await migrate.pending_count(conn) == 0
+                if serving and not self._key_ring_checked and self.deps.key_ring is not None:
+                    # Start could not check the key ring (database down or schema not migrated).
+                    problem = await api_keys.check_ring(conn, self.deps.key_ring)
+                    if problem:
+                        log.error(problem)
+                        serving = False
+                    self._key_ring_checked = not problem
                 await conn.rollback()
             if not serving and self._serving is not False:
                 log.warning("schema has pending migrations; not serving until they are applied")

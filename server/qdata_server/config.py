@@ -8,6 +8,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from qdata_server.auth import TokenEntry
 
 # Room a gRPC message needs beside one chat message's content: the response that repeats it, the
 # session and the other fields (ChatService keeps 256 KiB of it for the response itself).
@@ -42,6 +46,15 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float) ->
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
     return value
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("1", "true", "yes", "0", "false", "no"):
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    return raw in ("1", "true", "yes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +115,17 @@ class Settings:
     usage_fold_seconds: float = 1.0
     # Monthly partitions of usage_records kept created ahead of the current month.
     usage_partition_months_ahead: int = 3
+    # API key vault key ring (users/vault.py): "1:<base64>,2:<base64>" inline, or the path of a
+    # JSON file; neither means a generated development ring (embedded) or no vault (DATABASE_URL).
+    key_ring: str = dataclasses.field(default="", repr=False)
+    key_ring_file: str = ""
+    # Callers and their permissions (QDATA_AUTH_TOKENS / QDATA_AUTH_TOKENS_FILE; see auth.py).
+    auth_tokens: tuple[TokenEntry, ...] = ()
+    # Serve without tokens, every call as "anonymous" with all permissions (only when no token is
+    # configured; otherwise tokens are enforced).
+    allow_insecure: bool = False
+    # Serve gRPC reflection (grpcurl, buf curl can list and describe the services).
+    reflection: bool = True
 
     @property
     def embedded(self) -> bool:
@@ -136,6 +160,19 @@ class Settings:
         level = env.get("QDATA_LOG_LEVEL", d.log_level).strip().upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"QDATA_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+        from qdata_server import auth
+
+        auth_tokens = auth.parse_tokens(env.get("QDATA_AUTH_TOKENS", ""), "QDATA_AUTH_TOKENS")
+        tokens_file = env.get("QDATA_AUTH_TOKENS_FILE", "").strip()
+        if tokens_file:
+            try:
+                with open(tokens_file, encoding="utf-8") as f:
+                    text = f.read()
+            except OSError as exc:
+                raise ConfigError(f"QDATA_AUTH_TOKENS_FILE {tokens_file!r} cannot be read: {exc.strerror}") from None
+            auth_tokens += auth.parse_tokens(text, "QDATA_AUTH_TOKENS_FILE")
+        if len({e.digest for e in auth_tokens}) != len(auth_tokens):
+            raise ConfigError("QDATA_AUTH_TOKENS and QDATA_AUTH_TOKENS_FILE configure the same token twice")
         settings = cls(
             listen_address=env.get("QDATA_LISTEN_ADDRESS", d.listen_address).strip(),
             database_url=database_url,
@@ -165,13 +202,20 @@ class Settings:
             seed_on_start=seed_on_start,
             transaction_retries=_int(env, "QDATA_TRANSACTION_RETRIES", d.transaction_retries, 0, 100),
             prepared_statements=prepared not in ("0", "false", "no"),
+            auth_tokens=auth_tokens,
+            allow_insecure=_flag(env, "QDATA_ALLOW_INSECURE", False),
+            reflection=_flag(env, "QDATA_REFLECTION", True),
             ledger_currencies=currencies,
             hold_sweep_seconds=_float(env, "QDATA_HOLD_SWEEP_SECONDS", d.hold_sweep_seconds, 0),
             usage_fold_seconds=_float(env, "QDATA_USAGE_FOLD_SECONDS", d.usage_fold_seconds, 0),
             usage_partition_months_ahead=_int(
                 env, "QDATA_USAGE_PARTITION_MONTHS_AHEAD", d.usage_partition_months_ahead, 1, 120
             ),
+            key_ring=env.get("QDATA_KEY_RING", "").strip(),
+            key_ring_file=env.get("QDATA_KEY_RING_FILE", "").strip(),
         )
+        if settings.key_ring and settings.key_ring_file:
+            raise ConfigError("set QDATA_KEY_RING or QDATA_KEY_RING_FILE, not both")
         if settings.max_message_bytes < settings.chat_max_content_bytes + CHAT_MESSAGE_HEADROOM_BYTES:
             raise ConfigError(
                 "QDATA_MAX_MESSAGE_BYTES must be at least QDATA_CHAT_MAX_CONTENT_BYTES + "

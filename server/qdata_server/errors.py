@@ -48,6 +48,20 @@ class InvalidArgument(QdataError):
         self.violations = list(violations)
 
 
+class Unauthenticated(QdataError):
+    """No token, or one the server does not know (reason UNAUTHENTICATED or INVALID_TOKEN)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(QdataError):
+    """A known caller without the permission the RPC needs (reason MISSING_PERMISSION)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "MISSING_PERMISSION"
+
+
 class NotFound(QdataError):
     code = grpc.StatusCode.NOT_FOUND
     default_reason = "NOT_FOUND"

@@ -1,6 +1,8 @@
 """The server interceptor every RPC passes through.
 
-It binds the per-call context (method, caller, deadline, request_id), maps every outcome to a
+It authenticates and authorizes the caller first (auth.py: bearer token, permission per RPC; a
+refusal goes through the same error mapping and log line as any other failure), binds the
+per-call context (method, caller, deadline, request_id), maps every outcome to a
 status in one place (domain errors to rich statuses, NotImplementedError to UNIMPLEMENTED, any
 other exception to a generic INTERNAL carrying an error id), and writes one structured log line
 per RPC: method, status code, duration and request_id, never request contents.
@@ -20,6 +22,7 @@ import grpc
 from grpc import aio
 
 from qdata_server import callctx
+from qdata_server.auth import Authenticator, Principal
 from qdata_server.errors import Internal, QdataError, Unimplemented, to_grpc_status
 
 log = logging.getLogger("qdata.rpc")
@@ -28,12 +31,13 @@ log = logging.getLogger("qdata.rpc")
 _QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-def _context_for(method: str, request: Any, context: aio.ServicerContext) -> callctx.CallContext:
+def _context_for(method: str, request: Any, context: aio.ServicerContext, actor: str) -> callctx.CallContext:
     remaining = context.time_remaining()
     deadline = time.monotonic() + remaining if remaining is not None else None
     request_id = getattr(request, "request_id", "")
     return callctx.CallContext(
         method=method,
+        actor=actor,
         deadline=deadline,
         request_id=request_id if isinstance(request_id, str) else "",
     )
@@ -79,12 +83,25 @@ class _Outcome:
         log.info("rpc", extra=fields)
 
 
-def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+# The caller, or the error that refuses it (decided before the handler runs).
+_Caller = Principal | QdataError
+
+
+def _actor(caller: _Caller) -> str:
+    if isinstance(caller, Principal):
+        return caller.service
+    # A refused caller with a valid token is named (PermissionDenied carries its service).
+    return caller.metadata.get("service", "unauthenticated")
+
+
+def _wrap_unary(method: str, caller: _Caller, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: aio.ServicerContext) -> Any:
-        ctx = _context_for(method, request, context)
+        ctx = _context_for(method, request, context, _actor(caller))
         token = callctx.bind(ctx)
         outcome = _Outcome(method, ctx)
         try:
+            if isinstance(caller, QdataError):
+                raise caller
             result = behavior(request, context)
             return await result if inspect.isawaitable(result) else result
         except aio.AbortError:
@@ -105,12 +122,16 @@ def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callabl
     return handler
 
 
-def _wrap_stream(method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(
+    method: str, caller: _Caller, behavior: Callable[..., AsyncIterator[Any]]
+) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-        ctx = _context_for(method, request, context)
+        ctx = _context_for(method, request, context, _actor(caller))
         token = callctx.bind(ctx)
         outcome = _Outcome(method, ctx)
         try:
+            if isinstance(caller, QdataError):
+                raise caller
             async for item in behavior(request, context):
                 yield item
         except aio.AbortError:
@@ -136,7 +157,10 @@ def _is_cancellation(exc: BaseException) -> bool:
 
 
 class ServiceInterceptor(aio.ServerInterceptor):
-    """Wraps unary-unary and unary-stream handlers with context, error mapping and logging."""
+    """Wraps unary-unary and unary-stream handlers with auth, context, error mapping and logging."""
+
+    def __init__(self, authenticator: Authenticator):
+        self.authenticator = authenticator
 
     async def intercept_service(
         self,
@@ -147,13 +171,27 @@ class ServiceInterceptor(aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        caller: _Caller
+        try:
+            caller = self.authenticator.authorize(method, handler_call_details.invocation_metadata)
+        except QdataError as exc:
+            caller = exc
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_wrap_unary(method, handler.unary_unary))
+            return handler._replace(unary_unary=_wrap_unary(method, caller, handler.unary_unary))
         if handler.unary_stream is not None:
             behavior = handler.unary_stream
             if inspect.isasyncgenfunction(behavior):
-                return handler._replace(unary_stream=_wrap_stream(method, behavior))
+                return handler._replace(unary_stream=_wrap_stream(method, caller, behavior))
             # Handlers that write with context.write (health's Watch) or that raise at once
             # (an unimplemented base method) are wrapped like unary ones.
-            return handler._replace(unary_stream=_wrap_unary(method, behavior))
+            return handler._replace(unary_stream=_wrap_unary(method, caller, behavior))
+        if isinstance(caller, QdataError):
+            # Client-streaming handlers (only reflection's, which is exempt) are not wrapped, but a
+            # refused caller is refused whatever the handler's shape.
+            async def refuse(_requests: Any, context: aio.ServicerContext) -> None:
+                await context.abort_with_status(to_grpc_status(caller))
+
+            if handler.stream_unary is not None:
+                return handler._replace(stream_unary=refuse)
+            return handler._replace(stream_stream=refuse)
         return handler

@@ -69,12 +69,17 @@ def _reserve_port(address: str) -> socket.socket:
     return sock
 
 
-def _banner(address: str, *, embedded: bool) -> str:
+def _banner(address: str, *, embedded: bool, dev_token: str | None = None) -> str:
     keep = "Ctrl-C stops it; data stays in the embedded PostgreSQL for the next start.\n" if embedded else ""
+    # The development token is printed (to the terminal only, never logged); with configured
+    # tokens the example leaves a placeholder.
+    token = dev_token or "<token>"
+    intro = f"Development token (all permissions, valid until this server stops): {dev_token}\n" if dev_token else ""
     return (
-        f"qdata is serving on {address}. Try:\n"
+        f"qdata is serving on {address}. {intro}Try:\n"
         f"  npx buf curl --protocol grpc --http2-prior-knowledge --list-services http://{address}\n"
         f"  npx buf curl --protocol grpc --http2-prior-knowledge "
+        f'-H "authorization: Bearer {token}" '
         f'-d \'{{"login": "alice", "password": "marketplace-demo"}}\' '
         f"http://{address}/qdata.v1.UserService/Authenticate\n"
         f"{keep}"
@@ -83,9 +88,27 @@ def _banner(address: str, *, embedded: bool) -> str:
 
 def serve(settings: Settings) -> int:
     """Runs the service until told to stop; returns the process exit code."""
+    from qdata_server import auth
     from qdata_server.db import migrate
 
+    problem = auth.startup_problem(settings)
+    if problem:
+        log.error("refusing to start: %s", problem)
+        sys.stderr.write(f"configuration error: {problem}\n")
+        return 2
+    # The embedded default without tokens gets a development token, made before the fork so
+    # every worker accepts it.
+    settings, dev_token = auth.with_dev_token(settings)
     conninfo = resolve_database(settings)
+    # Before the fork: a bad key ring fails once, and the embedded development ring is generated
+    # by one process (workers then read it). Missing versions are checked by each worker's start.
+    from qdata_server.config import ConfigError
+    from qdata_server.users import vault
+
+    try:
+        vault.load_key_ring(settings)
+    except ConfigError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
     if settings.migrate_on_start:
         applied = migrate.migrate(conninfo)
         log.info("migrations applied", extra={"applied": applied})
@@ -96,7 +119,7 @@ def serve(settings: Settings) -> int:
     if workers == 1:
 
         def on_ready() -> None:
-            sys.stderr.write(_banner(address, embedded=settings.embedded))
+            sys.stderr.write(_banner(address, embedded=settings.embedded, dev_token=dev_token))
 
         asyncio.run(run_worker(settings, conninfo, address, reuse_port=False, on_ready=on_ready))
         return 0
@@ -126,7 +149,7 @@ def serve(settings: Settings) -> int:
     running = list(processes)
     while running:
         if not announced and all(ready.is_set() for ready in readies):
-            sys.stderr.write(_banner(address, embedded=settings.embedded))
+            sys.stderr.write(_banner(address, embedded=settings.embedded, dev_token=dev_token))
             sys.stderr.flush()
             announced = True
         # Wake when a worker exits (or every 0.2 s until all are ready).

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from qdata.v1 import chat_pb2, user_pb2
 from qdata_server.app import SERVICE_NAMES
+from qdata_server.users.service import UserServicer
 from tests.conftest import start_api, stop_api
 from tests.helpers import PASSWORD, create_user, error_info, expect_error, rid
 
@@ -60,15 +61,24 @@ async def test_reflection_lets_grpcurl_list_describe_and_call(api):
     assert json.loads(answer.stdout)["outcome"] == "AUTHENTICATE_OUTCOME_SUCCESS"
 
 
-async def test_unimplemented_rpcs_say_so(api):
-    error = await expect_error(
-        api.users.ListAuditEvents(user_pb2.ListAuditEventsRequest()),
-        grpc.StatusCode.UNIMPLEMENTED,
-        "NOT_IMPLEMENTED",
-    )
+async def test_unimplemented_rpcs_say_so(database_url, monkeypatch):
+    # Every RPC is implemented; a servicer without ListAuditEvents falls back to the generated
+    # base class, which raises NotImplementedError.
+    monkeypatch.delattr(UserServicer, "ListAuditEvents")
+    api = await start_api(database_url)
+    try:
+        error = await expect_error(
+            api.users.ListAuditEvents(user_pb2.ListAuditEventsRequest()),
+            grpc.StatusCode.UNIMPLEMENTED,
+            "NOT_IMPLEMENTED",
+        )
+    finally:
+        await stop_api(api)
     assert "qdata.v1.UserService/ListAuditEvents is not implemented yet" in error.details()
 
-    # A streaming RPC's errors get the same mapping (ChatService.ExportSession, an async generator).
+
+async def test_streaming_rpc_errors_get_the_same_mapping(api):
+    # ChatService.ExportSession, an async generator.
     stream = api.chat.ExportSession(chat_pb2.ExportSessionRequest())
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         async for _ in stream:

@@ -36,7 +36,13 @@ class ServerProcess:
         self.address = f"127.0.0.1:{self.port}"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("QDATA_", "DATABASE_URL"))}
         full_env.update(
-            {"QDATA_LISTEN_ADDRESS": self.address, "QDATA_BCRYPT_COST": "4", "QDATA_HEALTH_PROBE_SECONDS": "0.2"}
+            {
+                "QDATA_LISTEN_ADDRESS": self.address,
+                "QDATA_BCRYPT_COST": "4",
+                "QDATA_HEALTH_PROBE_SECONDS": "0.2",
+                # Caller tokens are tested in tests/api/test_auth.py; these tests are about processes.
+                "QDATA_ALLOW_INSECURE": "true",
+            }
         )
         full_env.update(env)
         self.log_path = log_path

@@ -28,6 +28,8 @@ CONSTRAINT_ERRORS: dict[str, Callable[[str], QdataError]] = {
     # fire if a row vanished anyway.
     "chat_sessions_user_fkey": lambda _: NotFound("user not found", reason="USER_NOT_FOUND"),
     "chat_messages_session_fkey": lambda _: NotFound("session not found", reason="SESSION_NOT_FOUND"),
+    # API keys (db/migrations/0005_api_keys.sql): the server locks the user first.
+    "user_api_keys_user_fkey": lambda _: NotFound("user not found", reason="USER_NOT_FOUND"),
     # Ledger (db/migrations/0003_ledger.sql).
     "ledger_user_not_found": lambda _: NotFound("user not found", reason="USER_NOT_FOUND"),
     "ledger_transactions_external_reference_key": lambda detail: AlreadyExists(

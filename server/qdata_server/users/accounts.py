@@ -181,6 +181,7 @@ async def delete_user(deps, request: user_pb2.DeleteUserRequest) -> user_pb2.Del
         if row is None:
             raise user_not_found()
         await execute(conn, "delete_preferences", {"user_id": user_id})
+        await execute(conn, "api_keys_delete_user", {"user_id": user_id})
         await execute(conn, "delete_user_chats", {"user_id": user_id})
         await execute(conn, "usage_delete_user_ratings", {"user_id": user_id})
         await audit.record(
@@ -189,7 +190,7 @@ async def delete_user(deps, request: user_pb2.DeleteUserRequest) -> user_pb2.Del
             target_type="user",
             target_id=str(user_id),
             user_id=user_id,
-            summary={"erased": ["email", "username", "display_name", "password", "preferences"]},
+            summary={"erased": ["email", "username", "display_name", "password", "preferences", "api_keys"]},
         )
         return user_pb2.DeleteUserResponse(user=convert.user(row))
 

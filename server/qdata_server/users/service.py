@@ -1,13 +1,10 @@
-"""qdata.v1.UserService: adapters from gRPC calls to the account functions.
-
-API key vault and audit listing RPCs are not implemented yet; the generated base class answers
-them and the interceptor turns that into UNIMPLEMENTED with the method's name.
-"""
+"""qdata.v1.UserService: adapters from gRPC calls to the account, preference, API key vault
+and audit functions."""
 
 from __future__ import annotations
 
 from qdata.v1 import user_pb2, user_pb2_grpc
-from qdata_server.users import accounts, login, preferences
+from qdata_server.users import accounts, api_keys, audit_events, login, preferences
 
 
 class UserServicer(user_pb2_grpc.UserServiceServicer):
@@ -47,3 +44,23 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         self, request: user_pb2.UpdatePreferencesRequest, context
     ) -> user_pb2.UpdatePreferencesResponse:
         return await preferences.update_preferences(self._deps, request)
+
+    async def ListAuditEvents(
+        self, request: user_pb2.ListAuditEventsRequest, context
+    ) -> user_pb2.ListAuditEventsResponse:
+        return await audit_events.list_audit_events(self._deps, request)
+
+    async def CreateApiKey(self, request: user_pb2.CreateApiKeyRequest, context) -> user_pb2.CreateApiKeyResponse:
+        return await api_keys.create_api_key(self._deps, request)
+
+    async def ListApiKeys(self, request: user_pb2.ListApiKeysRequest, context) -> user_pb2.ListApiKeysResponse:
+        return await api_keys.list_api_keys(self._deps, request)
+
+    async def RevealApiKey(self, request: user_pb2.RevealApiKeyRequest, context) -> user_pb2.RevealApiKeyResponse:
+        return await api_keys.reveal_api_key(self._deps, request)
+
+    async def UpdateApiKey(self, request: user_pb2.UpdateApiKeyRequest, context) -> user_pb2.UpdateApiKeyResponse:
+        return await api_keys.update_api_key(self._deps, request)
+
+    async def DeleteApiKey(self, request: user_pb2.DeleteApiKeyRequest, context) -> user_pb2.DeleteApiKeyResponse:
+        return await api_keys.delete_api_key(self._deps, request)
