@@ -3,6 +3,8 @@
 One `QdataServer` lives in each worker process (created after the fork). Health starts
 NOT_SERVING, turns SERVING once the pool reaches the database and no migration is pending, goes
 back to NOT_SERVING while the database is unreachable, and enters graceful shutdown on stop.
+With TLS configured the port is served with TLS (mutual TLS with a client CA); an optional second,
+plaintext server on QDATA_HEALTH_LISTEN_ADDRESS serves only the same health servicer, for probes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
+import grpc
 import psycopg
 from google.protobuf.message import Message
 from grpc import aio
@@ -35,7 +38,7 @@ from qdata.v1 import (
 from qdata_server import idempotency
 from qdata_server.auth import Authenticator
 from qdata_server.chat.service import ChatServicer
-from qdata_server.config import ConfigError, Settings
+from qdata_server.config import ConfigError, Settings, check_tls
 from qdata_server.db import migrate, transactions
 from qdata_server.db.pool import open_pool
 from qdata_server.db.sql import query
@@ -125,6 +128,9 @@ class QdataServer:
         self.conninfo = conninfo
         self.health = HealthServicer()
         self.server: aio.Server | None = None
+        # The plaintext health-only server (QDATA_HEALTH_LISTEN_ADDRESS) and its port.
+        self.health_server: aio.Server | None = None
+        self.health_port: int = 0
         self.pool: AsyncConnectionPool | None = None
         self.deps: Deps | None = None
         self.port: int = 0
@@ -146,6 +152,7 @@ class QdataServer:
         # The pool connects in the background: a database that is down at start leaves the
         # server up and NOT_SERVING until the health monitor reaches it.
         try:
+            tls = check_tls(settings)
             key_ring = vault.load_key_ring(settings)
         except ConfigError as exc:
             raise SystemExit(f"configuration error: {exc}") from None
@@ -170,7 +177,25 @@ class QdataServer:
                 (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
                 server,
             )
-        self.port = server.add_insecure_port(address or settings.listen_address)
+        address = address or settings.listen_address
+        if tls is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(tls.private_key, tls.cert_chain)],
+                root_certificates=tls.client_ca,
+                require_client_auth=tls.client_ca is not None,
+            )
+            self.port = server.add_secure_port(address, credentials)
+            log.info("tls", extra={"mutual": tls.client_ca is not None})
+        if settings.health_listen_address:
+            # Health only (anything else answers UNIMPLEMENTED), plaintext, same servicer: its
+            # status is the main server's. No interceptor: health needs no caller identity.
+            health_server = aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, health_server)
+            self.health_port = health_server.add_insecure_port(settings.health_listen_address)
+            await health_server.start()
+            self.health_server = health_server
         await server.start()
         self.server = server
         await self.check_health()
@@ -266,6 +291,8 @@ class QdataServer:
         await self.health.enter_graceful_shutdown()
         if self.server:
             await self.server.stop(grace)
+        if self.health_server:
+            await self.health_server.stop(0)
         if self.pool:
             await self.pool.close()
         log.info("stopped")

@@ -5,6 +5,12 @@ SHA-256 digest of each token, with the calling service's name and its permission
 (QDATA_AUTH_TOKENS or QDATA_AUTH_TOKENS_FILE; README documents the format). `PERMISSIONS` names
 the permission every RPC needs; the interceptor asks `Authenticator.authorize` before each call.
 
+With mutual TLS (QDATA_TLS_CLIENT_CA_FILE), an entry may name a client certificate identity
+instead of a token digest (`<service> cert:<identity> <grants>`): a call without a bearer token
+whose verified certificate carries that identity (a subject alternative name, DNS or URI, or the
+subject common name) is that service. A bearer token, when sent, always decides (the token wins
+over the certificate), so one certificate can carry several callers' tokens.
+
 Why a fast hash: tokens are 256-bit random strings, not passwords. Nobody can guess one, so a
 slow, salted password hash (bcrypt) would add nothing but milliseconds to every RPC; SHA-256 keeps
 a leaked configuration from revealing usable tokens. The presented token's digest is compared
@@ -20,7 +26,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from qdata.v1 import chat_pb2, ledger_pb2, usage_pb2, user_pb2
@@ -34,6 +40,7 @@ ANONYMOUS = "anonymous"
 DEV_SERVICE = "dev"
 TOKEN_PREFIX = "qdt_"
 _DIGEST_PREFIX = "sha256:"
+CERT_PREFIX = "cert:"
 
 # Services any caller may use without a token: probes and tooling.
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -134,11 +141,15 @@ _GRANT = re.compile(r"^(\*|[a-z]+\.\*|[a-z]+\.[a-z]+)$")
 
 @dataclasses.dataclass(frozen=True)
 class TokenEntry:
-    """One configured caller: its service name, the SHA-256 of its token and what it may do."""
+    """One configured caller: its service name, the SHA-256 of its token and what it may do.
+
+    A certificate entry has an empty digest and the client certificate identity instead.
+    """
 
     service: str
-    digest: bytes = dataclasses.field(repr=False)
+    digest: bytes = dataclasses.field(default=b"", repr=False)
     grants: frozenset[str] = frozenset()
+    identity: str = ""
 
     def allows(self, permission: str) -> bool:
         return grants_allow(self.grants, permission)
@@ -167,11 +178,14 @@ def new_token() -> str:
 def parse_tokens(text: str, source: str) -> tuple[TokenEntry, ...]:
     """Parses entries separated by newlines or ";": `<service> sha256:<hex> <perm>[,<perm>...]`.
 
+    The second field may instead be `cert:<identity>`, a client certificate identity (mTLS).
+
     Blank lines and lines starting with "#" are skipped. Errors name the entry's position, never
     its content beyond the service name.
     """
     entries: list[TokenEntry] = []
     seen_digests: set[bytes] = set()
+    seen_identities: set[str] = set()
     for number, raw in enumerate(re.split(r"[;\n]", text), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -179,19 +193,32 @@ def parse_tokens(text: str, source: str) -> tuple[TokenEntry, ...]:
         fields = line.split()
         where = f"{source} entry {number}"
         if len(fields) != 3:
-            raise ConfigError(f"{where}: expected '<service> sha256:<hex digest> <permissions>'")
+            raise ConfigError(
+                f"{where}: expected '<service> sha256:<hex digest> <permissions>' "
+                "or '<service> cert:<identity> <permissions>'"
+            )
         service, digest_text, grant_text = fields
         if not _NAME.match(service) or service == ANONYMOUS:
             raise ConfigError(f"{where}: invalid service name {service!r}")
-        if not digest_text.startswith(_DIGEST_PREFIX) or not _DIGEST.match(digest_text[len(_DIGEST_PREFIX) :]):
+        digest, identity = b"", ""
+        if digest_text.startswith(CERT_PREFIX):
+            identity = digest_text[len(CERT_PREFIX) :]
+            if not identity:
+                raise ConfigError(f"{where}: cert: needs the certificate identity (a SAN or the common name)")
+            if identity in seen_identities:
+                raise ConfigError(f"{where}: the certificate identity {identity!r} is configured twice")
+            seen_identities.add(identity)
+        elif digest_text.startswith(_DIGEST_PREFIX) and _DIGEST.match(digest_text[len(_DIGEST_PREFIX) :]):
+            digest = bytes.fromhex(digest_text[len(_DIGEST_PREFIX) :])
+            if digest in seen_digests:
+                raise ConfigError(f"{where}: the same token digest is configured twice")
+            seen_digests.add(digest)
+        else:
             raise ConfigError(
                 f"{where}: the token must be given as sha256:<64 lowercase hex digits> "
-                "(python -m qdata_server hash-token prints it); never configure a plain token"
+                "(python -m qdata_server hash-token prints it), or a client certificate as "
+                "cert:<identity>; never configure a plain token"
             )
-        digest = bytes.fromhex(digest_text[len(_DIGEST_PREFIX) :])
-        if digest in seen_digests:
-            raise ConfigError(f"{where}: the same token digest is configured twice")
-        seen_digests.add(digest)
         grants = frozenset(g.strip() for g in grant_text.split(",") if g.strip())
         for grant in grants:
             if not _GRANT.match(grant):
@@ -202,7 +229,7 @@ def parse_tokens(text: str, source: str) -> tuple[TokenEntry, ...]:
                 raise ConfigError(f"{where}: {grant!r} matches no permission")
         if not grants:
             raise ConfigError(f"{where}: no permissions")
-        entries.append(TokenEntry(service=service, digest=digest, grants=grants))
+        entries.append(TokenEntry(service=service, digest=digest, grants=grants, identity=identity))
     return tuple(entries)
 
 
@@ -245,9 +272,10 @@ class Authenticator:
     """Decides, per call, who the caller is and whether it may call the method."""
 
     def __init__(self, entries: Sequence[TokenEntry], *, insecure: bool = False):
-        self.entries = tuple(entries)
-        # Insecure only when no token is configured: configured tokens are always enforced.
-        self.insecure = insecure and not self.entries
+        self.entries = tuple(e for e in entries if not e.identity)
+        self.cert_entries = {e.identity: e for e in entries if e.identity}
+        # Insecure only when no caller is configured: configured callers are always enforced.
+        self.insecure = insecure and not self.entries and not self.cert_entries
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Authenticator:
@@ -258,8 +286,17 @@ class Authenticator:
             )
         return cls(settings.auth_tokens, insecure=settings.allow_insecure)
 
-    def authorize(self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> Principal:
-        """The caller of method, or raises Unauthenticated / PermissionDenied."""
+    def authorize(
+        self,
+        method: str,
+        metadata: Iterable[tuple[str, str | bytes]] | None,
+        peer: Mapping[str, Sequence[bytes]] | None = None,
+    ) -> Principal:
+        """The caller of method, or raises Unauthenticated / PermissionDenied.
+
+        peer is the call's auth context (`context.auth_context()`): with mutual TLS it holds the
+        verified client certificate's identities, which identify a caller that sent no token.
+        """
         if method.startswith(EXEMPT_PREFIXES):
             return _EXEMPT_PRINCIPAL
         required = PERMISSIONS.get(method)
@@ -268,7 +305,7 @@ class Authenticator:
             raise PermissionDenied(f"{method.lstrip('/')} has no permission assigned", reason="MISSING_PERMISSION")
         if self.insecure:
             return ANONYMOUS_PRINCIPAL
-        entry = self._caller(metadata)
+        entry = self._caller(metadata, peer)
         if not entry.allows(required):
             raise PermissionDenied(
                 f"caller {entry.service!r} lacks the {required} permission for {method.lstrip('/')}",
@@ -277,11 +314,18 @@ class Authenticator:
             )
         return Principal(entry.service, entry.grants)
 
-    def _caller(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> TokenEntry:
+    def _caller(
+        self, metadata: Iterable[tuple[str, str | bytes]] | None, peer: Mapping[str, Sequence[bytes]] | None = None
+    ) -> TokenEntry:
         values = [value for key, value in (metadata or ()) if key == "authorization"]
         if not values:
+            entry = self._certificate_caller(peer)
+            if entry is not None:
+                return entry
             raise Unauthenticated(
-                "this call needs a token: send metadata 'authorization: Bearer <token>'", reason="UNAUTHENTICATED"
+                "this call needs a token: send metadata 'authorization: Bearer <token>'"
+                + (" or a mapped client certificate" if self.cert_entries else ""),
+                reason="UNAUTHENTICATED",
             )
         value = values[0]
         if isinstance(value, bytes):
@@ -301,6 +345,30 @@ class Authenticator:
         if found is None:
             raise Unauthenticated("the token is not valid", reason="INVALID_TOKEN")
         return found
+
+    def _certificate_caller(self, peer: Mapping[str, Sequence[bytes]] | None) -> TokenEntry | None:
+        """The entry the verified client certificate's identity maps to, or None.
+
+        gRPC puts a client certificate's properties into the auth context only once the TLS
+        handshake verified it against the configured client CA, so these values are trustworthy.
+        """
+        if not self.cert_entries or not peer:
+            return None
+        identities = certificate_identities(peer)
+        matches = {self.cert_entries[i] for i in identities if i in self.cert_entries}
+        if len(matches) > 1:
+            raise Unauthenticated(
+                "the client certificate maps to more than one configured service", reason="AMBIGUOUS_CERTIFICATE"
+            )
+        return matches.pop() if matches else None
+
+
+def certificate_identities(peer: Mapping[str, Sequence[bytes]]) -> list[str]:
+    """A verified client certificate's identities: its subject alternative names, then its CN."""
+    if b"ssl" not in peer.get("transport_security_type", ()):
+        return []
+    values = [*peer.get("x509_subject_alternative_name", ()), *peer.get("x509_common_name", ())]
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
 
 
 def check_table(descriptors: Iterable = SERVICE_DESCRIPTORS) -> tuple[set[str], set[str]]:

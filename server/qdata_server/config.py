@@ -126,6 +126,18 @@ class Settings:
     allow_insecure: bool = False
     # Serve gRPC reflection (grpcurl, buf curl can list and describe the services).
     reflection: bool = True
+    # TLS: PEM certificate chain and private key files (both or neither); with a client CA file,
+    # mutual TLS (every client must present a certificate signed by that CA).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    # host:port of a separate plaintext server that serves only grpc.health.v1.Health (for
+    # Kubernetes gRPC probes, which present no client certificate); empty: none.
+    health_listen_address: str = ""
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file)
 
     @property
     def embedded(self) -> bool:
@@ -171,8 +183,12 @@ class Settings:
             except OSError as exc:
                 raise ConfigError(f"QDATA_AUTH_TOKENS_FILE {tokens_file!r} cannot be read: {exc.strerror}") from None
             auth_tokens += auth.parse_tokens(text, "QDATA_AUTH_TOKENS_FILE")
-        if len({e.digest for e in auth_tokens}) != len(auth_tokens):
-            raise ConfigError("QDATA_AUTH_TOKENS and QDATA_AUTH_TOKENS_FILE configure the same token twice")
+        digests = [e.digest for e in auth_tokens if not e.identity]
+        identities = [e.identity for e in auth_tokens if e.identity]
+        if len(set(digests)) != len(digests) or len(set(identities)) != len(identities):
+            raise ConfigError(
+                "QDATA_AUTH_TOKENS and QDATA_AUTH_TOKENS_FILE configure the same token or certificate twice"
+            )
         settings = cls(
             listen_address=env.get("QDATA_LISTEN_ADDRESS", d.listen_address).strip(),
             database_url=database_url,
@@ -213,6 +229,10 @@ class Settings:
             ),
             key_ring=env.get("QDATA_KEY_RING", "").strip(),
             key_ring_file=env.get("QDATA_KEY_RING_FILE", "").strip(),
+            tls_cert_file=env.get("QDATA_TLS_CERT_FILE", "").strip(),
+            tls_key_file=env.get("QDATA_TLS_KEY_FILE", "").strip(),
+            tls_client_ca_file=env.get("QDATA_TLS_CLIENT_CA_FILE", "").strip(),
+            health_listen_address=env.get("QDATA_HEALTH_LISTEN_ADDRESS", "").strip(),
         )
         if settings.key_ring and settings.key_ring_file:
             raise ConfigError("set QDATA_KEY_RING or QDATA_KEY_RING_FILE, not both")
@@ -221,8 +241,56 @@ class Settings:
                 "QDATA_MAX_MESSAGE_BYTES must be at least QDATA_CHAT_MAX_CONTENT_BYTES + "
                 f"{CHAT_MESSAGE_HEADROOM_BYTES}, so the largest chat message fits in one gRPC message"
             )
+        check_tls(settings)
         if settings.pool_min_size > settings.pool_max_size:
             raise ConfigError("QDATA_POOL_MIN_SIZE must not exceed QDATA_POOL_MAX_SIZE")
         if settings.password_min_length > settings.password_max_length:
             raise ConfigError("QDATA_PASSWORD_MIN_LENGTH must not exceed QDATA_PASSWORD_MAX_LENGTH")
         return settings
+
+
+def _read_pem(name: str, path: str, marker: str) -> bytes:
+    """The file's bytes; ConfigError naming the variable (never the content) if unusable."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError(f"{name} {path!r} cannot be read: {exc.strerror}") from None
+    if marker.encode() not in data:
+        raise ConfigError(f"{name} {path!r} holds no PEM {marker.strip('-')}")
+    return data
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsMaterial:
+    """The PEM bytes TLS is served with (repr hides the key)."""
+
+    cert_chain: bytes
+    private_key: bytes = dataclasses.field(repr=False)
+    client_ca: bytes | None = None
+
+
+def check_tls(settings: Settings) -> TlsMaterial | None:
+    """Validates the TLS and health-port settings and reads the files; None without TLS."""
+    if settings.health_listen_address and settings.health_listen_address == settings.listen_address:
+        raise ConfigError("QDATA_HEALTH_LISTEN_ADDRESS must differ from QDATA_LISTEN_ADDRESS")
+    if settings.health_listen_address and ":" not in settings.health_listen_address:
+        raise ConfigError(f"QDATA_HEALTH_LISTEN_ADDRESS must be host:port, got {settings.health_listen_address!r}")
+    if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+        raise ConfigError("set both QDATA_TLS_CERT_FILE and QDATA_TLS_KEY_FILE, or neither")
+    if settings.tls_client_ca_file and not settings.tls_cert_file:
+        raise ConfigError("QDATA_TLS_CLIENT_CA_FILE (mutual TLS) needs QDATA_TLS_CERT_FILE and QDATA_TLS_KEY_FILE")
+    if any(e.identity for e in settings.auth_tokens) and not settings.tls_client_ca_file:
+        raise ConfigError(
+            "cert: caller entries need mutual TLS (QDATA_TLS_CLIENT_CA_FILE); without it no client "
+            "certificate is verified"
+        )
+    if not settings.tls_cert_file:
+        return None
+    return TlsMaterial(
+        cert_chain=_read_pem("QDATA_TLS_CERT_FILE", settings.tls_cert_file, "-----BEGIN CERTIFICATE-----"),
+        private_key=_read_pem("QDATA_TLS_KEY_FILE", settings.tls_key_file, "PRIVATE KEY-----"),
+        client_ca=_read_pem("QDATA_TLS_CLIENT_CA_FILE", settings.tls_client_ca_file, "-----BEGIN CERTIFICATE-----")
+        if settings.tls_client_ca_file
+        else None,
+    )

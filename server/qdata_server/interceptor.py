@@ -1,11 +1,11 @@
 """The server interceptor every RPC passes through.
 
-It authenticates and authorizes the caller first (auth.py: bearer token, permission per RPC; a
-refusal goes through the same error mapping and log line as any other failure), binds the
-per-call context (method, caller, deadline, request_id), maps every outcome to a
-status in one place (domain errors to rich statuses, NotImplementedError to UNIMPLEMENTED, any
-other exception to a generic INTERNAL carrying an error id), and writes one structured log line
-per RPC: method, status code, duration and request_id, never request contents.
+It authenticates and authorizes the caller first (auth.py: bearer token or mapped mTLS client
+certificate, permission per RPC; a refusal goes through the same error mapping and log line as
+any other failure), binds the per-call context (method, caller, deadline, request_id), maps
+every outcome to a status in one place (domain errors to rich statuses, NotImplementedError to
+UNIMPLEMENTED, any other exception to a generic INTERNAL carrying an error id), and writes one
+structured log line per RPC: method, status code, duration and request_id, never request contents.
 """
 
 from __future__ import annotations
@@ -83,8 +83,10 @@ class _Outcome:
         log.info("rpc", extra=fields)
 
 
-# The caller, or the error that refuses it (decided before the handler runs).
+# The caller, or the error that refuses it (decided before the handler body runs).
 _Caller = Principal | QdataError
+# Decides the caller of one call from its ServicerContext (None: no context, metadata only).
+_Decide = Callable[[aio.ServicerContext | None], _Caller]
 
 
 def _actor(caller: _Caller) -> str:
@@ -94,8 +96,9 @@ def _actor(caller: _Caller) -> str:
     return caller.metadata.get("service", "unauthenticated")
 
 
-def _wrap_unary(method: str, caller: _Caller, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def _wrap_unary(method: str, decide: _Decide, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: aio.ServicerContext) -> Any:
+        caller = decide(context)
         ctx = _context_for(method, request, context, _actor(caller))
         token = callctx.bind(ctx)
         outcome = _Outcome(method, ctx)
@@ -123,9 +126,10 @@ def _wrap_unary(method: str, caller: _Caller, behavior: Callable[..., Awaitable[
 
 
 def _wrap_stream(
-    method: str, caller: _Caller, behavior: Callable[..., AsyncIterator[Any]]
+    method: str, decide: _Decide, behavior: Callable[..., AsyncIterator[Any]]
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+        caller = decide(context)
         ctx = _context_for(method, request, context, _actor(caller))
         token = callctx.bind(ctx)
         outcome = _Outcome(method, ctx)
@@ -171,20 +175,29 @@ class ServiceInterceptor(aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        caller: _Caller
-        try:
-            caller = self.authenticator.authorize(method, handler_call_details.invocation_metadata)
-        except QdataError as exc:
-            caller = exc
+        metadata = handler_call_details.invocation_metadata
+
+        def decide(context: aio.ServicerContext | None) -> _Caller:
+            # The auth context (the verified client certificate under mTLS) exists only on the
+            # call's ServicerContext, so the caller is decided when the handler runs.
+            try:
+                peer = context.auth_context() if context is not None else None
+                return self.authenticator.authorize(method, metadata, peer)
+            except QdataError as exc:
+                return exc
+
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_wrap_unary(method, caller, handler.unary_unary))
+            return handler._replace(unary_unary=_wrap_unary(method, decide, handler.unary_unary))
         if handler.unary_stream is not None:
             behavior = handler.unary_stream
             if inspect.isasyncgenfunction(behavior):
-                return handler._replace(unary_stream=_wrap_stream(method, caller, behavior))
+                return handler._replace(unary_stream=_wrap_stream(method, decide, behavior))
             # Handlers that write with context.write (health's Watch) or that raise at once
             # (an unimplemented base method) are wrapped like unary ones.
-            return handler._replace(unary_stream=_wrap_unary(method, caller, behavior))
+            return handler._replace(unary_stream=_wrap_unary(method, decide, behavior))
+        # Client-streaming handlers (only reflection's, exempt) are decided from metadata alone:
+        # a certificate-only caller of such a method would be refused (fail closed).
+        caller = decide(None)
         if isinstance(caller, QdataError):
             # Client-streaming handlers (only reflection's, which is exempt) are not wrapped, but a
             # refused caller is refused whatever the handler's shape.

@@ -43,7 +43,9 @@ async def run_worker(settings: Settings, conninfo: str, address: str, *, reuse_p
         loop.add_signal_handler(sig, stop.set)
     server = QdataServer(settings, conninfo)
     await server.start(address, reuse_port=reuse_port)
-    log.info("serving", extra={"address": address, "port": server.port})
+    log.info("serving", extra={"address": address, "port": server.port, "tls": settings.tls})
+    if server.health_server is not None:
+        log.info("serving health", extra={"address": settings.health_listen_address, "port": server.health_port})
     if on_ready is not None:
         on_ready()
     await stop.wait()
@@ -69,12 +71,22 @@ def _reserve_port(address: str) -> socket.socket:
     return sock
 
 
-def _banner(address: str, *, embedded: bool, dev_token: str | None = None) -> str:
+def _banner(
+    address: str, *, embedded: bool, dev_token: str | None = None, tls: bool = False, health_address: str = ""
+) -> str:
     keep = "Ctrl-C stops it; data stays in the embedded PostgreSQL for the next start.\n" if embedded else ""
     # The development token is printed (to the terminal only, never logged); with configured
     # tokens the example leaves a placeholder.
     token = dev_token or "<token>"
     intro = f"Development token (all permissions, valid until this server stops): {dev_token}\n" if dev_token else ""
+    health = f"Health (plaintext, grpc.health.v1.Health only) is on {health_address}.\n" if health_address else ""
+    if tls:
+        # With TLS, buf curl needs the CA (--cacert) and, for mutual TLS, --cert/--key.
+        return (
+            f"qdata is serving with TLS on {address}. {intro}Try:\n"
+            f"  npx buf curl --protocol grpc --cacert <ca.pem> --list-services https://{address}\n"
+            f"{health}{keep}"
+        )
     return (
         f"qdata is serving on {address}. {intro}Try:\n"
         f"  npx buf curl --protocol grpc --http2-prior-knowledge --list-services http://{address}\n"
@@ -82,7 +94,7 @@ def _banner(address: str, *, embedded: bool, dev_token: str | None = None) -> st
         f'-H "authorization: Bearer {token}" '
         f'-d \'{{"login": "alice", "password": "marketplace-demo"}}\' '
         f"http://{address}/qdata.v1.UserService/Authenticate\n"
-        f"{keep}"
+        f"{health}{keep}"
     )
 
 
@@ -102,10 +114,11 @@ def serve(settings: Settings) -> int:
     conninfo = resolve_database(settings)
     # Before the fork: a bad key ring fails once, and the embedded development ring is generated
     # by one process (workers then read it). Missing versions are checked by each worker's start.
-    from qdata_server.config import ConfigError
+    from qdata_server.config import ConfigError, check_tls
     from qdata_server.users import vault
 
     try:
+        check_tls(settings)
         vault.load_key_ring(settings)
     except ConfigError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
@@ -116,15 +129,27 @@ def serve(settings: Settings) -> int:
         asyncio.run(seed_database(settings, conninfo))
     address = settings.listen_address
     workers = settings.effective_workers
+
+    def banner() -> str:
+        return _banner(
+            address,
+            embedded=settings.embedded,
+            dev_token=dev_token,
+            tls=settings.tls,
+            health_address=settings.health_listen_address,
+        )
+
     if workers == 1:
 
         def on_ready() -> None:
-            sys.stderr.write(_banner(address, embedded=settings.embedded, dev_token=dev_token))
+            sys.stderr.write(banner())
 
         asyncio.run(run_worker(settings, conninfo, address, reuse_port=False, on_ready=on_ready))
         return 0
 
     reserved = _reserve_port(address)
+    # The health-only port is shared by the workers the same way.
+    reserved_health = _reserve_port(settings.health_listen_address) if settings.health_listen_address else None
     context = multiprocessing.get_context("fork")
     readies = [context.Event() for _ in range(workers)]
     processes = [
@@ -149,7 +174,7 @@ def serve(settings: Settings) -> int:
     running = list(processes)
     while running:
         if not announced and all(ready.is_set() for ready in readies):
-            sys.stderr.write(_banner(address, embedded=settings.embedded, dev_token=dev_token))
+            sys.stderr.write(banner())
             sys.stderr.flush()
             announced = True
         # Wake when a worker exits (or every 0.2 s until all are ready).
@@ -163,6 +188,8 @@ def serve(settings: Settings) -> int:
             stopping = True
             stop_workers()
     reserved.close()
+    if reserved_health is not None:
+        reserved_health.close()
     failed = [p.exitcode for p in processes if p.exitcode not in (0, -signal.SIGTERM)]
     return 1 if failed else 0
 
