@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -50,6 +51,18 @@ class PageTokens:
         """A token for the page after `cursor` under these filters."""
         payload = json.dumps({"s": self._scope(method, filters), "c": cursor}, separators=(",", ":"))
         return self._fernet.encrypt(payload.encode()).decode()
+
+    def page(
+        self, rows: list[Any], limit: int, method: str, filters: dict[str, Any], cursor_of: Callable[[Any], list[Any]]
+    ) -> tuple[list[Any], str]:
+        """Splits rows fetched with LIMIT limit + 1 into the page and the token for the next one.
+
+        The extra row only says that more follow; the token's cursor is the last row kept.
+        """
+        if len(rows) <= limit:
+            return rows, ""
+        rows = rows[:limit]
+        return rows, self.seal(method, filters, cursor_of(rows[-1]))
 
     def open(self, token: str, method: str, filters: dict[str, Any], *, field: str = "page_token") -> list[Any] | None:
         """The cursor in token, None for an empty token; INVALID_ARGUMENT if forged or misused."""

@@ -130,13 +130,13 @@ async def list_sessions(deps, request: chat_pb2.ListSessionsRequest) -> chat_pb2
         )
 
     rows = await deps.transaction(work)
-    next_token = ""
-    if len(rows) > limit:
-        rows = rows[:limit]
-        last = rows[-1]
-        next_token = tokens.seal(
-            "ListSessions", filters, [last["last_activity_at"].isoformat(), str(last["session_id"])]
-        )
+    rows, next_token = tokens.page(
+        rows,
+        limit,
+        "ListSessions",
+        filters,
+        lambda last: [last["last_activity_at"].isoformat(), str(last["session_id"])],
+    )
     return chat_pb2.ListSessionsResponse(sessions=[convert.session(r) for r in rows], next_page_token=next_token)
 
 

@@ -132,13 +132,13 @@ async def list_transactions(deps, request: ledger_pb2.ListTransactionsRequest) -
         )
 
     rows = await deps.transaction(work)
-    next_token = ""
-    if len(rows) > limit:
-        rows = rows[:limit]
-        last = rows[-1]
-        next_token = tokens.seal(
-            "ListTransactions", filters, [last["created_at"].isoformat(), str(last["transaction_id"])]
-        )
+    rows, next_token = tokens.page(
+        rows,
+        limit,
+        "ListTransactions",
+        filters,
+        lambda last: [last["created_at"].isoformat(), str(last["transaction_id"])],
+    )
     return ledger_pb2.ListTransactionsResponse(
         transactions=[convert.transaction(r) for r in rows], next_page_token=next_token
     )

@@ -157,10 +157,7 @@ async def list_models(deps, request: usage_pb2.ListModelsRequest) -> usage_pb2.L
             conn, "usage_list_models", {**filters, "after_model_id": cursor[0] if cursor else None, "limit": limit + 1}
         )
     )
-    next_token = ""
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_token = tokens.seal("ListModels", filters, [rows[-1]["model_id"]])
+    rows, next_token = tokens.page(rows, limit, "ListModels", filters, lambda last: [last["model_id"]])
     return usage_pb2.ListModelsResponse(models=[convert.model(r) for r in rows], next_page_token=next_token)
 
 
@@ -185,8 +182,7 @@ async def list_model_prices(deps, request: usage_pb2.ListModelPricesRequest) -> 
         )
 
     rows = await deps.transaction(work)
-    next_token = ""
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_token = tokens.seal("ListModelPrices", filters, [rows[-1]["effective_at"].isoformat()])
+    rows, next_token = tokens.page(
+        rows, limit, "ListModelPrices", filters, lambda last: [last["effective_at"].isoformat()]
+    )
     return usage_pb2.ListModelPricesResponse(prices=[convert.price(r) for r in rows], next_page_token=next_token)

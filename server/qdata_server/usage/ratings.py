@@ -86,9 +86,7 @@ async def list_model_ratings(deps, request: usage_pb2.ListModelRatingsRequest) -
         )
 
     rows = await deps.transaction(work)
-    next_token = ""
-    if len(rows) > limit:
-        rows = rows[:limit]
-        last = rows[-1]
-        next_token = tokens.seal("ListModelRatings", filters, [last["updated_at"].isoformat(), str(last["user_id"])])
+    rows, next_token = tokens.page(
+        rows, limit, "ListModelRatings", filters, lambda last: [last["updated_at"].isoformat(), str(last["user_id"])]
+    )
     return usage_pb2.ListModelRatingsResponse(ratings=[convert.rating(r) for r in rows], next_page_token=next_token)

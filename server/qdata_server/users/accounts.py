@@ -116,11 +116,9 @@ async def list_users(deps, request: user_pb2.ListUsersRequest) -> user_pb2.ListU
         )
 
     rows = await deps.transaction(work)
-    next_token = ""
-    if len(rows) > limit:
-        rows = rows[:limit]
-        last = rows[-1]
-        next_token = tokens.seal("ListUsers", filters, [last["created_at"].isoformat(), str(last["user_id"])])
+    rows, next_token = tokens.page(
+        rows, limit, "ListUsers", filters, lambda last: [last["created_at"].isoformat(), str(last["user_id"])]
+    )
     return user_pb2.ListUsersResponse(users=[convert.user(r) for r in rows], next_page_token=next_token)
 
 

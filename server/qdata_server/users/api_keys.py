@@ -194,11 +194,9 @@ async def list_api_keys(deps, request: user_pb2.ListApiKeysRequest) -> user_pb2.
         )
 
     rows = await deps.transaction(work)
-    next_token = ""
-    if len(rows) > limit:
-        rows = rows[:limit]
-        last = rows[-1]
-        next_token = tokens.seal("ListApiKeys", filters, [last["created_at"].isoformat(), str(last["api_key_id"])])
+    rows, next_token = tokens.page(
+        rows, limit, "ListApiKeys", filters, lambda last: [last["created_at"].isoformat(), str(last["api_key_id"])]
+    )
     return user_pb2.ListApiKeysResponse(api_keys=[to_proto(r) for r in rows], next_page_token=next_token)
 
 

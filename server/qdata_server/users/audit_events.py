@@ -90,8 +90,5 @@ async def list_audit_events(deps, request: user_pb2.ListAuditEventsRequest) -> u
         )
 
     rows = await deps.transaction(work)
-    next_token = ""
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_token = tokens.seal("ListAuditEvents", filters, [rows[-1]["audit_event_id"]])
+    rows, next_token = tokens.page(rows, limit, "ListAuditEvents", filters, lambda last: [last["audit_event_id"]])
     return user_pb2.ListAuditEventsResponse(events=[event(r) for r in rows], next_page_token=next_token)
