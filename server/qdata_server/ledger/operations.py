@@ -9,7 +9,7 @@ request_id claim, so a rejected request leaves no trace and may be retried with 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -19,6 +19,10 @@ from qdata_server.db.sql import execute, fetch_one
 from qdata_server.errors import FieldViolation, InvalidArgument
 from qdata_server.ledger import convert, rules
 from qdata_server.validation import Violations
+
+R = TypeVar(
+    "R", ledger_pb2.DepositResponse, ledger_pb2.ChargeResponse, ledger_pb2.RefundResponse, ledger_pb2.TransferResponse
+)
 
 
 async def _transaction(conn: psycopg.AsyncConnection, user_id: uuid.UUID, transaction_id: uuid.UUID):
@@ -42,7 +46,32 @@ async def _record(conn, action: str, target_type: str, target_id: Any, user_id: 
     )
 
 
-def _money(deps, request, v: Violations, *, currency_field: str = "currency_code") -> str:
+async def _post(
+    deps,
+    request,
+    response_type: type[R],
+    query_name: str,
+    owner: uuid.UUID,
+    action: str,
+    *,
+    params: dict[str, Any],
+    summary: dict[str, Any],
+) -> R:
+    """Runs one money-moving ledger function idempotently, audits it and answers its transaction.
+
+    Deposit, Charge, Refund and Transfer differ only in the function, its parameters and the
+    audit summary; the transaction comes back as the owner (the sender of a transfer) sees it.
+    """
+
+    async def work(conn: psycopg.AsyncConnection) -> R:
+        row = await fetch_one(conn, query_name, {**params, "request_id": request.request_id})
+        await _record(conn, action, "transaction", row["transaction_id"], owner, **summary)
+        return response_type(transaction=await _transaction(conn, owner, row["transaction_id"]))
+
+    return await deps.idempotent(request, response_type, work, user_id=owner)
+
+
+def _money(request, v: Violations, *, currency_field: str = "currency_code") -> str:
     rules.amount(v, "amount_micros", request.amount_micros)
     return rules.currency(v, currency_field, getattr(request, currency_field))
 
@@ -50,7 +79,7 @@ def _money(deps, request, v: Violations, *, currency_field: str = "currency_code
 async def deposit(deps, request: ledger_pb2.DepositRequest) -> ledger_pb2.DepositResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
-    currency = _money(deps, request, v)
+    currency = _money(request, v)
     source = {
         ledger_pb2.DEPOSIT_SOURCE_UNSPECIFIED: "payment",
         ledger_pb2.DEPOSIT_SOURCE_PAYMENT: "payment",
@@ -65,69 +94,50 @@ async def deposit(deps, request: ledger_pb2.DepositRequest) -> ledger_pb2.Deposi
     v.raise_if_any()
     rules.check_supported("currency_code", currency, deps.settings.ledger_currencies)
 
-    async def work(conn: psycopg.AsyncConnection) -> ledger_pb2.DepositResponse:
-        row = await fetch_one(
-            conn,
-            "ledger_deposit",
-            {
-                "user_id": user_id,
-                "amount_micros": request.amount_micros,
-                "currency_code": currency,
-                "source": source,
-                "external_reference": request.external_reference,
-                "description": request.description,
-                "request_id": request.request_id,
-            },
-        )
-        await _record(
-            conn,
-            "Deposit",
-            "transaction",
-            row["transaction_id"],
-            user_id,
-            amount_micros=request.amount_micros,
-            currency_code=currency,
-            source=source,
-        )
-        return ledger_pb2.DepositResponse(transaction=await _transaction(conn, user_id, row["transaction_id"]))
-
-    return await deps.idempotent(request, ledger_pb2.DepositResponse, work, user_id=user_id)
+    return await _post(
+        deps,
+        request,
+        ledger_pb2.DepositResponse,
+        "ledger_deposit",
+        user_id,
+        "Deposit",
+        params={
+            "user_id": user_id,
+            "amount_micros": request.amount_micros,
+            "currency_code": currency,
+            "source": source,
+            "external_reference": request.external_reference,
+            "description": request.description,
+        },
+        summary={"amount_micros": request.amount_micros, "currency_code": currency, "source": source},
+    )
 
 
 async def charge(deps, request: ledger_pb2.ChargeRequest) -> ledger_pb2.ChargeResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
-    currency = _money(deps, request, v)
+    currency = _money(request, v)
     rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
     rules.text(v, "reference", request.reference, rules.MAX_REFERENCE_LENGTH)
     v.raise_if_any()
     rules.check_supported("currency_code", currency, deps.settings.ledger_currencies)
 
-    async def work(conn: psycopg.AsyncConnection) -> ledger_pb2.ChargeResponse:
-        row = await fetch_one(
-            conn,
-            "ledger_charge",
-            {
-                "user_id": user_id,
-                "amount_micros": request.amount_micros,
-                "currency_code": currency,
-                "description": request.description,
-                "reference": request.reference,
-                "request_id": request.request_id,
-            },
-        )
-        await _record(
-            conn,
-            "Charge",
-            "transaction",
-            row["transaction_id"],
-            user_id,
-            amount_micros=request.amount_micros,
-            currency_code=currency,
-        )
-        return ledger_pb2.ChargeResponse(transaction=await _transaction(conn, user_id, row["transaction_id"]))
-
-    return await deps.idempotent(request, ledger_pb2.ChargeResponse, work, user_id=user_id)
+    return await _post(
+        deps,
+        request,
+        ledger_pb2.ChargeResponse,
+        "ledger_charge",
+        user_id,
+        "Charge",
+        params={
+            "user_id": user_id,
+            "amount_micros": request.amount_micros,
+            "currency_code": currency,
+            "description": request.description,
+            "reference": request.reference,
+        },
+        summary={"amount_micros": request.amount_micros, "currency_code": currency},
+    )
 
 
 async def refund(deps, request: ledger_pb2.RefundRequest) -> ledger_pb2.RefundResponse:
@@ -138,37 +148,28 @@ async def refund(deps, request: ledger_pb2.RefundRequest) -> ledger_pb2.RefundRe
     rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
     v.raise_if_any()
 
-    async def work(conn: psycopg.AsyncConnection) -> ledger_pb2.RefundResponse:
-        row = await fetch_one(
-            conn,
-            "ledger_refund",
-            {
-                "user_id": user_id,
-                "original_transaction_id": original_id,
-                "amount_micros": request.amount_micros,
-                "description": request.description,
-                "request_id": request.request_id,
-            },
-        )
-        await _record(
-            conn,
-            "Refund",
-            "transaction",
-            row["transaction_id"],
-            user_id,
-            amount_micros=request.amount_micros,
-            original_transaction_id=str(original_id),
-        )
-        return ledger_pb2.RefundResponse(transaction=await _transaction(conn, user_id, row["transaction_id"]))
-
-    return await deps.idempotent(request, ledger_pb2.RefundResponse, work, user_id=user_id)
+    return await _post(
+        deps,
+        request,
+        ledger_pb2.RefundResponse,
+        "ledger_refund",
+        user_id,
+        "Refund",
+        params={
+            "user_id": user_id,
+            "original_transaction_id": original_id,
+            "amount_micros": request.amount_micros,
+            "description": request.description,
+        },
+        summary={"amount_micros": request.amount_micros, "original_transaction_id": str(original_id)},
+    )
 
 
 async def transfer(deps, request: ledger_pb2.TransferRequest) -> ledger_pb2.TransferResponse:
     v = Violations()
     from_id = v.uuid("from_user_id", request.from_user_id)
     to_id = v.uuid("to_user_id", request.to_user_id)
-    currency = _money(deps, request, v)
+    currency = _money(request, v)
     rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
     rules.text(v, "reference", request.reference, rules.MAX_REFERENCE_LENGTH)
     v.raise_if_any()
@@ -176,39 +177,29 @@ async def transfer(deps, request: ledger_pb2.TransferRequest) -> ledger_pb2.Tran
         raise InvalidArgument([FieldViolation("to_user_id", "must differ from from_user_id")], reason="SELF_TRANSFER")
     rules.check_supported("currency_code", currency, deps.settings.ledger_currencies)
 
-    async def work(conn: psycopg.AsyncConnection) -> ledger_pb2.TransferResponse:
-        row = await fetch_one(
-            conn,
-            "ledger_transfer",
-            {
-                "from_user_id": from_id,
-                "to_user_id": to_id,
-                "amount_micros": request.amount_micros,
-                "currency_code": currency,
-                "description": request.description,
-                "reference": request.reference,
-                "request_id": request.request_id,
-            },
-        )
-        await _record(
-            conn,
-            "Transfer",
-            "transaction",
-            row["transaction_id"],
-            from_id,
-            amount_micros=request.amount_micros,
-            currency_code=currency,
-            to_user_id=str(to_id),
-        )
-        return ledger_pb2.TransferResponse(transaction=await _transaction(conn, from_id, row["transaction_id"]))
-
-    return await deps.idempotent(request, ledger_pb2.TransferResponse, work, user_id=from_id)
+    return await _post(
+        deps,
+        request,
+        ledger_pb2.TransferResponse,
+        "ledger_transfer",
+        from_id,
+        "Transfer",
+        params={
+            "from_user_id": from_id,
+            "to_user_id": to_id,
+            "amount_micros": request.amount_micros,
+            "currency_code": currency,
+            "description": request.description,
+            "reference": request.reference,
+        },
+        summary={"amount_micros": request.amount_micros, "currency_code": currency, "to_user_id": str(to_id)},
+    )
 
 
 async def create_hold(deps, request: ledger_pb2.CreateHoldRequest) -> ledger_pb2.CreateHoldResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
-    currency = _money(deps, request, v)
+    currency = _money(request, v)
     ttl_seconds = rules.hold_ttl(v, "ttl", request.ttl, request.HasField("ttl"))
     rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
     rules.text(v, "reference", request.reference, rules.MAX_REFERENCE_LENGTH)
