@@ -120,6 +120,20 @@ class Deps:
         return self._page_tokens
 
 
+async def _cancel(task: asyncio.Task) -> None:
+    """Cancels a background task and waits for it to end.
+
+    The cancellation is repeated: a CancelledError that lands inside a library's own wait (the
+    pool's connection checkout) can be absorbed there, and a single cancel would then leave stop()
+    waiting forever on a task that keeps running.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+    if not task.cancelled():
+        task.exception()  # retrieved: a background task's failure was already logged by the task
+
+
 class QdataServer:
     """One gRPC server with its pool; `start` serves, `stop` drains and closes."""
 
@@ -137,6 +151,7 @@ class QdataServer:
         self._monitor: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None
         self._usage_upkeep: asyncio.Task | None = None
+        self._stopping = False
         self._serving: bool | None = None
         self._key_ring_checked = False
 
@@ -264,13 +279,13 @@ class QdataServer:
         return serving
 
     async def _watch_database(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.settings.health_probe_seconds)
             await self.check_health()
 
     async def _sweep_holds(self) -> None:
         """Resolves expired holds in the background (requests also sweep the accounts they touch)."""
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.settings.hold_sweep_seconds)
             if not self._serving:
                 continue
@@ -284,10 +299,10 @@ class QdataServer:
     async def stop(self, grace: float | None = None) -> None:
         """Graceful shutdown: NOT_SERVING, stop accepting, drain within grace, close the pool."""
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        self._stopping = True
         for task in (self._monitor, self._sweeper, self._usage_upkeep):
             if task:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                await _cancel(task)
         await self.health.enter_graceful_shutdown()
         if self.server:
             await self.server.stop(grace)
