@@ -30,9 +30,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from qdata.v1 import chat_pb2_grpc, ledger_pb2_grpc, usage_pb2_grpc, user_pb2_grpc
 from qdata_server.app import QdataServer
 from qdata_server.config import Settings
-from qdata_server.db import migrate
+from qdata_server.db import migrate, roles
 
 TEMPLATE_DB = "qdata_test_template"
+# The servers under test serve as this login role (a member of qdata_service, owning nothing), as
+# in production; fixtures and assertions that inspect the database connect as the owner.
+SERVICE_LOGIN = "qdata_test_app"
+SERVICE_PASSWORD = "qdata-test-app"
 
 # Test settings: a low bcrypt cost keeps the suite fast (configuration, not a test-only path).
 # Authentication is off here (QDATA_ALLOW_INSECURE, every call as "anonymous") so that tests
@@ -58,19 +62,24 @@ def with_database(conninfo: str, dbname: str) -> str:
     return make_conninfo(**params)
 
 
+def serving_url(owner_url: str) -> str:
+    """The same database, as the serving login role (row-level security applies to it)."""
+    return make_conninfo(owner_url, user=SERVICE_LOGIN, password=SERVICE_PASSWORD)
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """The maintenance database URL of the session's PostgreSQL server."""
     url = os.environ.get("QDATA_TEST_DATABASE_URL")
-    if url:
-        yield url
-        return
-    from qdata_server import embedded
+    if not url:
+        from qdata_server import embedded
 
-    # Its own directory outside pytest's tmp tree (which concurrent pytest runs prune), removed
-    # with the data when this process exits.
-    data_dir = Path(tempfile.mkdtemp(prefix="qdata-test-pg-")) / "data"
-    yield embedded.start(str(data_dir), database="postgres", delete_on_exit=True)
+        # Its own directory outside pytest's tmp tree (which concurrent pytest runs prune), removed
+        # with the data when this process exits.
+        data_dir = Path(tempfile.mkdtemp(prefix="qdata-test-pg-")) / "data"
+        url = embedded.start(str(data_dir), database="postgres", delete_on_exit=True)
+    roles.ensure_service_login(url, SERVICE_LOGIN, password=SERVICE_PASSWORD)
+    yield url
 
 
 @pytest.fixture(scope="session")
@@ -115,6 +124,8 @@ class Api:
     server: QdataServer
     channel: grpc.aio.Channel
     address: str
+    # The test's database as its owner (for direct checks); the server itself serves as
+    # SERVICE_LOGIN (serving_url(database_url)).
     database_url: str
     users: user_pb2_grpc.UserServiceStub
     ledger: ledger_pb2_grpc.LedgerServiceStub
@@ -123,7 +134,7 @@ class Api:
 
 
 async def start_api(database_url: str, settings: Settings = TEST_SETTINGS) -> Api:
-    server = QdataServer(settings, database_url)
+    server = QdataServer(settings, serving_url(database_url))
     port = await server.start("127.0.0.1:0")
     address = f"127.0.0.1:{port}"
     channel = grpc.aio.insecure_channel(address)

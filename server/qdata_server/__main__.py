@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "serve":
         return serve.serve(settings)
-    conninfo = serve.resolve_database(settings)
+    databases = serve.resolve_database(settings)
+    # Operator commands run as the schema's owner; seeding goes through the service code, as served.
+    conninfo = databases.owner
     try:
         if args.command == "migrate":
             applied = migrate.migrate(conninfo)
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"audit trail broken: {len(report.problems)} problem(s) in {report.checked} event(s) checked")
             return 1
         elif args.command == "seed":
-            asyncio.run(serve.seed_database(settings, conninfo))
+            asyncio.run(serve.seed_database(settings, databases.serving))
             print("seeded")
         elif args.command == "rewrap-keys":
             return rewrap_keys(settings, conninfo, args.batch)

@@ -76,10 +76,16 @@ class Deps:
     key_ring: vault.KeyRing | None = None
 
     async def transaction(
-        self, work: Callable[[psycopg.AsyncConnection], Awaitable[R]], *, snapshot: bool = False
+        self,
+        work: Callable[[psycopg.AsyncConnection], Awaitable[R]],
+        *,
+        acting: transactions.Acting,
+        snapshot: bool = False,
     ) -> R:
-        """Runs work(conn) in one transaction with the configured retries (see db/transactions.py)."""
-        return await transactions.run(self.pool, work, retries=self.settings.transaction_retries, snapshot=snapshot)
+        """Runs work(conn) in one transaction acting for `acting` (see db/transactions.py)."""
+        return await transactions.run(
+            self.pool, work, acting=acting, retries=self.settings.transaction_retries, snapshot=snapshot
+        )
 
     async def idempotent(
         self,
@@ -88,15 +94,21 @@ class Deps:
         work: Callable[[psycopg.AsyncConnection], Awaitable[R]],
         *,
         user_id: uuid.UUID | None = None,
+        acting: transactions.Acting | None = None,
         secret_fields: Iterable[str] = (),
     ) -> R:
-        """Runs a mutation once per request_id; see qdata_server.idempotency."""
+        """Runs a mutation once per request_id; see qdata_server.idempotency.
+
+        The request_id is scoped to user_id; the transaction acts for user_id (or for nobody)
+        unless `acting` says otherwise (a transfer acts for both of its users).
+        """
         return await idempotency.run_idempotent(
             self.pool,
             request,
             response_type,
             work,
             user_id=user_id,
+            acting=acting or transactions.acting_for(user_id),
             secret_fields=secret_fields,
             retries=self.settings.transaction_retries,
         )
@@ -116,7 +128,7 @@ class Deps:
                     raise Unavailable("the schema is not migrated", reason="SCHEMA_NOT_READY")
                 return bytes(row["secret"])
 
-            self._page_tokens = PageTokens(await self.transaction(read))
+            self._page_tokens = PageTokens(await self.transaction(read, acting=transactions.ACTING_FOR_NO_USER))
         return self._page_tokens
 
 
@@ -154,6 +166,8 @@ class QdataServer:
         self._stopping = False
         self._serving: bool | None = None
         self._key_ring_checked = False
+        # Whether the role check (see _role_is_confined) has already logged its finding.
+        self._role_warned = False
 
     async def start(self, address: str | None = None, *, reuse_port: bool = False) -> int:
         """Starts serving on address (NOT_SERVING until the database is ready); returns the port."""
@@ -237,6 +251,9 @@ class QdataServer:
             async with self.pool.connection(timeout=min(2.0, self.settings.pool_timeout_seconds)) as conn:
                 cur = await conn.execute(query("api_keys_table_present"))
                 present = (await cur.fetchone())["present"]
+                if present:
+                    # Counting every user's keys by version is a cross-user read.
+                    await transactions.name_acting(conn, transactions.ACTING_FOR_ALL_USERS)
                 problem = await api_keys.check_ring(conn, ring) if present else None
                 await conn.rollback()
         except Exception as exc:
@@ -248,22 +265,51 @@ class QdataServer:
         self._key_ring_checked = present
         log.info("key ring", extra={"versions": ring.versions, "primary": ring.primary})
 
+    async def _role_is_confined(self, conn: psycopg.AsyncConnection) -> bool:
+        """False (not serving) if the server's database role escapes row-level security.
+
+        A superuser, a role with BYPASSRLS or the tables' owner sees every user's rows whatever
+        the policies say; serving as one is allowed only with QDATA_ALLOW_INSECURE (logged once).
+        """
+        cur = await conn.execute(query("serving_role_confined"))
+        confined = (await cur.fetchone())["confined"]
+        if confined:
+            return True
+        if self.settings.allow_insecure:
+            if not self._role_warned:
+                log.warning(
+                    "the database role bypasses row-level security (superuser, BYPASSRLS or table owner); "
+                    "serving anyway because QDATA_ALLOW_INSECURE is set"
+                )
+                self._role_warned = True
+            return True
+        if not self._role_warned:
+            log.error(
+                "not serving: the database role in DATABASE_URL bypasses row-level security (superuser, "
+                "BYPASSRLS or the tables' owner). Serve as a login role that is a member of qdata_service "
+                "and run migrations as the owner (QDATA_OWNER_DATABASE_URL); see README"
+            )
+            self._role_warned = True
+        return False
+
     async def check_health(self) -> bool:
         """Probes the database and the schema; sets and returns the serving status."""
         serving = False
         try:
             async with self.pool.connection(timeout=min(2.0, self.settings.pool_timeout_seconds)) as conn:
                 await conn.execute(query("ping"))
-                serving = await migrate.pending_count(conn) == 0
+                migrated = await migrate.pending_count(conn) == 0
+                serving = migrated and await self._role_is_confined(conn)
                 if serving and not self._key_ring_checked and self.deps.key_ring is not None:
                     # Start could not check the key ring (database down or schema not migrated).
+                    await transactions.name_acting(conn, transactions.ACTING_FOR_ALL_USERS)
                     problem = await api_keys.check_ring(conn, self.deps.key_ring)
                     if problem:
                         log.error(problem)
                         serving = False
                     self._key_ring_checked = not problem
                 await conn.rollback()
-            if not serving and self._serving is not False:
+            if not migrated and self._serving is not False:
                 log.warning("schema has pending migrations; not serving until they are applied")
         except migrate.MigrationError as exc:
             log.error("migration history disagrees with this build: %s", exc)

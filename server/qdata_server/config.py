@@ -63,8 +63,12 @@ class Settings:
 
     # Address the gRPC server listens on, host:port.
     listen_address: str = "127.0.0.1:50051"
-    # PostgreSQL connection string; empty means "start the embedded PostgreSQL".
+    # PostgreSQL connection string the server serves through (a login role in qdata_service);
+    # empty means "start the embedded PostgreSQL".
     database_url: str = ""
+    # Connection string of the schema's owner, for migrations and operator commands
+    # (verify-audit, rewrap-keys); empty means database_url.
+    owner_database_url: str = ""
     # Where the embedded PostgreSQL keeps its data when database_url is empty.
     embedded_data_dir: str = ".qdata/pgdata"
     # Connection pool bounds, per worker process.
@@ -192,6 +196,7 @@ class Settings:
         settings = cls(
             listen_address=env.get("QDATA_LISTEN_ADDRESS", d.listen_address).strip(),
             database_url=database_url,
+            owner_database_url=env.get("QDATA_OWNER_DATABASE_URL", "").strip(),
             embedded_data_dir=env.get("QDATA_EMBEDDED_DATA_DIR", d.embedded_data_dir).strip(),
             pool_min_size=_int(env, "QDATA_POOL_MIN_SIZE", d.pool_min_size, 0, 1000),
             pool_max_size=_int(env, "QDATA_POOL_MAX_SIZE", d.pool_max_size, 1, 1000),

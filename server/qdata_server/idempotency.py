@@ -30,7 +30,7 @@ from qdata_server.db.sql import query
 from qdata_server.errors import AlreadyExists, invalid
 
 R = TypeVar("R", bound=Message)
-NO_USER = uuid.UUID(int=0)
+NO_USER = transactions.NO_USER_ID
 MAX_REQUEST_ID_LENGTH = 128
 
 
@@ -71,7 +71,7 @@ async def was_recorded(pool: AsyncConnectionPool, request: Message, *, user_id: 
         cur = await conn.execute(query("get_request_id"), key)
         return await cur.fetchone() is not None
 
-    return await transactions.run(pool, read)
+    return await transactions.run(pool, read, acting=transactions.acting_for(user_id))
 
 
 async def run_idempotent(
@@ -81,6 +81,7 @@ async def run_idempotent(
     work: Callable[[psycopg.AsyncConnection], Awaitable[R]],
     *,
     user_id: uuid.UUID | None = None,
+    acting: transactions.Acting | None = None,
     secret_fields: Iterable[str] = (),
     retries: int = 5,
 ) -> R:
@@ -106,4 +107,5 @@ async def run_idempotent(
         await conn.execute(query("store_response"), {**key, "response": response.SerializeToString()})
         return response
 
-    return await transactions.run(pool, transaction, retries=retries)
+    acting = acting or transactions.acting_for(user_id)
+    return await transactions.run(pool, transaction, acting=acting, retries=retries)

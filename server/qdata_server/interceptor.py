@@ -49,8 +49,16 @@ def _as_domain_error(exc: BaseException, method: str) -> QdataError:
     if isinstance(exc, NotImplementedError):
         return Unimplemented(f"{method.lstrip('/')} is not implemented yet")
     error_id = uuid.uuid4().hex[:12]
-    # Type and error id only: exception text may carry SQL or values.
-    log.error("unexpected error", extra={"method": method, "error_type": type(exc).__name__, "error_id": error_id})
+    # Type, SQLSTATE and error id only: exception text may carry SQL or values.
+    log.error(
+        "unexpected error",
+        extra={
+            "method": method,
+            "error_type": type(exc).__name__,
+            "sqlstate": getattr(exc, "sqlstate", None),
+            "error_id": error_id,
+        },
+    )
     return Internal(f"internal error (error id {error_id}); the server log has the details")
 
 

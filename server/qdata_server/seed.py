@@ -15,6 +15,7 @@ from qdata_server import callctx
 from qdata_server.chat import messages as chat_messages
 from qdata_server.chat import sessions as chat_sessions
 from qdata_server.db.sql import fetch_one
+from qdata_server.db.transactions import ACTING_FOR_ALL_USERS
 from qdata_server.ledger import operations as ledger
 from qdata_server.usage import samples as usage_samples
 from qdata_server.users import accounts, preferences
@@ -33,7 +34,7 @@ SAMPLE_USERS = (
 async def seed(deps, *, only_if_empty: bool = True) -> int:
     """Loads the sample users, their welcome credits and Alice's preferences; returns the user count."""
     if only_if_empty:
-        row = await deps.transaction(lambda conn: fetch_one(conn, "count_users"))
+        row = await deps.transaction(lambda conn: fetch_one(conn, "count_users"), acting=ACTING_FOR_ALL_USERS)
         if row["n"]:
             return 0
     token = callctx.bind(callctx.CallContext(method="seed", actor="seed"))

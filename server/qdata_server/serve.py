@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -24,13 +25,31 @@ from qdata_server.config import Settings
 log = logging.getLogger("qdata.serve")
 
 
-def resolve_database(settings: Settings) -> str:
-    """DATABASE_URL, or the URL of the embedded PostgreSQL (started on demand)."""
-    if settings.database_url:
-        return settings.database_url
-    from qdata_server import embedded
+@dataclasses.dataclass(frozen=True)
+class Databases:
+    """Where the server serves (a confined login role) and where the schema's owner connects."""
 
-    return embedded.start(settings.embedded_data_dir)
+    serving: str
+    owner: str
+
+
+# The embedded default's serving login (no password: the embedded server trusts its socket).
+EMBEDDED_SERVICE_LOGIN = "qdata_app"
+
+
+def resolve_database(settings: Settings) -> Databases:
+    """DATABASE_URL (and QDATA_OWNER_DATABASE_URL), or the embedded PostgreSQL (started on demand).
+
+    The embedded default connects as its superuser for migrations and serves as qdata_app, a
+    member of qdata_service, so row-level security holds there too.
+    """
+    if settings.database_url:
+        return Databases(serving=settings.database_url, owner=settings.owner_database_url or settings.database_url)
+    from qdata_server import embedded
+    from qdata_server.db import roles
+
+    owner = embedded.start(settings.embedded_data_dir)
+    return Databases(serving=roles.ensure_service_login(owner, EMBEDDED_SERVICE_LOGIN), owner=owner)
 
 
 async def run_worker(settings: Settings, conninfo: str, address: str, *, reuse_port: bool, on_ready=None) -> None:
@@ -111,7 +130,8 @@ def serve(settings: Settings) -> int:
     # The embedded default without tokens gets a development token, made before the fork so
     # every worker accepts it.
     settings, dev_token = auth.with_dev_token(settings)
-    conninfo = resolve_database(settings)
+    databases = resolve_database(settings)
+    conninfo = databases.serving
     # Before the fork: a bad key ring fails once, and the embedded development ring is generated
     # by one process (workers then read it). Missing versions are checked by each worker's start.
     from qdata_server.config import ConfigError, check_tls
@@ -123,7 +143,7 @@ def serve(settings: Settings) -> int:
     except ConfigError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
     if settings.migrate_on_start:
-        applied = migrate.migrate(conninfo)
+        applied = migrate.migrate(databases.owner)
         log.info("migrations applied", extra={"applied": applied})
     if settings.seed_on_start:
         asyncio.run(seed_database(settings, conninfo))

@@ -12,6 +12,7 @@ import pytest
 
 from qdata.v1 import user_pb2, user_pb2_grpc
 from qdata_server.auth import hash_token
+from tests.conftest import serving_url
 from tests.integration.test_serve_process import ServerProcess, free_port
 
 pytestmark = pytest.mark.slow
@@ -23,7 +24,8 @@ def test_configured_tokens_are_enforced_and_never_logged(database_url, tmp_path)
     tokens = tmp_path / "tokens"
     tokens.write_text(f"# mounted as a Secret would be\nsignup {hash_token(TOKEN)} users.*\n")
     env = {
-        "DATABASE_URL": database_url,
+        "DATABASE_URL": serving_url(database_url),
+        "QDATA_OWNER_DATABASE_URL": database_url,
         "QDATA_WORKERS": "2",
         "QDATA_ALLOW_INSECURE": "",
         "QDATA_AUTH_TOKENS_FILE": str(tokens),

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from qdata.v1 import user_pb2, user_pb2_grpc
 from qdata_server.seed import SAMPLE_PASSWORD
+from tests.conftest import serving_url
 from tests.helpers import PASSWORD, rid
 
 pytestmark = pytest.mark.slow
@@ -85,7 +86,8 @@ def users_stub(address: str):
 
 
 def test_workers_share_the_port_and_stop_cleanly_on_sigterm(database_url, tmp_path):
-    server = ServerProcess({"DATABASE_URL": database_url, "QDATA_WORKERS": "2"}, tmp_path / "serve.log")
+    env = {"DATABASE_URL": serving_url(database_url), "QDATA_OWNER_DATABASE_URL": database_url, "QDATA_WORKERS": "2"}
+    server = ServerProcess(env, tmp_path / "serve.log")
     try:
         server.wait_serving()
         channel, users = users_stub(server.address)

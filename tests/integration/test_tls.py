@@ -30,7 +30,7 @@ from qdata.v1 import user_pb2, user_pb2_grpc
 from qdata_server import auth
 from qdata_server.app import QdataServer
 from qdata_server.config import ConfigError, Settings, check_tls
-from tests.conftest import TEST_SETTINGS
+from tests.conftest import TEST_SETTINGS, serving_url
 from tests.helpers import PASSWORD, error_info, expect_error, rid
 
 BILLING_ID = "spiffe://qdata.test/ns/shop/sa/billing"
@@ -147,7 +147,7 @@ def _create(name: str) -> user_pb2.CreateUserRequest:
 
 @pytest.fixture
 async def tls_server(database_url, pki):
-    server = QdataServer(_settings(pki, mutual=False), database_url)
+    server = QdataServer(_settings(pki, mutual=False), serving_url(database_url))
     await server.start("127.0.0.1:0")
     try:
         yield server
@@ -157,7 +157,7 @@ async def tls_server(database_url, pki):
 
 @pytest.fixture
 async def mtls_server(database_url, pki):
-    server = QdataServer(_settings(pki, mutual=True), database_url)
+    server = QdataServer(_settings(pki, mutual=True), serving_url(database_url))
     await server.start("127.0.0.1:0")
     try:
         yield server
@@ -276,7 +276,8 @@ def test_workers_share_the_health_port_beside_a_tls_port(database_url, pki, tmp_
 
     health_address = f"127.0.0.1:{free_port()}"
     env = {
-        "DATABASE_URL": database_url,
+        "DATABASE_URL": serving_url(database_url),
+        "QDATA_OWNER_DATABASE_URL": database_url,
         "QDATA_WORKERS": "2",
         "QDATA_TLS_CERT_FILE": str(pki.server_cert),
         "QDATA_TLS_KEY_FILE": str(pki.server_key),

@@ -12,6 +12,8 @@ from qdata_server.db.pool import open_pool
 from qdata_server.errors import Aborted, AlreadyExists
 from tests.conftest import TEST_SETTINGS
 
+NOBODY = transactions.ACTING_FOR_NO_USER
+
 
 @pytest.fixture
 async def pool(database_url):
@@ -28,7 +30,9 @@ def crossing_updates(first: int, second: int, both_hold_first: asyncio.Barrier, 
 
     async def work(conn: psycopg.AsyncConnection) -> None:
         attempts.append(first)
-        await conn.execute("UPDATE counters SET n = n + 1 WHERE id = %s", (first,))
+        # Reading the result makes the pipelined transaction send the update (and take the lock) now.
+        cur = await conn.execute("UPDATE counters SET n = n + 1 WHERE id = %s RETURNING n", (first,))
+        await cur.fetchone()
         if len(attempts) <= 2:  # only the first round is made to cross
             await both_hold_first.wait()
         await conn.execute("UPDATE counters SET n = n + 1 WHERE id = %s", (second,))
@@ -40,8 +44,8 @@ async def test_a_deadlock_is_retried_until_both_transactions_commit(pool):
     barrier = asyncio.Barrier(2)
     attempts: list[int] = []
     await asyncio.gather(
-        transactions.run(pool, crossing_updates(1, 2, barrier, attempts)),
-        transactions.run(pool, crossing_updates(2, 1, barrier, attempts)),
+        transactions.run(pool, crossing_updates(1, 2, barrier, attempts), acting=NOBODY),
+        transactions.run(pool, crossing_updates(2, 1, barrier, attempts), acting=NOBODY),
     )
     # PostgreSQL broke the deadlock by aborting one of them; the runner ran that one again.
     assert len(attempts) == 3
@@ -56,15 +60,12 @@ async def test_persistent_serialization_failures_become_aborted(pool):
     async def always_conflicts(conn: psycopg.AsyncConnection) -> None:
         nonlocal calls
         calls += 1
-        await conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-        await conn.execute("SELECT n FROM counters WHERE id = 1")
-        # Another transaction changes the row this one read, then this one writes it: 40001.
-        async with await psycopg.AsyncConnection.connect(pool.conninfo, autocommit=True) as other:
-            await other.execute("UPDATE counters SET n = n + 10 WHERE id = 1")
+        # What PostgreSQL reports when a concurrent change breaks this transaction's snapshot.
+        await conn.execute("DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = 'serialization_failure'; END $$")
         await conn.execute("UPDATE counters SET n = n + 1 WHERE id = 1")
 
     with pytest.raises(Aborted) as caught:
-        await transactions.run(pool, always_conflicts, retries=2)
+        await transactions.run(pool, always_conflicts, acting=NOBODY, retries=2)
     assert caught.value.reason == "CONTENTION"
     assert calls == 3
 
@@ -78,5 +79,5 @@ async def test_a_named_constraint_becomes_its_domain_error(pool):
             )
 
     with pytest.raises(AlreadyExists) as caught:
-        await transactions.run(pool, duplicate)
+        await transactions.run(pool, duplicate, acting=NOBODY)
     assert caught.value.reason == "EMAIL_TAKEN"

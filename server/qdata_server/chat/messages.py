@@ -24,6 +24,7 @@ from qdata_server import audit
 from qdata_server.chat import convert, rules
 from qdata_server.chat.sessions import load_session, message_not_found, session_ids
 from qdata_server.db.sql import fetch_all, fetch_one
+from qdata_server.db.transactions import acting_for
 from qdata_server.errors import InvalidArgument
 from qdata_server.pagination import page_size
 from qdata_server.validation import Violations
@@ -163,7 +164,7 @@ async def list_messages(deps, request: chat_pb2.ListMessagesRequest) -> chat_pb2
         params = {**keys, **bounds, "start": start, "descending": descending}
         return await fetch_all(conn, "list_chat_branch", params), end
 
-    rows, end = await deps.transaction(work)
+    rows, end = await deps.transaction(work, acting=acting_for(user_id))
     messages, more = convert.size_bounded(rows, limit, response_budget(deps.settings))
     next_token = ""
     if more:
@@ -185,7 +186,9 @@ async def get_message(deps, request: chat_pb2.GetMessageRequest) -> chat_pb2.Get
             raise message_not_found()
         return row
 
-    return chat_pb2.GetMessageResponse(message=convert.message(await deps.transaction(work)))
+    return chat_pb2.GetMessageResponse(
+        message=convert.message(await deps.transaction(work, acting=acting_for(user_id)))
+    )
 
 
 async def delete_message(deps, request: chat_pb2.DeleteMessageRequest) -> chat_pb2.DeleteMessageResponse:
@@ -252,7 +255,7 @@ async def export_session(deps, request: chat_pb2.ExportSessionRequest) -> AsyncI
         )
         return session, rows
 
-    session, rows = await deps.transaction(first)
+    session, rows = await deps.transaction(first, acting=acting_for(user_id))
     end = session["last_sequence_number"] + 1
     messages, more = convert.size_bounded(rows, EXPORT_PAGE_SIZE, budget)
     yield chat_pb2.ExportSessionResponse(session=convert.session(session), messages=messages)
@@ -265,7 +268,7 @@ async def export_session(deps, request: chat_pb2.ExportSessionRequest) -> AsyncI
                 await load_session(conn, user_id, session_id)  # deleted meanwhile: SESSION_NOT_FOUND
             return rows
 
-        rows = await deps.transaction(chunk)
+        rows = await deps.transaction(chunk, acting=acting_for(user_id))
         if not rows:
             return
         messages, more = convert.size_bounded(rows, EXPORT_PAGE_SIZE, budget)

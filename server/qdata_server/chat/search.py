@@ -17,6 +17,7 @@ from qdata.v1 import chat_pb2
 from qdata_server.chat import convert, rules
 from qdata_server.chat.sessions import load_session
 from qdata_server.db.sql import fetch_all
+from qdata_server.db.transactions import acting_for
 from qdata_server.pagination import page_size
 from qdata_server.users.accounts import load_live_user
 from qdata_server.validation import Violations
@@ -87,7 +88,7 @@ async def search_messages(deps, request: chat_pb2.SearchMessagesRequest) -> chat
             },
         )
 
-    rows = await deps.transaction(work)
+    rows = await deps.transaction(work, acting=acting_for(user_id))
     next_token = ""
     if len(rows) > limit:
         rows = rows[:limit]

@@ -18,6 +18,7 @@ from qdata.v1 import chat_pb2
 from qdata_server import audit
 from qdata_server.chat import convert, rules
 from qdata_server.db.sql import fetch_all, fetch_one
+from qdata_server.db.transactions import acting_for
 from qdata_server.errors import NotFound, invalid
 from qdata_server.pagination import page_size
 from qdata_server.users.accounts import load_live_user, user_not_found
@@ -91,7 +92,7 @@ async def get_session(deps, request: chat_pb2.GetSessionRequest) -> chat_pb2.Get
     v = Violations()
     user_id, session_id = session_ids(v, "user_id", request.user_id, "session_id", request.session_id)
     v.raise_if_any()
-    row = await deps.transaction(lambda conn: load_session(conn, user_id, session_id))
+    row = await deps.transaction(lambda conn: load_session(conn, user_id, session_id), acting=acting_for(user_id))
     return chat_pb2.GetSessionResponse(session=convert.session(row))
 
 
@@ -129,7 +130,7 @@ async def list_sessions(deps, request: chat_pb2.ListSessionsRequest) -> chat_pb2
             },
         )
 
-    rows = await deps.transaction(work)
+    rows = await deps.transaction(work, acting=acting_for(user_id))
     rows, next_token = tokens.page(
         rows,
         limit,

@@ -93,7 +93,11 @@ async def fetch_all(conn, name: str, params: dict | None = None) -> list[dict]:
     return await cur.fetchall()
 
 
-async def execute(conn, name: str, params: dict | None = None) -> int:
-    """Runs a named block for its effect; returns the affected row count."""
-    cur = await conn.execute(query(name), params or {})
-    return cur.rowcount
+async def execute(conn, name: str, params: dict | None = None) -> None:
+    """Runs a named block for its effect.
+
+    In a server transaction (pipeline mode) the statement is only queued: it reaches the database
+    with the next statement whose result is read, or with the commit, and an error it raises
+    surfaces there, still inside the transaction.
+    """
+    await conn.execute(query(name), params or {})

@@ -1,8 +1,13 @@
 """Short explicit transactions with deadline-bound statements and bounded retries.
 
-`run(pool, work)` checks out a connection, opens a transaction, sets a transaction-local
+`run(pool, work, acting=...)` checks out a connection, opens a transaction, names whom it acts for
+(row-level security, see 0007_service_role_row_security.sql) and sets a transaction-local
 statement_timeout from the caller's remaining deadline, runs `work(conn)` and commits. A
 serialization failure or deadlock reruns the whole transaction a bounded number of times.
+
+The transaction runs in pipeline mode: BEGIN, the settings and the work's first statement leave
+in one flush, so naming the user costs no round trip of its own (a statement whose result the
+work reads waits for it; statements run only for their effect ride along with the next one).
 Database trouble becomes a domain error here, so no psycopg exception (and no SQL text) travels
 further up: a violated constraint becomes the error db/constraints.py names for it, an outage is
 UNAVAILABLE, a statement stopped by the deadline DEADLINE_EXCEEDED.
@@ -14,9 +19,11 @@ behind PgBouncer in transaction mode.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import psycopg
@@ -25,6 +32,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from qdata_server import callctx
 from qdata_server.db.constraints import error_for
+from qdata_server.db.sql import query
 from qdata_server.errors import Aborted, DeadlineExceeded, Unavailable
 
 T = TypeVar("T")
@@ -34,13 +42,53 @@ log = logging.getLogger("qdata.db")
 _RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 # Headroom kept from the caller's deadline so the answer still reaches it in time.
 _DEADLINE_MARGIN_SECONDS = 0.05
-_SET_TIMEOUT = "SELECT set_config('statement_timeout', %s, true)"
+# The "user" of requests made for nobody (catalog changes): their idempotency records and audit
+# events carry it, and no real user has it.
+NO_USER_ID = uuid.UUID(int=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Acting:
+    """Whose rows a transaction may see and change; row-level security enforces it.
+
+    Build one with acting_for(user, ...), or use ACTING_FOR_NO_USER (global data only: the
+    catalog, rollups by model) or ACTING_FOR_ALL_USERS (a cross-user path, named as such at each
+    call site).
+    """
+
+    users: tuple[uuid.UUID, ...] = ()
+    all_users: bool = False
+
+    def settings(self) -> dict[str, str]:
+        """The values of qdata.acting_users and qdata.all_users for this transaction."""
+        return {
+            "acting_users": "{" + ",".join(str(u) for u in self.users) + "}",
+            "all_users": "on" if self.all_users else "off",
+        }
+
+
+def acting_for(*users: uuid.UUID | Iterable[uuid.UUID] | None) -> Acting:
+    """A transaction acting for these users (None stands for "no user"; duplicates collapse)."""
+    flat: list[uuid.UUID] = []
+    for user in users:
+        if user is None:
+            flat.append(NO_USER_ID)
+        elif isinstance(user, uuid.UUID):
+            flat.append(user)
+        else:
+            flat.extend(user)
+    return Acting(users=tuple(dict.fromkeys(flat)))
+
+
+ACTING_FOR_NO_USER = Acting(users=(NO_USER_ID,))
+ACTING_FOR_ALL_USERS = Acting(all_users=True)
 
 
 async def run(
     pool: AsyncConnectionPool,
     work: Callable[[psycopg.AsyncConnection], Awaitable[T]],
     *,
+    acting: Acting,
     retries: int = 5,
     snapshot: bool = False,
 ) -> T:
@@ -52,7 +100,7 @@ async def run(
     attempt = 0
     while True:
         try:
-            return await _run_once(pool, work, snapshot)
+            return await _run_once(pool, work, acting, snapshot)
         except _RETRYABLE as exc:
             attempt += 1
             if attempt > retries:
@@ -74,17 +122,39 @@ async def run(
             raise Unavailable("the database is unavailable", reason="DATABASE_UNAVAILABLE") from None
 
 
+async def name_acting(conn: psycopg.AsyncConnection, acting: Acting, *, statement_timeout: str | None = None) -> None:
+    """Names whom the transaction open on conn acts for (and bounds its statements)."""
+    await conn.execute(query("begin_transaction"), {**acting.settings(), "statement_timeout": statement_timeout})
+
+
 async def _run_once(
-    pool: AsyncConnectionPool, work: Callable[[psycopg.AsyncConnection], Awaitable[T]], snapshot: bool
+    pool: AsyncConnectionPool,
+    work: Callable[[psycopg.AsyncConnection], Awaitable[T]],
+    acting: Acting,
+    snapshot: bool,
 ) -> T:
     ctx = callctx.current()
     left = ctx.time_left() if ctx else None
     if left is not None and left <= _DEADLINE_MARGIN_SECONDS:
         raise DeadlineExceeded("the deadline expired before the database was reached")
-    async with pool.connection() as conn, conn.transaction():
-        if snapshot:
-            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        if left is not None:
-            millis = max(1, int((left - _DEADLINE_MARGIN_SECONDS) * 1000))
-            await conn.execute(_SET_TIMEOUT, (f"{millis}ms",))
-        return await work(conn)
+    timeout = None if left is None else f"{max(1, int((left - _DEADLINE_MARGIN_SECONDS) * 1000))}ms"
+    async with pool.connection() as conn:
+        try:
+            async with conn.pipeline():
+                # Queued, not sent: psycopg's BEGIN, these and the work's first statement go together.
+                if snapshot:
+                    await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                await name_acting(conn, acting, statement_timeout=timeout)
+                result = await work(conn)
+                await conn.commit()
+            return result
+        except BaseException:
+            # Roll back here rather than leave it to the pool, which would log every domain error
+            # (NOT_FOUND, ...) as a connection returned mid-transaction. A broken connection is
+            # the pool's to discard.
+            if not conn.closed:
+                try:
+                    await conn.rollback()
+                except psycopg.Error:
+                    pass
+            raise

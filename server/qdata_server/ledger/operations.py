@@ -16,6 +16,7 @@ import psycopg
 from qdata.v1 import ledger_pb2
 from qdata_server import audit
 from qdata_server.db.sql import execute, fetch_one
+from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
 from qdata_server.errors import FieldViolation, InvalidArgument
 from qdata_server.ledger import convert, rules
 from qdata_server.validation import Violations
@@ -56,11 +57,13 @@ async def _post(
     *,
     params: dict[str, Any],
     summary: dict[str, Any],
+    counterparty: uuid.UUID | None = None,
 ) -> R:
     """Runs one money-moving ledger function idempotently, audits it and answers its transaction.
 
     Deposit, Charge, Refund and Transfer differ only in the function, its parameters and the
     audit summary; the transaction comes back as the owner (the sender of a transfer) sees it.
+    A transfer's transaction acts for both of its users (it credits the counterparty's account).
     """
 
     async def work(conn: psycopg.AsyncConnection) -> R:
@@ -68,7 +71,8 @@ async def _post(
         await _record(conn, action, "transaction", row["transaction_id"], owner, **summary)
         return response_type(transaction=await _transaction(conn, owner, row["transaction_id"]))
 
-    return await deps.idempotent(request, response_type, work, user_id=owner)
+    acting = acting_for(owner, counterparty) if counterparty else acting_for(owner)
+    return await deps.idempotent(request, response_type, work, user_id=owner, acting=acting)
 
 
 def _money(request, v: Violations, *, currency_field: str = "currency_code") -> str:
@@ -193,6 +197,7 @@ async def transfer(deps, request: ledger_pb2.TransferRequest) -> ledger_pb2.Tran
             "reference": request.reference,
         },
         summary={"amount_micros": request.amount_micros, "currency_code": currency, "to_user_id": str(to_id)},
+        counterparty=to_id,
     )
 
 
@@ -288,5 +293,8 @@ async def release_hold(deps, request: ledger_pb2.ReleaseHoldRequest) -> ledger_p
 
 async def sweep_expired_holds(deps, *, batch: int = 500) -> int:
     """Resolves expired holds of up to `batch` accounts (the background sweeper); returns the count."""
-    row = await deps.transaction(lambda conn: fetch_one(conn, "ledger_sweep_expired_holds", {"limit": batch}))
+    # The background sweeper resolves any user's expired holds: a cross-user path.
+    row = await deps.transaction(
+        lambda conn: fetch_one(conn, "ledger_sweep_expired_holds", {"limit": batch}), acting=ACTING_FOR_ALL_USERS
+    )
     return row["swept"]

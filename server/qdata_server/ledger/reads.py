@@ -9,6 +9,7 @@ import psycopg
 
 from qdata.v1 import ledger_pb2
 from qdata_server.db.sql import fetch_all, fetch_one
+from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
 from qdata_server.errors import NotFound
 from qdata_server.ledger import convert, rules
 from qdata_server.pagination import page_size
@@ -39,7 +40,7 @@ async def get_balance(deps, request: ledger_pb2.GetBalanceRequest) -> ledger_pb2
         await _require_user(conn, user_id)
         return await fetch_one(conn, "ledger_get_balance", {"user_id": user_id, "currency_code": currency})
 
-    row = await deps.transaction(work)
+    row = await deps.transaction(work, acting=acting_for(user_id))
     balance = ledger_pb2.Balance(user_id=str(user_id), currency_code=currency)
     if row is not None:
         balance.posted_micros = row["posted_micros"]
@@ -55,7 +56,8 @@ async def get_transaction(deps, request: ledger_pb2.GetTransactionRequest) -> le
     transaction_id = v.uuid("transaction_id", request.transaction_id)
     v.raise_if_any()
     row = await deps.transaction(
-        lambda conn: fetch_one(conn, "ledger_get_transaction", {"user_id": user_id, "transaction_id": transaction_id})
+        lambda conn: fetch_one(conn, "ledger_get_transaction", {"user_id": user_id, "transaction_id": transaction_id}),
+        acting=acting_for(user_id),
     )
     if row is None:
         raise NotFound("transaction not found", reason="TRANSACTION_NOT_FOUND")
@@ -68,7 +70,8 @@ async def get_hold(deps, request: ledger_pb2.GetHoldRequest) -> ledger_pb2.GetHo
     hold_id = v.uuid("hold_id", request.hold_id)
     v.raise_if_any()
     row = await deps.transaction(
-        lambda conn: fetch_one(conn, "ledger_get_hold", {"user_id": user_id, "hold_id": hold_id})
+        lambda conn: fetch_one(conn, "ledger_get_hold", {"user_id": user_id, "hold_id": hold_id}),
+        acting=acting_for(user_id),
     )
     if row is None:
         raise NotFound("hold not found", reason="HOLD_NOT_FOUND")
@@ -131,7 +134,7 @@ async def list_transactions(deps, request: ledger_pb2.ListTransactionsRequest) -
             },
         )
 
-    rows = await deps.transaction(work)
+    rows = await deps.transaction(work, acting=acting_for(user_id))
     rows, next_token = tokens.page(
         rows,
         limit,
@@ -164,7 +167,10 @@ async def verify_ledger(deps, request: ledger_pb2.VerifyLedgerRequest) -> ledger
             await fetch_one(conn, "ledger_verify_counts", params),
         )
 
-    unbalanced, accounts, holds, refunds, counts = await deps.transaction(work, snapshot=True)
+    # Checking the whole ledger is the cross-user path by definition.
+    unbalanced, accounts, holds, refunds, counts = await deps.transaction(
+        work, snapshot=True, acting=ACTING_FOR_ALL_USERS
+    )
     found: list[ledger_pb2.LedgerDiscrepancy] = []
     for row in unbalanced:
         found.append(

@@ -15,6 +15,7 @@ import psycopg
 from qdata.v1 import usage_pb2
 from qdata_server import audit
 from qdata_server.db.sql import fetch_all, fetch_one
+from qdata_server.db.transactions import ACTING_FOR_NO_USER
 from qdata_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from qdata_server.ledger import rules as money
 from qdata_server.pagination import page_size
@@ -135,7 +136,9 @@ async def get_model(deps, request: usage_pb2.GetModelRequest) -> usage_pb2.GetMo
     v = Violations()
     model_id = rules.model_id(v, "model_id", request.model_id)
     v.raise_if_any()
-    row = await deps.transaction(lambda conn: fetch_one(conn, "usage_get_model", {"model_id": model_id}))
+    row = await deps.transaction(
+        lambda conn: fetch_one(conn, "usage_get_model", {"model_id": model_id}), acting=ACTING_FOR_NO_USER
+    )
     if row is None:
         raise model_not_found()
     return usage_pb2.GetModelResponse(model=convert.model(row))
@@ -155,7 +158,8 @@ async def list_models(deps, request: usage_pb2.ListModelsRequest) -> usage_pb2.L
     rows = await deps.transaction(
         lambda conn: fetch_all(
             conn, "usage_list_models", {**filters, "after_model_id": cursor[0] if cursor else None, "limit": limit + 1}
-        )
+        ),
+        acting=ACTING_FOR_NO_USER,
     )
     rows, next_token = tokens.page(rows, limit, "ListModels", filters, lambda last: [last["model_id"]])
     return usage_pb2.ListModelsResponse(models=[convert.model(r) for r in rows], next_page_token=next_token)
@@ -181,7 +185,7 @@ async def list_model_prices(deps, request: usage_pb2.ListModelPricesRequest) -> 
             {"model_id": model_id, "before_effective_at": cursor[0] if cursor else None, "limit": limit + 1},
         )
 
-    rows = await deps.transaction(work)
+    rows = await deps.transaction(work, acting=ACTING_FOR_NO_USER)
     rows, next_token = tokens.page(
         rows, limit, "ListModelPrices", filters, lambda last: [last["effective_at"].isoformat()]
     )

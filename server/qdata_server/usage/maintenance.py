@@ -12,6 +12,7 @@ import logging
 import time
 
 from qdata_server.db.sql import fetch_one
+from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, ACTING_FOR_NO_USER
 
 log = logging.getLogger("qdata.usage")
 
@@ -24,7 +25,10 @@ async def fold(deps, *, batch: int = FOLD_BATCH) -> int:
     """Folds queued usage into the rollups until the queue is empty; returns the rows folded."""
     total = 0
     while True:
-        row = await deps.transaction(lambda conn: fetch_one(conn, "usage_fold", {"limit": batch}))
+        # The folder moves every user's queued usage into the rollups: a cross-user path.
+        row = await deps.transaction(
+            lambda conn: fetch_one(conn, "usage_fold", {"limit": batch}), acting=ACTING_FOR_ALL_USERS
+        )
         total += row["folded"]
         if row["folded"] < batch:
             return total
@@ -33,7 +37,9 @@ async def fold(deps, *, batch: int = FOLD_BATCH) -> int:
 async def ensure_partitions(deps) -> int:
     """Creates the missing monthly partitions of usage_records up to the configured months ahead."""
     months = deps.settings.usage_partition_months_ahead
-    row = await deps.transaction(lambda conn: fetch_one(conn, "usage_ensure_partitions", {"months_ahead": months}))
+    row = await deps.transaction(
+        lambda conn: fetch_one(conn, "usage_ensure_partitions", {"months_ahead": months}), acting=ACTING_FOR_NO_USER
+    )
     return row["created"]
 
 

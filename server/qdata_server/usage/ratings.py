@@ -14,6 +14,7 @@ import psycopg
 from qdata.v1 import usage_pb2
 from qdata_server import audit
 from qdata_server.db.sql import fetch_all, fetch_one
+from qdata_server.db.transactions import ACTING_FOR_ALL_USERS
 from qdata_server.errors import NotFound
 from qdata_server.pagination import page_size
 from qdata_server.usage import convert, rules
@@ -85,7 +86,8 @@ async def list_model_ratings(deps, request: usage_pb2.ListModelRatingsRequest) -
             },
         )
 
-    rows = await deps.transaction(work)
+    # A model's ratings come from every user: a cross-user path.
+    rows = await deps.transaction(work, acting=ACTING_FOR_ALL_USERS)
     rows, next_token = tokens.page(
         rows, limit, "ListModelRatings", filters, lambda last: [last["updated_at"].isoformat(), str(last["user_id"])]
     )

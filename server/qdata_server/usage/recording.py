@@ -28,6 +28,7 @@ from qdata.v1 import usage_pb2
 from qdata_server import callctx
 from qdata_server.db.constraints import error_for
 from qdata_server.db.sql import execute, fetch_all, fetch_one
+from qdata_server.db.transactions import acting_for
 from qdata_server.errors import AlreadyExists, Internal, InvalidArgument, QdataError, invalid
 from qdata_server.idempotency import check_request_id, fingerprint
 from qdata_server.usage import convert, rules
@@ -266,7 +267,8 @@ async def record_usage_batch(deps, request: usage_pb2.RecordUsageBatchRequest) -
         async def work(conn: psycopg.AsyncConnection, chunk: list[_Item] = chunk):
             return await _record_chunk(conn, chunk, actor)
 
-        for index, result in (await deps.transaction(work)).items():
+        acting = acting_for(*(item.call.user_id for item in chunk))
+        for index, result in (await deps.transaction(work, acting=acting)).items():
             results[index] = result
 
     for index, original, request_hash in repeats:

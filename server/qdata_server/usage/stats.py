@@ -21,6 +21,7 @@ import psycopg
 
 from qdata.v1 import usage_pb2
 from qdata_server.db.sql import fetch_all, fetch_one
+from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
 from qdata_server.errors import NotFound
 from qdata_server.ledger import rules as money
 from qdata_server.pagination import page_size
@@ -80,7 +81,7 @@ async def get_user_usage(deps, request: usage_pb2.GetUserUsageRequest) -> usage_
             conn, "usage_user_usage", {"user_id": user_id, "currency_code": currency, **segments.params()}
         )
 
-    rows = await deps.transaction(work, snapshot=True)
+    rows = await deps.transaction(work, snapshot=True, acting=acting_for(user_id))
     total, by_model, by_day = _zero(), {}, {}
     for row in rows:
         _add(total, row)
@@ -114,7 +115,8 @@ async def get_model_stats(deps, request: usage_pb2.GetModelStatsRequest) -> usag
             raise model_not_found()
         return model, await fetch_one(conn, "usage_model_stats", {"model_id": model_id, **segments.params()})
 
-    model, row = await deps.transaction(work, snapshot=True)
+    # A model's statistics count every user's calls (unique users included): a cross-user path.
+    model, row = await deps.transaction(work, snapshot=True, acting=ACTING_FOR_ALL_USERS)
     stats = usage_pb2.ModelStats(
         model_id=model_id,
         start_time=timestamp(start),
@@ -175,7 +177,8 @@ async def list_top_models(deps, request: usage_pb2.ListTopModelsRequest) -> usag
         before = await fetch_all(conn, "usage_model_activity", {**filters, **previous.params()})
         return models, now_rows, before
 
-    models, now_rows, before = await deps.transaction(work, snapshot=True)
+    # Rankings aggregate every user's calls: a cross-user path.
+    models, now_rows, before = await deps.transaction(work, snapshot=True, acting=ACTING_FOR_ALL_USERS)
     activity = {r["model_id"]: r for r in now_rows}
     earlier = {r["model_id"]: r["request_count"] for r in before}
     ranked: list[tuple[tuple, usage_pb2.RankedModel]] = []

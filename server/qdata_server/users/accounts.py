@@ -15,6 +15,7 @@ import psycopg
 from qdata.v1 import user_pb2
 from qdata_server import audit
 from qdata_server.db.sql import execute, fetch_all, fetch_one
+from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
 from qdata_server.errors import InvalidArgument, NotFound
 from qdata_server.pagination import page_size
 from qdata_server.users import convert, passwords, rules
@@ -46,12 +47,15 @@ async def create_user(deps, request: user_pb2.CreateUserRequest) -> user_pb2.Cre
     rules.check_password(v, "password", request.password, deps.settings)
     v.raise_if_any()
     password_hash = await deps.passwords.hash(request.password)
+    # The id is chosen here, so the transaction can act for the user it creates.
+    user_id = uuid.uuid4()
 
     async def work(conn: psycopg.AsyncConnection) -> user_pb2.CreateUserResponse:
         row = await fetch_one(
             conn,
             "insert_user",
             {
+                "user_id": user_id,
                 "email": email,
                 "username": username,
                 "display_name": display_name,
@@ -69,7 +73,9 @@ async def create_user(deps, request: user_pb2.CreateUserRequest) -> user_pb2.Cre
         )
         return user_pb2.CreateUserResponse(user=convert.user(row))
 
-    return await deps.idempotent(request, user_pb2.CreateUserResponse, work, secret_fields=("password",))
+    return await deps.idempotent(
+        request, user_pb2.CreateUserResponse, work, acting=acting_for(None, user_id), secret_fields=("password",)
+    )
 
 
 async def get_user(deps, request: user_pb2.GetUserRequest) -> user_pb2.GetUserResponse:
@@ -88,7 +94,9 @@ async def get_user(deps, request: user_pb2.GetUserRequest) -> user_pb2.GetUserRe
     async def work(conn: psycopg.AsyncConnection) -> dict[str, Any] | None:
         return await fetch_one(conn, name, params)
 
-    row = await deps.transaction(work)
+    # Finding a user by email or username is a search across users; by id, it acts for that user.
+    acting = acting_for(params["user_id"]) if lookup == "id" else ACTING_FOR_ALL_USERS
+    row = await deps.transaction(work, acting=acting)
     if row is None:
         raise user_not_found()
     return user_pb2.GetUserResponse(user=convert.user(row))
@@ -115,7 +123,7 @@ async def list_users(deps, request: user_pb2.ListUsersRequest) -> user_pb2.ListU
             },
         )
 
-    rows = await deps.transaction(work)
+    rows = await deps.transaction(work, acting=ACTING_FOR_ALL_USERS)  # lists every user
     rows, next_token = tokens.page(
         rows, limit, "ListUsers", filters, lambda last: [last["created_at"].isoformat(), str(last["user_id"])]
     )
@@ -266,4 +274,5 @@ async def import_users(deps, request: user_pb2.ImportUsersRequest) -> user_pb2.I
         imported = sum(1 for r in done if r.HasField("user"))
         return user_pb2.ImportUsersResponse(results=done, imported_count=imported, failed_count=len(done) - imported)
 
-    return await deps.idempotent(request, user_pb2.ImportUsersResponse, work)
+    # Checking identities across users and creating many users: a cross-user path.
+    return await deps.idempotent(request, user_pb2.ImportUsersResponse, work, acting=ACTING_FOR_ALL_USERS)

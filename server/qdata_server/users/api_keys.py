@@ -20,6 +20,7 @@ import psycopg
 from qdata.v1 import user_pb2
 from qdata_server import audit
 from qdata_server.db.sql import execute, fetch_all, fetch_one
+from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for, name_acting
 from qdata_server.errors import FailedPrecondition, NotFound
 from qdata_server.pagination import page_size
 from qdata_server.users import vault
@@ -193,7 +194,7 @@ async def list_api_keys(deps, request: user_pb2.ListApiKeysRequest) -> user_pb2.
             },
         )
 
-    rows = await deps.transaction(work)
+    rows = await deps.transaction(work, acting=acting_for(user_id))
     rows, next_token = tokens.page(
         rows, limit, "ListApiKeys", filters, lambda last: [last["created_at"].isoformat(), str(last["api_key_id"])]
     )
@@ -223,7 +224,7 @@ async def reveal_api_key(deps, request: user_pb2.RevealApiKeyRequest) -> user_pb
         )
         return user_pb2.RevealApiKeyResponse(api_key=to_proto(row), secret=secret)
 
-    return await deps.transaction(work)
+    return await deps.transaction(work, acting=acting_for(user_id))
 
 
 async def update_api_key(deps, request: user_pb2.UpdateApiKeyRequest) -> user_pb2.UpdateApiKeyResponse:
@@ -312,6 +313,12 @@ def missing_versions_message(missing: dict[int, int], ring: vault.KeyRing, *, le
     )
 
 
+async def _stored_versions_of_all_users(conn: psycopg.AsyncConnection) -> dict[int, int]:
+    async with conn.transaction():
+        await name_acting(conn, ACTING_FOR_ALL_USERS)
+        return await stored_versions(conn)
+
+
 async def check_ring(conn: psycopg.AsyncConnection, ring: vault.KeyRing) -> str | None:
     """None if the ring opens every stored key, else the message naming the missing versions."""
     counts = await stored_versions(conn)
@@ -333,12 +340,12 @@ async def rewrap_all(
     that locks its rows with FOR UPDATE SKIP LOCKED (rows a live request holds are taken in a
     later round), and only rows whose key_version differs from the primary are picked, so a rerun
     continues where a stopped run left off. Only the wrapped data key changes; the secret's
-    ciphertext stays.
+    ciphertext stays. It runs as the schema's owner; every transaction also names itself a
+    cross-user path, so a role under row-level security sees every user's keys too.
     """
     done = 0
     idle = 0
-    counts = await stored_versions(conn)
-    await conn.commit()
+    counts = await _stored_versions_of_all_users(conn)
     missing = {v: n for v, n in counts.items() if v not in ring.keys}
     if missing:
         raise vault.VaultError(missing_versions_message(missing, ring, lead="cannot rewrap"))
@@ -346,6 +353,7 @@ async def rewrap_all(
     progress(f"rewrap-keys: {total} key(s) to re-wrap under version {ring.primary} (batches of {batch})")
     while True:
         async with conn.transaction():
+            await name_acting(conn, ACTING_FOR_ALL_USERS)
             rows = await fetch_all(conn, "api_keys_lock_stale_batch", {"primary": ring.primary, "limit": batch})
             for row in rows:
                 try:
@@ -373,8 +381,7 @@ async def rewrap_all(
             idle = 0
             progress(f"rewrap-keys: {done}/{total} re-wrapped")
             continue
-        remaining = sum(n for v, n in (await stored_versions(conn)).items() if v != ring.primary)
-        await conn.commit()
+        remaining = sum(n for v, n in (await _stored_versions_of_all_users(conn)).items() if v != ring.primary)
         if remaining == 0:
             break
         idle += 1

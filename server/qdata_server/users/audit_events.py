@@ -16,6 +16,7 @@ from google.protobuf import timestamp_pb2
 
 from qdata.v1 import user_pb2
 from qdata_server.db.sql import fetch_all
+from qdata_server.db.transactions import ACTING_FOR_ALL_USERS
 from qdata_server.pagination import page_size
 from qdata_server.users import convert
 from qdata_server.validation import Violations
@@ -89,6 +90,7 @@ async def list_audit_events(deps, request: user_pb2.ListAuditEventsRequest) -> u
             },
         )
 
-    rows = await deps.transaction(work)
+    # The audit trail of every user (filtered or not) is a cross-user read; audit.read guards it.
+    rows = await deps.transaction(work, acting=ACTING_FOR_ALL_USERS)
     rows, next_token = tokens.page(rows, limit, "ListAuditEvents", filters, lambda last: [last["audit_event_id"]])
     return user_pb2.ListAuditEventsResponse(events=[event(r) for r in rows], next_page_token=next_token)

@@ -17,6 +17,7 @@ import psycopg
 from qdata.v1 import user_pb2
 from qdata_server import audit
 from qdata_server.db.sql import fetch_one
+from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
 from qdata_server.errors import Aborted, FailedPrecondition
 from qdata_server.users import convert, rules
 from qdata_server.users.accounts import load_live_user, user_not_found
@@ -48,7 +49,8 @@ async def authenticate(deps, request: user_pb2.AuthenticateRequest) -> user_pb2.
             return row, None
         return None, await fetch_one(conn, "get_lock", {"login": login})
 
-    row, lock = await deps.transaction(begin)
+    # A login names an email or username, not a user id: finding its user is a cross-user path.
+    row, lock = await deps.transaction(begin, acting=ACTING_FOR_ALL_USERS)
     if lock is not None:
         return user_pb2.AuthenticateResponse(
             outcome=user_pb2.AUTHENTICATE_OUTCOME_LOCKED, locked_until_time=convert.timestamp(lock["locked_until"])
@@ -79,7 +81,7 @@ async def authenticate(deps, request: user_pb2.AuthenticateRequest) -> user_pb2.
             )
         return done
 
-    done = await deps.transaction(finish)
+    done = await deps.transaction(finish, acting=acting_for(row["user_id"]))
     if done is None:  # deleted between the check and now
         return user_pb2.AuthenticateResponse(outcome=user_pb2.AUTHENTICATE_OUTCOME_INVALID_CREDENTIALS)
     return user_pb2.AuthenticateResponse(outcome=user_pb2.AUTHENTICATE_OUTCOME_SUCCESS, user=convert.user(done))
@@ -106,7 +108,7 @@ async def _audit_lock(deps, row: dict[str, Any]) -> None:
             summary={"failed_login_count": row["failed_login_count"], "locked_until": row["locked_until"].isoformat()},
         )
 
-    await deps.transaction(work)
+    await deps.transaction(work, acting=acting_for(row["user_id"]))
 
 
 async def change_password(deps, request: user_pb2.ChangePasswordRequest) -> user_pb2.ChangePasswordResponse:
@@ -122,7 +124,7 @@ async def change_password(deps, request: user_pb2.ChangePasswordRequest) -> user
     # A replay of a change that already happened must return its first answer, though the
     # current password no longer matches: the idempotency record decides before any check.
     if not await deps.replayed(request, user_id=user_id):
-        row = await deps.transaction(lambda conn: load_live_user(conn, user_id))
+        row = await deps.transaction(lambda conn: load_live_user(conn, user_id), acting=acting_for(user_id))
         if row["locked_until"] is not None and row["locked_until"] > datetime.datetime.now(datetime.UTC):
             raise FailedPrecondition(
                 "the account is locked after too many failed attempts",
@@ -169,4 +171,4 @@ async def _count_failure(deps, user_id: uuid.UUID) -> None:
         "threshold": deps.settings.lockout_threshold,
         "lock_seconds": deps.settings.lockout_seconds,
     }
-    await deps.transaction(lambda conn: fetch_one(conn, "count_failed_password", params))
+    await deps.transaction(lambda conn: fetch_one(conn, "count_failed_password", params), acting=acting_for(user_id))

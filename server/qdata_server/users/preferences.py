@@ -15,6 +15,7 @@ from psycopg.types.json import Jsonb
 from qdata.v1 import user_pb2
 from qdata_server import audit
 from qdata_server.db.sql import fetch_one
+from qdata_server.db.transactions import acting_for
 from qdata_server.users import convert
 from qdata_server.users.accounts import load_live_user
 from qdata_server.validation import Violations, mask_paths, require_uuid
@@ -37,7 +38,7 @@ async def get_preferences(deps, request: user_pb2.GetPreferencesRequest) -> user
         await load_live_user(conn, user_id)
         return await fetch_one(conn, "get_preferences", {"user_id": user_id})
 
-    row = await deps.transaction(work)
+    row = await deps.transaction(work, acting=acting_for(user_id))
     return user_pb2.GetPreferencesResponse(preferences=convert.preferences(str(user_id), row))
 
 

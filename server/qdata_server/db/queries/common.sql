@@ -29,3 +29,16 @@ SELECT secret FROM server_secrets WHERE name = %(name)s;
 -- name: ping
 -- Proves the database answers.
 SELECT 1 AS ok;
+
+-- name: begin_transaction
+-- Opens every server transaction (see 0007_service_role_row_security.sql): names the users it
+-- acts for and whether it is a cross-user path, and bounds its statements by the caller's
+-- deadline (NULL keeps the role's statement_timeout). Queued with the first statement of the work.
+SELECT set_config('qdata.acting_users', %(acting_users)s, true),
+       set_config('qdata.all_users', %(all_users)s, true),
+       set_config('statement_timeout', coalesce(%(statement_timeout)s, current_setting('statement_timeout')), true);
+
+-- name: serving_role_confined
+-- True if row-level security applies to the current role (not a superuser, not BYPASSRLS, not
+-- the owner of the user tables).
+SELECT row_security_active('users') AS confined;

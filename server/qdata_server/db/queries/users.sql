@@ -1,7 +1,7 @@
 -- name: insert_user
 -- Creates a user; a taken email or username fails on users_email_key / users_username_key.
-INSERT INTO users (email, username, display_name, status, password_hash)
-VALUES (%(email)s, %(username)s, %(display_name)s, %(status)s, %(password_hash)s)
+INSERT INTO users (user_id, email, username, display_name, status, password_hash)
+VALUES (%(user_id)s, %(email)s, %(username)s, %(display_name)s, %(status)s, %(password_hash)s)
 RETURNING *;
 
 -- name: insert_user_if_free
