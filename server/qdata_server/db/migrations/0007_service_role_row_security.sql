@@ -44,21 +44,35 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT coalesce(current_setting('qdata.all_users', true), '') = 'on'
 $$;
 
+-- A payment provider's reference credits at most once, whoever the user: the deposit that finds
+-- it taken names the transaction holding it, which may be another user's. This lookup, and only
+-- it, reads across users with the owner's rights.
+CREATE FUNCTION ledger_external_reference_holder(p_external_reference text) RETURNS uuid
+LANGUAGE sql STABLE SECURITY DEFINER AS $$
+    SELECT transaction_id FROM ledger_transactions WHERE external_reference = p_external_reference
+$$;
 -- Functions that must act as the owner, with a search path fixed to this schema (pg_temp last,
 -- so a temporary table of the caller cannot stand in for one of ours):
---   audit_events_chain       moves the chain heads, which the serving role may not touch;
---   usage_create_partition   partitions are the owner's (the serving role cannot create tables).
+--   audit_events_chain                moves the chain heads, which the serving role may not touch;
+--   usage_create_partition            partitions are the owner's (the serving role cannot create
+--                                     tables);
+--   ledger_external_reference_holder  (above) the one cross-user lookup inside a user's deposit.
 ALTER FUNCTION audit_events_chain() SECURITY DEFINER;
 ALTER FUNCTION usage_create_partition(timestamptz) SECURITY DEFINER;
 DO $$
+DECLARE
+    definer text;
 BEGIN
-    EXECUTE format('ALTER FUNCTION audit_events_chain() SET search_path = %I, pg_temp', current_schema());
-    EXECUTE format('ALTER FUNCTION usage_create_partition(timestamptz) SET search_path = %I, pg_temp',
-                   current_schema());
+    FOREACH definer IN ARRAY ARRAY['audit_events_chain()', 'usage_create_partition(timestamptz)',
+                                   'ledger_external_reference_holder(text)'] LOOP
+        EXECUTE format('ALTER FUNCTION %s SET search_path = %I, pg_temp', definer, current_schema());
+    END LOOP;
 END;
 $$;
 REVOKE EXECUTE ON FUNCTION usage_create_partition(timestamptz) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION usage_create_partition(timestamptz) TO qdata_service;
+REVOKE EXECUTE ON FUNCTION ledger_external_reference_holder(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ledger_external_reference_holder(text) TO qdata_service;
 
 DO $$
 BEGIN
@@ -142,22 +156,6 @@ BEGIN
     END LOOP;
 END;
 $$;
-
--- A payment provider's reference credits at most once, whoever the user: the deposit that finds
--- it taken names the transaction holding it, which may be another user's. This lookup, and only
--- it, reads across users with the owner's rights.
-CREATE FUNCTION ledger_external_reference_holder(p_external_reference text) RETURNS uuid
-LANGUAGE sql STABLE SECURITY DEFINER AS $$
-    SELECT transaction_id FROM ledger_transactions WHERE external_reference = p_external_reference
-$$;
-DO $$
-BEGIN
-    EXECUTE format('ALTER FUNCTION ledger_external_reference_holder(text) SET search_path = %I, pg_temp',
-                   current_schema());
-END;
-$$;
-REVOKE EXECUTE ON FUNCTION ledger_external_reference_holder(text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION ledger_external_reference_holder(text) TO qdata_service;
 
 -- As in 0003_ledger.sql, but the taken reference is looked up through the function above.
 CREATE OR REPLACE FUNCTION ledger_deposit(
