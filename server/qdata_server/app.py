@@ -248,14 +248,16 @@ class QdataServer:
         if ring is None:
             return
         try:
-            async with self.pool.connection(timeout=min(2.0, self.settings.pool_timeout_seconds)) as conn:
+            async with (
+                self.pool.connection(timeout=min(2.0, self.settings.pool_timeout_seconds)) as conn,
+                conn.transaction(),
+            ):
                 cur = await conn.execute(query("api_keys_table_present"))
                 present = (await cur.fetchone())["present"]
                 if present:
                     # Counting every user's keys by version is a cross-user read.
                     await transactions.name_acting(conn, transactions.ACTING_FOR_ALL_USERS)
                 problem = await api_keys.check_ring(conn, ring) if present else None
-                await conn.rollback()
         except Exception as exc:
             log.warning("key ring check deferred: database unreachable", extra={"error_type": type(exc).__name__})
             return
@@ -296,7 +298,10 @@ class QdataServer:
         """Probes the database and the schema; sets and returns the serving status."""
         serving = False
         try:
-            async with self.pool.connection(timeout=min(2.0, self.settings.pool_timeout_seconds)) as conn:
+            async with (
+                self.pool.connection(timeout=min(2.0, self.settings.pool_timeout_seconds)) as conn,
+                conn.transaction(),
+            ):
                 await conn.execute(query("ping"))
                 migrated = await migrate.pending_count(conn) == 0
                 serving = migrated and await self._role_is_confined(conn)
@@ -308,7 +313,6 @@ class QdataServer:
                         log.error(problem)
                         serving = False
                     self._key_ring_checked = not problem
-                await conn.rollback()
             if not migrated and self._serving is not False:
                 log.warning("schema has pending migrations; not serving until they are applied")
         except migrate.MigrationError as exc:

@@ -36,8 +36,10 @@ async def open_pool(settings: Settings, conninfo: str, *, wait: bool = True) -> 
     unreachable; requests meanwhile fail with UNAVAILABLE after the pool timeout.
 
     Connections idle for a while are checked on checkout, so one broken by a database restart
-    is replaced instead of failing a request. Every connection returns rows as dicts and, being
-    used only in explicit transactions, never autocommits.
+    is replaced instead of failing a request. Every connection returns rows as dicts and is in
+    autocommit mode: db/transactions.py opens each transaction itself, with BEGIN queued in the
+    same flush as its first statements (psycopg's implicit BEGIN would cost a round trip).
+    Anything else that needs a transaction on a pooled connection opens one explicitly.
     """
     pool = AsyncConnectionPool(
         conninfo,
@@ -49,6 +51,7 @@ async def open_pool(settings: Settings, conninfo: str, *, wait: bool = True) -> 
         reset=_note_return,
         kwargs={
             "row_factory": dict_row,
+            "autocommit": True,
             "application_name": "qdata",
             # None never prepares; psycopg's default prepares a query after its 5th use.
             **({} if settings.prepared_statements else {"prepare_threshold": None}),

@@ -42,6 +42,10 @@ log = logging.getLogger("qdata.db")
 _RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 # Headroom kept from the caller's deadline so the answer still reaches it in time.
 _DEADLINE_MARGIN_SECONDS = 0.05
+_BEGIN = "BEGIN"
+# Every statement sees the same consistent state (checks that read a lot, like VerifyLedger).
+_BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+_COMMIT = "COMMIT"
 # The "user" of requests made for nobody (catalog changes): their idempotency records and audit
 # events carry it, and no real user has it.
 NO_USER_ID = uuid.UUID(int=0)
@@ -140,13 +144,14 @@ async def _run_once(
     timeout = None if left is None else f"{max(1, int((left - _DEADLINE_MARGIN_SECONDS) * 1000))}ms"
     async with pool.connection() as conn:
         try:
+            # Pooled connections are in autocommit mode, so the transaction is ours to open: BEGIN,
+            # the settings and the work's first statement are queued and leave in one flush;
+            # COMMIT rides with the pipeline's closing sync.
             async with conn.pipeline():
-                # Queued, not sent: psycopg's BEGIN, these and the work's first statement go together.
-                if snapshot:
-                    await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                await conn.execute(_BEGIN_SNAPSHOT if snapshot else _BEGIN)
                 await name_acting(conn, acting, statement_timeout=timeout)
                 result = await work(conn)
-                await conn.commit()
+                await conn.execute(_COMMIT)
             return result
         except BaseException:
             # Roll back here rather than leave it to the pool, which would log every domain error
