@@ -1,7 +1,9 @@
 """The two servers under load, each started as its own process, and the clients that probe them.
 
 The reference is bench.echo; qdata runs exactly as deployed (`python -m qdata_server serve`)
-against an embedded PostgreSQL the bench starts in a temporary directory.
+against an embedded PostgreSQL the bench starts in a temporary directory: migrations as the
+owner (the embedded superuser), serving as a login role in qdata_service (row-level security
+applies), unless a bench asks to serve as the owner.
 """
 
 from __future__ import annotations
@@ -81,12 +83,37 @@ def start_echo(tmp: Path, workers: int) -> tuple[Server, str]:
     return server, address
 
 
-def start_qdata(tmp: Path, database_url: str, workers: int, *, bcrypt_cost: int) -> tuple[Server, str]:
-    """`python -m qdata_server serve` with the bench's settings; other QDATA_* variables pass through."""
+# The login role the benches serve as (a member of qdata_service, see server/.../db/roles.py).
+SERVICE_LOGIN = "qdata_bench_app"
+
+
+def serving_url(database_url: str, *, serve_as_owner: bool = False) -> str:
+    """The connection string the server serves with: the confined login role, or the owner's URL.
+
+    database_url is the owner's (the embedded superuser's); the login role is created when missing.
+    """
+    if serve_as_owner:
+        return database_url
+    from qdata_server.db import roles
+
+    return roles.ensure_service_login(database_url, SERVICE_LOGIN)
+
+
+def start_qdata(
+    tmp: Path, database_url: str, workers: int, *, bcrypt_cost: int, serve_as_owner: bool = False
+) -> tuple[Server, str]:
+    """`python -m qdata_server serve` with the bench's settings; other QDATA_* variables pass through.
+
+    database_url is the owner's: migrations run as it (QDATA_OWNER_DATABASE_URL). The server serves
+    as deployed, as the login role SERVICE_LOGIN in qdata_service, so row-level security applies;
+    with serve_as_owner it serves as the owner itself, which bypasses row-level security (allowed
+    here only because QDATA_ALLOW_INSECURE is set).
+    """
     address = f"{HOST}:{free_port()}"
     env = dict(os.environ)
     env.update(
-        DATABASE_URL=database_url,
+        DATABASE_URL=serving_url(database_url, serve_as_owner=serve_as_owner),
+        QDATA_OWNER_DATABASE_URL=database_url,
         QDATA_WORKERS=str(workers),
         QDATA_MIGRATE_ON_START="true",
         QDATA_SEED_ON_START="true",
@@ -94,13 +121,15 @@ def start_qdata(tmp: Path, database_url: str, workers: int, *, bcrypt_cost: int)
         QDATA_BCRYPT_COST=str(bcrypt_cost),
         QDATA_LOG_LEVEL="WARNING",
         # h2load sends no authorization metadata: the bench measures the data path without tokens.
+        # (It also lets serve_as_owner serve although the owner bypasses row-level security.)
         QDATA_ALLOW_INSECURE="true",
     )
+    role = "owner" if serve_as_owner else "confined"
     server = Server(
-        f"qdata (workers={workers})",
+        f"qdata (workers={workers}, {role})",
         [sys.executable, "-m", "qdata_server", "serve"],
         env=env,
-        log_path=tmp / f"qdata-{workers}.log",
+        log_path=tmp / f"qdata-{workers}-{role}-{address.rpartition(':')[2]}.log",
         cwd=REPO,
     )
     # serve() writes its banner once every worker is up; health then says whether it may serve.
