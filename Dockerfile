@@ -67,10 +67,12 @@ USER 10001:10001
 EXPOSE 50051
 
 # For plain Docker / Compose only; Kubernetes ignores HEALTHCHECK and uses the native gRPC probes
-# in deploy/. Asks grpc.health.v1.Health for the overall status ("") on the listen port; SERVING
-# means the database is reachable and no migration is pending.
+# in deploy/. Asks grpc.health.v1.Health for the overall status ("") on the plaintext health port
+# (QDATA_HEALTH_LISTEN_ADDRESS) when one is set, else on the listen port (which must then be
+# plaintext: with TLS on, set the health port); SERVING means the database is reachable, no
+# migration is pending and the role is confined by row-level security.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; port = os.environ.get('QDATA_LISTEN_ADDRESS', '0.0.0.0:50051').rpartition(':')[2]; ch = grpc.insecure_channel('127.0.0.1:' + port); r = g.HealthStub(ch).Check(h.HealthCheckRequest(), timeout=3); sys.exit(0 if r.status == h.HealthCheckResponse.SERVING else 1)"]
+    CMD ["python", "-c", "import os, sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; port = (os.environ.get('QDATA_HEALTH_LISTEN_ADDRESS') or os.environ.get('QDATA_LISTEN_ADDRESS', '0.0.0.0:50051')).rpartition(':')[2]; ch = grpc.insecure_channel('127.0.0.1:' + port); r = g.HealthStub(ch).Check(h.HealthCheckRequest(), timeout=3); sys.exit(0 if r.status == h.HealthCheckResponse.SERVING else 1)"]
 
 # Exec form: qdata-server is PID 1 and receives SIGTERM itself (it installs its own handlers:
 # NOT_SERVING, stop accepting, drain for QDATA_SHUTDOWN_GRACE_SECONDS, close the pool, exit 0).
