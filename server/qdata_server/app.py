@@ -163,6 +163,7 @@ class QdataServer:
         self._monitor: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None
         self._usage_upkeep: asyncio.Task | None = None
+        self._purger: asyncio.Task | None = None
         self._stopping = False
         self._serving: bool | None = None
         self._key_ring_checked = False
@@ -231,6 +232,8 @@ class QdataServer:
         self._monitor = asyncio.create_task(self._watch_database(), name="qdata-health")
         if settings.hold_sweep_seconds > 0:
             self._sweeper = asyncio.create_task(self._sweep_holds(), name="qdata-hold-sweeper")
+        if settings.idempotency_purge_seconds > 0 and settings.idempotency_retention_hours > 0:
+            self._purger = asyncio.create_task(self._purge_request_ids(), name="qdata-idempotency-purge")
         # Folds recorded usage into the statistics rollups and keeps usage partitions ahead.
         self._usage_upkeep = asyncio.create_task(
             usage_maintenance.run(self.deps, lambda: bool(self._serving)), name="qdata-usage-upkeep"
@@ -346,11 +349,25 @@ class QdataServer:
             except Exception as exc:
                 log.warning("hold sweep failed", extra={"error_type": type(exc).__name__})
 
+    async def _purge_request_ids(self) -> None:
+        """Forgets idempotency records older than the retention, in the background."""
+        retention = self.settings.idempotency_retention_hours * 3600
+        while not self._stopping:
+            await asyncio.sleep(self.settings.idempotency_purge_seconds)
+            if not self._serving:
+                continue
+            try:
+                purged = await idempotency.purge_expired(self.pool, retention)
+                if purged:
+                    log.info("purged idempotency records", extra={"records": purged})
+            except Exception as exc:
+                log.warning("idempotency purge failed", extra={"error_type": type(exc).__name__})
+
     async def stop(self, grace: float | None = None) -> None:
         """Graceful shutdown: NOT_SERVING, stop accepting, drain within grace, close the pool."""
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         self._stopping = True
-        for task in (self._monitor, self._sweeper, self._usage_upkeep):
+        for task in (self._monitor, self._sweeper, self._usage_upkeep, self._purger):
             if task:
                 await _cancel(task)
         await self.health.enter_graceful_shutdown()

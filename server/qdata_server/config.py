@@ -114,6 +114,11 @@ class Settings:
     # Seconds between runs of the background sweeper that resolves expired holds (0: never; the
     # ledger also sweeps an account's expired holds whenever it touches the account).
     hold_sweep_seconds: float = 30.0
+    # How long a request_id's first answer is kept for replays (0: forever). A replay after that
+    # is a new request. Longer than any caller's retry window; Stripe keeps keys for 24 hours.
+    idempotency_retention_hours: float = 168.0
+    # Seconds between runs of the background purge of records older than the retention (0: never).
+    idempotency_purge_seconds: float = 300.0
     # Seconds between runs of the folder that moves recorded usage into the statistics rollups
     # (0: never; reads stay exact either way, but grow slower as unfolded usage piles up).
     usage_fold_seconds: float = 1.0
@@ -228,6 +233,10 @@ class Settings:
             reflection=_flag(env, "QDATA_REFLECTION", True),
             ledger_currencies=currencies,
             hold_sweep_seconds=_float(env, "QDATA_HOLD_SWEEP_SECONDS", d.hold_sweep_seconds, 0),
+            idempotency_retention_hours=_float(
+                env, "QDATA_IDEMPOTENCY_RETENTION_HOURS", d.idempotency_retention_hours, 0
+            ),
+            idempotency_purge_seconds=_float(env, "QDATA_IDEMPOTENCY_PURGE_SECONDS", d.idempotency_purge_seconds, 0),
             usage_fold_seconds=_float(env, "QDATA_USAGE_FOLD_SECONDS", d.usage_fold_seconds, 0),
             usage_partition_months_ahead=_int(
                 env, "QDATA_USAGE_PARTITION_MONTHS_AHEAD", d.usage_partition_months_ahead, 1, 120

@@ -8,7 +8,9 @@ change and its recorded response commit or vanish together:
   then see its response (one effect);
 - same request_id, different parameters or method: ALREADY_EXISTS (reason REQUEST_ID_REUSED);
 - a call that fails (bad input, business rejection) rolls back and leaves no trace, so it can be
-  retried with the same request_id once corrected.
+  retried with the same request_id once corrected;
+- records older than the retention (QDATA_IDEMPOTENCY_RETENTION_HOURS) are purged in the
+  background (`purge_expired`); a replay after that is a new request.
 Secret fields (passwords, API key secrets) are left out of the parameter fingerprint, so none of
 them is stored even as a fast hash.
 """
@@ -109,3 +111,22 @@ async def run_idempotent(
 
     acting = acting or transactions.acting_for(user_id)
     return await transactions.run(pool, transaction, acting=acting, retries=retries)
+
+
+async def purge_expired(pool: AsyncConnectionPool, retention_seconds: float, *, batch: int = 1000) -> int:
+    """Deletes idempotency records older than retention_seconds, in batches; returns the count.
+
+    Each batch is its own short transaction on the cross-user path (records of every user).
+    """
+    total = 0
+    params = {"retention_seconds": retention_seconds, "limit": batch}
+
+    async def one_batch(conn: psycopg.AsyncConnection) -> int:
+        cur = await conn.execute(query("purge_request_ids"), params)
+        return (await cur.fetchone())["purged"]
+
+    while True:
+        purged = await transactions.run(pool, one_batch, acting=transactions.ACTING_FOR_ALL_USERS)
+        total += purged
+        if purged < batch:
+            return total

@@ -17,6 +17,24 @@ SELECT method, request_hash, response
 UPDATE idempotency_keys SET response = %(response)s
  WHERE user_id = %(user_id)s AND actor = %(actor)s AND request_id = %(request_id)s;
 
+-- name: purge_request_ids
+-- Forgets up to %(limit)s idempotency records older than %(retention_seconds)s (oldest first,
+-- skipping any a replay holds right now); returns how many.
+WITH doomed AS (
+    SELECT user_id, actor, request_id
+      FROM idempotency_keys
+     WHERE created_at < now() - make_interval(secs => %(retention_seconds)s)
+     ORDER BY created_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM idempotency_keys k
+     USING doomed d
+     WHERE k.user_id = d.user_id AND k.actor = d.actor AND k.request_id = d.request_id
+    RETURNING 1
+)
+SELECT count(*) AS purged FROM gone;
+
 -- name: insert_audit_event
 -- Appends one audit record in the caller's transaction.
 INSERT INTO audit_events (actor, user_id, action, target_type, target_id, request_id, summary)
