@@ -96,6 +96,7 @@ class Deps:
         user_id: uuid.UUID | None = None,
         acting: transactions.Acting | None = None,
         secret_fields: Iterable[str] = (),
+        canonical: Message | None = None,
     ) -> R:
         """Runs a mutation once per request_id; see qdata_server.idempotency.
 
@@ -110,6 +111,7 @@ class Deps:
             user_id=user_id,
             acting=acting or transactions.acting_for(user_id),
             secret_fields=secret_fields,
+            canonical=canonical,
             retries=self.settings.transaction_retries,
         )
 

@@ -7,6 +7,7 @@ change and its recorded response commit or vanish together:
 - concurrent replays: the later claims wait on the key's unique index until the first commits,
   then see its response (one effect);
 - same request_id, different parameters or method: ALREADY_EXISTS (reason REQUEST_ID_REUSED);
+  parameters compare as understood, defaults filled in (a left-out currency equals "USD");
 - a call that fails (bad input, business rejection) rolls back and leaves no trace, so it can be
   retried with the same request_id once corrected;
 - records older than the retention (QDATA_IDEMPOTENCY_RETENTION_HOURS) are purged in the
@@ -85,14 +86,19 @@ async def run_idempotent(
     user_id: uuid.UUID | None = None,
     acting: transactions.Acting | None = None,
     secret_fields: Iterable[str] = (),
+    canonical: Message | None = None,
     retries: int = 5,
 ) -> R:
-    """Runs work(conn) once per request_id and returns its (stored) response."""
+    """Runs work(conn) once per request_id and returns its (stored) response.
+
+    canonical, when given, is the request as the server understood it (defaults filled in); it is
+    fingerprinted instead, so a replay that spells a default out (currency "USD" for "") matches.
+    """
     check_request_id(request.request_id)  # type: ignore[attr-defined]
     ctx = callctx.current()
     key = _key(request, user_id)
     method = ctx.method if ctx else type(request).DESCRIPTOR.full_name
-    request_hash = fingerprint(request, secret_fields)
+    request_hash = fingerprint(canonical or request, secret_fields)
 
     async def transaction(conn: psycopg.AsyncConnection) -> R:
         cur = await conn.execute(query("claim_request_id"), {**key, "method": method, "request_hash": request_hash})

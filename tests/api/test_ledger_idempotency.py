@@ -173,6 +173,26 @@ async def test_same_request_id_with_other_parameters_is_rejected(api):
     assert await amounts(api, alice) == (13 * USD, 4 * USD, 9 * USD)
 
 
+async def test_a_replay_that_spells_out_a_default_is_the_same_request(api):
+    user_id = await new_user(api, 10 * USD)
+    request_id = rid()
+    first = (await api.ledger.Charge(charge_request(user_id, USD, request_id=request_id))).transaction
+    spelled = charge_request(user_id, USD, request_id=request_id, currency_code="USD")
+    assert (await api.ledger.Charge(spelled)).transaction == first
+    # The same holds the other way round, and for a deposit's default source (a payment).
+    deposit_id = rid()
+    paid = deposit_request(
+        user_id, USD, request_id=deposit_id, currency_code="USD", source=ledger_pb2.DEPOSIT_SOURCE_PAYMENT
+    )
+    first_deposit = (await api.ledger.Deposit(paid)).transaction
+    left_out = ledger_pb2.DepositRequest()
+    left_out.CopyFrom(paid)
+    left_out.ClearField("currency_code")
+    left_out.ClearField("source")
+    assert (await api.ledger.Deposit(left_out)).transaction == first_deposit
+    assert await amounts(api, user_id) == (10 * USD, 0, 10 * USD)
+
+
 async def test_concurrent_requests_sharing_a_request_id_with_other_parameters_take_effect_once(api):
     user_id = await new_user(api, 100 * USD)
     request_id = rid()

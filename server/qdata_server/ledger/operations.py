@@ -58,6 +58,7 @@ async def _post(
     params: dict[str, Any],
     summary: dict[str, Any],
     counterparty: uuid.UUID | None = None,
+    canonical=None,
 ) -> R:
     """Runs one money-moving ledger function idempotently, audits it and answers its transaction.
 
@@ -72,7 +73,16 @@ async def _post(
         return response_type(transaction=await _transaction(conn, owner, row["transaction_id"]))
 
     acting = acting_for(owner, counterparty) if counterparty else acting_for(owner)
-    return await deps.idempotent(request, response_type, work, user_id=owner, acting=acting)
+    return await deps.idempotent(request, response_type, work, user_id=owner, acting=acting, canonical=canonical)
+
+
+def _understood(request, **resolved):
+    """The request with its defaults filled in as the server resolved them (for replay matching)."""
+    copy = type(request)()
+    copy.CopyFrom(request)
+    for field, value in resolved.items():
+        setattr(copy, field, value)
+    return copy
 
 
 def _money(request, v: Violations, *, currency_field: str = "currency_code") -> str:
@@ -114,6 +124,11 @@ async def deposit(deps, request: ledger_pb2.DepositRequest) -> ledger_pb2.Deposi
             "description": request.description,
         },
         summary={"amount_micros": request.amount_micros, "currency_code": currency, "source": source},
+        canonical=_understood(
+            request,
+            currency_code=currency,
+            source=ledger_pb2.DEPOSIT_SOURCE_PAYMENT if source == "payment" else ledger_pb2.DEPOSIT_SOURCE_PROMOTION,
+        ),
     )
 
 
@@ -141,6 +156,7 @@ async def charge(deps, request: ledger_pb2.ChargeRequest) -> ledger_pb2.ChargeRe
             "reference": request.reference,
         },
         summary={"amount_micros": request.amount_micros, "currency_code": currency},
+        canonical=_understood(request, currency_code=currency),
     )
 
 
@@ -198,6 +214,7 @@ async def transfer(deps, request: ledger_pb2.TransferRequest) -> ledger_pb2.Tran
         },
         summary={"amount_micros": request.amount_micros, "currency_code": currency, "to_user_id": str(to_id)},
         counterparty=to_id,
+        canonical=_understood(request, currency_code=currency),
     )
 
 
@@ -237,7 +254,13 @@ async def create_hold(deps, request: ledger_pb2.CreateHoldRequest) -> ledger_pb2
         )
         return ledger_pb2.CreateHoldResponse(hold=await _hold(conn, user_id, row["hold_id"]))
 
-    return await deps.idempotent(request, ledger_pb2.CreateHoldResponse, work, user_id=user_id)
+    return await deps.idempotent(
+        request,
+        ledger_pb2.CreateHoldResponse,
+        work,
+        user_id=user_id,
+        canonical=_understood(request, currency_code=currency),
+    )
 
 
 async def capture_hold(deps, request: ledger_pb2.CaptureHoldRequest) -> ledger_pb2.CaptureHoldResponse:
