@@ -19,13 +19,13 @@ import datetime
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 from bench import h2load
 from bench import report as report_file
+from bench.report import fmt, median, ratio
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -114,15 +114,6 @@ def _measure(exe: str, target, *, duration: float, warmup: float, load: h2load.L
     return row
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
-def _median(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
 def _section(exe: str, args, tmp: Path, database_url: str, workers: int) -> dict:
     from bench import servers
     from qdata_server.seed import SAMPLE_PASSWORD
@@ -156,10 +147,10 @@ def _section(exe: str, args, tmp: Path, database_url: str, workers: int) -> dict
                     "round": number,
                     "reference": ref,
                     "qdata_get_user": got,
-                    "rps_ratio": _ratio(got["rps"], ref["rps"]),
-                    "mean_latency_ratio": _ratio(got["mean_ms"], ref["mean_ms"]),
-                    "p50_latency_ratio": _ratio(got["p50_ms"], ref["p50_ms"]),
-                    "p99_latency_ratio": _ratio(got["p99_ms"], ref["p99_ms"]),
+                    "rps_ratio": ratio(got["rps"], ref["rps"]),
+                    "mean_latency_ratio": ratio(got["mean_ms"], ref["mean_ms"]),
+                    "p50_latency_ratio": ratio(got["p50_ms"], ref["p50_ms"]),
+                    "p99_latency_ratio": ratio(got["p99_ms"], ref["p99_ms"]),
                 }
             )
 
@@ -186,17 +177,17 @@ def _section(exe: str, args, tmp: Path, database_url: str, workers: int) -> dict
         "workers": workers,
         "rounds": rounds,
         "authenticate": auth,
-        "rps_ref": _median([r["reference"]["rps"] for r in rounds]),
-        "rps_qdata": _median([r["qdata_get_user"]["rps"] for r in rounds]),
-        "rps_ratio": _median([r["rps_ratio"] for r in rounds]),
-        "mean_latency_ratio": _median([r["mean_latency_ratio"] for r in rounds]),
-        "p50_latency_ratio": _median([r["p50_latency_ratio"] for r in rounds]),
-        "p99_latency_ratio": _median([r["p99_latency_ratio"] for r in rounds]),
+        "rps_ref": median([r["reference"]["rps"] for r in rounds]),
+        "rps_qdata": median([r["qdata_get_user"]["rps"] for r in rounds]),
+        "rps_ratio": median([r["rps_ratio"] for r in rounds]),
+        "mean_latency_ratio": median([r["mean_latency_ratio"] for r in rounds]),
+        "p50_latency_ratio": median([r["p50_latency_ratio"] for r in rounds]),
+        "p99_latency_ratio": median([r["p99_latency_ratio"] for r in rounds]),
         "peak_rss_kb_ref": ref_kb,
         "peak_rss_kb_qdata": qdata_kb,
         "peak_rss_kb_ref_by_pid": ref_peaks,
         "peak_rss_kb_qdata_by_pid": qdata_peaks,
-        "memory_ratio": _ratio(qdata_kb, ref_kb),
+        "memory_ratio": ratio(qdata_kb, ref_kb),
     }
 
 
@@ -207,15 +198,11 @@ def _header() -> str:
     return f"  {_COLUMNS[0]:<26}" + "".join(f"{c:>10}" for c in _COLUMNS[1:])
 
 
-def _fmt(value, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def _row(row: dict) -> str:
     errors = row["failed"] + row["errored"] + row["timeout"] + row["non_2xx"] + (row["grpc_errors"] or 0)
     return (
-        f"  {row['label'] + ' ' + row['tag'].split('-')[1]:<26}{row['rps']:>10.1f}{_fmt(row['mean_ms']):>10}"
-        f"{_fmt(row['p50_ms']):>10}{_fmt(row['p90_ms']):>10}{_fmt(row['p99_ms']):>10}{_fmt(row['max_ms']):>10}"
+        f"  {row['label'] + ' ' + row['tag'].split('-')[1]:<26}{row['rps']:>10.1f}{fmt(row['mean_ms']):>10}"
+        f"{fmt(row['p50_ms']):>10}{fmt(row['p90_ms']):>10}{fmt(row['p99_ms']):>10}{fmt(row['max_ms']):>10}"
         f"{row['done']:>10}{errors:>10}"
     )
 
@@ -224,18 +211,18 @@ def _summary(section: dict) -> str:
     rounds = section["rounds"]
 
     def spread(key: str) -> str:
-        return "[" + ", ".join(_fmt(r[key], 2) for r in rounds) + "]"
+        return "[" + ", ".join(fmt(r[key], 2) for r in rounds) + "]"
 
     mib = 1024
     lines = [
         f"  qdata / reference, median of {len(rounds)} round(s) [per round]:",
-        f"    throughput    {_fmt(section['rps_ratio'], 3):>6}  {spread('rps_ratio'):<14}"
-        f"  rps {_fmt(section['rps_qdata'])} / {_fmt(section['rps_ref'])}  (higher is better; 1 = bare grpc.aio)",
-        f"    latency mean  {_fmt(section['mean_latency_ratio'], 2):>6}  {spread('mean_latency_ratio'):<14}"
+        f"    throughput    {fmt(section['rps_ratio'], 3):>6}  {spread('rps_ratio'):<14}"
+        f"  rps {fmt(section['rps_qdata'])} / {fmt(section['rps_ref'])}  (higher is better; 1 = bare grpc.aio)",
+        f"    latency mean  {fmt(section['mean_latency_ratio'], 2):>6}  {spread('mean_latency_ratio'):<14}"
         "  (lower is better; 1 = bare grpc.aio)",
-        f"    latency p50   {_fmt(section['p50_latency_ratio'], 2):>6}  {spread('p50_latency_ratio'):<14}",
-        f"    latency p99   {_fmt(section['p99_latency_ratio'], 2):>6}  {spread('p99_latency_ratio'):<14}",
-        f"    peak RSS      {_fmt(section['memory_ratio'], 2):>6}  "
+        f"    latency p50   {fmt(section['p50_latency_ratio'], 2):>6}  {spread('p50_latency_ratio'):<14}",
+        f"    latency p99   {fmt(section['p99_latency_ratio'], 2):>6}  {spread('p99_latency_ratio'):<14}",
+        f"    peak RSS      {fmt(section['memory_ratio'], 2):>6}  "
         f"{' ' * 14}  {section['peak_rss_kb_qdata'] / mib:.1f} MiB / {section['peak_rss_kb_ref'] / mib:.1f} MiB"
         f" (VmHWM summed over {len(section['peak_rss_kb_qdata_by_pid'])} / "
         f"{len(section['peak_rss_kb_ref_by_pid'])} process(es))",

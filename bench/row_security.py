@@ -35,6 +35,7 @@ import psycopg
 
 from bench import h2load, procs, servers
 from bench import report as report_file
+from bench.report import fmt, median, ratio
 from qdata.v1 import ledger_pb2, ledger_pb2_grpc, user_pb2, user_pb2_grpc
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -300,15 +301,11 @@ def run_mode(exe: str | None, args, tmp: Path, database_url: str, roles: dict, m
     return row
 
 
-def _fmt(value, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def _line(row: dict) -> str:
     get, charge = row.get("get_balance"), row["charge"]
     cpu = charge["cpu_ms_per_call"]
     balance = (
-        f"GetBalance {get['rps']:8.1f} rps  p50 {_fmt(get['p50_ms']):>6}  p99 {_fmt(get['p99_ms']):>6} ms   "
+        f"GetBalance {get['rps']:8.1f} rps  p50 {fmt(get['p50_ms']):>6}  p99 {fmt(get['p99_ms']):>6} ms   "
         if get
         else "GetBalance skipped   "
     )
@@ -317,15 +314,6 @@ def _line(row: dict) -> str:
         f"Charge {charge['calls_per_s']:7.1f} calls/s  p50 {charge['p50_ms']:6.1f}  p99 {charge['p99_ms']:6.1f} ms"
         f"  CPU/call server {cpu['server']:.2f} postgres {cpu['postgres']:.2f} ms"
     )
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
-def _median(values: list) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
 
 
 # (report key, throughput field, unit) per RPC.
@@ -339,20 +327,20 @@ def summarize(runs: list[dict], rounds: int) -> dict:
         if not all(rpc in r for r in runs):
             continue
         fields = (throughput, "p50_ms", "p99_ms")
-        medians = {mode: {f: _median([r[rpc][f] for r in runs if r["mode"] == mode]) for f in fields} for mode in MODES}
+        medians = {mode: {f: median([r[rpc][f] for r in runs if r["mode"] == mode]) for f in fields} for mode in MODES}
         per_round = []
         for number in range(1, rounds + 1):
             pair = {r["mode"]: r[rpc] for r in runs if r["round"] == number}
-            per_round.append({f: _ratio(pair["confined"][f], pair["owner"][f]) for f in fields})
+            per_round.append({f: ratio(pair["confined"][f], pair["owner"][f]) for f in fields})
         if rpc == "charge":
             for mode in MODES:
                 for side in ("server", "postgres"):
-                    medians[mode][f"cpu_ms_per_call_{side}"] = _median(
+                    medians[mode][f"cpu_ms_per_call_{side}"] = median(
                         [r[rpc]["cpu_ms_per_call"][side] for r in runs if r["mode"] == mode]
                     )
         summary[rpc] = {
             "median": medians,
-            "ratio_confined_over_owner": {f: _median([p[f] for p in per_round]) for f in fields},
+            "ratio_confined_over_owner": {f: median([p[f] for p in per_round]) for f in fields},
             "ratio_per_round": per_round,
         }
     return summary
@@ -365,29 +353,29 @@ def _summary_text(summary: dict, rounds: int) -> str:
             lines.append(f"  {rpc}: skipped")
             continue
         s = summary[rpc]
-        med, ratio = s["median"], s["ratio_confined_over_owner"]
+        med, ratios = s["median"], s["ratio_confined_over_owner"]
 
         def spread(field: str, s=s) -> str:
-            return "[" + ", ".join(_fmt(p[field], 3) for p in s["ratio_per_round"]) + "]"
+            return "[" + ", ".join(fmt(p[field], 3) for p in s["ratio_per_round"]) + "]"
 
         name = "GetBalance (h2load)" if rpc == "get_balance" else "Charge (grpc.aio client)"
         lines += [
             f"  {name}",
-            f"    throughput   {_fmt(ratio[throughput], 3):>6}  {spread(throughput):<24}"
-            f"  {unit} {_fmt(med['confined'][throughput])} / {_fmt(med['owner'][throughput])}"
+            f"    throughput   {fmt(ratios[throughput], 3):>6}  {spread(throughput):<24}"
+            f"  {unit} {fmt(med['confined'][throughput])} / {fmt(med['owner'][throughput])}"
             "  (below 1: RLS costs throughput)",
-            f"    latency p50  {_fmt(ratio['p50_ms'], 3):>6}  {spread('p50_ms'):<24}"
-            f"  ms {_fmt(med['confined']['p50_ms'], 2)} / {_fmt(med['owner']['p50_ms'], 2)}"
+            f"    latency p50  {fmt(ratios['p50_ms'], 3):>6}  {spread('p50_ms'):<24}"
+            f"  ms {fmt(med['confined']['p50_ms'], 2)} / {fmt(med['owner']['p50_ms'], 2)}"
             "  (above 1: RLS costs latency)",
-            f"    latency p99  {_fmt(ratio['p99_ms'], 3):>6}  {spread('p99_ms'):<24}"
-            f"  ms {_fmt(med['confined']['p99_ms'], 2)} / {_fmt(med['owner']['p99_ms'], 2)}",
+            f"    latency p99  {fmt(ratios['p99_ms'], 3):>6}  {spread('p99_ms'):<24}"
+            f"  ms {fmt(med['confined']['p99_ms'], 2)} / {fmt(med['owner']['p99_ms'], 2)}",
         ]
         if rpc == "charge":
             lines += [
-                f"    CPU per call (median): server {_fmt(med['confined']['cpu_ms_per_call_server'], 2)} / "
-                f"{_fmt(med['owner']['cpu_ms_per_call_server'], 2)} ms, PostgreSQL backends "
-                f"{_fmt(med['confined']['cpu_ms_per_call_postgres'], 2)} / "
-                f"{_fmt(med['owner']['cpu_ms_per_call_postgres'], 2)} ms (confined / owner)"
+                f"    CPU per call (median): server {fmt(med['confined']['cpu_ms_per_call_server'], 2)} / "
+                f"{fmt(med['owner']['cpu_ms_per_call_server'], 2)} ms, PostgreSQL backends "
+                f"{fmt(med['confined']['cpu_ms_per_call_postgres'], 2)} / "
+                f"{fmt(med['owner']['cpu_ms_per_call_postgres'], 2)} ms (confined / owner)"
             ]
     return "\n".join(lines)
 
