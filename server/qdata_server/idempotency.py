@@ -98,7 +98,7 @@ async def run_idempotent(
     ctx = callctx.current()
     key = _key(request, user_id)
     method = ctx.method if ctx else type(request).DESCRIPTOR.full_name
-    request_hash = fingerprint(canonical or request, secret_fields)
+    request_hash = fingerprint(request if canonical is None else canonical, secret_fields)
 
     async def transaction(conn: psycopg.AsyncConnection) -> R:
         cur = await conn.execute(query("claim_request_id"), {**key, "method": method, "request_hash": request_hash})

@@ -51,6 +51,7 @@ CREATE FUNCTION ledger_external_reference_holder(p_external_reference text) RETU
 LANGUAGE sql STABLE SECURITY DEFINER AS $$
     SELECT transaction_id FROM ledger_transactions WHERE external_reference = p_external_reference
 $$;
+
 -- Functions that must act as the owner, with a search path fixed to this schema (pg_temp last,
 -- so a temporary table of the caller cannot stand in for one of ours):
 --   audit_events_chain                moves the chain heads, which the serving role may not touch;
