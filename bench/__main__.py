@@ -94,14 +94,7 @@ AUTH_LOAD = h2load.Load(connections=2, streams=2, threads=1)
 
 
 def _measure(exe: str, target, *, duration: float, warmup: float, load: h2load.Load, tmp: Path, tag: str) -> dict:
-    body = h2load.write_frame(tmp / f"{tag}.body", target.message)
-    if warmup > 0:
-        h2load.run(exe, target.url, body, duration=warmup, load=load)
-    expected = len(h2load.grpc_frame(target.probe()))
-    result = h2load.run(exe, target.url, body, duration=duration, load=load, log_file=tmp / f"{tag}.log")
-    h2load.check_payload(result, expected, tolerance=target.size_tolerance)
-    if not target.server.alive():
-        raise RuntimeError(f"{target.server.name} died under load:\n{target.server.log_tail()}")
+    result = h2load.measure(exe, target, duration=duration, warmup=warmup, load=load, tmp=tmp, tag=tag)
     row = {
         "label": target.label,
         "tag": tag,

@@ -197,3 +197,20 @@ def run(
         for name, value in percentiles(log_file).items():
             setattr(result, name, value)
     return result
+
+
+def measure(executable: str, target, *, duration: float, warmup: float, load: Load, tmp: Path, tag: str) -> Result:
+    """Warms up, probes the target once from Python, runs h2load and checks every answer.
+
+    target is a bench.servers.Target. Raises if the answers do not all have the probe's size or
+    the server died under load.
+    """
+    body = write_frame(tmp / f"{tag}.body", target.message)
+    if warmup > 0:
+        run(executable, target.url, body, duration=warmup, load=load)
+    expected = len(grpc_frame(target.probe()))
+    result = run(executable, target.url, body, duration=duration, load=load, log_file=tmp / f"{tag}.log")
+    check_payload(result, expected, tolerance=target.size_tolerance)
+    if not target.server.alive():
+        raise RuntimeError(f"{target.server.name} died under load:\n{target.server.log_tail()}")
+    return result

@@ -157,14 +157,7 @@ def balance_target(server, address: str, uid: str) -> servers.Target:
 
 def measure_balance(exe: str, target: servers.Target, args, tmp: Path, tag: str) -> dict:
     load = h2load.Load(connections=args.connections, streams=args.streams, threads=1)
-    body = h2load.write_frame(tmp / f"{tag}.body", target.message)
-    if args.warmup > 0:
-        h2load.run(exe, target.url, body, duration=args.warmup, load=load)
-    expected = len(h2load.grpc_frame(target.probe()))
-    result = h2load.run(exe, target.url, body, duration=args.duration, load=load, log_file=tmp / f"{tag}.log")
-    h2load.check_payload(result, expected)
-    if not target.server.alive():
-        raise RuntimeError(f"{target.server.name} died under load:\n{target.server.log_tail()}")
+    result = h2load.measure(exe, target, duration=args.duration, warmup=args.warmup, load=load, tmp=tmp, tag=tag)
     if not result.ok:
         raise RuntimeError(
             f"GetBalance {tag}: {result.http_failures} HTTP failures, {result.grpc_errors} gRPC errors "
