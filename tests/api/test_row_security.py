@@ -48,6 +48,7 @@ USER_TABLES: dict[str, tuple[str, ...]] = {
     "ledger_transactions": ("user_id", "counterparty_user_id"),
     "ledger_postings": ("user_id", "account_user_id"),
     "ledger_holds": ("user_id",),
+    "ledger_positions": ("user_id",),
     "usage_records": ("user_id",),
     "usage_rollup_queue": ("user_id",),
     "usage_model_user_months": ("user_id",),

@@ -17,6 +17,9 @@ from qdata_server.users.convert import timestamp
 from qdata_server.validation import Violations
 
 MAX_KINDS = 5
+# The scope page tokens are sealed for; the suffix names the cursor's shape, so a token from before
+# the position order (0012_listing_commit_order.sql) is refused as INVALID_ARGUMENT, not misread.
+LIST_TRANSACTIONS_PAGES = "ListTransactions/position"
 
 
 def _user_never_existed() -> NotFound:
@@ -115,7 +118,7 @@ async def list_transactions(deps, request: ledger_pb2.ListTransactionsRequest) -
         "currency_code": currency,
     }
     tokens = await deps.page_tokens()
-    cursor = tokens.open(request.page_token, "ListTransactions", filters)
+    cursor = tokens.open(request.page_token, LIST_TRANSACTIONS_PAGES, filters)
 
     async def work(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
         await _require_user(conn, user_id)
@@ -128,8 +131,7 @@ async def list_transactions(deps, request: ledger_pb2.ListTransactionsRequest) -
                 "end_time": end,
                 "kinds": kinds or None,
                 "currency_code": currency,
-                "after_created_at": cursor[0] if cursor else None,
-                "after_transaction_id": cursor[1] if cursor else None,
+                "before_position": int(cursor[0]) if cursor else None,
                 "limit": limit + 1,
             },
         )
@@ -138,9 +140,9 @@ async def list_transactions(deps, request: ledger_pb2.ListTransactionsRequest) -
     rows, next_token = tokens.page(
         rows,
         limit,
-        "ListTransactions",
+        LIST_TRANSACTIONS_PAGES,
         filters,
-        lambda last: [last["created_at"].isoformat(), str(last["transaction_id"])],
+        lambda last: [last["list_position"]],
     )
     return ledger_pb2.ListTransactionsResponse(
         transactions=[convert.transaction(r) for r in rows], next_page_token=next_token

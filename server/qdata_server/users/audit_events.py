@@ -1,8 +1,9 @@
 """ListAuditEvents: the audit trail, newest first, filtered and paginated.
 
-Pages are keyset cursors on audit_event_id (the order of insertion), sealed and bound to the
-filters they were issued for. An event whose transaction commits after a later-numbered one was
-already listed can fall behind a reader's cursor; start again from the first page to see it.
+Pages are keyset cursors on (written_xid, audit_event_id), sealed and bound to the filters they
+were issued for. Only events below the reader's snapshot horizon are listed, so an event that
+appears later always sorts above the events already listed: a reader paging or polling newest
+first cannot skip one (0012_listing_commit_order.sql says why and what it costs).
 The permission to read the trail is checked by the caller-authentication layer, not here.
 """
 
@@ -22,6 +23,9 @@ from qdata_server.users import convert
 from qdata_server.validation import Violations
 
 MAX_FILTER_LENGTH = 200
+# The scope page tokens are sealed for; the suffix names the cursor's shape, so a token from before
+# the (written_xid, id) order is refused as INVALID_ARGUMENT rather than misread.
+LIST_AUDIT_EVENTS_PAGES = "ListAuditEvents/written-order"
 # Timestamps accepted as filters: the Unix epoch to the end of year 9999.
 _MIN_SECONDS = 0
 _MAX_SECONDS = 253402300799
@@ -73,7 +77,7 @@ async def list_audit_events(deps, request: user_pb2.ListAuditEventsRequest) -> u
         "end_time": end.isoformat() if end else None,
     }
     tokens = await deps.page_tokens()
-    cursor = tokens.open(request.page_token, "ListAuditEvents", filters)
+    cursor = tokens.open(request.page_token, LIST_AUDIT_EVENTS_PAGES, filters)
 
     async def work(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
         return await fetch_all(
@@ -85,12 +89,15 @@ async def list_audit_events(deps, request: user_pb2.ListAuditEventsRequest) -> u
                 "action": action,
                 "start_time": start,
                 "end_time": end,
-                "before_id": int(cursor[0]) if cursor else None,
+                "before_order": int(cursor[0]) if cursor else None,
+                "before_id": int(cursor[1]) if cursor else None,
                 "limit": limit + 1,
             },
         )
 
     # The audit trail of every user (filtered or not) is a cross-user read; audit.read guards it.
     rows = await deps.transaction(work, acting=ACTING_FOR_ALL_USERS)
-    rows, next_token = tokens.page(rows, limit, "ListAuditEvents", filters, lambda last: [last["audit_event_id"]])
+    rows, next_token = tokens.page(
+        rows, limit, LIST_AUDIT_EVENTS_PAGES, filters, lambda last: [last["written_order"], last["audit_event_id"]]
+    )
     return user_pb2.ListAuditEventsResponse(events=[event(r) for r in rows], next_page_token=next_token)

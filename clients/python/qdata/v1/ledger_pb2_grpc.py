@@ -276,7 +276,9 @@ class LedgerServiceServicer:
 
     def ListTransactions(self, request, context):
         """Lists the transactions in which a user has a posting (both sides of a transfer), newest
-        first, filtered by time range, kinds and currency. Fails with NOT_FOUND (reason
+        first in the order they were committed to the user's account, filtered by time range, kinds
+        and currency. A transaction committed after a page was read always sorts above that page, so a
+        reader paging or polling newest first never skips one. Fails with NOT_FOUND (reason
         USER_NOT_FOUND) if the user never existed, and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for
         a negative page_size, an empty or reversed time range, an UNSPECIFIED kind, or a page_token
         that was not issued for the same filters.

@@ -274,8 +274,10 @@ class UserServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAuditEvents(self, request, context):
-        """Lists audit events, newest first, filtered by user, actor, action and time range. Needs its
-        own permission. Fails with INVALID_ARGUMENT for a bad filter or page_token.
+        """Lists audit events, newest first, filtered by user, actor, action and time range. An event is
+        listed once every transaction that began writing before its own has ended (normally within
+        milliseconds), and then sorts above every event listed before it, so a reader paging or
+        polling newest first never skips one. Needs its own permission. Fails with INVALID_ARGUMENT for a bad filter or page_token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

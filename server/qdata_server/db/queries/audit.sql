@@ -12,16 +12,20 @@ SELECT audit_event_id, chain_shard, chain_seq, occurred_at, actor, user_id, acti
  LIMIT %(limit)s;
 
 -- name: list_audit_events
--- Lists audit events newest first (by id, the order of insertion), optionally filtered by user,
--- actor, action and [start_time, end_time), after a keyset cursor (the last id returned).
+-- Lists audit events newest first by (written_xid, audit_event_id), only those below the
+-- reader's snapshot horizon (see 0012_listing_commit_order.sql: an event that appears later sorts
+-- above every event listed now), optionally filtered by user, actor, action and
+-- [start_time, end_time), after a keyset cursor (the last event's written_xid and id).
 SELECT audit_event_id, occurred_at, actor, user_id, action, target_type, target_id, request_id,
-       summary::text AS summary_text
+       summary::text AS summary_text, coalesce(written_xid, 0) AS written_order
   FROM audit_events
- WHERE (%(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid)
+ WHERE coalesce(written_xid, 0) < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+   AND (%(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid)
    AND (%(actor)s::text IS NULL OR actor = %(actor)s::text)
    AND (%(action)s::text IS NULL OR action = %(action)s::text)
    AND (%(start_time)s::timestamptz IS NULL OR occurred_at >= %(start_time)s::timestamptz)
    AND (%(end_time)s::timestamptz IS NULL OR occurred_at < %(end_time)s::timestamptz)
-   AND (%(before_id)s::bigint IS NULL OR audit_event_id < %(before_id)s::bigint)
- ORDER BY audit_event_id DESC
+   AND (%(before_order)s::bigint IS NULL
+        OR (coalesce(written_xid, 0), audit_event_id) < (%(before_order)s::bigint, %(before_id)s::bigint))
+ ORDER BY coalesce(written_xid, 0) DESC, audit_event_id DESC
  LIMIT %(limit)s;

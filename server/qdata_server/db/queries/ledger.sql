@@ -66,14 +66,27 @@ SELECT t.*,
    AND (t.user_id = %(user_id)s OR t.counterparty_user_id = %(user_id)s);
 
 -- name: ledger_list_transactions
--- One page of a user's transactions (owned, or received by transfer), newest first, after an
--- optional (created_at, transaction_id) cursor, filtered by time range, kinds and currency.
+-- One page of a user's transactions (owned, or received by transfer), newest first by the user's
+-- position (commit order, see 0012_listing_commit_order.sql), after an optional position cursor,
+-- filtered by time range, kinds and currency.
 WITH visible AS (
-    SELECT * FROM ledger_transactions WHERE user_id = %(user_id)s
+    SELECT user_id, transaction_id, kind, counterparty_user_id, amount_micros, currency_code, description,
+           reference, external_reference, deposit_source, original_transaction_id, hold_id, request_id,
+           created_at, owner_position AS list_position
+      FROM ledger_transactions
+     WHERE user_id = %(user_id)s
+       AND (%(before_position)s::bigint IS NULL OR owner_position < %(before_position)s::bigint)
     UNION ALL
-    SELECT * FROM ledger_transactions WHERE counterparty_user_id = %(user_id)s
+    SELECT user_id, transaction_id, kind, counterparty_user_id, amount_micros, currency_code, description,
+           reference, external_reference, deposit_source, original_transaction_id, hold_id, request_id,
+           created_at, counterparty_position
+      FROM ledger_transactions
+     WHERE counterparty_user_id = %(user_id)s
+       AND (%(before_position)s::bigint IS NULL OR counterparty_position < %(before_position)s::bigint)
 )
-SELECT t.*,
+SELECT t.user_id, t.transaction_id, t.kind, t.counterparty_user_id, t.amount_micros, t.currency_code,
+       t.description, t.reference, t.external_reference, t.deposit_source, t.original_transaction_id,
+       t.hold_id, t.request_id, t.created_at, t.list_position,
        (SELECT json_agg(json_build_object(
                    'account', CASE WHEN p.account_user_id IS NOT NULL THEN 'users/' || p.account_user_id
                                    ELSE 'system/' || p.system_account END,
@@ -86,9 +99,7 @@ SELECT t.*,
    AND (%(end_time)s::timestamptz IS NULL OR t.created_at < %(end_time)s::timestamptz)
    AND (%(kinds)s::text[] IS NULL OR t.kind = ANY (%(kinds)s::text[]))
    AND (%(currency_code)s::text IS NULL OR t.currency_code = %(currency_code)s::text)
-   AND (%(after_created_at)s::timestamptz IS NULL
-        OR (t.created_at, t.transaction_id) < (%(after_created_at)s::timestamptz, %(after_transaction_id)s::uuid))
- ORDER BY t.created_at DESC, t.transaction_id DESC
+ ORDER BY t.list_position DESC
  LIMIT %(limit)s;
 
 -- name: ledger_get_hold
