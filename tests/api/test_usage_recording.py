@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 import grpc
+import pytest
 
 from qdata.v1 import ledger_pb2, usage_pb2
 from tests.api.usage_support import (
@@ -166,7 +167,18 @@ async def test_insufficient_funds_records_nothing_and_the_request_id_can_be_retr
     assert record.billed and (await balance(api, user.id)).posted_micros == 0
 
 
-async def test_a_concurrent_stream_against_a_small_balance_bills_exactly_what_it_records(api):
+@pytest.fixture
+async def unfolded_api(database_url):
+    """A server whose background folder stays idle, so the rollup queue keeps every record."""
+    api = await start_api(database_url, dataclasses.replace(TEST_SETTINGS, usage_fold_seconds=3600.0))
+    try:
+        yield api
+    finally:
+        await stop_api(api)
+
+
+async def test_a_concurrent_stream_against_a_small_balance_bills_exactly_what_it_records(unfolded_api):
+    api = unfolded_api
     await create_model(api)
     # Room for 11 of the 40 calls (and a little change).
     user = await funded_user(api, 11 * COST + 100)

@@ -135,7 +135,7 @@ def test_embedded_default_migrates_seeds_and_keeps_data_across_restarts(tmp_path
             )
     finally:
         assert first.stop(signal.SIGINT) == 0, first.output()
-    assert "buf curl" in first.output()
+    assert ".venv/bin/grpcurl -plaintext" in first.output()
 
     second = ServerProcess(env, tmp_path / "second.log")
     try:
