@@ -19,7 +19,7 @@ import grpc
 import psycopg
 import pytest
 
-from qdata.v1 import chat_pb2, ledger_pb2, usage_pb2
+from qdata.v1 import chat_pb2, ledger_pb2, usage_pb2, user_pb2
 from qdata_server.idempotency import fingerprint
 from tests.api.ledger_helpers import (
     ACTIVE,
@@ -247,3 +247,16 @@ async def test_requests_that_move_no_money_are_new_requests_after_the_retention(
         assert await amounts(api, user) == (1 * USD, 0, 1 * USD)
         rows = await sql(api, "SELECT count(*) AS n FROM chat_sessions WHERE user_id = %s", (user,))
         assert rows[0]["n"] == 2
+
+
+async def test_a_deleted_users_money_requests_are_still_remembered_after_the_purge(database_url):
+    async with forgetful(database_url) as api:
+        user = await new_user(api, 5 * USD)
+        request = deposit_request(user, 1 * USD, source=PROMOTION, external_reference="")
+        first = await api.ledger.Deposit(request)
+        await api.users.DeleteUser(user_pb2.DeleteUserRequest(request_id=rid(), id=user))
+        await all_forgotten(api)
+        # Not USER_NOT_FOUND: the ledger answers before it looks at the user.
+        assert await api.ledger.Deposit(request) == first
+        await rejected(api, api.ledger.Deposit, other(request, amount_micros=2 * USD), EXISTS, "REQUEST_ID_REUSED")
+        assert await amounts(api, user) == (6 * USD, 0, 6 * USD)
