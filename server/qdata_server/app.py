@@ -97,11 +97,14 @@ class Deps:
         acting: transactions.Acting | None = None,
         secret_fields: Iterable[str] = (),
         canonical: Message | None = None,
+        key: idempotency.RequestKey | None = None,
+        remembered: Callable[[psycopg.AsyncConnection], Awaitable[R]] | None = None,
     ) -> R:
         """Runs a mutation once per request_id; see qdata_server.idempotency.
 
         The request_id is scoped to user_id; the transaction acts for user_id (or for nobody)
-        unless `acting` says otherwise (a transfer acts for both of its users).
+        unless `acting` says otherwise (a transfer acts for both of its users). A money-moving
+        request passes its key and how to answer it from the ledger once its record is purged.
         """
         return await idempotency.run_idempotent(
             self.pool,
@@ -112,6 +115,8 @@ class Deps:
             acting=acting or transactions.acting_for(user_id),
             secret_fields=secret_fields,
             canonical=canonical,
+            key=key,
+            remembered=remembered,
             retries=self.settings.transaction_retries,
         )
 

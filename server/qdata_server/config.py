@@ -115,7 +115,8 @@ class Settings:
     # ledger also sweeps an account's expired holds whenever it touches the account).
     hold_sweep_seconds: float = 30.0
     # How long a request_id's first answer is kept for replays (0: forever). A replay after that
-    # is a new request. Longer than any caller's retry window; Stripe keeps keys for 24 hours.
+    # is a new request, unless it moves money: the ledger remembers those forever (see
+    # qdata_server.idempotency). Longer than any caller's retry window; Stripe keeps keys for 24 hours.
     idempotency_retention_hours: float = 168.0
     # Seconds between runs of the background purge of records older than the retention (0: never).
     idempotency_purge_seconds: float = 300.0

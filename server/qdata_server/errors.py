@@ -104,6 +104,17 @@ class Internal(QdataError):
     default_reason = "INTERNAL"
 
 
+class RequestRemembered(Internal):
+    """The ledger already carries this request's key: the idempotency layer answers it from there.
+
+    Raised by the ledger's functions for a money-moving request whose idempotency record was
+    purged (see qdata_server.idempotency); it reaches a caller only through a bug, as INTERNAL.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("internal error: a remembered request was not answered")
+
+
 def invalid(field: str, description: str) -> InvalidArgument:
     """Shorthand for a single-field InvalidArgument."""
     return InvalidArgument([FieldViolation(field, description)])

@@ -11,13 +11,17 @@ change and its recorded response commit or vanish together:
 - a call that fails (bad input, business rejection) rolls back and leaves no trace, so it can be
   retried with the same request_id once corrected;
 - records older than the retention (QDATA_IDEMPOTENCY_RETENTION_HOURS) are purged in the
-  background (`purge_expired`); a replay after that is a new request.
+  background (`purge_expired`); a replay after that is a new request, except for a money-moving
+  request (`remembered` given): the ledger rows it created carry its key (method and fingerprint
+  included) forever, under a unique index, so a late replay is answered from them with the first
+  answer, or REQUEST_ID_REUSED, and never takes effect twice (0009_ledger_request_keys.sql).
 Secret fields (passwords, API key secrets) are left out of the parameter fingerprint, so none of
 them is stored even as a fast hash.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -30,7 +34,7 @@ from psycopg_pool import AsyncConnectionPool
 from qdata_server import callctx
 from qdata_server.db import transactions
 from qdata_server.db.sql import query
-from qdata_server.errors import AlreadyExists, invalid
+from qdata_server.errors import AlreadyExists, RequestRemembered, invalid
 
 R = TypeVar("R", bound=Message)
 NO_USER = transactions.NO_USER_ID
@@ -65,6 +69,59 @@ def _key(request: Message, user_id: uuid.UUID | None) -> dict[str, object]:
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class RequestKey:
+    """A request's idempotency key with what tells a replay from a reuse: method and fingerprint."""
+
+    user_id: uuid.UUID
+    actor: str
+    request_id: str
+    method: str
+    request_hash: bytes
+
+    def params(self) -> dict[str, object]:
+        """The key as the ledger functions take it (request_id, actor, method, request_hash)."""
+        return {
+            "request_id": self.request_id,
+            "actor": self.actor,
+            "method": self.method,
+            "request_hash": self.request_hash,
+        }
+
+
+def request_key(
+    request: Message,
+    *,
+    user_id: uuid.UUID | None = None,
+    canonical: Message | None = None,
+    secret_fields: Iterable[str] = (),
+) -> RequestKey:
+    """The key run_idempotent claims for request (see its canonical argument)."""
+    check_request_id(request.request_id)  # type: ignore[attr-defined]
+    ctx = callctx.current()
+    key = _key(request, user_id)
+    return RequestKey(
+        user_id=key["user_id"],  # type: ignore[arg-type]
+        actor=key["actor"],  # type: ignore[arg-type]
+        request_id=key["request_id"],  # type: ignore[arg-type]
+        method=ctx.method if ctx else type(request).DESCRIPTOR.full_name,
+        request_hash=fingerprint(request if canonical is None else canonical, secret_fields),
+    )
+
+
+def reused() -> AlreadyExists:
+    """The answer to a request_id already used for another method or other parameters."""
+    return AlreadyExists(
+        "request_id was already used for a different request; use a new request_id", reason="REQUEST_ID_REUSED"
+    )
+
+
+def check_same_request(key: RequestKey, method: str, request_hash: bytes) -> None:
+    """Raises REQUEST_ID_REUSED unless the stored method and fingerprint are key's."""
+    if method != key.method or bytes(request_hash) != key.request_hash:
+        raise reused()
+
+
 async def was_recorded(pool: AsyncConnectionPool, request: Message, *, user_id: uuid.UUID | None = None) -> bool:
     """True if this request_id already has a committed response (the call is a replay)."""
     check_request_id(request.request_id)  # type: ignore[attr-defined]
@@ -87,36 +144,48 @@ async def run_idempotent(
     acting: transactions.Acting | None = None,
     secret_fields: Iterable[str] = (),
     canonical: Message | None = None,
+    key: RequestKey | None = None,
+    remembered: Callable[[psycopg.AsyncConnection], Awaitable[R]] | None = None,
     retries: int = 5,
 ) -> R:
     """Runs work(conn) once per request_id and returns its (stored) response.
 
     canonical, when given, is the request as the server understood it (defaults filled in); it is
     fingerprinted instead, so a replay that spells a default out (currency "USD" for "") matches.
+    key, when given, is request_key(...) of the same arguments, computed by a caller whose work
+    needs it. remembered answers a money-moving request whose work raised RequestRemembered (the
+    ledger already carries its key, the idempotency record is gone): it runs in a transaction of
+    its own, reads the first answer from the ledger rows or raises REQUEST_ID_REUSED, and
+    changes nothing.
     """
-    check_request_id(request.request_id)  # type: ignore[attr-defined]
-    ctx = callctx.current()
-    key = _key(request, user_id)
-    method = ctx.method if ctx else type(request).DESCRIPTOR.full_name
-    request_hash = fingerprint(request if canonical is None else canonical, secret_fields)
+    if key is None:
+        key = request_key(request, user_id=user_id, canonical=canonical, secret_fields=secret_fields)
+    ids = {"user_id": key.user_id, "actor": key.actor, "request_id": key.request_id}
 
     async def transaction(conn: psycopg.AsyncConnection) -> R:
-        cur = await conn.execute(query("claim_request_id"), {**key, "method": method, "request_hash": request_hash})
-        if await cur.fetchone() is None:
-            cur = await conn.execute(query("get_request_id"), key)
+        while True:
+            cur = await conn.execute(
+                query("claim_request_id"), {**ids, "method": key.method, "request_hash": key.request_hash}
+            )
+            if await cur.fetchone() is not None:
+                break
+            cur = await conn.execute(query("get_request_id"), ids)
             first = await cur.fetchone()
-            if first["method"] != method or bytes(first["request_hash"]) != request_hash:
-                raise AlreadyExists(
-                    "request_id was already used for a different request; use a new request_id",
-                    reason="REQUEST_ID_REUSED",
-                )
-            return response_type.FromString(bytes(first["response"]))
+            if first is not None:
+                check_same_request(key, first["method"], first["request_hash"])
+                return response_type.FromString(bytes(first["response"]))
+            # Purged between the claim and the read (a retention shorter than a transaction): claim again.
         response = await work(conn)
-        await conn.execute(query("store_response"), {**key, "response": response.SerializeToString()})
+        await conn.execute(query("store_response"), {**ids, "response": response.SerializeToString()})
         return response
 
     acting = acting or transactions.acting_for(user_id)
-    return await transactions.run(pool, transaction, acting=acting, retries=retries)
+    try:
+        return await transactions.run(pool, transaction, acting=acting, retries=retries)
+    except RequestRemembered:
+        if remembered is None:
+            raise
+    return await transactions.run(pool, remembered, acting=acting, retries=retries)
 
 
 async def purge_expired(pool: AsyncConnectionPool, retention_seconds: float, *, batch: int = 1000) -> int:

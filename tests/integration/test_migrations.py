@@ -100,3 +100,43 @@ async def test_server_waits_not_serving_for_a_database_that_is_not_there_yet(pos
         await stop_api(api)
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_0009_keeps_forever_the_records_of_money_accepted_before_it(empty_database_url):
+    """Ledger rows written before 0009 carry no key: their requests' records must outlive the purge."""
+    files = migrate.load_migrations()
+    assert files[8].name == "ledger_request_keys"
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute(migrate._CREATE_TRACKING)
+        for migration in files[:8]:
+            conn.execute(migration.sql.encode("utf-8"))
+        user = conn.execute(
+            "INSERT INTO users (email, username, password_hash) VALUES ('a@example.com', 'a', 'h') RETURNING user_id"
+        ).fetchone()[0]
+        # The previous release's calls: a deposit, and the charge of a billed usage record.
+        conn.execute("SELECT ledger_deposit(%s, 5, 'USD', 'promotion', '', '', 'deposit-1')", (user,))
+        conn.execute("SELECT ledger_charge(%s, 2, 'USD', '', '', 'usage-billed')", (user,))
+        methods = {
+            "deposit-1": "/qdata.v1.LedgerService/Deposit",
+            "release-1": "/qdata.v1.LedgerService/ReleaseHold",
+            "usage-billed": "/qdata.v1.UsageService/RecordUsage",
+            "usage-unbilled": "/qdata.v1.UsageService/RecordUsage",
+            "session-1": "/qdata.v1.ChatService/CreateSession",
+        }
+        for request_id, method in methods.items():
+            conn.execute(
+                "INSERT INTO idempotency_keys (user_id, actor, request_id, method, request_hash, response)"
+                " VALUES (%s, 'gateway', %s, %s, '\\x00', '')",
+                (user, request_id, method),
+            )
+        conn.execute(files[8].sql.encode("utf-8"))
+        kept = dict(conn.execute("SELECT request_id, kept_forever FROM idempotency_keys").fetchall())
+        keyed = conn.execute("SELECT count(*) FROM ledger_transactions WHERE request_actor IS NOT NULL").fetchone()[0]
+    assert kept == {
+        "deposit-1": True,
+        "release-1": True,
+        "usage-billed": True,
+        "usage-unbilled": False,
+        "session-1": False,
+    }
+    assert keyed == 0

@@ -42,9 +42,11 @@ is :class:`Unavailable` (the server or its database could not be reached) on an 
   first response without a second effect, and a request that was rejected or never arrived leaves
   no trace, so replaying is safe by design whether or not the first attempt took effect. Resending
   the same request object does exactly this, since the generated id was written into it.
-  A new request_id makes it a new operation (a second charge, a second user). Replay within the
-  window the service remembers request_ids for (forever in the ledger, at least 24 hours in chat;
-  see each service's proto comment).
+  A new request_id makes it a new operation (a second charge, a second user). A request that
+  moves money (every ledger write, a billed RecordUsage) is remembered forever; any other (users,
+  chat, catalog, ratings, unbilled usage) for the server's idempotency retention, 7 days unless
+  the operator sets another, after which a replay is a new request (see each service's proto
+  comment).
 
 Retry with a bounded number of attempts and jittered backoff. Other codes describe the request,
 not the transport, and are not worth retrying as they are. After DEADLINE_EXCEEDED on a mutation

@@ -18,6 +18,7 @@ from qdata_server.errors import (
     InvalidArgument,
     NotFound,
     QdataError,
+    RequestRemembered,
 )
 
 # Each factory gets the DETAIL of the error ("" if none).
@@ -66,6 +67,18 @@ CONSTRAINT_ERRORS: dict[str, Callable[[str], QdataError]] = {
     "ledger_capture_exceeds_hold": lambda detail: InvalidArgument(
         [FieldViolation("amount_micros", f"must not exceed the hold's amount ({detail} micro-units)")],
         reason="CAPTURE_EXCEEDS_HOLD",
+    ),
+    # A money-moving request the ledger already carries the key of (0009_ledger_request_keys.sql):
+    # a late replay caught by the functions' check, or one that lost a race on a key's unique index.
+    # The idempotency layer answers it from the ledger rows.
+    **dict.fromkeys(
+        (
+            "ledger_request_remembered",
+            "ledger_transactions_request_key",
+            "ledger_holds_request_key",
+            "ledger_holds_release_request_key",
+        ),
+        lambda _: RequestRemembered(),
     ),
     # Usage (db/migrations/0004_usage.sql).
     "usage_user_not_found": lambda _: NotFound("user not found", reason="USER_NOT_FOUND"),

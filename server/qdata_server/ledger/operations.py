@@ -4,6 +4,12 @@ The SQL functions (0003_ledger.sql) lock the user accounts involved in user_id o
 funds, append the immutable transaction and its postings and move the cached balances; business
 rejections (INSUFFICIENT_FUNDS, HOLD_EXPIRED, ...) roll everything back, including the
 request_id claim, so a rejected request leaves no trace and may be retried with the same id.
+
+Every operation here moves money, so the rows it creates carry its idempotency key forever
+(0009_ledger_request_keys.sql): a replay whose idempotency record was purged is answered from
+them (`remembered` below) with the first answer rebuilt exactly, the transaction or hold as the
+request left it (a charge refunded later still shows refunded_micros 0, a hold captured later
+still shows ACTIVE), and never takes effect twice.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from qdata.v1 import ledger_pb2
 from qdata_server import audit
 from qdata_server.db.sql import execute, fetch_one
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
-from qdata_server.errors import FieldViolation, InvalidArgument
+from qdata_server.errors import FieldViolation, Internal, InvalidArgument
+from qdata_server.idempotency import RequestKey, check_same_request, request_key
 from qdata_server.ledger import convert, rules
 from qdata_server.validation import Violations
 
@@ -34,6 +41,27 @@ async def _transaction(conn: psycopg.AsyncConnection, user_id: uuid.UUID, transa
 async def _hold(conn: psycopg.AsyncConnection, user_id: uuid.UUID, hold_id: uuid.UUID) -> ledger_pb2.Hold:
     row = await fetch_one(conn, "ledger_get_hold", {"user_id": user_id, "hold_id": hold_id})
     return convert.hold(row, row["read_at"])
+
+
+async def request_holder(conn: psycopg.AsyncConnection, key: RequestKey) -> dict[str, Any]:
+    """The ledger row that carries key, checked to be the same request (else REQUEST_ID_REUSED).
+
+    Only called once a ledger function reported the key as taken, so the row exists.
+    """
+    row = await fetch_one(
+        conn, "ledger_request_holder", {"user_id": key.user_id, "actor": key.actor, "request_id": key.request_id}
+    )
+    if row is None:
+        raise Internal("internal error: a remembered request has no ledger row")
+    check_same_request(key, row["method"], row["request_hash"])
+    return row
+
+
+async def _first_transaction(conn: psycopg.AsyncConnection, user_id: uuid.UUID, transaction_id: uuid.UUID):
+    """A transaction as its request first answered it: nothing refunded yet (the rest is immutable)."""
+    transaction = await _transaction(conn, user_id, transaction_id)
+    transaction.refunded_micros = 0
+    return transaction
 
 
 async def _record(conn, action: str, target_type: str, target_id: Any, user_id: uuid.UUID, **summary) -> None:
@@ -67,13 +95,21 @@ async def _post(
     A transfer's transaction acts for both of its users (it credits the counterparty's account).
     """
 
+    key = request_key(request, user_id=owner, canonical=canonical)
+
     async def work(conn: psycopg.AsyncConnection) -> R:
-        row = await fetch_one(conn, query_name, {**params, "request_id": request.request_id})
+        row = await fetch_one(conn, query_name, {**params, **key.params()})
         await _record(conn, action, "transaction", row["transaction_id"], owner, **summary)
         return response_type(transaction=await _transaction(conn, owner, row["transaction_id"]))
 
+    async def remembered(conn: psycopg.AsyncConnection) -> R:
+        holder = await request_holder(conn, key)
+        return response_type(transaction=await _first_transaction(conn, owner, holder["transaction_id"]))
+
     acting = acting_for(owner, counterparty) if counterparty else acting_for(owner)
-    return await deps.idempotent(request, response_type, work, user_id=owner, acting=acting, canonical=canonical)
+    return await deps.idempotent(
+        request, response_type, work, user_id=owner, acting=acting, key=key, remembered=remembered
+    )
 
 
 def _understood(request, **resolved):
@@ -227,6 +263,7 @@ async def create_hold(deps, request: ledger_pb2.CreateHoldRequest) -> ledger_pb2
     rules.text(v, "reference", request.reference, rules.MAX_REFERENCE_LENGTH)
     v.raise_if_any()
     rules.check_supported("currency_code", currency, deps.settings.ledger_currencies)
+    key = request_key(request, user_id=user_id, canonical=_understood(request, currency_code=currency))
 
     async def work(conn: psycopg.AsyncConnection) -> ledger_pb2.CreateHoldResponse:
         row = await fetch_one(
@@ -239,7 +276,7 @@ async def create_hold(deps, request: ledger_pb2.CreateHoldRequest) -> ledger_pb2
                 "ttl_seconds": ttl_seconds,
                 "description": request.description,
                 "reference": request.reference,
-                "request_id": request.request_id,
+                **key.params(),
             },
         )
         await _record(
@@ -254,12 +291,15 @@ async def create_hold(deps, request: ledger_pb2.CreateHoldRequest) -> ledger_pb2
         )
         return ledger_pb2.CreateHoldResponse(hold=await _hold(conn, user_id, row["hold_id"]))
 
+    async def remembered(conn: psycopg.AsyncConnection) -> ledger_pb2.CreateHoldResponse:
+        holder = await request_holder(conn, key)
+        row = await fetch_one(conn, "ledger_get_hold", {"user_id": user_id, "hold_id": holder["hold_id"]})
+        # The hold as it was created: active, nothing captured (its other columns never change).
+        created = {**row, "status": "active", "captured_micros": 0, "capture_transaction_id": None, "resolved_at": None}
+        return ledger_pb2.CreateHoldResponse(hold=convert.hold(created, row["created_at"]))
+
     return await deps.idempotent(
-        request,
-        ledger_pb2.CreateHoldResponse,
-        work,
-        user_id=user_id,
-        canonical=_understood(request, currency_code=currency),
+        request, ledger_pb2.CreateHoldResponse, work, user_id=user_id, key=key, remembered=remembered
     )
 
 
@@ -270,6 +310,7 @@ async def capture_hold(deps, request: ledger_pb2.CaptureHoldRequest) -> ledger_p
     rules.amount(v, "amount_micros", request.amount_micros)
     rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
     v.raise_if_any()
+    key = request_key(request, user_id=user_id)
 
     async def work(conn: psycopg.AsyncConnection) -> ledger_pb2.CaptureHoldResponse:
         row = await fetch_one(
@@ -280,7 +321,7 @@ async def capture_hold(deps, request: ledger_pb2.CaptureHoldRequest) -> ledger_p
                 "hold_id": hold_id,
                 "amount_micros": request.amount_micros,
                 "description": request.description,
-                "request_id": request.request_id,
+                **key.params(),
             },
         )
         await _record(
@@ -297,7 +338,17 @@ async def capture_hold(deps, request: ledger_pb2.CaptureHoldRequest) -> ledger_p
             transaction=await _transaction(conn, user_id, row["transaction_id"]),
         )
 
-    return await deps.idempotent(request, ledger_pb2.CaptureHoldResponse, work, user_id=user_id)
+    async def remembered(conn: psycopg.AsyncConnection) -> ledger_pb2.CaptureHoldResponse:
+        holder = await request_holder(conn, key)
+        # A captured hold never changes again.
+        return ledger_pb2.CaptureHoldResponse(
+            hold=await _hold(conn, user_id, holder["hold_id"]),
+            transaction=await _first_transaction(conn, user_id, holder["transaction_id"]),
+        )
+
+    return await deps.idempotent(
+        request, ledger_pb2.CaptureHoldResponse, work, user_id=user_id, key=key, remembered=remembered
+    )
 
 
 async def release_hold(deps, request: ledger_pb2.ReleaseHoldRequest) -> ledger_pb2.ReleaseHoldResponse:
@@ -305,13 +356,21 @@ async def release_hold(deps, request: ledger_pb2.ReleaseHoldRequest) -> ledger_p
     user_id = v.uuid("user_id", request.user_id)
     hold_id = v.uuid("hold_id", request.hold_id)
     v.raise_if_any()
+    key = request_key(request, user_id=user_id)
 
     async def work(conn: psycopg.AsyncConnection) -> ledger_pb2.ReleaseHoldResponse:
-        await execute(conn, "ledger_release_hold", {"user_id": user_id, "hold_id": hold_id})
+        await execute(conn, "ledger_release_hold", {"user_id": user_id, "hold_id": hold_id, **key.params()})
         await _record(conn, "ReleaseHold", "hold", hold_id, user_id)
         return ledger_pb2.ReleaseHoldResponse(hold=await _hold(conn, user_id, hold_id))
 
-    return await deps.idempotent(request, ledger_pb2.ReleaseHoldResponse, work, user_id=user_id)
+    async def remembered(conn: psycopg.AsyncConnection) -> ledger_pb2.ReleaseHoldResponse:
+        holder = await request_holder(conn, key)
+        # A released hold never changes again.
+        return ledger_pb2.ReleaseHoldResponse(hold=await _hold(conn, user_id, holder["hold_id"]))
+
+    return await deps.idempotent(
+        request, ledger_pb2.ReleaseHoldResponse, work, user_id=user_id, key=key, remembered=remembered
+    )
 
 
 async def sweep_expired_holds(deps, *, batch: int = 500) -> int:

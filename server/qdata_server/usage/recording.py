@@ -12,6 +12,11 @@ per chunk (usage_record_batch): each item runs in its own subtransaction, so it 
 fails on its own, and the chunk pays one commit instead of one per record. Items share
 RecordUsage's idempotency keys (same method, fingerprint and user scope), so a record sent by
 either RPC replays through the other.
+
+A billed record moves money, so its charge (or hold capture) carries its key forever
+(0009_ledger_request_keys.sql): a replay whose idempotency record was purged gets the record
+back from there (`_remembered`), never a second charge. An unbilled record moves no money and is
+remembered for the retention only; a replay after that records it again.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from qdata_server import callctx
 from qdata_server.db.constraints import error_for
 from qdata_server.db.sql import execute, fetch_all, fetch_one
 from qdata_server.db.transactions import acting_for
-from qdata_server.errors import AlreadyExists, Internal, InvalidArgument, QdataError, invalid
-from qdata_server.idempotency import check_request_id, fingerprint
+from qdata_server.errors import Internal, InvalidArgument, QdataError, RequestRemembered, invalid
+from qdata_server.idempotency import RequestKey, check_request_id, fingerprint, request_key, reused
+from qdata_server.ledger.operations import request_holder
 from qdata_server.usage import convert, rules
 from qdata_server.validation import Violations
 
@@ -134,16 +140,44 @@ def _actor() -> str:
     return ctx.actor if ctx else "cli"
 
 
+# How far a record's call time may lie from its charge's creation (rules.MAX_CALL_AGE and
+# MAX_CALL_AHEAD are checked against the server's clock just before the transaction starts).
+_CALL_TIME_SLACK = datetime.timedelta(hours=1)
+
+
+async def _remembered(conn: psycopg.AsyncConnection, key: RequestKey) -> usage_pb2.RecordUsageResponse:
+    """The first answer to a billed record whose idempotency record is gone, from its ledger row."""
+    holder = await request_holder(conn, key)
+    row = await fetch_one(
+        conn,
+        "usage_remembered_record",
+        {
+            "user_id": key.user_id,
+            "transaction_id": holder["transaction_id"],
+            "earliest": holder["created_at"] - rules.MAX_CALL_AGE - _CALL_TIME_SLACK,
+            "latest": holder["created_at"] + rules.MAX_CALL_AHEAD + _CALL_TIME_SLACK,
+        },
+    )
+    if row is None:
+        raise Internal("internal error: a remembered usage record was not found")
+    return usage_pb2.RecordUsageResponse(record=convert.usage_record(row))
+
+
 async def record_usage(deps, request: usage_pb2.RecordUsageRequest) -> usage_pb2.RecordUsageResponse:
     call = parse(request, datetime.datetime.now(datetime.UTC))
+    key = request_key(request, user_id=call.user_id)
 
     async def work(conn: psycopg.AsyncConnection) -> usage_pb2.RecordUsageResponse:
-        row = await fetch_one(
-            conn, "usage_record", {**call.params(), "request_id": request.request_id, "actor": _actor()}
-        )
+        # The key's actor is also the audit event's (they differ only outside a call, as when seeding).
+        row = await fetch_one(conn, "usage_record", {**call.params(), **key.params()})
         return usage_pb2.RecordUsageResponse(record=convert.usage_record(row))
 
-    return await deps.idempotent(request, usage_pb2.RecordUsageResponse, work, user_id=call.user_id)
+    async def remembered(conn: psycopg.AsyncConnection) -> usage_pb2.RecordUsageResponse:
+        return await _remembered(conn, key)
+
+    return await deps.idempotent(
+        request, usage_pb2.RecordUsageResponse, work, user_id=call.user_id, key=key, remembered=remembered
+    )
 
 
 def _failure(index: int, error: QdataError) -> usage_pb2.RecordUsageResult:
@@ -154,12 +188,6 @@ def _failure(index: int, error: QdataError) -> usage_pb2.RecordUsageResult:
         error_reason=error.reason,
         error_message=error.message,
         error_fields=fields,
-    )
-
-
-def _reused() -> AlreadyExists:
-    return AlreadyExists(
-        "request_id was already used for a different request; use a new request_id", reason="REQUEST_ID_REUSED"
     )
 
 
@@ -212,12 +240,22 @@ async def _record_chunk(
             results[item.index] = usage_pb2.RecordUsageResult(index=item.index, record=response.record)
         elif row["status"] == "claimed":
             if row["stored_method"] != METHOD or bytes(row["stored_hash"]) != item.request_hash:
-                results[item.index] = _failure(item.index, _reused())
+                results[item.index] = _failure(item.index, reused())
             else:
                 first = usage_pb2.RecordUsageResponse.FromString(bytes(row["stored_response"]))
                 results[item.index] = usage_pb2.RecordUsageResult(index=item.index, record=first.record)
         else:
             error = error_for(row["error_constraint"], row["error_detail"])
+            if isinstance(error, RequestRemembered):
+                # Billed before, its idempotency record since purged: the ledger row answers.
+                key = RequestKey(item.call.user_id, actor, item.request.request_id, METHOD, item.request_hash)
+                try:
+                    first = await _remembered(conn, key)
+                except QdataError as remembered_error:
+                    results[item.index] = _failure(item.index, remembered_error)
+                else:
+                    results[item.index] = usage_pb2.RecordUsageResult(index=item.index, record=first.record)
+                continue
             if error is None:
                 # A constraint nobody maps is an invariant the server should have kept: a bug.
                 log.error(
@@ -273,7 +311,7 @@ async def record_usage_batch(deps, request: usage_pb2.RecordUsageBatchRequest) -
 
     for index, original, request_hash in repeats:
         if request_hash != original.request_hash:
-            results[index] = _failure(index, _reused())
+            results[index] = _failure(index, reused())
         else:
             replay = usage_pb2.RecordUsageResult()
             replay.CopyFrom(results[original.index])

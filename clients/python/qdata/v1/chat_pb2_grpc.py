@@ -56,8 +56,9 @@ class ChatServiceStub:
     Every mutating request takes a request_id, scoped to the calling service and the user: a replay
     with the same parameters returns the first response without a second effect, also when replays
     arrive concurrently; the same request_id with different parameters (or for another RPC) fails
-    with ALREADY_EXISTS (reason REQUEST_ID_REUSED). Accepted request_ids are remembered for at least
-    24 hours. A rejected request leaves no trace, so it can be corrected and retried under the same
+    with ALREADY_EXISTS (reason REQUEST_ID_REUSED). Accepted request_ids are remembered for the
+    server's idempotency retention (7 days unless the operator sets another); a replay after that
+    is a new request. A rejected request leaves no trace, so it can be corrected and retried under the same
     request_id. Reads need the chat.read permission and writes chat.write; without it a call fails
     with PERMISSION_DENIED.
     """
@@ -156,8 +157,9 @@ class ChatServiceServicer:
     Every mutating request takes a request_id, scoped to the calling service and the user: a replay
     with the same parameters returns the first response without a second effect, also when replays
     arrive concurrently; the same request_id with different parameters (or for another RPC) fails
-    with ALREADY_EXISTS (reason REQUEST_ID_REUSED). Accepted request_ids are remembered for at least
-    24 hours. A rejected request leaves no trace, so it can be corrected and retried under the same
+    with ALREADY_EXISTS (reason REQUEST_ID_REUSED). Accepted request_ids are remembered for the
+    server's idempotency retention (7 days unless the operator sets another); a replay after that
+    is a new request. A rejected request leaves no trace, so it can be corrected and retried under the same
     request_id. Reads need the chat.read permission and writes chat.write; without it a call fails
     with PERMISSION_DENIED.
     """
@@ -380,8 +382,9 @@ class ChatService:
     Every mutating request takes a request_id, scoped to the calling service and the user: a replay
     with the same parameters returns the first response without a second effect, also when replays
     arrive concurrently; the same request_id with different parameters (or for another RPC) fails
-    with ALREADY_EXISTS (reason REQUEST_ID_REUSED). Accepted request_ids are remembered for at least
-    24 hours. A rejected request leaves no trace, so it can be corrected and retried under the same
+    with ALREADY_EXISTS (reason REQUEST_ID_REUSED). Accepted request_ids are remembered for the
+    server's idempotency retention (7 days unless the operator sets another); a replay after that
+    is a new request. A rejected request leaves no trace, so it can be corrected and retried under the same
     request_id. Reads need the chat.read permission and writes chat.write; without it a call fails
     with PERMISSION_DENIED.
     """

@@ -48,10 +48,14 @@ class LedgerServiceStub:
     request acts for (the sender for Transfer), so two callers or two users never collide. A replay
     with the same parameters returns the first response without a second effect, also when the
     replays arrive concurrently; the same request_id with different parameters (or for another RPC)
-    fails with ALREADY_EXISTS (reason REQUEST_ID_REUSED). Accepted requests are remembered for as
-    long as the ledger keeps their effect, which is forever. A rejected request is not stored (as at
-    Stripe): this includes validation errors and business rejections such as INSUFFICIENT_FUNDS, so
-    the same request_id may be retried after the input is corrected or funds are added.
+    fails with ALREADY_EXISTS (reason REQUEST_ID_REUSED). Every mutating RPC here moves money, and
+    its accepted request_ids are remembered forever, whatever the server's idempotency retention:
+    the transaction or hold a request created (for ReleaseHold, the hold's release) carries its
+    request_id, method and parameters, so a replay that arrives after the retention still gets the
+    first response (the transaction or hold as that request left it) and never a second effect. A
+    rejected request is not stored (as at Stripe): this includes validation errors and business
+    rejections such as INSUFFICIENT_FUNDS, so the same request_id may be retried after the input is
+    corrected or funds are added.
 
     Reads need the ledger.read permission, writes ledger.write and VerifyLedger ledger.admin;
     without it a call fails with PERMISSION_DENIED.
@@ -148,10 +152,14 @@ class LedgerServiceServicer:
     request acts for (the sender for Transfer), so two callers or two users never collide. A replay
     with the same parameters returns the first response without a second effect, also when the
     replays arrive concurrently; the same request_id with different parameters (or for another RPC)
-    fails with ALREADY_EXISTS (reason REQUEST_ID_REUSED). Accepted requests are remembered for as
-    long as the ledger keeps their effect, which is forever. A rejected request is not stored (as at
-    Stripe): this includes validation errors and business rejections such as INSUFFICIENT_FUNDS, so
-    the same request_id may be retried after the input is corrected or funds are added.
+    fails with ALREADY_EXISTS (reason REQUEST_ID_REUSED). Every mutating RPC here moves money, and
+    its accepted request_ids are remembered forever, whatever the server's idempotency retention:
+    the transaction or hold a request created (for ReleaseHold, the hold's release) carries its
+    request_id, method and parameters, so a replay that arrives after the retention still gets the
+    first response (the transaction or hold as that request left it) and never a second effect. A
+    rejected request is not stored (as at Stripe): this includes validation errors and business
+    rejections such as INSUFFICIENT_FUNDS, so the same request_id may be retried after the input is
+    corrected or funds are added.
 
     Reads need the ledger.read permission, writes ledger.write and VerifyLedger ledger.admin;
     without it a call fails with PERMISSION_DENIED.
@@ -394,10 +402,14 @@ class LedgerService:
     request acts for (the sender for Transfer), so two callers or two users never collide. A replay
     with the same parameters returns the first response without a second effect, also when the
     replays arrive concurrently; the same request_id with different parameters (or for another RPC)
-    fails with ALREADY_EXISTS (reason REQUEST_ID_REUSED). Accepted requests are remembered for as
-    long as the ledger keeps their effect, which is forever. A rejected request is not stored (as at
-    Stripe): this includes validation errors and business rejections such as INSUFFICIENT_FUNDS, so
-    the same request_id may be retried after the input is corrected or funds are added.
+    fails with ALREADY_EXISTS (reason REQUEST_ID_REUSED). Every mutating RPC here moves money, and
+    its accepted request_ids are remembered forever, whatever the server's idempotency retention:
+    the transaction or hold a request created (for ReleaseHold, the hold's release) carries its
+    request_id, method and parameters, so a replay that arrives after the retention still gets the
+    first response (the transaction or hold as that request left it) and never a second effect. A
+    rejected request is not stored (as at Stripe): this includes validation errors and business
+    rejections such as INSUFFICIENT_FUNDS, so the same request_id may be retried after the input is
+    corrected or funds are added.
 
     Reads need the ledger.read permission, writes ledger.write and VerifyLedger ledger.admin;
     without it a call fails with PERMISSION_DENIED.

@@ -62,8 +62,12 @@ class UsageServiceStub:
     user the request acts for (the catalog for UpsertModel): a replay with the same parameters
     returns the first response without a second effect, also when replays arrive concurrently; the
     same request_id with different parameters (or for another RPC) fails with ALREADY_EXISTS
-    (reason REQUEST_ID_REUSED). A rejected request, including one rejected with
-    INSUFFICIENT_FUNDS, is not stored, so the same request_id may be retried once the cause is
+    (reason REQUEST_ID_REUSED). How long an accepted request_id is remembered depends on whether
+    money moved: a billed record's request_id is remembered forever (its ledger charge carries it),
+    so a replay however late never bills twice; any other request (an unbilled record, UpsertModel,
+    RateModel) is remembered for the server's idempotency retention (7 days unless the operator sets
+    another), and a replay after that is a new request. A rejected request, including one rejected
+    with INSUFFICIENT_FUNDS, is not stored, so the same request_id may be retried once the cause is
     fixed. Reads need the usage.read permission, RecordUsage, RecordUsageBatch and RateModel need
     usage.write, and UpsertModel catalog.write; without it a call fails with PERMISSION_DENIED.
     """
@@ -168,8 +172,12 @@ class UsageServiceServicer:
     user the request acts for (the catalog for UpsertModel): a replay with the same parameters
     returns the first response without a second effect, also when replays arrive concurrently; the
     same request_id with different parameters (or for another RPC) fails with ALREADY_EXISTS
-    (reason REQUEST_ID_REUSED). A rejected request, including one rejected with
-    INSUFFICIENT_FUNDS, is not stored, so the same request_id may be retried once the cause is
+    (reason REQUEST_ID_REUSED). How long an accepted request_id is remembered depends on whether
+    money moved: a billed record's request_id is remembered forever (its ledger charge carries it),
+    so a replay however late never bills twice; any other request (an unbilled record, UpsertModel,
+    RateModel) is remembered for the server's idempotency retention (7 days unless the operator sets
+    another), and a replay after that is a new request. A rejected request, including one rejected
+    with INSUFFICIENT_FUNDS, is not stored, so the same request_id may be retried once the cause is
     fixed. Reads need the usage.read permission, RecordUsage, RecordUsageBatch and RateModel need
     usage.write, and UpsertModel catalog.write; without it a call fails with PERMISSION_DENIED.
     """
@@ -401,8 +409,12 @@ class UsageService:
     user the request acts for (the catalog for UpsertModel): a replay with the same parameters
     returns the first response without a second effect, also when replays arrive concurrently; the
     same request_id with different parameters (or for another RPC) fails with ALREADY_EXISTS
-    (reason REQUEST_ID_REUSED). A rejected request, including one rejected with
-    INSUFFICIENT_FUNDS, is not stored, so the same request_id may be retried once the cause is
+    (reason REQUEST_ID_REUSED). How long an accepted request_id is remembered depends on whether
+    money moved: a billed record's request_id is remembered forever (its ledger charge carries it),
+    so a replay however late never bills twice; any other request (an unbilled record, UpsertModel,
+    RateModel) is remembered for the server's idempotency retention (7 days unless the operator sets
+    another), and a replay after that is a new request. A rejected request, including one rejected
+    with INSUFFICIENT_FUNDS, is not stored, so the same request_id may be retried once the cause is
     fixed. Reads need the usage.read permission, RecordUsage, RecordUsageBatch and RateModel need
     usage.write, and UpsertModel catalog.write; without it a call fails with PERMISSION_DENIED.
     """

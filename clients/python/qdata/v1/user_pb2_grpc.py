@@ -33,8 +33,10 @@ class UserServiceStub:
     and, for invalid input, a BadRequest listing each field violation. Every mutating request takes a
     request_id: a replay with the same parameters returns the first response without a second effect;
     the same request_id with different parameters fails with ALREADY_EXISTS (reason
-    REQUEST_ID_REUSED). A request rejected for any reason leaves no trace, so it can be corrected and
-    retried under the same request_id.
+    REQUEST_ID_REUSED). Accepted request_ids are remembered for the server's idempotency retention
+    (7 days unless the operator sets another); a replay after that is a new request. A request
+    rejected for any reason leaves no trace, so it can be corrected and retried under the same
+    request_id.
     """
 
     def __init__(self, channel):
@@ -133,8 +135,10 @@ class UserServiceServicer:
     and, for invalid input, a BadRequest listing each field violation. Every mutating request takes a
     request_id: a replay with the same parameters returns the first response without a second effect;
     the same request_id with different parameters fails with ALREADY_EXISTS (reason
-    REQUEST_ID_REUSED). A request rejected for any reason leaves no trace, so it can be corrected and
-    retried under the same request_id.
+    REQUEST_ID_REUSED). Accepted request_ids are remembered for the server's idempotency retention
+    (7 days unless the operator sets another); a replay after that is a new request. A request
+    rejected for any reason leaves no trace, so it can be corrected and retried under the same
+    request_id.
     """
 
     def CreateUser(self, request, context):
@@ -382,8 +386,10 @@ class UserService:
     and, for invalid input, a BadRequest listing each field violation. Every mutating request takes a
     request_id: a replay with the same parameters returns the first response without a second effect;
     the same request_id with different parameters fails with ALREADY_EXISTS (reason
-    REQUEST_ID_REUSED). A request rejected for any reason leaves no trace, so it can be corrected and
-    retried under the same request_id.
+    REQUEST_ID_REUSED). Accepted request_ids are remembered for the server's idempotency retention
+    (7 days unless the operator sets another); a replay after that is a new request. A request
+    rejected for any reason leaves no trace, so it can be corrected and retried under the same
+    request_id.
     """
 
     @staticmethod

@@ -19,11 +19,12 @@ UPDATE idempotency_keys SET response = %(response)s
 
 -- name: purge_request_ids
 -- Forgets up to %(limit)s idempotency records older than %(retention_seconds)s (oldest first,
--- skipping any a replay holds right now); returns how many.
+-- skipping any a replay holds right now, and those kept forever: see 0009_ledger_request_keys.sql);
+-- returns how many.
 WITH doomed AS (
     SELECT user_id, actor, request_id
       FROM idempotency_keys
-     WHERE created_at < now() - make_interval(secs => %(retention_seconds)s)
+     WHERE created_at < now() - make_interval(secs => %(retention_seconds)s) AND NOT kept_forever
      ORDER BY created_at
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED

@@ -1,36 +1,44 @@
 -- name: ledger_deposit
 -- Credits a user (one transaction, two postings); returns the new transaction's id.
 SELECT ledger_deposit(%(user_id)s, %(amount_micros)s, %(currency_code)s, %(source)s, %(external_reference)s,
-                      %(description)s, %(request_id)s) AS transaction_id;
+                      %(description)s, %(request_id)s, %(actor)s, %(method)s, %(request_hash)s) AS transaction_id;
 
 -- name: ledger_charge
 -- Debits a user's available balance for revenue; rejects INSUFFICIENT_FUNDS.
 SELECT ledger_charge(%(user_id)s, %(amount_micros)s, %(currency_code)s, %(description)s, %(reference)s,
-                     %(request_id)s) AS transaction_id;
+                     %(request_id)s, %(actor)s, %(method)s, %(request_hash)s) AS transaction_id;
 
 -- name: ledger_transfer
 -- Moves credits between two users, locking both accounts in user_id order.
 SELECT ledger_transfer(%(from_user_id)s, %(to_user_id)s, %(amount_micros)s, %(currency_code)s, %(description)s,
-                       %(reference)s, %(request_id)s) AS transaction_id;
+                       %(reference)s, %(request_id)s, %(actor)s, %(method)s, %(request_hash)s) AS transaction_id;
 
 -- name: ledger_refund
 -- Returns part of a CHARGE or HOLD_CAPTURE; refunds never exceed the original.
 SELECT ledger_refund(%(user_id)s, %(original_transaction_id)s, %(amount_micros)s, %(description)s,
-                     %(request_id)s) AS transaction_id;
+                     %(request_id)s, %(actor)s, %(method)s, %(request_hash)s) AS transaction_id;
 
 -- name: ledger_create_hold
 -- Reserves credits until the hold is captured, released or expires.
 SELECT ledger_create_hold(%(user_id)s, %(amount_micros)s, %(currency_code)s, %(ttl_seconds)s, %(description)s,
-                          %(reference)s, %(request_id)s) AS hold_id;
+                          %(reference)s, %(request_id)s, %(actor)s, %(method)s, %(request_hash)s) AS hold_id;
 
 -- name: ledger_capture_hold
 -- Charges part or all of an active hold and releases the rest.
 SELECT ledger_capture_hold(%(user_id)s, %(hold_id)s, %(amount_micros)s, %(description)s,
-                           %(request_id)s) AS transaction_id;
+                           %(request_id)s, p_actor => %(actor)s, p_method => %(method)s,
+                           p_request_hash => %(request_hash)s) AS transaction_id;
 
 -- name: ledger_release_hold
 -- Releases an active hold.
-SELECT ledger_release_hold(%(user_id)s, %(hold_id)s);
+SELECT ledger_release_hold(%(user_id)s, %(hold_id)s, %(request_id)s, %(actor)s, %(method)s, %(request_hash)s);
+
+-- name: ledger_request_holder
+-- The ledger row that carries a request's key (its idempotency record may be purged): a
+-- transaction, a hold's creation or its release (see 0009_ledger_request_keys.sql).
+SELECT method, request_hash, transaction_id, hold_id, created_at
+  FROM ledger_request_holder(%(user_id)s, %(actor)s, %(request_id)s)
+ LIMIT 1;
 
 -- name: ledger_sweep_expired_holds
 -- Resolves the expired holds of up to `limit` accounts; returns how many accounts it swept.

@@ -82,8 +82,20 @@ SELECT r.*, p.currency_code
   FROM usage_record(%(user_id)s, %(model_id)s, %(session_id)s, %(input_tokens)s, %(cached_input_tokens)s,
                     %(output_tokens)s, %(reasoning_tokens)s, %(latency_ns)s, %(ttft_ns)s, %(outcome)s,
                     %(error_code)s, %(used_own_provider_key)s, %(hold_id)s, %(called_at)s, %(request_id)s,
-                    %(actor)s) r
+                    %(actor)s, %(method)s, %(request_hash)s) r
   JOIN model_prices p ON p.price_id = r.price_id;
+
+-- name: usage_remembered_record
+-- The usage record billed by a remembered request's ledger transaction (see
+-- 0009_ledger_request_keys.sql), looked for in the call times its charge allows; with its currency.
+SELECT r.usage_record_id, r.request_id, r.user_id, r.model_id, r.session_id, r.input_tokens,
+       r.cached_input_tokens, r.output_tokens, r.reasoning_tokens, r.latency_ns, r.time_to_first_token_ns,
+       r.outcome, r.error_code, r.used_own_provider_key, r.hold_id, r.price_id, r.cost_micros, r.billed,
+       r.ledger_transaction_id, r.overage_transaction_id, r.called_at, r.created_at, p.currency_code
+  FROM usage_records r
+  JOIN model_prices p ON p.price_id = r.price_id
+ WHERE r.user_id = %(user_id)s AND r.called_at BETWEEN %(earliest)s AND %(latest)s
+   AND r.ledger_transaction_id = %(transaction_id)s;
 
 -- name: usage_record_batch
 -- Records a chunk of RecordUsageBatch items, each in its own subtransaction; one result row per
