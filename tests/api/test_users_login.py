@@ -46,6 +46,31 @@ async def user_row(api, user_id: str) -> dict[str, Any]:
     return row
 
 
+async def set_status(api, user_id: str, status: int) -> None:
+    await api.users.UpdateUser(
+        user_pb2.UpdateUserRequest(
+            request_id=rid(), user=user_pb2.User(id=user_id, status=status), update_mask={"paths": ["status"]}
+        )
+    )
+
+
+async def age_failures(api, seconds: float) -> None:
+    """Moves every counted failure and lock `seconds` into the past, as if that much time passed."""
+    shift = {"s": seconds}
+    await sql(
+        api,
+        "UPDATE users SET failed_login_at = failed_login_at - make_interval(secs => %(s)s),"
+        " locked_until = locked_until - make_interval(secs => %(s)s)",
+        shift,
+    )
+    await sql(
+        api,
+        "UPDATE unknown_login_failures SET failed_at = failed_at - make_interval(secs => %(s)s),"
+        " locked_until = locked_until - make_interval(secs => %(s)s)",
+        shift,
+    )
+
+
 async def auth(api, login: str, password: str = PASSWORD) -> user_pb2.AuthenticateResponse:
     return await api.users.Authenticate(user_pb2.AuthenticateRequest(login=login, password=password))
 
@@ -204,17 +229,132 @@ async def test_disabled_user_cannot_log_in(api):
     assert (await user_row(api, user.id))["last_login_at"] is None
 
 
-async def test_parallel_wrong_guesses_cannot_exceed_the_threshold(api):
+async def test_parallel_wrong_guesses_check_at_most_the_threshold(api):
     user = await create_user(api, "alice")
-    replies = await asyncio.gather(*(auth(api, "alice", f"{WRONG} {i}") for i in range(12)))
+    replies = await asyncio.gather(*(auth(api, "alice", f"{WRONG} {i}") for i in range(20)))
     answers = [r.outcome for r in replies]
 
-    assert answers.count(INVALID_CREDENTIALS) <= THRESHOLD
-    assert answers.count(INVALID_CREDENTIALS) + answers.count(LOCKED) == 12
+    # Exactly THRESHOLD attempts were counted, so checked; every other one was refused unchecked.
+    assert answers.count(INVALID_CREDENTIALS) == THRESHOLD
+    assert answers.count(LOCKED) == 20 - THRESHOLD
     row = await user_row(api, user.id)
-    assert row["failed_login_count"] <= THRESHOLD
-    assert row["locked_until"] is not None
+    assert row["failed_login_count"] == THRESHOLD and row["locked_until"] is not None
+    assert (await auth(api, "alice")).outcome == LOCKED  # the right password after them too
+
+
+async def test_disabled_account_right_password_never_locks(api):
+    user = await create_user(api, "alice")
+    await set_status(api, user.id, user_pb2.USER_STATUS_DISABLED)
+
+    # A right password is not a failure: it answers DISABLED however often it is given.
+    assert await outcomes(api, "alice", [PASSWORD] * (2 * THRESHOLD)) == [DISABLED] * (2 * THRESHOLD)
+    # It clears the failures before it, as a successful login does.
+    below = [WRONG] * (THRESHOLD - 1)
+    assert await outcomes(api, "alice", [*below, PASSWORD, *below, PASSWORD]) == [
+        *[INVALID_CREDENTIALS] * (THRESHOLD - 1),
+        DISABLED,
+        *[INVALID_CREDENTIALS] * (THRESHOLD - 1),
+        DISABLED,
+    ]
+    row = await user_row(api, user.id)
+    assert (row["failed_login_count"], row["locked_until"], row["last_login_at"]) == (0, None, None)
+
+    await set_status(api, user.id, user_pb2.USER_STATUS_ACTIVE)
+    assert (await auth(api, "alice")).outcome == SUCCESS
+
+
+async def test_disabled_account_still_locks_after_wrong_passwords(api):
+    user = await create_user(api, "alice")
+    await set_status(api, user.id, user_pb2.USER_STATUS_DISABLED)
+    assert await outcomes(api, "alice", [WRONG] * THRESHOLD) == [INVALID_CREDENTIALS] * THRESHOLD
+    # Guessing a disabled account's password is limited like any other.
     assert (await auth(api, "alice")).outcome == LOCKED
+
+
+async def test_unknown_and_real_logins_answer_the_same_sequence(api):
+    await create_user(api, "alice")
+    attempts = THRESHOLD + 3
+
+    def observed(reply: user_pb2.AuthenticateResponse) -> tuple[int, bool, bool]:
+        locked_for = seconds_from_now(reply.locked_until_time) if reply.HasField("locked_until_time") else None
+        return reply.outcome, reply.HasField("user"), locked_for is not None and 50 < locked_for <= 61
+
+    sequences = {}
+    for login in ("alice", "bob", "carol@example.com"):
+        sequences[login] = [observed(await auth(api, login, f"{WRONG} {i}")) for i in range(attempts)]
+    expected = [(INVALID_CREDENTIALS, False, False)] * THRESHOLD + [(LOCKED, False, True)] * (attempts - THRESHOLD)
+    assert sequences == {"alice": expected, "bob": expected, "carol@example.com": expected}
+
+    # Other spellings of a login share its count, for a real login and an unknown one alike; the
+    # right password of the real one is refused as well.
+    assert (await auth(api, "ALICE@Example.com")).outcome == LOCKED
+    assert (await auth(api, " BOB ")).outcome == LOCKED
+    assert (await auth(api, "Carol@EXAMPLE.com")).outcome == LOCKED
+    # A login never tried is untouched.
+    assert (await auth(api, "dave", WRONG)).outcome == INVALID_CREDENTIALS
+
+
+async def test_parallel_guesses_at_an_unknown_login_lock_it_like_a_real_one(api):
+    await create_user(api, "alice")
+    for login in ("alice", "nobody"):
+        replies = await asyncio.gather(*(auth(api, login, f"{WRONG} {i}") for i in range(20)))
+        answers = [r.outcome for r in replies]
+        assert (answers.count(INVALID_CREDENTIALS), answers.count(LOCKED)) == (THRESHOLD, 20 - THRESHOLD), login
+
+
+async def test_failures_are_forgotten_a_lockout_period_after_the_last_one(api):
+    await create_user(api, "alice")
+    period = TEST_SETTINGS.lockout_seconds
+    below = [WRONG] * (THRESHOLD - 1)
+    seen: dict[str, list[int]] = {"alice": [], "bob": []}
+
+    async def each(passwords: list[str]) -> None:
+        for login, answers in seen.items():
+            answers.extend(await outcomes(api, login, passwords))
+
+    await each(below)
+    await age_failures(api, period - 10)  # still remembered: one more failure locks
+    await each([WRONG, WRONG])
+    await age_failures(api, period + 1)  # the lock is over and its failures forgotten
+    await each(below)
+    await age_failures(api, period + 1)  # forgotten again: a full count is needed to lock
+    await each([*below, WRONG, WRONG])
+
+    expected = [
+        *[INVALID_CREDENTIALS] * (THRESHOLD - 1),
+        INVALID_CREDENTIALS,
+        LOCKED,
+        *[INVALID_CREDENTIALS] * (THRESHOLD - 1),
+        *[INVALID_CREDENTIALS] * (THRESHOLD - 1),
+        INVALID_CREDENTIALS,
+        LOCKED,
+    ]
+    assert seen == {"alice": expected, "bob": expected}
+
+
+async def test_unknown_logins_are_kept_as_digests_and_only_for_the_lockout_period(api):
+    await create_user(api, "alice")
+    assert (await auth(api, "alice", WRONG)).outcome == INVALID_CREDENTIALS
+    assert await sql(api, "SELECT 1 FROM unknown_login_failures") == []  # a real login counts on its user
+
+    logins = ["bob", "carol@example.com", "dave"]
+    for login in logins:
+        assert (await auth(api, login, WRONG)).outcome == INVALID_CREDENTIALS
+    rows = await sql(api, "SELECT login_digest, failed_count FROM unknown_login_failures")
+    assert sorted(r["failed_count"] for r in rows) == [1, 1, 1]
+    digests = [bytes(r["login_digest"]) for r in rows]
+    assert all(len(d) == 32 for d in digests)
+    assert not any(login.encode() in d for login in logins for d in digests)
+    # A pepper of its own gives other digests: without the configuration, guesses cannot be
+    # hashed and compared with the table.
+    async with other_server(api, password_pepper="a-pepper-from-the-config") as peppered:
+        assert (await auth(peppered, "bob", WRONG)).outcome == INVALID_CREDENTIALS
+    assert len(await sql(api, "SELECT 1 FROM unknown_login_failures")) == 4
+
+    # Once their failures are forgotten, the rows go with the next unknown-login attempts.
+    await age_failures(api, TEST_SETTINGS.lockout_seconds + 1)
+    assert (await auth(api, "erin", WRONG)).outcome == INVALID_CREDENTIALS
+    assert [r["failed_count"] for r in await sql(api, "SELECT failed_count FROM unknown_login_failures")] == [1]
 
 
 # ---- Password hashing ---------------------------------------------------------------------------
@@ -376,3 +516,44 @@ async def test_wrong_current_passwords_count_toward_the_lockout(api):
     assert error_info(error).metadata["locked_until"]
     assert (await auth(api, "alice")).outcome == LOCKED
     assert (await auth(api, "alice", "a brand new passphrase")).outcome == LOCKED
+
+
+async def test_parallel_wrong_current_passwords_check_at_most_the_threshold(api):
+    user = await create_user(api, "alice")
+    old_hash = (await user_row(api, user.id))["password_hash"]
+    chosen = "the attacker's choice"
+
+    async def attempt(current: str) -> str:
+        try:
+            await api.users.ChangePassword(change(user.id, current, chosen))
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
+            return error_info(error).reason
+        return "CHANGED"
+
+    reasons = await asyncio.gather(*(attempt(f"{WRONG} {i}") for i in range(20)))
+    assert reasons.count("WRONG_PASSWORD") == THRESHOLD
+    assert reasons.count("ACCOUNT_LOCKED") == 20 - THRESHOLD
+
+    # The right password after them is refused too, and the password stays what it was.
+    assert await attempt(PASSWORD) == "ACCOUNT_LOCKED"
+    assert (await user_row(api, user.id))["password_hash"] == old_hash
+    assert (await auth(api, "alice", chosen)).outcome == LOCKED
+    locks = await sql(api, "SELECT summary FROM audit_events WHERE action = 'users.AccountLocked'")
+    assert [e["summary"]["failed_login_count"] for e in locks] == [THRESHOLD]
+
+
+async def test_authenticate_and_change_password_share_one_count(api):
+    user = await create_user(api, "alice")
+
+    async def change_with(current: str) -> int:
+        try:
+            await api.users.ChangePassword(change(user.id, current, "a brand new passphrase"))
+        except grpc.aio.AioRpcError as error:
+            return {"WRONG_PASSWORD": INVALID_CREDENTIALS, "ACCOUNT_LOCKED": LOCKED}[error_info(error).reason]
+        return SUCCESS
+
+    calls = [change_with(f"{WRONG} {i}") if i % 2 else auth(api, "alice", f"{WRONG} {i}") for i in range(20)]
+    answers = [a if isinstance(a, int) else a.outcome for a in await asyncio.gather(*calls)]
+    assert answers.count(INVALID_CREDENTIALS) == THRESHOLD
+    assert answers.count(LOCKED) == 20 - THRESHOLD

@@ -38,7 +38,7 @@ def test_sql_before_first_name_is_an_error():
 
 def test_shipped_queries_load_and_unknown_name_fails():
     names = sql.names()
-    assert {"insert_user", "claim_request_id", "begin_login_attempt"} <= set(names)
+    assert {"insert_user", "claim_request_id", "reserve_password_check"} <= set(names)
     assert all(sql.query(name).strip() for name in names)
     with pytest.raises(sql.SqlError, match="unknown query"):
         sql.query("no_such_query")

@@ -1,14 +1,18 @@
 """Login and password changes, with an atomic lockout counter.
 
-Authenticate counts the attempt in the database before it checks the password (one UPDATE that
-also refuses a locked account), so parallel wrong guesses can never exceed the threshold: the
-attempt that reaches it locks the account at once, and only a correct password clears the lock.
-The password check (bcrypt or legacy PBKDF2) runs off the event loop and outside any transaction.
+Authenticate and ChangePassword share one mechanism (`_reserve_check`): the attempt is counted in
+the database before the password is checked, in the statement that also refuses a locked account
+(reserve_password_check, 0010_login_lockout_reservations.sql), so however many guesses arrive at
+once no more than the threshold are ever checked: the attempt that reaches it locks the account at
+once. A right password clears the count, also when it cannot log in (a disabled account); a wrong
+one stays counted. A login that names no user is counted the same way under a keyed digest, so
+that it answers exactly the sequence a real login answers and cannot be told from one. The
+password check (bcrypt or legacy PBKDF2, or a dummy bcrypt for an unknown login) runs off the event
+loop and outside any transaction.
 """
 
 from __future__ import annotations
 
-import datetime
 import uuid
 from typing import Any
 
@@ -17,10 +21,10 @@ import psycopg
 from qdata.v1 import user_pb2
 from qdata_server import audit
 from qdata_server.db.sql import fetch_one
-from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
+from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, Acting, acting_for
 from qdata_server.errors import Aborted, FailedPrecondition
 from qdata_server.users import convert, rules
-from qdata_server.users.accounts import load_live_user, user_not_found
+from qdata_server.users.accounts import user_not_found
 from qdata_server.validation import Violations
 
 MAX_LOGIN_LENGTH = 254
@@ -41,27 +45,20 @@ async def authenticate(deps, request: user_pb2.AuthenticateRequest) -> user_pb2.
     v.raise_if_any()
     # Emails are stored lower-cased after NFC; a login is compared the same way.
     login = login if "@" not in login else _normalized_email_or_raw(login)
-    lockout = {"login": login, "threshold": settings.lockout_threshold, "lock_seconds": settings.lockout_seconds}
-
-    async def begin(conn: psycopg.AsyncConnection) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        row = await fetch_one(conn, "begin_login_attempt", lockout)
-        if row is not None:
-            return row, None
-        return None, await fetch_one(conn, "get_lock", {"login": login})
-
     # A login names an email or username, not a user id: finding its user is a cross-user path.
-    row, lock = await deps.transaction(begin, acting=ACTING_FOR_ALL_USERS)
-    if lock is not None:
+    row = await _reserve_check(deps, ACTING_FOR_ALL_USERS, login=login)
+    assert row is not None  # a login is always counted, against its user or as unknown
+    if not row["checked"]:
         return user_pb2.AuthenticateResponse(
-            outcome=user_pb2.AUTHENTICATE_OUTCOME_LOCKED, locked_until_time=convert.timestamp(lock["locked_until"])
+            outcome=user_pb2.AUTHENTICATE_OUTCOME_LOCKED, locked_until_time=convert.timestamp(row["locked_until"])
         )
     # Unknown logins verify against a dummy hash, so they take as long as a wrong password.
-    check = await deps.passwords.verify(request.password, row["password_hash"] if row else None)
-    if row is None or not check.ok:
-        if row is not None and row["locked_until"] is not None:
-            await _audit_lock(deps, row)
+    check = await deps.passwords.verify(request.password, row["password_hash"])
+    if row["user_id"] is None or not check.ok:
+        await _audit_lock(deps, row)
         return user_pb2.AuthenticateResponse(outcome=user_pb2.AUTHENTICATE_OUTCOME_INVALID_CREDENTIALS)
     if row["status"] == "disabled":
+        await _clear_failures(deps, row["user_id"])
         return user_pb2.AuthenticateResponse(outcome=user_pb2.AUTHENTICATE_OUTCOME_DISABLED)
 
     new_hash = await deps.passwords.hash(request.password) if check.needs_rehash else None
@@ -93,9 +90,35 @@ def _normalized_email_or_raw(login: str) -> str:
     return normalized or login
 
 
+async def _reserve_check(
+    deps, acting: Acting, *, user_id: uuid.UUID | None = None, login: str | None = None
+) -> dict[str, Any] | None:
+    """Counts one password check for a user id or a login before it runs (see the module doc).
+
+    Returns the reservation: `checked` true with the user's id, status and password hash (all
+    None for an unknown login) when the password may be checked, `checked` false with
+    `locked_until` when it is locked; None for a user id that names no live user.
+    """
+    params = {
+        "user_id": user_id,
+        "login": login,
+        "login_digest": deps.passwords.login_digest(login) if login is not None else None,
+        "threshold": deps.settings.lockout_threshold,
+        "lock_seconds": deps.settings.lockout_seconds,
+    }
+    return await deps.transaction(lambda conn: fetch_one(conn, "reserve_password_check", params), acting=acting)
+
+
+async def _clear_failures(deps, user_id: uuid.UUID) -> None:
+    """Forgets the user's counted failures and lock: a right password was given."""
+    await deps.transaction(
+        lambda conn: fetch_one(conn, "clear_failed_logins", {"user_id": user_id}), acting=acting_for(user_id)
+    )
+
+
 async def _audit_lock(deps, row: dict[str, Any]) -> None:
-    """Records that this failure locked the account (the count reached the threshold)."""
-    if row["failed_login_count"] != deps.settings.lockout_threshold:
+    """Records that this failure locked an account (its count reached the threshold)."""
+    if row["user_id"] is None or row["failed_count"] != deps.settings.lockout_threshold:
         return
 
     async def work(conn: psycopg.AsyncConnection) -> None:
@@ -105,7 +128,7 @@ async def _audit_lock(deps, row: dict[str, Any]) -> None:
             target_type="user",
             target_id=str(row["user_id"]),
             user_id=row["user_id"],
-            summary={"failed_login_count": row["failed_login_count"], "locked_until": row["locked_until"].isoformat()},
+            summary={"failed_login_count": row["failed_count"], "locked_until": row["locked_until"].isoformat()},
         )
 
     await deps.transaction(work, acting=acting_for(row["user_id"]))
@@ -124,8 +147,10 @@ async def change_password(deps, request: user_pb2.ChangePasswordRequest) -> user
     # A replay of a change that already happened must return its first answer, though the
     # current password no longer matches: the idempotency record decides before any check.
     if not await deps.replayed(request, user_id=user_id):
-        row = await deps.transaction(lambda conn: load_live_user(conn, user_id), acting=acting_for(user_id))
-        if row["locked_until"] is not None and row["locked_until"] > datetime.datetime.now(datetime.UTC):
+        row = await _reserve_check(deps, acting_for(user_id), user_id=user_id)
+        if row is None:
+            raise user_not_found()
+        if not row["checked"]:
             raise FailedPrecondition(
                 "the account is locked after too many failed attempts",
                 reason="ACCOUNT_LOCKED",
@@ -133,8 +158,11 @@ async def change_password(deps, request: user_pb2.ChangePasswordRequest) -> user
             )
         check = await deps.passwords.verify(request.current_password, row["password_hash"])
         if not check.ok:
-            await _count_failure(deps, user_id)
+            await _audit_lock(deps, row)
             raise FailedPrecondition("current_password does not match", reason="WRONG_PASSWORD")
+        # Cleared now rather than with the change, so that a change that fails later (a concurrent
+        # change, a database error) does not leave a right password counted as a failure.
+        await _clear_failures(deps, user_id)
         old_hash = row["password_hash"]
     else:
         old_hash = None
@@ -163,12 +191,3 @@ async def change_password(deps, request: user_pb2.ChangePasswordRequest) -> user
         user_id=user_id,
         secret_fields=("current_password", "new_password"),
     )
-
-
-async def _count_failure(deps, user_id: uuid.UUID) -> None:
-    params = {
-        "user_id": user_id,
-        "threshold": deps.settings.lockout_threshold,
-        "lock_seconds": deps.settings.lockout_seconds,
-    }
-    await deps.transaction(lambda conn: fetch_one(conn, "count_failed_password", params), acting=acting_for(user_id))

@@ -3,7 +3,8 @@
 bcrypt reads at most 72 bytes (bcrypt 5 raises beyond), so the password is first reduced to
 HMAC-SHA-256(pepper, password), base64-encoded (44 bytes): every byte of any length counts, and
 the optional pepper keeps a stolen table useless without the configuration. bcrypt and PBKDF2
-both run in a worker thread, off the event loop.
+both run in a worker thread, off the event loop. The same pepper keys the digests under which
+failures of unknown logins are counted (`login_digest`), so the table of those never holds a login.
 
 Stored formats:
 - current:  "bcrypt-hmac-sha256$" + bcrypt hash ("$2b$12$...")
@@ -95,6 +96,8 @@ class PasswordHasher:
     def __init__(self, settings: Settings, dummy_hash: str):
         self._cost = settings.bcrypt_cost
         self._pepper = settings.password_pepper.encode("utf-8")
+        # A key of its own for login digests, so that no login digest is ever a password's pre-hash.
+        self._login_key = hmac.new(self._pepper, b"qdata/unknown-login-key/v1", hashlib.sha256).digest()
         # A hash of a random password at the current cost, verified for unknown users so that
         # an unknown login takes about as long as a wrong password.
         self._dummy_hash = dummy_hash
@@ -104,6 +107,14 @@ class PasswordHasher:
         probe = cls(settings, "")
         dummy = await probe.hash(base64.b64encode(hashlib.sha256(str(id(probe)).encode()).digest()).decode())
         return cls(settings, dummy)
+
+    def login_digest(self, login: str) -> bytes:
+        """The key under which failures of a login that names no user are counted (32 bytes).
+
+        Keyed with the pepper, so the unknown logins people tried (often mistyped addresses) cannot
+        be recovered from the table by hashing guesses without the configuration.
+        """
+        return hmac.new(self._login_key, login.encode("utf-8"), hashlib.sha256).digest()
 
     def _prehash(self, password: str) -> bytes:
         digest = hmac.new(self._pepper, password.encode("utf-8"), hashlib.sha256).digest()

@@ -188,20 +188,30 @@ class UserServiceServicer:
     def Authenticate(self, request, context):
         """Checks a login (email or username, and password). A wrong password, an unknown user and a
         deleted user give the same answer (AUTHENTICATE_OUTCOME_INVALID_CREDENTIALS) in about the same
-        time. Every attempt is counted atomically before the password is checked; after
-        lockout_threshold consecutive failures the account is locked for the configured period, and
-        the answer says when it unlocks. Success resets the count, records the login time and upgrades
-        an outdated password hash. Login failures are answers, not errors, so that callers can tell
-        them from a failure of their own credentials; only malformed input fails (INVALID_ARGUMENT).
+        time. Every attempt is counted atomically before the password is checked, together with the
+        current passwords given to ChangePassword, so no more than lockout_threshold passwords are
+        checked per lockout period however many attempts arrive at once: the attempt that reaches the
+        threshold locks the account for the configured period, and later attempts answer
+        AUTHENTICATE_OUTCOME_LOCKED (even with the right password) with the time it unlocks. Failures
+        are forgotten once the last one is a lockout period old. A login that names no user is counted
+        and locked the same way, so its answers do not tell whether it exists. A right password clears
+        the count, also when the account is disabled (AUTHENTICATE_OUTCOME_DISABLED is never a
+        failure). Success records the login time and upgrades an outdated password hash. Login
+        failures are answers, not errors, so that callers can tell them from a failure of their own
+        credentials; only malformed input fails (INVALID_ARGUMENT).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ChangePassword(self, request, context):
-        """Replaces a user's password after checking the current one. Fails with NOT_FOUND (reason
-        USER_NOT_FOUND), FAILED_PRECONDITION (reason WRONG_PASSWORD) if current_password does not
-        match, and INVALID_ARGUMENT if new_password violates the password policy.
+        """Replaces a user's password after checking the current one. The check counts toward the
+        account's lockout exactly as an Authenticate attempt does: counted before it runs, refused
+        unchecked while the account is locked, and a right password clears the count. Fails with
+        NOT_FOUND (reason USER_NOT_FOUND), FAILED_PRECONDITION (reason WRONG_PASSWORD) if
+        current_password does not match, FAILED_PRECONDITION (reason ACCOUNT_LOCKED, ErrorInfo metadata
+        locked_until) while the account is locked, and INVALID_ARGUMENT if new_password violates the
+        password policy.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -67,26 +67,19 @@ RETURNING *;
 -- Removes a user's preferences (personal settings) on deletion.
 DELETE FROM user_preferences WHERE user_id = %(user_id)s;
 
--- name: begin_login_attempt
--- Counts a login attempt before the password is checked, so parallel guesses cannot exceed the
--- threshold: an expired lock starts a new count, and reaching the threshold locks the account
--- now (a correct password then clears it). Returns no row for an unknown or locked login.
-UPDATE users
-   SET failed_login_count = CASE WHEN locked_until IS NOT NULL THEN 1 ELSE failed_login_count + 1 END,
-       locked_until = CASE
-           WHEN (CASE WHEN locked_until IS NOT NULL THEN 1 ELSE failed_login_count + 1 END) >= %(threshold)s
-           THEN now() + make_interval(secs => %(lock_seconds)s)
-       END
- WHERE (email = %(login)s OR username = %(login)s)
-   AND status <> 'deleted'
-   AND (locked_until IS NULL OR locked_until <= now())
-RETURNING *;
+-- name: reserve_password_check
+-- Counts a password check before it runs, against a user id (ChangePassword) or a login
+-- (Authenticate; an unknown login is counted under its digest), and refuses a locked one; see
+-- 0010_login_lockout_reservations.sql. checked says whether the password may be checked.
+SELECT user_id, status, password_hash, failed_count, locked_until, checked
+  FROM reserve_password_check(%(user_id)s, %(login)s, %(login_digest)s, %(threshold)s, %(lock_seconds)s);
 
--- name: get_lock
--- Reads the lock of a live login, to tell a locked account from an unknown one.
-SELECT user_id, locked_until
-  FROM users
- WHERE (email = %(login)s OR username = %(login)s) AND status <> 'deleted' AND locked_until > now();
+-- name: clear_failed_logins
+-- A right password is no failure, also when it does not log in (a disabled account) or its change
+-- fails afterwards: clears the count and the lock its reservation may have set.
+UPDATE users SET failed_login_count = 0, failed_login_at = NULL, locked_until = NULL
+ WHERE user_id = %(user_id)s AND status <> 'deleted'
+RETURNING user_id;
 
 -- name: finish_login
 -- Records a successful login: resets the failure count and lock, stamps the time and replaces
@@ -97,15 +90,6 @@ UPDATE users
        last_login_at = now(),
        password_hash = CASE WHEN %(new_hash)s::text IS NOT NULL AND password_hash = %(old_hash)s
                             THEN %(new_hash)s::text ELSE password_hash END
- WHERE user_id = %(user_id)s AND status <> 'deleted'
-RETURNING *;
-
--- name: count_failed_password
--- Counts a wrong current password given to ChangePassword like a failed login.
-UPDATE users
-   SET failed_login_count = failed_login_count + 1,
-       locked_until = CASE WHEN failed_login_count + 1 >= %(threshold)s
-                           THEN now() + make_interval(secs => %(lock_seconds)s) ELSE locked_until END
  WHERE user_id = %(user_id)s AND status <> 'deleted'
 RETURNING *;
 
