@@ -35,6 +35,14 @@ class UserServiceStub:
     the same request_id with different parameters fails with ALREADY_EXISTS (reason
     REQUEST_ID_REUSED). A request rejected for any reason leaves no trace, so it can be corrected and
     retried under the same request_id.
+
+    Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
+    unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
+    a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources) or
+    with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
+    mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
+    request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
+    MALFORMED_REQUEST).
     """
 
     def __init__(self, channel):
@@ -135,6 +143,14 @@ class UserServiceServicer:
     the same request_id with different parameters fails with ALREADY_EXISTS (reason
     REQUEST_ID_REUSED). A request rejected for any reason leaves no trace, so it can be corrected and
     retried under the same request_id.
+
+    Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
+    unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
+    a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources) or
+    with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
+    mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
+    request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
+    MALFORMED_REQUEST).
     """
 
     def CreateUser(self, request, context):
@@ -382,6 +398,14 @@ class UserService:
     the same request_id with different parameters fails with ALREADY_EXISTS (reason
     REQUEST_ID_REUSED). A request rejected for any reason leaves no trace, so it can be corrected and
     retried under the same request_id.
+
+    Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
+    unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
+    a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources) or
+    with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
+    mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
+    request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
+    MALFORMED_REQUEST).
     """
 
     @staticmethod
