@@ -178,6 +178,8 @@ class QdataServer:
         # The health probe's own connection (see _probe), and whether the last probe reached it.
         self._probe_conn: psycopg.AsyncConnection | None = None
         self._reachable = True
+        self._probe_lost = False
+        self._health_lock = asyncio.Lock()
         self._saturation_logged_at = -SATURATION_LOG_SECONDS
         self._key_ring_checked = False
         # Whether the role check (see _role_is_confined) has already logged its finding.
@@ -320,6 +322,11 @@ class QdataServer:
         instances that see the primary. A database out of disk space stays SERVING (reads work;
         writes answer UNAVAILABLE DATABASE_FULL), as would every other instance on it.
         """
+        # One probe at a time (the monitor and a direct caller share the probe's connection).
+        async with self._health_lock:
+            return await self._check_health()
+
+    async def _check_health(self) -> bool:
         serving = False
         reachable = False
         try:
@@ -333,9 +340,13 @@ class QdataServer:
             await self._close_probe()
             if self._serving is not False:
                 log.warning("database unreachable", extra={"error_type": type(exc).__name__})
-        if reachable and (not self._reachable or self.pool.get_stats().get("pool_size", 0) < self.pool.min_size):
-            # The database is back (or the pool lost connections): drop the pool's dead idle
-            # connections and start connecting now, not at its next backoff step.
+        lost, self._probe_lost = self._probe_lost, False
+        if reachable and (
+            lost or not self._reachable or self.pool.get_stats().get("pool_size", 0) < self.pool.min_size
+        ):
+            # The database is back, the probe's connection was killed (the pool's likely were too),
+            # or the pool lost connections: drop its dead idle ones and connect now, not at its
+            # next backoff step. Outside the probe's timeout: revive must not be cut short.
             await self.pool.revive()
         self._reachable = reachable
         self._note_saturation()
@@ -373,8 +384,7 @@ class QdataServer:
                 await self._close_probe()
                 if fresh:
                     raise
-                # Its connection was lost: the pool's idle ones most likely too.
-                await self.pool.revive()
+                self._probe_lost = True
 
     async def _run_checks(self, conn: psycopg.AsyncConnection) -> bool:
         async with conn.transaction():

@@ -51,7 +51,9 @@ async def _usable(conn: psycopg.AsyncConnection, within: float) -> bool:
     if returned is not None and time.monotonic() - returned < RECENTLY_USED_SECONDS and not _has_unread_input(conn):
         return True
     try:
-        async with asyncio.timeout(max(0.001, min(within, CHECK_TIMEOUT_SECONDS))):
+        # At least 50 ms: a healthy round trip takes far less, and a budget too short to complete
+        # it would discard a good connection.
+        async with asyncio.timeout(max(0.05, min(within, CHECK_TIMEOUT_SECONDS))):
             await AsyncConnectionPool.check_connection(conn)
     except (psycopg.Error, TimeoutError):
         return False
@@ -99,9 +101,10 @@ class QdataPool(AsyncConnectionPool):
 
         For the database coming back: pool.check() lets a pool that has no connection grow by one
         (a no-op while it is already growing), and tests the idle connections it has, dropping
-        those that died meanwhile.
+        those that died meanwhile. Shielded: check() takes the idle connections out of the pool
+        while it tests them, and a caller cancelled midway must not make it lose them.
         """
-        await self.check()
+        await asyncio.shield(self.check())
 
 
 async def open_pool(settings: Settings, conninfo: str, *, wait: bool = True) -> QdataPool:
