@@ -110,8 +110,9 @@ class QdataPool(AsyncConnectionPool):
 async def open_pool(settings: Settings, conninfo: str, *, wait: bool = True) -> QdataPool:
     """Opens a pool; with wait, until min_size connections work (raises PoolTimeout otherwise).
 
-    Without wait the pool connects in the background and keeps retrying while the database is
-    unreachable; requests meanwhile fail with UNAVAILABLE after the pool timeout.
+    Without wait the pool connects in the background; while the database is unreachable, waiting
+    requests and the health monitor keep starting attempts (see RECONNECT_GIVE_UP_SECONDS), and
+    requests fail with UNAVAILABLE after the pool timeout or before their deadline.
 
     A connection is checked on checkout (see _usable), so one broken by a database restart or a
     killed backend is replaced instead of failing a request, and without the backoff sleeps of

@@ -34,7 +34,8 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from qdata_server import callctx
-from qdata_server.db.errors import RETRYABLE, contention, database_error
+from qdata_server.db.errors import RETRYABLE as _RETRYABLE
+from qdata_server.db.errors import contention, database_error
 from qdata_server.db.sql import query
 from qdata_server.errors import DeadlineExceeded
 
@@ -109,7 +110,7 @@ async def run(
     while True:
         try:
             return await _run_once(pool, work, acting, snapshot)
-        except RETRYABLE as exc:
+        except _RETRYABLE as exc:
             attempt += 1
             if attempt > retries:
                 log.warning("transaction gave up after %d retries (sqlstate %s)", retries, exc.sqlstate)
