@@ -76,10 +76,13 @@ class QdataPool(AsyncConnectionPool):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise PoolTimeout(f"couldn't get a connection after {timeout or self.timeout:.2f} sec")
+            # A pool below its maximum may have given up connecting (an outage): wait in slices of
+            # a second, each ending empty-handed starting an attempt (revive), so the request
+            # connects as soon as the database is back. A full pool is merely busy: wait in line.
+            if self.get_stats().get("pool_size", 0) < self.max_size:
+                left = min(left, 1.0)
             try:
-                # In slices of a second: a slice that ends empty-handed starts a connection attempt
-                # (revive), so a request waiting out an outage connects as soon as the database is back.
-                conn = await super().getconn(timeout=min(left, 1.0))
+                conn = await super().getconn(timeout=left)
             except PoolTimeout:
                 if deadline - time.monotonic() <= 0:
                     raise
