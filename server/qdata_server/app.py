@@ -1,8 +1,9 @@
 """Builds and runs one grpc.aio server: services, health, reflection, pool and lifecycle.
 
 One `QdataServer` lives in each worker process (created after the fork). Health starts
-NOT_SERVING, turns SERVING once the pool reaches the database and no migration is pending, goes
-back to NOT_SERVING while the database is unreachable, and enters graceful shutdown on stop.
+NOT_SERVING, turns SERVING once the database answers the health probe (on a connection of its
+own, not a pooled one), accepts writes and has no pending migration, goes back to NOT_SERVING
+while the database is unreachable or read-only, and enters graceful shutdown on stop.
 With TLS configured the port is served with TLS (mutual TLS with a client CA); an optional second,
 plaintext server on QDATA_HEALTH_LISTEN_ADDRESS serves only the same health servicer, for probes.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
@@ -23,6 +25,7 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from qdata.v1 import (
@@ -40,7 +43,7 @@ from qdata_server.auth import Authenticator
 from qdata_server.chat.service import ChatServicer
 from qdata_server.config import ConfigError, Settings, check_tls
 from qdata_server.db import migrate, transactions
-from qdata_server.db.pool import open_pool
+from qdata_server.db.pool import QdataPool, open_pool
 from qdata_server.db.sql import query
 from qdata_server.errors import Unavailable
 from qdata_server.interceptor import ServiceInterceptor
@@ -54,6 +57,10 @@ from qdata_server.users.passwords import PasswordHasher
 from qdata_server.users.service import UserServicer
 
 log = logging.getLogger("qdata.server")
+# Probe interval while the database is out of reach (QDATA_HEALTH_PROBE_SECONDS if shorter).
+UNREACHABLE_PROBE_SECONDS = 0.5
+# At most one "connection pool saturated" line per this many seconds.
+SATURATION_LOG_SECONDS = 60.0
 R = TypeVar("R", bound=Message)
 
 SERVICE_NAMES = (
@@ -164,7 +171,7 @@ class QdataServer:
         # The plaintext health-only server (QDATA_HEALTH_LISTEN_ADDRESS) and its port.
         self.health_server: aio.Server | None = None
         self.health_port: int = 0
-        self.pool: AsyncConnectionPool | None = None
+        self.pool: QdataPool | None = None
         self.deps: Deps | None = None
         self.port: int = 0
         self._monitor: asyncio.Task | None = None
@@ -173,6 +180,12 @@ class QdataServer:
         self._purger: asyncio.Task | None = None
         self._stopping = False
         self._serving: bool | None = None
+        # The health probe's own connection (see _probe), and whether the last probe reached it.
+        self._probe_conn: psycopg.AsyncConnection | None = None
+        self._reachable = True
+        self._probe_lost = False
+        self._health_lock = asyncio.Lock()
+        self._saturation_logged_at = -SATURATION_LOG_SECONDS
         self._key_ring_checked = False
         # Whether the role check (see _role_is_confined) has already logged its finding.
         self._role_warned = False
@@ -305,31 +318,43 @@ class QdataServer:
         return False
 
     async def check_health(self) -> bool:
-        """Probes the database and the schema; sets and returns the serving status."""
+        """Probes the database and the schema; sets and returns the serving status.
+
+        Health answers "can this instance serve calls": the database answers on a connection of
+        the probe's own (never a pooled one, so a saturated pool is not an outage), accepts
+        writes, has no pending migration, and confines the serving role. A read-only database is
+        NOT_SERVING: every write would fail, and taking the instance out lets traffic reach
+        instances that see the primary. A database out of disk space stays SERVING (reads work;
+        writes answer UNAVAILABLE DATABASE_FULL), as would every other instance on it.
+        """
+        # One probe at a time (the monitor and a direct caller share the probe's connection).
+        async with self._health_lock:
+            return await self._check_health()
+
+    async def _check_health(self) -> bool:
         serving = False
+        reachable = False
         try:
-            async with (
-                self.pool.connection(timeout=min(2.0, self.settings.pool_timeout_seconds)) as conn,
-                conn.transaction(),
-            ):
-                await conn.execute(query("ping"))
-                migrated = await migrate.pending_count(conn) == 0
-                serving = migrated and await self._role_is_confined(conn)
-                if serving and not self._key_ring_checked and self.deps.key_ring is not None:
-                    # Start could not check the key ring (database down or schema not migrated).
-                    await transactions.name_acting(conn, transactions.ACTING_FOR_ALL_USERS)
-                    problem = await api_keys.check_ring(conn, self.deps.key_ring)
-                    if problem:
-                        log.error(problem)
-                        serving = False
-                    self._key_ring_checked = not problem
-            if not migrated and self._serving is not False:
-                log.warning("schema has pending migrations; not serving until they are applied")
+            async with asyncio.timeout(self._probe_timeout()):
+                serving = await self._probe()
+            reachable = True
         except migrate.MigrationError as exc:
+            reachable = True
             log.error("migration history disagrees with this build: %s", exc)
         except Exception as exc:
+            await self._close_probe()
             if self._serving is not False:
                 log.warning("database unreachable", extra={"error_type": type(exc).__name__})
+        lost, self._probe_lost = self._probe_lost, False
+        if reachable and (
+            lost or not self._reachable or self.pool.get_stats().get("pool_size", 0) < self.pool.min_size
+        ):
+            # The database is back, the probe's connection was killed (the pool's likely were too),
+            # or the pool lost connections: drop its dead idle ones and connect now, not at its
+            # next backoff step. Outside the probe's timeout: revive must not be cut short.
+            await self.pool.revive()
+        self._reachable = reachable
+        self._note_saturation()
         if serving != self._serving:
             status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
             for name in ("", *SERVICE_NAMES):
@@ -338,9 +363,87 @@ class QdataServer:
             log.info("health", extra={"serving": serving})
         return serving
 
+    def _probe_timeout(self) -> float:
+        return min(2.0, self.settings.pool_timeout_seconds)
+
+    async def _probe(self) -> bool:
+        """Runs the health checks on the probe's connection, reconnecting once if it was lost.
+
+        A connection killed since the last probe (pg_terminate_backend, a restart) says nothing
+        about the database now; only a fresh connection that fails does.
+        """
+        while True:
+            fresh = self._probe_conn is None or self._probe_conn.closed
+            if fresh:
+                self._probe_conn = await psycopg.AsyncConnection.connect(
+                    self.conninfo,
+                    autocommit=True,
+                    row_factory=dict_row,
+                    prepare_threshold=None,
+                    connect_timeout=max(1, int(self._probe_timeout())),
+                    application_name="qdata-health",
+                )
+            try:
+                return await self._run_checks(self._probe_conn)
+            except psycopg.OperationalError:
+                await self._close_probe()
+                if fresh:
+                    raise
+                self._probe_lost = True
+
+    async def _run_checks(self, conn: psycopg.AsyncConnection) -> bool:
+        async with conn.transaction():
+            read_only = (await (await conn.execute(query("database_read_only"))).fetchone())["read_only"]
+            migrated = await migrate.pending_count(conn) == 0
+            serving = migrated and not read_only and await self._role_is_confined(conn)
+            if serving and not self._key_ring_checked and self.deps.key_ring is not None:
+                # Start could not check the key ring (database down or schema not migrated).
+                await transactions.name_acting(conn, transactions.ACTING_FOR_ALL_USERS)
+                problem = await api_keys.check_ring(conn, self.deps.key_ring)
+                if problem:
+                    log.error(problem)
+                    serving = False
+                self._key_ring_checked = not problem
+        if self._serving is not False:
+            if not migrated:
+                log.warning("schema has pending migrations; not serving until they are applied")
+            elif read_only:
+                log.warning("the database is read-only (a standby, or default_transaction_read_only); not serving")
+        return serving
+
+    async def _close_probe(self) -> None:
+        conn, self._probe_conn = self._probe_conn, None
+        if conn is not None and not conn.closed:
+            try:
+                await conn.close()
+            except psycopg.Error:
+                pass
+
+    def _note_saturation(self) -> None:
+        """Logs (at most once a minute) that requests queue for a pool with no connection left.
+
+        Saturation is load, not an outage: health stays as it is, and the line says how far the
+        pool is behind (the pool's counters, also in pool.get_stats()).
+        """
+        stats = self.pool.get_stats()
+        waiting = stats.get("requests_waiting", 0)
+        if waiting and stats.get("pool_available", 0) == 0 and stats.get("pool_size", 0) >= self.pool.max_size:
+            now = time.monotonic()
+            if now - self._saturation_logged_at >= SATURATION_LOG_SECONDS:
+                self._saturation_logged_at = now
+                log.warning(
+                    "connection pool saturated",
+                    extra={"pool_size": stats.get("pool_size", 0), "requests_waiting": waiting},
+                )
+
     async def _watch_database(self) -> None:
         while not self._stopping:
-            await asyncio.sleep(self.settings.health_probe_seconds)
+            # While the database is out of reach, probe often: SERVING comes back, and the pool
+            # starts connecting, soon after the database accepts connections again.
+            interval = self.settings.health_probe_seconds
+            if not self._reachable:
+                interval = min(interval, UNREACHABLE_PROBE_SECONDS)
+            await asyncio.sleep(interval)
             await self.check_health()
 
     async def _sweep_holds(self) -> None:
@@ -382,6 +485,7 @@ class QdataServer:
             await self.server.stop(grace)
         if self.health_server:
             await self.health_server.stop(0)
+        await self._close_probe()
         if self.pool:
             await self.pool.close()
         log.info("stopped")

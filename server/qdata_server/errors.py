@@ -42,9 +42,9 @@ class InvalidArgument(QdataError):
     code = grpc.StatusCode.INVALID_ARGUMENT
     default_reason = "INVALID_ARGUMENT"
 
-    def __init__(self, violations: list[FieldViolation], *, reason: str | None = None):
+    def __init__(self, violations: list[FieldViolation], *, reason: str | None = None, message: str | None = None):
         summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
-        super().__init__(f"invalid request: {summary}", reason=reason)
+        super().__init__(message or f"invalid request: {summary}", reason=reason)
         self.violations = list(violations)
 
 
@@ -118,6 +118,11 @@ class RequestRemembered(Internal):
 def invalid(field: str, description: str) -> InvalidArgument:
     """Shorthand for a single-field InvalidArgument."""
     return InvalidArgument([FieldViolation(field, description)])
+
+
+def malformed(message_type: str) -> InvalidArgument:
+    """A request whose bytes do not parse as its message (named by its full proto name only)."""
+    return InvalidArgument([], reason="MALFORMED_REQUEST", message=f"the request body is not a valid {message_type}")
 
 
 def _pack(message) -> any_pb2.Any:

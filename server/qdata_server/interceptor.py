@@ -4,13 +4,15 @@ It authenticates and authorizes the caller first (auth.py: bearer token or mappe
 certificate, permission per RPC; a refusal goes through the same error mapping and log line as
 any other failure), binds the per-call context (method, caller, deadline, request_id), maps
 every outcome to a status in one place (domain errors to rich statuses, NotImplementedError to
-UNIMPLEMENTED, any other exception to a generic INTERNAL carrying an error id), and writes one
+UNIMPLEMENTED, request bytes that do not parse to INVALID_ARGUMENT MALFORMED_REQUEST, any other
+exception to a generic INTERNAL carrying an error id), and writes one
 structured log line per RPC: method, status code, duration and request_id, never request contents.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import time
@@ -19,16 +21,51 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 
 from qdata_server import callctx
 from qdata_server.auth import Authenticator, Principal
-from qdata_server.errors import Internal, QdataError, Unimplemented, to_grpc_status
+from qdata_server.errors import Internal, QdataError, Unimplemented, malformed, to_grpc_status
 
 log = logging.getLogger("qdata.rpc")
 
 # Services whose calls are not logged per call (probes would drown the log).
 _QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Undecodable:
+    """Stands for a request whose bytes did not parse; the handler answers INVALID_ARGUMENT."""
+
+    message_type: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """Wraps a request deserializer so undecodable bytes reach the handler as _Undecodable.
+
+    grpc.aio parses the request before any handler or interceptor code runs, and answers a parse
+    failure itself with UNKNOWN, naming the exception class and logging it as a servicer error.
+    """
+    if deserializer is None:
+        return None
+    message_class = getattr(deserializer, "__self__", None)
+    message_type = getattr(getattr(message_class, "DESCRIPTOR", None), "full_name", "request message")
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError:
+            return _Undecodable(message_type)
+
+    return deserialize
+
+
+def _refuse_undecodable(method: str, request: Any) -> None:
+    """Raises INVALID_ARGUMENT MALFORMED_REQUEST for undecodable bytes (a client error: WARNING)."""
+    if isinstance(request, _Undecodable):
+        log.warning("undecodable request", extra={"method": method, "message_type": request.message_type})
+        raise malformed(request.message_type)
 
 
 def _context_for(method: str, request: Any, context: aio.ServicerContext, actor: str) -> callctx.CallContext:
@@ -113,6 +150,7 @@ def _wrap_unary(method: str, decide: _Decide, behavior: Callable[..., Awaitable[
         try:
             if isinstance(caller, QdataError):
                 raise caller
+            _refuse_undecodable(method, request)
             result = behavior(request, context)
             return await result if inspect.isawaitable(result) else result
         except aio.AbortError:
@@ -144,6 +182,7 @@ def _wrap_stream(
         try:
             if isinstance(caller, QdataError):
                 raise caller
+            _refuse_undecodable(method, request)
             async for item in behavior(request, context):
                 yield item
         except aio.AbortError:
@@ -195,14 +234,22 @@ class ServiceInterceptor(aio.ServerInterceptor):
                 return exc
 
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_wrap_unary(method, decide, handler.unary_unary))
+            return handler._replace(
+                request_deserializer=_tolerant(handler.request_deserializer),
+                unary_unary=_wrap_unary(method, decide, handler.unary_unary),
+            )
         if handler.unary_stream is not None:
             behavior = handler.unary_stream
+            deserializer = _tolerant(handler.request_deserializer)
             if inspect.isasyncgenfunction(behavior):
-                return handler._replace(unary_stream=_wrap_stream(method, decide, behavior))
+                return handler._replace(
+                    request_deserializer=deserializer, unary_stream=_wrap_stream(method, decide, behavior)
+                )
             # Handlers that write with context.write (health's Watch) or that raise at once
             # (an unimplemented base method) are wrapped like unary ones.
-            return handler._replace(unary_stream=_wrap_unary(method, decide, behavior))
+            return handler._replace(
+                request_deserializer=deserializer, unary_stream=_wrap_unary(method, decide, behavior)
+            )
         # Client-streaming handlers (only reflection's, exempt) are decided from metadata alone:
         # a certificate-only caller of such a method would be refused (fail closed).
         caller = decide(None)

@@ -338,7 +338,8 @@ async def test_calls_cut_off_by_deadline_or_cancellation_apply_whole_or_not_at_a
     for call in cancelled:
         call.cancel()
     results = await asyncio.gather(*tasks, return_exceptions=True)
-    allowed = {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+    # UNAVAILABLE: a call whose deadline came too near while it waited for a pooled connection.
+    allowed = {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE}
     for result in results:
         if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
             assert isinstance(result, grpc.aio.AioRpcError) and result.code() in allowed, result

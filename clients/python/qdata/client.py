@@ -32,8 +32,10 @@ client, ``for`` on the blocking one); errors that end the stream are converted t
 Retries
 -------
 The client never retries on its own: whether a retry is safe depends on the call, and a hidden
-retry loop multiplies load exactly when the server is struggling. The one case a caller may retry
-is :class:`Unavailable` (the server or its database could not be reached) on an idempotent call:
+retry loop multiplies load exactly when the server is struggling. The cases a caller may retry
+are :class:`Unavailable` (the server or its database could not be reached, or the database is
+read-only or short of resources; ``reason`` says which) and :class:`Aborted` (reason CONTENTION:
+concurrent transactions kept colliding on the same rows), on an idempotent call:
 
 * a read (Get*, List*, Search*, ExportSession, VerifyLedger; not Authenticate, whose every
   attempt counts toward the lockout), or
@@ -73,6 +75,7 @@ from grpc_status import rpc_status
 from qdata.v1 import chat_pb2_grpc, ledger_pb2_grpc, usage_pb2_grpc, user_pb2_grpc
 
 __all__ = [
+    "Aborted",
     "AlreadyExists",
     "AsyncQdataClient",
     "AsyncResponseStream",
@@ -151,7 +154,15 @@ class FailedPrecondition(QdataError):
 
 
 class Unavailable(QdataError):
-    """UNAVAILABLE: the server or its database could not be reached; see the module's retry notes."""
+    """UNAVAILABLE: the server or its database could not be reached; see the module's retry notes.
+
+    ``reason`` is DATABASE_UNAVAILABLE, DATABASE_READ_ONLY, DATABASE_OVERLOADED or DATABASE_FULL
+    when the server answered; empty when the server itself could not be reached.
+    """
+
+
+class Aborted(QdataError):
+    """ABORTED (reason CONTENTION): too much contention on the same rows; retry like Unavailable."""
 
 
 class Unimplemented(QdataError):
@@ -164,6 +175,7 @@ _ERROR_CLASSES: dict[grpc.StatusCode, type[QdataError]] = {
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.ABORTED: Aborted,
     grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
 }
 

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import select
 import time
 import weakref
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from qdata_server.config import Settings
 
-# A connection given back less than this long ago is handed out again without a liveness
-# round trip: it just worked, and if it broke since, the one request using it fails with
-# UNAVAILABLE and the pool discards it. Older connections are checked before use.
+# A connection given back less than this long ago is handed out again without a liveness round
+# trip if nothing arrived on its socket since: it just worked, and a server that ended it since
+# (pg_terminate_backend, a restart, an idle timeout) sent an error and closed the socket, which
+# leaves it readable. Older connections, and any with unread input, are checked before use.
 RECENTLY_USED_SECONDS = 2.0
+# Longest liveness round trip at checkout before the connection counts as dead (a silent network).
+CHECK_TIMEOUT_SECONDS = 1.0
+# psycopg_pool retries a failed connect with exponential backoff (1 s, 2 s, 4 s, ...) for
+# reconnect_timeout (5 min by default). A retry scheduled far ahead keeps the pool from growing
+# while the database is back, so each attempt gives up after about a second; waiting requests and
+# the health monitor (QdataPool.revive) start fresh attempts, which connect at once.
+RECONNECT_GIVE_UP_SECONDS = 1.0
 _returned_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection, float] = weakref.WeakKeyDictionary()
 
 
@@ -22,32 +32,105 @@ async def _note_return(conn: psycopg.AsyncConnection) -> None:
     _returned_at[conn] = time.monotonic()
 
 
-async def _check_unless_recently_used(conn: psycopg.AsyncConnection) -> None:
+def _has_unread_input(conn: psycopg.AsyncConnection) -> bool:
+    """True if the idle connection's socket is readable: the server said something (or hung up)."""
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.OperationalError:
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
+
+
+async def _usable(conn: psycopg.AsyncConnection, within: float) -> bool:
+    """Whether a connection taken from the pool works, at no round trip when that is certain."""
+    if conn.closed or conn.broken:
+        return False
     returned = _returned_at.get(conn)
-    if returned is not None and time.monotonic() - returned < RECENTLY_USED_SECONDS:
-        return
-    await AsyncConnectionPool.check_connection(conn)
+    if returned is not None and time.monotonic() - returned < RECENTLY_USED_SECONDS and not _has_unread_input(conn):
+        return True
+    try:
+        # At least 50 ms: a healthy round trip takes far less, and a budget too short to complete
+        # it would discard a good connection.
+        async with asyncio.timeout(max(0.05, min(within, CHECK_TIMEOUT_SECONDS))):
+            await AsyncConnectionPool.check_connection(conn)
+    except (psycopg.Error, TimeoutError):
+        return False
+    return True
 
 
-async def open_pool(settings: Settings, conninfo: str, *, wait: bool = True) -> AsyncConnectionPool:
+class QdataPool(AsyncConnectionPool):
+    """psycopg's pool, with a checkout that drops dead connections without sleeping.
+
+    psycopg_pool's own `check` callback, when a connection fails it, sleeps with backoff (1 s,
+    2 s, ...) before trying the next one: after the server's connections were killed, the first
+    request paid seconds for connections that were all known dead. Here a dead connection goes
+    back at once (the pool discards it and starts a replacement) and the next one is tried, all
+    within the same timeout.
+    """
+
+    async def getconn(self, timeout: float | None = None) -> psycopg.AsyncConnection:  # noqa: ASYNC109 (the pool's API)
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PoolTimeout(f"couldn't get a connection after {timeout or self.timeout:.2f} sec")
+            # A pool below its maximum may have given up connecting (an outage): wait in slices of
+            # a second, each ending empty-handed starting an attempt (revive), so the request
+            # connects as soon as the database is back. A full pool is merely busy: wait in line.
+            if self.get_stats().get("pool_size", 0) < self.max_size:
+                left = min(left, 1.0)
+            try:
+                conn = await super().getconn(timeout=left)
+            except PoolTimeout:
+                if deadline - time.monotonic() <= 0:
+                    raise
+                await self.revive()
+                continue
+            try:
+                usable = await _usable(conn, deadline - time.monotonic())
+            except BaseException:
+                await self.putconn(conn)
+                raise
+            if usable:
+                return conn
+            if not conn.closed:
+                await conn.close()
+            await self.putconn(conn)
+
+    async def revive(self) -> None:
+        """Starts a connection attempt now if the pool holds none and is not already connecting.
+
+        For the database coming back: pool.check() lets a pool that has no connection grow by one
+        (a no-op while it is already growing), and tests the idle connections it has, dropping
+        those that died meanwhile. Shielded: check() takes the idle connections out of the pool
+        while it tests them, and a caller cancelled midway must not make it lose them.
+        """
+        await asyncio.shield(self.check())
+
+
+async def open_pool(settings: Settings, conninfo: str, *, wait: bool = True) -> QdataPool:
     """Opens a pool; with wait, until min_size connections work (raises PoolTimeout otherwise).
 
-    Without wait the pool connects in the background and keeps retrying while the database is
-    unreachable; requests meanwhile fail with UNAVAILABLE after the pool timeout.
+    Without wait the pool connects in the background; while the database is unreachable, waiting
+    requests and the health monitor keep starting attempts (see RECONNECT_GIVE_UP_SECONDS), and
+    requests fail with UNAVAILABLE after the pool timeout or before their deadline.
 
-    Connections idle for a while are checked on checkout, so one broken by a database restart
-    is replaced instead of failing a request. Every connection returns rows as dicts and is in
+    A connection is checked on checkout (see _usable), so one broken by a database restart or a
+    killed backend is replaced instead of failing a request, and without the backoff sleeps of
+    psycopg_pool's own check (see QdataPool). Every connection returns rows as dicts and is in
     autocommit mode: db/transactions.py opens each transaction itself, with BEGIN queued in the
     same flush as its first statements (psycopg's implicit BEGIN would cost a round trip).
     Anything else that needs a transaction on a pooled connection opens one explicitly.
     """
-    pool = AsyncConnectionPool(
+    pool = QdataPool(
         conninfo,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         timeout=settings.pool_timeout_seconds,
         open=False,
-        check=_check_unless_recently_used,
+        reconnect_timeout=RECONNECT_GIVE_UP_SECONDS,
         reset=_note_return,
         kwargs={
             "row_factory": dict_row,

@@ -8,9 +8,11 @@ serialization failure or deadlock reruns the whole transaction a bounded number 
 The transaction runs in pipeline mode: BEGIN, the settings and the work's first statement leave
 in one flush, so naming the user costs no round trip of its own (a statement whose result the
 work reads waits for it; statements run only for their effect ride along with the next one).
-Database trouble becomes a domain error here, so no psycopg exception (and no SQL text) travels
-further up: a violated constraint becomes the error db/constraints.py names for it, an outage is
-UNAVAILABLE, a statement stopped by the deadline DEADLINE_EXCEEDED.
+Database trouble becomes a domain error here, through the one SQLSTATE mapping in db/errors.py, so
+no psycopg exception (and no SQL text) travels further up: a violated constraint becomes the error
+db/constraints.py names for it, an outage or a read-only database UNAVAILABLE, a statement stopped
+by the deadline DEADLINE_EXCEEDED. Waiting for a pooled connection is bounded by the caller's
+deadline too.
 
 Nothing here outlives the transaction (SET LOCAL, no session state), so the server can run
 behind PgBouncer in transaction mode.
@@ -26,22 +28,25 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
+import grpc
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from qdata_server import callctx
-from qdata_server.db.constraints import error_for
+from qdata_server.db.errors import RETRYABLE as _RETRYABLE
+from qdata_server.db.errors import contention, database_error
 from qdata_server.db.sql import query
-from qdata_server.errors import Aborted, DeadlineExceeded, Unavailable
+from qdata_server.errors import DeadlineExceeded
 
 T = TypeVar("T")
 log = logging.getLogger("qdata.db")
 
-# SQLSTATEs worth retrying: the same transaction may well succeed when run again.
-_RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 # Headroom kept from the caller's deadline so the answer still reaches it in time.
 _DEADLINE_MARGIN_SECONDS = 0.05
+# Headroom kept when waiting for a pooled connection: UNAVAILABLE must reach the caller before its
+# deadline does (a loaded server needs more than the statement margin to answer).
+_CHECKOUT_MARGIN_SECONDS = 0.2
 _BEGIN = "BEGIN"
 # Every statement sees the same consistent state (checks that read a lot, like VerifyLedger).
 _BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
@@ -109,21 +114,21 @@ async def run(
             attempt += 1
             if attempt > retries:
                 log.warning("transaction gave up after %d retries (sqlstate %s)", retries, exc.sqlstate)
-                raise Aborted("too much contention on the same rows; retry the request", reason="CONTENTION") from None
+                raise contention() from None
             # Jittered exponential backoff keeps colliding transactions from colliding again.
             await asyncio.sleep(random.uniform(0, 0.005 * (2**attempt)))
-        except psycopg.IntegrityError as exc:
-            error = error_for(exc.diag.constraint_name, exc.diag.message_detail)
+        # Retries for a stale prepared statement (0A000) and PgBouncer's lost or duplicate
+        # prepared statements (26000, 42P05) belong here, before the mapping below.
+        except (psycopg.Error, PoolTimeout) as exc:
+            error = database_error(exc)
             if error is None:
-                raise
+                raise  # a bug: the interceptor answers INTERNAL and logs the SQLSTATE
+            if error.code is grpc.StatusCode.UNAVAILABLE:
+                # SQLSTATE and reason only: the message text may carry SQL or values.
+                log.warning(
+                    "database error", extra={"sqlstate": getattr(exc, "sqlstate", None), "reason": error.reason}
+                )
             raise error from None
-        except pg_errors.QueryCanceled:
-            raise DeadlineExceeded("the deadline expired while the database was working") from None
-        except PoolTimeout:
-            raise Unavailable("no database connection available", reason="DATABASE_UNAVAILABLE") from None
-        except psycopg.OperationalError as exc:
-            log.warning("database unavailable: %s", type(exc).__name__)
-            raise Unavailable("the database is unavailable", reason="DATABASE_UNAVAILABLE") from None
 
 
 async def name_acting(conn: psycopg.AsyncConnection, acting: Acting, *, statement_timeout: str | None = None) -> None:
@@ -142,7 +147,10 @@ async def _run_once(
     if left is not None and left <= _DEADLINE_MARGIN_SECONDS:
         raise DeadlineExceeded("the deadline expired before the database was reached")
     timeout = None if left is None else f"{max(1, int((left - _DEADLINE_MARGIN_SECONDS) * 1000))}ms"
-    async with pool.connection() as conn:
+    # Waiting for a connection never outlasts the caller: with too little time left it ends in
+    # PoolTimeout (UNAVAILABLE) while the caller still listens, instead of in its DEADLINE_EXCEEDED.
+    wait = pool.timeout if left is None else max(0.001, min(pool.timeout, left - _CHECKOUT_MARGIN_SECONDS))
+    async with pool.connection(timeout=wait) as conn:
         try:
             # Pooled connections are in autocommit mode, so the transaction is ours to open: BEGIN,
             # the settings and the work's first statement are queued and leave in one flush;
@@ -153,6 +161,11 @@ async def _run_once(
                 result = await work(conn)
                 await conn.execute(_COMMIT)
             return result
+        except pg_errors.ReadOnlySqlTransaction:
+            # This connection reaches a read-only server (a demoted primary, say): close it, so the
+            # pool's next connection goes through DNS or target_session_attrs again.
+            await conn.close()
+            raise
         except BaseException:
             # Roll back here rather than leave it to the pool, which would log every domain error
             # (NOT_FOUND, ...) as a connection returned mid-transaction. A broken connection is

@@ -61,6 +61,14 @@ class ChatServiceStub:
     is a new request. A rejected request leaves no trace, so it can be corrected and retried under the same
     request_id. Reads need the chat.read permission and writes chat.write; without it a call fails
     with PERMISSION_DENIED.
+
+    Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
+    unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
+    a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources) or
+    with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
+    mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
+    request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
+    MALFORMED_REQUEST).
     """
 
     def __init__(self, channel):
@@ -162,6 +170,14 @@ class ChatServiceServicer:
     is a new request. A rejected request leaves no trace, so it can be corrected and retried under the same
     request_id. Reads need the chat.read permission and writes chat.write; without it a call fails
     with PERMISSION_DENIED.
+
+    Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
+    unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
+    a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources) or
+    with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
+    mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
+    request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
+    MALFORMED_REQUEST).
     """
 
     def CreateSession(self, request, context):
@@ -387,6 +403,14 @@ class ChatService:
     is a new request. A rejected request leaves no trace, so it can be corrected and retried under the same
     request_id. Reads need the chat.read permission and writes chat.write; without it a call fails
     with PERMISSION_DENIED.
+
+    Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
+    unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
+    a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources) or
+    with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
+    mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
+    request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
+    MALFORMED_REQUEST).
     """
 
     @staticmethod

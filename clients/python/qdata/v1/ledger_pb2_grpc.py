@@ -40,9 +40,15 @@ class LedgerServiceStub:
     in GetBalance.
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "qdata", reason in UPPER_SNAKE_CASE)
-    and, for invalid input, a BadRequest listing each field violation. Any RPC may also fail with
-    UNAVAILABLE when the database is unreachable; writes are then safe to retry with the same
-    request_id.
+    and, for invalid input, a BadRequest listing each field violation.
+
+    Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
+    unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
+    a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources) or
+    with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
+    mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
+    request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
+    MALFORMED_REQUEST).
 
     Every mutating request takes a request_id, scoped to the calling service and the user the
     request acts for (the sender for Transfer), so two callers or two users never collide. A replay
@@ -144,9 +150,15 @@ class LedgerServiceServicer:
     in GetBalance.
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "qdata", reason in UPPER_SNAKE_CASE)
-    and, for invalid input, a BadRequest listing each field violation. Any RPC may also fail with
-    UNAVAILABLE when the database is unreachable; writes are then safe to retry with the same
-    request_id.
+    and, for invalid input, a BadRequest listing each field violation.
+
+    Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
+    unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
+    a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources) or
+    with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
+    mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
+    request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
+    MALFORMED_REQUEST).
 
     Every mutating request takes a request_id, scoped to the calling service and the user the
     request acts for (the sender for Transfer), so two callers or two users never collide. A replay
@@ -394,9 +406,15 @@ class LedgerService:
     in GetBalance.
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "qdata", reason in UPPER_SNAKE_CASE)
-    and, for invalid input, a BadRequest listing each field violation. Any RPC may also fail with
-    UNAVAILABLE when the database is unreachable; writes are then safe to retry with the same
-    request_id.
+    and, for invalid input, a BadRequest listing each field violation.
+
+    Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
+    unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
+    a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources) or
+    with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
+    mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
+    request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
+    MALFORMED_REQUEST).
 
     Every mutating request takes a request_id, scoped to the calling service and the user the
     request acts for (the sender for Transfer), so two callers or two users never collide. A replay

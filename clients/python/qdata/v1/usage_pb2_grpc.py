@@ -56,9 +56,8 @@ class UsageServiceStub:
     neither is.
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "qdata", reason in UPPER_SNAKE_CASE)
-    and, for invalid input, a BadRequest listing each field violation. Any RPC may also fail with
-    UNAVAILABLE when the database is unreachable; writes are then safe to retry with the same
-    request_id. Every mutating request takes a request_id, scoped to the calling service and the
+    and, for invalid input, a BadRequest listing each field violation. Every mutating request takes
+    a request_id, scoped to the calling service and the
     user the request acts for (the catalog for UpsertModel): a replay with the same parameters
     returns the first response without a second effect, also when replays arrive concurrently; the
     same request_id with different parameters (or for another RPC) fails with ALREADY_EXISTS
@@ -70,6 +69,14 @@ class UsageServiceStub:
     with INSUFFICIENT_FUNDS, is not stored, so the same request_id may be retried once the cause is
     fixed. Reads need the usage.read permission, RecordUsage, RecordUsageBatch and RateModel need
     usage.write, and UpsertModel catalog.write; without it a call fails with PERMISSION_DENIED.
+
+    Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
+    unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
+    a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources) or
+    with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
+    mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
+    request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
+    MALFORMED_REQUEST).
     """
 
     def __init__(self, channel):
@@ -166,9 +173,8 @@ class UsageServiceServicer:
     neither is.
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "qdata", reason in UPPER_SNAKE_CASE)
-    and, for invalid input, a BadRequest listing each field violation. Any RPC may also fail with
-    UNAVAILABLE when the database is unreachable; writes are then safe to retry with the same
-    request_id. Every mutating request takes a request_id, scoped to the calling service and the
+    and, for invalid input, a BadRequest listing each field violation. Every mutating request takes
+    a request_id, scoped to the calling service and the
     user the request acts for (the catalog for UpsertModel): a replay with the same parameters
     returns the first response without a second effect, also when replays arrive concurrently; the
     same request_id with different parameters (or for another RPC) fails with ALREADY_EXISTS
@@ -180,6 +186,14 @@ class UsageServiceServicer:
     with INSUFFICIENT_FUNDS, is not stored, so the same request_id may be retried once the cause is
     fixed. Reads need the usage.read permission, RecordUsage, RecordUsageBatch and RateModel need
     usage.write, and UpsertModel catalog.write; without it a call fails with PERMISSION_DENIED.
+
+    Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
+    unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
+    a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources) or
+    with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
+    mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
+    request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
+    MALFORMED_REQUEST).
     """
 
     def UpsertModel(self, request, context):
@@ -403,9 +417,8 @@ class UsageService:
     neither is.
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "qdata", reason in UPPER_SNAKE_CASE)
-    and, for invalid input, a BadRequest listing each field violation. Any RPC may also fail with
-    UNAVAILABLE when the database is unreachable; writes are then safe to retry with the same
-    request_id. Every mutating request takes a request_id, scoped to the calling service and the
+    and, for invalid input, a BadRequest listing each field violation. Every mutating request takes
+    a request_id, scoped to the calling service and the
     user the request acts for (the catalog for UpsertModel): a replay with the same parameters
     returns the first response without a second effect, also when replays arrive concurrently; the
     same request_id with different parameters (or for another RPC) fails with ALREADY_EXISTS
@@ -417,6 +430,14 @@ class UsageService:
     with INSUFFICIENT_FUNDS, is not stored, so the same request_id may be retried once the cause is
     fixed. Reads need the usage.read permission, RecordUsage, RecordUsageBatch and RateModel need
     usage.write, and UpsertModel catalog.write; without it a call fails with PERMISSION_DENIED.
+
+    Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
+    unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
+    a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources) or
+    with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
+    mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
+    request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
+    MALFORMED_REQUEST).
     """
 
     @staticmethod

@@ -37,6 +37,14 @@ class UserServiceStub:
     (7 days unless the operator sets another); a replay after that is a new request. A request
     rejected for any reason leaves no trace, so it can be corrected and retried under the same
     request_id.
+
+    Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
+    unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
+    a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources) or
+    with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
+    mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
+    request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
+    MALFORMED_REQUEST).
     """
 
     def __init__(self, channel):
@@ -139,6 +147,14 @@ class UserServiceServicer:
     (7 days unless the operator sets another); a replay after that is a new request. A request
     rejected for any reason leaves no trace, so it can be corrected and retried under the same
     request_id.
+
+    Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
+    unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
+    a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources) or
+    with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
+    mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
+    request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
+    MALFORMED_REQUEST).
     """
 
     def CreateUser(self, request, context):
@@ -400,6 +416,14 @@ class UserService:
     (7 days unless the operator sets another); a replay after that is a new request. A request
     rejected for any reason leaves no trace, so it can be corrected and retried under the same
     request_id.
+
+    Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
+    unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
+    a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources) or
+    with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
+    mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
+    request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
+    MALFORMED_REQUEST).
     """
 
     @staticmethod

@@ -49,6 +49,11 @@ SELECT secret FROM server_secrets WHERE name = %(name)s;
 -- Proves the database answers.
 SELECT 1 AS ok;
 
+-- name: database_read_only
+-- True if a new transaction here cannot write: a standby (after a failover, say) or a database
+-- with default_transaction_read_only on. Run at the start of a transaction that set nothing.
+SELECT current_setting('transaction_read_only') = 'on' AS read_only;
+
 -- name: begin_transaction
 -- Opens every server transaction (see 0007_service_role_row_security.sql): names the users it
 -- acts for and whether it is a cross-user path, and bounds its statements by the caller's
