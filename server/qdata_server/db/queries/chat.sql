@@ -330,8 +330,12 @@ SELECT w.session_id, w.sequence_number, w.parent_sequence_number, w.role, w.cont
 -- name: search_chat_messages
 -- One page of a user's live messages matching a web-search query, best first (ts_rank_cd, then
 -- newest), after an optional keyset cursor, each with its session's title and a snippet whose
--- matches are wrapped in %(start_sel)s ... %(stop_sel)s (those characters are removed from the
--- content first). Only the first 100,000 characters of a message are indexed and excerpted.
+-- matches are wrapped in %(start_sel)s ... %(stop_sel)s: the whole message when it has at most
+-- %(whole_message_length)s characters, else excerpts around the matches. ts_headline's parser
+-- reads "<...>" as an HTML tag and leaves it out, so every "<" goes in as %(less_than)s, which it
+-- takes for punctuation, and chat/search.py turns it back; the three characters are removed from
+-- the content first, so none can be forged. Only the first 100,000 characters of a message are
+-- indexed and excerpted.
 WITH q AS (
     SELECT websearch_to_tsquery('english', %(query)s) AS query
 ), page AS (
@@ -351,8 +355,12 @@ WITH q AS (
 )
 SELECT page.session_id, page.sequence_number, page.role, page.created_at, page.score::float8 AS score,
        s.title AS session_title,
-       ts_headline('english', translate(left(m.content, 100000), %(start_sel)s || %(stop_sel)s, ''),
-                   q.query, %(headline_options)s) AS snippet
+       ts_headline('english',
+                   replace(translate(left(m.content, 100000), %(start_sel)s || %(stop_sel)s || %(less_than)s, ''),
+                           '<', %(less_than)s),
+                   q.query,
+                   CASE WHEN char_length(m.content) <= %(whole_message_length)s THEN %(whole_message_options)s
+                        ELSE %(headline_options)s END) AS snippet
   FROM page
   CROSS JOIN q
   JOIN chat_messages m
