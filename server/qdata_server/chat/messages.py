@@ -33,6 +33,8 @@ from qdata_server.validation import Violations
 # Sequence numbers are bigint; "no upper bound" is one past the largest.
 NO_UPPER_BOUND = 2**63 - 1
 EXPORT_PAGE_SIZE = 100
+# How much deeper than a page an ascending branch window may grow over deleted messages.
+_MAX_WINDOW_GROWTH = 4
 _SCOPES = {chat_pb2.MESSAGE_SCOPE_UNSPECIFIED, chat_pb2.MESSAGE_SCOPE_ALL, chat_pb2.MESSAGE_SCOPE_BRANCH}
 _ORDERS = {chat_pb2.MESSAGE_ORDER_UNSPECIFIED, chat_pb2.MESSAGE_ORDER_ASCENDING, chat_pb2.MESSAGE_ORDER_DESCENDING}
 
@@ -194,9 +196,10 @@ async def _branch_ascending(
     """Up to wanted live messages of a branch numbered between the bounds, root first.
 
     list_chat_branch_ascending returns the next levels of the branch, deleted messages included,
-    so a window holds fewer live messages than levels when some were deleted; the next window
-    starts below the last one and is twice as deep, so a long run of deleted messages takes a
-    few windows, not one per message.
+    so a window holds fewer live messages than levels when some were deleted. The next window
+    starts below the last one and is deeper, up to _MAX_WINDOW_GROWTH times wanted: a long run
+    of deleted messages takes a few windows, not one per message, and a window never reads the
+    content of more than that many live messages for a page that keeps fewer.
     """
     found: list[dict[str, Any]] = []
     levels = wanted
@@ -208,7 +211,7 @@ async def _branch_ascending(
         if len(found) >= wanted or not window or window[-1]["sequence_number"] == window[-1]["branch_end"]:
             return found[:wanted]
         after = window[-1]["sequence_number"]
-        levels *= 2
+        levels = min(2 * levels, _MAX_WINDOW_GROWTH * wanted)
 
 
 async def get_message(deps, request: chat_pb2.GetMessageRequest) -> chat_pb2.GetMessageResponse:
