@@ -1,5 +1,6 @@
 """python -m bench [--duration S] [--connections N] [--streams M] [--workers W[,W...]] [--out DIR]
    python -m bench --suite chat [--small-messages N] [--big-messages N] [--appends N] [--reads N]
+   python -m bench --suite chat-branches [--small-branch N] [--big-branch N] [--reads N]
    python -m bench --suite usage [--records N] [--batch-size N] [--big-records N] [--small-records N]
 
 Measures qdata against a reference served in the same run (see bench/README.md) and prints
@@ -67,17 +68,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=RESULTS, help=f"directory for the JSON; default {RESULTS}")
     p.add_argument(
         "--suite",
-        choices=["default", "chat", "usage"],
+        choices=["default", "chat", "chat-branches", "usage"],
         default="default",
         help="default: GetUser and Authenticate against the reference (h2load); chat: ChatService append "
-        "and last-50 cost in a small versus a big session (see bench/chat.py); usage: RecordUsage one by one "
+        "and last-50 cost in a small versus a big session (see bench/chat.py); chat-branches: pages of a "
+        "branch of 100 versus 20,000 messages right after appending them (see bench/chat_branches.py); "
+        "usage: RecordUsage one by one "
         "versus RecordUsageBatch, and GetModelStats over 1M versus 1k records (see bench/usage.py)",
     )
     chat = p.add_argument_group("--suite chat")
     chat.add_argument("--small-messages", type=int, default=1_000, help="messages in the small session; default 1000")
     chat.add_argument("--big-messages", type=int, default=100_000, help="messages in the big session; default 100000")
     chat.add_argument("--appends", type=int, default=400, help="timed appends per session; default 400")
-    chat.add_argument("--reads", type=int, default=400, help="timed last-50 reads per session; default 400")
+    chat.add_argument(
+        "--reads", type=int, default=400, help="timed reads of each page per session (chat-branches too); default 400"
+    )
+    branches = p.add_argument_group("--suite chat-branches")
+    branches.add_argument("--small-branch", type=int, default=100, help="messages of the small branch; default 100")
+    branches.add_argument("--big-branch", type=int, default=20_000, help="messages of the big branch; default 20000")
     usage = p.add_argument_group("--suite usage")
     usage.add_argument("--records", type=int, default=3000, help="records per recording run and mode; default 3000")
     usage.add_argument("--concurrency", type=int, default=16, help="RecordUsage calls in flight; default 16")
@@ -248,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import chat
 
         return chat.run(args)
+    if args.suite == "chat-branches":
+        from bench import chat_branches
+
+        return chat_branches.run(args)
     if args.suite == "usage":
         from bench import usage
 

@@ -10,8 +10,9 @@ Two claims of issue 4, each measured on a small and a big session of the same us
     with no Sort and no Seq Scan, reading about 50 rows; plus ListMessages(DESCENDING, 50) latency,
     big / small.
 
-The sessions are filled with INSERT ... SELECT generate_series straight into the database (the
-counters on the session row are set to match), then ANALYZEd; only the measured calls go through
+The sessions are filled with one INSERT ... SELECT straight into the database (one chain from the
+root, with the depths and jump pointers chat/tree.py gives it; the counters on the session row are
+set to match), then ANALYZEd; only the measured calls go through
 gRPC. No speed is asserted: the bench exits 1 only if a claim's evidence is missing (a Sort or Seq
 Scan in the plan, a failed call, numbers that are not gapless afterwards).
 """
@@ -31,16 +32,17 @@ from pathlib import Path
 
 from bench import report as report_file
 
-# The filler messages: alternating user and assistant turns of about 150 bytes each.
+# The filler messages: alternating user and assistant turns of about 150 bytes each, one chain
+# from the root, so message g is at depth g and jumps to depth (and number) jumps[g - 1].
 _FILL = """
 INSERT INTO chat_messages (user_id, session_id, sequence_number, parent_sequence_number, role, content,
-                           input_tokens, output_tokens)
+                           input_tokens, output_tokens, depth, jump_sequence_number, jump_depth)
 SELECT %(user_id)s, %(session_id)s, g, g - 1,
        CASE WHEN g %% 2 = 1 THEN 'user' ELSE 'assistant' END,
        'Message ' || g || ': lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod '
            || 'tempor incididunt ut labore et dolore magna aliqua.',
-       10, 20
-  FROM generate_series(1, %(count)s) AS g
+       10, 20, g, j.jump, j.jump
+  FROM unnest(%(jumps)s::bigint[]) WITH ORDINALITY AS j (jump, g)
 """
 _COUNTERS = """
 UPDATE chat_sessions
@@ -77,9 +79,12 @@ def _plan_nodes(plan: dict) -> list[dict]:
 def _fill(database_url: str, user_id: str, session_id: str, count: int) -> float:
     import psycopg
 
+    from qdata_server.chat import tree
+
     started = time.perf_counter()
+    jumps = [place.jump_sequence_number for place in tree.chain_places(0, {}, 1, count)]
     with psycopg.connect(database_url) as conn:
-        params = {"user_id": user_id, "session_id": session_id, "count": count}
+        params = {"user_id": user_id, "session_id": session_id, "count": count, "jumps": jumps}
         conn.execute(_FILL, params)
         conn.execute(_COUNTERS, params)
     return time.perf_counter() - started

@@ -52,7 +52,7 @@ async def test_search_finds_stemmed_words_ranked_with_snippets(api):
     assert second.role == USER and second.create_time.seconds > 0
     assert highlighted(best) == ["trains", "train"]  # stemmed: "trains" matches "train"
     assert "Several trains run daily" in best.snippet
-    assert highlighted(second) == ["trains"] and second.snippet == "Which trains run from Lisbon to Porto"
+    assert highlighted(second) == ["trains"] and second.snippet == "Which trains run from Lisbon to Porto?"
     assert not reply.next_page_token
 
     # "boiled" finds "boil" and "Boiling"; "eggs" finds "egg".
@@ -137,6 +137,36 @@ async def test_search_pages_and_snippet_limits(api):
         fields = {"query": "milk", "page_token": first.next_page_token, **other}
         request = chat_pb2.SearchMessagesRequest(user_id=user.id, **fields)
         assert await violations(api.chat.SearchMessages(request)) == {"page_token"}, other
+
+
+async def test_search_snippets_keep_markup_and_code_as_plain_text(api):
+    user = await create_user(api)
+    session = await create_session(api, user.id)
+    html = "use <b>bold</b> & markup"
+    code = "fn parse(items: Vec<String>) -> Option<&str> { if a<b && c>d { first(items) } } <!-- note -->"
+    await append(api, session, html, code)
+
+    # A message this short is its own snippet, whichever of its words matched.
+    for query, words in (("markup", ["markup"]), ("bold", ["bold"]), ("use bold", ["use", "bold"])):
+        [hit] = (await search(api, user.id, query)).hits
+        assert hit.snippet == html
+        assert highlighted(hit) == words
+    [hit] = (await search(api, user.id, "parse items")).hits
+    assert hit.snippet == code
+    assert highlighted(hit) == ["parse", "items", "items"]
+    # An excerpt of a long message keeps its markup too.
+    filler = "lorem ipsum dolor sit amet " * 40
+    await append(api, session, filler + "the <em>treasure</em> <a href='#map'>map</a> " + filler)
+    [hit] = (await search(api, user.id, "treasure")).hits
+    assert "the <em>treasure</em> <a href='#map'>map</a> lorem" in hit.snippet and len(hit.snippet) <= 301
+    assert highlighted(hit) == ["treasure"]
+
+    # The stand-in the server gives ts_headline for "<" cannot be forged either: content holding
+    # it (or the match markers) shows none of them, and no "<" where the content had none.
+    await append(api, session, "a \ue002script> tag \ue000and\ue001 a forged widget")
+    [hit] = (await search(api, user.id, "widget")).hits
+    assert hit.snippet == "a script> tag and a forged widget"
+    assert highlighted(hit) == ["widget"]
 
 
 async def test_search_rejects_bad_input(api):

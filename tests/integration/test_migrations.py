@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,6 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 from psycopg import sql
 
+from qdata_server.chat import tree
 from qdata_server.db import migrate
 from tests.conftest import TEMPLATE_DB, start_api, stop_api, with_database
 
@@ -140,3 +142,47 @@ def test_0009_keeps_forever_the_records_of_money_accepted_before_it(empty_databa
         "session-1": False,
     }
     assert keyed == 0
+
+
+def test_0011_places_the_messages_that_existed_before_it(empty_database_url):
+    """The backfill gives existing messages the depth and jump pointer an append would have."""
+    before = [m for m in migrate.load_migrations() if m.version < 11]
+    [branch_jumps] = [m for m in migrate.load_migrations() if m.version == 11]
+    rng = random.Random(11)
+    expected: dict[tuple[uuid.UUID, int], tree.Place] = {}
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute(migrate._CREATE_TRACKING)  # 0007 grants on it
+        for migration in before:
+            conn.execute(migration.sql.encode("utf-8"))
+        [user_id] = conn.execute(
+            "INSERT INTO users (email, username, password_hash) VALUES ('a@example.com', 'a', 'x') RETURNING user_id"
+        ).fetchone()
+        for _ in range(2):
+            [session_id] = conn.execute(
+                "INSERT INTO chat_sessions (user_id) VALUES (%s) RETURNING session_id", (user_id,)
+            ).fetchone()
+            # A long branch with edits, regenerations, a second root and deleted messages.
+            places = {0: tree.ABOVE_ROOTS}
+            rows = []
+            for number in range(1, 400):
+                choice = rng.random()
+                parent = number - 1 if choice < 0.8 else (0 if choice > 0.98 else rng.randrange(1, number))
+                [places[number]] = tree.chain_places(parent, places, number, 1)
+                expected[(session_id, number)] = places[number]
+                deleted = rng.random() < 0.1
+                rows.append((user_id, session_id, number, parent, "" if deleted else f"m{number}", deleted))
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO chat_messages (user_id, session_id, sequence_number, parent_sequence_number, role,"
+                    " content, deleted_at) VALUES (%s, %s, %s, %s, 'user', %s, CASE WHEN %s THEN now() END)",
+                    # Not in number order: the backfill must not depend on the order rows were written.
+                    sorted(rows, key=lambda r: -r[2]),
+                )
+        conn.execute(branch_jumps.sql.encode("utf-8"))
+        found = {
+            (session_id, number): tree.Place(number, depth, jump, jump_depth)
+            for session_id, number, depth, jump, jump_depth in conn.execute(
+                "SELECT session_id, sequence_number, depth, jump_sequence_number, jump_depth FROM chat_messages"
+            )
+        }
+    assert found == expected

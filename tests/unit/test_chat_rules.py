@@ -4,7 +4,7 @@ import pytest
 
 from qdata.v1 import chat_pb2
 from qdata_server.chat import rules
-from qdata_server.chat.search import START_SEL, STOP_SEL, parse_headline
+from qdata_server.chat.search import LESS_THAN, START_SEL, STOP_SEL, parse_headline
 from qdata_server.config import ConfigError, Settings
 from qdata_server.validation import Violations
 
@@ -22,6 +22,12 @@ def test_headline_markers_become_code_point_offsets():
     assert snippet == "Ünïcode 😀 trains run daily … the train"
     assert spans(snippet, highlights) == ["trains", "daily", "train"]
     assert highlights[0].start == 10  # code points, not UTF-8 or UTF-16 units
+
+
+def test_the_less_than_stand_in_turns_back_into_less_than():
+    snippet, highlights = parse_headline(marked(f"use {LESS_THAN}b>[bold]{LESS_THAN}/b> &  markup"))
+    assert snippet == "use <b>bold</b> & markup"
+    assert spans(snippet, highlights) == ["bold"]
 
 
 def test_long_headlines_are_cut_at_a_word_and_keep_whole_highlights():

@@ -7,8 +7,9 @@ no duplicate, and a reader paging upwards never sees a number before the lower o
 The cost is independent of the session's length (no count, no max over the messages).
 
 Branches: each message names its parent (0 for a root) and children always have higher numbers,
-so the messages form a tree; a branch is the path from a root to a leaf, listed by walking parent
-numbers down the primary key.
+so the messages form a tree; a branch is the path from a root to a leaf. Each message also records
+its depth and a jump pointer (chat/tree.py), so a page of a branch in either direction costs
+O(page + log depth) primary-key lookups, however long the branch or the session.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import psycopg
 
 from qdata.v1 import chat_pb2
 from qdata_server import audit
-from qdata_server.chat import convert, rules
+from qdata_server.chat import convert, rules, tree
 from qdata_server.chat.sessions import load_session, message_not_found, session_ids
 from qdata_server.db.sql import fetch_all, fetch_one
 from qdata_server.db.transactions import acting_for
@@ -30,8 +31,10 @@ from qdata_server.pagination import page_size
 from qdata_server.validation import Violations
 
 # Sequence numbers are bigint; "no upper bound" is one past the largest.
-_NO_UPPER_BOUND = 2**63 - 1
+NO_UPPER_BOUND = 2**63 - 1
 EXPORT_PAGE_SIZE = 100
+# How much deeper than a page an ascending branch window may grow over deleted messages.
+_MAX_WINDOW_GROWTH = 4
 _SCOPES = {chat_pb2.MESSAGE_SCOPE_UNSPECIFIED, chat_pb2.MESSAGE_SCOPE_ALL, chat_pb2.MESSAGE_SCOPE_BRANCH}
 _ORDERS = {chat_pb2.MESSAGE_ORDER_UNSPECIFIED, chat_pb2.MESSAGE_ORDER_ASCENDING, chat_pb2.MESSAGE_ORDER_DESCENDING}
 
@@ -69,15 +72,28 @@ async def append_messages(deps, request: chat_pb2.AppendMessagesRequest) -> chat
 
     async def work(conn: psycopg.AsyncConnection) -> chat_pb2.AppendMessagesResponse:
         session = await load_session(conn, user_id, session_id, for_update=True)
-        if parent is None:
-            first_parent = session["current_leaf"]
-        else:
-            first_parent = parent
-            if parent and await fetch_one(conn, "get_live_chat_message", {**keys, "sequence_number": parent}) is None:
+        # The current leaf is live (or 0) by the session's invariant; a named parent must be.
+        first_parent = session["current_leaf"] if parent is None else parent
+        known: dict[int, tree.Place] = {}
+        if first_parent:
+            chain = await fetch_all(conn, "chat_message_jump_chain", {**keys, "sequence_number": first_parent})
+            if not chain or chain[0]["deleted_at"] is not None:
                 raise message_not_found()
+            known = tree.places_by_number(chain)
         first = session["last_sequence_number"] + 1
+        places = tree.chain_places(first_parent, known, first, len(messages))
         rows = await fetch_all(
-            conn, "insert_chat_messages", {**keys, **columns, "first": first, "parent": first_parent}
+            conn,
+            "insert_chat_messages",
+            {
+                **keys,
+                **columns,
+                "first": first,
+                "parent": first_parent,
+                "depths": [p.depth for p in places],
+                "jump_sequence_numbers": [p.jump_sequence_number for p in places],
+                "jump_depths": [p.jump_depth for p in places],
+            },
         )
         updated = await fetch_one(
             conn,
@@ -140,7 +156,7 @@ async def list_messages(deps, request: chat_pb2.ListMessagesRequest) -> chat_pb2
     }
     tokens = await deps.page_tokens()
     cursor = tokens.open(request.page_token, "ListMessages", filters)
-    lower, upper = after, before or _NO_UPPER_BOUND
+    lower, upper = after, before or NO_UPPER_BOUND
     if cursor:
         if descending:
             upper = min(upper, cursor[0])
@@ -160,9 +176,11 @@ async def list_messages(deps, request: chat_pb2.ListMessagesRequest) -> chat_pb2
             raise message_not_found()
         if end == 0:
             return [], 0
-        start = cursor[0] if cursor and descending else end
-        params = {**keys, **bounds, "start": start, "descending": descending}
-        return await fetch_all(conn, "list_chat_branch", params), end
+        if descending:
+            # The cursor is the last message listed, on the branch: the walk goes on from there.
+            start = cursor[0] if cursor else end
+            return await fetch_all(conn, "list_chat_branch_descending", {**keys, **bounds, "start": start}), end
+        return await _branch_ascending(conn, {**keys, "start": end}, lower, upper, limit + 1), end
 
     rows, end = await deps.transaction(work, acting=acting_for(user_id))
     messages, more = convert.size_bounded(rows, limit, response_budget(deps.settings))
@@ -170,6 +188,30 @@ async def list_messages(deps, request: chat_pb2.ListMessagesRequest) -> chat_pb2
     if more:
         next_token = tokens.seal("ListMessages", filters, [messages[-1].sequence_number, end])
     return chat_pb2.ListMessagesResponse(messages=messages, next_page_token=next_token)
+
+
+async def _branch_ascending(
+    conn: psycopg.AsyncConnection, keys: dict[str, Any], after: int, before: int, wanted: int
+) -> list[dict[str, Any]]:
+    """Up to wanted live messages of a branch numbered between the bounds, root first.
+
+    list_chat_branch_ascending returns the next levels of the branch, deleted messages included,
+    so a window holds fewer live messages than levels when some were deleted. The next window
+    starts below the last one and is deeper, up to _MAX_WINDOW_GROWTH times wanted: a long run
+    of deleted messages takes a few windows, not one per message, and a window never reads the
+    content of more than that many live messages for a page that keeps fewer.
+    """
+    found: list[dict[str, Any]] = []
+    levels = wanted
+    while True:
+        window = await fetch_all(
+            conn, "list_chat_branch_ascending", {**keys, "after": after, "before": before, "limit": levels}
+        )
+        found += [row for row in window if row["deleted_at"] is None]
+        if len(found) >= wanted or not window or window[-1]["sequence_number"] == window[-1]["branch_end"]:
+            return found[:wanted]
+        after = window[-1]["sequence_number"]
+        levels = min(2 * levels, _MAX_WINDOW_GROWTH * wanted)
 
 
 async def get_message(deps, request: chat_pb2.GetMessageRequest) -> chat_pb2.GetMessageResponse:

@@ -3,8 +3,12 @@
 The query is parsed with websearch_to_tsquery ("quoted phrases", "or", "-word") against the
 generated `search` tsvector (english configuration, so words are stemmed), ranked with
 ts_rank_cd, and each hit gets a ts_headline excerpt. ts_headline marks the matches with two
-private-use characters (removed from the content first, so they cannot be forged); they are turned
-into code-point offsets here, and the snippet is returned as plain text on one line.
+private-use characters; they are turned into code-point offsets here, and the snippet is returned
+as plain text on one line: the whole message if it has at most 300 characters, else up to two
+excerpts around the best matches. ts_headline would also drop anything that looks like an HTML tag
+("use <b>bold</b>" -> "use bold"), so the query hands it every "<" as a third private-use
+character, turned back here: code and markup in a chat appear in the snippet as written. The
+three characters are removed from the content first, so none can be forged.
 """
 
 from __future__ import annotations
@@ -27,12 +31,17 @@ MAX_PAGE_SIZE = 100
 MAX_SNIPPET_LENGTH = 300
 START_SEL = "\ue000"
 STOP_SEL = "\ue001"
+# What ts_headline sees instead of "<", so it finds no tags to drop.
+LESS_THAN = "\ue002"
 FRAGMENT_DELIMITER = " … "
 # Two fragments of at most 20 words around the best matches keep a snippet near 300 characters.
 HEADLINE_OPTIONS = (
     f"StartSel={START_SEL}, StopSel={STOP_SEL}, MaxWords=20, MinWords=8, MaxFragments=2, "
     f'FragmentDelimiter="{FRAGMENT_DELIMITER}"'
 )
+# A message that fits in a snippet is its own snippet: fragments would trim words at their edges
+# ("use this bold and markup" -> "this bold and markup").
+WHOLE_MESSAGE_OPTIONS = f"StartSel={START_SEL}, StopSel={STOP_SEL}, HighlightAll=true"
 
 
 async def search_messages(deps, request: chat_pb2.SearchMessagesRequest) -> chat_pb2.SearchMessagesResponse:
@@ -84,7 +93,10 @@ async def search_messages(deps, request: chat_pb2.SearchMessagesRequest) -> chat
                 "limit": limit + 1,
                 "start_sel": START_SEL,
                 "stop_sel": STOP_SEL,
+                "less_than": LESS_THAN,
                 "headline_options": HEADLINE_OPTIONS,
+                "whole_message_options": WHOLE_MESSAGE_OPTIONS,
+                "whole_message_length": MAX_SNIPPET_LENGTH,
             },
         )
 
@@ -118,9 +130,9 @@ def _hit(row: dict[str, Any]) -> chat_pb2.SearchHit:
 def parse_headline(marked: str, limit: int = MAX_SNIPPET_LENGTH) -> tuple[str, list[chat_pb2.SearchHighlight]]:
     """Plain snippet and highlight spans (code-point offsets) from a ts_headline with markers.
 
-    Whitespace runs collapse to one space and the ends are trimmed, so the snippet reads as one
-    line; a snippet longer than limit is cut at a word boundary and ends with "…", keeping only the
-    highlights that lie wholly within it.
+    LESS_THAN turns back into "<". Whitespace runs collapse to one space and the ends are trimmed,
+    so the snippet reads as one line; a snippet longer than limit is cut at a word boundary and
+    ends with "…", keeping only the highlights that lie wholly within it.
     """
     out: list[str] = []
     spans: list[tuple[int, int]] = []
@@ -132,6 +144,8 @@ def parse_headline(marked: str, limit: int = MAX_SNIPPET_LENGTH) -> tuple[str, l
             if start is not None and len(out) > start:
                 spans.append((start, len(out)))
             start = None
+        elif ch == LESS_THAN:
+            out.append("<")
         elif ch.isspace():
             if out and out[-1] != " ":
                 out.append(" ")

@@ -247,10 +247,12 @@ class ChatServiceServicer:
         """Lists a session's live messages in ascending or descending sequence order, either all of them
         (append order) or the branch from the root to a given leaf, optionally bounded by sequence
         numbers. "The last N messages" is one call: order DESCENDING with page_size N. Pages neither
-        skip nor repeat a message while new messages arrive. Fails with NOT_FOUND (reason
-        SESSION_NOT_FOUND), NOT_FOUND (reason MESSAGE_NOT_FOUND) if leaf_sequence_number names no
-        message of the session, and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a negative
-        page_size or bound, or a page_token that was not issued for the same session and filters.
+        skip nor repeat a message while new messages arrive. A page of a branch, in either order and
+        at any point of it, costs about the same in a session of 100 or 100,000 messages. Fails with
+        NOT_FOUND (reason SESSION_NOT_FOUND), NOT_FOUND (reason MESSAGE_NOT_FOUND) if
+        leaf_sequence_number names no message of the session, and INVALID_ARGUMENT (reason
+        INVALID_ARGUMENT) for a negative page_size or bound, or a page_token that was not issued for
+        the same session and filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -65,20 +65,45 @@ SELECT *
  WHERE user_id = %(user_id)s AND session_id = %(session_id)s AND sequence_number = %(sequence_number)s
    AND deleted_at IS NULL;
 
+-- name: chat_message_jump_chain
+-- A message and the ancestors its jump pointers lead to, up to its root: what placing new children
+-- under it needs (chat/tree.py). O(log depth) rows, each a primary-key lookup.
+WITH RECURSIVE chain AS (
+    SELECT m.sequence_number, m.depth, m.jump_sequence_number, m.jump_depth, m.deleted_at
+      FROM chat_messages m
+     WHERE m.user_id = %(user_id)s AND m.session_id = %(session_id)s AND m.sequence_number = %(sequence_number)s
+    UNION ALL
+    SELECT j.sequence_number, j.depth, j.jump_sequence_number, j.jump_depth, j.deleted_at
+      FROM chain c
+     CROSS JOIN LATERAL (
+            SELECT m.sequence_number, m.depth, m.jump_sequence_number, m.jump_depth, m.deleted_at
+              FROM chat_messages m
+             WHERE m.user_id = %(user_id)s AND m.session_id = %(session_id)s
+               AND m.sequence_number = c.jump_sequence_number
+             LIMIT 1) j
+)
+SELECT sequence_number, depth, jump_sequence_number, jump_depth, deleted_at FROM chain;
+
 -- name: insert_chat_messages
 -- Appends a chain of messages numbered first, first + 1, ...: the first one's parent is
--- %(parent)s, each other one's the message before it. The arrays hold one entry per message.
+-- %(parent)s, each other one's the message before it. The arrays hold one entry per message,
+-- the places (depth and jump pointer) computed by chat/tree.py.
 INSERT INTO chat_messages (user_id, session_id, sequence_number, parent_sequence_number, role, content,
-                           model_id, input_tokens, output_tokens, tool_calls, tool_call_id)
+                           model_id, input_tokens, output_tokens, tool_calls, tool_call_id,
+                           depth, jump_sequence_number, jump_depth)
 SELECT %(user_id)s, %(session_id)s,
        %(first)s + m.ord - 1,
        CASE WHEN m.ord = 1 THEN %(parent)s ELSE %(first)s + m.ord - 2 END,
-       m.role, m.content, m.model_id, m.input_tokens, m.output_tokens, m.tool_calls::jsonb, m.tool_call_id
+       m.role, m.content, m.model_id, m.input_tokens, m.output_tokens, m.tool_calls::jsonb, m.tool_call_id,
+       m.depth, m.jump_sequence_number, m.jump_depth
   FROM unnest(%(roles)s::text[], %(contents)s::text[], %(model_ids)s::text[], %(input_tokens)s::bigint[],
-              %(output_tokens)s::bigint[], %(tool_calls)s::text[], %(tool_call_ids)s::text[])
-       WITH ORDINALITY AS m (role, content, model_id, input_tokens, output_tokens, tool_calls, tool_call_id, ord)
+              %(output_tokens)s::bigint[], %(tool_calls)s::text[], %(tool_call_ids)s::text[],
+              %(depths)s::bigint[], %(jump_sequence_numbers)s::bigint[], %(jump_depths)s::bigint[])
+       WITH ORDINALITY AS m (role, content, model_id, input_tokens, output_tokens, tool_calls, tool_call_id,
+                             depth, jump_sequence_number, jump_depth, ord)
  ORDER BY m.ord
-RETURNING *;
+RETURNING session_id, sequence_number, parent_sequence_number, role, content, model_id, input_tokens,
+          output_tokens, tool_calls, tool_call_id, created_at;
 
 -- name: count_chat_append
 -- Moves a locked session's counters past an append of %(count)s messages (no counting of rows).
@@ -112,16 +137,20 @@ RETURNING old.parent_sequence_number, old.input_tokens, old.output_tokens;
 
 -- name: nearest_live_chat_ancestor
 -- The nearest live message on the path from %(start)s up to its root (%(start)s included); 0 if none.
+-- Each step is a primary-key lookup by its full value (see list_chat_branch_descending).
 WITH RECURSIVE up AS (
-    SELECT sequence_number, parent_sequence_number, deleted_at
-      FROM chat_messages
-     WHERE user_id = %(user_id)s AND session_id = %(session_id)s AND sequence_number = %(start)s
-    UNION ALL
     SELECT m.sequence_number, m.parent_sequence_number, m.deleted_at
+      FROM chat_messages m
+     WHERE m.user_id = %(user_id)s AND m.session_id = %(session_id)s AND m.sequence_number = %(start)s
+    UNION ALL
+    SELECT p.sequence_number, p.parent_sequence_number, p.deleted_at
       FROM up
-      JOIN chat_messages m
-        ON m.user_id = %(user_id)s AND m.session_id = %(session_id)s
-       AND m.sequence_number = up.parent_sequence_number
+     CROSS JOIN LATERAL (
+            SELECT m.sequence_number, m.parent_sequence_number, m.deleted_at
+              FROM chat_messages m
+             WHERE m.user_id = %(user_id)s AND m.session_id = %(session_id)s
+               AND m.sequence_number = up.parent_sequence_number
+             LIMIT 1) p
      WHERE up.deleted_at IS NOT NULL
 )
 SELECT coalesce(max(sequence_number) FILTER (WHERE deleted_at IS NULL), 0) AS sequence_number FROM up;
@@ -159,40 +188,154 @@ SELECT *
  ORDER BY sequence_number DESC
  LIMIT %(limit)s;
 
--- name: list_chat_branch
--- One page of the live messages on the path from %(start)s up to its root, between exclusive
--- bounds, ascending or descending. The walk follows parent numbers down the primary key; it stops
--- below the lower bound and, when descending, as soon as it has counted %(limit)s live messages in
--- range, so "the last N of a branch" costs O(N) whatever the branch's length.
-WITH RECURSIVE walk AS (
-    SELECT sequence_number, parent_sequence_number, deleted_at,
-           (deleted_at IS NULL AND sequence_number > %(after)s AND sequence_number < %(before)s)::int AS counted
-      FROM chat_messages
-     WHERE user_id = %(user_id)s AND session_id = %(session_id)s AND sequence_number = %(start)s
+-- name: list_chat_branch_descending
+-- One page of the live messages on the branch from %(start)s up to its root, numbered between the
+-- exclusive bounds %(after)s and %(before)s, newest first, at most %(limit)s. The jump pointers
+-- lead from %(start)s to the deepest message on it numbered below %(before)s (no step when
+-- %(start)s already is), then the walk follows parents until it has %(limit)s live messages or
+-- passes %(after)s. Every step is a LATERAL lookup of the primary key by its full value, which
+-- the planner cannot turn into a rescan of the session whatever the table's statistics say, so a
+-- page costs O(limit + log depth + deleted messages skipped) lookups, however long the session.
+WITH RECURSIVE below AS (
+    SELECT m.sequence_number, m.parent_sequence_number, m.jump_sequence_number
+      FROM chat_messages m
+     WHERE m.user_id = %(user_id)s AND m.session_id = %(session_id)s AND m.sequence_number = %(start)s
     UNION ALL
-    SELECT m.sequence_number, m.parent_sequence_number, m.deleted_at,
-           w.counted + (m.deleted_at IS NULL AND m.sequence_number > %(after)s
-                        AND m.sequence_number < %(before)s)::int
+    SELECT n.sequence_number, n.parent_sequence_number, n.jump_sequence_number
+      FROM below b
+     CROSS JOIN LATERAL (
+            SELECT m.sequence_number, m.parent_sequence_number, m.jump_sequence_number
+              FROM chat_messages m
+             WHERE m.user_id = %(user_id)s AND m.session_id = %(session_id)s
+               AND m.sequence_number = CASE WHEN b.jump_sequence_number >= %(before)s THEN b.jump_sequence_number
+                                            ELSE b.parent_sequence_number END
+             LIMIT 1) n
+     WHERE b.sequence_number >= %(before)s
+), walk AS (
+    SELECT m.session_id, m.sequence_number, m.parent_sequence_number, m.role, m.content, m.model_id,
+           m.input_tokens, m.output_tokens, m.tool_calls, m.tool_call_id, m.created_at, m.deleted_at,
+           (m.deleted_at IS NULL AND m.sequence_number > %(after)s)::int AS counted
+      FROM chat_messages m
+     WHERE m.user_id = %(user_id)s AND m.session_id = %(session_id)s
+       AND m.sequence_number = (SELECT b.sequence_number FROM below b WHERE b.sequence_number < %(before)s)
+    UNION ALL
+    SELECT n.session_id, n.sequence_number, n.parent_sequence_number, n.role, n.content, n.model_id,
+           n.input_tokens, n.output_tokens, n.tool_calls, n.tool_call_id, n.created_at, n.deleted_at,
+           w.counted + (n.deleted_at IS NULL)::int
       FROM walk w
-      JOIN chat_messages m
-        ON m.user_id = %(user_id)s AND m.session_id = %(session_id)s
-       AND m.sequence_number = w.parent_sequence_number
-     WHERE w.parent_sequence_number > %(after)s
-       AND (NOT %(descending)s OR w.counted < %(limit)s)
+     CROSS JOIN LATERAL (
+            SELECT m.session_id, m.sequence_number, m.parent_sequence_number, m.role, m.content, m.model_id,
+                   m.input_tokens, m.output_tokens, m.tool_calls, m.tool_call_id, m.created_at, m.deleted_at
+              FROM chat_messages m
+             WHERE m.user_id = %(user_id)s AND m.session_id = %(session_id)s
+               AND m.sequence_number = w.parent_sequence_number
+             LIMIT 1) n
+     WHERE w.parent_sequence_number > %(after)s AND w.counted < %(limit)s
 )
-SELECT m.*
-  FROM walk w
-  JOIN chat_messages m
-    ON m.user_id = %(user_id)s AND m.session_id = %(session_id)s AND m.sequence_number = w.sequence_number
- WHERE w.deleted_at IS NULL AND w.sequence_number > %(after)s AND w.sequence_number < %(before)s
- ORDER BY CASE WHEN %(descending)s THEN -m.sequence_number ELSE m.sequence_number END
+SELECT session_id, sequence_number, parent_sequence_number, role, content, model_id, input_tokens, output_tokens,
+       tool_calls, tool_call_id, created_at
+  FROM walk
+ WHERE deleted_at IS NULL AND sequence_number > %(after)s
+ ORDER BY sequence_number DESC
  LIMIT %(limit)s;
+
+-- name: list_chat_branch_ascending
+-- One window of the branch from %(start)s up to its root, root first: the messages (deleted ones
+-- included, with deleted_at) on the next %(limit)s levels below the deepest message numbered at
+-- most %(after)s, among those numbered below %(before)s; each row also carries branch_end, the
+-- deepest message of the branch numbered below %(before)s, so the caller knows whether more
+-- follow. Jump pointers find that end, the window's top (when %(after)s > 0) and its bottom (the
+-- ancestor at depth top + %(limit)s), O(log depth) primary-key lookups each; the walk from the
+-- bottom up to the top takes %(limit)s more. As in list_chat_branch_descending, every step is a
+-- LATERAL lookup of the primary key by its full value, so the cost never depends on the
+-- session's length or on the planner's statistics.
+WITH RECURSIVE below AS (
+    SELECT m.sequence_number, m.parent_sequence_number, m.jump_sequence_number, m.depth, m.jump_depth
+      FROM chat_messages m
+     WHERE m.user_id = %(user_id)s AND m.session_id = %(session_id)s AND m.sequence_number = %(start)s
+    UNION ALL
+    SELECT n.sequence_number, n.parent_sequence_number, n.jump_sequence_number, n.depth, n.jump_depth
+      FROM below b
+     CROSS JOIN LATERAL (
+            SELECT m.sequence_number, m.parent_sequence_number, m.jump_sequence_number, m.depth, m.jump_depth
+              FROM chat_messages m
+             WHERE m.user_id = %(user_id)s AND m.session_id = %(session_id)s
+               AND m.sequence_number = CASE WHEN b.jump_sequence_number >= %(before)s THEN b.jump_sequence_number
+                                            ELSE b.parent_sequence_number END
+             LIMIT 1) n
+     WHERE b.sequence_number >= %(before)s
+), branch_end AS (
+    SELECT b.sequence_number, b.parent_sequence_number, b.jump_sequence_number, b.depth, b.jump_depth
+      FROM below b
+     WHERE b.sequence_number < %(before)s
+), above AS (
+    SELECT e.sequence_number, e.parent_sequence_number, e.jump_sequence_number, e.depth
+      FROM branch_end e
+     WHERE %(after)s > 0
+    UNION ALL
+    SELECT n.sequence_number, n.parent_sequence_number, n.jump_sequence_number, n.depth
+      FROM above a
+     CROSS JOIN LATERAL (
+            SELECT m.sequence_number, m.parent_sequence_number, m.jump_sequence_number, m.depth
+              FROM chat_messages m
+             WHERE m.user_id = %(user_id)s AND m.session_id = %(session_id)s
+               AND m.sequence_number = CASE WHEN a.jump_sequence_number > %(after)s THEN a.jump_sequence_number
+                                            ELSE a.parent_sequence_number END
+             LIMIT 1) n
+     WHERE a.sequence_number > %(after)s
+), top AS (
+    -- Depth of the deepest message of the branch numbered at most %(after)s; 0 above the root.
+    SELECT coalesce(max(a.depth) FILTER (WHERE a.sequence_number <= %(after)s), 0) AS depth FROM above a
+), bottom AS (
+    SELECT e.sequence_number, e.parent_sequence_number, e.jump_sequence_number, e.depth, e.jump_depth,
+           t.depth + %(limit)s AS target
+      FROM branch_end e CROSS JOIN top t
+    UNION ALL
+    SELECT n.sequence_number, n.parent_sequence_number, n.jump_sequence_number, n.depth, n.jump_depth, d.target
+      FROM bottom d
+     CROSS JOIN LATERAL (
+            SELECT m.sequence_number, m.parent_sequence_number, m.jump_sequence_number, m.depth, m.jump_depth
+              FROM chat_messages m
+             WHERE m.user_id = %(user_id)s AND m.session_id = %(session_id)s
+               AND m.sequence_number = CASE WHEN d.jump_depth > d.target THEN d.jump_sequence_number
+                                            ELSE d.parent_sequence_number END
+             LIMIT 1) n
+     WHERE d.depth > d.target
+), walk AS (
+    SELECT m.session_id, m.sequence_number, m.parent_sequence_number, m.role, m.content, m.model_id,
+           m.input_tokens, m.output_tokens, m.tool_calls, m.tool_call_id, m.created_at, m.deleted_at, m.depth
+      FROM chat_messages m
+     WHERE m.user_id = %(user_id)s AND m.session_id = %(session_id)s
+       AND m.sequence_number = (SELECT d.sequence_number FROM bottom d WHERE d.depth <= d.target)
+       AND m.depth > (SELECT t.depth FROM top t)
+    UNION ALL
+    SELECT n.session_id, n.sequence_number, n.parent_sequence_number, n.role, n.content, n.model_id,
+           n.input_tokens, n.output_tokens, n.tool_calls, n.tool_call_id, n.created_at, n.deleted_at, n.depth
+      FROM walk w
+     CROSS JOIN LATERAL (
+            SELECT m.session_id, m.sequence_number, m.parent_sequence_number, m.role, m.content, m.model_id,
+                   m.input_tokens, m.output_tokens, m.tool_calls, m.tool_call_id, m.created_at, m.deleted_at, m.depth
+              FROM chat_messages m
+             WHERE m.user_id = %(user_id)s AND m.session_id = %(session_id)s
+               AND m.sequence_number = w.parent_sequence_number
+             LIMIT 1) n
+     WHERE w.depth > (SELECT t.depth FROM top t) + 1
+)
+SELECT w.session_id, w.sequence_number, w.parent_sequence_number, w.role, w.content, w.model_id, w.input_tokens,
+       w.output_tokens, w.tool_calls, w.tool_call_id, w.created_at, w.deleted_at,
+       (SELECT e.sequence_number FROM branch_end e) AS branch_end
+  FROM walk w
+ ORDER BY w.sequence_number;
 
 -- name: search_chat_messages
 -- One page of a user's live messages matching a web-search query, best first (ts_rank_cd, then
 -- newest), after an optional keyset cursor, each with its session's title and a snippet whose
--- matches are wrapped in %(start_sel)s ... %(stop_sel)s (those characters are removed from the
--- content first). Only the first 100,000 characters of a message are indexed and excerpted.
+-- matches are wrapped in %(start_sel)s ... %(stop_sel)s: the whole message when it has at most
+-- %(whole_message_length)s characters, else excerpts around the matches. ts_headline's parser
+-- reads "<...>" as an HTML tag and leaves it out, so every "<" goes in as %(less_than)s, which it
+-- takes for punctuation, and chat/search.py turns it back; the three characters are removed from
+-- the content first, so none can be forged. Only the first 100,000 characters of a message are
+-- indexed and excerpted.
 WITH q AS (
     SELECT websearch_to_tsquery('english', %(query)s) AS query
 ), page AS (
@@ -212,8 +355,12 @@ WITH q AS (
 )
 SELECT page.session_id, page.sequence_number, page.role, page.created_at, page.score::float8 AS score,
        s.title AS session_title,
-       ts_headline('english', translate(left(m.content, 100000), %(start_sel)s || %(stop_sel)s, ''),
-                   q.query, %(headline_options)s) AS snippet
+       ts_headline('english',
+                   replace(translate(left(m.content, 100000), %(start_sel)s || %(stop_sel)s || %(less_than)s, ''),
+                           '<', %(less_than)s),
+                   q.query,
+                   CASE WHEN char_length(m.content) <= %(whole_message_length)s THEN %(whole_message_options)s
+                        ELSE %(headline_options)s END) AS snippet
   FROM page
   CROSS JOIN q
   JOIN chat_messages m
