@@ -53,7 +53,9 @@ SELECT a.posted_micros,
 -- name: ledger_get_transaction
 -- One transaction visible to a user (its owner or a transfer's receiver), with postings and the
 -- refunded total.
-SELECT t.*,
+SELECT t.user_id, t.transaction_id, t.kind, t.counterparty_user_id, t.amount_micros, t.currency_code,
+       t.description, t.reference, t.external_reference, t.deposit_source, t.original_transaction_id, t.hold_id,
+       t.request_id, t.created_at,
        (SELECT json_agg(json_build_object(
                    'account', CASE WHEN p.account_user_id IS NOT NULL THEN 'users/' || p.account_user_id
                                    ELSE 'system/' || p.system_account END,
@@ -69,11 +71,17 @@ SELECT t.*,
 -- One page of a user's transactions (owned, or received by transfer), newest first, after an
 -- optional (created_at, transaction_id) cursor, filtered by time range, kinds and currency.
 WITH visible AS (
-    SELECT * FROM ledger_transactions WHERE user_id = %(user_id)s
+    SELECT user_id, transaction_id, kind, counterparty_user_id, amount_micros, currency_code, description, reference,
+           external_reference, deposit_source, original_transaction_id, hold_id, request_id, created_at
+      FROM ledger_transactions WHERE user_id = %(user_id)s
     UNION ALL
-    SELECT * FROM ledger_transactions WHERE counterparty_user_id = %(user_id)s
+    SELECT user_id, transaction_id, kind, counterparty_user_id, amount_micros, currency_code, description, reference,
+           external_reference, deposit_source, original_transaction_id, hold_id, request_id, created_at
+      FROM ledger_transactions WHERE counterparty_user_id = %(user_id)s
 )
-SELECT t.*,
+SELECT t.user_id, t.transaction_id, t.kind, t.counterparty_user_id, t.amount_micros, t.currency_code,
+       t.description, t.reference, t.external_reference, t.deposit_source, t.original_transaction_id, t.hold_id,
+       t.request_id, t.created_at,
        (SELECT json_agg(json_build_object(
                    'account', CASE WHEN p.account_user_id IS NOT NULL THEN 'users/' || p.account_user_id
                                    ELSE 'system/' || p.system_account END,
@@ -93,7 +101,10 @@ SELECT t.*,
 
 -- name: ledger_get_hold
 -- One hold of a user.
-SELECT h.*, now() AS read_at FROM ledger_holds h WHERE h.user_id = %(user_id)s AND h.hold_id = %(hold_id)s;
+SELECT h.user_id, h.hold_id, h.currency_code, h.amount_micros, h.status, h.description, h.reference,
+       h.captured_micros, h.capture_transaction_id, h.request_id, h.created_at, h.expire_at, h.resolved_at,
+       now() AS read_at
+  FROM ledger_holds h WHERE h.user_id = %(user_id)s AND h.hold_id = %(hold_id)s;
 
 -- name: ledger_verify_unbalanced
 -- Transactions whose postings do not sum to zero (or that have no postings).
