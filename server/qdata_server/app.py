@@ -2,7 +2,9 @@
 
 One `QdataServer` lives in each worker process (created after the fork). Health starts
 NOT_SERVING, turns SERVING once the pool reaches the database and no migration is pending, goes
-back to NOT_SERVING while the database is unreachable, and enters graceful shutdown on stop.
+back to NOT_SERVING while the database is unreachable (and for good once prepared statements
+turn out to be lost by a pooler: a configuration change, see db/transactions.py), and enters
+graceful shutdown on stop.
 With TLS configured the port is served with TLS (mutual TLS with a client CA); an optional second,
 plaintext server on QDATA_HEALTH_LISTEN_ADDRESS serves only the same health servicer, for probes.
 """
@@ -322,9 +324,14 @@ class QdataServer:
                 log.warning("schema has pending migrations; not serving until they are applied")
         except migrate.MigrationError as exc:
             log.error("migration history disagrees with this build: %s", exc)
+        except transactions.PREPARED_STATEMENT_LOST as exc:
+            transactions.prepared_statement_lost(self.pool, exc)
         except Exception as exc:
             if self._serving is not False:
                 log.warning("database unreachable", extra={"error_type": type(exc).__name__})
+        if transactions.prepared_statements_unsupported(self.pool):
+            # Logged with the fix when first seen: the configuration must change (a restart).
+            serving = False
         if serving != self._serving:
             status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
             for name in ("", *SERVICE_NAMES):

@@ -3,7 +3,9 @@
 `run(pool, work, acting=...)` checks out a connection, opens a transaction, names whom it acts for
 (row-level security, see 0007_service_role_row_security.sql) and sets a transaction-local
 statement_timeout from the caller's remaining deadline, runs `work(conn)` and commits. A
-serialization failure or deadlock reruns the whole transaction a bounded number of times.
+serialization failure or deadlock reruns the whole transaction a bounded number of times; so does
+a prepared statement whose result shape a migration changed underneath ("cached plan must not
+change result type", 0A000, in a rolling update), prepared again on the next attempt.
 
 The transaction runs in pipeline mode: BEGIN, the settings and the work's first statement leave
 in one flush, so naming the user costs no round trip of its own (a statement whose result the
@@ -13,7 +15,10 @@ further up: a violated constraint becomes the error db/constraints.py names for 
 UNAVAILABLE, a statement stopped by the deadline DEADLINE_EXCEEDED.
 
 Nothing here outlives the transaction (SET LOCAL, no session state), so the server can run
-behind PgBouncer in transaction mode.
+behind PgBouncer in transaction mode; psycopg's prepared statements are session state, though, and
+need PgBouncer 1.21+ with max_prepared_statements, or QDATA_PREPARED_STATEMENTS=false. Without
+either, a lost prepared statement (26000, 42P05) is UNAVAILABLE with reason
+PREPARED_STATEMENTS_UNSUPPORTED, logged once with that fix, and health turns NOT_SERVING.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import dataclasses
 import logging
 import random
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
@@ -40,6 +46,18 @@ log = logging.getLogger("qdata.db")
 
 # SQLSTATEs worth retrying: the same transaction may well succeed when run again.
 _RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
+# "cached plan must not change result type": a statement prepared before a migration changed the
+# shape of its result (a rolling update); retried with the statement prepared again.
+_STALE_PLAN = pg_errors.FeatureNotSupported
+# A prepared statement the server connection does not have (26000) or already has (42P05): a
+# pooler in transaction mode (PgBouncer before 1.21, or without max_prepared_statements) moved the
+# client to another server connection between transactions.
+PREPARED_STATEMENT_LOST = (pg_errors.InvalidSqlStatementName, pg_errors.DuplicatePreparedStatement)
+PREPARED_STATEMENTS_FIX = (
+    "set QDATA_PREPARED_STATEMENTS=false, or run PgBouncer 1.21 or later with max_prepared_statements > 0"
+)
+# Pools that lost a prepared statement to a pooler; health reports NOT_SERVING for them.
+_pooler_broke_prepared: weakref.WeakSet[AsyncConnectionPool] = weakref.WeakSet()
 # Headroom kept from the caller's deadline so the answer still reaches it in time.
 _DEADLINE_MARGIN_SECONDS = 0.05
 _BEGIN = "BEGIN"
@@ -102,9 +120,20 @@ async def run(
     same consistent state (for checks that read a lot, like VerifyLedger).
     """
     attempt = 0
+    stale_attempts = 0
     while True:
         try:
             return await _run_once(pool, work, acting, snapshot)
+        except _STALE_PLAN as exc:
+            # A newer replica changed a table under a statement this connection prepared; the
+            # rollback in _run_once made psycopg forget (and DEALLOCATE) that connection's
+            # statements, so the next attempt re-prepares. Each failure refreshes one connection.
+            stale_attempts += 1
+            if stale_attempts > pool.max_size:
+                raise
+            log.info("re-preparing after a schema change (sqlstate %s)", exc.sqlstate)
+        except PREPARED_STATEMENT_LOST as exc:
+            raise prepared_statement_lost(pool, exc) from None
         except _RETRYABLE as exc:
             attempt += 1
             if attempt > retries:
@@ -124,6 +153,27 @@ async def run(
         except psycopg.OperationalError as exc:
             log.warning("database unavailable: %s", type(exc).__name__)
             raise Unavailable("the database is unavailable", reason="DATABASE_UNAVAILABLE") from None
+
+
+def prepared_statements_unsupported(pool: AsyncConnectionPool) -> bool:
+    """True once a transaction on this pool lost a prepared statement to a pooler (see run)."""
+    return pool in _pooler_broke_prepared
+
+
+def prepared_statement_lost(pool: AsyncConnectionPool, exc: psycopg.Error) -> Unavailable:
+    """Notes a PREPARED_STATEMENT_LOST error on pool (the first is logged with the fix); returns
+    the UNAVAILABLE it becomes."""
+    if pool not in _pooler_broke_prepared:
+        _pooler_broke_prepared.add(pool)
+        log.error(
+            "prepared statements do not work through this connection (sqlstate %s): a pooler in "
+            "transaction mode sits in front of PostgreSQL; %s. Not serving until restarted with the fix",
+            exc.sqlstate,
+            PREPARED_STATEMENTS_FIX,
+        )
+    return Unavailable(
+        "the database connection does not support prepared statements", reason="PREPARED_STATEMENTS_UNSUPPORTED"
+    )
 
 
 async def name_acting(conn: psycopg.AsyncConnection, acting: Acting, *, statement_timeout: str | None = None) -> None:
