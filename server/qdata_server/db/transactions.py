@@ -49,10 +49,15 @@ _RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 # "cached plan must not change result type": a statement prepared before a migration changed the
 # shape of its result (a rolling update); retried with the statement prepared again.
 _STALE_PLAN = pg_errors.FeatureNotSupported
-# A prepared statement the server connection does not have (26000) or already has (42P05): a
-# pooler in transaction mode (PgBouncer before 1.21, or without max_prepared_statements) moved the
-# client to another server connection between transactions.
-PREPARED_STATEMENT_LOST = (pg_errors.InvalidSqlStatementName, pg_errors.DuplicatePreparedStatement)
+# A prepared statement the server connection does not have (26000), already has (42P05) or has
+# with another client's text (08P01, "bind message supplies 1 parameters, but prepared statement
+# ... requires 0"): a pooler in transaction mode (PgBouncer before 1.21, or without
+# max_prepared_statements) moved the client to another server connection between transactions.
+PREPARED_STATEMENT_LOST = (
+    pg_errors.InvalidSqlStatementName,
+    pg_errors.DuplicatePreparedStatement,
+    pg_errors.ProtocolViolation,
+)
 PREPARED_STATEMENTS_FIX = (
     "set QDATA_PREPARED_STATEMENTS=false, or run PgBouncer 1.21 or later with max_prepared_statements > 0"
 )
@@ -163,6 +168,11 @@ def prepared_statements_unsupported(pool: AsyncConnectionPool) -> bool:
 def prepared_statement_lost(pool: AsyncConnectionPool, exc: psycopg.Error) -> Unavailable:
     """Notes a PREPARED_STATEMENT_LOST error on pool (the first is logged with the fix); returns
     the UNAVAILABLE it becomes."""
+    connect_kwargs = pool.kwargs if isinstance(pool.kwargs, dict) else {}
+    if isinstance(exc, pg_errors.ProtocolViolation) and connect_kwargs.get("prepare_threshold", 5) is None:
+        # Without prepared statements a protocol violation is no statement mix-up.
+        log.warning("database unavailable: %s", type(exc).__name__)
+        return Unavailable("the database is unavailable", reason="DATABASE_UNAVAILABLE")
     if pool not in _pooler_broke_prepared:
         _pooler_broke_prepared.add(pool)
         log.error(
