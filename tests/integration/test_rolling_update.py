@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 import psycopg
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from qdata.v1 import chat_pb2, ledger_pb2, user_pb2
 from tests.conftest import TEST_SETTINGS, start_api, stop_api
@@ -23,13 +24,16 @@ USD = 1_000_000
 SETTINGS = dataclasses.replace(TEST_SETTINGS, prepared_statements=True, pool_min_size=2, pool_max_size=2)
 CALLS_PER_ROUND = 14
 
-# What a newer release's migration might add: nullable columns, no default (no table rewrite).
+# What a newer release's migration might do: add nullable columns, no default (no table
+# rewrite), and record itself under a version this build does not ship.
 ADDITIVE_MIGRATION = [
     "ALTER TABLE ledger_transactions ADD COLUMN rolling_note text NULL",
     "ALTER TABLE ledger_holds ADD COLUMN rolling_note text NULL",
     "ALTER TABLE users ADD COLUMN rolling_note text NULL",
     "ALTER TABLE chat_sessions ADD COLUMN rolling_note text NULL",
     "ALTER TABLE chat_messages ADD COLUMN rolling_note text NULL",
+    "INSERT INTO schema_migrations (version, name, checksum, fingerprint)"
+    " VALUES (9999, 'rolling_note', repeat('0', 64), repeat('0', 64))",
 ]
 
 
@@ -101,9 +105,14 @@ async def test_a_warmed_server_keeps_serving_while_an_additive_migration_lands(d
             return errors
 
         assert await round_of_calls() == []  # warmed: every query above is now prepared
-        async with await psycopg.AsyncConnection.connect(api.database_url, autocommit=True) as owner:
+        async with await psycopg.AsyncConnection.connect(api.database_url) as owner, owner.transaction():
             for statement in ADDITIVE_MIGRATION:
                 await owner.execute(statement)
         assert await round_of_calls() == []
+        # And this (older) replica stays in rotation next to the newer schema.
+        assert await api.server.check_health()
+        health = health_pb2_grpc.HealthStub(api.channel)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         await stop_api(api)

@@ -149,7 +149,12 @@ class FailedPrecondition(QdataError):
 
 
 class Unavailable(QdataError):
-    """UNAVAILABLE: the server or its database could not be reached; see the module's retry notes."""
+    """UNAVAILABLE: the server or its database could not be reached; see the module's retry notes.
+
+    Reason DATABASE_UNAVAILABLE is an outage; PREPARED_STATEMENTS_UNSUPPORTED is a deployment
+    problem of that server (its pooler cannot keep prepared statements), which another replica may
+    not have.
+    """
 
 
 class Unimplemented(QdataError):

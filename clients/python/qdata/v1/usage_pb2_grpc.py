@@ -57,9 +57,11 @@ class UsageServiceStub:
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "qdata", reason in UPPER_SNAKE_CASE)
     and, for invalid input, a BadRequest listing each field violation. Any RPC may also fail with
-    UNAVAILABLE when the database is unreachable; writes are then safe to retry with the same
-    request_id. Every mutating request takes a request_id, scoped to the calling service and the
-    user the request acts for (the catalog for UpsertModel): a replay with the same parameters
+    UNAVAILABLE when the database is unreachable (reason DATABASE_UNAVAILABLE) or the server's
+    connection pooler cannot keep prepared statements (reason PREPARED_STATEMENTS_UNSUPPORTED, a
+    deployment problem); writes are then safe to retry with the same request_id. Every mutating
+    request takes a request_id, scoped to the calling service and the user the request acts for
+    (the catalog for UpsertModel): a replay with the same parameters
     returns the first response without a second effect, also when replays arrive concurrently; the
     same request_id with different parameters (or for another RPC) fails with ALREADY_EXISTS
     (reason REQUEST_ID_REUSED). A rejected request, including one rejected with
@@ -163,9 +165,11 @@ class UsageServiceServicer:
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "qdata", reason in UPPER_SNAKE_CASE)
     and, for invalid input, a BadRequest listing each field violation. Any RPC may also fail with
-    UNAVAILABLE when the database is unreachable; writes are then safe to retry with the same
-    request_id. Every mutating request takes a request_id, scoped to the calling service and the
-    user the request acts for (the catalog for UpsertModel): a replay with the same parameters
+    UNAVAILABLE when the database is unreachable (reason DATABASE_UNAVAILABLE) or the server's
+    connection pooler cannot keep prepared statements (reason PREPARED_STATEMENTS_UNSUPPORTED, a
+    deployment problem); writes are then safe to retry with the same request_id. Every mutating
+    request takes a request_id, scoped to the calling service and the user the request acts for
+    (the catalog for UpsertModel): a replay with the same parameters
     returns the first response without a second effect, also when replays arrive concurrently; the
     same request_id with different parameters (or for another RPC) fails with ALREADY_EXISTS
     (reason REQUEST_ID_REUSED). A rejected request, including one rejected with
@@ -396,9 +400,11 @@ class UsageService:
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "qdata", reason in UPPER_SNAKE_CASE)
     and, for invalid input, a BadRequest listing each field violation. Any RPC may also fail with
-    UNAVAILABLE when the database is unreachable; writes are then safe to retry with the same
-    request_id. Every mutating request takes a request_id, scoped to the calling service and the
-    user the request acts for (the catalog for UpsertModel): a replay with the same parameters
+    UNAVAILABLE when the database is unreachable (reason DATABASE_UNAVAILABLE) or the server's
+    connection pooler cannot keep prepared statements (reason PREPARED_STATEMENTS_UNSUPPORTED, a
+    deployment problem); writes are then safe to retry with the same request_id. Every mutating
+    request takes a request_id, scoped to the calling service and the user the request acts for
+    (the catalog for UpsertModel): a replay with the same parameters
     returns the first response without a second effect, also when replays arrive concurrently; the
     same request_id with different parameters (or for another RPC) fails with ALREADY_EXISTS
     (reason REQUEST_ID_REUSED). A rejected request, including one rejected with
