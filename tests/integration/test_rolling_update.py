@@ -15,7 +15,8 @@ import grpc
 import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from qdata.v1 import chat_pb2, ledger_pb2, user_pb2
+from qdata.v1 import chat_pb2, ledger_pb2, usage_pb2, user_pb2
+from tests.api.usage_support import create_model, usage
 from tests.conftest import TEST_SETTINGS, start_api, stop_api
 from tests.helpers import create_user, rid
 
@@ -32,6 +33,8 @@ ADDITIVE_MIGRATION = [
     "ALTER TABLE users ADD COLUMN rolling_note text NULL",
     "ALTER TABLE chat_sessions ADD COLUMN rolling_note text NULL",
     "ALTER TABLE chat_messages ADD COLUMN rolling_note text NULL",
+    "ALTER TABLE usage_records ADD COLUMN rolling_note text NULL",
+    "ALTER TABLE models ADD COLUMN rolling_note text NULL",
     "INSERT INTO schema_migrations (version, name, checksum, fingerprint)"
     " VALUES (9999, 'rolling_note', repeat('0', 64), repeat('0', 64))",
 ]
@@ -57,6 +60,7 @@ async def test_a_warmed_server_keeps_serving_while_an_additive_migration_lands(d
             await api.chat.CreateSession(chat_pb2.CreateSessionRequest(request_id=rid(), user_id=user.id))
         ).session
         message = chat_pb2.MessageInput(role=chat_pb2.MESSAGE_ROLE_USER, content="hello")
+        model = (await create_model(api)).model
 
         calls: dict[str, Callable[[], Awaitable[object]]] = {
             "CreateUser": lambda: create_user(api),
@@ -92,6 +96,9 @@ async def test_a_warmed_server_keeps_serving_while_an_additive_migration_lands(d
             "ListMessages": lambda: api.chat.ListMessages(
                 chat_pb2.ListMessagesRequest(user_id=user.id, session_id=session.id, page_size=10)
             ),
+            "RecordUsage": lambda: api.usage.RecordUsage(usage(user.id, model.id)),
+            "GetModel": lambda: api.usage.GetModel(usage_pb2.GetModelRequest(model_id=model.id)),
+            "ListModels": lambda: api.usage.ListModels(usage_pb2.ListModelsRequest(page_size=10)),
         }
 
         async def round_of_calls() -> list[str]:
