@@ -46,8 +46,9 @@ log = logging.getLogger("qdata.db")
 
 # SQLSTATEs worth retrying: the same transaction may well succeed when run again.
 _RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
-# "cached plan must not change result type": a statement prepared before a migration changed the
-# shape of its result (a rolling update); retried with the statement prepared again.
+# 0A000 "cached plan must not change result type": a statement prepared before a migration
+# changed the shape of its result (a rolling update); retried with the statement prepared again.
+# (Any other 0A000 is a bug that fails on every attempt, so the bounded retry still ends in it.)
 _STALE_PLAN = pg_errors.FeatureNotSupported
 # A prepared statement the server connection does not have (26000), already has (42P05) or has
 # with another client's text (08P01, "bind message supplies 1 parameters, but prepared statement
