@@ -133,8 +133,9 @@ class Api:
     usage: usage_pb2_grpc.UsageServiceStub
 
 
-async def start_api(database_url: str, settings: Settings = TEST_SETTINGS) -> Api:
-    server = QdataServer(settings, serving_url(database_url))
+async def start_api(database_url: str, settings: Settings = TEST_SETTINGS, *, serve_through: str | None = None) -> Api:
+    """Serves database_url as SERVICE_LOGIN (or through serve_through, e.g. a pooler in front of it)."""
+    server = QdataServer(settings, serve_through or serving_url(database_url))
     port = await server.start("127.0.0.1:0")
     address = f"127.0.0.1:{port}"
     channel = grpc.aio.insecure_channel(address)

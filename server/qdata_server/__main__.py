@@ -11,6 +11,10 @@ rewrap-keys [--batch N]
          in batches of N (default 500); resumable; afterwards older ring versions can be removed
 hash-token  reads a caller token on stdin (or makes a new one if stdin is empty) and prints the
          sha256:<hex> form QDATA_AUTH_TOKENS takes
+
+migrate, status, verify, verify-audit and rewrap-keys act on QDATA_OWNER_DATABASE_URL, else
+DATABASE_URL, else (neither set) the embedded PostgreSQL. serve and seed need DATABASE_URL, the
+serving login: with QDATA_OWNER_DATABASE_URL alone they exit 2 with a configuration error.
 """
 
 from __future__ import annotations
@@ -51,9 +55,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "serve":
         return serve.serve(settings)
-    databases = serve.resolve_database(settings)
-    # Operator commands run as the schema's owner; seeding goes through the service code, as served.
-    conninfo = databases.owner
+    if args.command == "seed":
+        # Seeding goes through the service code, as served.
+        try:
+            databases = serve.resolve_database(settings)
+        except ConfigError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
+        asyncio.run(serve.seed_database(settings, databases.serving))
+        print("seeded")
+        return 0
+    # Operator commands run as the schema's owner, on the database they are given.
+    conninfo = serve.resolve_owner_database(settings)
     try:
         if args.command == "migrate":
             applied = migrate.migrate(conninfo)
@@ -78,9 +91,6 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             print(f"audit trail broken: {len(report.problems)} problem(s) in {report.checked} event(s) checked")
             return 1
-        elif args.command == "seed":
-            asyncio.run(serve.seed_database(settings, databases.serving))
-            print("seeded")
         elif args.command == "rewrap-keys":
             return rewrap_keys(settings, conninfo, args.batch)
     except migrate.MigrationError as exc:

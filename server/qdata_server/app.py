@@ -3,7 +3,9 @@
 One `QdataServer` lives in each worker process (created after the fork). Health starts
 NOT_SERVING, turns SERVING once the database answers the health probe (on a connection of its
 own, not a pooled one), accepts writes and has no pending migration, goes back to NOT_SERVING
-while the database is unreachable or read-only, and enters graceful shutdown on stop.
+while the database is unreachable or read-only (and for good once prepared statements turn out
+to be lost by a pooler: a configuration change, see db/transactions.py), and enters graceful
+shutdown on stop.
 With TLS configured the port is served with TLS (mutual TLS with a client CA); an optional second,
 plaintext server on QDATA_HEALTH_LISTEN_ADDRESS serves only the same health servicer, for probes.
 """
@@ -355,6 +357,9 @@ class QdataServer:
             await self.pool.revive()
         self._reachable = reachable
         self._note_saturation()
+        if transactions.prepared_statements_unsupported(self.pool):
+            # Logged with the fix when first seen: the configuration must change (a restart).
+            serving = False
         if serving != self._serving:
             status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
             for name in ("", *SERVICE_NAMES):

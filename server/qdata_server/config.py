@@ -67,7 +67,8 @@ class Settings:
     # empty means "start the embedded PostgreSQL".
     database_url: str = ""
     # Connection string of the schema's owner, for migrations and operator commands
-    # (verify-audit, rewrap-keys); empty means database_url.
+    # (verify-audit, rewrap-keys); empty means database_url. Set alone, operator commands act on
+    # it and serve refuses to start (it has no login to serve as).
     owner_database_url: str = ""
     # Where the embedded PostgreSQL keeps its data when database_url is empty.
     embedded_data_dir: str = ".qdata/pgdata"
@@ -151,8 +152,8 @@ class Settings:
 
     @property
     def embedded(self) -> bool:
-        """True when the server runs its own private PostgreSQL."""
-        return not self.database_url
+        """True when the server runs its own private PostgreSQL (no database URL is set)."""
+        return not self.database_url and not self.owner_database_url
 
     @property
     def effective_workers(self) -> int:
@@ -164,10 +165,13 @@ class Settings:
         env = os.environ if env is None else env
         d = cls()
         database_url = env.get("DATABASE_URL", "").strip()
+        owner_database_url = env.get("QDATA_OWNER_DATABASE_URL", "").strip()
+        # The embedded default migrates and seeds itself; a database given by URL does neither.
+        embedded = not database_url and not owner_database_url
         flag = env.get("QDATA_MIGRATE_ON_START", "").strip().lower()
-        migrate_on_start = flag in ("1", "true", "yes") if flag else not database_url
+        migrate_on_start = flag in ("1", "true", "yes") if flag else embedded
         seed_flag = env.get("QDATA_SEED_ON_START", "").strip().lower()
-        seed_on_start = seed_flag in ("1", "true", "yes") if seed_flag else not database_url
+        seed_on_start = seed_flag in ("1", "true", "yes") if seed_flag else embedded
         prepared = env.get("QDATA_PREPARED_STATEMENTS", "").strip().lower()
         if prepared not in ("", "1", "true", "yes", "0", "false", "no"):
             raise ConfigError(f"QDATA_PREPARED_STATEMENTS must be true or false, got {prepared!r}")
@@ -202,7 +206,7 @@ class Settings:
         settings = cls(
             listen_address=env.get("QDATA_LISTEN_ADDRESS", d.listen_address).strip(),
             database_url=database_url,
-            owner_database_url=env.get("QDATA_OWNER_DATABASE_URL", "").strip(),
+            owner_database_url=owner_database_url,
             embedded_data_dir=env.get("QDATA_EMBEDDED_DATA_DIR", d.embedded_data_dir).strip(),
             pool_min_size=_int(env, "QDATA_POOL_MIN_SIZE", d.pool_min_size, 0, 1000),
             pool_max_size=_int(env, "QDATA_POOL_MAX_SIZE", d.pool_max_size, 1, 1000),

@@ -20,7 +20,7 @@ import signal
 import socket
 import sys
 
-from qdata_server.config import Settings
+from qdata_server.config import ConfigError, Settings
 
 log = logging.getLogger("qdata.serve")
 
@@ -37,12 +37,30 @@ class Databases:
 EMBEDDED_SERVICE_LOGIN = "qdata_app"
 
 
+def database_problem(settings: Settings) -> str | None:
+    """Why the server cannot serve with these database settings, or None.
+
+    QDATA_OWNER_DATABASE_URL alone names a database but no login to serve it as: serving the
+    embedded PostgreSQL instead would quietly leave the named database alone.
+    """
+    if settings.owner_database_url and not settings.database_url:
+        return (
+            "QDATA_OWNER_DATABASE_URL is set but DATABASE_URL is not: serving needs DATABASE_URL (a login "
+            "role in qdata_service); set it, or unset QDATA_OWNER_DATABASE_URL to use the embedded PostgreSQL"
+        )
+    return None
+
+
 def resolve_database(settings: Settings) -> Databases:
     """DATABASE_URL (and QDATA_OWNER_DATABASE_URL), or the embedded PostgreSQL (started on demand).
 
     The embedded default connects as its superuser for migrations and serves as qdata_app, a
-    member of qdata_service, so row-level security holds there too.
+    member of qdata_service, so row-level security holds there too. Raises ConfigError when only
+    QDATA_OWNER_DATABASE_URL is set (see database_problem).
     """
+    problem = database_problem(settings)
+    if problem:
+        raise ConfigError(problem)
     if settings.database_url:
         return Databases(serving=settings.database_url, owner=settings.owner_database_url or settings.database_url)
     from qdata_server import embedded
@@ -50,6 +68,18 @@ def resolve_database(settings: Settings) -> Databases:
 
     owner = embedded.start(settings.embedded_data_dir)
     return Databases(serving=roles.ensure_service_login(owner, EMBEDDED_SERVICE_LOGIN), owner=owner)
+
+
+def resolve_owner_database(settings: Settings) -> str:
+    """Where operator commands (migrate, status, verify, ...) act: the schema owner's URL.
+
+    QDATA_OWNER_DATABASE_URL, else DATABASE_URL, else the embedded PostgreSQL (started on demand)
+    when neither is set. A database given in either variable is the one acted on, never the
+    embedded one.
+    """
+    if settings.owner_database_url or settings.database_url:
+        return settings.owner_database_url or settings.database_url
+    return resolve_database(settings).owner
 
 
 async def run_worker(settings: Settings, conninfo: str, address: str, *, reuse_port: bool, on_ready=None) -> None:
@@ -124,7 +154,7 @@ def serve(settings: Settings) -> int:
     from qdata_server import auth
     from qdata_server.db import migrate
 
-    problem = auth.startup_problem(settings)
+    problem = database_problem(settings) or auth.startup_problem(settings)
     if problem:
         log.error("refusing to start: %s", problem)
         sys.stderr.write(f"configuration error: {problem}\n")
@@ -136,7 +166,7 @@ def serve(settings: Settings) -> int:
     conninfo = databases.serving
     # Before the fork: a bad key ring fails once, and the embedded development ring is generated
     # by one process (workers then read it). Missing versions are checked by each worker's start.
-    from qdata_server.config import ConfigError, check_tls
+    from qdata_server.config import check_tls
     from qdata_server.users import vault
 
     try:

@@ -81,3 +81,27 @@ async def test_a_named_constraint_becomes_its_domain_error(pool):
     with pytest.raises(AlreadyExists) as caught:
         await transactions.run(pool, duplicate, acting=NOBODY)
     assert caught.value.reason == "EMAIL_TAKEN"
+
+
+async def test_a_statement_prepared_before_a_schema_change_is_prepared_again(pool, database_url):
+    # A `*` query whose result shape a migration changes: exactly what PostgreSQL refuses to run
+    # from a prepared statement ("cached plan must not change result type", 0A000).
+    calls = 0
+
+    async def read(conn: psycopg.AsyncConnection) -> dict:
+        nonlocal calls
+        calls += 1
+        cur = await conn.execute("SELECT * FROM counters WHERE id = %s", (1,))
+        return await cur.fetchone()
+
+    for _ in range(20):  # psycopg prepares a query after its 5th use on a connection (of two or so)
+        await transactions.run(pool, read, acting=NOBODY)
+    # A newer replica's migration, on a connection of its own.
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as other:
+        await other.execute("ALTER TABLE counters ADD COLUMN note text")
+    calls = 0
+    row = await transactions.run(pool, read, acting=NOBODY)
+    assert row == {"id": 1, "n": 0, "note": None}
+    # The stale statement failed on each connection that had prepared it (each failure makes that
+    # connection forget its statements), then ran prepared anew.
+    assert 2 <= calls <= 1 + pool.get_stats()["pool_size"]

@@ -21,6 +21,13 @@ def test_database_url_turns_off_automatic_migration_and_seeding():
     assert forced.migrate_on_start
 
 
+def test_an_owner_url_alone_is_no_embedded_database():
+    # Operator commands act on it; nothing falls back to (or generates keys for) the embedded one.
+    settings = Settings.from_env({"QDATA_OWNER_DATABASE_URL": "postgresql://owner@db/qdata"})
+    assert not settings.embedded
+    assert not settings.migrate_on_start and not settings.seed_on_start
+
+
 def test_values_are_parsed():
     settings = Settings.from_env(
         {

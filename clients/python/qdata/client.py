@@ -158,6 +158,8 @@ class Unavailable(QdataError):
 
     ``reason`` is DATABASE_UNAVAILABLE, DATABASE_READ_ONLY, DATABASE_OVERLOADED or DATABASE_FULL
     when the server answered; empty when the server itself could not be reached.
+    PREPARED_STATEMENTS_UNSUPPORTED is a deployment problem of that server (its pooler cannot keep
+    prepared statements), which another replica may not have.
     """
 
 

@@ -3,7 +3,9 @@
 `run(pool, work, acting=...)` checks out a connection, opens a transaction, names whom it acts for
 (row-level security, see 0007_service_role_row_security.sql) and sets a transaction-local
 statement_timeout from the caller's remaining deadline, runs `work(conn)` and commits. A
-serialization failure or deadlock reruns the whole transaction a bounded number of times.
+serialization failure or deadlock reruns the whole transaction a bounded number of times; so does
+a prepared statement whose result shape a migration changed underneath ("cached plan must not
+change result type", 0A000, in a rolling update), prepared again on the next attempt.
 
 The transaction runs in pipeline mode: BEGIN, the settings and the work's first statement leave
 in one flush, so naming the user costs no round trip of its own (a statement whose result the
@@ -15,7 +17,10 @@ by the deadline DEADLINE_EXCEEDED. Waiting for a pooled connection is bounded by
 deadline too.
 
 Nothing here outlives the transaction (SET LOCAL, no session state), so the server can run
-behind PgBouncer in transaction mode.
+behind PgBouncer in transaction mode; psycopg's prepared statements are session state, though, and
+need PgBouncer 1.21+ with max_prepared_statements, or QDATA_PREPARED_STATEMENTS=false. Without
+either, a lost prepared statement (26000, 42P05) is UNAVAILABLE with reason
+PREPARED_STATEMENTS_UNSUPPORTED, logged once with that fix, and health turns NOT_SERVING.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import dataclasses
 import logging
 import random
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
@@ -37,11 +43,29 @@ from qdata_server import callctx
 from qdata_server.db.errors import RETRYABLE as _RETRYABLE
 from qdata_server.db.errors import contention, database_error
 from qdata_server.db.sql import query
-from qdata_server.errors import DeadlineExceeded
+from qdata_server.errors import DeadlineExceeded, Unavailable
 
 T = TypeVar("T")
 log = logging.getLogger("qdata.db")
 
+# 0A000 "cached plan must not change result type": a statement prepared before a migration
+# changed the shape of its result (a rolling update); retried with the statement prepared again.
+# (Any other 0A000 is a bug that fails on every attempt, so the bounded retry still ends in it.)
+_STALE_PLAN = pg_errors.FeatureNotSupported
+# A prepared statement the server connection does not have (26000), already has (42P05) or has
+# with another client's text (08P01, "bind message supplies 1 parameters, but prepared statement
+# ... requires 0"): a pooler in transaction mode (PgBouncer before 1.21, or without
+# max_prepared_statements) moved the client to another server connection between transactions.
+PREPARED_STATEMENT_LOST = (
+    pg_errors.InvalidSqlStatementName,
+    pg_errors.DuplicatePreparedStatement,
+    pg_errors.ProtocolViolation,
+)
+PREPARED_STATEMENTS_FIX = (
+    "set QDATA_PREPARED_STATEMENTS=false, or run PgBouncer 1.21 or later with max_prepared_statements > 0"
+)
+# Pools that lost a prepared statement to a pooler; health reports NOT_SERVING for them.
+_pooler_broke_prepared: weakref.WeakSet[AsyncConnectionPool] = weakref.WeakSet()
 # Headroom kept from the caller's deadline so the answer still reaches it in time.
 _DEADLINE_MARGIN_SECONDS = 0.05
 # Headroom kept when waiting for a pooled connection: UNAVAILABLE must reach the caller before its
@@ -107,9 +131,20 @@ async def run(
     same consistent state (for checks that read a lot, like VerifyLedger).
     """
     attempt = 0
+    stale_attempts = 0
     while True:
         try:
             return await _run_once(pool, work, acting, snapshot)
+        except _STALE_PLAN as exc:
+            # A newer replica changed a table under a statement this connection prepared; the
+            # rollback in _run_once made psycopg forget (and DEALLOCATE) that connection's
+            # statements, so the next attempt re-prepares. Each failure refreshes one connection.
+            stale_attempts += 1
+            if stale_attempts > pool.max_size:
+                raise
+            log.info("re-preparing after a schema change (sqlstate %s)", exc.sqlstate)
+        except PREPARED_STATEMENT_LOST as exc:
+            raise prepared_statement_lost(pool, exc) from None
         except _RETRYABLE as exc:
             attempt += 1
             if attempt > retries:
@@ -117,8 +152,6 @@ async def run(
                 raise contention() from None
             # Jittered exponential backoff keeps colliding transactions from colliding again.
             await asyncio.sleep(random.uniform(0, 0.005 * (2**attempt)))
-        # Retries for a stale prepared statement (0A000) and PgBouncer's lost or duplicate
-        # prepared statements (26000, 42P05) belong here, before the mapping below.
         except (psycopg.Error, PoolTimeout) as exc:
             error = database_error(exc)
             if error is None:
@@ -129,6 +162,32 @@ async def run(
                     "database error", extra={"sqlstate": getattr(exc, "sqlstate", None), "reason": error.reason}
                 )
             raise error from None
+
+
+def prepared_statements_unsupported(pool: AsyncConnectionPool) -> bool:
+    """True once a transaction on this pool lost a prepared statement to a pooler (see run)."""
+    return pool in _pooler_broke_prepared
+
+
+def prepared_statement_lost(pool: AsyncConnectionPool, exc: psycopg.Error) -> Unavailable:
+    """Notes a PREPARED_STATEMENT_LOST error on pool (the first is logged with the fix); returns
+    the UNAVAILABLE it becomes."""
+    connect_kwargs = pool.kwargs if isinstance(pool.kwargs, dict) else {}
+    if isinstance(exc, pg_errors.ProtocolViolation) and connect_kwargs.get("prepare_threshold", 5) is None:
+        # Without prepared statements a protocol violation is no statement mix-up.
+        log.warning("database unavailable: %s", type(exc).__name__)
+        return Unavailable("the database is unavailable", reason="DATABASE_UNAVAILABLE")
+    if pool not in _pooler_broke_prepared:
+        _pooler_broke_prepared.add(pool)
+        log.error(
+            "prepared statements do not work through this connection (sqlstate %s): a pooler in "
+            "transaction mode sits in front of PostgreSQL; %s. Not serving until restarted with the fix",
+            exc.sqlstate,
+            PREPARED_STATEMENTS_FIX,
+        )
+    return Unavailable(
+        "the database connection does not support prepared statements", reason="PREPARED_STATEMENTS_UNSUPPORTED"
+    )
 
 
 async def name_acting(conn: psycopg.AsyncConnection, acting: Acting, *, statement_timeout: str | None = None) -> None:

@@ -44,7 +44,9 @@ class LedgerServiceStub:
 
     Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
-    a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources) or
+    a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources,
+    PREPARED_STATEMENTS_UNSUPPORTED when the server's connection pooler cannot keep prepared
+    statements, a deployment problem of that server) or
     with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
@@ -154,7 +156,9 @@ class LedgerServiceServicer:
 
     Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
-    a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources) or
+    a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources,
+    PREPARED_STATEMENTS_UNSUPPORTED when the server's connection pooler cannot keep prepared
+    statements, a deployment problem of that server) or
     with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
@@ -410,7 +414,9 @@ class LedgerService:
 
     Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
-    a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources) or
+    a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources,
+    PREPARED_STATEMENTS_UNSUPPORTED when the server's connection pooler cannot keep prepared
+    statements, a deployment problem of that server) or
     with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason

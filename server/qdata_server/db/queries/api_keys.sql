@@ -4,7 +4,8 @@ INSERT INTO user_api_keys (user_id, api_key_id, provider, label, hint, key_versi
                            ciphertext, nonce)
 VALUES (%(user_id)s, %(api_key_id)s, %(provider)s, %(label)s, %(hint)s, %(key_version)s, %(wrapped_key)s,
         %(key_nonce)s, %(ciphertext)s, %(nonce)s)
-RETURNING *;
+RETURNING user_id, api_key_id, provider, label, hint, key_version, wrapped_key, key_nonce, ciphertext, nonce,
+          created_at, updated_at, last_used_at;
 
 -- name: api_key_list
 -- One page of a user's keys, newest first, after an optional (created_at, api_key_id) cursor.
@@ -20,11 +21,14 @@ SELECT user_id, api_key_id, provider, label, hint, key_version, created_at, upda
 -- Marks a key as used (a reveal) and returns it with its encrypted secret.
 UPDATE user_api_keys SET last_used_at = now()
  WHERE user_id = %(user_id)s AND api_key_id = %(api_key_id)s
-RETURNING *;
+RETURNING user_id, api_key_id, provider, label, hint, key_version, wrapped_key, key_nonce, ciphertext, nonce,
+          created_at, updated_at, last_used_at;
 
 -- name: api_key_get_for_update
 -- Reads and locks one key.
-SELECT * FROM user_api_keys WHERE user_id = %(user_id)s AND api_key_id = %(api_key_id)s FOR UPDATE;
+SELECT user_id, api_key_id, provider, label, hint, key_version, wrapped_key, key_nonce, ciphertext, nonce,
+       created_at, updated_at, last_used_at
+  FROM user_api_keys WHERE user_id = %(user_id)s AND api_key_id = %(api_key_id)s FOR UPDATE;
 
 -- name: api_key_update
 -- Sets the label and/or a re-encrypted secret (set_* flags choose which).
@@ -38,7 +42,8 @@ UPDATE user_api_keys
        nonce       = CASE WHEN %(set_secret)s THEN %(nonce)s ELSE nonce END,
        updated_at  = now()
  WHERE user_id = %(user_id)s AND api_key_id = %(api_key_id)s
-RETURNING *;
+RETURNING user_id, api_key_id, provider, label, hint, key_version, wrapped_key, key_nonce, ciphertext, nonce,
+          created_at, updated_at, last_used_at;
 
 -- name: api_key_delete
 -- Deletes one key; returns it (no row if it does not exist).

@@ -6,20 +6,26 @@ SELECT user_id FROM users WHERE user_id = %(user_id)s AND status <> 'deleted' FO
 -- Creates an empty session.
 INSERT INTO chat_sessions (user_id, model_id, title, metadata, tags, pinned)
 VALUES (%(user_id)s, %(model_id)s, %(title)s, %(metadata)s, %(tags)s, %(pinned)s)
-RETURNING *;
+RETURNING user_id, session_id, model_id, title, metadata, tags, pinned, archived, current_leaf, last_sequence_number,
+          message_count, total_input_tokens, total_output_tokens, last_activity_at, created_at, updated_at;
 
 -- name: get_chat_session
 -- Reads one session of a user.
-SELECT * FROM chat_sessions WHERE user_id = %(user_id)s AND session_id = %(session_id)s;
+SELECT user_id, session_id, model_id, title, metadata, tags, pinned, archived, current_leaf, last_sequence_number,
+       message_count, total_input_tokens, total_output_tokens, last_activity_at, created_at, updated_at
+  FROM chat_sessions WHERE user_id = %(user_id)s AND session_id = %(session_id)s;
 
 -- name: lock_chat_session
 -- Reads and locks one session of a user: appends, updates and deletions of its messages queue here.
-SELECT * FROM chat_sessions WHERE user_id = %(user_id)s AND session_id = %(session_id)s FOR UPDATE;
+SELECT user_id, session_id, model_id, title, metadata, tags, pinned, archived, current_leaf, last_sequence_number,
+       message_count, total_input_tokens, total_output_tokens, last_activity_at, created_at, updated_at
+  FROM chat_sessions WHERE user_id = %(user_id)s AND session_id = %(session_id)s FOR UPDATE;
 
 -- name: list_chat_sessions
 -- One page of a user's sessions, most recent activity first, after an optional keyset cursor.
 -- tags: the session must carry all of them; pinned and archived: NULL for either.
-SELECT *
+SELECT user_id, session_id, model_id, title, metadata, tags, pinned, archived, current_leaf, last_sequence_number,
+       message_count, total_input_tokens, total_output_tokens, last_activity_at, created_at, updated_at
   FROM chat_sessions
  WHERE user_id = %(user_id)s
    AND tags @> %(tags)s::text[]
@@ -42,7 +48,8 @@ UPDATE chat_sessions
        current_leaf = %(current_leaf)s,
        updated_at = now()
  WHERE user_id = %(user_id)s AND session_id = %(session_id)s
-RETURNING *;
+RETURNING user_id, session_id, model_id, title, metadata, tags, pinned, archived, current_leaf, last_sequence_number,
+          message_count, total_input_tokens, total_output_tokens, last_activity_at, created_at, updated_at;
 
 -- name: delete_chat_session
 -- Deletes a session; its messages go with it (ON DELETE CASCADE).
@@ -60,7 +67,8 @@ DELETE FROM chat_sessions WHERE user_id = %(user_id)s;
 
 -- name: get_live_chat_message
 -- Reads one live message of a session.
-SELECT *
+SELECT user_id, session_id, sequence_number, parent_sequence_number, role, content, model_id, input_tokens,
+       output_tokens, tool_calls, tool_call_id, created_at, deleted_at
   FROM chat_messages
  WHERE user_id = %(user_id)s AND session_id = %(session_id)s AND sequence_number = %(sequence_number)s
    AND deleted_at IS NULL;
@@ -116,7 +124,8 @@ UPDATE chat_sessions
        last_activity_at = now(),
        updated_at = now()
  WHERE user_id = %(user_id)s AND session_id = %(session_id)s
-RETURNING *;
+RETURNING user_id, session_id, model_id, title, metadata, tags, pinned, archived, current_leaf, last_sequence_number,
+          message_count, total_input_tokens, total_output_tokens, last_activity_at, created_at, updated_at;
 
 -- name: erase_chat_message
 -- Deletes one live message: erases its content, tool calls and token counts, keeps its number and
@@ -164,12 +173,14 @@ UPDATE chat_sessions
        current_leaf = %(current_leaf)s,
        updated_at = now()
  WHERE user_id = %(user_id)s AND session_id = %(session_id)s
-RETURNING *;
+RETURNING user_id, session_id, model_id, title, metadata, tags, pinned, archived, current_leaf, last_sequence_number,
+          message_count, total_input_tokens, total_output_tokens, last_activity_at, created_at, updated_at;
 
 -- name: list_chat_messages_ascending
 -- One page of a session's live messages in append order, between exclusive bounds (an index range
 -- scan of the primary key).
-SELECT *
+SELECT user_id, session_id, sequence_number, parent_sequence_number, role, content, model_id, input_tokens,
+       output_tokens, tool_calls, tool_call_id, created_at, deleted_at
   FROM chat_messages
  WHERE user_id = %(user_id)s AND session_id = %(session_id)s
    AND sequence_number > %(after)s AND sequence_number < %(before)s
@@ -180,7 +191,8 @@ SELECT *
 -- name: list_chat_messages_descending
 -- One page of a session's live messages newest first, between exclusive bounds: "the last N
 -- messages" is a backward index scan of the primary key that stops after N rows.
-SELECT *
+SELECT user_id, session_id, sequence_number, parent_sequence_number, role, content, model_id, input_tokens,
+       output_tokens, tool_calls, tool_call_id, created_at, deleted_at
   FROM chat_messages
  WHERE user_id = %(user_id)s AND session_id = %(session_id)s
    AND sequence_number > %(after)s AND sequence_number < %(before)s

@@ -61,7 +61,9 @@ SELECT a.posted_micros,
 -- name: ledger_get_transaction
 -- One transaction visible to a user (its owner or a transfer's receiver), with postings and the
 -- refunded total.
-SELECT t.*,
+SELECT t.user_id, t.transaction_id, t.kind, t.counterparty_user_id, t.amount_micros, t.currency_code,
+       t.description, t.reference, t.external_reference, t.deposit_source, t.original_transaction_id, t.hold_id,
+       t.request_id, t.created_at,
        (SELECT json_agg(json_build_object(
                    'account', CASE WHEN p.account_user_id IS NOT NULL THEN 'users/' || p.account_user_id
                                    ELSE 'system/' || p.system_account END,
@@ -112,7 +114,10 @@ SELECT t.user_id, t.transaction_id, t.kind, t.counterparty_user_id, t.amount_mic
 
 -- name: ledger_get_hold
 -- One hold of a user.
-SELECT h.*, now() AS read_at FROM ledger_holds h WHERE h.user_id = %(user_id)s AND h.hold_id = %(hold_id)s;
+SELECT h.user_id, h.hold_id, h.currency_code, h.amount_micros, h.status, h.description, h.reference,
+       h.captured_micros, h.capture_transaction_id, h.request_id, h.created_at, h.expire_at, h.resolved_at,
+       now() AS read_at
+  FROM ledger_holds h WHERE h.user_id = %(user_id)s AND h.hold_id = %(hold_id)s;
 
 -- name: ledger_verify_unbalanced
 -- Transactions whose postings do not sum to zero (or that have no postings).

@@ -1,6 +1,7 @@
 -- name: usage_get_model
 -- One catalog model with the price version in force now and the next scheduled one.
-SELECT m.*, cur.price AS current_price, nxt.price AS next_price
+SELECT m.model_id, m.provider, m.display_name, m.context_window_tokens, m.status, m.currency_code, m.created_at,
+       m.updated_at, cur.price AS current_price, nxt.price AS next_price
   FROM models m
   LEFT JOIN LATERAL (SELECT to_jsonb(p) AS price FROM model_prices p
                       WHERE p.model_id = m.model_id AND p.effective_at <= now()
@@ -12,7 +13,8 @@ SELECT m.*, cur.price AS current_price, nxt.price AS next_price
 
 -- name: usage_list_models
 -- One page of catalog models by id after an optional cursor, filtered by provider and status.
-SELECT m.*, cur.price AS current_price, nxt.price AS next_price
+SELECT m.model_id, m.provider, m.display_name, m.context_window_tokens, m.status, m.currency_code, m.created_at,
+       m.updated_at, cur.price AS current_price, nxt.price AS next_price
   FROM models m
   LEFT JOIN LATERAL (SELECT to_jsonb(p) AS price FROM model_prices p
                       WHERE p.model_id = m.model_id AND p.effective_at <= now()
@@ -28,14 +30,15 @@ SELECT m.*, cur.price AS current_price, nxt.price AS next_price
 
 -- name: usage_lock_model
 -- Locks a catalog model for a change.
-SELECT * FROM models WHERE model_id = %(model_id)s FOR UPDATE;
+SELECT model_id, provider, display_name, context_window_tokens, status, currency_code, created_at, updated_at
+  FROM models WHERE model_id = %(model_id)s FOR UPDATE;
 
 -- name: usage_insert_model
 -- Creates a catalog model unless it exists (then returns no row).
 INSERT INTO models (model_id, provider, display_name, context_window_tokens, status)
 VALUES (%(model_id)s, %(provider)s, %(display_name)s, %(context_window_tokens)s, %(status)s)
 ON CONFLICT (model_id) DO NOTHING
-RETURNING *;
+RETURNING model_id, provider, display_name, context_window_tokens, status, currency_code, created_at, updated_at;
 
 -- name: usage_update_model
 -- Changes the catalog fields whose set_* flag is true.
@@ -47,7 +50,7 @@ UPDATE models
        status = CASE WHEN %(set_status)s THEN %(status)s ELSE status END,
        updated_at = now()
  WHERE model_id = %(model_id)s
-RETURNING *;
+RETURNING model_id, provider, display_name, context_window_tokens, status, currency_code, created_at, updated_at;
 
 -- name: usage_insert_price
 -- Adds an immutable price version (effective now when effective_at is NULL) and fixes the
@@ -57,15 +60,20 @@ WITH price AS (
                               cached_input_micros_per_million, reasoning_micros_per_million, effective_at)
     VALUES (%(model_id)s, %(currency_code)s, %(input)s, %(output)s, %(cached_input)s, %(reasoning)s,
             coalesce(%(effective_at)s::timestamptz, now()))
-    RETURNING *
+    RETURNING price_id, model_id, currency_code, input_micros_per_million, output_micros_per_million,
+              cached_input_micros_per_million, reasoning_micros_per_million, effective_at, created_at
 ), touched AS (
     UPDATE models SET currency_code = %(currency_code)s, updated_at = now() WHERE model_id = %(model_id)s
 )
-SELECT * FROM price;
+SELECT price_id, model_id, currency_code, input_micros_per_million, output_micros_per_million,
+       cached_input_micros_per_million, reasoning_micros_per_million, effective_at, created_at
+  FROM price;
 
 -- name: usage_list_model_prices
 -- One page of a model's price versions, latest effective_at first, after an optional cursor.
-SELECT * FROM model_prices
+SELECT price_id, model_id, currency_code, input_micros_per_million, output_micros_per_million,
+       cached_input_micros_per_million, reasoning_micros_per_million, effective_at, created_at
+  FROM model_prices
  WHERE model_id = %(model_id)s
    AND (%(before_effective_at)s::timestamptz IS NULL OR effective_at < %(before_effective_at)s::timestamptz)
  ORDER BY effective_at DESC
@@ -78,7 +86,10 @@ SELECT model_id, currency_code FROM models WHERE model_id = %(model_id)s;
 -- name: usage_record
 -- Records and bills one model call (usage_record in 0004_usage.sql); returns the record with its
 -- currency.
-SELECT r.*, p.currency_code
+SELECT r.user_id, r.called_at, r.usage_record_id, r.request_id, r.model_id, r.price_id, r.session_id,
+       r.input_tokens, r.cached_input_tokens, r.output_tokens, r.reasoning_tokens, r.latency_ns,
+       r.time_to_first_token_ns, r.outcome, r.error_code, r.used_own_provider_key, r.hold_id, r.cost_micros,
+       r.billed, r.ledger_transaction_id, r.overage_transaction_id, r.created_at, p.currency_code
   FROM usage_record(%(user_id)s, %(model_id)s, %(session_id)s, %(input_tokens)s, %(cached_input_tokens)s,
                     %(output_tokens)s, %(reasoning_tokens)s, %(latency_ns)s, %(ttft_ns)s, %(outcome)s,
                     %(error_code)s, %(used_own_provider_key)s, %(hold_id)s, %(called_at)s, %(request_id)s,
@@ -100,7 +111,14 @@ SELECT r.usage_record_id, r.request_id, r.user_id, r.model_id, r.session_id, r.i
 -- name: usage_record_batch
 -- Records a chunk of RecordUsageBatch items, each in its own subtransaction; one result row per
 -- item in order (see usage_record_batch in 0004_usage.sql).
-SELECT b.o_item AS item, b.o_status AS status, (b.o_record).*, p.currency_code,
+SELECT b.o_item AS item, b.o_status AS status, (b.o_record).user_id, (b.o_record).called_at,
+       (b.o_record).usage_record_id, (b.o_record).request_id, (b.o_record).model_id, (b.o_record).price_id,
+       (b.o_record).session_id, (b.o_record).input_tokens, (b.o_record).cached_input_tokens,
+       (b.o_record).output_tokens, (b.o_record).reasoning_tokens, (b.o_record).latency_ns,
+       (b.o_record).time_to_first_token_ns, (b.o_record).outcome, (b.o_record).error_code,
+       (b.o_record).used_own_provider_key, (b.o_record).hold_id, (b.o_record).cost_micros, (b.o_record).billed,
+       (b.o_record).ledger_transaction_id, (b.o_record).overage_transaction_id, (b.o_record).created_at,
+       p.currency_code,
        b.o_error_constraint AS error_constraint, b.o_error_detail AS error_detail,
        b.o_error_sqlstate AS error_sqlstate, b.o_stored_method AS stored_method,
        b.o_stored_hash AS stored_hash, b.o_stored_response AS stored_response
@@ -263,7 +281,9 @@ WITH totals AS (
          WHERE model_id = %(model_id)s AND called_at >= %(raw2_start)s AND called_at < %(raw2_end)s
       ) who
 )
-SELECT t.*, p.*, u.*, coalesce(r.rating_count, 0) AS rating_count, coalesce(r.stars_sum, 0) AS stars_sum
+SELECT t.request_count, t.error_count, t.input_tokens, t.cached_input_tokens, t.output_tokens,
+       t.reasoning_tokens, t.billed_micros, p.latency_count, p.p50_bucket, p.p95_bucket, u.unique_users,
+       coalesce(r.rating_count, 0) AS rating_count, coalesce(r.stars_sum, 0) AS stars_sum
   FROM totals t, percentiles p, users u
   LEFT JOIN model_rating_totals r ON r.model_id = %(model_id)s;
 
@@ -293,10 +313,14 @@ WITH chosen AS (
            CASE WHEN r.billed THEN r.cost_micros ELSE 0 END
       FROM chosen c
       CROSS JOIN LATERAL (
-        SELECT * FROM usage_records u
+        SELECT u.model_id, u.input_tokens, u.cached_input_tokens, u.output_tokens, u.reasoning_tokens, u.billed,
+               u.cost_micros
+          FROM usage_records u
          WHERE u.model_id = c.model_id AND u.called_at >= %(raw1_start)s AND u.called_at < %(raw1_end)s
         UNION ALL
-        SELECT * FROM usage_records u
+        SELECT u.model_id, u.input_tokens, u.cached_input_tokens, u.output_tokens, u.reasoning_tokens, u.billed,
+               u.cost_micros
+          FROM usage_records u
          WHERE u.model_id = c.model_id AND u.called_at >= %(raw2_start)s AND u.called_at < %(raw2_end)s
       ) r
 )
@@ -334,18 +358,19 @@ WITH earlier AS (
     VALUES (%(user_id)s, %(model_id)s, %(stars)s, %(review)s)
     ON CONFLICT (user_id, model_id) DO UPDATE
         SET stars = excluded.stars, review = excluded.review, updated_at = now()
-    RETURNING *
+    RETURNING user_id, model_id, stars, review, created_at, updated_at
 ), totals AS (
     UPDATE model_rating_totals
        SET rating_count = rating_count + CASE WHEN EXISTS (SELECT 1 FROM earlier) THEN 0 ELSE 1 END,
            stars_sum = stars_sum + %(stars)s - coalesce((SELECT stars FROM earlier), 0)
      WHERE model_id = %(model_id)s
 )
-SELECT * FROM rating;
+SELECT user_id, model_id, stars, review, created_at, updated_at FROM rating;
 
 -- name: usage_list_model_ratings
 -- One page of a model's ratings, most recently changed first, after an optional cursor.
-SELECT * FROM model_ratings
+SELECT user_id, model_id, stars, review, created_at, updated_at
+  FROM model_ratings
  WHERE model_id = %(model_id)s
    AND (%(stars)s::smallint IS NULL OR stars = %(stars)s::smallint)
    AND (%(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid)

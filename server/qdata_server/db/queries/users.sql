@@ -2,14 +2,16 @@
 -- Creates a user; a taken email or username fails on users_email_key / users_username_key.
 INSERT INTO users (user_id, email, username, display_name, status, password_hash)
 VALUES (%(user_id)s, %(email)s, %(username)s, %(display_name)s, %(status)s, %(password_hash)s)
-RETURNING *;
+RETURNING user_id, email, username, display_name, status, password_hash, failed_login_count, locked_until,
+          last_login_at, created_at, updated_at, deleted_at;
 
 -- name: insert_user_if_free
 -- Creates a user unless the email or username is taken; returns no row when taken.
 INSERT INTO users (email, username, display_name, status, password_hash)
 VALUES (%(email)s, %(username)s, %(display_name)s, %(status)s, %(password_hash)s)
 ON CONFLICT DO NOTHING
-RETURNING *;
+RETURNING user_id, email, username, display_name, status, password_hash, failed_login_count, locked_until,
+          last_login_at, created_at, updated_at, deleted_at;
 
 -- name: find_taken_identity
 -- Tells which of an email and a username belong to a live user (for a precise error).
@@ -19,24 +21,33 @@ SELECT bool_or(email = %(email)s) AS email_taken, bool_or(username = %(username)
 
 -- name: get_user_by_id
 -- Reads a live user by id.
-SELECT * FROM users WHERE user_id = %(user_id)s AND status <> 'deleted';
+SELECT user_id, email, username, display_name, status, password_hash, failed_login_count, locked_until,
+       last_login_at, created_at, updated_at, deleted_at
+  FROM users WHERE user_id = %(user_id)s AND status <> 'deleted';
 
 -- name: get_user_by_id_for_update
 -- Reads and locks a live user by id.
-SELECT * FROM users WHERE user_id = %(user_id)s AND status <> 'deleted' FOR UPDATE;
+SELECT user_id, email, username, display_name, status, password_hash, failed_login_count, locked_until,
+       last_login_at, created_at, updated_at, deleted_at
+  FROM users WHERE user_id = %(user_id)s AND status <> 'deleted' FOR UPDATE;
 
 -- name: get_user_by_email
 -- Reads a live user by normalized email.
-SELECT * FROM users WHERE email = %(email)s;
+SELECT user_id, email, username, display_name, status, password_hash, failed_login_count, locked_until,
+       last_login_at, created_at, updated_at, deleted_at
+  FROM users WHERE email = %(email)s;
 
 -- name: get_user_by_username
 -- Reads a live user by lower-case username.
-SELECT * FROM users WHERE username = %(username)s;
+SELECT user_id, email, username, display_name, status, password_hash, failed_login_count, locked_until,
+       last_login_at, created_at, updated_at, deleted_at
+  FROM users WHERE username = %(username)s;
 
 -- name: list_users
 -- One page of users in (created_at, user_id) order after an optional keyset cursor; status NULL
 -- lists the live statuses.
-SELECT *
+SELECT user_id, email, username, display_name, status, password_hash, failed_login_count, locked_until,
+       last_login_at, created_at, updated_at, deleted_at
   FROM users
  WHERE (CASE WHEN %(status)s::text IS NULL THEN status <> 'deleted' ELSE status = %(status)s::text END)
    AND (%(after_created_at)s::timestamptz IS NULL
@@ -53,7 +64,8 @@ UPDATE users
        status       = CASE WHEN %(set_status)s THEN %(status)s ELSE status END,
        updated_at   = now()
  WHERE user_id = %(user_id)s AND status <> 'deleted'
-RETURNING *;
+RETURNING user_id, email, username, display_name, status, password_hash, failed_login_count, locked_until,
+          last_login_at, created_at, updated_at, deleted_at;
 
 -- name: erase_user
 -- Deletes a user: erases personal data and the password, keeps the pseudonymous row.
@@ -61,7 +73,8 @@ UPDATE users
    SET email = NULL, username = NULL, display_name = '', password_hash = NULL, status = 'deleted',
        failed_login_count = 0, locked_until = NULL, deleted_at = now(), updated_at = now()
  WHERE user_id = %(user_id)s AND status <> 'deleted'
-RETURNING *;
+RETURNING user_id, email, username, display_name, status, password_hash, failed_login_count, locked_until,
+          last_login_at, created_at, updated_at, deleted_at;
 
 -- name: delete_preferences
 -- Removes a user's preferences (personal settings) on deletion.
@@ -91,18 +104,20 @@ UPDATE users
        password_hash = CASE WHEN %(new_hash)s::text IS NOT NULL AND password_hash = %(old_hash)s
                             THEN %(new_hash)s::text ELSE password_hash END
  WHERE user_id = %(user_id)s AND status <> 'deleted'
-RETURNING *;
+RETURNING user_id, email, username, display_name, status, password_hash, failed_login_count, locked_until,
+          last_login_at, created_at, updated_at, deleted_at;
 
 -- name: set_password
 -- Replaces the password hash if it is still the one that was verified.
 UPDATE users
    SET password_hash = %(new_hash)s, failed_login_count = 0, locked_until = NULL, updated_at = now()
  WHERE user_id = %(user_id)s AND status <> 'deleted' AND password_hash = %(old_hash)s
-RETURNING *;
+RETURNING user_id, email, username, display_name, status, password_hash, failed_login_count, locked_until,
+          last_login_at, created_at, updated_at, deleted_at;
 
 -- name: get_preferences
 -- Reads a user's preferences row (none until first set).
-SELECT * FROM user_preferences WHERE user_id = %(user_id)s;
+SELECT user_id, default_model_id, language, theme, extra, updated_at FROM user_preferences WHERE user_id = %(user_id)s;
 
 -- name: upsert_preferences
 -- Writes a user's whole preferences row.
@@ -114,7 +129,7 @@ ON CONFLICT (user_id) DO UPDATE
        theme = EXCLUDED.theme,
        extra = EXCLUDED.extra,
        updated_at = EXCLUDED.updated_at
-RETURNING *;
+RETURNING user_id, default_model_id, language, theme, extra, updated_at;
 
 -- name: count_users
 -- Counts all user rows (seeding only loads sample data into an empty database).

@@ -1,0 +1,125 @@
+"""A rolling update: a newer replica's additive migration lands under a warmed, older server.
+
+The server prepares statements (the default): psycopg prepares a query after its 5th use on a
+connection. A column that a newer release adds must not break what this one already prepared
+(PostgreSQL refuses "cached plan must not change result type" when a prepared statement's result
+shape changes, which a `*` column list makes it do).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+
+import grpc
+import psycopg
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from qdata.v1 import chat_pb2, ledger_pb2, usage_pb2, user_pb2
+from tests.api.usage_support import create_model, usage
+from tests.conftest import TEST_SETTINGS, start_api, stop_api
+from tests.helpers import create_user, rid
+
+USD = 1_000_000
+# Two connections, so that each one sees every query more than 5 times in a round.
+SETTINGS = dataclasses.replace(TEST_SETTINGS, prepared_statements=True, pool_min_size=2, pool_max_size=2)
+CALLS_PER_ROUND = 14
+
+# What a newer release's migration might do: add nullable columns, no default (no table
+# rewrite), and record itself under a version this build does not ship.
+ADDITIVE_MIGRATION = [
+    "ALTER TABLE ledger_transactions ADD COLUMN rolling_note text NULL",
+    "ALTER TABLE ledger_holds ADD COLUMN rolling_note text NULL",
+    "ALTER TABLE users ADD COLUMN rolling_note text NULL",
+    "ALTER TABLE chat_sessions ADD COLUMN rolling_note text NULL",
+    "ALTER TABLE chat_messages ADD COLUMN rolling_note text NULL",
+    "ALTER TABLE usage_records ADD COLUMN rolling_note text NULL",
+    "ALTER TABLE models ADD COLUMN rolling_note text NULL",
+    "INSERT INTO schema_migrations (version, name, checksum, fingerprint)"
+    " VALUES (9999, 'rolling_note', repeat('0', 64), repeat('0', 64))",
+]
+
+
+async def test_a_warmed_server_keeps_serving_while_an_additive_migration_lands(database_url):
+    api = await start_api(database_url, SETTINGS)
+    try:
+        user = await create_user(api)
+        deposit = await api.ledger.Deposit(
+            ledger_pb2.DepositRequest(
+                request_id=rid(),
+                user_id=user.id,
+                amount_micros=1000 * USD,
+                currency_code="USD",
+                source=ledger_pb2.DEPOSIT_SOURCE_PROMOTION,
+            )
+        )
+        hold = await api.ledger.CreateHold(
+            ledger_pb2.CreateHoldRequest(request_id=rid(), user_id=user.id, amount_micros=USD, currency_code="USD")
+        )
+        session = (
+            await api.chat.CreateSession(chat_pb2.CreateSessionRequest(request_id=rid(), user_id=user.id))
+        ).session
+        message = chat_pb2.MessageInput(role=chat_pb2.MESSAGE_ROLE_USER, content="hello")
+        model = (await create_model(api)).model
+
+        calls: dict[str, Callable[[], Awaitable[object]]] = {
+            "CreateUser": lambda: create_user(api),
+            "GetUser": lambda: api.users.GetUser(user_pb2.GetUserRequest(id=user.id)),
+            "ListUsers": lambda: api.users.ListUsers(user_pb2.ListUsersRequest(page_size=5)),
+            "Deposit": lambda: api.ledger.Deposit(
+                ledger_pb2.DepositRequest(
+                    request_id=rid(),
+                    user_id=user.id,
+                    amount_micros=USD,
+                    currency_code="USD",
+                    source=ledger_pb2.DEPOSIT_SOURCE_PROMOTION,
+                )
+            ),
+            "GetBalance": lambda: api.ledger.GetBalance(
+                ledger_pb2.GetBalanceRequest(user_id=user.id, currency_code="USD")
+            ),
+            "GetTransaction": lambda: api.ledger.GetTransaction(
+                ledger_pb2.GetTransactionRequest(user_id=user.id, transaction_id=deposit.transaction.id)
+            ),
+            "ListTransactions": lambda: api.ledger.ListTransactions(
+                ledger_pb2.ListTransactionsRequest(user_id=user.id, page_size=10)
+            ),
+            "GetHold": lambda: api.ledger.GetHold(ledger_pb2.GetHoldRequest(user_id=user.id, hold_id=hold.hold.id)),
+            "AppendMessages": lambda: api.chat.AppendMessages(
+                chat_pb2.AppendMessagesRequest(
+                    request_id=rid(), user_id=user.id, session_id=session.id, messages=[message]
+                )
+            ),
+            "GetSession": lambda: api.chat.GetSession(
+                chat_pb2.GetSessionRequest(user_id=user.id, session_id=session.id)
+            ),
+            "ListMessages": lambda: api.chat.ListMessages(
+                chat_pb2.ListMessagesRequest(user_id=user.id, session_id=session.id, page_size=10)
+            ),
+            "RecordUsage": lambda: api.usage.RecordUsage(usage(user.id, model.id)),
+            "GetModel": lambda: api.usage.GetModel(usage_pb2.GetModelRequest(model_id=model.id)),
+            "ListModels": lambda: api.usage.ListModels(usage_pb2.ListModelsRequest(page_size=10)),
+        }
+
+        async def round_of_calls() -> list[str]:
+            errors = []
+            for name, call in calls.items():
+                for _ in range(CALLS_PER_ROUND):
+                    try:
+                        await call()
+                    except grpc.aio.AioRpcError as error:
+                        errors.append(f"{name}: {error.code().name} {error.details()}")
+            return errors
+
+        assert await round_of_calls() == []  # warmed: every query above is now prepared
+        async with await psycopg.AsyncConnection.connect(api.database_url) as owner, owner.transaction():
+            for statement in ADDITIVE_MIGRATION:
+                await owner.execute(statement)
+        assert await round_of_calls() == []
+        # And this (older) replica stays in rotation next to the newer schema.
+        assert await api.server.check_health()
+        health = health_pb2_grpc.HealthStub(api.channel)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await stop_api(api)
