@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import weakref
+from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -29,7 +32,35 @@ async def _check_unless_recently_used(conn: psycopg.AsyncConnection) -> None:
     await AsyncConnectionPool.check_connection(conn)
 
 
-async def open_pool(settings: Settings, conninfo: str, *, wait: bool = True) -> AsyncConnectionPool:
+class ServingPool(AsyncConnectionPool):
+    """The pool, knowing every connection it opened, so that shutdown leaves none behind.
+
+    psycopg_pool's close() closes only the idle connections; one still lent to a call that did not
+    end would keep its backend, and the locks it holds, after the process exits. close_all()
+    cancels such a connection's statement in the server and closes it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self._made: weakref.WeakSet[psycopg.AsyncConnection] = weakref.WeakSet()
+        super().__init__(*args, configure=self._register, **kwargs)
+
+    async def _register(self, conn: psycopg.AsyncConnection) -> None:
+        self._made.add(conn)
+
+    async def close_all(self, wait_seconds: float = 5.0) -> int:
+        """Closes the pool, then every connection still lent out; returns how many those were."""
+        await self.close(timeout=wait_seconds)
+        lent = [conn for conn in self._made if not conn.closed]
+        for conn in lent:
+            if conn.pgconn.transaction_status == TransactionStatus.ACTIVE:
+                # The statement stops in the server (and its locks go) even if closing races it.
+                with contextlib.suppress(psycopg.Error, OSError):
+                    await conn.cancel_safe(timeout=2.0)
+            await conn.close()
+        return len(lent)
+
+
+async def open_pool(settings: Settings, conninfo: str, *, wait: bool = True) -> ServingPool:
     """Opens a pool; with wait, until min_size connections work (raises PoolTimeout otherwise).
 
     Without wait the pool connects in the background and keeps retrying while the database is
@@ -41,7 +72,7 @@ async def open_pool(settings: Settings, conninfo: str, *, wait: bool = True) -> 
     same flush as its first statements (psycopg's implicit BEGIN would cost a round trip).
     Anything else that needs a transaction on a pooled connection opens one explicitly.
     """
-    pool = AsyncConnectionPool(
+    pool = ServingPool(
         conninfo,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,

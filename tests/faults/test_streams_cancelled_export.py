@@ -1,0 +1,54 @@
+"""A cancelled ExportSession ends cleanly: its log line, its connection back, no stray task error."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+
+import pytest
+
+from qdata.v1 import chat_pb2
+from tests.api.chat_support import append, create_session
+from tests.helpers import create_user
+
+pytestmark = pytest.mark.slow
+
+EXPORTS = 12
+EXPORT = "/qdata.v1.ChatService/ExportSession"
+
+
+async def test_cancelled_exports_log_their_line_and_return_their_connections(api, caplog):
+    caplog.set_level(logging.INFO)
+    user = await create_user(api)
+    session = await create_session(api, user.id)
+    for batch in range(5):
+        await append(api, session, *[f"batch {batch} line {i}" for i in range(100)])
+    caplog.clear()
+    streams = [
+        api.chat.ExportSession(chat_pb2.ExportSessionRequest(user_id=session.user_id, session_id=session.id))
+        for _ in range(EXPORTS)
+    ]
+    for stream in streams:
+        assert len((await stream.read()).messages) == 100
+    for stream in streams:
+        stream.cancel()
+
+    def export_lines() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "qdata.rpc" and getattr(r, "method", "") == EXPORT]
+
+    pool = api.server.pool
+    for _ in range(100):
+        # Abandoned generators are finalized when collected; make that happen now.
+        gc.collect()
+        stats = pool.get_stats()
+        if len(export_lines()) == EXPORTS and stats.get("pool_available", 0) == stats.get("pool_size", -1):
+            break
+        await asyncio.sleep(0.05)
+    gc.collect()
+    await asyncio.sleep(0.1)
+    assert [r.code for r in export_lines()] == ["CANCELLED"] * EXPORTS, [r.getMessage() for r in caplog.records]
+    stats = pool.get_stats()
+    assert stats["pool_available"] == stats["pool_size"] and not stats.get("requests_waiting"), stats
+    problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert problems == [], problems
