@@ -2,7 +2,9 @@
 
 One `QdataServer` lives in each worker process (created after the fork). Health starts
 NOT_SERVING, turns SERVING once the pool reaches the database and no migration is pending, goes
-back to NOT_SERVING while the database is unreachable, and enters graceful shutdown on stop.
+back to NOT_SERVING while the database is unreachable, and enters graceful shutdown on stop, which
+refuses new calls with UNAVAILABLE, drains, cancels what the grace period leaves running and closes
+every database connection (see QdataServer.stop).
 With TLS configured the port is served with TLS (mutual TLS with a client CA); an optional second,
 plaintext server on QDATA_HEALTH_LISTEN_ADDRESS serves only the same health servicer, for probes.
 """

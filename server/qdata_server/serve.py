@@ -1,10 +1,14 @@
 """Process lifecycle: prepare the database, fork workers that share the port, stop cleanly.
 
-The parent prepares the database (embedded start, migrations, sample data) and reserves the
-port, then forks; only then does each worker build its gRPC server and pool, since neither
-survives a fork. Workers share the port through SO_REUSEPORT. SIGTERM or SIGINT makes every
-worker report NOT_SERVING, stop accepting, drain in-flight RPCs within the grace period and close
-its pool; the parent exits 0 once all workers have.
+The parent first claims the listen (and health) port for itself, so a second qdata, or another
+program on the address, fails at once with a one-line error and exit 2. It then prepares the
+database (embedded start, migrations, sample data) and reserves the port, then forks; only then
+does each worker build its gRPC server and pool, since neither survives a fork. Workers share the
+port through SO_REUSEPORT. SIGTERM or SIGINT to the parent makes every worker refuse new calls
+(UNAVAILABLE), report NOT_SERVING, drain in-flight RPCs within the grace period, cancel what is
+left and close its pool; the parent then exits 0. Any other worker exit (a crash, a kill, a
+SIGTERM sent to that worker alone) is an error: the parent stops the others and exits 1. With one
+worker the server runs in the parent's process, and a crash there exits non-zero as well.
 """
 
 from __future__ import annotations
@@ -260,7 +264,7 @@ def _release(sockets: list[socket.socket | None]) -> None:
 
 
 # Beyond the grace period, how long the parent waits for stopping workers before SIGKILL.
-KILL_MARGIN_SECONDS = 10.0
+KILL_MARGIN_SECONDS = 20.0
 
 
 def _supervise(settings: Settings, conninfo: str, address: str, workers: int, banner) -> int:
