@@ -208,6 +208,7 @@ def _wrap_stream(
         caller = refused or decide(context)
         ctx = _context_for(method, request, context, _actor(caller))
         token = callctx.bind(ctx)
+        call_task = asyncio.current_task()
         outcome = _Outcome(method, ctx)
         try:
             if isinstance(caller, QdataError):
@@ -231,9 +232,10 @@ def _wrap_stream(
             await context.abort_with_status(to_grpc_status(error))
         finally:
             outcome.log()
-            # A generator abandoned mid-stream is finalized later in a task of its own (another
-            # Context): the token belongs to the call's task, whose context ends with it.
-            if callctx.current() is ctx:
+            # A generator abandoned mid-stream (gRPC stopped reading it) is finalized later, in a
+            # task of its own with a copied Context where the token cannot be reset. The token
+            # belongs to the call's task, whose Context ends with that task.
+            if asyncio.current_task() is call_task:
                 callctx.unbind(token)
 
     return handler
