@@ -162,7 +162,11 @@ class InFlight:
         """
         tasks = [task for task in self._tasks if not task.done()]
         for task in tasks:
-            task.cancel()
+            # gRPC has usually cancelled the task already (the call ended with the grace period);
+            # a second cancel would interrupt psycopg while it cancels the statement in the server,
+            # and psycopg would then just drop the socket, leaving the backend waiting on its lock.
+            if not task.cancelling():
+                task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=wait_seconds)
         return len(tasks)

@@ -14,7 +14,8 @@ from tests.helpers import create_user
 
 pytestmark = pytest.mark.slow
 
-EXPORTS = 12
+ROUNDS = 3
+EXPORTS = 36
 EXPORT = "/qdata.v1.ChatService/ExportSession"
 
 
@@ -22,19 +23,20 @@ async def test_cancelled_exports_log_their_line_and_return_their_connections(api
     caplog.set_level(logging.INFO)
     user = await create_user(api)
     session = await create_session(api, user.id)
-    # Large enough (about 2 MB) that no export fits in the transport's buffers before its cancel.
-    filler = "x" * 2000
-    for batch in range(10):
-        await append(api, session, *[f"batch {batch} line {i} {filler}" for i in range(100)])
+    # Small chunks: most cancels find the server-side stream between two messages (gRPC then
+    # abandons the generator, which is finalized in another task) rather than in the database.
+    for batch in range(5):
+        await append(api, session, *[f"batch {batch} line {i}" for i in range(100)])
     caplog.clear()
-    streams = [
-        api.chat.ExportSession(chat_pb2.ExportSessionRequest(user_id=session.user_id, session_id=session.id))
-        for _ in range(EXPORTS)
-    ]
-    for stream in streams:
-        assert len((await stream.read()).messages) == 100
-    for stream in streams:
-        stream.cancel()
+    for _ in range(ROUNDS):
+        streams = [
+            api.chat.ExportSession(chat_pb2.ExportSessionRequest(user_id=session.user_id, session_id=session.id))
+            for _ in range(EXPORTS // ROUNDS)
+        ]
+        for stream in streams:
+            assert len((await stream.read()).messages) == 100
+        for stream in streams:
+            stream.cancel()
 
     def export_lines() -> list[logging.LogRecord]:
         return [r for r in caplog.records if r.name == "qdata.rpc" and getattr(r, "method", "") == EXPORT]
@@ -52,7 +54,9 @@ async def test_cancelled_exports_log_their_line_and_return_their_connections(api
         await asyncio.sleep(0.05)
     gc.collect()
     await asyncio.sleep(0.1)
-    assert [r.code for r in export_lines()] == ["CANCELLED"] * EXPORTS, [r.getMessage() for r in caplog.records]
+    # One line per call: CANCELLED, or OK for an export the server had finished sending already.
+    codes = [r.code for r in export_lines()]
+    assert len(codes) == EXPORTS and set(codes) <= {"OK", "CANCELLED"} and "CANCELLED" in codes, codes
     assert returned, pool.get_stats()
     problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert problems == [], problems
