@@ -33,7 +33,8 @@ Retries
 -------
 The client never retries on its own: whether a retry is safe depends on the call, and a hidden
 retry loop multiplies load exactly when the server is struggling. The one case a caller may retry
-is :class:`Unavailable` (the server or its database could not be reached) on an idempotent call:
+is :class:`Unavailable` (the server or its database could not be reached, or the server is shutting
+down: reason ``SHUTTING_DOWN``, so another replica will take the retry) on an idempotent call:
 
 * a read (Get*, List*, Search*, ExportSession, VerifyLedger; not Authenticate, whose every
   attempt counts toward the lockout), or
@@ -149,7 +150,10 @@ class FailedPrecondition(QdataError):
 
 
 class Unavailable(QdataError):
-    """UNAVAILABLE: the server or its database could not be reached; see the module's retry notes."""
+    """UNAVAILABLE: the server or its database could not be reached, or the server is shutting down.
+
+    See the module's retry notes.
+    """
 
 
 class Unimplemented(QdataError):

@@ -41,8 +41,8 @@ class LedgerServiceStub:
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "qdata", reason in UPPER_SNAKE_CASE)
     and, for invalid input, a BadRequest listing each field violation. Any RPC may also fail with
-    UNAVAILABLE when the database is unreachable; writes are then safe to retry with the same
-    request_id.
+    UNAVAILABLE when the database is unreachable or the server is shutting down (reason
+    SHUTTING_DOWN); writes are then safe to retry with the same request_id.
 
     Every mutating request takes a request_id, scoped to the calling service and the user the
     request acts for (the sender for Transfer), so two callers or two users never collide. A replay
@@ -141,8 +141,8 @@ class LedgerServiceServicer:
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "qdata", reason in UPPER_SNAKE_CASE)
     and, for invalid input, a BadRequest listing each field violation. Any RPC may also fail with
-    UNAVAILABLE when the database is unreachable; writes are then safe to retry with the same
-    request_id.
+    UNAVAILABLE when the database is unreachable or the server is shutting down (reason
+    SHUTTING_DOWN); writes are then safe to retry with the same request_id.
 
     Every mutating request takes a request_id, scoped to the calling service and the user the
     request acts for (the sender for Transfer), so two callers or two users never collide. A replay
@@ -385,8 +385,8 @@ class LedgerService:
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "qdata", reason in UPPER_SNAKE_CASE)
     and, for invalid input, a BadRequest listing each field violation. Any RPC may also fail with
-    UNAVAILABLE when the database is unreachable; writes are then safe to retry with the same
-    request_id.
+    UNAVAILABLE when the database is unreachable or the server is shutting down (reason
+    SHUTTING_DOWN); writes are then safe to retry with the same request_id.
 
     Every mutating request takes a request_id, scoped to the calling service and the user the
     request acts for (the sender for Transfer), so two callers or two users never collide. A replay

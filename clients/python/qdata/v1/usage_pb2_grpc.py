@@ -57,15 +57,16 @@ class UsageServiceStub:
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "qdata", reason in UPPER_SNAKE_CASE)
     and, for invalid input, a BadRequest listing each field violation. Any RPC may also fail with
-    UNAVAILABLE when the database is unreachable; writes are then safe to retry with the same
-    request_id. Every mutating request takes a request_id, scoped to the calling service and the
-    user the request acts for (the catalog for UpsertModel): a replay with the same parameters
-    returns the first response without a second effect, also when replays arrive concurrently; the
-    same request_id with different parameters (or for another RPC) fails with ALREADY_EXISTS
-    (reason REQUEST_ID_REUSED). A rejected request, including one rejected with
-    INSUFFICIENT_FUNDS, is not stored, so the same request_id may be retried once the cause is
-    fixed. Reads need the usage.read permission, RecordUsage, RecordUsageBatch and RateModel need
-    usage.write, and UpsertModel catalog.write; without it a call fails with PERMISSION_DENIED.
+    UNAVAILABLE when the database is unreachable or the server is shutting down (reason
+    SHUTTING_DOWN); writes are then safe to retry with the same request_id. Every mutating request
+    takes a request_id, scoped to the calling service and the user the request acts for (the catalog
+    for UpsertModel): a replay with the same parameters returns the first response without a second
+    effect, also when replays arrive concurrently; the same request_id with different parameters (or
+    for another RPC) fails with ALREADY_EXISTS (reason REQUEST_ID_REUSED). A rejected request,
+    including one rejected with INSUFFICIENT_FUNDS, is not stored, so the same request_id may be
+    retried once the cause is fixed. Reads need the usage.read permission, RecordUsage,
+    RecordUsageBatch and RateModel need usage.write, and UpsertModel catalog.write; without it a call
+    fails with PERMISSION_DENIED.
     """
 
     def __init__(self, channel):
@@ -163,15 +164,16 @@ class UsageServiceServicer:
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "qdata", reason in UPPER_SNAKE_CASE)
     and, for invalid input, a BadRequest listing each field violation. Any RPC may also fail with
-    UNAVAILABLE when the database is unreachable; writes are then safe to retry with the same
-    request_id. Every mutating request takes a request_id, scoped to the calling service and the
-    user the request acts for (the catalog for UpsertModel): a replay with the same parameters
-    returns the first response without a second effect, also when replays arrive concurrently; the
-    same request_id with different parameters (or for another RPC) fails with ALREADY_EXISTS
-    (reason REQUEST_ID_REUSED). A rejected request, including one rejected with
-    INSUFFICIENT_FUNDS, is not stored, so the same request_id may be retried once the cause is
-    fixed. Reads need the usage.read permission, RecordUsage, RecordUsageBatch and RateModel need
-    usage.write, and UpsertModel catalog.write; without it a call fails with PERMISSION_DENIED.
+    UNAVAILABLE when the database is unreachable or the server is shutting down (reason
+    SHUTTING_DOWN); writes are then safe to retry with the same request_id. Every mutating request
+    takes a request_id, scoped to the calling service and the user the request acts for (the catalog
+    for UpsertModel): a replay with the same parameters returns the first response without a second
+    effect, also when replays arrive concurrently; the same request_id with different parameters (or
+    for another RPC) fails with ALREADY_EXISTS (reason REQUEST_ID_REUSED). A rejected request,
+    including one rejected with INSUFFICIENT_FUNDS, is not stored, so the same request_id may be
+    retried once the cause is fixed. Reads need the usage.read permission, RecordUsage,
+    RecordUsageBatch and RateModel need usage.write, and UpsertModel catalog.write; without it a call
+    fails with PERMISSION_DENIED.
     """
 
     def UpsertModel(self, request, context):
@@ -396,15 +398,16 @@ class UsageService:
 
     Errors carry a google.rpc.Status with an ErrorInfo (domain "qdata", reason in UPPER_SNAKE_CASE)
     and, for invalid input, a BadRequest listing each field violation. Any RPC may also fail with
-    UNAVAILABLE when the database is unreachable; writes are then safe to retry with the same
-    request_id. Every mutating request takes a request_id, scoped to the calling service and the
-    user the request acts for (the catalog for UpsertModel): a replay with the same parameters
-    returns the first response without a second effect, also when replays arrive concurrently; the
-    same request_id with different parameters (or for another RPC) fails with ALREADY_EXISTS
-    (reason REQUEST_ID_REUSED). A rejected request, including one rejected with
-    INSUFFICIENT_FUNDS, is not stored, so the same request_id may be retried once the cause is
-    fixed. Reads need the usage.read permission, RecordUsage, RecordUsageBatch and RateModel need
-    usage.write, and UpsertModel catalog.write; without it a call fails with PERMISSION_DENIED.
+    UNAVAILABLE when the database is unreachable or the server is shutting down (reason
+    SHUTTING_DOWN); writes are then safe to retry with the same request_id. Every mutating request
+    takes a request_id, scoped to the calling service and the user the request acts for (the catalog
+    for UpsertModel): a replay with the same parameters returns the first response without a second
+    effect, also when replays arrive concurrently; the same request_id with different parameters (or
+    for another RPC) fails with ALREADY_EXISTS (reason REQUEST_ID_REUSED). A rejected request,
+    including one rejected with INSUFFICIENT_FUNDS, is not stored, so the same request_id may be
+    retried once the cause is fixed. Reads need the usage.read permission, RecordUsage,
+    RecordUsageBatch and RateModel need usage.write, and UpsertModel catalog.write; without it a call
+    fails with PERMISSION_DENIED.
     """
 
     @staticmethod
