@@ -139,3 +139,82 @@ def qdata_backends(owner_url: str) -> list[dict[str, Any]]:
             "SELECT pid, state, wait_event_type, query FROM pg_stat_activity"
             " WHERE application_name = 'qdata' AND datname = current_database()"
         ).fetchall()
+
+
+class SlowNetworkProxy:
+    """A TCP proxy in front of the test's PostgreSQL that can turn into a slow network.
+
+    While `delay` is set, a new connection's bytes reach PostgreSQL only after that many seconds,
+    and not at all if the client has hung up meanwhile (as when a connection attempt over a slow
+    link is abandoned). Established connections are not affected. The server under test connects
+    through it (`url`), so the cancel request psycopg sends at shutdown can be made slow.
+    """
+
+    def __init__(self, database_url: str):
+        import glob
+        import threading
+
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        params = conninfo_to_dict(database_url)
+        host = str(params.get("host", "localhost"))
+        if host.startswith("/"):
+            [path] = [p for p in glob.glob(f"{host}/.s.PGSQL.{params.get('port', '*')}") if not p.endswith(".lock")]
+            self._target: tuple[int, Any] = (socket.AF_UNIX, path)
+        else:
+            self._target = (socket.AF_INET, (host, int(params.get("port", 5432))))
+        self.delay = 0.0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._threads = threading
+        self.url = make_conninfo(database_url, host="127.0.0.1", port=str(self._listener.getsockname()[1]))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self._threads.Thread(target=self._connect, args=(client, self.delay), daemon=True).start()
+
+    def _connect(self, client: socket.socket, delay: float) -> None:
+        early = b""
+        if delay:
+            time.sleep(delay)
+            client.setblocking(False)
+            try:
+                while chunk := client.recv(65536):
+                    early += chunk
+                client.close()  # the client gave up before its bytes got through: they are lost
+                return
+            except BlockingIOError:
+                pass  # still connected: what it sent goes through, late
+            except OSError:
+                client.close()
+                return
+            client.setblocking(True)
+        upstream = socket.socket(self._target[0], socket.SOCK_STREAM)
+        upstream.connect(self._target[1])
+        if early:
+            upstream.sendall(early)
+        for src, dst in ((client, upstream), (upstream, client)):
+            self._threads.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            # Each socket is the source of exactly one pump, which closes it.
+            src.close()
+
+    def close(self) -> None:
+        self._listener.close()

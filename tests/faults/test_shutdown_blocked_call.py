@@ -12,7 +12,8 @@ import psycopg
 import pytest
 
 from qdata.v1 import ledger_pb2, ledger_pb2_grpc, user_pb2, user_pb2_grpc
-from tests.faults.proc_support import ServerProcess, qdata_backends, server_env
+from tests.conftest import serving_url
+from tests.faults.proc_support import ServerProcess, SlowNetworkProxy, qdata_backends, server_env
 from tests.helpers import PASSWORD, rid
 
 pytestmark = pytest.mark.slow
@@ -91,3 +92,49 @@ def test_sigterm_cancels_a_call_blocked_on_a_lock_and_leaves_no_backend(database
     finally:
         assert again.stop() == 0, again.output()
     assert balance.posted_micros == 8 * USD
+
+
+def test_a_slow_statement_cancel_still_completes_before_the_process_exits(database_url, tmp_path):
+    """The cancel request psycopg sends for the blocked statement crawls (a slow link to the
+    database): the server must wait for it, not drop the socket and leave the backend waiting on
+    its lock (PostgreSQL does not notice a closed client while it waits on a lock)."""
+    proxy = SlowNetworkProxy(database_url)
+    env = server_env(database_url, QDATA_WORKERS="1", QDATA_POOL_MIN_SIZE="2")
+    env["DATABASE_URL"] = serving_url(proxy.url)
+    server = ServerProcess(env, tmp_path / "serve.log")
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        server.wait_serving()
+        with grpc.insecure_channel(server.address) as channel:
+            users = user_pb2_grpc.UserServiceStub(channel)
+            ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
+            user = users.CreateUser(
+                user_pb2.CreateUserRequest(
+                    request_id=rid(), email="slow@example.com", username="slow", password=PASSWORD
+                ),
+                timeout=10,
+            ).user
+            ledger.Deposit(deposit_request(user.id, 5 * USD), timeout=10)
+            with psycopg.connect(database_url) as holder:
+                holder.execute("SELECT 1 FROM ledger_accounts WHERE user_id = %s FOR UPDATE", (user.id,))
+                call = pool.submit(ledger.Deposit, deposit_request(user.id, 3 * USD), timeout=60)
+                wait_for_lock_wait(database_url)
+                proxy.delay = 1.0
+                server.send(signal.SIGTERM)
+                code = server.wait(timeout=30)
+                left = qdata_backends(database_url)
+                holder.rollback()
+            with pytest.raises(grpc.RpcError):
+                call.result(timeout=30)
+    finally:
+        pool.shutdown(wait=False)
+        proxy.close()
+        if server.process.poll() is None:
+            server.kill_all()
+    assert left == [], (left, server.output())
+    assert code == 0, server.output()
+    # Nothing is left to apply the cancelled deposit once the lock is free.
+    time.sleep(0.5)
+    with psycopg.connect(database_url) as conn:
+        posted = conn.execute("SELECT posted_micros FROM ledger_accounts WHERE user_id = %s", (user.id,)).fetchone()[0]
+    assert posted == 5 * USD
