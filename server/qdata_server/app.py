@@ -5,7 +5,8 @@ NOT_SERVING, turns SERVING once the database answers the health probe (on a conn
 own, not a pooled one), accepts writes and has no pending migration, goes back to NOT_SERVING
 while the database is unreachable or read-only (and for good once prepared statements turn out
 to be lost by a pooler: a configuration change, see db/transactions.py), and enters graceful
-shutdown on stop.
+shutdown on stop, which refuses new calls with UNAVAILABLE, drains, cancels what the grace period
+leaves running and closes every database connection (see QdataServer.stop).
 With TLS configured the port is served with TLS (mutual TLS with a client CA); an optional second,
 plaintext server on QDATA_HEALTH_LISTEN_ADDRESS serves only the same health servicer, for probes.
 """
@@ -162,6 +163,11 @@ async def _cancel(task: asyncio.Task) -> None:
         task.exception()  # retrieved: a background task's failure was already logged by the task
 
 
+# How long calls cancelled at the end of the grace period get to roll back and return their
+# connections before the pool closes them anyway.
+CANCEL_WAIT_SECONDS = 5.0
+
+
 class QdataServer:
     """One gRPC server with its pool; `start` serves, `stop` drains and closes."""
 
@@ -180,6 +186,7 @@ class QdataServer:
         self._sweeper: asyncio.Task | None = None
         self._usage_upkeep: asyncio.Task | None = None
         self._purger: asyncio.Task | None = None
+        self._interceptor: ServiceInterceptor | None = None
         self._stopping = False
         self._serving: bool | None = None
         # The health probe's own connection (see _probe), and whether the last probe reached it.
@@ -218,7 +225,8 @@ class QdataServer:
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
-        server = aio.server(interceptors=[ServiceInterceptor(authenticator)], options=options)
+        self._interceptor = ServiceInterceptor(authenticator)
+        server = aio.server(interceptors=[self._interceptor], options=options)
         user_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(self.deps), server)
         ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(self.deps), server)
         chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(self.deps), server)
@@ -479,18 +487,38 @@ class QdataServer:
                 log.warning("idempotency purge failed", extra={"error_type": type(exc).__name__})
 
     async def stop(self, grace: float | None = None) -> None:
-        """Graceful shutdown: NOT_SERVING, stop accepting, drain within grace, close the pool."""
+        """Graceful shutdown; afterwards no call runs and no database connection is left open.
+
+        New calls get UNAVAILABLE (SHUTTING_DOWN) from the moment stop begins, health turns
+        NOT_SERVING, and running calls get the grace period to finish. Then the transport stops
+        (grpc.aio's server.stop: new connections are refused, and gRPC ends the calls still open
+        with UNAVAILABLE), the calls still running are cancelled (psycopg cancels their statements
+        in the server), and the pool closes every connection, including any still lent out.
+        """
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + grace
+        in_flight = self._interceptor.in_flight if self._interceptor else None
+        if in_flight:
+            in_flight.refuse_new()
         self._stopping = True
         for task in (self._monitor, self._sweeper, self._usage_upkeep, self._purger):
             if task:
                 await _cancel(task)
         await self.health.enter_graceful_shutdown()
+        if in_flight:
+            await in_flight.drain(max(0.0, ends - loop.time()))
         if self.server:
-            await self.server.stop(grace)
+            await self.server.stop(max(0.0, ends - loop.time()))
+        if in_flight:
+            cancelled = await in_flight.cancel(CANCEL_WAIT_SECONDS)
+            if cancelled:
+                log.warning("cancelled the calls still running after the grace period", extra={"calls": cancelled})
         if self.health_server:
             await self.health_server.stop(0)
         await self._close_probe()
         if self.pool:
-            await self.pool.close()
+            lent = await self.pool.close_all()
+            if lent:
+                log.warning("closed database connections still lent out at shutdown", extra={"connections": lent})
         log.info("stopped")

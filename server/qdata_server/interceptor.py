@@ -7,11 +7,18 @@ every outcome to a status in one place (domain errors to rich statuses, NotImple
 UNIMPLEMENTED, request bytes that do not parse to INVALID_ARGUMENT MALFORMED_REQUEST, any other
 exception to a generic INTERNAL carrying an error id), and writes one
 structured log line per RPC: method, status code, duration and request_id, never request contents.
+
+It also keeps the calls in flight (`InFlight`): once shutdown begins, new calls are refused with
+UNAVAILABLE (reason SHUTTING_DOWN, retryable) while running ones drain, and the ones still running
+when the grace period ends are cancelled (app.py). A streaming call whose reader goes away is
+closed by its generator's finalizer, possibly in another task's context, so the stream wrapper
+resets its context variable only where it set it, and always writes its log line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import logging
@@ -26,7 +33,7 @@ from grpc import aio
 
 from qdata_server import callctx
 from qdata_server.auth import Authenticator, Principal
-from qdata_server.errors import Internal, QdataError, Unimplemented, malformed, to_grpc_status
+from qdata_server.errors import Internal, QdataError, Unavailable, Unimplemented, malformed, to_grpc_status
 
 log = logging.getLogger("qdata.rpc")
 
@@ -141,9 +148,73 @@ def _actor(caller: _Caller) -> str:
     return caller.metadata.get("service", "unauthenticated")
 
 
-def _wrap_unary(method: str, decide: _Decide, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+class InFlight:
+    """The calls running in one server, and whether it still admits new ones."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self._tasks: set[asyncio.Task] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def admit(self, method: str) -> QdataError | None:
+        """Registers the running call; during shutdown refuses it instead (the error to raise).
+
+        Health and reflection are neither refused nor waited for: health answers NOT_SERVING
+        during shutdown, and a health Watch never ends on its own.
+        """
+        if method.startswith(_QUIET_PREFIXES):
+            return None
+        if self.draining:
+            return Unavailable("the server is shutting down; retry the call", reason="SHUTTING_DOWN")
+        task = asyncio.current_task()
+        if task is not None and task not in self._tasks:
+            self._tasks.add(task)
+            self._idle.clear()
+            # The call's task ends however the call ends (even a stream abandoned mid-way).
+            task.add_done_callback(self._forget)
+        return None
+
+    def _forget(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not self._tasks:
+            self._idle.set()
+
+    def refuse_new(self) -> None:
+        """From now on, new calls get UNAVAILABLE (SHUTTING_DOWN)."""
+        self.draining = True
+
+    async def drain(self, wait_seconds: float) -> bool:
+        """Refuses new calls; waits up to wait_seconds for the running ones (True if none is left)."""
+        self.draining = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), wait_seconds)
+        return not self._tasks
+
+    async def cancel(self, wait_seconds: float) -> int:
+        """Cancels the calls still running, waits up to wait_seconds for them to end; returns how many.
+
+        Cancelling a call's task makes psycopg cancel the statement it waits on in the server, and
+        the transaction helper roll back and return the connection.
+        """
+        tasks = [task for task in self._tasks if not task.done()]
+        for task in tasks:
+            # gRPC has usually cancelled the task already (the call ended with the grace period);
+            # a second cancel would interrupt psycopg while it cancels the statement in the server,
+            # and psycopg would then just drop the socket, leaving the backend waiting on its lock.
+            if not task.cancelling():
+                task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=wait_seconds)
+        return len(tasks)
+
+
+def _wrap_unary(
+    method: str, decide: _Decide, behavior: Callable[..., Awaitable[Any]], in_flight: InFlight
+) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: aio.ServicerContext) -> Any:
-        caller = decide(context)
+        refused = in_flight.admit(method)
+        caller = refused or decide(context)
         ctx = _context_for(method, request, context, _actor(caller))
         token = callctx.bind(ctx)
         outcome = _Outcome(method, ctx)
@@ -172,33 +243,43 @@ def _wrap_unary(method: str, decide: _Decide, behavior: Callable[..., Awaitable[
 
 
 def _wrap_stream(
-    method: str, decide: _Decide, behavior: Callable[..., AsyncIterator[Any]]
+    method: str, decide: _Decide, behavior: Callable[..., AsyncIterator[Any]], in_flight: InFlight
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-        caller = decide(context)
+        refused = in_flight.admit(method)
+        caller = refused or decide(context)
         ctx = _context_for(method, request, context, _actor(caller))
         token = callctx.bind(ctx)
+        call_task = asyncio.current_task()
         outcome = _Outcome(method, ctx)
         try:
             if isinstance(caller, QdataError):
                 raise caller
             _refuse_undecodable(method, request)
-            async for item in behavior(request, context):
-                yield item
+            # aclosing: when this generator is closed (the call was cancelled while a message was
+            # on its way), the service's generator is closed with it, here, not by the collector.
+            async with contextlib.aclosing(behavior(request, context)) as items:
+                async for item in items:
+                    yield item
         except aio.AbortError:
             raise
         except BaseException as exc:
-            if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            if _is_cancellation(exc):
+            if isinstance(exc, GeneratorExit) or _is_cancellation(exc):
+                # GeneratorExit: gRPC stopped reading the stream because the call was cancelled.
                 outcome.code = grpc.StatusCode.CANCELLED
                 raise
             error = _as_domain_error(exc, method)
             outcome.failed(error)
             await context.abort_with_status(to_grpc_status(error))
         finally:
-            callctx.unbind(token)
             outcome.log()
+            # A generator abandoned mid-stream (gRPC stopped reading it) is finalized later, in a
+            # task of its own with a copied Context where the token cannot be reset. The token
+            # belongs to the call's task, whose Context ends with that task.
+            if asyncio.current_task() is call_task:
+                callctx.unbind(token)
 
     return handler
 
@@ -212,6 +293,7 @@ class ServiceInterceptor(aio.ServerInterceptor):
 
     def __init__(self, authenticator: Authenticator):
         self.authenticator = authenticator
+        self.in_flight = InFlight()
 
     async def intercept_service(
         self,
@@ -236,19 +318,20 @@ class ServiceInterceptor(aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return handler._replace(
                 request_deserializer=_tolerant(handler.request_deserializer),
-                unary_unary=_wrap_unary(method, decide, handler.unary_unary),
+                unary_unary=_wrap_unary(method, decide, handler.unary_unary, self.in_flight),
             )
         if handler.unary_stream is not None:
             behavior = handler.unary_stream
             deserializer = _tolerant(handler.request_deserializer)
             if inspect.isasyncgenfunction(behavior):
                 return handler._replace(
-                    request_deserializer=deserializer, unary_stream=_wrap_stream(method, decide, behavior)
+                    request_deserializer=deserializer,
+                    unary_stream=_wrap_stream(method, decide, behavior, self.in_flight),
                 )
             # Handlers that write with context.write (health's Watch) or that raise at once
             # (an unimplemented base method) are wrapped like unary ones.
             return handler._replace(
-                request_deserializer=deserializer, unary_stream=_wrap_unary(method, decide, behavior)
+                request_deserializer=deserializer, unary_stream=_wrap_unary(method, decide, behavior, self.in_flight)
             )
         # Client-streaming handlers (only reflection's, exempt) are decided from metadata alone:
         # a certificate-only caller of such a method would be refused (fail closed).

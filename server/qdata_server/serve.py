@@ -1,10 +1,14 @@
 """Process lifecycle: prepare the database, fork workers that share the port, stop cleanly.
 
-The parent prepares the database (embedded start, migrations, sample data) and reserves the
-port, then forks; only then does each worker build its gRPC server and pool, since neither
-survives a fork. Workers share the port through SO_REUSEPORT. SIGTERM or SIGINT makes every
-worker report NOT_SERVING, stop accepting, drain in-flight RPCs within the grace period and close
-its pool; the parent exits 0 once all workers have.
+The parent first claims the listen (and health) port for itself, so a second qdata, or another
+program on the address, fails at once with a one-line error and exit 2. It then prepares the
+database (embedded start, migrations, sample data) and reserves the port, then forks; only then
+does each worker build its gRPC server and pool, since neither survives a fork. Workers share the
+port through SO_REUSEPORT. SIGTERM or SIGINT to the parent makes every worker refuse new calls
+(UNAVAILABLE), report NOT_SERVING, drain in-flight RPCs within the grace period, cancel what is
+left and close its pool; the parent then exits 0. Any other worker exit (a crash, a kill, a
+SIGTERM sent to that worker alone) is an error: the parent stops the others and exits 1. With one
+worker the server runs in the parent's process, and a crash there exits non-zero as well.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 from qdata_server.config import ConfigError, Settings
 
@@ -102,21 +107,75 @@ async def run_worker(settings: Settings, conninfo: str, address: str, *, reuse_p
     await server.stop()
 
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def _worker_main(settings: Settings, conninfo: str, address: str, ready) -> None:
     from qdata_server import logs
 
+    # The parent forks with SIGTERM and SIGINT blocked and its own handlers installed: a worker
+    # starts from the default action, then unblocks (a signal that arrived in between ends it
+    # now, which the parent sees) until run_worker installs its graceful handlers.
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     logs.configure(settings.log_level)
     asyncio.run(run_worker(settings, conninfo, address, reuse_port=True, on_ready=ready.set))
 
 
-def _reserve_port(address: str) -> socket.socket:
-    """Binds the address with SO_REUSEPORT so workers can bind it too; fails early if taken."""
+class AddressTaken(Exception):
+    """The listen (or health) address is already served; the message is the whole one-line error."""
+
+
+def _split(address: str) -> tuple[int, str, int]:
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return (socket.AF_INET6 if ":" in host else socket.AF_INET), host, int(port)
+
+
+def _claim_address(address: str) -> socket.socket | None:
+    """Makes this process the only qdata serving address's port, and checks nothing else listens.
+
+    The claim is an abstract unix socket named after the port (Linux): binding it is atomic, so of
+    two qdata starting at once exactly one wins, and the kernel releases it when the last process
+    holding it dies (the workers inherit it), so a SIGKILLed qdata never blocks its restart. It is
+    per network namespace, like the port itself. A claim is needed because the workers share the
+    port through SO_REUSEPORT, which would also let a second qdata bind it and split the calls.
+    Then a plain bind (SO_REUSEADDR, no SO_REUSEPORT) fails if any other program listens on the
+    address. Returns the claim, to keep open while serving (None for port 0: nothing to share).
+    """
+    family, host, port = _split(address)
+    if port == 0:
+        return None
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        claim.bind(f"\0qdata-serve-port-{port}")
+    except OSError:
+        claim.close()
+        raise AddressTaken(f"cannot serve on {address}: another qdata process already serves port {port}") from None
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+    except OSError as exc:
+        claim.close()
+        raise AddressTaken(f"cannot serve on {address}: {exc.strerror or exc} (errno {exc.errno})") from None
+    finally:
+        probe.close()
+    return claim
+
+
+def _reserve_port(address: str) -> socket.socket:
+    """Binds the address with SO_REUSEPORT so workers can bind it too (after _claim_address)."""
+    family, host, port = _split(address)
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, int(port)))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise AddressTaken(f"cannot serve on {address}: {exc.strerror or exc} (errno {exc.errno})") from None
     return sock
 
 
@@ -159,6 +218,16 @@ def serve(settings: Settings) -> int:
         log.error("refusing to start: %s", problem)
         sys.stderr.write(f"configuration error: {problem}\n")
         return 2
+    # First, before the database is touched: a second qdata on the same port, or another program
+    # on it, is a one-line error (exit 2). The claims stay open while this process serves.
+    claims: list[socket.socket | None] = []
+    try:
+        for claimed in filter(None, (settings.listen_address, settings.health_listen_address)):
+            claims.append(_claim_address(claimed))
+    except AddressTaken as exc:
+        _release(claims)
+        sys.stderr.write(f"qdata: {exc}\n")
+        return 2
     # The embedded default without tokens gets a development token, made before the fork so
     # every worker accepts it.
     settings, dev_token = auth.with_dev_token(settings)
@@ -196,54 +265,138 @@ def serve(settings: Settings) -> int:
         def on_ready() -> None:
             sys.stderr.write(banner())
 
-        asyncio.run(run_worker(settings, conninfo, address, reuse_port=False, on_ready=on_ready))
+        try:
+            asyncio.run(run_worker(settings, conninfo, address, reuse_port=False, on_ready=on_ready))
+        except Exception as exc:
+            # In-process serving: a crash is this process's failure (type only: text may carry SQL).
+            log.error("server failed", extra={"error_type": type(exc).__name__})
+            return 1
+        finally:
+            _release(claims)
         return 0
 
-    reserved = _reserve_port(address)
-    # The health-only port is shared by the workers the same way.
-    reserved_health = _reserve_port(settings.health_listen_address) if settings.health_listen_address else None
+    try:
+        reserved = [_reserve_port(address)]
+        # The health-only port is shared by the workers the same way.
+        if settings.health_listen_address:
+            reserved.append(_reserve_port(settings.health_listen_address))
+    except AddressTaken as exc:
+        sys.stderr.write(f"qdata: {exc}\n")
+        return 2
+    try:
+        return _supervise(settings, conninfo, address, workers, banner)
+    finally:
+        _release(reserved + claims)
+
+
+def _release(sockets: list[socket.socket | None]) -> None:
+    for sock in sockets:
+        if sock is not None:
+            sock.close()
+
+
+# Beyond the grace period, how long the parent waits for stopping workers before SIGKILL.
+KILL_MARGIN_SECONDS = 20.0
+
+
+def _supervise(settings: Settings, conninfo: str, address: str, workers: int, banner) -> int:
+    """Forks the workers and waits for them; returns the exit code.
+
+    Every worker exit is noticed once, from the sentinels that `wait` reports (each exit code is
+    read after that, so no death can fall between two looks). An exit the parent did not ask for
+    (a crash, SIGKILL, a SIGTERM sent to that worker alone) is logged as an error naming the
+    worker, the others are stopped and the parent exits 1, so the orchestrator restarts the whole
+    pod instead of leaving it serving at reduced capacity. The parent exits 0 only when it was
+    itself told to stop (SIGTERM or SIGINT) and every worker then stopped cleanly; workers still
+    running KILL_MARGIN_SECONDS after the grace period are killed.
+    """
     context = multiprocessing.get_context("fork")
     readies = [context.Event() for _ in range(workers)]
     processes = [
         context.Process(target=_worker_main, args=(settings, conninfo, address, ready), name=f"qdata-worker-{i}")
         for i, ready in enumerate(readies)
     ]
-    for process in processes:
-        process.start()
-    stopping = False
+    asked = False
 
-    def stop_workers(signum=None, _frame=None) -> None:
-        nonlocal stopping
-        stopping = stopping or signum is not None
+    def on_stop_signal(_signum: int, _frame: object) -> None:
+        # Only a flag: the wake-up fd below wakes the loop, which does the rest.
+        nonlocal asked
+        asked = True
+
+    wake_read, wake_write = socket.socketpair()
+    wake_read.setblocking(False)
+    wake_write.setblocking(False)
+    # Blocked while forking, so no worker ever runs the parent's handler (see _worker_main).
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, on_stop_signal)
+    signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
+    try:
         for process in processes:
-            if process.is_alive() and process.pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop_workers)
-    signal.signal(signal.SIGINT, stop_workers)
+            process.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+    running = {process.sentinel: process for process in processes}
+    failed = False
+    unclean = False
+    stop_sent_at: float | None = None
+    killed = False
     announced = False
-    running = list(processes)
-    while running:
-        if not announced and all(ready.is_set() for ready in readies):
-            sys.stderr.write(banner())
-            sys.stderr.flush()
-            announced = True
-        # Wake when a worker exits (or every 0.2 s until all are ready).
-        multiprocessing.connection.wait([p.sentinel for p in running], timeout=None if announced else 0.2)
-        exited = [p for p in running if not p.is_alive()]
-        running = [p for p in running if p.is_alive()]
-        if exited and not stopping:
-            # A worker died on its own (e.g. the database was unreachable at start): stop the
-            # others so the orchestrator sees the failure at once and restarts the whole pod.
-            log.error("worker exited unexpectedly; stopping", extra={"exit_codes": [p.exitcode for p in exited]})
-            stopping = True
-            stop_workers()
-    reserved.close()
-    if reserved_health is not None:
-        reserved_health.close()
-    failed = [p.exitcode for p in processes if p.exitcode not in (0, -signal.SIGTERM)]
-    return 1 if failed else 0
+    kill_after = settings.shutdown_grace_seconds + KILL_MARGIN_SECONDS
+    try:
+        while running:
+            now = time.monotonic()
+            if (asked or failed) and stop_sent_at is None:
+                _signal_all(running.values(), signal.SIGTERM)
+                stop_sent_at = now
+            if stop_sent_at is not None and not killed and now >= stop_sent_at + kill_after:
+                log.error(
+                    "workers still running after the grace period; killing them",
+                    extra={"workers": sorted(p.name for p in running.values())},
+                )
+                _signal_all(running.values(), signal.SIGKILL)
+                killed = True
+            if not announced and all(ready.is_set() for ready in readies):
+                sys.stderr.write(banner())
+                sys.stderr.flush()
+                announced = True
+            timeout = None if announced else 0.2
+            if stop_sent_at is not None and not killed:
+                left = max(0.0, stop_sent_at + kill_after - now)
+                timeout = left if timeout is None else min(timeout, left)
+            for ready in multiprocessing.connection.wait([wake_read, *running], timeout=timeout):
+                if ready is wake_read:
+                    with contextlib.suppress(BlockingIOError):
+                        while wake_read.recv(512):
+                            pass
+                    continue
+                process = running.pop(ready)
+                # The sentinel closes as the worker exits; join reaps it (at once, or within
+                # microseconds while the kernel finishes the exit).
+                process.join()
+                code = process.exitcode
+                if asked or failed:
+                    if code not in (0, -signal.SIGTERM, -signal.SIGINT):
+                        unclean = True
+                        log.error("worker failed while stopping", extra={"worker": process.name, "exit_code": code})
+                    continue
+                failed = True
+                log.error(
+                    "worker exited unexpectedly; stopping the others",
+                    extra={"worker": process.name, "worker_pid": process.pid, "exit_code": code},
+                )
+    finally:
+        signal.set_wakeup_fd(-1)
+        wake_read.close()
+        wake_write.close()
+    return 0 if asked and not (failed or unclean or killed) else 1
+
+
+def _signal_all(processes, sig: int) -> None:
+    for process in processes:
+        # Not reaped yet (still in `running`), so the pid cannot belong to another process.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, sig)
 
 
 async def seed_database(settings: Settings, conninfo: str) -> None:

@@ -33,9 +33,10 @@ Retries
 -------
 The client never retries on its own: whether a retry is safe depends on the call, and a hidden
 retry loop multiplies load exactly when the server is struggling. The cases a caller may retry
-are :class:`Unavailable` (the server or its database could not be reached, or the database is
-read-only or short of resources; ``reason`` says which) and :class:`Aborted` (reason CONTENTION:
-concurrent transactions kept colliding on the same rows), on an idempotent call:
+are :class:`Unavailable` (the server or its database could not be reached, the database is
+read-only or short of resources, or the server is shutting down: reason ``SHUTTING_DOWN``, so
+another replica will take the retry; ``reason`` says which) and :class:`Aborted` (reason
+CONTENTION: concurrent transactions kept colliding on the same rows), on an idempotent call:
 
 * a read (Get*, List*, Search*, ExportSession, VerifyLedger; not Authenticate, whose every
   attempt counts toward the lockout), or
@@ -156,8 +157,8 @@ class FailedPrecondition(QdataError):
 class Unavailable(QdataError):
     """UNAVAILABLE: the server or its database could not be reached; see the module's retry notes.
 
-    ``reason`` is DATABASE_UNAVAILABLE, DATABASE_READ_ONLY, DATABASE_OVERLOADED or DATABASE_FULL
-    when the server answered; empty when the server itself could not be reached.
+    ``reason`` is DATABASE_UNAVAILABLE, DATABASE_READ_ONLY, DATABASE_OVERLOADED, DATABASE_FULL or
+    SHUTTING_DOWN (the server is stopping; another replica takes the retry) when the server answered; empty when the server itself could not be reached.
     PREPARED_STATEMENTS_UNSUPPORTED is a deployment problem of that server (its pooler cannot keep
     prepared statements), which another replica may not have.
     """

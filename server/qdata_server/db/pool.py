@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
 import time
 import weakref
+from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -61,14 +64,38 @@ async def _usable(conn: psycopg.AsyncConnection, within: float) -> bool:
 
 
 class QdataPool(AsyncConnectionPool):
-    """psycopg's pool, with a checkout that drops dead connections without sleeping.
+    """psycopg's pool, with a checkout that drops dead connections without sleeping, and a close
+    that leaves no connection behind.
 
     psycopg_pool's own `check` callback, when a connection fails it, sleeps with backoff (1 s,
     2 s, ...) before trying the next one: after the server's connections were killed, the first
     request paid seconds for connections that were all known dead. Here a dead connection goes
     back at once (the pool discards it and starts a replacement) and the next one is tried, all
     within the same timeout.
+
+    psycopg_pool's close() closes only the idle connections; one still lent to a call that did not
+    end would keep its backend, and the locks it holds, after the process exits. close_all()
+    cancels such a connection's statement in the server and closes it.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self._made: weakref.WeakSet[psycopg.AsyncConnection] = weakref.WeakSet()
+        super().__init__(*args, configure=self._register, **kwargs)
+
+    async def _register(self, conn: psycopg.AsyncConnection) -> None:
+        self._made.add(conn)
+
+    async def close_all(self, wait_seconds: float = 5.0) -> int:
+        """Closes the pool, then every connection still lent out; returns how many those were."""
+        await self.close(timeout=wait_seconds)
+        lent = [conn for conn in self._made if not conn.closed]
+        for conn in lent:
+            if conn.pgconn.transaction_status == TransactionStatus.ACTIVE:
+                # The statement stops in the server (and its locks go) even if closing races it.
+                with contextlib.suppress(psycopg.Error, OSError):
+                    await conn.cancel_safe(timeout=2.0)
+            await conn.close()
+        return len(lent)
 
     async def getconn(self, timeout: float | None = None) -> psycopg.AsyncConnection:  # noqa: ASYNC109 (the pool's API)
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)

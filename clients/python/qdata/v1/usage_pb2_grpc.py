@@ -74,7 +74,8 @@ class UsageServiceStub:
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
     a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources,
     PREPARED_STATEMENTS_UNSUPPORTED when the server's connection pooler cannot keep prepared
-    statements, a deployment problem of that server) or
+    statements, a deployment problem of that server, SHUTTING_DOWN when this server is stopping:
+    another replica takes the retry) or
     with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
@@ -193,7 +194,8 @@ class UsageServiceServicer:
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
     a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources,
     PREPARED_STATEMENTS_UNSUPPORTED when the server's connection pooler cannot keep prepared
-    statements, a deployment problem of that server) or
+    statements, a deployment problem of that server, SHUTTING_DOWN when this server is stopping:
+    another replica takes the retry) or
     with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
@@ -439,7 +441,8 @@ class UsageService:
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
     a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources,
     PREPARED_STATEMENTS_UNSUPPORTED when the server's connection pooler cannot keep prepared
-    statements, a deployment problem of that server) or
+    statements, a deployment problem of that server, SHUTTING_DOWN when this server is stopping:
+    another replica takes the retry) or
     with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason

@@ -42,7 +42,8 @@ class UserServiceStub:
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
     a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources,
     PREPARED_STATEMENTS_UNSUPPORTED when the server's connection pooler cannot keep prepared
-    statements, a deployment problem of that server) or
+    statements, a deployment problem of that server, SHUTTING_DOWN when this server is stopping:
+    another replica takes the retry) or
     with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
@@ -154,7 +155,8 @@ class UserServiceServicer:
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
     a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources,
     PREPARED_STATEMENTS_UNSUPPORTED when the server's connection pooler cannot keep prepared
-    statements, a deployment problem of that server) or
+    statements, a deployment problem of that server, SHUTTING_DOWN when this server is stopping:
+    another replica takes the retry) or
     with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
@@ -425,7 +427,8 @@ class UserService:
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
     a standby after a failover, DATABASE_OVERLOADED or DATABASE_FULL when it lacks resources,
     PREPARED_STATEMENTS_UNSUPPORTED when the server's connection pooler cannot keep prepared
-    statements, a deployment problem of that server) or
+    statements, a deployment problem of that server, SHUTTING_DOWN when this server is stopping:
+    another replica takes the retry) or
     with ABORTED (reason CONTENTION: too many concurrent transactions wanted the same rows). Both
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
