@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 
 import grpc
+import psycopg
 import pytest
 
 from qdata.v1 import ledger_pb2, user_pb2
@@ -158,7 +159,13 @@ async def test_restart_under_load_loses_and_doubles_no_write(postgres, owner_url
         writers = Writers(api, user.id)
         writers.start()
         await asyncio.sleep(0.7)
+        # The writers queue on the account's lock, so the restart ends their statements mid-flight
+        # (a short outage alone can fall between their calls, which then just wait it out).
+        blocker = await psycopg.AsyncConnection.connect(owner_url)
+        await blocker.execute("SELECT 1 FROM ledger_accounts WHERE user_id = %s FOR UPDATE", (user.id,))
+        await asyncio.sleep(0.3)
         postgres.stop()
+        await blocker.close()
         await asyncio.sleep(1.0)
         postgres.start()
         back = time.monotonic()
