@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.faults.proc_support import ServerProcess, free_port, server_env
+from tests.processes import ServerProcess, free_port, server_env
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ import pytest
 
 from qdata.v1 import ledger_pb2, ledger_pb2_grpc, user_pb2, user_pb2_grpc
 from tests.conftest import serving_url
-from tests.faults.proc_support import ServerProcess, SlowNetworkProxy, qdata_backends, server_env
 from tests.helpers import PASSWORD, rid
+from tests.processes import ServerProcess, SlowNetworkProxy, qdata_backends, server_env
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import pytest
 from qdata.v1 import user_pb2, user_pb2_grpc
 from qdata_server.auth import hash_token
 from tests.conftest import serving_url
-from tests.integration.test_serve_process import ServerProcess, free_port
+from tests.processes import ServerProcess, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -3,81 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from qdata.v1 import user_pb2, user_pb2_grpc
 from qdata_server.seed import SAMPLE_PASSWORD
 from tests.conftest import serving_url
 from tests.helpers import PASSWORD, rid
+from tests.processes import ServerProcess
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class ServerProcess:
-    """Starts the service as a child process and stops it with a signal."""
-
-    def __init__(self, env: dict[str, str], log_path: Path):
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("QDATA_", "DATABASE_URL"))}
-        full_env.update(
-            {
-                "QDATA_LISTEN_ADDRESS": self.address,
-                "QDATA_BCRYPT_COST": "4",
-                "QDATA_HEALTH_PROBE_SECONDS": "0.2",
-                # Caller tokens are tested in tests/api/test_auth.py; these tests are about processes.
-                "QDATA_ALLOW_INSECURE": "true",
-            }
-        )
-        full_env.update(env)
-        self.log_path = log_path
-        self.log = open(log_path, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "qdata_server", "serve"], env=full_env, stdout=self.log, stderr=subprocess.STDOUT
-        )
-
-    def wait_serving(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                assert self.process.poll() is None, self.output()
-                try:
-                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.2)
-        raise AssertionError(f"not serving within {timeout}s:\n{self.output()}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout=timeout)
-        finally:
-            self.log.close()
-
-    def output(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return self.log_path.read_text(errors="replace")
 
 
 def users_stub(address: str):

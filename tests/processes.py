@@ -1,4 +1,4 @@
-"""Real `python -m qdata_server serve` processes for the process, shutdown and stream fault tests.
+"""Real `python -m qdata_server serve` processes, for the integration and fault tests.
 
 Each server serves the test's own database (as the serving login, like production) and writes its
 log to a file; `lines()` parses the JSON log lines. Database checks connect as the owner.
@@ -29,14 +29,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Every test server's settings unless its env says otherwise: a low bcrypt cost, fast health
+# probes, and no caller tokens (tests/api/test_auth.py and test_serve_auth.py test those).
+PROCESS_DEFAULTS = {
+    "QDATA_BCRYPT_COST": "4",
+    "QDATA_HEALTH_PROBE_SECONDS": "0.2",
+    "QDATA_ALLOW_INSECURE": "true",
+}
+
+
 def server_env(database_url: str, **extra: str) -> dict[str, str]:
-    """The environment of a served test database: serving login, owner for migrations, fast probes."""
+    """The environment of a served test database: serving login, owner for migrations, short grace."""
     return {
         "DATABASE_URL": serving_url(database_url),
         "QDATA_OWNER_DATABASE_URL": database_url,
-        "QDATA_BCRYPT_COST": "4",
-        "QDATA_HEALTH_PROBE_SECONDS": "0.2",
-        "QDATA_ALLOW_INSECURE": "true",
         "QDATA_SHUTDOWN_GRACE_SECONDS": "1",
         **extra,
     }
@@ -48,7 +54,7 @@ class ServerProcess:
     def __init__(self, env: dict[str, str], log_path: Path, *, address: str | None = None):
         self.address = address or f"127.0.0.1:{free_port()}"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("QDATA_", "DATABASE_URL"))}
-        full_env.update({"QDATA_LISTEN_ADDRESS": self.address, **env})
+        full_env.update({"QDATA_LISTEN_ADDRESS": self.address, **PROCESS_DEFAULTS, **env})
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
