@@ -18,21 +18,31 @@ from tests.api.ledger_helpers import USD, charge, deposit, new_user, serving
 from tests.helpers import rid
 
 
-async def poll_transactions(api, user_id: str, seen: set[str]) -> list[str]:
-    """Newest first, one row per page, until a transaction already seen (or the end)."""
-    found: list[str] = []
+async def poll(list_page, items: str, seen: set) -> list:
+    """Newest first, page by page, until an item already seen (or the end): the ids found.
+
+    list_page(token) returns one page; its repeated field `items` holds the listed rows.
+    """
+    found: list = []
     token = ""
     while True:
-        page = await api.ledger.ListTransactions(
-            ledger_pb2.ListTransactionsRequest(user_id=user_id, page_size=1, page_token=token)
-        )
-        for transaction in page.transactions:
-            if transaction.id in seen:
+        page = await list_page(token)
+        for item in getattr(page, items):
+            if item.id in seen:
                 return found
-            found.append(transaction.id)
+            found.append(item.id)
         token = page.next_page_token
         if not token:
             return found
+
+
+async def poll_transactions(api, user_id: str, seen: set[str]) -> list[str]:
+    def page(token: str):
+        return api.ledger.ListTransactions(
+            ledger_pb2.ListTransactionsRequest(user_id=user_id, page_size=1, page_token=token)
+        )
+
+    return await poll(page, "transactions", seen)
 
 
 async def test_a_transaction_committed_after_a_later_one_is_not_skipped(database_url):
@@ -75,17 +85,10 @@ async def test_a_transfer_takes_a_position_on_both_sides(database_url):
 
 
 async def poll_audit(api, seen: set[int]) -> list[int]:
-    found: list[int] = []
-    token = ""
-    while True:
-        page = await api.users.ListAuditEvents(user_pb2.ListAuditEventsRequest(page_size=2, page_token=token))
-        for event in page.events:
-            if event.id in seen:
-                return found
-            found.append(event.id)
-        token = page.next_page_token
-        if not token:
-            return found
+    def page(token: str):
+        return api.users.ListAuditEvents(user_pb2.ListAuditEventsRequest(page_size=2, page_token=token))
+
+    return await poll(page, "events", seen)
 
 
 async def test_an_audit_event_committed_after_a_later_one_is_not_skipped(database_url):

@@ -272,7 +272,7 @@ def test_tls_settings_are_validated(pki, tmp_path):
 
 
 def test_workers_share_the_health_port_beside_a_tls_port(database_url, pki, tmp_path):
-    from tests.integration.test_serve_process import ServerProcess, free_port
+    from tests.processes import ServerProcess, free_port
 
     health_address = f"127.0.0.1:{free_port()}"
     env = {

@@ -39,7 +39,7 @@ another replica will take the retry; ``reason`` says which) and :class:`Aborted`
 CONTENTION: concurrent transactions kept colliding on the same rows), on an idempotent call:
 
 * a read (Get*, List*, Search*, ExportSession, VerifyLedger; not Authenticate, whose every
-  attempt counts toward the lockout), or
+  attempt with a wrong password counts toward the lockout), or
 * a mutation that carries a ``request_id``, sent again with the *same* request_id and the same
   parameters. qdata stores the outcome of every accepted request_id and answers a replay with the
   first response without a second effect, and a request that was rejected or never arrived leaves
