@@ -157,10 +157,11 @@ class FailedPrecondition(QdataError):
 class Unavailable(QdataError):
     """UNAVAILABLE: the server or its database could not be reached; see the module's retry notes.
 
-    ``reason`` is DATABASE_UNAVAILABLE, DATABASE_READ_ONLY, DATABASE_OVERLOADED, DATABASE_FULL or
-    SHUTTING_DOWN (the server is stopping; another replica takes the retry) when the server answered; empty when the server itself could not be reached.
-    PREPARED_STATEMENTS_UNSUPPORTED is a deployment problem of that server (its pooler cannot keep
-    prepared statements), which another replica may not have.
+    ``reason`` is DATABASE_UNAVAILABLE, DATABASE_READ_ONLY, DATABASE_OVERLOADED, DATABASE_FULL,
+    SHUTTING_DOWN (the server is stopping; another replica takes the retry) or
+    PREPARED_STATEMENTS_UNSUPPORTED (a deployment problem of that server: its pooler cannot keep
+    prepared statements, which another replica may not have) when the server answered; empty when
+    the server itself could not be reached.
     """
 
 
