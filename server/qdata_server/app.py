@@ -360,8 +360,9 @@ class QdataServer:
             lost or not self._reachable or self.pool.get_stats().get("pool_size", 0) < self.pool.min_size
         ):
             # The database is back, the probe's connection was killed (the pool's likely were too),
-            # or the pool lost connections: drop its dead idle ones and connect now, not at its
-            # next backoff step. Outside the probe's timeout: revive must not be cut short.
+            # or the pool lost connections: connect now, not at the pool's next backoff step (dead
+            # idle connections are dropped at checkout). Outside the probe's timeout: revive must
+            # not be cut short.
             await self.pool.revive()
         self._reachable = reachable
         self._note_saturation()

@@ -107,8 +107,9 @@ class Settings:
     seed_on_start: bool = False
     # Retries of a transaction that hit a serialization failure or deadlock.
     transaction_retries: int = 5
-    # Server-side prepared statements for repeated queries; turn off behind a PgBouncer older
-    # than 1.21 (or without max_prepared_statements) in transaction mode.
+    # Server-side prepared statements for repeated queries, and pipelined transactions; turn off
+    # behind a PgBouncer older than 1.21 (or without max_prepared_statements) in transaction mode,
+    # which mishandles both (see db/pool.py, QdataPool.pipelined).
     prepared_statements: bool = True
     # ISO 4217 currencies the ledger accepts (USD always).
     ledger_currencies: tuple[str, ...] = ("USD",)

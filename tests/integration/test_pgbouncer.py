@@ -9,6 +9,7 @@ health NOT_SERVING), never INTERNAL; with QDATA_PREPARED_STATEMENTS=false it ser
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -39,6 +40,8 @@ pytestmark = pytest.mark.skipif(
 CLIENT_CONNECTIONS = 4
 SERVER_CONNECTIONS = 2
 CALLS = 40
+# Rounds of CALLS in the test without prepared statements.
+ROUNDS = 6
 
 
 def _free_port() -> int:
@@ -174,7 +177,12 @@ async def test_prepared_statements_behind_an_old_pgbouncer_are_unavailable_with_
 async def test_without_prepared_statements_the_same_pgbouncer_serves(bouncer, database_url):
     api = await _serve_through(bouncer, database_url, prepared_statements=False)
     try:
-        assert await _calls(api) == []
+        # Rounds of calls while the health probe and the background upkeep use connections too:
+        # with pipelined transactions PgBouncer 1.18 sometimes kept a server connection linked to
+        # an idle client, and every later call hung (seen in about one run in three).
+        async with asyncio.timeout(60):
+            for _ in range(ROUNDS):
+                assert await _calls(api) == []
         await api.server.check_health()
         assert await _health(api) == health_pb2.HealthCheckResponse.SERVING
     finally:

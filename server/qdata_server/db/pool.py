@@ -78,7 +78,12 @@ class QdataPool(AsyncConnectionPool):
     cancels such a connection's statement in the server and closes it.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, pipelined: bool = True, **kwargs: Any):
+        # Whether transactions on this pool run in pipeline mode (db/transactions.py). Off in the
+        # mode for PgBouncer older than 1.21 (QDATA_PREPARED_STATEMENTS=false): in transaction mode
+        # it loses track of pipelined transactions whose client queued for a server connection,
+        # keeps that server linked to the idle client, and every later call waits forever.
+        self.pipelined = pipelined
         self._made: weakref.WeakSet[psycopg.AsyncConnection] = weakref.WeakSet()
         super().__init__(*args, configure=self._register, **kwargs)
 
@@ -127,14 +132,19 @@ class QdataPool(AsyncConnectionPool):
             await self.putconn(conn)
 
     async def revive(self) -> None:
-        """Starts a connection attempt now if the pool holds none and is not already connecting.
+        """Starts a connection attempt now if the pool holds no idle connection.
 
         For the database coming back: pool.check() lets a pool that has no connection grow by one
-        (a no-op while it is already growing), and tests the idle connections it has, dropping
-        those that died meanwhile. Shielded: check() takes the idle connections out of the pool
-        while it tests them, and a caller cancelled midway must not make it lose them.
+        (a no-op while it is already growing). It is called only while the pool has no idle
+        connection, because check() takes every idle connection out of the pool while it tests
+        them one by one, each without a time limit: behind a pooler that queues the test (PgBouncer
+        with every server connection busy) the whole pool would wait on it. Idle connections are
+        tested at checkout instead, one at a time and within the caller's time (_usable), so the
+        dead ones a restart left behind are dropped there. Shielded: a caller cancelled midway must
+        not make check() lose the connections it holds.
         """
-        await asyncio.shield(self.check())
+        if self.get_stats().get("pool_available", 0) == 0:
+            await asyncio.shield(self.check())
 
 
 async def open_pool(settings: Settings, conninfo: str, *, wait: bool = True) -> QdataPool:
@@ -159,6 +169,7 @@ async def open_pool(settings: Settings, conninfo: str, *, wait: bool = True) -> 
         open=False,
         reconnect_timeout=RECONNECT_GIVE_UP_SECONDS,
         reset=_note_return,
+        pipelined=settings.prepared_statements,
         kwargs={
             "row_factory": dict_row,
             "autocommit": True,

@@ -10,6 +10,8 @@ change result type", 0A000, in a rolling update), prepared again on the next att
 The transaction runs in pipeline mode: BEGIN, the settings and the work's first statement leave
 in one flush, so naming the user costs no round trip of its own (a statement whose result the
 work reads waits for it; statements run only for their effect ride along with the next one).
+With QDATA_PREPARED_STATEMENTS=false (the mode for an old PgBouncer, which mishandles pipelines
+too) each statement goes on its own; see QdataPool.pipelined.
 Database trouble becomes a domain error here, through the one SQLSTATE mapping in db/errors.py, so
 no psycopg exception (and no SQL text) travels further up: a violated constraint becomes the error
 db/constraints.py names for it, an outage or a read-only database UNAVAILABLE, a statement stopped
@@ -26,6 +28,7 @@ PREPARED_STATEMENTS_UNSUPPORTED, logged once with that fix, and health turns NOT
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
@@ -213,8 +216,9 @@ async def _run_once(
         try:
             # Pooled connections are in autocommit mode, so the transaction is ours to open: BEGIN,
             # the settings and the work's first statement are queued and leave in one flush;
-            # COMMIT rides with the pipeline's closing sync.
-            async with conn.pipeline():
+            # COMMIT rides with the pipeline's closing sync. Without pipelining (see
+            # QdataPool.pipelined) each statement is its own round trip.
+            async with conn.pipeline() if getattr(pool, "pipelined", True) else contextlib.nullcontext():
                 await conn.execute(_BEGIN_SNAPSHOT if snapshot else _BEGIN)
                 await name_acting(conn, acting, statement_timeout=timeout)
                 result = await work(conn)
