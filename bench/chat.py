@@ -19,18 +19,12 @@ Scan in the plan, a failed call, numbers that are not gapless afterwards).
 
 from __future__ import annotations
 
-import datetime
 import os
-import platform
-import shutil
 import statistics
-import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
-from bench import report as report_file
+from bench.suite import SuiteRun, run_suite
 
 # The filler messages: alternating user and assistant turns of about 150 bytes each, one chain
 # from the root, so message g is at depth g and jumps to depth (and number) jumps[g - 1].
@@ -180,9 +174,6 @@ def _measure(address: str, user_id: str, sessions: dict[str, str], *, appends: i
 
 def run(args) -> int:
     """Runs the chat suite; returns the exit status."""
-    from bench import servers
-
-    started = datetime.datetime.now(datetime.UTC)
     small, big = args.small_messages, args.big_messages
     print(
         f"qdata chat bench: append and last-50 latency in a session of {small:,} vs {big:,} messages "
@@ -190,30 +181,21 @@ def run(args) -> int:
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    tmp = Path(tempfile.mkdtemp(prefix="qdata-bench-chat-"))
-    report: dict = {
-        "suite": "chat",
-        "started": started.isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg(), "python": platform.python_version()},
-        "settings": {
-            "small_messages": small,
-            "big_messages": big,
-            "appends": args.appends,
-            "reads": args.reads,
-            "rounds": args.rounds,
-        },
+    settings = {
+        "small_messages": small,
+        "big_messages": big,
+        "appends": args.appends,
+        "reads": args.reads,
+        "rounds": args.rounds,
     }
-    failure = None
-    database = None
-    qdata = None
-    try:
+
+    def body(run: SuiteRun) -> None:
         import grpc
 
+        from bench import servers
         from qdata.v1 import chat_pb2, chat_pb2_grpc
 
-        print("starting the embedded PostgreSQL and qdata ...", flush=True)
-        database_url, database = servers.start_database(tmp)
-        qdata, address = servers.start_qdata(tmp, database_url, 1, bcrypt_cost=args.bcrypt_cost)
+        database_url, address = run.start(workers=1, bcrypt_cost=args.bcrypt_cost)
         user_id = servers.user_id(address, "alice")
         sessions = {}
         with grpc.insecure_channel(address) as channel:
@@ -225,7 +207,7 @@ def run(args) -> int:
             seconds = _fill(database_url, user_id, sessions[label], count)
             print(f"  filled the {label} session with {count:,} messages in {seconds:.1f}s", flush=True)
         explain = _explain_last_50(database_url, user_id, sessions["big"])
-        report["explain_last_50_big"] = explain
+        run.report["explain_last_50_big"] = explain
 
         print("measuring ...", flush=True)
         samples = _measure(address, user_id, sessions, appends=args.appends, reads=args.reads, rounds=args.rounds)
@@ -244,33 +226,19 @@ def run(args) -> int:
         results = {
             label: {kind: _stats(values) for kind, values in by_kind.items()} for label, by_kind in samples.items()
         }
-        report["results"] = results
-        report["ratios_big_over_small"] = {
+        run.report["results"] = results
+        run.report["ratios_big_over_small"] = {
             kind: {
                 stat: results["big"][kind][stat] / results["small"][kind][stat]
                 for stat in ("mean_ms", "p50_ms", "p90_ms", "p99_ms")
             }
             for kind in ("append", "last50")
         }
-        print(_summary(report), flush=True)
+        print(_summary(run.report), flush=True)
         if not explain["ok"]:
-            failure = f"the last-50 plan is not a plain index scan: {explain['node_types']}"
-    except Exception as exc:
-        failure = f"{type(exc).__name__}: {exc}"
-        print(f"\nbench failed: {failure}", file=sys.stderr)
-    except KeyboardInterrupt:
-        failure = "interrupted"
-    finally:
-        if qdata is not None:
-            qdata.stop()
-        if database is not None:
-            database.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
+            run.failure = f"the last-50 plan is not a plain index scan: {explain['node_types']}"
 
-    report_file.save(report, args.out, f"chat-{started.strftime('%Y%m%dT%H%M%SZ')}", failure)
-    if failure:
-        print(f"chat bench failed: {failure}", file=sys.stderr)
-    return 1 if failure else 0
+    return run_suite("chat", settings, args.out, body)
 
 
 def _summary(report: dict) -> str:

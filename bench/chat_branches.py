@@ -26,19 +26,13 @@ a lookup of its whole primary key, a table that was analyzed after all).
 
 from __future__ import annotations
 
-import datetime
 import os
-import platform
-import shutil
 import statistics
-import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-from bench import report as report_file
+from bench.suite import SuiteRun, run_suite
 
 BATCH = 100
 PAGE = 50
@@ -243,9 +237,6 @@ def _explain(database_url: str, user_id: str, session: dict) -> dict[str, dict]:
 
 def run(args) -> int:
     """Runs the chat-branches suite; returns the exit status."""
-    from bench import servers
-
-    started = datetime.datetime.now(datetime.UTC)
     small, big = args.small_branch, args.big_branch
     print(
         f"qdata chat-branches bench: branch pages in a session of {small:,} vs {big:,} messages right after "
@@ -253,27 +244,18 @@ def run(args) -> int:
         f"alternating rounds); {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    tmp = Path(tempfile.mkdtemp(prefix="qdata-bench-chat-branches-"))
-    report: dict = {
-        "suite": "chat-branches",
-        "started": started.isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg(), "python": platform.python_version()},
-        "settings": {"small_branch": small, "big_branch": big, "reads": args.reads, "rounds": args.rounds},
-    }
-    failure = None
-    database = None
-    qdata = None
-    try:
+    settings = {"small_branch": small, "big_branch": big, "reads": args.reads, "rounds": args.rounds}
+
+    def body(run: SuiteRun) -> None:
         import grpc
         import psycopg
 
+        from bench import servers
         from qdata.v1 import chat_pb2_grpc
 
         if small % BATCH or big % BATCH or small < 2 * PAGE:
             raise ValueError(f"--small-branch and --big-branch must be multiples of {BATCH}, at least {2 * PAGE}")
-        print("starting the embedded PostgreSQL and qdata ...", flush=True)
-        database_url, database = servers.start_database(tmp)
-        qdata, address = servers.start_qdata(tmp, database_url, 1, bcrypt_cost=args.bcrypt_cost)
+        database_url, address = run.start(workers=1, bcrypt_cost=args.bcrypt_cost)
         with psycopg.connect(database_url) as conn:
             # Nothing analyzes the table during the run: the planner keeps the statistics of a
             # table right after a bulk load.
@@ -286,43 +268,29 @@ def run(args) -> int:
                 sessions[label] = _build(stub, user_id, label, count, side_every=side_every)
                 seconds = sessions[label]["append_seconds"]
                 print(f"  appended {count:,} messages to the {label} session in {seconds:.1f}s", flush=True)
-        report["reltuples_before"] = _reltuples(database_url)
-        report["explain_big"] = _explain(database_url, user_id, sessions["big"])
-        report["explain_small"] = _explain(database_url, user_id, sessions["small"])
+        run.report["reltuples_before"] = _reltuples(database_url)
+        run.report["explain_big"] = _explain(database_url, user_id, sessions["big"])
+        run.report["explain_small"] = _explain(database_url, user_id, sessions["small"])
 
         print("measuring ...", flush=True)
         samples = _measure(address, user_id, sessions, reads=args.reads, rounds=args.rounds)
-        report["reltuples_after"] = _reltuples(database_url)
+        run.report["reltuples_after"] = _reltuples(database_url)
         results = {
             label: {kind: _stats(values) for kind, values in by_kind.items()} for label, by_kind in samples.items()
         }
-        report["results"] = results
-        report["ratios_big_over_small"] = {
+        run.report["results"] = results
+        run.report["ratios_big_over_small"] = {
             kind: {stat: results["big"][kind][stat] / results["small"][kind][stat] for stat in ("mean_ms", "p50_ms")}
             for kind in KINDS
         }
-        print(_summary(report), flush=True)
-        if report["reltuples_before"] >= 0 or report["reltuples_after"] >= 0:
-            failure = "chat_messages was analyzed during the run: the plans did not see fresh statistics"
-        bad = [k for e in ("explain_big", "explain_small") for k, v in report[e].items() if not v["ok"]]
+        print(_summary(run.report), flush=True)
+        if run.report["reltuples_before"] >= 0 or run.report["reltuples_after"] >= 0:
+            run.failure = "chat_messages was analyzed during the run: the plans did not see fresh statistics"
+        bad = [k for e in ("explain_big", "explain_small") for k, v in run.report[e].items() if not v["ok"]]
         if bad:
-            failure = f"a branch page's plan is not made of primary-key lookups: {bad}"
-    except Exception as exc:
-        failure = f"{type(exc).__name__}: {exc}"
-        print(f"\nbench failed: {failure}", file=sys.stderr)
-    except KeyboardInterrupt:
-        failure = "interrupted"
-    finally:
-        if qdata is not None:
-            qdata.stop()
-        if database is not None:
-            database.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
+            run.failure = f"a branch page's plan is not made of primary-key lookups: {bad}"
 
-    report_file.save(report, args.out, f"chat-branches-{started.strftime('%Y%m%dT%H%M%SZ')}", failure)
-    if failure:
-        print(f"chat-branches bench failed: {failure}", file=sys.stderr)
-    return 1 if failure else 0
+    return run_suite("chat-branches", settings, args.out, body)
 
 
 def _summary(report: dict) -> str:

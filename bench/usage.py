@@ -21,18 +21,12 @@ that did not record, statistics that do not count the generated records).
 from __future__ import annotations
 
 import asyncio
-import datetime
 import os
-import platform
-import shutil
 import statistics
-import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
-from bench import report as report_file
+from bench.suite import SuiteRun, run_suite
 
 RECORDED_MODEL = "bench/recorded"
 BIG_MODEL = "bench/big"
@@ -285,40 +279,27 @@ def _measure_stats(address: str, calls: int, rounds: int, expected: dict[str, in
 
 def run(args) -> int:
     """Runs the usage suite; returns the exit status."""
-    from bench import servers
-
-    started = datetime.datetime.now(datetime.UTC)
     print(
         f"qdata usage bench: {args.records:,} records one by one ({args.concurrency} in flight) vs in batches of "
         f"{args.batch_size}, {args.rounds} alternating rounds; GetModelStats over {args.big_records:,} vs "
         f"{args.small_records:,} records; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    tmp = Path(tempfile.mkdtemp(prefix="qdata-bench-usage-"))
-    report: dict = {
-        "suite": "usage",
-        "started": started.isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg(), "python": platform.python_version()},
-        "settings": {
-            "records": args.records,
-            "concurrency": args.concurrency,
-            "batch_size": args.batch_size,
-            "rounds": args.rounds,
-            "big_records": args.big_records,
-            "small_records": args.small_records,
-            "stats_calls": args.stats_calls,
-            "workers": args.workers[0],
-        },
+    settings = {
+        "records": args.records,
+        "concurrency": args.concurrency,
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        "big_records": args.big_records,
+        "small_records": args.small_records,
+        "stats_calls": args.stats_calls,
+        "workers": args.workers[0],
     }
-    failure = None
-    database = None
-    qdata = None
-    try:
+
+    def body(run: SuiteRun) -> None:
         import psycopg
 
-        print("starting the embedded PostgreSQL and qdata ...", flush=True)
-        database_url, database = servers.start_database(tmp)
-        qdata, address = servers.start_qdata(tmp, database_url, args.workers[0], bcrypt_cost=args.bcrypt_cost)
+        database_url, address = run.start(workers=args.workers[0], bcrypt_cost=args.bcrypt_cost)
         users = _setup(address)
 
         print("recording ...", flush=True)
@@ -342,7 +323,7 @@ def run(args) -> int:
         if stored[0] != sent:
             raise RuntimeError(f"{stored[0]} records stored, {sent} sent")
         one, batch = statistics.median(throughput["one_by_one"]), statistics.median(throughput["batch"])
-        report["recording"] = {
+        run.report["recording"] = {
             "records_per_second": throughput,
             "median_one_by_one": one,
             "median_batch": batch,
@@ -350,44 +331,32 @@ def run(args) -> int:
         }
 
         print("generating usage records ...", flush=True)
-        report["generate_seconds"] = {
+        run.report["generate_seconds"] = {
             BIG_MODEL: _generate(database_url, BIG_MODEL, args.big_records, 5000),
             SMALL_MODEL: _generate(database_url, SMALL_MODEL, args.small_records, 500),
         }
-        report["fold_seconds"] = _fold_all(database_url)
+        run.report["fold_seconds"] = _fold_all(database_url)
         print(
             f"  {args.big_records:,} + {args.small_records:,} records in "
-            f"{sum(report['generate_seconds'].values()):.1f}s, folded in {report['fold_seconds']:.1f}s",
+            f"{sum(run.report['generate_seconds'].values()):.1f}s, folded in {run.report['fold_seconds']:.1f}s",
             flush=True,
         )
         print("measuring GetModelStats ...", flush=True)
         expected = {BIG_MODEL: args.big_records, SMALL_MODEL: args.small_records}
         samples = _measure_stats(address, args.stats_calls, args.rounds, expected)
         results = {m: {w: _stats(v) for w, v in by_window.items()} for m, by_window in samples.items()}
-        report["model_stats"] = results
-        report["model_stats_ratio_big_over_small"] = {
+        run.report["model_stats"] = results
+        run.report["model_stats_ratio_big_over_small"] = {
             w: {s: results[BIG_MODEL][w][s] / results[SMALL_MODEL][w][s] for s in ("mean_ms", "p50_ms", "p99_ms")}
             for w in ("24h", "30d")
         }
-        report["brute_force_30d_ms"] = {
+        run.report["brute_force_30d_ms"] = {
             BIG_MODEL: _brute_force_ms(database_url, BIG_MODEL),
             SMALL_MODEL: _brute_force_ms(database_url, SMALL_MODEL),
         }
-        print(_summary(report), flush=True)
-    except Exception as exc:
-        failure = f"{type(exc).__name__}: {exc}"
-        print(f"\nbench failed: {failure}", file=sys.stderr)
-    except KeyboardInterrupt:
-        failure = "interrupted"
-    finally:
-        if qdata is not None:
-            qdata.stop()
-        if database is not None:
-            database.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
+        print(_summary(run.report), flush=True)
 
-    report_file.save(report, args.out, f"usage-{started.strftime('%Y%m%dT%H%M%SZ')}", failure)
-    return 1 if failure else 0
+    return run_suite("usage", settings, args.out, body)
 
 
 def _summary(report: dict) -> str:
