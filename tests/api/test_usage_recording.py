@@ -15,7 +15,6 @@ import uuid
 from typing import Any
 
 import grpc
-import pytest
 
 from qdata.v1 import ledger_pb2, usage_pb2
 from tests.api.usage_support import (
@@ -165,16 +164,6 @@ async def test_insufficient_funds_records_nothing_and_the_request_id_can_be_retr
     )
     record = (await api.usage.RecordUsage(request)).record
     assert record.billed and (await balance(api, user.id)).posted_micros == 0
-
-
-@pytest.fixture
-async def unfolded_api(database_url):
-    """A server whose background folder stays idle, so the rollup queue keeps every record."""
-    api = await start_api(database_url, dataclasses.replace(TEST_SETTINGS, usage_fold_seconds=3600.0))
-    try:
-        yield api
-    finally:
-        await stop_api(api)
 
 
 async def test_a_concurrent_stream_against_a_small_balance_bills_exactly_what_it_records(unfolded_api):

@@ -18,12 +18,10 @@ from collections import defaultdict
 from fractions import Fraction
 
 import grpc
-import pytest
 from google.protobuf import duration_pb2
 
 from qdata.v1 import usage_pb2
 from tests.api.usage_support import ERROR, SUCCESS, fold, funded_user, ms, nearest_rank, now, sql, ts
-from tests.conftest import TEST_SETTINGS, start_api, stop_api
 from tests.helpers import expect_error, rid
 
 MODELS = {
@@ -300,16 +298,6 @@ async def check_everything(api, records, users, ratings) -> None:
     await check_ranking(
         api, records, ratings, usage_pb2.MODEL_METRIC_RATING, window=three_days, min_request_count=calls
     )
-
-
-@pytest.fixture
-async def unfolded_api(database_url):
-    """A server whose background folder is off, so the test decides what is folded."""
-    api = await start_api(database_url, dataclasses.replace(TEST_SETTINGS, usage_fold_seconds=0))
-    try:
-        yield api
-    finally:
-        await stop_api(api)
 
 
 async def test_statistics_and_rankings_match_a_brute_force_computation(unfolded_api):
