@@ -79,6 +79,10 @@ class RequestKey:
     method: str
     request_hash: bytes
 
+    def ids(self) -> dict[str, object]:
+        """The key alone, as the idempotency queries take it (user_id, actor, request_id)."""
+        return {"user_id": self.user_id, "actor": self.actor, "request_id": self.request_id}
+
     def params(self) -> dict[str, object]:
         """The key as the ledger functions take it (request_id, actor, method, request_hash)."""
         return {
@@ -99,11 +103,8 @@ def request_key(
     """The key run_idempotent claims for request (see its canonical argument)."""
     check_request_id(request.request_id)  # type: ignore[attr-defined]
     ctx = callctx.current()
-    key = _key(request, user_id)
     return RequestKey(
-        user_id=key["user_id"],  # type: ignore[arg-type]
-        actor=key["actor"],  # type: ignore[arg-type]
-        request_id=key["request_id"],  # type: ignore[arg-type]
+        **_key(request, user_id),  # type: ignore[arg-type]
         method=ctx.method if ctx else type(request).DESCRIPTOR.full_name,
         request_hash=fingerprint(request if canonical is None else canonical, secret_fields),
     )
@@ -160,7 +161,7 @@ async def run_idempotent(
     """
     if key is None:
         key = request_key(request, user_id=user_id, canonical=canonical, secret_fields=secret_fields)
-    ids = {"user_id": key.user_id, "actor": key.actor, "request_id": key.request_id}
+    ids = key.ids()
 
     async def transaction(conn: psycopg.AsyncConnection) -> R:
         while True:

@@ -80,9 +80,10 @@ class QdataPool(AsyncConnectionPool):
 
     def __init__(self, *args: Any, pipelined: bool = True, **kwargs: Any):
         # Whether transactions on this pool run in pipeline mode (db/transactions.py). Off in the
-        # mode for PgBouncer older than 1.21 (QDATA_PREPARED_STATEMENTS=false): in transaction mode
-        # it loses track of pipelined transactions whose client queued for a server connection,
-        # keeps that server linked to the idle client, and every later call waits forever.
+        # mode for PgBouncer older than 1.21 (QDATA_PREPARED_STATEMENTS=false): behind PgBouncer
+        # 1.18 in transaction mode, pipelined transactions now and then left a server connection
+        # linked to a client whose backend sat idle after COMMIT, and every later call waited
+        # forever (tests/integration/test_pgbouncer.py).
         self.pipelined = pipelined
         self._made: weakref.WeakSet[psycopg.AsyncConnection] = weakref.WeakSet()
         super().__init__(*args, configure=self._register, **kwargs)

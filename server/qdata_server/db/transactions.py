@@ -44,7 +44,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from qdata_server import callctx
 from qdata_server.db.errors import RETRYABLE as _RETRYABLE
-from qdata_server.db.errors import contention, database_error
+from qdata_server.db.errors import contention, database_error, unavailable
 from qdata_server.db.sql import query
 from qdata_server.errors import DeadlineExceeded, Unavailable
 
@@ -177,9 +177,9 @@ def prepared_statement_lost(pool: AsyncConnectionPool, exc: psycopg.Error) -> Un
     the UNAVAILABLE it becomes."""
     connect_kwargs = pool.kwargs if isinstance(pool.kwargs, dict) else {}
     if isinstance(exc, pg_errors.ProtocolViolation) and connect_kwargs.get("prepare_threshold", 5) is None:
-        # Without prepared statements a protocol violation is no statement mix-up.
-        log.warning("database unavailable: %s", type(exc).__name__)
-        return Unavailable("the database is unavailable", reason="DATABASE_UNAVAILABLE")
+        # Without prepared statements a protocol violation is no statement mix-up: class 08.
+        log.warning("database error", extra={"sqlstate": exc.sqlstate, "reason": "DATABASE_UNAVAILABLE"})
+        return unavailable()
     if pool not in _pooler_broke_prepared:
         _pooler_broke_prepared.add(pool)
         log.error(

@@ -48,9 +48,7 @@ async def request_holder(conn: psycopg.AsyncConnection, key: RequestKey) -> dict
 
     Only called once a ledger function reported the key as taken, so the row exists.
     """
-    row = await fetch_one(
-        conn, "ledger_request_holder", {"user_id": key.user_id, "actor": key.actor, "request_id": key.request_id}
-    )
+    row = await fetch_one(conn, "ledger_request_holder", key.ids())
     if row is None:
         raise Internal("internal error: a remembered request has no ledger row")
     check_same_request(key, row["method"], row["request_hash"])

@@ -172,11 +172,13 @@ async def record_usage(deps, request: usage_pb2.RecordUsageRequest) -> usage_pb2
         row = await fetch_one(conn, "usage_record", {**call.params(), **key.params()})
         return usage_pb2.RecordUsageResponse(record=convert.usage_record(row))
 
-    async def remembered(conn: psycopg.AsyncConnection) -> usage_pb2.RecordUsageResponse:
-        return await _remembered(conn, key)
-
     return await deps.idempotent(
-        request, usage_pb2.RecordUsageResponse, work, user_id=call.user_id, key=key, remembered=remembered
+        request,
+        usage_pb2.RecordUsageResponse,
+        work,
+        user_id=call.user_id,
+        key=key,
+        remembered=lambda conn: _remembered(conn, key),
     )
 
 

@@ -45,10 +45,6 @@ VALUES (%(actor)s, %(user_id)s, %(action)s, %(target_type)s, %(target_id)s, %(re
 -- Reads a secret the server generated for itself at migration time.
 SELECT secret FROM server_secrets WHERE name = %(name)s;
 
--- name: ping
--- Proves the database answers.
-SELECT 1 AS ok;
-
 -- name: database_read_only
 -- True if a new transaction here cannot write: a standby (after a failover, say) or a database
 -- with default_transaction_read_only on. Run at the start of a transaction that set nothing.
