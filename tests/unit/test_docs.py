@@ -91,7 +91,7 @@ def relative_links(path: Path) -> list[str]:
     return [t for t in targets if not re.match(r"[a-z]+:", t)]
 
 
-def test_the_examples_use_the_repositorys_own_tools():
+def test_the_examples_use_the_repositorys_own_tools() -> None:
     assert shell_blocks(README), "README has no shell examples"
     for path in markdown_files():
         lines = shell_blocks(path)
@@ -100,16 +100,16 @@ def test_the_examples_use_the_repositorys_own_tools():
         assert bare_python == [], path
 
 
-def test_readme_examples_name_the_address_once():
+def test_readme_examples_name_the_address_once() -> None:
     lines = shell_blocks(README)
     # Comments may mention it; commands take it from ADDR.
     addresses = [line for line in lines if "127.0.0.1:50051" in line.split("#")[0]]
     assert len(addresses) == 1 and addresses[0].startswith("ADDR=")
 
 
-def test_the_documented_secret_holds_every_key_the_deployment_requires():
+def test_the_documented_secret_holds_every_key_the_deployment_requires() -> None:
     deployment = (ROOT / "deploy" / "deployment.yaml").read_text()
-    required = set()
+    required: set[str] = set()
     # secretKeyRef blocks: name, key and an optional `optional: true`.
     for block in re.findall(r"secretKeyRef:\n((?:\s+\w+: .+\n)+)", deployment):
         fields = dict(re.findall(r"(\w+): (.+)", block))
@@ -123,30 +123,30 @@ def test_the_documented_secret_holds_every_key_the_deployment_requires():
     assert required <= documented
 
 
-def test_the_settings_table_names_every_variable_the_server_reads():
-    read = set()
+def test_the_settings_table_names_every_variable_the_server_reads() -> None:
+    read: set[str] = set()
     for path in (ROOT / "server" / "qdata_server").rglob("*.py"):
         read |= set(re.findall(r"\"((?:QDATA_[A-Z0-9_]+)|DATABASE_URL)\"", path.read_text()))
     table = section(README, "## Configuration")
-    documented = set()
+    documented: set[str] = set()
     for row in re.findall(r"^\| (`[^|]+`) \|", table, flags=re.MULTILINE):
         documented |= set(re.findall(r"`([A-Z0-9_]+)`", row))
     assert read, "no variable names found in server/qdata_server"
     assert documented == read
 
 
-def test_the_permission_table_matches_the_server():
+def test_the_permission_table_matches_the_server() -> None:
     table = section(DOCS / "security.md", "## Callers and permissions")
-    documented = {}
+    documented: dict[str, str] = {}
     for permission, service, methods in re.findall(r"^\| `([a-z.]+)` \| (\w+Service) ([^|]+)\|", table, re.MULTILINE):
         for method in re.findall(r"[A-Z]\w+", methods):
             documented[f"/qdata.v1.{service}/{method}"] = permission
     assert documented == auth.PERMISSIONS
 
 
-def test_the_readme_gives_the_two_commands_and_only_targets_that_exist():
+def test_the_readme_gives_the_two_commands_and_only_targets_that_exist() -> None:
     makefile = (ROOT / "Makefile").read_text()
-    targets = set()
+    targets: set[str] = set()
     for line in re.findall(r"^([a-z][a-z -]*):", makefile, flags=re.MULTILINE):
         targets |= set(line.split())
     commands = section(README, "## The two commands")
@@ -157,14 +157,14 @@ def test_the_readme_gives_the_two_commands_and_only_targets_that_exist():
     assert named <= targets
 
 
-def test_the_readme_stays_a_front_page():
+def test_the_readme_stays_a_front_page() -> None:
     text = README.read_text()
     headings = re.findall(r"^## (.+)$", text, flags=re.MULTILINE)
     assert headings == ["The two commands", "Trying it with buf curl or grpcurl", "Configuration", "Documentation"]
     assert len(text.encode()) < 15_000
 
 
-def test_every_relative_link_points_at_a_file_and_heading_that_exist():
+def test_every_relative_link_points_at_a_file_and_heading_that_exist() -> None:
     broken = []
     for path in markdown_files():
         for link in relative_links(path):
@@ -179,14 +179,14 @@ def test_every_relative_link_points_at_a_file_and_heading_that_exist():
     assert broken == []
 
 
-def test_the_docs_index_lists_every_page():
+def test_the_docs_index_lists_every_page() -> None:
     index = (DOCS / "README.md").read_text()
     listed = {(DOCS / link).resolve() for link in re.findall(r"\]\(([^)#]+\.md)\)", index)}
     pages = {path.resolve() for path in DOCS.rglob("*.md") if path.name != "README.md"}
     assert pages <= listed
 
 
-def test_every_benchmark_says_when_it_was_measured():
+def test_every_benchmark_says_when_it_was_measured() -> None:
     text = (DOCS / "benchmarks.md").read_text()
     sections = re.split(r"^## ", text, flags=re.MULTILINE)[1:]
     assert sections
