@@ -2,7 +2,7 @@
 
 Each calling service presents `authorization: Bearer <token>`. Configuration holds only the
 SHA-256 digest of each token, with the calling service's name and its permissions
-(QDATA_AUTH_TOKENS or QDATA_AUTH_TOKENS_FILE; README documents the format). `PERMISSIONS` names
+(QDATA_AUTH_TOKENS or QDATA_AUTH_TOKENS_FILE; docs/security.md documents the format). `PERMISSIONS` names
 the permission every RPC needs; the interceptor asks `Authenticator.authorize` before each call.
 
 With mutual TLS (QDATA_TLS_CLIENT_CA_FILE), an entry may name a client certificate identity
