@@ -190,6 +190,8 @@ class ChatServiceServicer:
         """Creates an empty session for a user. Fails with NOT_FOUND (reason USER_NOT_FOUND) if the user
         does not exist or is deleted, INVALID_ARGUMENT (reason INVALID_ARGUMENT) if a field breaks a
         limit, and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND USER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -198,6 +200,8 @@ class ChatServiceServicer:
     def GetSession(self, request, context):
         """Returns one session with its counters. Fails with NOT_FOUND (reason SESSION_NOT_FOUND) if the
         session does not exist or belongs to another user.
+
+        Errors: NOT_FOUND SESSION_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -209,6 +213,8 @@ class ChatServiceServicer:
         while the caller pages may move between pages (seen twice or not at all). Fails with NOT_FOUND
         (reason USER_NOT_FOUND) and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a negative
         page_size, an invalid tag, or a page_token that was not issued for the same filters.
+
+        Errors: NOT_FOUND USER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -220,6 +226,8 @@ class ChatServiceServicer:
         (reason MESSAGE_NOT_FOUND) if the new current leaf is not a live message of the session,
         INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an empty mask, an unknown path or a value that
         breaks a limit, and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND MESSAGE_NOT_FOUND, SESSION_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -228,6 +236,8 @@ class ChatServiceServicer:
     def DeleteSession(self, request, context):
         """Deletes a session and all its messages for good. Fails with NOT_FOUND (reason
         SESSION_NOT_FOUND) and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND SESSION_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -244,6 +254,8 @@ class ChatServiceServicer:
         INVALID_ARGUMENT (reason CONTENT_TOO_LARGE) if a message's content exceeds the content limit,
         INVALID_ARGUMENT (reason INVALID_ARGUMENT) for any other invalid field or limit, and
         ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: INVALID_ARGUMENT CONTENT_TOO_LARGE; NOT_FOUND MESSAGE_NOT_FOUND, SESSION_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -259,6 +271,8 @@ class ChatServiceServicer:
         leaf_sequence_number names no message of the session, and INVALID_ARGUMENT (reason
         INVALID_ARGUMENT) for a negative page_size or bound, or a page_token that was not issued for
         the same session and filters.
+
+        Errors: NOT_FOUND MESSAGE_NOT_FOUND, SESSION_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -268,6 +282,8 @@ class ChatServiceServicer:
         """Returns one live message. Fails with NOT_FOUND (reason SESSION_NOT_FOUND) if the session does
         not exist or belongs to another user, and NOT_FOUND (reason MESSAGE_NOT_FOUND) if the session
         has no live message with that sequence number.
+
+        Errors: NOT_FOUND MESSAGE_NOT_FOUND, SESSION_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -280,6 +296,8 @@ class ChatServiceServicer:
         list without it). If it was the current leaf, its nearest live ancestor becomes the current
         leaf (0 if none). The session's counters drop by the message's share. Fails with NOT_FOUND
         (reason SESSION_NOT_FOUND or MESSAGE_NOT_FOUND) and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND MESSAGE_NOT_FOUND, SESSION_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -290,6 +308,8 @@ class ChatServiceServicer:
         order, in as many responses as needed, for sessions too long for one page. Messages appended
         after the export starts are not included. Fails with NOT_FOUND (reason SESSION_NOT_FOUND)
         before sending anything, or after some responses if the session is deleted during the export.
+
+        Errors: NOT_FOUND SESSION_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -304,6 +324,8 @@ class ChatServiceServicer:
         session of the user, and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an empty or too long
         query, a negative page_size, or a page_token that was not issued for the same query and
         filters.
+
+        Errors: NOT_FOUND SESSION_NOT_FOUND, USER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

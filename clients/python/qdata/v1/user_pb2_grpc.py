@@ -167,6 +167,8 @@ class UserServiceServicer:
         """Creates a user with a password. Fails with INVALID_ARGUMENT (reason INVALID_ARGUMENT) listing
         every invalid field, and with ALREADY_EXISTS (reason EMAIL_TAKEN or USERNAME_TAKEN) if another
         live user holds the email (compared case-insensitively) or the username.
+
+        Errors: ALREADY_EXISTS EMAIL_TAKEN, USERNAME_TAKEN.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,6 +177,8 @@ class UserServiceServicer:
     def GetUser(self, request, context):
         """Returns one user by id, email or username. Fails with NOT_FOUND (reason USER_NOT_FOUND) if no
         live user matches; deleted users are not found.
+
+        Errors: NOT_FOUND USER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -184,6 +188,8 @@ class UserServiceServicer:
         """Lists users, oldest first, optionally filtered by status. Deleted users are listed only when
         the filter asks for USER_STATUS_DELETED. Fails with INVALID_ARGUMENT for a negative page_size
         or a page_token that was not issued for the same filter.
+
+        Errors: none of its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -193,6 +199,8 @@ class UserServiceServicer:
         """Updates the fields named in update_mask. Fails with NOT_FOUND (reason USER_NOT_FOUND),
         INVALID_ARGUMENT for an unknown or immutable mask path or an invalid value, and ALREADY_EXISTS
         (reason EMAIL_TAKEN or USERNAME_TAKEN) as in CreateUser.
+
+        Errors: NOT_FOUND USER_NOT_FOUND; ALREADY_EXISTS EMAIL_TAKEN, USERNAME_TAKEN.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -202,6 +210,8 @@ class UserServiceServicer:
         """Deletes a user: the account can no longer log in or be found, its email, username, display
         name, password and preferences are erased, and the email can be registered again. Ledger and
         audit records keep the now pseudonymous user_id. Fails with NOT_FOUND (reason USER_NOT_FOUND).
+
+        Errors: NOT_FOUND USER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -221,6 +231,8 @@ class UserServiceServicer:
         failure). Success records the login time and upgrades an outdated password hash. Login
         failures are answers, not errors, so that callers can tell them from a failure of their own
         credentials; only malformed input fails (INVALID_ARGUMENT).
+
+        Errors: none of its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -234,6 +246,9 @@ class UserServiceServicer:
         current_password does not match, FAILED_PRECONDITION (reason ACCOUNT_LOCKED, ErrorInfo metadata
         locked_until) while the account is locked, and INVALID_ARGUMENT if new_password violates the
         password policy.
+
+        Errors: NOT_FOUND USER_NOT_FOUND; FAILED_PRECONDITION ACCOUNT_LOCKED, WRONG_PASSWORD; ABORTED
+        CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -245,6 +260,9 @@ class UserServiceServicer:
         import nothing for that user. Imported hashes are verified at login and upgraded to bcrypt on
         the first successful one. Fails as a whole with INVALID_ARGUMENT only if the request itself is
         malformed (no users, more than 1,000 users, a missing request_id).
+
+        Errors: ALREADY_EXISTS EMAIL_TAKEN, USERNAME_TAKEN (per user, in
+        ImportUserResult.error_reason).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -253,6 +271,8 @@ class UserServiceServicer:
     def GetPreferences(self, request, context):
         """Returns a user's preferences; a user who never set any gets the defaults. Fails with NOT_FOUND
         (reason USER_NOT_FOUND).
+
+        Errors: NOT_FOUND USER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -263,6 +283,8 @@ class UserServiceServicer:
         "theme", "extra" (replaces the whole map) and "extra.<key>" (sets that key to the value in the
         request, or removes it when the request's map lacks it). Fails with NOT_FOUND (reason
         USER_NOT_FOUND) and INVALID_ARGUMENT for an unknown path or an invalid value.
+
+        Errors: NOT_FOUND USER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -272,6 +294,8 @@ class UserServiceServicer:
         """Stores a provider API key for a user, encrypted, and returns its metadata (never the secret).
         Fails with NOT_FOUND (reason USER_NOT_FOUND) and INVALID_ARGUMENT for an invalid provider,
         label or secret.
+
+        Errors: NOT_FOUND USER_NOT_FOUND; FAILED_PRECONDITION VAULT_NOT_CONFIGURED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -280,6 +304,8 @@ class UserServiceServicer:
     def ListApiKeys(self, request, context):
         """Lists a user's stored provider API keys, metadata only, newest first. Fails with NOT_FOUND
         (reason USER_NOT_FOUND).
+
+        Errors: NOT_FOUND USER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -289,6 +315,9 @@ class UserServiceServicer:
         """Returns the plaintext of one stored provider API key. Needs its own permission and is audited.
         Fails with NOT_FOUND (reason API_KEY_NOT_FOUND) if the key does not exist or belongs to
         another user.
+
+        Errors: NOT_FOUND API_KEY_NOT_FOUND; FAILED_PRECONDITION KEY_VERSION_UNAVAILABLE,
+        SECRET_UNREADABLE, VAULT_NOT_CONFIGURED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -297,6 +326,8 @@ class UserServiceServicer:
     def UpdateApiKey(self, request, context):
         """Updates a stored provider API key's label or replaces its secret (update_mask paths "label",
         "secret"). Fails with NOT_FOUND (reason API_KEY_NOT_FOUND) and INVALID_ARGUMENT.
+
+        Errors: NOT_FOUND API_KEY_NOT_FOUND; FAILED_PRECONDITION VAULT_NOT_CONFIGURED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -304,6 +335,8 @@ class UserServiceServicer:
 
     def DeleteApiKey(self, request, context):
         """Deletes a stored provider API key. Fails with NOT_FOUND (reason API_KEY_NOT_FOUND).
+
+        Errors: NOT_FOUND API_KEY_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -314,6 +347,8 @@ class UserServiceServicer:
         listed once every transaction that began writing before its own has ended (normally within
         milliseconds), and then sorts above every event listed before it, so a reader paging or
         polling newest first never skips one. Needs its own permission. Fails with INVALID_ARGUMENT for a bad filter or page_token.
+
+        Errors: none of its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
