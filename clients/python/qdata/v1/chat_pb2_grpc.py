@@ -59,8 +59,9 @@ class ChatServiceStub:
     with ALREADY_EXISTS (reason REQUEST_ID_REUSED). Accepted request_ids are remembered for the
     server's idempotency retention (7 days unless the operator sets another); a replay after that
     is a new request. A rejected request leaves no trace, so it can be corrected and retried under the same
-    request_id. Reads need the chat.read permission and writes chat.write; without it a call fails
-    with PERMISSION_DENIED.
+    request_id. Each RPC needs the permission its (qdata.v1.permission) option names, here chat.read
+    for reads and chat.write for writes; without it a call fails with PERMISSION_DENIED (reason
+    MISSING_PERMISSION).
 
     Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
@@ -72,6 +73,9 @@ class ChatServiceStub:
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
     MALFORMED_REQUEST).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     def __init__(self, channel):
@@ -171,8 +175,9 @@ class ChatServiceServicer:
     with ALREADY_EXISTS (reason REQUEST_ID_REUSED). Accepted request_ids are remembered for the
     server's idempotency retention (7 days unless the operator sets another); a replay after that
     is a new request. A rejected request leaves no trace, so it can be corrected and retried under the same
-    request_id. Reads need the chat.read permission and writes chat.write; without it a call fails
-    with PERMISSION_DENIED.
+    request_id. Each RPC needs the permission its (qdata.v1.permission) option names, here chat.read
+    for reads and chat.write for writes; without it a call fails with PERMISSION_DENIED (reason
+    MISSING_PERMISSION).
 
     Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
@@ -184,6 +189,9 @@ class ChatServiceServicer:
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
     MALFORMED_REQUEST).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     def CreateSession(self, request, context):
@@ -431,8 +439,9 @@ class ChatService:
     with ALREADY_EXISTS (reason REQUEST_ID_REUSED). Accepted request_ids are remembered for the
     server's idempotency retention (7 days unless the operator sets another); a replay after that
     is a new request. A rejected request leaves no trace, so it can be corrected and retried under the same
-    request_id. Reads need the chat.read permission and writes chat.write; without it a call fails
-    with PERMISSION_DENIED.
+    request_id. Each RPC needs the permission its (qdata.v1.permission) option names, here chat.read
+    for reads and chat.write for writes; without it a call fails with PERMISSION_DENIED (reason
+    MISSING_PERMISSION).
 
     Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
@@ -444,6 +453,9 @@ class ChatService:
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
     MALFORMED_REQUEST).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     @staticmethod

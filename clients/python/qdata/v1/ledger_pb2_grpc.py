@@ -66,8 +66,12 @@ class LedgerServiceStub:
     rejections such as INSUFFICIENT_FUNDS, so the same request_id may be retried after the input is
     corrected or funds are added.
 
-    Reads need the ledger.read permission, writes ledger.write and VerifyLedger ledger.admin;
-    without it a call fails with PERMISSION_DENIED.
+    Each RPC needs the permission its (qdata.v1.permission) option names, here ledger.read for
+    reads, ledger.write for writes and ledger.admin for VerifyLedger; without it a call fails with
+    PERMISSION_DENIED (reason MISSING_PERMISSION).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     def __init__(self, channel):
@@ -179,8 +183,12 @@ class LedgerServiceServicer:
     rejections such as INSUFFICIENT_FUNDS, so the same request_id may be retried after the input is
     corrected or funds are added.
 
-    Reads need the ledger.read permission, writes ledger.write and VerifyLedger ledger.admin;
-    without it a call fails with PERMISSION_DENIED.
+    Each RPC needs the permission its (qdata.v1.permission) option names, here ledger.read for
+    reads, ledger.write for writes and ledger.admin for VerifyLedger; without it a call fails with
+    PERMISSION_DENIED (reason MISSING_PERMISSION).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     def GetBalance(self, request, context):
@@ -469,8 +477,12 @@ class LedgerService:
     rejections such as INSUFFICIENT_FUNDS, so the same request_id may be retried after the input is
     corrected or funds are added.
 
-    Reads need the ledger.read permission, writes ledger.write and VerifyLedger ledger.admin;
-    without it a call fails with PERMISSION_DENIED.
+    Each RPC needs the permission its (qdata.v1.permission) option names, here ledger.read for
+    reads, ledger.write for writes and ledger.admin for VerifyLedger; without it a call fails with
+    PERMISSION_DENIED (reason MISSING_PERMISSION).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     @staticmethod

@@ -67,8 +67,9 @@ class UsageServiceStub:
     RateModel) is remembered for the server's idempotency retention (7 days unless the operator sets
     another), and a replay after that is a new request. A rejected request, including one rejected
     with INSUFFICIENT_FUNDS, is not stored, so the same request_id may be retried once the cause is
-    fixed. Reads need the usage.read permission, RecordUsage, RecordUsageBatch and RateModel need
-    usage.write, and UpsertModel catalog.write; without it a call fails with PERMISSION_DENIED.
+    fixed. Each RPC needs the permission its (qdata.v1.permission) option names, here usage.read
+    for reads, usage.write for RecordUsage, RecordUsageBatch and RateModel, and catalog.write for
+    UpsertModel; without it a call fails with PERMISSION_DENIED (reason MISSING_PERMISSION).
 
     Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
@@ -80,6 +81,9 @@ class UsageServiceStub:
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
     MALFORMED_REQUEST).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     def __init__(self, channel):
@@ -187,8 +191,9 @@ class UsageServiceServicer:
     RateModel) is remembered for the server's idempotency retention (7 days unless the operator sets
     another), and a replay after that is a new request. A rejected request, including one rejected
     with INSUFFICIENT_FUNDS, is not stored, so the same request_id may be retried once the cause is
-    fixed. Reads need the usage.read permission, RecordUsage, RecordUsageBatch and RateModel need
-    usage.write, and UpsertModel catalog.write; without it a call fails with PERMISSION_DENIED.
+    fixed. Each RPC needs the permission its (qdata.v1.permission) option names, here usage.read
+    for reads, usage.write for RecordUsage, RecordUsageBatch and RateModel, and catalog.write for
+    UpsertModel; without it a call fails with PERMISSION_DENIED (reason MISSING_PERMISSION).
 
     Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
@@ -200,6 +205,9 @@ class UsageServiceServicer:
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
     MALFORMED_REQUEST).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     def UpsertModel(self, request, context):
@@ -462,8 +470,9 @@ class UsageService:
     RateModel) is remembered for the server's idempotency retention (7 days unless the operator sets
     another), and a replay after that is a new request. A rejected request, including one rejected
     with INSUFFICIENT_FUNDS, is not stored, so the same request_id may be retried once the cause is
-    fixed. Reads need the usage.read permission, RecordUsage, RecordUsageBatch and RateModel need
-    usage.write, and UpsertModel catalog.write; without it a call fails with PERMISSION_DENIED.
+    fixed. Each RPC needs the permission its (qdata.v1.permission) option names, here usage.read
+    for reads, usage.write for RecordUsage, RecordUsageBatch and RateModel, and catalog.write for
+    UpsertModel; without it a call fails with PERMISSION_DENIED (reason MISSING_PERMISSION).
 
     Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
@@ -475,6 +484,9 @@ class UsageService:
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
     MALFORMED_REQUEST).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     @staticmethod

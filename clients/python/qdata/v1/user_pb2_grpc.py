@@ -48,6 +48,14 @@ class UserServiceStub:
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
     MALFORMED_REQUEST).
+
+    Each RPC needs the permission its (qdata.v1.permission) option names, here users.read for
+    reads, users.write for writes, and users.authenticate, keys.reveal and audit.read for
+    Authenticate, RevealApiKey and ListAuditEvents; without it a call fails with PERMISSION_DENIED
+    (reason MISSING_PERMISSION).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     def __init__(self, channel):
@@ -161,6 +169,14 @@ class UserServiceServicer:
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
     MALFORMED_REQUEST).
+
+    Each RPC needs the permission its (qdata.v1.permission) option names, here users.read for
+    reads, users.write for writes, and users.authenticate, keys.reveal and audit.read for
+    Authenticate, RevealApiKey and ListAuditEvents; without it a call fails with PERMISSION_DENIED
+    (reason MISSING_PERMISSION).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     def CreateUser(self, request, context):
@@ -230,7 +246,8 @@ class UserServiceServicer:
         the count, also when the account is disabled (AUTHENTICATE_OUTCOME_DISABLED is never a
         failure). Success records the login time and upgrades an outdated password hash. Login
         failures are answers, not errors, so that callers can tell them from a failure of their own
-        credentials; only malformed input fails (INVALID_ARGUMENT).
+        credentials; only malformed input fails (INVALID_ARGUMENT). Needs its own permission,
+        users.authenticate: a login front end needs it and nothing else.
 
         Errors: none of its own.
         """
@@ -312,7 +329,8 @@ class UserServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevealApiKey(self, request, context):
-        """Returns the plaintext of one stored provider API key. Needs its own permission and is audited.
+        """Returns the plaintext of one stored provider API key. Needs its own permission, keys.reveal,
+        and is audited.
         Fails with NOT_FOUND (reason API_KEY_NOT_FOUND) if the key does not exist or belongs to
         another user.
 
@@ -346,7 +364,8 @@ class UserServiceServicer:
         """Lists audit events, newest first, filtered by user, actor, action and time range. An event is
         listed once every transaction that began writing before its own has ended (normally within
         milliseconds), and then sorts above every event listed before it, so a reader paging or
-        polling newest first never skips one. Needs its own permission. Fails with INVALID_ARGUMENT for a bad filter or page_token.
+        polling newest first never skips one. Needs its own permission, audit.read. Fails with
+        INVALID_ARGUMENT for a bad filter or page_token.
 
         Errors: none of its own.
         """
@@ -468,6 +487,14 @@ class UserService:
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
     MALFORMED_REQUEST).
+
+    Each RPC needs the permission its (qdata.v1.permission) option names, here users.read for
+    reads, users.write for writes, and users.authenticate, keys.reveal and audit.read for
+    Authenticate, RevealApiKey and ListAuditEvents; without it a call fails with PERMISSION_DENIED
+    (reason MISSING_PERMISSION).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     @staticmethod
