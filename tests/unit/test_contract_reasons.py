@@ -165,3 +165,27 @@ def test_proto_prose_names_only_known_reasons() -> None:
                 f"{path.name}: {r}" for r in scan.ALL_REASONS
             }
     assert not unknown, f"prose names reasons the enum lacks: {sorted(unknown)}"
+
+
+def test_client_docstrings_name_true_reasons() -> None:
+    from qdata import client
+
+    reason_docs = scan.reason_docs()
+    problems = []
+    for name in client.__all__:
+        cls = getattr(client, name)
+        if not (isinstance(cls, type) and issubclass(cls, client.QdataError) and cls is not client.QdataError):
+            continue
+        code = next(c for c, k in client._ERROR_CLASSES.items() if k is cls).name
+        named = {w for w in re.findall(r"\b[A-Z][A-Z0-9_]+\b", cls.__doc__ or "") if w in scan.ALL_REASONS}
+        for reason in named:
+            if reason_docs[reason].code != code:
+                problems.append(f"client.{name} names {reason}, which comes with {reason_docs[reason].code}")
+        if "``reason`` is" in (cls.__doc__ or ""):
+            # A docstring that says what reason is lists every reason of its code.
+            every = {r for r, d in reason_docs.items() if d.code == code}
+            if named != every:
+                problems.append(f"client.{name} lists {sorted(named)}; the contract has {sorted(every)}")
+    assert not problems, "\n".join(problems)
+    assert client.QdataError("x", reason="HOLD_EXPIRED").error_reason == ErrorReason.ERROR_REASON_HOLD_EXPIRED
+    assert client.QdataError("x", reason="FROM_A_NEWER_SERVER").error_reason == ErrorReason.ERROR_REASON_UNSPECIFIED
