@@ -123,3 +123,23 @@ def _service_comment(name: str) -> str:
         if match:
             return "\n".join(line.strip()[2:].strip() for line in match.group(1).splitlines())
     raise AssertionError(f"service {name} not found")
+
+
+def test_the_documented_permission_table_agrees() -> None:
+    """The "| permission | RPCs |" table of the documentation (README or docs/) matches the options."""
+    pages = [scan.ROOT / "README.md", *sorted((scan.ROOT / "docs").rglob("*.md"))]
+    tables = 0
+    for page in pages:
+        if not page.is_file():
+            continue
+        text = page.read_text("utf-8")
+        for block in re.finditer(r"^\| permission \| RPCs \|\n\|[- |]+\|\n((?:\|.*\|\n?)+)", text, re.M):
+            tables += 1
+            documented: dict[str, str] = {}
+            for row in block.group(1).splitlines():
+                permission, rpcs = (cell.strip() for cell in row.strip().strip("|").split("|"))
+                service, _, names = re.sub(r"\([^)]*\)", "", rpcs).partition(" ")
+                for rpc in _listed(names):
+                    documented[f"/qdata.v1.{service}/{rpc}"] = permission.strip("`")
+            assert documented == contract.PERMISSIONS, f"{page.name}: the permission table differs from the options"
+    assert tables >= 1, "no '| permission | RPCs |' table found in README.md or docs/"
