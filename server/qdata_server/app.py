@@ -41,6 +41,7 @@ from qdata.v1 import (
     user_pb2,
     user_pb2_grpc,
 )
+from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import idempotency
 from qdata_server.auth import Authenticator
 from qdata_server.chat.service import ChatServicer
@@ -142,7 +143,7 @@ class Deps:
                 cur = await conn.execute(query("get_server_secret"), {"name": "page_token_key"})
                 row = await cur.fetchone()
                 if row is None:
-                    raise Unavailable("the schema is not migrated", reason="SCHEMA_NOT_READY")
+                    raise Unavailable("the schema is not migrated", reason=ErrorReason.ERROR_REASON_SCHEMA_NOT_READY)
                 return bytes(row["secret"])
 
             self._page_tokens = PageTokens(await self.transaction(read, acting=transactions.ACTING_FOR_NO_USER))

@@ -3,7 +3,8 @@
 Each calling service presents `authorization: Bearer <token>`. Configuration holds only the
 SHA-256 digest of each token, with the calling service's name and its permissions
 (QDATA_AUTH_TOKENS or QDATA_AUTH_TOKENS_FILE; docs/security.md documents the format). `PERMISSIONS` names
-the permission every RPC needs; the interceptor asks `Authenticator.authorize` before each call.
+the permission every RPC needs, as the contract's `(qdata.v1.permission)` method options state it;
+the interceptor asks `Authenticator.authorize` before each call.
 
 With mutual TLS (QDATA_TLS_CLIENT_CA_FILE), an entry may name a client certificate identity
 instead of a token digest (`<service> cert:<identity> <grants>`): a call without a bearer token
@@ -29,7 +30,8 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, TextIO
 
-from qdata.v1 import chat_pb2, ledger_pb2, usage_pb2, user_pb2
+from qdata.v1.error_reason_pb2 import ErrorReason
+from qdata_server import contract
 from qdata_server.config import ConfigError
 from qdata_server.errors import PermissionDenied, Unauthenticated
 
@@ -46,93 +48,11 @@ CERT_PREFIX = "cert:"
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-def _table(service: str, permissions: dict[str, str]) -> dict[str, str]:
-    return {f"/qdata.v1.{service}/{rpc}": permission for rpc, permission in permissions.items()}
-
-
-# Full method name -> the one permission it needs. Every RPC of every service is listed (a unit
-# test compares this with the descriptors), and a method missing here is refused.
-PERMISSIONS: dict[str, str] = {
-    **_table(
-        "UserService",
-        {
-            "CreateUser": "users.write",
-            "GetUser": "users.read",
-            "ListUsers": "users.read",
-            "UpdateUser": "users.write",
-            "DeleteUser": "users.write",
-            # Checking a login is its own right: a login front end needs it and nothing else.
-            "Authenticate": "users.authenticate",
-            "ChangePassword": "users.write",
-            "ImportUsers": "users.write",
-            "GetPreferences": "users.read",
-            "UpdatePreferences": "users.write",
-            "CreateApiKey": "users.write",
-            "ListApiKeys": "users.read",
-            "RevealApiKey": "keys.reveal",
-            "UpdateApiKey": "users.write",
-            "DeleteApiKey": "users.write",
-            "ListAuditEvents": "audit.read",
-        },
-    ),
-    **_table(
-        "LedgerService",
-        {
-            "GetBalance": "ledger.read",
-            "Deposit": "ledger.write",
-            "Charge": "ledger.write",
-            "Refund": "ledger.write",
-            "Transfer": "ledger.write",
-            "CreateHold": "ledger.write",
-            "GetHold": "ledger.read",
-            "CaptureHold": "ledger.write",
-            "ReleaseHold": "ledger.write",
-            "GetTransaction": "ledger.read",
-            "ListTransactions": "ledger.read",
-            "VerifyLedger": "ledger.admin",
-        },
-    ),
-    **_table(
-        "ChatService",
-        {
-            "CreateSession": "chat.write",
-            "GetSession": "chat.read",
-            "ListSessions": "chat.read",
-            "UpdateSession": "chat.write",
-            "DeleteSession": "chat.write",
-            "AppendMessages": "chat.write",
-            "ListMessages": "chat.read",
-            "GetMessage": "chat.read",
-            "DeleteMessage": "chat.write",
-            "ExportSession": "chat.read",
-            "SearchMessages": "chat.read",
-        },
-    ),
-    **_table(
-        "UsageService",
-        {
-            "UpsertModel": "catalog.write",
-            "GetModel": "usage.read",
-            "ListModels": "usage.read",
-            "ListModelPrices": "usage.read",
-            "RecordUsage": "usage.write",
-            "RecordUsageBatch": "usage.write",
-            "GetUserUsage": "usage.read",
-            "GetModelStats": "usage.read",
-            "ListTopModels": "usage.read",
-            "RateModel": "usage.write",
-            "ListModelRatings": "usage.read",
-        },
-    ),
-}
-
-KNOWN_PERMISSIONS = frozenset(PERMISSIONS.values())
-SERVICE_DESCRIPTORS = (
-    user_pb2.DESCRIPTOR.services_by_name["UserService"],
-    ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"],
-    chat_pb2.DESCRIPTOR.services_by_name["ChatService"],
-    usage_pb2.DESCRIPTOR.services_by_name["UsageService"],
-)
+# Full method name -> the one permission it needs, from each RPC's (qdata.v1.permission) option in
+# the contract (qdata_server.contract reads the descriptors). A method missing there is refused.
+PERMISSIONS = contract.PERMISSIONS
+KNOWN_PERMISSIONS = contract.KNOWN_PERMISSIONS
+SERVICE_DESCRIPTORS = contract.SERVICE_DESCRIPTORS
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -302,14 +222,16 @@ class Authenticator:
         required = PERMISSIONS.get(method)
         if required is None:
             # Fail closed: an RPC nobody gave a permission is refused (the table test prevents it).
-            raise PermissionDenied(f"{method.lstrip('/')} has no permission assigned", reason="MISSING_PERMISSION")
+            raise PermissionDenied(
+                f"{method.lstrip('/')} has no permission assigned", reason=ErrorReason.ERROR_REASON_MISSING_PERMISSION
+            )
         if self.insecure:
             return ANONYMOUS_PRINCIPAL
         entry = self._caller(metadata, peer)
         if not entry.allows(required):
             raise PermissionDenied(
                 f"caller {entry.service!r} lacks the {required} permission for {method.lstrip('/')}",
-                reason="MISSING_PERMISSION",
+                reason=ErrorReason.ERROR_REASON_MISSING_PERMISSION,
                 metadata={"permission": required, "service": entry.service},
             )
         return Principal(entry.service, entry.grants)
@@ -325,7 +247,7 @@ class Authenticator:
             raise Unauthenticated(
                 "this call needs a token: send metadata 'authorization: Bearer <token>'"
                 + (" or a mapped client certificate" if self.cert_entries else ""),
-                reason="UNAUTHENTICATED",
+                reason=ErrorReason.ERROR_REASON_UNAUTHENTICATED,
             )
         value = values[0]
         if isinstance(value, bytes):
@@ -334,7 +256,8 @@ class Authenticator:
         token = token.strip()
         if len(values) != 1 or scheme.lower() != "bearer" or not token:
             raise Unauthenticated(
-                "the authorization metadata must be a single 'Bearer <token>'", reason="INVALID_TOKEN"
+                "the authorization metadata must be a single 'Bearer <token>'",
+                reason=ErrorReason.ERROR_REASON_INVALID_TOKEN,
             )
         presented = token_digest(token)
         found: TokenEntry | None = None
@@ -343,7 +266,7 @@ class Authenticator:
             if hmac.compare_digest(presented, entry.digest):
                 found = entry
         if found is None:
-            raise Unauthenticated("the token is not valid", reason="INVALID_TOKEN")
+            raise Unauthenticated("the token is not valid", reason=ErrorReason.ERROR_REASON_INVALID_TOKEN)
         return found
 
     def _certificate_caller(self, peer: Mapping[str, Sequence[bytes]] | None) -> TokenEntry | None:
@@ -358,7 +281,8 @@ class Authenticator:
         matches = {self.cert_entries[i] for i in identities if i in self.cert_entries}
         if len(matches) > 1:
             raise Unauthenticated(
-                "the client certificate maps to more than one configured service", reason="AMBIGUOUS_CERTIFICATE"
+                "the client certificate maps to more than one configured service",
+                reason=ErrorReason.ERROR_REASON_AMBIGUOUS_CERTIFICATE,
             )
         return matches.pop() if matches else None
 

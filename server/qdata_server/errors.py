@@ -3,18 +3,29 @@
 Domain code raises these; `to_grpc_status` builds a google.rpc.Status with an ErrorInfo (domain
 "qdata") and, for invalid input, a BadRequest with one violation per field. Nothing else in the
 server picks status codes, so a caller sees the same shape from every RPC.
+
+Every error names its reason with the contract's ErrorReason enum (protos/qdata/v1/error_reason.proto),
+never with a string: `NotFound("user not found", reason=ErrorReason.ERROR_REASON_USER_NOT_FOUND)`.
+The classes whose code implies a reason (INVALID_ARGUMENT, UNAUTHENTICATED, MISSING_PERMISSION,
+DEADLINE_EXCEEDED, NOT_IMPLEMENTED, INTERNAL) have it as their default; the others need one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from qdata.v1.error_reason_pb2 import ErrorReason
+from qdata_server.contract import wire_reason
+
 ERROR_DOMAIN = "qdata"
+# A value of the contract's ErrorReason enum.
+Reason = ErrorReason.ValueType
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,20 +40,26 @@ class QdataError(Exception):
     """Base of every error the server answers deliberately (not a bug)."""
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
-    default_reason = "UNKNOWN"
+    # The reason when the raiser names none; None: every raiser must name one.
+    default_reason: ClassVar[Reason | None] = None
 
-    def __init__(self, message: str, *, reason: str | None = None, metadata: dict[str, str] | None = None):
+    def __init__(self, message: str, *, reason: Reason | None = None, metadata: dict[str, str] | None = None):
         super().__init__(message)
+        chosen = self.default_reason if reason is None else reason
+        if chosen is None:
+            raise TypeError(f"{type(self).__name__} needs a reason (an ErrorReason value)")
         self.message = message
-        self.reason = reason or self.default_reason
+        # The enum value, and its ErrorInfo.reason string ("USER_NOT_FOUND") for the wire and logs.
+        self.error_reason: Reason = chosen
+        self.reason = wire_reason(chosen)
         self.metadata = metadata or {}
 
 
 class InvalidArgument(QdataError):
     code = grpc.StatusCode.INVALID_ARGUMENT
-    default_reason = "INVALID_ARGUMENT"
+    default_reason = ErrorReason.ERROR_REASON_INVALID_ARGUMENT
 
-    def __init__(self, violations: list[FieldViolation], *, reason: str | None = None, message: str | None = None):
+    def __init__(self, violations: list[FieldViolation], *, reason: Reason | None = None, message: str | None = None):
         summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
         super().__init__(message or f"invalid request: {summary}", reason=reason)
         self.violations = list(violations)
@@ -52,56 +69,51 @@ class Unauthenticated(QdataError):
     """No token, or one the server does not know (reason UNAUTHENTICATED or INVALID_TOKEN)."""
 
     code = grpc.StatusCode.UNAUTHENTICATED
-    default_reason = "UNAUTHENTICATED"
+    default_reason = ErrorReason.ERROR_REASON_UNAUTHENTICATED
 
 
 class PermissionDenied(QdataError):
     """A known caller without the permission the RPC needs (reason MISSING_PERMISSION)."""
 
     code = grpc.StatusCode.PERMISSION_DENIED
-    default_reason = "MISSING_PERMISSION"
+    default_reason = ErrorReason.ERROR_REASON_MISSING_PERMISSION
 
 
 class NotFound(QdataError):
     code = grpc.StatusCode.NOT_FOUND
-    default_reason = "NOT_FOUND"
 
 
 class AlreadyExists(QdataError):
     code = grpc.StatusCode.ALREADY_EXISTS
-    default_reason = "ALREADY_EXISTS"
 
 
 class FailedPrecondition(QdataError):
     code = grpc.StatusCode.FAILED_PRECONDITION
-    default_reason = "FAILED_PRECONDITION"
 
 
 class Unavailable(QdataError):
     code = grpc.StatusCode.UNAVAILABLE
-    default_reason = "UNAVAILABLE"
 
 
 class DeadlineExceeded(QdataError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
-    default_reason = "DEADLINE_EXCEEDED"
+    default_reason = ErrorReason.ERROR_REASON_DEADLINE_EXCEEDED
 
 
 class Aborted(QdataError):
     code = grpc.StatusCode.ABORTED
-    default_reason = "ABORTED"
 
 
 class Unimplemented(QdataError):
     code = grpc.StatusCode.UNIMPLEMENTED
-    default_reason = "NOT_IMPLEMENTED"
+    default_reason = ErrorReason.ERROR_REASON_NOT_IMPLEMENTED
 
 
 class Internal(QdataError):
     """A real bug: the message is generic and the details stay in the server's log."""
 
     code = grpc.StatusCode.INTERNAL
-    default_reason = "INTERNAL"
+    default_reason = ErrorReason.ERROR_REASON_INTERNAL
 
 
 class RequestRemembered(Internal):
@@ -122,7 +134,9 @@ def invalid(field: str, description: str) -> InvalidArgument:
 
 def malformed(message_type: str) -> InvalidArgument:
     """A request whose bytes do not parse as its message (named by its full proto name only)."""
-    return InvalidArgument([], reason="MALFORMED_REQUEST", message=f"the request body is not a valid {message_type}")
+    return InvalidArgument(
+        [], reason=ErrorReason.ERROR_REASON_MALFORMED_REQUEST, message=f"the request body is not a valid {message_type}"
+    )
 
 
 def _pack(message) -> any_pb2.Any:

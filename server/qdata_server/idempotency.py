@@ -31,6 +31,7 @@ import psycopg
 from google.protobuf.message import Message
 from psycopg_pool import AsyncConnectionPool
 
+from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import callctx
 from qdata_server.db import transactions
 from qdata_server.db.sql import query
@@ -113,7 +114,8 @@ def request_key(
 def reused() -> AlreadyExists:
     """The answer to a request_id already used for another method or other parameters."""
     return AlreadyExists(
-        "request_id was already used for a different request; use a new request_id", reason="REQUEST_ID_REUSED"
+        "request_id was already used for a different request; use a new request_id",
+        reason=ErrorReason.ERROR_REASON_REQUEST_ID_REUSED,
     )
 
 

@@ -31,6 +31,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc import aio
 
+from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import callctx
 from qdata_server.auth import Authenticator, Principal
 from qdata_server.errors import Internal, QdataError, Unavailable, Unimplemented, malformed, to_grpc_status
@@ -166,7 +167,9 @@ class InFlight:
         if method.startswith(_QUIET_PREFIXES):
             return None
         if self.draining:
-            return Unavailable("the server is shutting down; retry the call", reason="SHUTTING_DOWN")
+            return Unavailable(
+                "the server is shutting down; retry the call", reason=ErrorReason.ERROR_REASON_SHUTTING_DOWN
+            )
         task = asyncio.current_task()
         if task is not None and task not in self._tasks:
             self._tasks.add(task)

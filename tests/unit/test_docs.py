@@ -135,15 +135,6 @@ def test_the_settings_table_names_every_variable_the_server_reads() -> None:
     assert documented == read
 
 
-def test_the_permission_table_matches_the_server() -> None:
-    table = section(DOCS / "security.md", "## Callers and permissions")
-    documented: dict[str, str] = {}
-    for permission, service, methods in re.findall(r"^\| `([a-z.]+)` \| (\w+Service) ([^|]+)\|", table, re.MULTILINE):
-        for method in re.findall(r"[A-Z]\w+", methods):
-            documented[f"/qdata.v1.{service}/{method}"] = permission
-    assert documented == auth.PERMISSIONS
-
-
 def test_the_readme_gives_the_two_commands_and_only_targets_that_exist() -> None:
     makefile = (ROOT / "Makefile").read_text()
     targets: set[str] = set()

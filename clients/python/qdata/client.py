@@ -36,7 +36,8 @@ retry loop multiplies load exactly when the server is struggling. The cases a ca
 are :class:`Unavailable` (the server or its database could not be reached, the database is
 read-only or short of resources, or the server is shutting down: reason ``SHUTTING_DOWN``, so
 another replica will take the retry; ``reason`` says which) and :class:`Aborted` (reason
-CONTENTION: concurrent transactions kept colliding on the same rows), on an idempotent call:
+CONTENTION: concurrent transactions kept colliding on the same rows, or CONCURRENT_CHANGE), on an
+idempotent call:
 
 * a read (Get*, List*, Search*, ExportSession, VerifyLedger; not Authenticate, whose every
   attempt with a wrong password counts toward the lockout), or
@@ -74,12 +75,14 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from qdata.v1 import chat_pb2_grpc, ledger_pb2_grpc, usage_pb2_grpc, user_pb2_grpc
+from qdata.v1.error_reason_pb2 import ErrorReason
 
 __all__ = [
     "Aborted",
     "AlreadyExists",
     "AsyncQdataClient",
     "AsyncResponseStream",
+    "ErrorReason",
     "FailedPrecondition",
     "InvalidArgument",
     "MetadataPairs",
@@ -108,7 +111,9 @@ class QdataError(Exception):
         message: The status message (human-readable; do not parse it, use ``reason``).
         reason: ``ErrorInfo.reason`` in UPPER_SNAKE_CASE (e.g. ``USER_NOT_FOUND``), or ``""``
             when the status carries no ErrorInfo (errors raised by gRPC itself, such as a
-            client-side DEADLINE_EXCEEDED or a connection failure).
+            client-side DEADLINE_EXCEEDED or a connection failure). The contract's
+            :class:`ErrorReason` enum (``qdata/v1/error_reason.proto``) documents every reason;
+            ``error_reason`` gives it as that enum's value.
         metadata: ``ErrorInfo.metadata``: extra facts about the error, as strings.
         field_violations: ``{field path: description}`` from a BadRequest detail, e.g.
             ``{"email": "is not a valid email address"}``; empty when there is none.
@@ -129,6 +134,18 @@ class QdataError(Exception):
         self.reason = reason
         self.metadata = dict(metadata or {})
         self.field_violations = dict(field_violations or {})
+
+    @property
+    def error_reason(self) -> ErrorReason.ValueType:
+        """``reason`` as an :class:`ErrorReason` value (``USER_NOT_FOUND`` is
+        ``ERROR_REASON_USER_NOT_FOUND``); ``ERROR_REASON_UNSPECIFIED`` when there is no reason or
+        the server sent one this client's contract does not know yet."""
+        if not self.reason:
+            return ErrorReason.ERROR_REASON_UNSPECIFIED
+        try:
+            return ErrorReason.Value(f"ERROR_REASON_{self.reason}")
+        except ValueError:
+            return ErrorReason.ERROR_REASON_UNSPECIFIED
 
     def __str__(self) -> str:
         head = f"{self.code.name} {self.reason}" if self.reason else self.code.name
@@ -158,15 +175,19 @@ class Unavailable(QdataError):
     """UNAVAILABLE: the server or its database could not be reached; see the module's retry notes.
 
     ``reason`` is DATABASE_UNAVAILABLE, DATABASE_READ_ONLY, DATABASE_OVERLOADED, DATABASE_FULL,
-    SHUTTING_DOWN (the server is stopping; another replica takes the retry) or
-    PREPARED_STATEMENTS_UNSUPPORTED (a deployment problem of that server: its pooler cannot keep
-    prepared statements, which another replica may not have) when the server answered; empty when
-    the server itself could not be reached.
+    SCHEMA_NOT_READY (the database is not migrated yet), SHUTTING_DOWN (the server is stopping;
+    another replica takes the retry) or PREPARED_STATEMENTS_UNSUPPORTED (a deployment problem of
+    that server: its pooler cannot keep prepared statements, which another replica may not have)
+    when the server answered; empty when the server itself could not be reached.
     """
 
 
 class Aborted(QdataError):
-    """ABORTED (reason CONTENTION): too much contention on the same rows; retry like Unavailable."""
+    """ABORTED: a concurrent transaction got in the way; retry like Unavailable.
+
+    ``reason`` is CONTENTION (too much contention on the same rows) or CONCURRENT_CHANGE
+    (ChangePassword: the password changed while the request was checked).
+    """
 
 
 class Unimplemented(QdataError):

@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 
 from qdata.v1 import chat_pb2
+from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import audit
 from qdata_server.chat import convert, rules, tree
 from qdata_server.chat.sessions import load_session, message_not_found, session_ids
@@ -58,7 +59,7 @@ async def append_messages(deps, request: chat_pb2.AppendMessagesRequest) -> chat
         max_total_bytes=response_budget(deps.settings),
     )
     if v:
-        raise InvalidArgument(v.items, reason="CONTENT_TOO_LARGE" if too_large else None)
+        raise InvalidArgument(v.items, reason=ErrorReason.ERROR_REASON_CONTENT_TOO_LARGE if too_large else None)
     columns = {
         "roles": [rules.ROLE_TO_DB[m.role] for m in messages],
         "contents": [m.content for m in messages],

@@ -15,6 +15,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from qdata.v1 import chat_pb2
+from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import audit
 from qdata_server.chat import convert, rules
 from qdata_server.db.sql import fetch_all, fetch_one
@@ -34,11 +35,11 @@ _ARCHIVED = {
 
 
 def session_not_found() -> NotFound:
-    return NotFound("session not found", reason="SESSION_NOT_FOUND")
+    return NotFound("session not found", reason=ErrorReason.ERROR_REASON_SESSION_NOT_FOUND)
 
 
 def message_not_found() -> NotFound:
-    return NotFound("message not found", reason="MESSAGE_NOT_FOUND")
+    return NotFound("message not found", reason=ErrorReason.ERROR_REASON_MESSAGE_NOT_FOUND)
 
 
 async def load_session(

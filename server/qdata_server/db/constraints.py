@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -23,50 +24,60 @@ from qdata_server.errors import (
 
 # Each factory gets the DETAIL of the error ("" if none).
 CONSTRAINT_ERRORS: dict[str, Callable[[str], QdataError]] = {
-    "users_email_key": lambda _: AlreadyExists("a user with this email already exists", reason="EMAIL_TAKEN"),
-    "users_username_key": lambda _: AlreadyExists("a user with this username already exists", reason="USERNAME_TAKEN"),
+    "users_email_key": lambda _: AlreadyExists(
+        "a user with this email already exists", reason=ErrorReason.ERROR_REASON_EMAIL_TAKEN
+    ),
+    "users_username_key": lambda _: AlreadyExists(
+        "a user with this username already exists", reason=ErrorReason.ERROR_REASON_USERNAME_TAKEN
+    ),
     # Chat (db/migrations/0002_chat.sql): the server locks the user or session first, so these only
     # fire if a row vanished anyway.
-    "chat_sessions_user_fkey": lambda _: NotFound("user not found", reason="USER_NOT_FOUND"),
-    "chat_messages_session_fkey": lambda _: NotFound("session not found", reason="SESSION_NOT_FOUND"),
+    "chat_sessions_user_fkey": lambda _: NotFound("user not found", reason=ErrorReason.ERROR_REASON_USER_NOT_FOUND),
+    "chat_messages_session_fkey": lambda _: NotFound(
+        "session not found", reason=ErrorReason.ERROR_REASON_SESSION_NOT_FOUND
+    ),
     # API keys (db/migrations/0005_api_keys.sql): the server locks the user first.
-    "user_api_keys_user_fkey": lambda _: NotFound("user not found", reason="USER_NOT_FOUND"),
+    "user_api_keys_user_fkey": lambda _: NotFound("user not found", reason=ErrorReason.ERROR_REASON_USER_NOT_FOUND),
     # Ledger (db/migrations/0003_ledger.sql).
-    "ledger_user_not_found": lambda _: NotFound("user not found", reason="USER_NOT_FOUND"),
+    "ledger_user_not_found": lambda _: NotFound("user not found", reason=ErrorReason.ERROR_REASON_USER_NOT_FOUND),
     "ledger_transactions_external_reference_key": lambda detail: AlreadyExists(
         "a deposit with this external_reference already exists",
-        reason="EXTERNAL_REFERENCE_EXISTS",
+        reason=ErrorReason.ERROR_REASON_EXTERNAL_REFERENCE_EXISTS,
         metadata={"transaction_id": detail} if detail else {},
     ),
     "ledger_balance_limit_exceeded": lambda _: FailedPrecondition(
-        "the posted balance would exceed 10^18 micro-units", reason="BALANCE_LIMIT_EXCEEDED"
+        "the posted balance would exceed 10^18 micro-units", reason=ErrorReason.ERROR_REASON_BALANCE_LIMIT_EXCEEDED
     ),
     "ledger_insufficient_funds": lambda detail: FailedPrecondition(
         "the available balance is lower than the amount",
-        reason="INSUFFICIENT_FUNDS",
+        reason=ErrorReason.ERROR_REASON_INSUFFICIENT_FUNDS,
         metadata={"available_micros": detail} if detail else {},
     ),
-    "ledger_transaction_not_found": lambda _: NotFound("transaction not found", reason="TRANSACTION_NOT_FOUND"),
+    "ledger_transaction_not_found": lambda _: NotFound(
+        "transaction not found", reason=ErrorReason.ERROR_REASON_TRANSACTION_NOT_FOUND
+    ),
     "ledger_transaction_not_refundable": lambda detail: FailedPrecondition(
         f"only CHARGE and HOLD_CAPTURE transactions can be refunded, not {detail.upper() or 'this one'}",
-        reason="TRANSACTION_NOT_REFUNDABLE",
+        reason=ErrorReason.ERROR_REASON_TRANSACTION_NOT_REFUNDABLE,
     ),
     "ledger_refund_exceeds_original": lambda detail: FailedPrecondition(
         "refunds would exceed the original amount",
-        reason="REFUND_EXCEEDS_ORIGINAL",
+        reason=ErrorReason.ERROR_REASON_REFUND_EXCEEDS_ORIGINAL,
         metadata={"refundable_micros": detail} if detail else {},
     ),
-    "ledger_hold_not_found": lambda _: NotFound("hold not found", reason="HOLD_NOT_FOUND"),
+    "ledger_hold_not_found": lambda _: NotFound("hold not found", reason=ErrorReason.ERROR_REASON_HOLD_NOT_FOUND),
     "ledger_hold_already_captured": lambda _: FailedPrecondition(
-        "the hold was already captured", reason="HOLD_ALREADY_CAPTURED"
+        "the hold was already captured", reason=ErrorReason.ERROR_REASON_HOLD_ALREADY_CAPTURED
     ),
     "ledger_hold_already_released": lambda _: FailedPrecondition(
-        "the hold was already released", reason="HOLD_ALREADY_RELEASED"
+        "the hold was already released", reason=ErrorReason.ERROR_REASON_HOLD_ALREADY_RELEASED
     ),
-    "ledger_hold_expired": lambda _: FailedPrecondition("the hold has expired", reason="HOLD_EXPIRED"),
+    "ledger_hold_expired": lambda _: FailedPrecondition(
+        "the hold has expired", reason=ErrorReason.ERROR_REASON_HOLD_EXPIRED
+    ),
     "ledger_capture_exceeds_hold": lambda detail: InvalidArgument(
         [FieldViolation("amount_micros", f"must not exceed the hold's amount ({detail} micro-units)")],
-        reason="CAPTURE_EXCEEDS_HOLD",
+        reason=ErrorReason.ERROR_REASON_CAPTURE_EXCEEDS_HOLD,
     ),
     # A money-moving request the ledger already carries the key of (0009_ledger_request_keys.sql):
     # a late replay caught by the functions' check, or one that lost a race on a key's unique index.
@@ -81,18 +92,21 @@ CONSTRAINT_ERRORS: dict[str, Callable[[str], QdataError]] = {
         lambda _: RequestRemembered(),
     ),
     # Usage (db/migrations/0004_usage.sql).
-    "usage_user_not_found": lambda _: NotFound("user not found", reason="USER_NOT_FOUND"),
-    "usage_model_not_found": lambda _: NotFound("model not found", reason="MODEL_NOT_FOUND"),
-    "usage_session_not_found": lambda _: NotFound("chat session not found", reason="SESSION_NOT_FOUND"),
+    "usage_user_not_found": lambda _: NotFound("user not found", reason=ErrorReason.ERROR_REASON_USER_NOT_FOUND),
+    "usage_model_not_found": lambda _: NotFound("model not found", reason=ErrorReason.ERROR_REASON_MODEL_NOT_FOUND),
+    "usage_session_not_found": lambda _: NotFound(
+        "chat session not found", reason=ErrorReason.ERROR_REASON_SESSION_NOT_FOUND
+    ),
     "usage_model_not_priced": lambda _: FailedPrecondition(
-        "the model has no price version in force at call_time", reason="MODEL_NOT_PRICED"
+        "the model has no price version in force at call_time", reason=ErrorReason.ERROR_REASON_MODEL_NOT_PRICED
     ),
     "usage_currency_mismatch": lambda detail: FailedPrecondition(
         f"the hold is in {detail or 'another currency'}, not in the currency of the model's price",
-        reason="CURRENCY_MISMATCH",
+        reason=ErrorReason.ERROR_REASON_CURRENCY_MISMATCH,
     ),
     "model_prices_model_effective_key": lambda _: AlreadyExists(
-        "the model already has a price version with this effective_time", reason="PRICE_VERSION_EXISTS"
+        "the model already has a price version with this effective_time",
+        reason=ErrorReason.ERROR_REASON_PRICE_VERSION_EXISTS,
     ),
 }
 

@@ -39,6 +39,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import PoolTimeout
 
+from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server.db.constraints import error_for
 from qdata_server.errors import Aborted, DeadlineExceeded, QdataError, Unavailable
 
@@ -48,21 +49,28 @@ RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 
 def unavailable() -> Unavailable:
     """The database cannot be reached (or this connection to it was lost)."""
-    return Unavailable("the database is unavailable; retry the request", reason="DATABASE_UNAVAILABLE")
+    return Unavailable(
+        "the database is unavailable; retry the request", reason=ErrorReason.ERROR_REASON_DATABASE_UNAVAILABLE
+    )
 
 
 def contention() -> Aborted:
     """Too many transactions want the same rows right now."""
-    return Aborted("too much contention on the same rows; retry the request", reason="CONTENTION")
+    return Aborted(
+        "too much contention on the same rows; retry the request", reason=ErrorReason.ERROR_REASON_CONTENTION
+    )
 
 
 # Exact SQLSTATEs first, then whole classes (the first two characters).
 _BY_SQLSTATE = {
     "25006": lambda: Unavailable(
-        "the database is read-only (a replica or in maintenance); retry the request", reason="DATABASE_READ_ONLY"
+        "the database is read-only (a replica or in maintenance); retry the request",
+        reason=ErrorReason.ERROR_REASON_DATABASE_READ_ONLY,
     ),
     "40003": unavailable,
-    "53100": lambda: Unavailable("the database is out of disk space; retry the request later", reason="DATABASE_FULL"),
+    "53100": lambda: Unavailable(
+        "the database is out of disk space; retry the request later", reason=ErrorReason.ERROR_REASON_DATABASE_FULL
+    ),
     "53300": unavailable,
     "55P03": contention,
     "57014": lambda: DeadlineExceeded("the deadline expired while the database was working"),
@@ -71,7 +79,9 @@ _BY_CLASS = {
     "08": unavailable,
     # 40001/40P01 only arrive here if a caller runs without retries; other rollbacks alike.
     "40": contention,
-    "53": lambda: Unavailable("the database is overloaded; retry the request", reason="DATABASE_OVERLOADED"),
+    "53": lambda: Unavailable(
+        "the database is overloaded; retry the request", reason=ErrorReason.ERROR_REASON_DATABASE_OVERLOADED
+    ),
     "57": unavailable,
     "58": unavailable,
 }
@@ -80,7 +90,9 @@ _BY_CLASS = {
 def database_error(exc: BaseException) -> QdataError | None:
     """The domain error a caller gets for this database failure; None if it is a bug (INTERNAL)."""
     if isinstance(exc, PoolTimeout):
-        return Unavailable("no database connection available; retry the request", reason="DATABASE_UNAVAILABLE")
+        return Unavailable(
+            "no database connection available; retry the request", reason=ErrorReason.ERROR_REASON_DATABASE_UNAVAILABLE
+        )
     if not isinstance(exc, psycopg.Error):
         return None
     sqlstate = exc.sqlstate

@@ -42,7 +42,9 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import callctx
+from qdata_server.contract import wire_reason
 from qdata_server.db.errors import RETRYABLE as _RETRYABLE
 from qdata_server.db.errors import contention, database_error, unavailable
 from qdata_server.db.sql import query
@@ -178,7 +180,10 @@ def prepared_statement_lost(pool: AsyncConnectionPool, exc: psycopg.Error) -> Un
     connect_kwargs = pool.kwargs if isinstance(pool.kwargs, dict) else {}
     if isinstance(exc, pg_errors.ProtocolViolation) and connect_kwargs.get("prepare_threshold", 5) is None:
         # Without prepared statements a protocol violation is no statement mix-up: class 08.
-        log.warning("database error", extra={"sqlstate": exc.sqlstate, "reason": "DATABASE_UNAVAILABLE"})
+        log.warning(
+            "database error",
+            extra={"sqlstate": exc.sqlstate, "reason": wire_reason(ErrorReason.ERROR_REASON_DATABASE_UNAVAILABLE)},
+        )
         return unavailable()
     if pool not in _pooler_broke_prepared:
         _pooler_broke_prepared.add(pool)
@@ -189,7 +194,8 @@ def prepared_statement_lost(pool: AsyncConnectionPool, exc: psycopg.Error) -> Un
             PREPARED_STATEMENTS_FIX,
         )
     return Unavailable(
-        "the database connection does not support prepared statements", reason="PREPARED_STATEMENTS_UNSUPPORTED"
+        "the database connection does not support prepared statements",
+        reason=ErrorReason.ERROR_REASON_PREPARED_STATEMENTS_UNSUPPORTED,
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from qdata.v1 import ledger_pb2
+from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import audit
 from qdata_server.db.sql import execute, fetch_one
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
@@ -228,7 +229,10 @@ async def transfer(deps, request: ledger_pb2.TransferRequest) -> ledger_pb2.Tran
     rules.text(v, "reference", request.reference, rules.MAX_REFERENCE_LENGTH)
     v.raise_if_any()
     if from_id == to_id:
-        raise InvalidArgument([FieldViolation("to_user_id", "must differ from from_user_id")], reason="SELF_TRANSFER")
+        raise InvalidArgument(
+            [FieldViolation("to_user_id", "must differ from from_user_id")],
+            reason=ErrorReason.ERROR_REASON_SELF_TRANSFER,
+        )
     rules.check_supported("currency_code", currency, deps.settings.ledger_currencies)
 
     return await _post(

@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 
 from qdata.v1 import ledger_pb2
+from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server.db.sql import fetch_all, fetch_one
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
 from qdata_server.errors import NotFound
@@ -23,7 +24,7 @@ LIST_TRANSACTIONS_PAGES = "ListTransactions/position"
 
 
 def _user_never_existed() -> NotFound:
-    return NotFound("user not found", reason="USER_NOT_FOUND")
+    return NotFound("user not found", reason=ErrorReason.ERROR_REASON_USER_NOT_FOUND)
 
 
 async def _require_user(conn: psycopg.AsyncConnection, user_id) -> None:
@@ -63,7 +64,7 @@ async def get_transaction(deps, request: ledger_pb2.GetTransactionRequest) -> le
         acting=acting_for(user_id),
     )
     if row is None:
-        raise NotFound("transaction not found", reason="TRANSACTION_NOT_FOUND")
+        raise NotFound("transaction not found", reason=ErrorReason.ERROR_REASON_TRANSACTION_NOT_FOUND)
     return ledger_pb2.GetTransactionResponse(transaction=convert.transaction(row))
 
 
@@ -77,7 +78,7 @@ async def get_hold(deps, request: ledger_pb2.GetHoldRequest) -> ledger_pb2.GetHo
         acting=acting_for(user_id),
     )
     if row is None:
-        raise NotFound("hold not found", reason="HOLD_NOT_FOUND")
+        raise NotFound("hold not found", reason=ErrorReason.ERROR_REASON_HOLD_NOT_FOUND)
     return ledger_pb2.GetHoldResponse(hold=convert.hold(row, row["read_at"]))
 
 

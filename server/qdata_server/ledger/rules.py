@@ -6,6 +6,7 @@ import datetime
 
 from google.protobuf import duration_pb2
 
+from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server.errors import FieldViolation, InvalidArgument
 from qdata_server.validation import Violations
 
@@ -39,7 +40,7 @@ def check_supported(field: str, code: str, enabled: tuple[str, ...]) -> None:
     if code not in enabled:
         raise InvalidArgument(
             [FieldViolation(field, f"currency {code} is not enabled; enabled: {', '.join(enabled)}")],
-            reason="UNSUPPORTED_CURRENCY",
+            reason=ErrorReason.ERROR_REASON_UNSUPPORTED_CURRENCY,
         )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 
 from qdata.v1 import usage_pb2
+from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import audit
 from qdata_server.db.sql import fetch_all, fetch_one
 from qdata_server.db.transactions import ACTING_FOR_NO_USER
@@ -26,7 +27,7 @@ _CATALOG_PATHS = ("provider", "display_name", "context_window_tokens", "status")
 
 
 def model_not_found() -> NotFound:
-    return NotFound("model not found", reason="MODEL_NOT_FOUND")
+    return NotFound("model not found", reason=ErrorReason.ERROR_REASON_MODEL_NOT_FOUND)
 
 
 def _mask(v: Violations, paths: list[str]) -> set[str]:
@@ -109,7 +110,7 @@ async def upsert_model(deps, request: usage_pb2.UpsertModelRequest) -> usage_pb2
             if row["currency_code"] is not None and row["currency_code"] != price["currency_code"]:
                 raise FailedPrecondition(
                     f"the model's prices are in {row['currency_code']}; a new version must use it too",
-                    reason="CURRENCY_MISMATCH",
+                    reason=ErrorReason.ERROR_REASON_CURRENCY_MISMATCH,
                 )
             added = await fetch_one(conn, "usage_insert_price", {"model_id": model_id, **price})
         await audit.record(

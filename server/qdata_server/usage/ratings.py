@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 
 from qdata.v1 import usage_pb2
+from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import audit
 from qdata_server.db.sql import fetch_all, fetch_one
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS
@@ -34,7 +35,7 @@ async def rate_model(deps, request: usage_pb2.RateModelRequest) -> usage_pb2.Rat
     async def work(conn: psycopg.AsyncConnection) -> usage_pb2.RateModelResponse:
         user = await fetch_one(conn, "usage_user_state", {"user_id": user_id})
         if user is None or user["status"] == "deleted":
-            raise NotFound("user not found", reason="USER_NOT_FOUND")
+            raise NotFound("user not found", reason=ErrorReason.ERROR_REASON_USER_NOT_FOUND)
         if await fetch_one(conn, "usage_model_exists", {"model_id": model_id}) is None:
             raise model_not_found()
         await fetch_one(conn, "usage_lock_rating_totals", {"model_id": model_id})

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 
 from qdata.v1 import usage_pb2
+from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server.db.sql import fetch_all, fetch_one
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
 from qdata_server.errors import NotFound
@@ -76,7 +77,7 @@ async def get_user_usage(deps, request: usage_pb2.GetUserUsageRequest) -> usage_
 
     async def work(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
         if await fetch_one(conn, "usage_user_state", {"user_id": user_id}) is None:
-            raise NotFound("user not found", reason="USER_NOT_FOUND")
+            raise NotFound("user not found", reason=ErrorReason.ERROR_REASON_USER_NOT_FOUND)
         return await fetch_all(
             conn, "usage_user_usage", {"user_id": user_id, "currency_code": currency, **segments.params()}
         )

@@ -13,7 +13,9 @@ from typing import Any
 import psycopg
 
 from qdata.v1 import user_pb2
+from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import audit
+from qdata_server.contract import wire_reason
 from qdata_server.db.sql import execute, fetch_all, fetch_one
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
 from qdata_server.errors import InvalidArgument, NotFound
@@ -23,10 +25,12 @@ from qdata_server.validation import Violations, mask_paths, require_uuid
 
 MAX_IMPORT_USERS = 1000
 _UPDATABLE_USER_PATHS = {"display_name", "email", "username", "status"}
+# The reason an imported user gets when another live user holds its email or username.
+_TAKEN = {"email": ErrorReason.ERROR_REASON_EMAIL_TAKEN, "username": ErrorReason.ERROR_REASON_USERNAME_TAKEN}
 
 
 def user_not_found() -> NotFound:
-    return NotFound("user not found", reason="USER_NOT_FOUND")
+    return NotFound("user not found", reason=ErrorReason.ERROR_REASON_USER_NOT_FOUND)
 
 
 async def load_live_user(
@@ -237,7 +241,7 @@ async def import_users(deps, request: user_pb2.ImportUsersRequest) -> user_pb2.I
             results.append(
                 user_pb2.ImportUserResult(
                     index=index,
-                    error_reason="INVALID_ARGUMENT",
+                    error_reason=wire_reason(ErrorReason.ERROR_REASON_INVALID_ARGUMENT),
                     error_message="; ".join(f"{x.field}: {x.description}" for x in uv.items),
                     error_fields=sorted({x.field for x in uv.items}),
                 )
@@ -255,7 +259,7 @@ async def import_users(deps, request: user_pb2.ImportUsersRequest) -> user_pb2.I
                 done.append(
                     user_pb2.ImportUserResult(
                         index=index,
-                        error_reason=f"{field.upper()}_TAKEN",
+                        error_reason=wire_reason(_TAKEN[field]),
                         error_message=f"a user with this {field} already exists",
                         error_fields=[field],
                     )

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 
 from qdata.v1 import user_pb2
+from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import audit
 from qdata_server.db.sql import execute, fetch_all, fetch_one
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for, name_acting
@@ -43,7 +44,7 @@ _UPDATABLE_PATHS = {"label", "secret"}
 
 
 def api_key_not_found() -> NotFound:
-    return NotFound("API key not found", reason="API_KEY_NOT_FOUND")
+    return NotFound("API key not found", reason=ErrorReason.ERROR_REASON_API_KEY_NOT_FOUND)
 
 
 def _ring(deps) -> vault.KeyRing:
@@ -51,7 +52,7 @@ def _ring(deps) -> vault.KeyRing:
     if ring is None:
         raise FailedPrecondition(
             "the API key vault has no key ring; set QDATA_KEY_RING or QDATA_KEY_RING_FILE",
-            reason="VAULT_NOT_CONFIGURED",
+            reason=ErrorReason.ERROR_REASON_VAULT_NOT_CONFIGURED,
         )
     return ring
 
@@ -126,12 +127,12 @@ def _open(ring: vault.KeyRing, row: dict[str, Any]) -> str:
         log.error("API key needs a key-encryption key the ring lacks", extra=ids)
         raise FailedPrecondition(
             f"the key ring lacks key-encryption key version {exc.version} needed by this API key",
-            reason="KEY_VERSION_UNAVAILABLE",
+            reason=ErrorReason.ERROR_REASON_KEY_VERSION_UNAVAILABLE,
         ) from None
     except vault.SecretUnreadable:
         log.error("API key does not decrypt (wrong key or data not bound to this row)", extra=ids)
         raise FailedPrecondition(
-            "the stored API key cannot be decrypted; store it again", reason="SECRET_UNREADABLE"
+            "the stored API key cannot be decrypted; store it again", reason=ErrorReason.ERROR_REASON_SECRET_UNREADABLE
         ) from None
 
 

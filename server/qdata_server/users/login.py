@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 
 from qdata.v1 import user_pb2
+from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import audit
 from qdata_server.db.sql import fetch_one
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, Acting, acting_for
@@ -153,13 +154,13 @@ async def change_password(deps, request: user_pb2.ChangePasswordRequest) -> user
         if not row["checked"]:
             raise FailedPrecondition(
                 "the account is locked after too many failed attempts",
-                reason="ACCOUNT_LOCKED",
+                reason=ErrorReason.ERROR_REASON_ACCOUNT_LOCKED,
                 metadata={"locked_until": row["locked_until"].isoformat()},
             )
         check = await deps.passwords.verify(request.current_password, row["password_hash"])
         if not check.ok:
             await _audit_lock(deps, row)
-            raise FailedPrecondition("current_password does not match", reason="WRONG_PASSWORD")
+            raise FailedPrecondition("current_password does not match", reason=ErrorReason.ERROR_REASON_WRONG_PASSWORD)
         # Cleared now rather than with the change, so that a change that fails later (a concurrent
         # change, a database error) does not leave a right password counted as a failure.
         await _clear_failures(deps, user_id)
@@ -173,7 +174,10 @@ async def change_password(deps, request: user_pb2.ChangePasswordRequest) -> user
         if done is None:
             if await fetch_one(conn, "get_user_by_id", {"user_id": user_id}) is None:
                 raise user_not_found()
-            raise Aborted("the password changed while this request was checked; retry", reason="CONCURRENT_CHANGE")
+            raise Aborted(
+                "the password changed while this request was checked; retry",
+                reason=ErrorReason.ERROR_REASON_CONCURRENT_CHANGE,
+            )
         await audit.record(
             conn,
             action="users.ChangePassword",

@@ -59,8 +59,9 @@ class ChatServiceStub:
     with ALREADY_EXISTS (reason REQUEST_ID_REUSED). Accepted request_ids are remembered for the
     server's idempotency retention (7 days unless the operator sets another); a replay after that
     is a new request. A rejected request leaves no trace, so it can be corrected and retried under the same
-    request_id. Reads need the chat.read permission and writes chat.write; without it a call fails
-    with PERMISSION_DENIED.
+    request_id. Each RPC needs the permission its (qdata.v1.permission) option names, here chat.read
+    for reads and chat.write for writes; without it a call fails with PERMISSION_DENIED (reason
+    MISSING_PERMISSION).
 
     Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
@@ -72,6 +73,9 @@ class ChatServiceStub:
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
     MALFORMED_REQUEST).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     def __init__(self, channel):
@@ -171,8 +175,9 @@ class ChatServiceServicer:
     with ALREADY_EXISTS (reason REQUEST_ID_REUSED). Accepted request_ids are remembered for the
     server's idempotency retention (7 days unless the operator sets another); a replay after that
     is a new request. A rejected request leaves no trace, so it can be corrected and retried under the same
-    request_id. Reads need the chat.read permission and writes chat.write; without it a call fails
-    with PERMISSION_DENIED.
+    request_id. Each RPC needs the permission its (qdata.v1.permission) option names, here chat.read
+    for reads and chat.write for writes; without it a call fails with PERMISSION_DENIED (reason
+    MISSING_PERMISSION).
 
     Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
@@ -184,12 +189,17 @@ class ChatServiceServicer:
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
     MALFORMED_REQUEST).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     def CreateSession(self, request, context):
         """Creates an empty session for a user. Fails with NOT_FOUND (reason USER_NOT_FOUND) if the user
         does not exist or is deleted, INVALID_ARGUMENT (reason INVALID_ARGUMENT) if a field breaks a
         limit, and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND USER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -198,6 +208,8 @@ class ChatServiceServicer:
     def GetSession(self, request, context):
         """Returns one session with its counters. Fails with NOT_FOUND (reason SESSION_NOT_FOUND) if the
         session does not exist or belongs to another user.
+
+        Errors: NOT_FOUND SESSION_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -209,6 +221,8 @@ class ChatServiceServicer:
         while the caller pages may move between pages (seen twice or not at all). Fails with NOT_FOUND
         (reason USER_NOT_FOUND) and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a negative
         page_size, an invalid tag, or a page_token that was not issued for the same filters.
+
+        Errors: NOT_FOUND USER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -220,6 +234,8 @@ class ChatServiceServicer:
         (reason MESSAGE_NOT_FOUND) if the new current leaf is not a live message of the session,
         INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an empty mask, an unknown path or a value that
         breaks a limit, and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND MESSAGE_NOT_FOUND, SESSION_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -228,6 +244,8 @@ class ChatServiceServicer:
     def DeleteSession(self, request, context):
         """Deletes a session and all its messages for good. Fails with NOT_FOUND (reason
         SESSION_NOT_FOUND) and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND SESSION_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -244,6 +262,8 @@ class ChatServiceServicer:
         INVALID_ARGUMENT (reason CONTENT_TOO_LARGE) if a message's content exceeds the content limit,
         INVALID_ARGUMENT (reason INVALID_ARGUMENT) for any other invalid field or limit, and
         ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: INVALID_ARGUMENT CONTENT_TOO_LARGE; NOT_FOUND MESSAGE_NOT_FOUND, SESSION_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -259,6 +279,8 @@ class ChatServiceServicer:
         leaf_sequence_number names no message of the session, and INVALID_ARGUMENT (reason
         INVALID_ARGUMENT) for a negative page_size or bound, or a page_token that was not issued for
         the same session and filters.
+
+        Errors: NOT_FOUND MESSAGE_NOT_FOUND, SESSION_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -268,6 +290,8 @@ class ChatServiceServicer:
         """Returns one live message. Fails with NOT_FOUND (reason SESSION_NOT_FOUND) if the session does
         not exist or belongs to another user, and NOT_FOUND (reason MESSAGE_NOT_FOUND) if the session
         has no live message with that sequence number.
+
+        Errors: NOT_FOUND MESSAGE_NOT_FOUND, SESSION_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -280,6 +304,8 @@ class ChatServiceServicer:
         list without it). If it was the current leaf, its nearest live ancestor becomes the current
         leaf (0 if none). The session's counters drop by the message's share. Fails with NOT_FOUND
         (reason SESSION_NOT_FOUND or MESSAGE_NOT_FOUND) and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND MESSAGE_NOT_FOUND, SESSION_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -290,6 +316,8 @@ class ChatServiceServicer:
         order, in as many responses as needed, for sessions too long for one page. Messages appended
         after the export starts are not included. Fails with NOT_FOUND (reason SESSION_NOT_FOUND)
         before sending anything, or after some responses if the session is deleted during the export.
+
+        Errors: NOT_FOUND SESSION_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -304,6 +332,8 @@ class ChatServiceServicer:
         session of the user, and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an empty or too long
         query, a negative page_size, or a page_token that was not issued for the same query and
         filters.
+
+        Errors: NOT_FOUND SESSION_NOT_FOUND, USER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -409,8 +439,9 @@ class ChatService:
     with ALREADY_EXISTS (reason REQUEST_ID_REUSED). Accepted request_ids are remembered for the
     server's idempotency retention (7 days unless the operator sets another); a replay after that
     is a new request. A rejected request leaves no trace, so it can be corrected and retried under the same
-    request_id. Reads need the chat.read permission and writes chat.write; without it a call fails
-    with PERMISSION_DENIED.
+    request_id. Each RPC needs the permission its (qdata.v1.permission) option names, here chat.read
+    for reads and chat.write for writes; without it a call fails with PERMISSION_DENIED (reason
+    MISSING_PERMISSION).
 
     Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
@@ -422,6 +453,9 @@ class ChatService:
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
     MALFORMED_REQUEST).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     @staticmethod

@@ -66,8 +66,12 @@ class LedgerServiceStub:
     rejections such as INSUFFICIENT_FUNDS, so the same request_id may be retried after the input is
     corrected or funds are added.
 
-    Reads need the ledger.read permission, writes ledger.write and VerifyLedger ledger.admin;
-    without it a call fails with PERMISSION_DENIED.
+    Each RPC needs the permission its (qdata.v1.permission) option names, here ledger.read for
+    reads, ledger.write for writes and ledger.admin for VerifyLedger; without it a call fails with
+    PERMISSION_DENIED (reason MISSING_PERMISSION).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     def __init__(self, channel):
@@ -179,8 +183,12 @@ class LedgerServiceServicer:
     rejections such as INSUFFICIENT_FUNDS, so the same request_id may be retried after the input is
     corrected or funds are added.
 
-    Reads need the ledger.read permission, writes ledger.write and VerifyLedger ledger.admin;
-    without it a call fails with PERMISSION_DENIED.
+    Each RPC needs the permission its (qdata.v1.permission) option names, here ledger.read for
+    reads, ledger.write for writes and ledger.admin for VerifyLedger; without it a call fails with
+    PERMISSION_DENIED (reason MISSING_PERMISSION).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     def GetBalance(self, request, context):
@@ -188,6 +196,8 @@ class LedgerServiceServicer:
         amounts and no update_time. Balances of deleted users stay readable. Fails with NOT_FOUND
         (reason USER_NOT_FOUND) if the user never existed, and INVALID_ARGUMENT (reason
         UNSUPPORTED_CURRENCY) for a currency that is not enabled.
+
+        Errors: INVALID_ARGUMENT UNSUPPORTED_CURRENCY; NOT_FOUND USER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -201,6 +211,9 @@ class LedgerServiceServicer:
         metadata "transaction_id" naming the earlier deposit) if another deposit already carries
         external_reference, FAILED_PRECONDITION (reason BALANCE_LIMIT_EXCEEDED) if the posted balance
         would exceed 10^18, and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: INVALID_ARGUMENT UNSUPPORTED_CURRENCY; NOT_FOUND USER_NOT_FOUND; ALREADY_EXISTS
+        EXTERNAL_REFERENCE_EXISTS; FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -212,6 +225,9 @@ class LedgerServiceServicer:
         changes then and the request_id is not used up. Also fails with INVALID_ARGUMENT (reason
         INVALID_ARGUMENT or UNSUPPORTED_CURRENCY), NOT_FOUND (reason USER_NOT_FOUND) and ALREADY_EXISTS
         (reason REQUEST_ID_REUSED).
+
+        Errors: INVALID_ARGUMENT UNSUPPORTED_CURRENCY; NOT_FOUND USER_NOT_FOUND; FAILED_PRECONDITION
+        INSUFFICIENT_FUNDS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -226,6 +242,9 @@ class LedgerServiceServicer:
         if earlier refunds plus amount_micros would exceed the original amount, FAILED_PRECONDITION
         (reason BALANCE_LIMIT_EXCEEDED), INVALID_ARGUMENT (reason INVALID_ARGUMENT) and ALREADY_EXISTS
         (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND TRANSACTION_NOT_FOUND, USER_NOT_FOUND; FAILED_PRECONDITION
+        BALANCE_LIMIT_EXCEEDED, REFUND_EXCEEDS_ORIGINAL, TRANSACTION_NOT_REFUNDABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -239,6 +258,9 @@ class LedgerServiceServicer:
         (reason USER_NOT_FOUND) if either user does not exist or is deleted, FAILED_PRECONDITION
         (reason BALANCE_LIMIT_EXCEEDED), INVALID_ARGUMENT (reason INVALID_ARGUMENT or
         UNSUPPORTED_CURRENCY) and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: INVALID_ARGUMENT SELF_TRANSFER, UNSUPPORTED_CURRENCY; NOT_FOUND USER_NOT_FOUND;
+        FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED, INSUFFICIENT_FUNDS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -252,6 +274,9 @@ class LedgerServiceServicer:
         amount_micros (nothing changes and the request_id is not used up), INVALID_ARGUMENT (reason
         INVALID_ARGUMENT) for an invalid amount or ttl, INVALID_ARGUMENT (reason UNSUPPORTED_CURRENCY),
         NOT_FOUND (reason USER_NOT_FOUND) and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: INVALID_ARGUMENT UNSUPPORTED_CURRENCY; NOT_FOUND USER_NOT_FOUND; FAILED_PRECONDITION
+        INSUFFICIENT_FUNDS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -261,6 +286,8 @@ class LedgerServiceServicer:
         """Returns one hold, with its status as of now (an ACTIVE hold past its expire_time is reported
         EXPIRED). Fails with NOT_FOUND (reason HOLD_NOT_FOUND) if the hold does not exist or belongs to
         another user.
+
+        Errors: NOT_FOUND HOLD_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -276,6 +303,9 @@ class LedgerServiceServicer:
         that can never succeed because a hold's amount never changes; INVALID_ARGUMENT (reason
         INVALID_ARGUMENT) for a missing or non-positive amount; ALREADY_EXISTS (reason
         REQUEST_ID_REUSED).
+
+        Errors: INVALID_ARGUMENT CAPTURE_EXCEEDS_HOLD; NOT_FOUND HOLD_NOT_FOUND, USER_NOT_FOUND;
+        FAILED_PRECONDITION HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED, HOLD_EXPIRED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -286,6 +316,9 @@ class LedgerServiceServicer:
         with NOT_FOUND (reason HOLD_NOT_FOUND), FAILED_PRECONDITION with reason HOLD_ALREADY_CAPTURED,
         HOLD_ALREADY_RELEASED or HOLD_EXPIRED if the hold is no longer active, and ALREADY_EXISTS
         (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND HOLD_NOT_FOUND, USER_NOT_FOUND; FAILED_PRECONDITION HOLD_ALREADY_CAPTURED,
+        HOLD_ALREADY_RELEASED, HOLD_EXPIRED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -295,6 +328,8 @@ class LedgerServiceServicer:
         """Returns one transaction with its postings. Either party of a TRANSFER may read it. Fails with
         NOT_FOUND (reason TRANSACTION_NOT_FOUND) if the transaction does not exist or the user has no
         posting in it.
+
+        Errors: NOT_FOUND TRANSACTION_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -308,6 +343,8 @@ class LedgerServiceServicer:
         USER_NOT_FOUND) if the user never existed, and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for
         a negative page_size, an empty or reversed time range, an UNSPECIFIED kind, or a page_token
         that was not issued for the same filters.
+
+        Errors: NOT_FOUND USER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -321,6 +358,8 @@ class LedgerServiceServicer:
         ledger is consistent. Read-only; needs the ledger.admin permission. Fails with
         INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a negative max_discrepancies and NOT_FOUND
         (reason USER_NOT_FOUND) if user_id names a user that never existed.
+
+        Errors: NOT_FOUND USER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -438,8 +477,12 @@ class LedgerService:
     rejections such as INSUFFICIENT_FUNDS, so the same request_id may be retried after the input is
     corrected or funds are added.
 
-    Reads need the ledger.read permission, writes ledger.write and VerifyLedger ledger.admin;
-    without it a call fails with PERMISSION_DENIED.
+    Each RPC needs the permission its (qdata.v1.permission) option names, here ledger.read for
+    reads, ledger.write for writes and ledger.admin for VerifyLedger; without it a call fails with
+    PERMISSION_DENIED (reason MISSING_PERMISSION).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     @staticmethod

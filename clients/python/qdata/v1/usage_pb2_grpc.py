@@ -67,8 +67,9 @@ class UsageServiceStub:
     RateModel) is remembered for the server's idempotency retention (7 days unless the operator sets
     another), and a replay after that is a new request. A rejected request, including one rejected
     with INSUFFICIENT_FUNDS, is not stored, so the same request_id may be retried once the cause is
-    fixed. Reads need the usage.read permission, RecordUsage, RecordUsageBatch and RateModel need
-    usage.write, and UpsertModel catalog.write; without it a call fails with PERMISSION_DENIED.
+    fixed. Each RPC needs the permission its (qdata.v1.permission) option names, here usage.read
+    for reads, usage.write for RecordUsage, RecordUsageBatch and RateModel, and catalog.write for
+    UpsertModel; without it a call fails with PERMISSION_DENIED (reason MISSING_PERMISSION).
 
     Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
@@ -80,6 +81,9 @@ class UsageServiceStub:
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
     MALFORMED_REQUEST).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     def __init__(self, channel):
@@ -187,8 +191,9 @@ class UsageServiceServicer:
     RateModel) is remembered for the server's idempotency retention (7 days unless the operator sets
     another), and a replay after that is a new request. A rejected request, including one rejected
     with INSUFFICIENT_FUNDS, is not stored, so the same request_id may be retried once the cause is
-    fixed. Reads need the usage.read permission, RecordUsage, RecordUsageBatch and RateModel need
-    usage.write, and UpsertModel catalog.write; without it a call fails with PERMISSION_DENIED.
+    fixed. Each RPC needs the permission its (qdata.v1.permission) option names, here usage.read
+    for reads, usage.write for RecordUsage, RecordUsageBatch and RateModel, and catalog.write for
+    UpsertModel; without it a call fails with PERMISSION_DENIED (reason MISSING_PERMISSION).
 
     Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
@@ -200,6 +205,9 @@ class UsageServiceServicer:
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
     MALFORMED_REQUEST).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     def UpsertModel(self, request, context):
@@ -211,6 +219,9 @@ class UsageServiceServicer:
         currency differs from the model's earlier prices; ALREADY_EXISTS (reason PRICE_VERSION_EXISTS)
         if the model already has a price with the same effective_time; ALREADY_EXISTS (reason
         REQUEST_ID_REUSED).
+
+        Errors: INVALID_ARGUMENT UNSUPPORTED_CURRENCY; ALREADY_EXISTS PRICE_VERSION_EXISTS;
+        FAILED_PRECONDITION CURRENCY_MISMATCH.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -219,6 +230,8 @@ class UsageServiceServicer:
     def GetModel(self, request, context):
         """Returns one catalog model with its current and next scheduled price. Fails with NOT_FOUND
         (reason MODEL_NOT_FOUND).
+
+        Errors: NOT_FOUND MODEL_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -228,6 +241,8 @@ class UsageServiceServicer:
         """Lists catalog models by id, optionally filtered by provider and status. Fails with
         INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a negative page_size or a page_token that was
         not issued for the same filters.
+
+        Errors: none of its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -237,6 +252,8 @@ class UsageServiceServicer:
         """Lists a model's price versions, latest effective_time first, scheduled ones included. Fails
         with NOT_FOUND (reason MODEL_NOT_FOUND) and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a
         negative page_size or a page_token that was not issued for the same model.
+
+        Errors: NOT_FOUND MODEL_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -257,6 +274,10 @@ class UsageServiceServicer:
         FAILED_PRECONDITION (reason CURRENCY_MISMATCH) if the hold's currency is not the price's;
         INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an invalid field; ALREADY_EXISTS
         (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND HOLD_NOT_FOUND, MODEL_NOT_FOUND, SESSION_NOT_FOUND, USER_NOT_FOUND;
+        FAILED_PRECONDITION CURRENCY_MISMATCH, HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED,
+        HOLD_EXPIRED, INSUFFICIENT_FUNDS, MODEL_NOT_PRICED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -270,6 +291,11 @@ class UsageServiceServicer:
         (records that succeeded are replayed, records that failed are tried again). A request_id that
         appears twice in one batch is a replay of its first occurrence. Fails as a whole only with
         INVALID_ARGUMENT (reason INVALID_ARGUMENT) for no records or more than 1,000.
+
+        Errors: NOT_FOUND HOLD_NOT_FOUND, MODEL_NOT_FOUND, SESSION_NOT_FOUND, USER_NOT_FOUND;
+        FAILED_PRECONDITION CURRENCY_MISMATCH, HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED,
+        HOLD_EXPIRED, INSUFFICIENT_FUNDS, MODEL_NOT_PRICED (per item, in
+        RecordUsageResult.error_reason).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -281,6 +307,8 @@ class UsageServiceServicer:
         NOT_FOUND (reason USER_NOT_FOUND) if the user never existed, INVALID_ARGUMENT (reason
         INVALID_ARGUMENT) for a missing start_time, a reversed range or one longer than 366 days, and
         INVALID_ARGUMENT (reason UNSUPPORTED_CURRENCY).
+
+        Errors: INVALID_ARGUMENT UNSUPPORTED_CURRENCY; NOT_FOUND USER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -291,6 +319,8 @@ class UsageServiceServicer:
         latency percentiles, total billed, and its rating. Counts and sums are exact and include every
         record committed before the call. Fails with NOT_FOUND (reason MODEL_NOT_FOUND) and
         INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an invalid window.
+
+        Errors: NOT_FOUND MODEL_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -301,6 +331,8 @@ class UsageServiceServicer:
         reads. Returns at most limit models; not paginated. Fails with INVALID_ARGUMENT (reason
         INVALID_ARGUMENT) for an UNSPECIFIED metric, an invalid window or a negative limit or
         min_request_count.
+
+        Errors: none of its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -311,6 +343,8 @@ class UsageServiceServicer:
         it. Fails with NOT_FOUND (reason USER_NOT_FOUND or MODEL_NOT_FOUND), INVALID_ARGUMENT (reason
         INVALID_ARGUMENT) for stars outside 1 to 5 or a review over 2,000 characters, and
         ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND MODEL_NOT_FOUND, USER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -321,6 +355,8 @@ class UsageServiceServicer:
         A rating changed while the caller pages may move between pages. Fails with NOT_FOUND (reason
         MODEL_NOT_FOUND) and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a negative page_size,
         stars outside 0 to 5, or a page_token that was not issued for the same model and filters.
+
+        Errors: NOT_FOUND MODEL_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -434,8 +470,9 @@ class UsageService:
     RateModel) is remembered for the server's idempotency retention (7 days unless the operator sets
     another), and a replay after that is a new request. A rejected request, including one rejected
     with INSUFFICIENT_FUNDS, is not stored, so the same request_id may be retried once the cause is
-    fixed. Reads need the usage.read permission, RecordUsage, RecordUsageBatch and RateModel need
-    usage.write, and UpsertModel catalog.write; without it a call fails with PERMISSION_DENIED.
+    fixed. Each RPC needs the permission its (qdata.v1.permission) option names, here usage.read
+    for reads, usage.write for RecordUsage, RecordUsageBatch and RateModel, and catalog.write for
+    UpsertModel; without it a call fails with PERMISSION_DENIED (reason MISSING_PERMISSION).
 
     Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
@@ -447,6 +484,9 @@ class UsageService:
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
     MALFORMED_REQUEST).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     @staticmethod

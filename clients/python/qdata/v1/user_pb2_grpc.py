@@ -48,6 +48,14 @@ class UserServiceStub:
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
     MALFORMED_REQUEST).
+
+    Each RPC needs the permission its (qdata.v1.permission) option names, here users.read for
+    reads, users.write for writes, and users.authenticate, keys.reveal and audit.read for
+    Authenticate, RevealApiKey and ListAuditEvents; without it a call fails with PERMISSION_DENIED
+    (reason MISSING_PERMISSION).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     def __init__(self, channel):
@@ -161,12 +169,22 @@ class UserServiceServicer:
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
     MALFORMED_REQUEST).
+
+    Each RPC needs the permission its (qdata.v1.permission) option names, here users.read for
+    reads, users.write for writes, and users.authenticate, keys.reveal and audit.read for
+    Authenticate, RevealApiKey and ListAuditEvents; without it a call fails with PERMISSION_DENIED
+    (reason MISSING_PERMISSION).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     def CreateUser(self, request, context):
         """Creates a user with a password. Fails with INVALID_ARGUMENT (reason INVALID_ARGUMENT) listing
         every invalid field, and with ALREADY_EXISTS (reason EMAIL_TAKEN or USERNAME_TAKEN) if another
         live user holds the email (compared case-insensitively) or the username.
+
+        Errors: ALREADY_EXISTS EMAIL_TAKEN, USERNAME_TAKEN.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,6 +193,8 @@ class UserServiceServicer:
     def GetUser(self, request, context):
         """Returns one user by id, email or username. Fails with NOT_FOUND (reason USER_NOT_FOUND) if no
         live user matches; deleted users are not found.
+
+        Errors: NOT_FOUND USER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -184,6 +204,8 @@ class UserServiceServicer:
         """Lists users, oldest first, optionally filtered by status. Deleted users are listed only when
         the filter asks for USER_STATUS_DELETED. Fails with INVALID_ARGUMENT for a negative page_size
         or a page_token that was not issued for the same filter.
+
+        Errors: none of its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -193,6 +215,8 @@ class UserServiceServicer:
         """Updates the fields named in update_mask. Fails with NOT_FOUND (reason USER_NOT_FOUND),
         INVALID_ARGUMENT for an unknown or immutable mask path or an invalid value, and ALREADY_EXISTS
         (reason EMAIL_TAKEN or USERNAME_TAKEN) as in CreateUser.
+
+        Errors: NOT_FOUND USER_NOT_FOUND; ALREADY_EXISTS EMAIL_TAKEN, USERNAME_TAKEN.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -202,6 +226,8 @@ class UserServiceServicer:
         """Deletes a user: the account can no longer log in or be found, its email, username, display
         name, password and preferences are erased, and the email can be registered again. Ledger and
         audit records keep the now pseudonymous user_id. Fails with NOT_FOUND (reason USER_NOT_FOUND).
+
+        Errors: NOT_FOUND USER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -220,7 +246,10 @@ class UserServiceServicer:
         the count, also when the account is disabled (AUTHENTICATE_OUTCOME_DISABLED is never a
         failure). Success records the login time and upgrades an outdated password hash. Login
         failures are answers, not errors, so that callers can tell them from a failure of their own
-        credentials; only malformed input fails (INVALID_ARGUMENT).
+        credentials; only malformed input fails (INVALID_ARGUMENT). Needs its own permission,
+        users.authenticate: a login front end needs it and nothing else.
+
+        Errors: none of its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -234,6 +263,9 @@ class UserServiceServicer:
         current_password does not match, FAILED_PRECONDITION (reason ACCOUNT_LOCKED, ErrorInfo metadata
         locked_until) while the account is locked, and INVALID_ARGUMENT if new_password violates the
         password policy.
+
+        Errors: NOT_FOUND USER_NOT_FOUND; FAILED_PRECONDITION ACCOUNT_LOCKED, WRONG_PASSWORD; ABORTED
+        CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -245,6 +277,9 @@ class UserServiceServicer:
         import nothing for that user. Imported hashes are verified at login and upgraded to bcrypt on
         the first successful one. Fails as a whole with INVALID_ARGUMENT only if the request itself is
         malformed (no users, more than 1,000 users, a missing request_id).
+
+        Errors: ALREADY_EXISTS EMAIL_TAKEN, USERNAME_TAKEN (per user, in
+        ImportUserResult.error_reason).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -253,6 +288,8 @@ class UserServiceServicer:
     def GetPreferences(self, request, context):
         """Returns a user's preferences; a user who never set any gets the defaults. Fails with NOT_FOUND
         (reason USER_NOT_FOUND).
+
+        Errors: NOT_FOUND USER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -263,6 +300,8 @@ class UserServiceServicer:
         "theme", "extra" (replaces the whole map) and "extra.<key>" (sets that key to the value in the
         request, or removes it when the request's map lacks it). Fails with NOT_FOUND (reason
         USER_NOT_FOUND) and INVALID_ARGUMENT for an unknown path or an invalid value.
+
+        Errors: NOT_FOUND USER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -272,6 +311,8 @@ class UserServiceServicer:
         """Stores a provider API key for a user, encrypted, and returns its metadata (never the secret).
         Fails with NOT_FOUND (reason USER_NOT_FOUND) and INVALID_ARGUMENT for an invalid provider,
         label or secret.
+
+        Errors: NOT_FOUND USER_NOT_FOUND; FAILED_PRECONDITION VAULT_NOT_CONFIGURED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -280,15 +321,21 @@ class UserServiceServicer:
     def ListApiKeys(self, request, context):
         """Lists a user's stored provider API keys, metadata only, newest first. Fails with NOT_FOUND
         (reason USER_NOT_FOUND).
+
+        Errors: NOT_FOUND USER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RevealApiKey(self, request, context):
-        """Returns the plaintext of one stored provider API key. Needs its own permission and is audited.
+        """Returns the plaintext of one stored provider API key. Needs its own permission, keys.reveal,
+        and is audited.
         Fails with NOT_FOUND (reason API_KEY_NOT_FOUND) if the key does not exist or belongs to
         another user.
+
+        Errors: NOT_FOUND API_KEY_NOT_FOUND; FAILED_PRECONDITION KEY_VERSION_UNAVAILABLE,
+        SECRET_UNREADABLE, VAULT_NOT_CONFIGURED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -297,6 +344,8 @@ class UserServiceServicer:
     def UpdateApiKey(self, request, context):
         """Updates a stored provider API key's label or replaces its secret (update_mask paths "label",
         "secret"). Fails with NOT_FOUND (reason API_KEY_NOT_FOUND) and INVALID_ARGUMENT.
+
+        Errors: NOT_FOUND API_KEY_NOT_FOUND; FAILED_PRECONDITION VAULT_NOT_CONFIGURED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -304,6 +353,8 @@ class UserServiceServicer:
 
     def DeleteApiKey(self, request, context):
         """Deletes a stored provider API key. Fails with NOT_FOUND (reason API_KEY_NOT_FOUND).
+
+        Errors: NOT_FOUND API_KEY_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -313,7 +364,10 @@ class UserServiceServicer:
         """Lists audit events, newest first, filtered by user, actor, action and time range. An event is
         listed once every transaction that began writing before its own has ended (normally within
         milliseconds), and then sorts above every event listed before it, so a reader paging or
-        polling newest first never skips one. Needs its own permission. Fails with INVALID_ARGUMENT for a bad filter or page_token.
+        polling newest first never skips one. Needs its own permission, audit.read. Fails with
+        INVALID_ARGUMENT for a bad filter or page_token.
+
+        Errors: none of its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -433,6 +487,14 @@ class UserService:
     mean "retry the request", with backoff; a write is safe to retry with the same request_id. A
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
     MALFORMED_REQUEST).
+
+    Each RPC needs the permission its (qdata.v1.permission) option names, here users.read for
+    reads, users.write for writes, and users.authenticate, keys.reveal and audit.read for
+    Authenticate, RevealApiKey and ListAuditEvents; without it a call fails with PERMISSION_DENIED
+    (reason MISSING_PERMISSION).
+
+    ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
+    paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
 
     @staticmethod
