@@ -11,6 +11,7 @@ import dataclasses
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -125,7 +126,7 @@ def malformed(message_type: str) -> InvalidArgument:
     return InvalidArgument([], reason="MALFORMED_REQUEST", message=f"the request body is not a valid {message_type}")
 
 
-def _pack(message) -> any_pb2.Any:
+def _pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed

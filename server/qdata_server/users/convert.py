@@ -16,7 +16,8 @@ STATUS_TO_PROTO = {
     "deleted": user_pb2.USER_STATUS_DELETED,
 }
 STATUS_FROM_PROTO = {v: k for k, v in STATUS_TO_PROTO.items()}
-SCHEME_TO_PROTO = {
+# Keyed by passwords.scheme_of(), which is None for no hash (the .get below answers UNSPECIFIED).
+SCHEME_TO_PROTO: dict[str | None, user_pb2.PasswordScheme] = {
     passwords.SCHEME_BCRYPT: user_pb2.PASSWORD_SCHEME_BCRYPT,
     passwords.SCHEME_WERKZEUG: user_pb2.PASSWORD_SCHEME_LEGACY_WERKZEUG,
     passwords.SCHEME_DJANGO: user_pb2.PASSWORD_SCHEME_LEGACY_DJANGO,
