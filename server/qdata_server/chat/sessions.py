@@ -9,20 +9,23 @@ through Deps.idempotent scoped to the user.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 from psycopg.types.json import Jsonb
 
 from qdata.v1 import chat_pb2
 from qdata_server import audit
 from qdata_server.chat import convert, rules
+from qdata_server.db.connection import Conn
 from qdata_server.db.sql import fetch_all, fetch_one
 from qdata_server.db.transactions import acting_for
 from qdata_server.errors import NotFound, invalid
 from qdata_server.pagination import page_size
 from qdata_server.users.accounts import load_live_user, user_not_found
 from qdata_server.validation import Violations, mask_paths
+
+if TYPE_CHECKING:
+    from qdata_server.app import Deps
 
 _UPDATABLE_PATHS = {"title", "model_id", "pinned", "archived", "tags", "metadata", "current_leaf_sequence_number"}
 _ARCHIVED = {
@@ -42,7 +45,7 @@ def message_not_found() -> NotFound:
 
 
 async def load_session(
-    conn: psycopg.AsyncConnection, user_id: uuid.UUID, session_id: uuid.UUID, *, for_update: bool = False
+    conn: Conn, user_id: uuid.UUID, session_id: uuid.UUID, *, for_update: bool = False
 ) -> dict[str, Any]:
     """The user's session row (locked with for_update), or NOT_FOUND (SESSION_NOT_FOUND)."""
     params = {"user_id": user_id, "session_id": session_id}
@@ -57,7 +60,7 @@ def session_ids(v: Violations, user_field: str, user_value: str, session_field: 
     return v.uuid(user_field, user_value), v.uuid(session_field, session_value)
 
 
-async def create_session(deps, request: chat_pb2.CreateSessionRequest) -> chat_pb2.CreateSessionResponse:
+async def create_session(deps: Deps, request: chat_pb2.CreateSessionRequest) -> chat_pb2.CreateSessionResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     values = {
@@ -70,7 +73,7 @@ async def create_session(deps, request: chat_pb2.CreateSessionRequest) -> chat_p
     }
     v.raise_if_any()
 
-    async def work(conn: psycopg.AsyncConnection) -> chat_pb2.CreateSessionResponse:
+    async def work(conn: Conn) -> chat_pb2.CreateSessionResponse:
         # Share-locks the user: a DeleteUser running now either sees this session or makes it fail.
         if await fetch_one(conn, "share_live_chat_user", {"user_id": user_id}) is None:
             raise user_not_found()
@@ -88,7 +91,7 @@ async def create_session(deps, request: chat_pb2.CreateSessionRequest) -> chat_p
     return await deps.idempotent(request, chat_pb2.CreateSessionResponse, work, user_id=user_id)
 
 
-async def get_session(deps, request: chat_pb2.GetSessionRequest) -> chat_pb2.GetSessionResponse:
+async def get_session(deps: Deps, request: chat_pb2.GetSessionRequest) -> chat_pb2.GetSessionResponse:
     v = Violations()
     user_id, session_id = session_ids(v, "user_id", request.user_id, "session_id", request.session_id)
     v.raise_if_any()
@@ -96,7 +99,7 @@ async def get_session(deps, request: chat_pb2.GetSessionRequest) -> chat_pb2.Get
     return chat_pb2.GetSessionResponse(session=convert.session(row))
 
 
-async def list_sessions(deps, request: chat_pb2.ListSessionsRequest) -> chat_pb2.ListSessionsResponse:
+async def list_sessions(deps: Deps, request: chat_pb2.ListSessionsRequest) -> chat_pb2.ListSessionsResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     if len(request.tags) > rules.MAX_TAGS:
@@ -114,7 +117,7 @@ async def list_sessions(deps, request: chat_pb2.ListSessionsRequest) -> chat_pb2
     tokens = await deps.page_tokens()
     cursor = tokens.open(request.page_token, "ListSessions", filters)
 
-    async def work(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
+    async def work(conn: Conn) -> list[dict[str, Any]]:
         await load_live_user(conn, user_id)
         return await fetch_all(
             conn,
@@ -141,7 +144,7 @@ async def list_sessions(deps, request: chat_pb2.ListSessionsRequest) -> chat_pb2
     return chat_pb2.ListSessionsResponse(sessions=[convert.session(r) for r in rows], next_page_token=next_token)
 
 
-async def update_session(deps, request: chat_pb2.UpdateSessionRequest) -> chat_pb2.UpdateSessionResponse:
+async def update_session(deps: Deps, request: chat_pb2.UpdateSessionRequest) -> chat_pb2.UpdateSessionResponse:
     paths = mask_paths("update_mask", list(request.update_mask.paths), _UPDATABLE_PATHS, prefixes=("metadata.",))
     given = request.session
     v = Violations()
@@ -167,7 +170,7 @@ async def update_session(deps, request: chat_pb2.UpdateSessionRequest) -> chat_p
         rules.check_sequence_number(v, "session.current_leaf_sequence_number", given.current_leaf_sequence_number)
     v.raise_if_any()
 
-    async def work(conn: psycopg.AsyncConnection) -> chat_pb2.UpdateSessionResponse:
+    async def work(conn: Conn) -> chat_pb2.UpdateSessionResponse:
         row = await load_session(conn, user_id, session_id, for_update=True)
         values = _merge(row, given, paths, tags, metadata_keys)
         if len(values["metadata"]) > rules.MAX_METADATA_ENTRIES:
@@ -225,12 +228,12 @@ def _merge(
     return values
 
 
-async def delete_session(deps, request: chat_pb2.DeleteSessionRequest) -> chat_pb2.DeleteSessionResponse:
+async def delete_session(deps: Deps, request: chat_pb2.DeleteSessionRequest) -> chat_pb2.DeleteSessionResponse:
     v = Violations()
     user_id, session_id = session_ids(v, "user_id", request.user_id, "session_id", request.session_id)
     v.raise_if_any()
 
-    async def work(conn: psycopg.AsyncConnection) -> chat_pb2.DeleteSessionResponse:
+    async def work(conn: Conn) -> chat_pb2.DeleteSessionResponse:
         row = await fetch_one(conn, "delete_chat_session", {"user_id": user_id, "session_id": session_id})
         if row is None:
             raise session_not_found()

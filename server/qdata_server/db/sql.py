@@ -90,6 +90,15 @@ async def fetch_one(conn: Conn, name: str, params: Params | None = None) -> Row 
     return await cur.fetchone()
 
 
+async def fetch_row(conn: Conn, name: str, params: Params | None = None) -> Row:
+    """Runs a named block that always returns a row (a function call, an aggregate, INSERT ...
+    RETURNING) and returns its first; no row at all is a bug (SqlError, answered as INTERNAL)."""
+    row = await fetch_one(conn, name, params)
+    if row is None:
+        raise SqlError(f"query {name!r} returned no row")
+    return row
+
+
 async def fetch_all(conn: Conn, name: str, params: Params | None = None) -> list[Row]:
     """Runs a named block and returns all its rows."""
     cur = await conn.execute(query(name), params or {})

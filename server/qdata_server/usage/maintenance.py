@@ -10,9 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from qdata_server.db.sql import fetch_one
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, ACTING_FOR_NO_USER
+
+if TYPE_CHECKING:
+    from qdata_server.app import Deps
 
 log = logging.getLogger("qdata.usage")
 
@@ -21,7 +25,7 @@ FOLD_BATCH = 20_000
 PARTITION_CHECK_SECONDS = 3600.0
 
 
-async def fold(deps, *, batch: int = FOLD_BATCH) -> int:
+async def fold(deps: Deps, *, batch: int = FOLD_BATCH) -> int:
     """Folds queued usage into the rollups until the queue is empty; returns the rows folded."""
     total = 0
     while True:
@@ -34,7 +38,7 @@ async def fold(deps, *, batch: int = FOLD_BATCH) -> int:
             return total
 
 
-async def ensure_partitions(deps) -> int:
+async def ensure_partitions(deps: Deps) -> int:
     """Creates the missing monthly partitions of usage_records up to the configured months ahead."""
     months = deps.settings.usage_partition_months_ahead
     row = await deps.transaction(
@@ -43,7 +47,7 @@ async def ensure_partitions(deps) -> int:
     return row["created"]
 
 
-async def run(deps, is_serving) -> None:
+async def run(deps: Deps, is_serving) -> None:
     """Folds every usage_fold_seconds (0: never) and checks partitions hourly, while serving."""
     fold_seconds = deps.settings.usage_fold_seconds
     next_partition_check = 0.0

@@ -25,12 +25,11 @@ import dataclasses
 import datetime
 import logging
 import uuid
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from qdata.v1 import usage_pb2
 from qdata_server import callctx
+from qdata_server.db.connection import Conn
 from qdata_server.db.constraints import error_for
 from qdata_server.db.sql import execute, fetch_all, fetch_one
 from qdata_server.db.transactions import acting_for
@@ -39,6 +38,9 @@ from qdata_server.idempotency import RequestKey, check_request_id, fingerprint, 
 from qdata_server.ledger.operations import request_holder
 from qdata_server.usage import convert, rules
 from qdata_server.validation import Violations
+
+if TYPE_CHECKING:
+    from qdata_server.app import Deps
 
 log = logging.getLogger("qdata.usage")
 
@@ -145,7 +147,7 @@ def _actor() -> str:
 _CALL_TIME_SLACK = datetime.timedelta(hours=1)
 
 
-async def _remembered(conn: psycopg.AsyncConnection, key: RequestKey) -> usage_pb2.RecordUsageResponse:
+async def _remembered(conn: Conn, key: RequestKey) -> usage_pb2.RecordUsageResponse:
     """The first answer to a billed record whose idempotency record is gone, from its ledger row."""
     holder = await request_holder(conn, key)
     row = await fetch_one(
@@ -163,11 +165,11 @@ async def _remembered(conn: psycopg.AsyncConnection, key: RequestKey) -> usage_p
     return usage_pb2.RecordUsageResponse(record=convert.usage_record(row))
 
 
-async def record_usage(deps, request: usage_pb2.RecordUsageRequest) -> usage_pb2.RecordUsageResponse:
+async def record_usage(deps: Deps, request: usage_pb2.RecordUsageRequest) -> usage_pb2.RecordUsageResponse:
     call = parse(request, datetime.datetime.now(datetime.UTC))
     key = request_key(request, user_id=call.user_id)
 
-    async def work(conn: psycopg.AsyncConnection) -> usage_pb2.RecordUsageResponse:
+    async def work(conn: Conn) -> usage_pb2.RecordUsageResponse:
         # The key's actor is also the audit event's (they differ only outside a call, as when seeding).
         row = await fetch_one(conn, "usage_record", {**call.params(), **key.params()})
         return usage_pb2.RecordUsageResponse(record=convert.usage_record(row))
@@ -201,9 +203,7 @@ class _Item:
     request_hash: bytes
 
 
-async def _record_chunk(
-    conn: psycopg.AsyncConnection, items: list[_Item], actor: str
-) -> dict[int, usage_pb2.RecordUsageResult]:
+async def _record_chunk(conn: Conn, items: list[_Item], actor: str) -> dict[int, usage_pb2.RecordUsageResult]:
     params = [item.call.params() for item in items]
     rows = await fetch_all(
         conn,
@@ -275,7 +275,9 @@ async def _record_chunk(
     return results
 
 
-async def record_usage_batch(deps, request: usage_pb2.RecordUsageBatchRequest) -> usage_pb2.RecordUsageBatchResponse:
+async def record_usage_batch(
+    deps: Deps, request: usage_pb2.RecordUsageBatchRequest
+) -> usage_pb2.RecordUsageBatchResponse:
     count = len(request.requests)
     if not 1 <= count <= MAX_BATCH:
         raise invalid("requests", f"must hold 1 to {MAX_BATCH:,} records (got {count:,})")
@@ -304,7 +306,7 @@ async def record_usage_batch(deps, request: usage_pb2.RecordUsageBatchRequest) -
     for offset in range(0, len(items), CHUNK_SIZE):
         chunk = items[offset : offset + CHUNK_SIZE]
 
-        async def work(conn: psycopg.AsyncConnection, chunk: list[_Item] = chunk):
+        async def work(conn: Conn, chunk: list[_Item] = chunk):
             return await _record_chunk(conn, chunk, actor)
 
         acting = acting_for(*(item.call.user_id for item in chunk))

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import datetime
 from fractions import Fraction
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from qdata.v1 import usage_pb2
+from qdata_server.db.connection import Conn
 from qdata_server.db.sql import fetch_all, fetch_one
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
 from qdata_server.errors import NotFound
@@ -29,6 +28,9 @@ from qdata_server.usage import convert, rules, windows
 from qdata_server.usage.catalog import model_not_found
 from qdata_server.users.convert import timestamp
 from qdata_server.validation import Violations
+
+if TYPE_CHECKING:
+    from qdata_server.app import Deps
 
 DEFAULT_TOP = 10
 MAX_TOP = 100
@@ -57,7 +59,7 @@ def _zero() -> dict[str, int]:
     return dict.fromkeys(_TOTAL_FIELDS, 0)
 
 
-async def get_user_usage(deps, request: usage_pb2.GetUserUsageRequest) -> usage_pb2.GetUserUsageResponse:
+async def get_user_usage(deps: Deps, request: usage_pb2.GetUserUsageRequest) -> usage_pb2.GetUserUsageResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     currency = money.currency(v, "currency_code", request.currency_code)
@@ -74,7 +76,7 @@ async def get_user_usage(deps, request: usage_pb2.GetUserUsageRequest) -> usage_
     start, end = span
     segments = windows.split_days(start, end)
 
-    async def work(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
+    async def work(conn: Conn) -> list[dict[str, Any]]:
         if await fetch_one(conn, "usage_user_state", {"user_id": user_id}) is None:
             raise NotFound("user not found", reason="USER_NOT_FOUND")
         return await fetch_all(
@@ -101,7 +103,7 @@ async def get_user_usage(deps, request: usage_pb2.GetUserUsageRequest) -> usage_
     )
 
 
-async def get_model_stats(deps, request: usage_pb2.GetModelStatsRequest) -> usage_pb2.GetModelStatsResponse:
+async def get_model_stats(deps: Deps, request: usage_pb2.GetModelStatsRequest) -> usage_pb2.GetModelStatsResponse:
     v = Violations()
     model_id = rules.model_id(v, "model_id", request.model_id)
     span = rules.window(v, request, _now())
@@ -109,7 +111,7 @@ async def get_model_stats(deps, request: usage_pb2.GetModelStatsRequest) -> usag
     start, end = span
     segments = windows.split(start, end)
 
-    async def work(conn: psycopg.AsyncConnection):
+    async def work(conn: Conn):
         model = await fetch_one(conn, "usage_model_exists", {"model_id": model_id})
         if model is None:
             raise model_not_found()
@@ -145,7 +147,7 @@ def _growth(current: int, previous: int) -> Fraction:
     return Fraction(current - previous, max(previous, 1))
 
 
-async def list_top_models(deps, request: usage_pb2.ListTopModelsRequest) -> usage_pb2.ListTopModelsResponse:
+async def list_top_models(deps: Deps, request: usage_pb2.ListTopModelsRequest) -> usage_pb2.ListTopModelsResponse:
     v = Violations()
     metric = request.metric
     if metric not in (
@@ -171,7 +173,7 @@ async def list_top_models(deps, request: usage_pb2.ListTopModelsRequest) -> usag
     previous = windows.split(start - (end - start), start)
     filters = {"provider": provider, "status": status}
 
-    async def work(conn: psycopg.AsyncConnection):
+    async def work(conn: Conn):
         models = await fetch_all(conn, "usage_ranking_models", filters)
         now_rows = await fetch_all(conn, "usage_model_activity", {**filters, **current.params()})
         before = await fetch_all(conn, "usage_model_activity", {**filters, **previous.params()})

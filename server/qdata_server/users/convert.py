@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import Any, overload
 
 from google.protobuf import timestamp_pb2
 
@@ -31,7 +31,14 @@ THEME_TO_PROTO = {
 THEME_FROM_PROTO = {v: k for k, v in THEME_TO_PROTO.items()}
 
 
+@overload
+def timestamp(value: datetime.datetime) -> timestamp_pb2.Timestamp: ...
+@overload
+def timestamp(value: None) -> None: ...
+@overload
+def timestamp(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None: ...
 def timestamp(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A Timestamp message for value (None stays None: the field is left unset)."""
     if value is None:
         return None
     ts = timestamp_pb2.Timestamp()
