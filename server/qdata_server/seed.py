@@ -15,7 +15,7 @@ from qdata.v1 import chat_pb2, ledger_pb2, user_pb2
 from qdata_server import callctx
 from qdata_server.chat import messages as chat_messages
 from qdata_server.chat import sessions as chat_sessions
-from qdata_server.db.sql import fetch_one
+from qdata_server.db.sql import fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS
 from qdata_server.ledger import operations as ledger
 from qdata_server.usage import samples as usage_samples
@@ -38,7 +38,7 @@ SAMPLE_USERS = (
 async def seed(deps: Deps, *, only_if_empty: bool = True) -> int:
     """Loads the sample users, their welcome credits and Alice's preferences; returns the user count."""
     if only_if_empty:
-        row = await deps.transaction(lambda conn: fetch_one(conn, "count_users"), acting=ACTING_FOR_ALL_USERS)
+        row = await deps.transaction(lambda conn: fetch_row(conn, "count_users"), acting=ACTING_FOR_ALL_USERS)
         if row["n"]:
             return 0
     token = callctx.bind(callctx.CallContext(method="seed", actor="seed"))

@@ -23,7 +23,7 @@ from qdata_server import audit
 from qdata_server.chat import convert, rules, tree
 from qdata_server.chat.sessions import load_session, message_not_found, session_ids
 from qdata_server.db.connection import Conn
-from qdata_server.db.sql import fetch_all, fetch_one
+from qdata_server.db.sql import fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import acting_for
 from qdata_server.errors import InvalidArgument
 from qdata_server.pagination import page_size
@@ -31,6 +31,7 @@ from qdata_server.validation import Violations
 
 if TYPE_CHECKING:
     from qdata_server.app import Deps
+    from qdata_server.config import Settings
 
 # Sequence numbers are bigint; "no upper bound" is one past the largest.
 NO_UPPER_BOUND = 2**63 - 1
@@ -41,7 +42,7 @@ _SCOPES = {chat_pb2.MESSAGE_SCOPE_UNSPECIFIED, chat_pb2.MESSAGE_SCOPE_ALL, chat_
 _ORDERS = {chat_pb2.MESSAGE_ORDER_UNSPECIFIED, chat_pb2.MESSAGE_ORDER_ASCENDING, chat_pb2.MESSAGE_ORDER_DESCENDING}
 
 
-def response_budget(settings) -> int:
+def response_budget(settings: Settings) -> int:
     """Bytes of messages one response may carry and still fit the maximum gRPC message size."""
     return settings.max_message_bytes - rules.RESPONSE_HEADROOM_BYTES
 
@@ -61,7 +62,8 @@ async def append_messages(deps: Deps, request: chat_pb2.AppendMessagesRequest) -
     )
     if v:
         raise InvalidArgument(v.items, reason="CONTENT_TOO_LARGE" if too_large else None)
-    columns = {
+    assert user_id is not None and session_id is not None  # no violations
+    columns: dict[str, list[Any]] = {
         "roles": [rules.ROLE_TO_DB[m.role] for m in messages],
         "contents": [m.content for m in messages],
         "model_ids": [m.model_id for m in messages],
@@ -97,7 +99,7 @@ async def append_messages(deps: Deps, request: chat_pb2.AppendMessagesRequest) -
                 "jump_depths": [p.jump_depth for p in places],
             },
         )
-        updated = await fetch_one(
+        updated = await fetch_row(
             conn,
             "count_chat_append",
             {
@@ -145,6 +147,7 @@ async def list_messages(deps: Deps, request: chat_pb2.ListMessagesRequest) -> ch
     if request.page_size < 0:
         v.add("page_size", "must not be negative")
     v.raise_if_any()
+    assert user_id is not None and session_id is not None  # raise_if_any() passed
     limit = page_size(request.page_size)
     descending = request.order == chat_pb2.MESSAGE_ORDER_DESCENDING
     filters = {
@@ -221,6 +224,7 @@ async def get_message(deps: Deps, request: chat_pb2.GetMessageRequest) -> chat_p
     user_id, session_id = session_ids(v, "user_id", request.user_id, "session_id", request.session_id)
     sequence_number = rules.check_sequence_number(v, "sequence_number", request.sequence_number)
     v.raise_if_any()
+    assert user_id is not None and session_id is not None  # raise_if_any() passed
 
     async def work(conn: Conn) -> dict[str, Any]:
         await load_session(conn, user_id, session_id)
@@ -240,6 +244,7 @@ async def delete_message(deps: Deps, request: chat_pb2.DeleteMessageRequest) -> 
     user_id, session_id = session_ids(v, "user_id", request.user_id, "session_id", request.session_id)
     sequence_number = rules.check_sequence_number(v, "sequence_number", request.sequence_number)
     v.raise_if_any()
+    assert user_id is not None and session_id is not None  # raise_if_any() passed
     keys = {"user_id": user_id, "session_id": session_id}
 
     async def work(conn: Conn) -> chat_pb2.DeleteMessageResponse:
@@ -252,9 +257,9 @@ async def delete_message(deps: Deps, request: chat_pb2.DeleteMessageRequest) -> 
             parent = erased["parent_sequence_number"]
             leaf = 0
             if parent:
-                found = await fetch_one(conn, "nearest_live_chat_ancestor", {**keys, "start": parent})
+                found = await fetch_row(conn, "nearest_live_chat_ancestor", {**keys, "start": parent})
                 leaf = found["sequence_number"]
-        updated = await fetch_one(
+        updated = await fetch_row(
             conn,
             "count_chat_deletion",
             {
@@ -289,6 +294,7 @@ async def export_session(
     v = Violations()
     user_id, session_id = session_ids(v, "user_id", request.user_id, "session_id", request.session_id)
     v.raise_if_any()
+    assert user_id is not None and session_id is not None  # raise_if_any() passed
     keys: dict[str, uuid.UUID | None] = {"user_id": user_id, "session_id": session_id}
     budget = response_budget(deps.settings)
 
@@ -308,7 +314,7 @@ async def export_session(
     while more:
         params = {**keys, "after": messages[-1].sequence_number, "before": end, "limit": EXPORT_PAGE_SIZE + 1}
 
-        async def chunk(conn: Conn, params=params) -> list[dict[str, Any]]:
+        async def chunk(conn: Conn, params: dict[str, Any] = params) -> list[dict[str, Any]]:
             rows = await fetch_all(conn, "list_chat_messages_ascending", params)
             if not rows:
                 await load_session(conn, user_id, session_id)  # deleted meanwhile: SESSION_NOT_FOUND

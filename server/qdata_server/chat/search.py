@@ -66,6 +66,7 @@ async def search_messages(deps: Deps, request: chat_pb2.SearchMessagesRequest) -
     if request.page_size < 0:
         v.add("page_size", "must not be negative")
     v.raise_if_any()
+    assert user_id is not None  # raise_if_any() passed
     limit = page_size(request.page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
     filters = {
         "user_id": str(user_id),

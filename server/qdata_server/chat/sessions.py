@@ -17,7 +17,7 @@ from qdata.v1 import chat_pb2
 from qdata_server import audit
 from qdata_server.chat import convert, rules
 from qdata_server.db.connection import Conn
-from qdata_server.db.sql import fetch_all, fetch_one
+from qdata_server.db.sql import fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import acting_for
 from qdata_server.errors import NotFound, invalid
 from qdata_server.pagination import page_size
@@ -55,7 +55,9 @@ async def load_session(
     return row
 
 
-def session_ids(v: Violations, user_field: str, user_value: str, session_field: str, session_value: str):
+def session_ids(
+    v: Violations, user_field: str, user_value: str, session_field: str, session_value: str
+) -> tuple[uuid.UUID | None, uuid.UUID | None]:
     """Parses the (user_id, session_id) pair every session-scoped request carries."""
     return v.uuid(user_field, user_value), v.uuid(session_field, session_value)
 
@@ -63,7 +65,7 @@ def session_ids(v: Violations, user_field: str, user_value: str, session_field: 
 async def create_session(deps: Deps, request: chat_pb2.CreateSessionRequest) -> chat_pb2.CreateSessionResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
-    values = {
+    values: dict[str, Any] = {
         "user_id": user_id,
         "model_id": rules.check_model_id(v, "model_id", request.model_id),
         "title": rules.check_title(v, "title", request.title),
@@ -72,12 +74,13 @@ async def create_session(deps: Deps, request: chat_pb2.CreateSessionRequest) -> 
         "pinned": request.pinned,
     }
     v.raise_if_any()
+    assert user_id is not None  # raise_if_any() passed
 
     async def work(conn: Conn) -> chat_pb2.CreateSessionResponse:
         # Share-locks the user: a DeleteUser running now either sees this session or makes it fail.
         if await fetch_one(conn, "share_live_chat_user", {"user_id": user_id}) is None:
             raise user_not_found()
-        row = await fetch_one(conn, "insert_chat_session", values)
+        row = await fetch_row(conn, "insert_chat_session", values)
         await audit.record(
             conn,
             action="chat.CreateSession",
@@ -95,6 +98,7 @@ async def get_session(deps: Deps, request: chat_pb2.GetSessionRequest) -> chat_p
     v = Violations()
     user_id, session_id = session_ids(v, "user_id", request.user_id, "session_id", request.session_id)
     v.raise_if_any()
+    assert user_id is not None and session_id is not None  # raise_if_any() passed
     row = await deps.transaction(lambda conn: load_session(conn, user_id, session_id), acting=acting_for(user_id))
     return chat_pb2.GetSessionResponse(session=convert.session(row))
 
@@ -110,6 +114,7 @@ async def list_sessions(deps: Deps, request: chat_pb2.ListSessionsRequest) -> ch
     if request.page_size < 0:
         v.add("page_size", "must not be negative")
     v.raise_if_any()
+    assert user_id is not None  # raise_if_any() passed
     limit = page_size(request.page_size)
     pinned = request.pinned if request.HasField("pinned") else None
     archived = _ARCHIVED[request.archive_filter]
@@ -169,6 +174,7 @@ async def update_session(deps: Deps, request: chat_pb2.UpdateSessionRequest) -> 
     if "current_leaf_sequence_number" in paths:
         rules.check_sequence_number(v, "session.current_leaf_sequence_number", given.current_leaf_sequence_number)
     v.raise_if_any()
+    assert user_id is not None and session_id is not None  # raise_if_any() passed
 
     async def work(conn: Conn) -> chat_pb2.UpdateSessionResponse:
         row = await load_session(conn, user_id, session_id, for_update=True)
@@ -179,7 +185,7 @@ async def update_session(deps: Deps, request: chat_pb2.UpdateSessionRequest) -> 
             params = {"user_id": user_id, "session_id": session_id, "sequence_number": values["current_leaf"]}
             if await fetch_one(conn, "get_live_chat_message", params) is None:
                 raise message_not_found()
-        updated = await fetch_one(
+        updated = await fetch_row(
             conn, "update_chat_session", {**values, "metadata": Jsonb(values["metadata"]), "user_id": user_id}
         )
         # Field names and the non-personal values only (no title, model or metadata values).
@@ -232,6 +238,7 @@ async def delete_session(deps: Deps, request: chat_pb2.DeleteSessionRequest) -> 
     v = Violations()
     user_id, session_id = session_ids(v, "user_id", request.user_id, "session_id", request.session_id)
     v.raise_if_any()
+    assert user_id is not None and session_id is not None  # raise_if_any() passed
 
     async def work(conn: Conn) -> chat_pb2.DeleteSessionResponse:
         row = await fetch_one(conn, "delete_chat_session", {"user_id": user_id, "session_id": session_id})

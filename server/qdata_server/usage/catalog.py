@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from qdata.v1 import usage_pb2
 from qdata_server import audit
 from qdata_server.db.connection import Conn
-from qdata_server.db.sql import fetch_all, fetch_one
+from qdata_server.db.sql import fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_NO_USER
 from qdata_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from qdata_server.ledger import rules as money
@@ -103,7 +103,7 @@ async def upsert_model(deps: Deps, request: usage_pb2.UpsertModelRequest) -> usa
             row = await fetch_one(conn, "usage_insert_model", fields)
             created = row is not None
             if row is None:  # created concurrently: change it like any existing model
-                row = await fetch_one(conn, "usage_lock_model", {"model_id": model_id})
+                row = await fetch_row(conn, "usage_lock_model", {"model_id": model_id})
         if not created and paths:
             await fetch_one(conn, "usage_update_model", {**fields, **{f"set_{p}": p in paths for p in _CATALOG_PATHS}})
         added = None
@@ -126,7 +126,7 @@ async def upsert_model(deps: Deps, request: usage_pb2.UpsertModelRequest) -> usa
                 "price_id": str(added["price_id"]) if added else None,
             },
         )
-        current = await fetch_one(conn, "usage_get_model", {"model_id": model_id})
+        current = await fetch_row(conn, "usage_get_model", {"model_id": model_id})
         return usage_pb2.UpsertModelResponse(
             model=convert.model(current), created=created, price=convert.price(added) if added else None
         )

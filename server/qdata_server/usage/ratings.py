@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from qdata.v1 import usage_pb2
 from qdata_server import audit
 from qdata_server.db.connection import Conn
-from qdata_server.db.sql import fetch_all, fetch_one
+from qdata_server.db.sql import fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS
 from qdata_server.errors import NotFound
 from qdata_server.pagination import page_size
@@ -32,6 +32,7 @@ async def rate_model(deps: Deps, request: usage_pb2.RateModelRequest) -> usage_p
         v.add("stars", "must be between 1 and 5")
     review = rules.review(v, "review", request.review)
     v.raise_if_any()
+    assert user_id is not None  # raise_if_any() passed
 
     async def work(conn: Conn) -> usage_pb2.RateModelResponse:
         user = await fetch_one(conn, "usage_user_state", {"user_id": user_id})
@@ -40,7 +41,7 @@ async def rate_model(deps: Deps, request: usage_pb2.RateModelRequest) -> usage_p
         if await fetch_one(conn, "usage_model_exists", {"model_id": model_id}) is None:
             raise model_not_found()
         await fetch_one(conn, "usage_lock_rating_totals", {"model_id": model_id})
-        row = await fetch_one(
+        row = await fetch_row(
             conn,
             "usage_upsert_rating",
             {"user_id": user_id, "model_id": model_id, "stars": request.stars, "review": review},

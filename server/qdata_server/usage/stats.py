@@ -18,8 +18,8 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from qdata.v1 import usage_pb2
-from qdata_server.db.connection import Conn
-from qdata_server.db.sql import fetch_all, fetch_one
+from qdata_server.db.connection import Conn, Row
+from qdata_server.db.sql import fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
 from qdata_server.errors import NotFound
 from qdata_server.ledger import rules as money
@@ -72,6 +72,7 @@ async def get_user_usage(deps: Deps, request: usage_pb2.GetUserUsageRequest) -> 
         if start is not None and end is not None:
             span = rules.time_range(v, start, end)
     v.raise_if_any()
+    assert user_id is not None and span is not None  # raise_if_any() passed
     money.check_supported("currency_code", currency, deps.settings.ledger_currencies)
     start, end = span
     segments = windows.split_days(start, end)
@@ -84,7 +85,9 @@ async def get_user_usage(deps: Deps, request: usage_pb2.GetUserUsageRequest) -> 
         )
 
     rows = await deps.transaction(work, snapshot=True, acting=acting_for(user_id))
-    total, by_model, by_day = _zero(), {}, {}
+    total = _zero()
+    by_model: dict[str, dict[str, int]] = {}
+    by_day: dict[datetime.datetime, dict[str, int]] = {}
     for row in rows:
         _add(total, row)
         _add(by_model.setdefault(row["model_id"], _zero()), row)
@@ -108,14 +111,15 @@ async def get_model_stats(deps: Deps, request: usage_pb2.GetModelStatsRequest) -
     model_id = rules.model_id(v, "model_id", request.model_id)
     span = rules.window(v, request, _now())
     v.raise_if_any()
+    assert span is not None  # raise_if_any() passed
     start, end = span
     segments = windows.split(start, end)
 
-    async def work(conn: Conn):
+    async def work(conn: Conn) -> tuple[Row, Row]:
         model = await fetch_one(conn, "usage_model_exists", {"model_id": model_id})
         if model is None:
             raise model_not_found()
-        return model, await fetch_one(conn, "usage_model_stats", {"model_id": model_id, **segments.params()})
+        return model, await fetch_row(conn, "usage_model_stats", {"model_id": model_id, **segments.params()})
 
     # A model's statistics count every user's calls (unique users included): a cross-user path.
     model, row = await deps.transaction(work, snapshot=True, acting=ACTING_FOR_ALL_USERS)
@@ -167,13 +171,14 @@ async def list_top_models(deps: Deps, request: usage_pb2.ListTopModelsRequest) -
     if request.limit < 0:
         v.add("limit", "must not be negative")
     v.raise_if_any()
+    assert span is not None  # raise_if_any() passed
     limit = page_size(request.limit, field="limit", default=DEFAULT_TOP, maximum=MAX_TOP)
     start, end = span
     current = windows.split(start, end)
     previous = windows.split(start - (end - start), start)
     filters = {"provider": provider, "status": status}
 
-    async def work(conn: Conn):
+    async def work(conn: Conn) -> tuple[list[Row], list[Row], list[Row]]:
         models = await fetch_all(conn, "usage_ranking_models", filters)
         now_rows = await fetch_all(conn, "usage_model_activity", {**filters, **current.params()})
         before = await fetch_all(conn, "usage_model_activity", {**filters, **previous.params()})
@@ -183,7 +188,7 @@ async def list_top_models(deps: Deps, request: usage_pb2.ListTopModelsRequest) -
     models, now_rows, before = await deps.transaction(work, snapshot=True, acting=ACTING_FOR_ALL_USERS)
     activity = {r["model_id"]: r for r in now_rows}
     earlier = {r["model_id"]: r["request_count"] for r in before}
-    ranked: list[tuple[tuple, usage_pb2.RankedModel]] = []
+    ranked: list[tuple[tuple[Any, ...], usage_pb2.RankedModel]] = []
     for m in models:
         act = activity.get(m["model_id"], {"request_count": 0, "total_tokens": 0, "billed_micros": 0})
         calls, prior = act["request_count"], earlier.get(m["model_id"], 0)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from qdata.v1 import user_pb2
 from qdata_server import audit
 from qdata_server.db.connection import Conn
-from qdata_server.db.sql import execute, fetch_all, fetch_one
+from qdata_server.db.sql import execute, fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
 from qdata_server.errors import InvalidArgument, NotFound
 from qdata_server.pagination import page_size
@@ -51,7 +51,7 @@ async def create_user(deps: Deps, request: user_pb2.CreateUserRequest) -> user_p
     user_id = uuid.uuid4()
 
     async def work(conn: Conn) -> user_pb2.CreateUserResponse:
-        row = await fetch_one(
+        row = await fetch_row(
             conn,
             "insert_user",
             {
@@ -81,6 +81,7 @@ async def create_user(deps: Deps, request: user_pb2.CreateUserRequest) -> user_p
 async def get_user(deps: Deps, request: user_pb2.GetUserRequest) -> user_pb2.GetUserResponse:
     v = Violations()
     lookup = request.WhichOneof("lookup")
+    params: dict[str, Any]
     if lookup == "id":
         params, name = {"user_id": v.uuid("id", request.id)}, "get_user_by_id"
     elif lookup == "email":
@@ -153,6 +154,7 @@ async def update_user(deps: Deps, request: user_pb2.UpdateUserRequest) -> user_p
             v.add("user.status", "must be USER_STATUS_ACTIVE or USER_STATUS_DISABLED (use DeleteUser to delete)")
         values["status"] = convert.STATUS_FROM_PROTO.get(request.user.status)
     v.raise_if_any()
+    assert user_id is not None  # raise_if_any() passed
 
     async def work(conn: Conn) -> user_pb2.UpdateUserResponse:
         row = await fetch_one(conn, "update_user", values)

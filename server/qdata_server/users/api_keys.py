@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from qdata.v1 import user_pb2
 from qdata_server import audit
 from qdata_server.db.connection import Conn
-from qdata_server.db.sql import execute, fetch_all, fetch_one
+from qdata_server.db.sql import execute, fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for, name_acting
 from qdata_server.errors import FailedPrecondition, NotFound
 from qdata_server.pagination import page_size
@@ -147,6 +147,7 @@ async def create_api_key(deps: Deps, request: user_pb2.CreateApiKeyRequest) -> u
     label = _check_label(v, "label", request.label)
     _check_secret(v, "secret", request.secret)
     v.raise_if_any()
+    assert user_id is not None  # raise_if_any() passed
     ring = _ring(deps)
     api_key_id = uuid.uuid4()
     sealed = vault.seal(ring, user_id, api_key_id, request.secret)
@@ -154,7 +155,7 @@ async def create_api_key(deps: Deps, request: user_pb2.CreateApiKeyRequest) -> u
 
     async def work(conn: Conn) -> user_pb2.CreateApiKeyResponse:
         await load_live_user(conn, user_id, for_update=True)
-        row = await fetch_one(
+        row = await fetch_row(
             conn,
             "api_key_insert",
             {"user_id": user_id, "api_key_id": api_key_id, "provider": provider, "label": label, **columns},
@@ -178,6 +179,7 @@ async def list_api_keys(deps: Deps, request: user_pb2.ListApiKeysRequest) -> use
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     v.raise_if_any()
+    assert user_id is not None  # raise_if_any() passed
     limit = page_size(request.page_size)
     tokens = await deps.page_tokens()
     filters = {"user_id": str(user_id)}
@@ -208,6 +210,7 @@ async def reveal_api_key(deps: Deps, request: user_pb2.RevealApiKeyRequest) -> u
     user_id = v.uuid("user_id", request.user_id)
     api_key_id = v.uuid("api_key_id", request.api_key_id)
     v.raise_if_any()
+    assert user_id is not None and api_key_id is not None  # raise_if_any() passed
     ring = _ring(deps)
 
     async def work(conn: Conn) -> user_pb2.RevealApiKeyResponse:
@@ -238,6 +241,7 @@ async def update_api_key(deps: Deps, request: user_pb2.UpdateApiKeyRequest) -> u
     if "secret" in paths:
         _check_secret(v, "secret", request.secret)
     v.raise_if_any()
+    assert user_id is not None and api_key_id is not None  # raise_if_any() passed
     values: dict[str, Any] = {
         "user_id": user_id,
         "api_key_id": api_key_id,
@@ -253,7 +257,7 @@ async def update_api_key(deps: Deps, request: user_pb2.UpdateApiKeyRequest) -> u
     async def work(conn: Conn) -> user_pb2.UpdateApiKeyResponse:
         if await fetch_one(conn, "api_key_get_for_update", values) is None:
             raise api_key_not_found()
-        row = await fetch_one(conn, "api_key_update", values)
+        row = await fetch_row(conn, "api_key_update", values)
         summary: dict[str, Any] = {"fields": sorted(paths), "provider": row["provider"]}
         if "secret" in paths:
             summary["key_version"] = row["key_version"]
@@ -277,6 +281,7 @@ async def delete_api_key(deps: Deps, request: user_pb2.DeleteApiKeyRequest) -> u
     user_id = v.uuid("user_id", request.user_id)
     api_key_id = v.uuid("api_key_id", request.api_key_id)
     v.raise_if_any()
+    assert user_id is not None and api_key_id is not None  # raise_if_any() passed
 
     async def work(conn: Conn) -> user_pb2.DeleteApiKeyResponse:
         row = await fetch_one(conn, "api_key_delete", {"user_id": user_id, "api_key_id": api_key_id})

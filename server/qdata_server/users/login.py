@@ -93,7 +93,7 @@ def _normalized_email_or_raw(login: str) -> str:
 
 
 async def _reserve_check(
-    deps, acting: Acting, *, user_id: uuid.UUID | None = None, login: str | None = None
+    deps: Deps, acting: Acting, *, user_id: uuid.UUID | None = None, login: str | None = None
 ) -> dict[str, Any] | None:
     """Counts one password check for a user id or a login before it runs (see the module doc).
 

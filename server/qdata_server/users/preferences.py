@@ -77,6 +77,7 @@ async def update_preferences(
             elif "\x00" in value:
                 v.add(f"preferences.extra[{key[:64]!r}]", "values must not contain NUL characters")
     v.raise_if_any()
+    assert user_id is not None  # raise_if_any() passed
 
     async def work(conn: Conn) -> user_pb2.UpdatePreferencesResponse:
         await load_live_user(conn, user_id, for_update=True)
@@ -104,7 +105,7 @@ async def update_preferences(
 
 def _merge(current: dict[str, Any] | None, prefs: user_pb2.Preferences, paths: list[str]) -> dict[str, Any]:
     """The preferences row after applying the masked fields of prefs to current."""
-    merged = {
+    merged: dict[str, Any] = {
         "default_model_id": current["default_model_id"] if current else "",
         "language": current["language"] if current else "",
         "theme": current["theme"] if current else "",
