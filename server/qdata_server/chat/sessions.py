@@ -74,7 +74,6 @@ async def create_session(deps: Deps, request: chat_pb2.CreateSessionRequest) -> 
         "pinned": request.pinned,
     }
     v.raise_if_any()
-    assert user_id is not None  # raise_if_any() passed
 
     async def work(conn: Conn) -> chat_pb2.CreateSessionResponse:
         # Share-locks the user: a DeleteUser running now either sees this session or makes it fail.
@@ -238,7 +237,6 @@ async def delete_session(deps: Deps, request: chat_pb2.DeleteSessionRequest) -> 
     v = Violations()
     user_id, session_id = session_ids(v, "user_id", request.user_id, "session_id", request.session_id)
     v.raise_if_any()
-    assert user_id is not None and session_id is not None  # raise_if_any() passed
 
     async def work(conn: Conn) -> chat_pb2.DeleteSessionResponse:
         row = await fetch_one(conn, "delete_chat_session", {"user_id": user_id, "session_id": session_id})

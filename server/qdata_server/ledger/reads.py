@@ -64,7 +64,6 @@ async def get_transaction(deps: Deps, request: ledger_pb2.GetTransactionRequest)
     user_id = v.uuid("user_id", request.user_id)
     transaction_id = v.uuid("transaction_id", request.transaction_id)
     v.raise_if_any()
-    assert user_id is not None and transaction_id is not None  # raise_if_any() passed
     row = await deps.transaction(
         lambda conn: fetch_one(conn, "ledger_get_transaction", {"user_id": user_id, "transaction_id": transaction_id}),
         acting=acting_for(user_id),
@@ -79,7 +78,6 @@ async def get_hold(deps: Deps, request: ledger_pb2.GetHoldRequest) -> ledger_pb2
     user_id = v.uuid("user_id", request.user_id)
     hold_id = v.uuid("hold_id", request.hold_id)
     v.raise_if_any()
-    assert user_id is not None and hold_id is not None  # raise_if_any() passed
     row = await deps.transaction(
         lambda conn: fetch_one(conn, "ledger_get_hold", {"user_id": user_id, "hold_id": hold_id}),
         acting=acting_for(user_id),

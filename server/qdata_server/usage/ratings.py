@@ -32,7 +32,6 @@ async def rate_model(deps: Deps, request: usage_pb2.RateModelRequest) -> usage_p
         v.add("stars", "must be between 1 and 5")
     review = rules.review(v, "review", request.review)
     v.raise_if_any()
-    assert user_id is not None  # raise_if_any() passed
 
     async def work(conn: Conn) -> usage_pb2.RateModelResponse:
         user = await fetch_one(conn, "usage_user_state", {"user_id": user_id})

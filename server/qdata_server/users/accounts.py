@@ -154,7 +154,6 @@ async def update_user(deps: Deps, request: user_pb2.UpdateUserRequest) -> user_p
             v.add("user.status", "must be USER_STATUS_ACTIVE or USER_STATUS_DISABLED (use DeleteUser to delete)")
         values["status"] = convert.STATUS_FROM_PROTO.get(request.user.status)
     v.raise_if_any()
-    assert user_id is not None  # raise_if_any() passed
 
     async def work(conn: Conn) -> user_pb2.UpdateUserResponse:
         row = await fetch_one(conn, "update_user", values)

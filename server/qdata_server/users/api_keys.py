@@ -210,7 +210,6 @@ async def reveal_api_key(deps: Deps, request: user_pb2.RevealApiKeyRequest) -> u
     user_id = v.uuid("user_id", request.user_id)
     api_key_id = v.uuid("api_key_id", request.api_key_id)
     v.raise_if_any()
-    assert user_id is not None and api_key_id is not None  # raise_if_any() passed
     ring = _ring(deps)
 
     async def work(conn: Conn) -> user_pb2.RevealApiKeyResponse:
@@ -281,7 +280,6 @@ async def delete_api_key(deps: Deps, request: user_pb2.DeleteApiKeyRequest) -> u
     user_id = v.uuid("user_id", request.user_id)
     api_key_id = v.uuid("api_key_id", request.api_key_id)
     v.raise_if_any()
-    assert user_id is not None and api_key_id is not None  # raise_if_any() passed
 
     async def work(conn: Conn) -> user_pb2.DeleteApiKeyResponse:
         row = await fetch_one(conn, "api_key_delete", {"user_id": user_id, "api_key_id": api_key_id})
