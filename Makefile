@@ -33,11 +33,14 @@ run: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
 
-## lint: buf lint + buf format check on the contract, ruff on the Python
+## lint: buf lint + buf format check on the contract, ruff on the Python, then mypy: strict on
+## server/ (qdata_server) and clients/python/qdata (generated qdata.v1 not reported, its .pyi used);
+## tests/ and bench/ are not type-checked. Settings in pyproject.toml's [tool.mypy].
 lint: $(INSTALLED) $(NODE_INSTALLED)
 	cd protos && ../$(BUF) lint && ../$(BUF) format -d --exit-code
-	$(BIN)/ruff check server clients tests bench
-	$(BIN)/ruff format --check server clients/python/qdata/client.py tests bench
+	$(BIN)/ruff check server clients tests bench stubs
+	$(BIN)/ruff format --check server clients/python/qdata/client.py tests bench stubs
+	$(BIN)/mypy
 
 ## proto: regenerate the Python modules and .pyi stubs from protos/
 proto: $(INSTALLED)
@@ -52,4 +55,4 @@ migrate verify seed: $(INSTALLED)
 	$(BIN)/python -m qdata_server $@
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .mypy_cache

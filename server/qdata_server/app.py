@@ -29,7 +29,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 
 from qdata.v1 import (
     chat_pb2,
@@ -47,6 +46,7 @@ from qdata_server.auth import Authenticator
 from qdata_server.chat.service import ChatServicer
 from qdata_server.config import ConfigError, Settings, check_tls
 from qdata_server.db import migrate, transactions
+from qdata_server.db.connection import Conn, Pool
 from qdata_server.db.pool import QdataPool, open_pool
 from qdata_server.db.sql import query
 from qdata_server.errors import Unavailable
@@ -66,6 +66,7 @@ UNREACHABLE_PROBE_SECONDS = 0.5
 # At most one "connection pool saturated" line per this many seconds.
 SATURATION_LOG_SECONDS = 60.0
 R = TypeVar("R", bound=Message)
+T = TypeVar("T")
 
 SERVICE_NAMES = (
     user_pb2.DESCRIPTOR.services_by_name["UserService"].full_name,
@@ -80,7 +81,7 @@ class Deps:
     """What service code needs from the runtime: settings, pool and shared helpers."""
 
     settings: Settings
-    pool: AsyncConnectionPool
+    pool: Pool
     passwords: PasswordHasher
     _page_tokens: PageTokens | None = None
     # The API key vault's key ring; None when none is configured (VAULT_NOT_CONFIGURED).
@@ -88,11 +89,11 @@ class Deps:
 
     async def transaction(
         self,
-        work: Callable[[psycopg.AsyncConnection], Awaitable[R]],
+        work: Callable[[Conn], Awaitable[T]],
         *,
         acting: transactions.Acting,
         snapshot: bool = False,
-    ) -> R:
+    ) -> T:
         """Runs work(conn) in one transaction acting for `acting` (see db/transactions.py)."""
         return await transactions.run(
             self.pool, work, acting=acting, retries=self.settings.transaction_retries, snapshot=snapshot
@@ -102,14 +103,14 @@ class Deps:
         self,
         request: Message,
         response_type: type[R],
-        work: Callable[[psycopg.AsyncConnection], Awaitable[R]],
+        work: Callable[[Conn], Awaitable[R]],
         *,
         user_id: uuid.UUID | None = None,
         acting: transactions.Acting | None = None,
         secret_fields: Iterable[str] = (),
         canonical: Message | None = None,
         key: idempotency.RequestKey | None = None,
-        remembered: Callable[[psycopg.AsyncConnection], Awaitable[R]] | None = None,
+        remembered: Callable[[Conn], Awaitable[R]] | None = None,
     ) -> R:
         """Runs a mutation once per request_id; see qdata_server.idempotency.
 
@@ -139,7 +140,7 @@ class Deps:
         """The page token sealer, keyed by the secret stored in the database (read once)."""
         if self._page_tokens is None:
 
-            async def read(conn: psycopg.AsyncConnection) -> bytes:
+            async def read(conn: Conn) -> bytes:
                 cur = await conn.execute(query("get_server_secret"), {"name": "page_token_key"})
                 row = await cur.fetchone()
                 if row is None:

@@ -10,15 +10,15 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import psycopg
 from psycopg.types.json import Jsonb
 
 from qdata_server import callctx
+from qdata_server.db.connection import Conn
 from qdata_server.db.sql import query
 
 
 async def record(
-    conn: psycopg.AsyncConnection,
+    conn: Conn,
     *,
     action: str,
     target_type: str,

@@ -126,7 +126,9 @@ async def verify(
                     seq, row_id = row["chain_seq"], row["audit_event_id"]
                     stored_prev, stored_hash = bytes(row["prev_hash"]), bytes(row["hash"])
 
-                    def report(kind: str, detail: str, row_id=row_id, shard=shard, seq=seq) -> None:
+                    def report(
+                        kind: str, detail: str, row_id: int = row_id, shard: int = shard, seq: int = seq
+                    ) -> None:
                         problems.append(Problem(row_id, shard, seq, kind, detail))
 
                     if seq != prev_seq + 1:

@@ -9,6 +9,12 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import time
+from typing import Any, TypeAlias
+
+import grpc.aio
+
+# The context grpc.aio hands a servicer method (the request and response types vary per RPC).
+ServicerContext: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 @dataclasses.dataclass
@@ -36,9 +42,9 @@ def current() -> CallContext | None:
     return _current.get()
 
 
-def bind(ctx: CallContext) -> contextvars.Token:
+def bind(ctx: CallContext) -> contextvars.Token[CallContext | None]:
     return _current.set(ctx)
 
 
-def unbind(token: contextvars.Token) -> None:
+def unbind(token: contextvars.Token[CallContext | None]) -> None:
     _current.reset(token)

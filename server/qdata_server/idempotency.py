@@ -27,14 +27,13 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
-import psycopg
 from google.protobuf.message import Message
-from psycopg_pool import AsyncConnectionPool
 
 from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import callctx
 from qdata_server.db import transactions
-from qdata_server.db.sql import query
+from qdata_server.db.connection import Conn, Pool
+from qdata_server.db.sql import fetch_row, query
 from qdata_server.errors import AlreadyExists, RequestRemembered, invalid
 
 R = TypeVar("R", bound=Message)
@@ -125,12 +124,12 @@ def check_same_request(key: RequestKey, method: str, request_hash: bytes) -> Non
         raise reused()
 
 
-async def was_recorded(pool: AsyncConnectionPool, request: Message, *, user_id: uuid.UUID | None = None) -> bool:
+async def was_recorded(pool: Pool, request: Message, *, user_id: uuid.UUID | None = None) -> bool:
     """True if this request_id already has a committed response (the call is a replay)."""
     check_request_id(request.request_id)  # type: ignore[attr-defined]
     key = _key(request, user_id)
 
-    async def read(conn: psycopg.AsyncConnection) -> bool:
+    async def read(conn: Conn) -> bool:
         cur = await conn.execute(query("get_request_id"), key)
         return await cur.fetchone() is not None
 
@@ -138,17 +137,17 @@ async def was_recorded(pool: AsyncConnectionPool, request: Message, *, user_id: 
 
 
 async def run_idempotent(
-    pool: AsyncConnectionPool,
+    pool: Pool,
     request: Message,
     response_type: type[R],
-    work: Callable[[psycopg.AsyncConnection], Awaitable[R]],
+    work: Callable[[Conn], Awaitable[R]],
     *,
     user_id: uuid.UUID | None = None,
     acting: transactions.Acting | None = None,
     secret_fields: Iterable[str] = (),
     canonical: Message | None = None,
     key: RequestKey | None = None,
-    remembered: Callable[[psycopg.AsyncConnection], Awaitable[R]] | None = None,
+    remembered: Callable[[Conn], Awaitable[R]] | None = None,
     retries: int = 5,
 ) -> R:
     """Runs work(conn) once per request_id and returns its (stored) response.
@@ -165,7 +164,7 @@ async def run_idempotent(
         key = request_key(request, user_id=user_id, canonical=canonical, secret_fields=secret_fields)
     ids = key.ids()
 
-    async def transaction(conn: psycopg.AsyncConnection) -> R:
+    async def transaction(conn: Conn) -> R:
         while True:
             cur = await conn.execute(
                 query("claim_request_id"), {**ids, "method": key.method, "request_hash": key.request_hash}
@@ -191,7 +190,7 @@ async def run_idempotent(
     return await transactions.run(pool, remembered, acting=acting, retries=retries)
 
 
-async def purge_expired(pool: AsyncConnectionPool, retention_seconds: float, *, batch: int = 1000) -> int:
+async def purge_expired(pool: Pool, retention_seconds: float, *, batch: int = 1000) -> int:
     """Deletes idempotency records older than retention_seconds, in batches; returns the count.
 
     Each batch is its own short transaction on the cross-user path (records of every user).
@@ -199,9 +198,9 @@ async def purge_expired(pool: AsyncConnectionPool, retention_seconds: float, *, 
     total = 0
     params = {"retention_seconds": retention_seconds, "limit": batch}
 
-    async def one_batch(conn: psycopg.AsyncConnection) -> int:
-        cur = await conn.execute(query("purge_request_ids"), params)
-        return (await cur.fetchone())["purged"]
+    async def one_batch(conn: Conn) -> int:
+        purged: int = (await fetch_row(conn, "purge_request_ids", params))["purged"]
+        return purged
 
     while True:
         purged = await transactions.run(pool, one_batch, acting=transactions.ACTING_FOR_ALL_USERS)

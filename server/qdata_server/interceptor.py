@@ -24,8 +24,8 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -34,9 +34,12 @@ from grpc import aio
 from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import callctx
 from qdata_server.auth import Authenticator, Principal
+from qdata_server.callctx import ServicerContext
 from qdata_server.errors import Internal, QdataError, Unavailable, Unimplemented, malformed, to_grpc_status
 
 log = logging.getLogger("qdata.rpc")
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
 
 # Services whose calls are not logged per call (probes would drown the log).
 _QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -76,7 +79,7 @@ def _refuse_undecodable(method: str, request: Any) -> None:
         raise malformed(request.message_type)
 
 
-def _context_for(method: str, request: Any, context: aio.ServicerContext, actor: str) -> callctx.CallContext:
+def _context_for(method: str, request: Any, context: ServicerContext, actor: str) -> callctx.CallContext:
     remaining = context.time_remaining()
     deadline = time.monotonic() + remaining if remaining is not None else None
     request_id = getattr(request, "request_id", "")
@@ -139,7 +142,7 @@ class _Outcome:
 # The caller, or the error that refuses it (decided before the handler body runs).
 _Caller = Principal | QdataError
 # Decides the caller of one call from its ServicerContext (None: no context, metadata only).
-_Decide = Callable[[aio.ServicerContext | None], _Caller]
+_Decide = Callable[[ServicerContext | None], _Caller]
 
 
 def _actor(caller: _Caller) -> str:
@@ -154,7 +157,7 @@ class InFlight:
 
     def __init__(self) -> None:
         self.draining = False
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -178,7 +181,7 @@ class InFlight:
             task.add_done_callback(self._forget)
         return None
 
-    def _forget(self, task: asyncio.Task) -> None:
+    def _forget(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not self._tasks:
             self._idle.set()
@@ -213,9 +216,10 @@ class InFlight:
 
 
 def _wrap_unary(
-    method: str, decide: _Decide, behavior: Callable[..., Awaitable[Any]], in_flight: InFlight
+    method: str, decide: _Decide, behavior: Callable[..., Any], in_flight: InFlight
 ) -> Callable[..., Awaitable[Any]]:
-    async def handler(request: Any, context: aio.ServicerContext) -> Any:
+    # behavior is a coroutine function, or (context.write, an unimplemented base method) a plain one.
+    async def handler(request: Any, context: ServicerContext) -> Any:
         refused = in_flight.admit(method)
         caller = refused or decide(context)
         ctx = _context_for(method, request, context, _actor(caller))
@@ -246,9 +250,9 @@ def _wrap_unary(
 
 
 def _wrap_stream(
-    method: str, decide: _Decide, behavior: Callable[..., AsyncIterator[Any]], in_flight: InFlight
+    method: str, decide: _Decide, behavior: Callable[..., AsyncGenerator[Any, None]], in_flight: InFlight
 ) -> Callable[..., AsyncIterator[Any]]:
-    async def handler(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+    async def handler(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
         refused = in_flight.admit(method)
         caller = refused or decide(context)
         ctx = _context_for(method, request, context, _actor(caller))
@@ -287,6 +291,18 @@ def _wrap_stream(
     return handler
 
 
+def _replace(
+    handler: grpc.RpcMethodHandler[_Request, _Response], **fields: Any
+) -> grpc.RpcMethodHandler[_Request, _Response]:
+    """handler with some of its fields replaced.
+
+    grpc's handlers are namedtuples (grpc._utilities.RpcMethodHandler); the stubs declare only
+    the abstract class.
+    """
+    replaced: grpc.RpcMethodHandler[_Request, _Response] = handler._replace(**fields)  # type: ignore[attr-defined]
+    return replaced
+
+
 def _is_cancellation(exc: BaseException) -> bool:
     return isinstance(exc, asyncio.CancelledError)
 
@@ -294,22 +310,22 @@ def _is_cancellation(exc: BaseException) -> bool:
 class ServiceInterceptor(aio.ServerInterceptor):
     """Wraps unary-unary and unary-stream handlers with auth, context, error mapping and logging."""
 
-    def __init__(self, authenticator: Authenticator):
+    def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
         self.in_flight = InFlight()
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[_Request, _Response] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[_Request, _Response] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
         method = handler_call_details.method
         metadata = handler_call_details.invocation_metadata
 
-        def decide(context: aio.ServicerContext | None) -> _Caller:
+        def decide(context: ServicerContext | None) -> _Caller:
             # The auth context (the verified client certificate under mTLS) exists only on the
             # call's ServicerContext, so the caller is decided when the handler runs.
             try:
@@ -319,7 +335,8 @@ class ServiceInterceptor(aio.ServerInterceptor):
                 return exc
 
         if handler.unary_unary is not None:
-            return handler._replace(
+            return _replace(
+                handler,
                 request_deserializer=_tolerant(handler.request_deserializer),
                 unary_unary=_wrap_unary(method, decide, handler.unary_unary, self.in_flight),
             )
@@ -327,14 +344,17 @@ class ServiceInterceptor(aio.ServerInterceptor):
             behavior = handler.unary_stream
             deserializer = _tolerant(handler.request_deserializer)
             if inspect.isasyncgenfunction(behavior):
-                return handler._replace(
+                return _replace(
+                    handler,
                     request_deserializer=deserializer,
                     unary_stream=_wrap_stream(method, decide, behavior, self.in_flight),
                 )
             # Handlers that write with context.write (health's Watch) or that raise at once
             # (an unimplemented base method) are wrapped like unary ones.
-            return handler._replace(
-                request_deserializer=deserializer, unary_stream=_wrap_unary(method, decide, behavior, self.in_flight)
+            return _replace(
+                handler,
+                request_deserializer=deserializer,
+                unary_stream=_wrap_unary(method, decide, behavior, self.in_flight),
             )
         # Client-streaming handlers (only reflection's, exempt) are decided from metadata alone:
         # a certificate-only caller of such a method would be refused (fail closed).
@@ -342,10 +362,10 @@ class ServiceInterceptor(aio.ServerInterceptor):
         if isinstance(caller, QdataError):
             # Client-streaming handlers (only reflection's, which is exempt) are not wrapped, but a
             # refused caller is refused whatever the handler's shape.
-            async def refuse(_requests: Any, context: aio.ServicerContext) -> None:
+            async def refuse(_requests: Any, context: ServicerContext) -> None:
                 await context.abort_with_status(to_grpc_status(caller))
 
             if handler.stream_unary is not None:
-                return handler._replace(stream_unary=refuse)
-            return handler._replace(stream_stream=refuse)
+                return _replace(handler, stream_unary=refuse)
+            return _replace(handler, stream_stream=refuse)
         return handler

@@ -76,4 +76,5 @@ class PageTokens:
             raise invalid(field, "is not a token issued by this service") from None
         if payload.get("s") != self._scope(method, filters):
             raise invalid(field, "was issued for different filters; start again without a token")
-        return payload["c"]
+        cursor: list[Any] = payload["c"]
+        return cursor

@@ -7,6 +7,7 @@ twice changes nothing and the audit trail shows where the data came from.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from google.protobuf import field_mask_pb2
 
@@ -14,11 +15,14 @@ from qdata.v1 import chat_pb2, ledger_pb2, user_pb2
 from qdata_server import callctx
 from qdata_server.chat import messages as chat_messages
 from qdata_server.chat import sessions as chat_sessions
-from qdata_server.db.sql import fetch_one
+from qdata_server.db.sql import fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS
 from qdata_server.ledger import operations as ledger
 from qdata_server.usage import samples as usage_samples
 from qdata_server.users import accounts, preferences
+
+if TYPE_CHECKING:
+    from qdata_server.app import Deps
 
 log = logging.getLogger("qdata.seed")
 
@@ -31,10 +35,10 @@ SAMPLE_USERS = (
 )
 
 
-async def seed(deps, *, only_if_empty: bool = True) -> int:
+async def seed(deps: Deps, *, only_if_empty: bool = True) -> int:
     """Loads the sample users, their welcome credits and Alice's preferences; returns the user count."""
     if only_if_empty:
-        row = await deps.transaction(lambda conn: fetch_one(conn, "count_users"), acting=ACTING_FOR_ALL_USERS)
+        row = await deps.transaction(lambda conn: fetch_row(conn, "count_users"), acting=ACTING_FOR_ALL_USERS)
         if row["n"]:
             return 0
     token = callctx.bind(callctx.CallContext(method="seed", actor="seed"))
@@ -85,7 +89,7 @@ async def seed(deps, *, only_if_empty: bool = True) -> int:
         callctx.unbind(token)
 
 
-async def seed_chats(deps, user_id: str) -> None:
+async def seed_chats(deps: Deps, user_id: str) -> None:
     """Two chat sessions for Alice: a conversation with a regenerated answer (two branches) and one
     with a tool call."""
     user, assistant = chat_pb2.MESSAGE_ROLE_USER, chat_pb2.MESSAGE_ROLE_ASSISTANT

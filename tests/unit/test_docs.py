@@ -15,8 +15,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from qdata_server import auth
-
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"

@@ -230,13 +230,12 @@ def from_rpc_error(error: _FailedCall) -> QdataError:
         status = None
     if status is not None:
         for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
+            # Unpack fills the message and returns True only if the detail is of its type.
+            info = error_details_pb2.ErrorInfo()
+            bad = error_details_pb2.BadRequest()
+            if detail.Unpack(info):
                 reason, metadata = info.reason, dict(info.metadata)
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
+            elif detail.Unpack(bad):
                 violations.update((v.field, v.description) for v in bad.field_violations)
     cls = _ERROR_CLASSES.get(code, QdataError)
     return cls(error.details() or "", code=code, reason=reason, metadata=metadata, field_violations=violations)
@@ -267,7 +266,7 @@ class _CallDefaults:
 class _AsyncUnary:
     """An async unary-unary RPC: ``await method(request, timeout=..., metadata=...)``."""
 
-    def __init__(self, method: grpc.aio.UnaryUnaryMultiCallable, defaults: _CallDefaults) -> None:
+    def __init__(self, method: grpc.aio.UnaryUnaryMultiCallable[Any, Any], defaults: _CallDefaults) -> None:
         self._method = method
         self._defaults = defaults
 
@@ -293,7 +292,7 @@ class AsyncResponseStream:
     Breaking out early leaves the call open until its deadline; call :meth:`cancel` to end it.
     """
 
-    def __init__(self, call: grpc.aio.UnaryStreamCall) -> None:
+    def __init__(self, call: grpc.aio.UnaryStreamCall[Any, Any]) -> None:
         self._call = call
 
     def __aiter__(self) -> AsyncIterator[Any]:
@@ -316,7 +315,7 @@ class AsyncResponseStream:
 class _AsyncServerStream:
     """An async unary-stream RPC: ``async for response in method(request, ...)``."""
 
-    def __init__(self, method: grpc.aio.UnaryStreamMultiCallable, defaults: _CallDefaults) -> None:
+    def __init__(self, method: grpc.aio.UnaryStreamMultiCallable[Any, Any], defaults: _CallDefaults) -> None:
         self._method = method
         self._defaults = defaults
 
@@ -331,7 +330,7 @@ class _AsyncServerStream:
 class _SyncUnary:
     """A blocking unary-unary RPC: ``method(request, timeout=..., metadata=...)``."""
 
-    def __init__(self, method: grpc.UnaryUnaryMultiCallable, defaults: _CallDefaults) -> None:
+    def __init__(self, method: grpc.UnaryUnaryMultiCallable[Any, Any], defaults: _CallDefaults) -> None:
         self._method = method
         self._defaults = defaults
 
@@ -343,9 +342,17 @@ class _SyncUnary:
         try:
             return self._method(request, **call_kwargs, **kwargs)
         except grpc.RpcError as exc:
-            if isinstance(exc, grpc.Call):
+            # grpc's failed calls are both; the stubs declare trailing_metadata differently on each.
+            if isinstance(exc, grpc.Call):  # type: ignore[unreachable]
                 raise from_rpc_error(exc) from exc
             raise
+
+
+class _BlockingStreamCall(Protocol):
+    """A blocking server-streaming call (grpc's _MultiThreadedRendezvous): a Call and an iterator."""
+
+    def __next__(self) -> Any: ...
+    def cancel(self) -> bool: ...
 
 
 class ResponseStream:
@@ -354,7 +361,7 @@ class ResponseStream:
     Breaking out early leaves the call open until its deadline; call :meth:`cancel` to end it.
     """
 
-    def __init__(self, call: Any) -> None:  # grpc's _MultiThreadedRendezvous: a Call and an iterator
+    def __init__(self, call: _BlockingStreamCall) -> None:
         self._call = call
 
     def __iter__(self) -> Iterator[Any]:
@@ -364,7 +371,8 @@ class ResponseStream:
         try:
             return next(self._call)
         except grpc.RpcError as exc:
-            if isinstance(exc, grpc.Call):
+            # grpc's failed calls are both; the stubs declare trailing_metadata differently on each.
+            if isinstance(exc, grpc.Call):  # type: ignore[unreachable]
                 raise from_rpc_error(exc) from exc
             raise
 
@@ -376,7 +384,7 @@ class ResponseStream:
 class _SyncServerStream:
     """A blocking unary-stream RPC: ``for response in method(request, ...)``."""
 
-    def __init__(self, method: grpc.UnaryStreamMultiCallable, defaults: _CallDefaults) -> None:
+    def __init__(self, method: grpc.UnaryStreamMultiCallable[Any, Any], defaults: _CallDefaults) -> None:
         self._method = method
         self._defaults = defaults
 

@@ -16,20 +16,23 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from qdata.v1 import chat_pb2
 from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import audit
 from qdata_server.chat import convert, rules, tree
 from qdata_server.chat.sessions import load_session, message_not_found, session_ids
-from qdata_server.db.sql import fetch_all, fetch_one
+from qdata_server.db.connection import Conn
+from qdata_server.db.sql import fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import acting_for
 from qdata_server.errors import InvalidArgument
 from qdata_server.pagination import page_size
 from qdata_server.validation import Violations
+
+if TYPE_CHECKING:
+    from qdata_server.app import Deps
+    from qdata_server.config import Settings
 
 # Sequence numbers are bigint; "no upper bound" is one past the largest.
 NO_UPPER_BOUND = 2**63 - 1
@@ -40,12 +43,12 @@ _SCOPES = {chat_pb2.MESSAGE_SCOPE_UNSPECIFIED, chat_pb2.MESSAGE_SCOPE_ALL, chat_
 _ORDERS = {chat_pb2.MESSAGE_ORDER_UNSPECIFIED, chat_pb2.MESSAGE_ORDER_ASCENDING, chat_pb2.MESSAGE_ORDER_DESCENDING}
 
 
-def response_budget(settings) -> int:
+def response_budget(settings: Settings) -> int:
     """Bytes of messages one response may carry and still fit the maximum gRPC message size."""
     return settings.max_message_bytes - rules.RESPONSE_HEADROOM_BYTES
 
 
-async def append_messages(deps, request: chat_pb2.AppendMessagesRequest) -> chat_pb2.AppendMessagesResponse:
+async def append_messages(deps: Deps, request: chat_pb2.AppendMessagesRequest) -> chat_pb2.AppendMessagesResponse:
     v = Violations()
     user_id, session_id = session_ids(v, "user_id", request.user_id, "session_id", request.session_id)
     parent = None
@@ -60,7 +63,8 @@ async def append_messages(deps, request: chat_pb2.AppendMessagesRequest) -> chat
     )
     if v:
         raise InvalidArgument(v.items, reason=ErrorReason.ERROR_REASON_CONTENT_TOO_LARGE if too_large else None)
-    columns = {
+    assert user_id is not None and session_id is not None  # no violations
+    columns: dict[str, list[Any]] = {
         "roles": [rules.ROLE_TO_DB[m.role] for m in messages],
         "contents": [m.content for m in messages],
         "model_ids": [m.model_id for m in messages],
@@ -71,7 +75,7 @@ async def append_messages(deps, request: chat_pb2.AppendMessagesRequest) -> chat
     }
     keys = {"user_id": user_id, "session_id": session_id}
 
-    async def work(conn: psycopg.AsyncConnection) -> chat_pb2.AppendMessagesResponse:
+    async def work(conn: Conn) -> chat_pb2.AppendMessagesResponse:
         session = await load_session(conn, user_id, session_id, for_update=True)
         # The current leaf is live (or 0) by the session's invariant; a named parent must be.
         first_parent = session["current_leaf"] if parent is None else parent
@@ -96,7 +100,7 @@ async def append_messages(deps, request: chat_pb2.AppendMessagesRequest) -> chat
                 "jump_depths": [p.jump_depth for p in places],
             },
         )
-        updated = await fetch_one(
+        updated = await fetch_row(
             conn,
             "count_chat_append",
             {
@@ -126,7 +130,7 @@ async def append_messages(deps, request: chat_pb2.AppendMessagesRequest) -> chat
     return await deps.idempotent(request, chat_pb2.AppendMessagesResponse, work, user_id=user_id)
 
 
-async def list_messages(deps, request: chat_pb2.ListMessagesRequest) -> chat_pb2.ListMessagesResponse:
+async def list_messages(deps: Deps, request: chat_pb2.ListMessagesRequest) -> chat_pb2.ListMessagesResponse:
     v = Violations()
     user_id, session_id = session_ids(v, "user_id", request.user_id, "session_id", request.session_id)
     if request.scope not in _SCOPES:
@@ -144,6 +148,7 @@ async def list_messages(deps, request: chat_pb2.ListMessagesRequest) -> chat_pb2
     if request.page_size < 0:
         v.add("page_size", "must not be negative")
     v.raise_if_any()
+    assert user_id is not None and session_id is not None  # raise_if_any() passed
     limit = page_size(request.page_size)
     descending = request.order == chat_pb2.MESSAGE_ORDER_DESCENDING
     filters = {
@@ -166,7 +171,7 @@ async def list_messages(deps, request: chat_pb2.ListMessagesRequest) -> chat_pb2
     keys = {"user_id": user_id, "session_id": session_id}
     bounds = {"after": lower, "before": upper, "limit": limit + 1}
 
-    async def work(conn: psycopg.AsyncConnection) -> tuple[list[dict[str, Any]], int]:
+    async def work(conn: Conn) -> tuple[list[dict[str, Any]], int]:
         session = await load_session(conn, user_id, session_id)
         if not branch:
             name = "list_chat_messages_descending" if descending else "list_chat_messages_ascending"
@@ -192,7 +197,7 @@ async def list_messages(deps, request: chat_pb2.ListMessagesRequest) -> chat_pb2
 
 
 async def _branch_ascending(
-    conn: psycopg.AsyncConnection, keys: dict[str, Any], after: int, before: int, wanted: int
+    conn: Conn, keys: dict[str, Any], after: int, before: int, wanted: int
 ) -> list[dict[str, Any]]:
     """Up to wanted live messages of a branch numbered between the bounds, root first.
 
@@ -215,13 +220,14 @@ async def _branch_ascending(
         levels = min(2 * levels, _MAX_WINDOW_GROWTH * wanted)
 
 
-async def get_message(deps, request: chat_pb2.GetMessageRequest) -> chat_pb2.GetMessageResponse:
+async def get_message(deps: Deps, request: chat_pb2.GetMessageRequest) -> chat_pb2.GetMessageResponse:
     v = Violations()
     user_id, session_id = session_ids(v, "user_id", request.user_id, "session_id", request.session_id)
     sequence_number = rules.check_sequence_number(v, "sequence_number", request.sequence_number)
     v.raise_if_any()
+    assert user_id is not None and session_id is not None  # raise_if_any() passed
 
-    async def work(conn: psycopg.AsyncConnection) -> dict[str, Any]:
+    async def work(conn: Conn) -> dict[str, Any]:
         await load_session(conn, user_id, session_id)
         params = {"user_id": user_id, "session_id": session_id, "sequence_number": sequence_number}
         row = await fetch_one(conn, "get_live_chat_message", params)
@@ -234,14 +240,15 @@ async def get_message(deps, request: chat_pb2.GetMessageRequest) -> chat_pb2.Get
     )
 
 
-async def delete_message(deps, request: chat_pb2.DeleteMessageRequest) -> chat_pb2.DeleteMessageResponse:
+async def delete_message(deps: Deps, request: chat_pb2.DeleteMessageRequest) -> chat_pb2.DeleteMessageResponse:
     v = Violations()
     user_id, session_id = session_ids(v, "user_id", request.user_id, "session_id", request.session_id)
     sequence_number = rules.check_sequence_number(v, "sequence_number", request.sequence_number)
     v.raise_if_any()
+    assert user_id is not None and session_id is not None  # raise_if_any() passed
     keys = {"user_id": user_id, "session_id": session_id}
 
-    async def work(conn: psycopg.AsyncConnection) -> chat_pb2.DeleteMessageResponse:
+    async def work(conn: Conn) -> chat_pb2.DeleteMessageResponse:
         session = await load_session(conn, user_id, session_id, for_update=True)
         erased = await fetch_one(conn, "erase_chat_message", {**keys, "sequence_number": sequence_number})
         if erased is None:
@@ -251,9 +258,9 @@ async def delete_message(deps, request: chat_pb2.DeleteMessageRequest) -> chat_p
             parent = erased["parent_sequence_number"]
             leaf = 0
             if parent:
-                found = await fetch_one(conn, "nearest_live_chat_ancestor", {**keys, "start": parent})
+                found = await fetch_row(conn, "nearest_live_chat_ancestor", {**keys, "start": parent})
                 leaf = found["sequence_number"]
-        updated = await fetch_one(
+        updated = await fetch_row(
             conn,
             "count_chat_deletion",
             {
@@ -276,7 +283,9 @@ async def delete_message(deps, request: chat_pb2.DeleteMessageRequest) -> chat_p
     return await deps.idempotent(request, chat_pb2.DeleteMessageResponse, work, user_id=user_id)
 
 
-async def export_session(deps, request: chat_pb2.ExportSessionRequest) -> AsyncIterator[chat_pb2.ExportSessionResponse]:
+async def export_session(
+    deps: Deps, request: chat_pb2.ExportSessionRequest
+) -> AsyncIterator[chat_pb2.ExportSessionResponse]:
     """The session, then its live messages in order, one short transaction per chunk.
 
     No transaction stays open while a chunk travels to a slow reader. The end is fixed when the
@@ -286,10 +295,11 @@ async def export_session(deps, request: chat_pb2.ExportSessionRequest) -> AsyncI
     v = Violations()
     user_id, session_id = session_ids(v, "user_id", request.user_id, "session_id", request.session_id)
     v.raise_if_any()
+    assert user_id is not None and session_id is not None  # raise_if_any() passed
     keys: dict[str, uuid.UUID | None] = {"user_id": user_id, "session_id": session_id}
     budget = response_budget(deps.settings)
 
-    async def first(conn: psycopg.AsyncConnection) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    async def first(conn: Conn) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         session = await load_session(conn, user_id, session_id)
         rows = await fetch_all(
             conn,
@@ -305,7 +315,7 @@ async def export_session(deps, request: chat_pb2.ExportSessionRequest) -> AsyncI
     while more:
         params = {**keys, "after": messages[-1].sequence_number, "before": end, "limit": EXPORT_PAGE_SIZE + 1}
 
-        async def chunk(conn: psycopg.AsyncConnection, params=params) -> list[dict[str, Any]]:
+        async def chunk(conn: Conn, params: dict[str, Any] = params) -> list[dict[str, Any]]:
             rows = await fetch_all(conn, "list_chat_messages_ascending", params)
             if not rows:
                 await load_session(conn, user_id, session_id)  # deleted meanwhile: SESSION_NOT_FOUND

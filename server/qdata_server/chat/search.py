@@ -13,18 +13,20 @@ three characters are removed from the content first, so none can be forged.
 
 from __future__ import annotations
 
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from qdata.v1 import chat_pb2
 from qdata_server.chat import convert, rules
 from qdata_server.chat.sessions import load_session
+from qdata_server.db.connection import Conn
 from qdata_server.db.sql import fetch_all
 from qdata_server.db.transactions import acting_for
 from qdata_server.pagination import page_size
 from qdata_server.users.accounts import load_live_user
 from qdata_server.validation import Violations
+
+if TYPE_CHECKING:
+    from qdata_server.app import Deps
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
@@ -44,7 +46,7 @@ HEADLINE_OPTIONS = (
 WHOLE_MESSAGE_OPTIONS = f"StartSel={START_SEL}, StopSel={STOP_SEL}, HighlightAll=true"
 
 
-async def search_messages(deps, request: chat_pb2.SearchMessagesRequest) -> chat_pb2.SearchMessagesResponse:
+async def search_messages(deps: Deps, request: chat_pb2.SearchMessagesRequest) -> chat_pb2.SearchMessagesResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     session_id = v.uuid("session_id", request.session_id, required=False)
@@ -64,6 +66,7 @@ async def search_messages(deps, request: chat_pb2.SearchMessagesRequest) -> chat
     if request.page_size < 0:
         v.add("page_size", "must not be negative")
     v.raise_if_any()
+    assert user_id is not None  # raise_if_any() passed
     limit = page_size(request.page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
     filters = {
         "user_id": str(user_id),
@@ -74,7 +77,7 @@ async def search_messages(deps, request: chat_pb2.SearchMessagesRequest) -> chat
     tokens = await deps.page_tokens()
     cursor = tokens.open(request.page_token, "SearchMessages", filters)
 
-    async def work(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
+    async def work(conn: Conn) -> list[dict[str, Any]]:
         await load_live_user(conn, user_id)
         if session_id is not None:
             await load_session(conn, user_id, session_id)

@@ -3,49 +3,74 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from qdata.v1 import chat_pb2, chat_pb2_grpc
+from qdata_server.callctx import ServicerContext
 from qdata_server.chat import messages, search, sessions
+
+if TYPE_CHECKING:
+    from qdata_server.app import Deps
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     """Each method hands the request to the domain function that owns it."""
 
-    def __init__(self, deps):
+    def __init__(self, deps: Deps) -> None:
         self._deps = deps
 
-    async def CreateSession(self, request: chat_pb2.CreateSessionRequest, context) -> chat_pb2.CreateSessionResponse:
+    async def CreateSession(
+        self, request: chat_pb2.CreateSessionRequest, context: ServicerContext
+    ) -> chat_pb2.CreateSessionResponse:
         return await sessions.create_session(self._deps, request)
 
-    async def GetSession(self, request: chat_pb2.GetSessionRequest, context) -> chat_pb2.GetSessionResponse:
+    async def GetSession(
+        self, request: chat_pb2.GetSessionRequest, context: ServicerContext
+    ) -> chat_pb2.GetSessionResponse:
         return await sessions.get_session(self._deps, request)
 
-    async def ListSessions(self, request: chat_pb2.ListSessionsRequest, context) -> chat_pb2.ListSessionsResponse:
+    async def ListSessions(
+        self, request: chat_pb2.ListSessionsRequest, context: ServicerContext
+    ) -> chat_pb2.ListSessionsResponse:
         return await sessions.list_sessions(self._deps, request)
 
-    async def UpdateSession(self, request: chat_pb2.UpdateSessionRequest, context) -> chat_pb2.UpdateSessionResponse:
+    async def UpdateSession(
+        self, request: chat_pb2.UpdateSessionRequest, context: ServicerContext
+    ) -> chat_pb2.UpdateSessionResponse:
         return await sessions.update_session(self._deps, request)
 
-    async def DeleteSession(self, request: chat_pb2.DeleteSessionRequest, context) -> chat_pb2.DeleteSessionResponse:
+    async def DeleteSession(
+        self, request: chat_pb2.DeleteSessionRequest, context: ServicerContext
+    ) -> chat_pb2.DeleteSessionResponse:
         return await sessions.delete_session(self._deps, request)
 
-    async def AppendMessages(self, request: chat_pb2.AppendMessagesRequest, context) -> chat_pb2.AppendMessagesResponse:
+    async def AppendMessages(
+        self, request: chat_pb2.AppendMessagesRequest, context: ServicerContext
+    ) -> chat_pb2.AppendMessagesResponse:
         return await messages.append_messages(self._deps, request)
 
-    async def ListMessages(self, request: chat_pb2.ListMessagesRequest, context) -> chat_pb2.ListMessagesResponse:
+    async def ListMessages(
+        self, request: chat_pb2.ListMessagesRequest, context: ServicerContext
+    ) -> chat_pb2.ListMessagesResponse:
         return await messages.list_messages(self._deps, request)
 
-    async def GetMessage(self, request: chat_pb2.GetMessageRequest, context) -> chat_pb2.GetMessageResponse:
+    async def GetMessage(
+        self, request: chat_pb2.GetMessageRequest, context: ServicerContext
+    ) -> chat_pb2.GetMessageResponse:
         return await messages.get_message(self._deps, request)
 
-    async def DeleteMessage(self, request: chat_pb2.DeleteMessageRequest, context) -> chat_pb2.DeleteMessageResponse:
+    async def DeleteMessage(
+        self, request: chat_pb2.DeleteMessageRequest, context: ServicerContext
+    ) -> chat_pb2.DeleteMessageResponse:
         return await messages.delete_message(self._deps, request)
 
     async def ExportSession(
-        self, request: chat_pb2.ExportSessionRequest, context
+        self, request: chat_pb2.ExportSessionRequest, context: ServicerContext
     ) -> AsyncIterator[chat_pb2.ExportSessionResponse]:
         async for response in messages.export_session(self._deps, request):
             yield response
 
-    async def SearchMessages(self, request: chat_pb2.SearchMessagesRequest, context) -> chat_pb2.SearchMessagesResponse:
+    async def SearchMessages(
+        self, request: chat_pb2.SearchMessagesRequest, context: ServicerContext
+    ) -> chat_pb2.SearchMessagesResponse:
         return await search.search_messages(self._deps, request)

@@ -9,21 +9,24 @@ through Deps.idempotent scoped to the user.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 from psycopg.types.json import Jsonb
 
 from qdata.v1 import chat_pb2
 from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import audit
 from qdata_server.chat import convert, rules
-from qdata_server.db.sql import fetch_all, fetch_one
+from qdata_server.db.connection import Conn
+from qdata_server.db.sql import fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import acting_for
 from qdata_server.errors import NotFound, invalid
 from qdata_server.pagination import page_size
 from qdata_server.users.accounts import load_live_user, user_not_found
 from qdata_server.validation import Violations, mask_paths
+
+if TYPE_CHECKING:
+    from qdata_server.app import Deps
 
 _UPDATABLE_PATHS = {"title", "model_id", "pinned", "archived", "tags", "metadata", "current_leaf_sequence_number"}
 _ARCHIVED = {
@@ -43,7 +46,7 @@ def message_not_found() -> NotFound:
 
 
 async def load_session(
-    conn: psycopg.AsyncConnection, user_id: uuid.UUID, session_id: uuid.UUID, *, for_update: bool = False
+    conn: Conn, user_id: uuid.UUID, session_id: uuid.UUID, *, for_update: bool = False
 ) -> dict[str, Any]:
     """The user's session row (locked with for_update), or NOT_FOUND (SESSION_NOT_FOUND)."""
     params = {"user_id": user_id, "session_id": session_id}
@@ -53,15 +56,17 @@ async def load_session(
     return row
 
 
-def session_ids(v: Violations, user_field: str, user_value: str, session_field: str, session_value: str):
+def session_ids(
+    v: Violations, user_field: str, user_value: str, session_field: str, session_value: str
+) -> tuple[uuid.UUID | None, uuid.UUID | None]:
     """Parses the (user_id, session_id) pair every session-scoped request carries."""
     return v.uuid(user_field, user_value), v.uuid(session_field, session_value)
 
 
-async def create_session(deps, request: chat_pb2.CreateSessionRequest) -> chat_pb2.CreateSessionResponse:
+async def create_session(deps: Deps, request: chat_pb2.CreateSessionRequest) -> chat_pb2.CreateSessionResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
-    values = {
+    values: dict[str, Any] = {
         "user_id": user_id,
         "model_id": rules.check_model_id(v, "model_id", request.model_id),
         "title": rules.check_title(v, "title", request.title),
@@ -71,11 +76,11 @@ async def create_session(deps, request: chat_pb2.CreateSessionRequest) -> chat_p
     }
     v.raise_if_any()
 
-    async def work(conn: psycopg.AsyncConnection) -> chat_pb2.CreateSessionResponse:
+    async def work(conn: Conn) -> chat_pb2.CreateSessionResponse:
         # Share-locks the user: a DeleteUser running now either sees this session or makes it fail.
         if await fetch_one(conn, "share_live_chat_user", {"user_id": user_id}) is None:
             raise user_not_found()
-        row = await fetch_one(conn, "insert_chat_session", values)
+        row = await fetch_row(conn, "insert_chat_session", values)
         await audit.record(
             conn,
             action="chat.CreateSession",
@@ -89,15 +94,16 @@ async def create_session(deps, request: chat_pb2.CreateSessionRequest) -> chat_p
     return await deps.idempotent(request, chat_pb2.CreateSessionResponse, work, user_id=user_id)
 
 
-async def get_session(deps, request: chat_pb2.GetSessionRequest) -> chat_pb2.GetSessionResponse:
+async def get_session(deps: Deps, request: chat_pb2.GetSessionRequest) -> chat_pb2.GetSessionResponse:
     v = Violations()
     user_id, session_id = session_ids(v, "user_id", request.user_id, "session_id", request.session_id)
     v.raise_if_any()
+    assert user_id is not None and session_id is not None  # raise_if_any() passed
     row = await deps.transaction(lambda conn: load_session(conn, user_id, session_id), acting=acting_for(user_id))
     return chat_pb2.GetSessionResponse(session=convert.session(row))
 
 
-async def list_sessions(deps, request: chat_pb2.ListSessionsRequest) -> chat_pb2.ListSessionsResponse:
+async def list_sessions(deps: Deps, request: chat_pb2.ListSessionsRequest) -> chat_pb2.ListSessionsResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     if len(request.tags) > rules.MAX_TAGS:
@@ -108,6 +114,7 @@ async def list_sessions(deps, request: chat_pb2.ListSessionsRequest) -> chat_pb2
     if request.page_size < 0:
         v.add("page_size", "must not be negative")
     v.raise_if_any()
+    assert user_id is not None  # raise_if_any() passed
     limit = page_size(request.page_size)
     pinned = request.pinned if request.HasField("pinned") else None
     archived = _ARCHIVED[request.archive_filter]
@@ -115,7 +122,7 @@ async def list_sessions(deps, request: chat_pb2.ListSessionsRequest) -> chat_pb2
     tokens = await deps.page_tokens()
     cursor = tokens.open(request.page_token, "ListSessions", filters)
 
-    async def work(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
+    async def work(conn: Conn) -> list[dict[str, Any]]:
         await load_live_user(conn, user_id)
         return await fetch_all(
             conn,
@@ -142,7 +149,7 @@ async def list_sessions(deps, request: chat_pb2.ListSessionsRequest) -> chat_pb2
     return chat_pb2.ListSessionsResponse(sessions=[convert.session(r) for r in rows], next_page_token=next_token)
 
 
-async def update_session(deps, request: chat_pb2.UpdateSessionRequest) -> chat_pb2.UpdateSessionResponse:
+async def update_session(deps: Deps, request: chat_pb2.UpdateSessionRequest) -> chat_pb2.UpdateSessionResponse:
     paths = mask_paths("update_mask", list(request.update_mask.paths), _UPDATABLE_PATHS, prefixes=("metadata.",))
     given = request.session
     v = Violations()
@@ -167,8 +174,9 @@ async def update_session(deps, request: chat_pb2.UpdateSessionRequest) -> chat_p
     if "current_leaf_sequence_number" in paths:
         rules.check_sequence_number(v, "session.current_leaf_sequence_number", given.current_leaf_sequence_number)
     v.raise_if_any()
+    assert user_id is not None and session_id is not None  # raise_if_any() passed
 
-    async def work(conn: psycopg.AsyncConnection) -> chat_pb2.UpdateSessionResponse:
+    async def work(conn: Conn) -> chat_pb2.UpdateSessionResponse:
         row = await load_session(conn, user_id, session_id, for_update=True)
         values = _merge(row, given, paths, tags, metadata_keys)
         if len(values["metadata"]) > rules.MAX_METADATA_ENTRIES:
@@ -177,7 +185,7 @@ async def update_session(deps, request: chat_pb2.UpdateSessionRequest) -> chat_p
             params = {"user_id": user_id, "session_id": session_id, "sequence_number": values["current_leaf"]}
             if await fetch_one(conn, "get_live_chat_message", params) is None:
                 raise message_not_found()
-        updated = await fetch_one(
+        updated = await fetch_row(
             conn, "update_chat_session", {**values, "metadata": Jsonb(values["metadata"]), "user_id": user_id}
         )
         # Field names and the non-personal values only (no title, model or metadata values).
@@ -226,12 +234,12 @@ def _merge(
     return values
 
 
-async def delete_session(deps, request: chat_pb2.DeleteSessionRequest) -> chat_pb2.DeleteSessionResponse:
+async def delete_session(deps: Deps, request: chat_pb2.DeleteSessionRequest) -> chat_pb2.DeleteSessionResponse:
     v = Violations()
     user_id, session_id = session_ids(v, "user_id", request.user_id, "session_id", request.session_id)
     v.raise_if_any()
 
-    async def work(conn: psycopg.AsyncConnection) -> chat_pb2.DeleteSessionResponse:
+    async def work(conn: Conn) -> chat_pb2.DeleteSessionResponse:
         row = await fetch_one(conn, "delete_chat_session", {"user_id": user_id, "session_id": session_id})
         if row is None:
             raise session_not_found()

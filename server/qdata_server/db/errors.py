@@ -35,6 +35,8 @@ Decisions, by class:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import PoolTimeout
@@ -62,7 +64,7 @@ def contention() -> Aborted:
 
 
 # Exact SQLSTATEs first, then whole classes (the first two characters).
-_BY_SQLSTATE = {
+_BY_SQLSTATE: dict[str, Callable[[], QdataError]] = {
     "25006": lambda: Unavailable(
         "the database is read-only (a replica or in maintenance); retry the request",
         reason=ErrorReason.ERROR_REASON_DATABASE_READ_ONLY,
@@ -75,7 +77,7 @@ _BY_SQLSTATE = {
     "55P03": contention,
     "57014": lambda: DeadlineExceeded("the deadline expired while the database was working"),
 }
-_BY_CLASS = {
+_BY_CLASS: dict[str, Callable[[], QdataError]] = {
     "08": unavailable,
     # 40001/40P01 only arrive here if a caller runs without retries; other rollbacks alike.
     "40": contention,

@@ -14,8 +14,11 @@ import hashlib
 import logging
 import re
 from importlib import resources
+from typing import Any, LiteralString
 
 import psycopg
+
+from qdata_server.db.connection import Conn
 
 log = logging.getLogger("qdata.migrate")
 
@@ -133,8 +136,16 @@ def pending(files: list[Migration], applied: list[AppliedMigration]) -> list[Mig
     return [m for m in files if m.version not in done]
 
 
-def _applied(conn: psycopg.Connection) -> list[AppliedMigration]:
-    exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]
+def _value(conn: psycopg.Connection[Any], sql: LiteralString) -> Any:
+    """The value a single-row, single-column query returns."""
+    row = conn.execute(sql).fetchone()
+    if row is None:
+        raise MigrationError("a single-row query returned no row")
+    return row[0]
+
+
+def _applied(conn: psycopg.Connection[Any]) -> list[AppliedMigration]:
+    exists = _value(conn, "SELECT to_regclass('schema_migrations') IS NOT NULL")
     if not exists:
         return []
     rows = conn.execute(
@@ -155,7 +166,7 @@ def migrate(conninfo: str) -> list[str]:
             for migration in pending(files, _applied(conn)):
                 with conn.transaction():
                     conn.execute(migration.sql.encode("utf-8"))
-                    fingerprint = conn.execute(_FINGERPRINT).fetchone()[0]
+                    fingerprint = _value(conn, _FINGERPRINT)
                     conn.execute(
                         "INSERT INTO schema_migrations (version, name, checksum, fingerprint) VALUES (%s, %s, %s, %s)",
                         (migration.version, migration.name, migration.checksum, fingerprint),
@@ -184,7 +195,7 @@ def verify(conninfo: str) -> list[str]:
             return [str(exc)]
         problems += [f"migration {m.version:04d}_{m.name} is not applied" for m in todo]
         if applied and not todo:
-            live = conn.execute(_FINGERPRINT).fetchone()[0]
+            live = _value(conn, _FINGERPRINT)
             if live != applied[-1].fingerprint:
                 problems.append(
                     "the live schema differs from the one the migrations produced "
@@ -193,10 +204,11 @@ def verify(conninfo: str) -> list[str]:
     return problems
 
 
-async def pending_count(conn: psycopg.AsyncConnection) -> int:
+async def pending_count(conn: Conn) -> int:
     """Number of pending migrations, for the health check; raises MigrationError on a bad history."""
     cur = await conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL AS present")
-    if not (await cur.fetchone())["present"]:
+    present = await cur.fetchone()
+    if present is None or not present["present"]:
         return len(load_migrations())
     cur = await conn.execute("SELECT version, name, checksum, fingerprint FROM schema_migrations ORDER BY version")
     rows = [AppliedMigration(r["version"], r["name"], r["checksum"], r["fingerprint"]) for r in await cur.fetchall()]

@@ -11,10 +11,11 @@ from typing import Any
 
 import psycopg
 from psycopg.pq import TransactionStatus
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from qdata_server.config import Settings
+from qdata_server.db.connection import Conn
 
 # A connection given back less than this long ago is handed out again without a liveness round
 # trip if nothing arrived on its socket since: it just worked, and a server that ended it since
@@ -28,14 +29,14 @@ CHECK_TIMEOUT_SECONDS = 1.0
 # while the database is back, so each attempt gives up after about a second; waiting requests and
 # the health monitor (QdataPool.revive) start fresh attempts, which connect at once.
 RECONNECT_GIVE_UP_SECONDS = 1.0
-_returned_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection, float] = weakref.WeakKeyDictionary()
+_returned_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = weakref.WeakKeyDictionary()
 
 
-async def _note_return(conn: psycopg.AsyncConnection) -> None:
+async def _note_return(conn: Conn) -> None:
     _returned_at[conn] = time.monotonic()
 
 
-def _has_unread_input(conn: psycopg.AsyncConnection) -> bool:
+def _has_unread_input(conn: psycopg.AsyncConnection[Any]) -> bool:
     """True if the idle connection's socket is readable: the server said something (or hung up)."""
     try:
         fd = conn.pgconn.socket
@@ -46,7 +47,7 @@ def _has_unread_input(conn: psycopg.AsyncConnection) -> bool:
     return bool(poller.poll(0))
 
 
-async def _usable(conn: psycopg.AsyncConnection, within: float) -> bool:
+async def _usable(conn: psycopg.AsyncConnection[Any], within: float) -> bool:
     """Whether a connection taken from the pool works, at no round trip when that is certain."""
     if conn.closed or conn.broken:
         return False
@@ -63,7 +64,7 @@ async def _usable(conn: psycopg.AsyncConnection, within: float) -> bool:
     return True
 
 
-class QdataPool(AsyncConnectionPool):
+class QdataPool(AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]):
     """psycopg's pool, with a checkout that drops dead connections without sleeping, and a close
     that leaves no connection behind.
 
@@ -78,17 +79,17 @@ class QdataPool(AsyncConnectionPool):
     cancels such a connection's statement in the server and closes it.
     """
 
-    def __init__(self, *args: Any, pipelined: bool = True, **kwargs: Any):
+    def __init__(self, *args: Any, pipelined: bool = True, **kwargs: Any) -> None:
         # Whether transactions on this pool run in pipeline mode (db/transactions.py). Off in the
         # mode for PgBouncer older than 1.21 (QDATA_PREPARED_STATEMENTS=false): behind PgBouncer
         # 1.18 in transaction mode, pipelined transactions now and then left a server connection
         # linked to a client whose backend sat idle after COMMIT, and every later call waited
         # forever (tests/integration/test_pgbouncer.py).
         self.pipelined = pipelined
-        self._made: weakref.WeakSet[psycopg.AsyncConnection] = weakref.WeakSet()
+        self._made: weakref.WeakSet[Conn] = weakref.WeakSet()
         super().__init__(*args, configure=self._register, **kwargs)
 
-    async def _register(self, conn: psycopg.AsyncConnection) -> None:
+    async def _register(self, conn: Conn) -> None:
         self._made.add(conn)
 
     async def close_all(self, wait_seconds: float = 5.0) -> int:
@@ -103,7 +104,7 @@ class QdataPool(AsyncConnectionPool):
             await conn.close()
         return len(lent)
 
-    async def getconn(self, timeout: float | None = None) -> psycopg.AsyncConnection:  # noqa: ASYNC109 (the pool's API)
+    async def getconn(self, timeout: float | None = None) -> Conn:  # noqa: ASYNC109 (the pool's API)
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             left = deadline - time.monotonic()

@@ -37,7 +37,7 @@ def ensure_service_login(owner_conninfo: str, login: str, *, password: str | Non
                 conn.execute(create)
             except pg_errors.DuplicateObject:
                 pass  # created meanwhile by another process
-        member = conn.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", (login, SERVICE_GROUP)).fetchone()[0]
-        if not member:
+        member = conn.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", (login, SERVICE_GROUP)).fetchone()
+        if not (member and member[0]):
             conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(SERVICE_GROUP), sql.Identifier(login)))
     return make_conninfo(owner_conninfo, user=login, password=password or "")

@@ -17,6 +17,8 @@ import re
 from importlib import resources
 from typing import LiteralString, cast
 
+from qdata_server.db.connection import Conn, Params, Row
+
 _NAME_LINE = re.compile(r"^--\s*name:\s*(?P<name>[a-z_][a-z0-9_]*)\s*$")
 
 
@@ -71,7 +73,8 @@ _QUERIES = _load_all()
 def query(name: str) -> LiteralString:
     """The SQL text of a named block (a literal from a shipped file, hence LiteralString)."""
     try:
-        return cast(LiteralString, _QUERIES[name])
+        # mypy reads LiteralString as str; the cast is for checkers that tell them apart.
+        return cast(LiteralString, _QUERIES[name])  # type: ignore[redundant-cast]
     except KeyError:
         raise SqlError(f"unknown query {name!r}") from None
 
@@ -81,19 +84,28 @@ def names() -> list[str]:
     return sorted(_QUERIES)
 
 
-async def fetch_one(conn, name: str, params: dict | None = None) -> dict | None:
+async def fetch_one(conn: Conn, name: str, params: Params | None = None) -> Row | None:
     """Runs a named block and returns its first row (a dict) or None."""
     cur = await conn.execute(query(name), params or {})
     return await cur.fetchone()
 
 
-async def fetch_all(conn, name: str, params: dict | None = None) -> list[dict]:
+async def fetch_row(conn: Conn, name: str, params: Params | None = None) -> Row:
+    """Runs a named block that always returns a row (a function call, an aggregate, INSERT ...
+    RETURNING) and returns its first; no row at all is a bug (SqlError, answered as INTERNAL)."""
+    row = await fetch_one(conn, name, params)
+    if row is None:
+        raise SqlError(f"query {name!r} returned no row")
+    return row
+
+
+async def fetch_all(conn: Conn, name: str, params: Params | None = None) -> list[Row]:
     """Runs a named block and returns all its rows."""
     cur = await conn.execute(query(name), params or {})
     return await cur.fetchall()
 
 
-async def execute(conn, name: str, params: dict | None = None) -> None:
+async def execute(conn: Conn, name: str, params: Params | None = None) -> None:
     """Runs a named block for its effect.
 
     In a server transaction (pipeline mode) the statement is only queued: it reaches the database

@@ -35,7 +35,7 @@ import random
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import psycopg
@@ -45,6 +45,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import callctx
 from qdata_server.contract import wire_reason
+from qdata_server.db.connection import Conn, Pool
 from qdata_server.db.errors import RETRYABLE as _RETRYABLE
 from qdata_server.db.errors import contention, database_error, unavailable
 from qdata_server.db.sql import query
@@ -70,7 +71,7 @@ PREPARED_STATEMENTS_FIX = (
     "set QDATA_PREPARED_STATEMENTS=false, or run PgBouncer 1.21 or later with max_prepared_statements > 0"
 )
 # Pools that lost a prepared statement to a pooler; health reports NOT_SERVING for them.
-_pooler_broke_prepared: weakref.WeakSet[AsyncConnectionPool] = weakref.WeakSet()
+_pooler_broke_prepared: weakref.WeakSet[AsyncConnectionPool[Any]] = weakref.WeakSet()
 # Headroom kept from the caller's deadline so the answer still reaches it in time.
 _DEADLINE_MARGIN_SECONDS = 0.05
 # Headroom kept when waiting for a pooled connection: UNAVAILABLE must reach the caller before its
@@ -123,8 +124,8 @@ ACTING_FOR_ALL_USERS = Acting(all_users=True)
 
 
 async def run(
-    pool: AsyncConnectionPool,
-    work: Callable[[psycopg.AsyncConnection], Awaitable[T]],
+    pool: Pool,
+    work: Callable[[Conn], Awaitable[T]],
     *,
     acting: Acting,
     retries: int = 5,
@@ -169,12 +170,12 @@ async def run(
             raise error from None
 
 
-def prepared_statements_unsupported(pool: AsyncConnectionPool) -> bool:
+def prepared_statements_unsupported(pool: AsyncConnectionPool[Any]) -> bool:
     """True once a transaction on this pool lost a prepared statement to a pooler (see run)."""
     return pool in _pooler_broke_prepared
 
 
-def prepared_statement_lost(pool: AsyncConnectionPool, exc: psycopg.Error) -> Unavailable:
+def prepared_statement_lost(pool: AsyncConnectionPool[Any], exc: psycopg.Error) -> Unavailable:
     """Notes a PREPARED_STATEMENT_LOST error on pool (the first is logged with the fix); returns
     the UNAVAILABLE it becomes."""
     connect_kwargs = pool.kwargs if isinstance(pool.kwargs, dict) else {}
@@ -199,14 +200,16 @@ def prepared_statement_lost(pool: AsyncConnectionPool, exc: psycopg.Error) -> Un
     )
 
 
-async def name_acting(conn: psycopg.AsyncConnection, acting: Acting, *, statement_timeout: str | None = None) -> None:
+async def name_acting(
+    conn: psycopg.AsyncConnection[Any], acting: Acting, *, statement_timeout: str | None = None
+) -> None:
     """Names whom the transaction open on conn acts for (and bounds its statements)."""
     await conn.execute(query("begin_transaction"), {**acting.settings(), "statement_timeout": statement_timeout})
 
 
 async def _run_once(
-    pool: AsyncConnectionPool,
-    work: Callable[[psycopg.AsyncConnection], Awaitable[T]],
+    pool: Pool,
+    work: Callable[[Conn], Awaitable[T]],
     acting: Acting,
     snapshot: bool,
 ) -> T:

@@ -15,36 +15,48 @@ still shows ACTIVE), and never takes effect twice.
 from __future__ import annotations
 
 import uuid
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import psycopg
+from google.protobuf.message import Message
 
 from qdata.v1 import ledger_pb2
 from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import audit
-from qdata_server.db.sql import execute, fetch_one
+from qdata_server.db.connection import Conn
+from qdata_server.db.sql import execute, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
 from qdata_server.errors import FieldViolation, Internal, InvalidArgument
 from qdata_server.idempotency import RequestKey, check_same_request, request_key
 from qdata_server.ledger import convert, rules
 from qdata_server.validation import Violations
 
+if TYPE_CHECKING:
+    from qdata_server.app import Deps
+
+M = TypeVar("M", bound=Message)
 R = TypeVar(
     "R", ledger_pb2.DepositResponse, ledger_pb2.ChargeResponse, ledger_pb2.RefundResponse, ledger_pb2.TransferResponse
 )
 
 
-async def _transaction(conn: psycopg.AsyncConnection, user_id: uuid.UUID, transaction_id: uuid.UUID):
-    row = await fetch_one(conn, "ledger_get_transaction", {"user_id": user_id, "transaction_id": transaction_id})
+class _Amounted(Protocol):
+    """A request that moves an amount of money (its currency field is named by the caller)."""
+
+    @property
+    def amount_micros(self) -> int: ...
+
+
+async def _transaction(conn: Conn, user_id: uuid.UUID, transaction_id: uuid.UUID) -> ledger_pb2.Transaction:
+    row = await fetch_row(conn, "ledger_get_transaction", {"user_id": user_id, "transaction_id": transaction_id})
     return convert.transaction(row)
 
 
-async def _hold(conn: psycopg.AsyncConnection, user_id: uuid.UUID, hold_id: uuid.UUID) -> ledger_pb2.Hold:
-    row = await fetch_one(conn, "ledger_get_hold", {"user_id": user_id, "hold_id": hold_id})
+async def _hold(conn: Conn, user_id: uuid.UUID, hold_id: uuid.UUID) -> ledger_pb2.Hold:
+    row = await fetch_row(conn, "ledger_get_hold", {"user_id": user_id, "hold_id": hold_id})
     return convert.hold(row, row["read_at"])
 
 
-async def request_holder(conn: psycopg.AsyncConnection, key: RequestKey) -> dict[str, Any]:
+async def request_holder(conn: Conn, key: RequestKey) -> dict[str, Any]:
     """The ledger row that carries key, checked to be the same request (else REQUEST_ID_REUSED).
 
     Only called once a ledger function reported the key as taken, so the row exists.
@@ -56,14 +68,16 @@ async def request_holder(conn: psycopg.AsyncConnection, key: RequestKey) -> dict
     return row
 
 
-async def _first_transaction(conn: psycopg.AsyncConnection, user_id: uuid.UUID, transaction_id: uuid.UUID):
+async def _first_transaction(conn: Conn, user_id: uuid.UUID, transaction_id: uuid.UUID) -> ledger_pb2.Transaction:
     """A transaction as its request first answered it: nothing refunded yet (the rest is immutable)."""
     transaction = await _transaction(conn, user_id, transaction_id)
     transaction.refunded_micros = 0
     return transaction
 
 
-async def _record(conn, action: str, target_type: str, target_id: Any, user_id: uuid.UUID, **summary) -> None:
+async def _record(
+    conn: Conn, action: str, target_type: str, target_id: Any, user_id: uuid.UUID, **summary: Any
+) -> None:
     await audit.record(
         conn,
         action=f"ledger.{action}",
@@ -75,8 +89,8 @@ async def _record(conn, action: str, target_type: str, target_id: Any, user_id: 
 
 
 async def _post(
-    deps,
-    request,
+    deps: Deps,
+    request: Message,
     response_type: type[R],
     query_name: str,
     owner: uuid.UUID,
@@ -85,7 +99,7 @@ async def _post(
     params: dict[str, Any],
     summary: dict[str, Any],
     counterparty: uuid.UUID | None = None,
-    canonical=None,
+    canonical: Message | None = None,
 ) -> R:
     """Runs one money-moving ledger function idempotently, audits it and answers its transaction.
 
@@ -96,12 +110,12 @@ async def _post(
 
     key = request_key(request, user_id=owner, canonical=canonical)
 
-    async def work(conn: psycopg.AsyncConnection) -> R:
-        row = await fetch_one(conn, query_name, {**params, **key.params()})
+    async def work(conn: Conn) -> R:
+        row = await fetch_row(conn, query_name, {**params, **key.params()})
         await _record(conn, action, "transaction", row["transaction_id"], owner, **summary)
         return response_type(transaction=await _transaction(conn, owner, row["transaction_id"]))
 
-    async def remembered(conn: psycopg.AsyncConnection) -> R:
+    async def remembered(conn: Conn) -> R:
         holder = await request_holder(conn, key)
         return response_type(transaction=await _first_transaction(conn, owner, holder["transaction_id"]))
 
@@ -111,7 +125,7 @@ async def _post(
     )
 
 
-def _understood(request, **resolved):
+def _understood(request: M, **resolved: object) -> M:
     """The request with its defaults filled in as the server resolved them (for replay matching)."""
     copy = type(request)()
     copy.CopyFrom(request)
@@ -120,12 +134,12 @@ def _understood(request, **resolved):
     return copy
 
 
-def _money(request, v: Violations, *, currency_field: str = "currency_code") -> str:
+def _money(request: _Amounted, v: Violations, *, currency_field: str = "currency_code") -> str:
     rules.amount(v, "amount_micros", request.amount_micros)
     return rules.currency(v, currency_field, getattr(request, currency_field))
 
 
-async def deposit(deps, request: ledger_pb2.DepositRequest) -> ledger_pb2.DepositResponse:
+async def deposit(deps: Deps, request: ledger_pb2.DepositRequest) -> ledger_pb2.DepositResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     currency = _money(request, v)
@@ -141,6 +155,7 @@ async def deposit(deps, request: ledger_pb2.DepositRequest) -> ledger_pb2.Deposi
         v.add("external_reference", "is required for a PAYMENT deposit (the payment provider's reference)")
     rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
     v.raise_if_any()
+    assert user_id is not None  # raise_if_any() passed
     rules.check_supported("currency_code", currency, deps.settings.ledger_currencies)
 
     return await _post(
@@ -167,13 +182,14 @@ async def deposit(deps, request: ledger_pb2.DepositRequest) -> ledger_pb2.Deposi
     )
 
 
-async def charge(deps, request: ledger_pb2.ChargeRequest) -> ledger_pb2.ChargeResponse:
+async def charge(deps: Deps, request: ledger_pb2.ChargeRequest) -> ledger_pb2.ChargeResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     currency = _money(request, v)
     rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
     rules.text(v, "reference", request.reference, rules.MAX_REFERENCE_LENGTH)
     v.raise_if_any()
+    assert user_id is not None  # raise_if_any() passed
     rules.check_supported("currency_code", currency, deps.settings.ledger_currencies)
 
     return await _post(
@@ -195,13 +211,14 @@ async def charge(deps, request: ledger_pb2.ChargeRequest) -> ledger_pb2.ChargeRe
     )
 
 
-async def refund(deps, request: ledger_pb2.RefundRequest) -> ledger_pb2.RefundResponse:
+async def refund(deps: Deps, request: ledger_pb2.RefundRequest) -> ledger_pb2.RefundResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     original_id = v.uuid("original_transaction_id", request.original_transaction_id)
     rules.amount(v, "amount_micros", request.amount_micros)
     rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
     v.raise_if_any()
+    assert user_id is not None and original_id is not None  # raise_if_any() passed
 
     return await _post(
         deps,
@@ -220,7 +237,7 @@ async def refund(deps, request: ledger_pb2.RefundRequest) -> ledger_pb2.RefundRe
     )
 
 
-async def transfer(deps, request: ledger_pb2.TransferRequest) -> ledger_pb2.TransferResponse:
+async def transfer(deps: Deps, request: ledger_pb2.TransferRequest) -> ledger_pb2.TransferResponse:
     v = Violations()
     from_id = v.uuid("from_user_id", request.from_user_id)
     to_id = v.uuid("to_user_id", request.to_user_id)
@@ -228,6 +245,7 @@ async def transfer(deps, request: ledger_pb2.TransferRequest) -> ledger_pb2.Tran
     rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
     rules.text(v, "reference", request.reference, rules.MAX_REFERENCE_LENGTH)
     v.raise_if_any()
+    assert from_id is not None and to_id is not None  # raise_if_any() passed
     if from_id == to_id:
         raise InvalidArgument(
             [FieldViolation("to_user_id", "must differ from from_user_id")],
@@ -256,7 +274,7 @@ async def transfer(deps, request: ledger_pb2.TransferRequest) -> ledger_pb2.Tran
     )
 
 
-async def create_hold(deps, request: ledger_pb2.CreateHoldRequest) -> ledger_pb2.CreateHoldResponse:
+async def create_hold(deps: Deps, request: ledger_pb2.CreateHoldRequest) -> ledger_pb2.CreateHoldResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     currency = _money(request, v)
@@ -264,11 +282,12 @@ async def create_hold(deps, request: ledger_pb2.CreateHoldRequest) -> ledger_pb2
     rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
     rules.text(v, "reference", request.reference, rules.MAX_REFERENCE_LENGTH)
     v.raise_if_any()
+    assert user_id is not None  # raise_if_any() passed
     rules.check_supported("currency_code", currency, deps.settings.ledger_currencies)
     key = request_key(request, user_id=user_id, canonical=_understood(request, currency_code=currency))
 
-    async def work(conn: psycopg.AsyncConnection) -> ledger_pb2.CreateHoldResponse:
-        row = await fetch_one(
+    async def work(conn: Conn) -> ledger_pb2.CreateHoldResponse:
+        row = await fetch_row(
             conn,
             "ledger_create_hold",
             {
@@ -293,9 +312,9 @@ async def create_hold(deps, request: ledger_pb2.CreateHoldRequest) -> ledger_pb2
         )
         return ledger_pb2.CreateHoldResponse(hold=await _hold(conn, user_id, row["hold_id"]))
 
-    async def remembered(conn: psycopg.AsyncConnection) -> ledger_pb2.CreateHoldResponse:
+    async def remembered(conn: Conn) -> ledger_pb2.CreateHoldResponse:
         holder = await request_holder(conn, key)
-        row = await fetch_one(conn, "ledger_get_hold", {"user_id": user_id, "hold_id": holder["hold_id"]})
+        row = await fetch_row(conn, "ledger_get_hold", {"user_id": user_id, "hold_id": holder["hold_id"]})
         # The hold as it was created: active, nothing captured (its other columns never change).
         created = {**row, "status": "active", "captured_micros": 0, "capture_transaction_id": None, "resolved_at": None}
         return ledger_pb2.CreateHoldResponse(hold=convert.hold(created, row["created_at"]))
@@ -305,17 +324,18 @@ async def create_hold(deps, request: ledger_pb2.CreateHoldRequest) -> ledger_pb2
     )
 
 
-async def capture_hold(deps, request: ledger_pb2.CaptureHoldRequest) -> ledger_pb2.CaptureHoldResponse:
+async def capture_hold(deps: Deps, request: ledger_pb2.CaptureHoldRequest) -> ledger_pb2.CaptureHoldResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     hold_id = v.uuid("hold_id", request.hold_id)
     rules.amount(v, "amount_micros", request.amount_micros)
     rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
     v.raise_if_any()
+    assert user_id is not None and hold_id is not None  # raise_if_any() passed
     key = request_key(request, user_id=user_id)
 
-    async def work(conn: psycopg.AsyncConnection) -> ledger_pb2.CaptureHoldResponse:
-        row = await fetch_one(
+    async def work(conn: Conn) -> ledger_pb2.CaptureHoldResponse:
+        row = await fetch_row(
             conn,
             "ledger_capture_hold",
             {
@@ -340,7 +360,7 @@ async def capture_hold(deps, request: ledger_pb2.CaptureHoldRequest) -> ledger_p
             transaction=await _transaction(conn, user_id, row["transaction_id"]),
         )
 
-    async def remembered(conn: psycopg.AsyncConnection) -> ledger_pb2.CaptureHoldResponse:
+    async def remembered(conn: Conn) -> ledger_pb2.CaptureHoldResponse:
         holder = await request_holder(conn, key)
         # A captured hold never changes again.
         return ledger_pb2.CaptureHoldResponse(
@@ -353,19 +373,20 @@ async def capture_hold(deps, request: ledger_pb2.CaptureHoldRequest) -> ledger_p
     )
 
 
-async def release_hold(deps, request: ledger_pb2.ReleaseHoldRequest) -> ledger_pb2.ReleaseHoldResponse:
+async def release_hold(deps: Deps, request: ledger_pb2.ReleaseHoldRequest) -> ledger_pb2.ReleaseHoldResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     hold_id = v.uuid("hold_id", request.hold_id)
     v.raise_if_any()
+    assert user_id is not None and hold_id is not None  # raise_if_any() passed
     key = request_key(request, user_id=user_id)
 
-    async def work(conn: psycopg.AsyncConnection) -> ledger_pb2.ReleaseHoldResponse:
+    async def work(conn: Conn) -> ledger_pb2.ReleaseHoldResponse:
         await execute(conn, "ledger_release_hold", {"user_id": user_id, "hold_id": hold_id, **key.params()})
         await _record(conn, "ReleaseHold", "hold", hold_id, user_id)
         return ledger_pb2.ReleaseHoldResponse(hold=await _hold(conn, user_id, hold_id))
 
-    async def remembered(conn: psycopg.AsyncConnection) -> ledger_pb2.ReleaseHoldResponse:
+    async def remembered(conn: Conn) -> ledger_pb2.ReleaseHoldResponse:
         holder = await request_holder(conn, key)
         # A released hold never changes again.
         return ledger_pb2.ReleaseHoldResponse(hold=await _hold(conn, user_id, holder["hold_id"]))
@@ -375,10 +396,11 @@ async def release_hold(deps, request: ledger_pb2.ReleaseHoldRequest) -> ledger_p
     )
 
 
-async def sweep_expired_holds(deps, *, batch: int = 500) -> int:
+async def sweep_expired_holds(deps: Deps, *, batch: int = 500) -> int:
     """Resolves expired holds of up to `batch` accounts (the background sweeper); returns the count."""
     # The background sweeper resolves any user's expired holds: a cross-user path.
     row = await deps.transaction(
-        lambda conn: fetch_one(conn, "ledger_sweep_expired_holds", {"limit": batch}), acting=ACTING_FOR_ALL_USERS
+        lambda conn: fetch_row(conn, "ledger_sweep_expired_holds", {"limit": batch}), acting=ACTING_FOR_ALL_USERS
     )
-    return row["swept"]
+    swept: int = row["swept"]
+    return swept

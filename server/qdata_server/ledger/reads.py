@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any
+import uuid
+from typing import TYPE_CHECKING, Any
 
-import psycopg
+from google.protobuf.message import Message
 
 from qdata.v1 import ledger_pb2
 from qdata.v1.error_reason_pb2 import ErrorReason
-from qdata_server.db.sql import fetch_all, fetch_one
+from qdata_server.db.connection import Conn, Row
+from qdata_server.db.sql import fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
 from qdata_server.errors import NotFound
 from qdata_server.ledger import convert, rules
 from qdata_server.pagination import page_size
 from qdata_server.users.convert import timestamp
 from qdata_server.validation import Violations
+
+if TYPE_CHECKING:
+    from qdata_server.app import Deps
 
 MAX_KINDS = 5
 # The scope page tokens are sealed for; the suffix names the cursor's shape, so a token from before
@@ -27,20 +32,21 @@ def _user_never_existed() -> NotFound:
     return NotFound("user not found", reason=ErrorReason.ERROR_REASON_USER_NOT_FOUND)
 
 
-async def _require_user(conn: psycopg.AsyncConnection, user_id) -> None:
+async def _require_user(conn: Conn, user_id: uuid.UUID) -> None:
     """Users that ever existed, deleted ones included (their money stays readable)."""
     if await fetch_one(conn, "ledger_user_state", {"user_id": user_id}) is None:
         raise _user_never_existed()
 
 
-async def get_balance(deps, request: ledger_pb2.GetBalanceRequest) -> ledger_pb2.GetBalanceResponse:
+async def get_balance(deps: Deps, request: ledger_pb2.GetBalanceRequest) -> ledger_pb2.GetBalanceResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     currency = rules.currency(v, "currency_code", request.currency_code)
     v.raise_if_any()
+    assert user_id is not None  # raise_if_any() passed
     rules.check_supported("currency_code", currency, deps.settings.ledger_currencies)
 
-    async def work(conn: psycopg.AsyncConnection) -> dict[str, Any] | None:
+    async def work(conn: Conn) -> dict[str, Any] | None:
         await _require_user(conn, user_id)
         return await fetch_one(conn, "ledger_get_balance", {"user_id": user_id, "currency_code": currency})
 
@@ -54,7 +60,7 @@ async def get_balance(deps, request: ledger_pb2.GetBalanceRequest) -> ledger_pb2
     return ledger_pb2.GetBalanceResponse(balance=balance)
 
 
-async def get_transaction(deps, request: ledger_pb2.GetTransactionRequest) -> ledger_pb2.GetTransactionResponse:
+async def get_transaction(deps: Deps, request: ledger_pb2.GetTransactionRequest) -> ledger_pb2.GetTransactionResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     transaction_id = v.uuid("transaction_id", request.transaction_id)
@@ -68,7 +74,7 @@ async def get_transaction(deps, request: ledger_pb2.GetTransactionRequest) -> le
     return ledger_pb2.GetTransactionResponse(transaction=convert.transaction(row))
 
 
-async def get_hold(deps, request: ledger_pb2.GetHoldRequest) -> ledger_pb2.GetHoldResponse:
+async def get_hold(deps: Deps, request: ledger_pb2.GetHoldRequest) -> ledger_pb2.GetHoldResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     hold_id = v.uuid("hold_id", request.hold_id)
@@ -82,18 +88,21 @@ async def get_hold(deps, request: ledger_pb2.GetHoldRequest) -> ledger_pb2.GetHo
     return ledger_pb2.GetHoldResponse(hold=convert.hold(row, row["read_at"]))
 
 
-def _time(v: Violations, request, field: str) -> datetime.datetime | None:
+def _time(v: Violations, request: Message, field: str) -> datetime.datetime | None:
     """A Timestamp field as a datetime, None when unset; out-of-range values are violations."""
     if not request.HasField(field):
         return None
     try:
-        return getattr(request, field).ToDatetime(datetime.UTC)
+        value: datetime.datetime = getattr(request, field).ToDatetime(datetime.UTC)
+        return value
     except (ValueError, OverflowError):
         v.add(field, "must be a valid Timestamp (years 1 to 9999, nanos 0 to 999,999,999)")
         return None
 
 
-async def list_transactions(deps, request: ledger_pb2.ListTransactionsRequest) -> ledger_pb2.ListTransactionsResponse:
+async def list_transactions(
+    deps: Deps, request: ledger_pb2.ListTransactionsRequest
+) -> ledger_pb2.ListTransactionsResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     limit = page_size(request.page_size)
@@ -111,6 +120,7 @@ async def list_transactions(deps, request: ledger_pb2.ListTransactionsRequest) -
             kinds.append(convert.KIND_FROM_PROTO[kind])
     currency = rules.currency(v, "currency_code", request.currency_code) if request.currency_code else None
     v.raise_if_any()
+    assert user_id is not None  # raise_if_any() passed
     filters = {
         "user_id": str(user_id),
         "start_time": start and start.isoformat(),
@@ -121,7 +131,7 @@ async def list_transactions(deps, request: ledger_pb2.ListTransactionsRequest) -
     tokens = await deps.page_tokens()
     cursor = tokens.open(request.page_token, LIST_TRANSACTIONS_PAGES, filters)
 
-    async def work(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
+    async def work(conn: Conn) -> list[dict[str, Any]]:
         await _require_user(conn, user_id)
         return await fetch_all(
             conn,
@@ -150,7 +160,7 @@ async def list_transactions(deps, request: ledger_pb2.ListTransactionsRequest) -
     )
 
 
-async def verify_ledger(deps, request: ledger_pb2.VerifyLedgerRequest) -> ledger_pb2.VerifyLedgerResponse:
+async def verify_ledger(deps: Deps, request: ledger_pb2.VerifyLedgerRequest) -> ledger_pb2.VerifyLedgerResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id, required=False)
     if request.max_discrepancies < 0:
@@ -159,7 +169,7 @@ async def verify_ledger(deps, request: ledger_pb2.VerifyLedgerRequest) -> ledger
     limit = page_size(request.max_discrepancies, field="max_discrepancies", default=100)
     params = {"user_id": user_id, "limit": limit + 1}
 
-    async def work(conn: psycopg.AsyncConnection):
+    async def work(conn: Conn) -> tuple[list[Row], list[Row], list[Row], list[Row], Row]:
         if user_id is not None:
             await _require_user(conn, user_id)
         return (
@@ -167,7 +177,7 @@ async def verify_ledger(deps, request: ledger_pb2.VerifyLedgerRequest) -> ledger
             await fetch_all(conn, "ledger_verify_accounts", params),
             await fetch_all(conn, "ledger_verify_holds", params),
             await fetch_all(conn, "ledger_verify_refunds", params),
-            await fetch_one(conn, "ledger_verify_counts", params),
+            await fetch_row(conn, "ledger_verify_counts", params),
         )
 
     # Checking the whole ledger is the cross-user path by definition.

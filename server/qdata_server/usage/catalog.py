@@ -8,20 +8,22 @@ force at its call time. All versions of a model share one currency, fixed by the
 from __future__ import annotations
 
 import datetime
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from qdata.v1 import usage_pb2
 from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import audit
-from qdata_server.db.sql import fetch_all, fetch_one
+from qdata_server.db.connection import Conn
+from qdata_server.db.sql import fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_NO_USER
 from qdata_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from qdata_server.ledger import rules as money
 from qdata_server.pagination import page_size
 from qdata_server.usage import convert, rules
 from qdata_server.validation import Violations
+
+if TYPE_CHECKING:
+    from qdata_server.app import Deps
 
 _CATALOG_PATHS = ("provider", "display_name", "context_window_tokens", "status")
 
@@ -66,7 +68,7 @@ def _price_values(v: Violations, request: usage_pb2.UpsertModelRequest, now: dat
     return values
 
 
-async def upsert_model(deps, request: usage_pb2.UpsertModelRequest) -> usage_pb2.UpsertModelResponse:
+async def upsert_model(deps: Deps, request: usage_pb2.UpsertModelRequest) -> usage_pb2.UpsertModelResponse:
     v = Violations()
     m = request.model
     model_id = rules.model_id(v, "model.id", m.id)
@@ -93,7 +95,7 @@ async def upsert_model(deps, request: usage_pb2.UpsertModelRequest) -> usage_pb2
         "status": rules.STATUS_FROM_PROTO.get(m.status, "active"),
     }
 
-    async def work(conn: psycopg.AsyncConnection) -> usage_pb2.UpsertModelResponse:
+    async def work(conn: Conn) -> usage_pb2.UpsertModelResponse:
         created = False
         row = await fetch_one(conn, "usage_lock_model", {"model_id": model_id})
         if row is None:
@@ -102,7 +104,7 @@ async def upsert_model(deps, request: usage_pb2.UpsertModelRequest) -> usage_pb2
             row = await fetch_one(conn, "usage_insert_model", fields)
             created = row is not None
             if row is None:  # created concurrently: change it like any existing model
-                row = await fetch_one(conn, "usage_lock_model", {"model_id": model_id})
+                row = await fetch_row(conn, "usage_lock_model", {"model_id": model_id})
         if not created and paths:
             await fetch_one(conn, "usage_update_model", {**fields, **{f"set_{p}": p in paths for p in _CATALOG_PATHS}})
         added = None
@@ -125,7 +127,7 @@ async def upsert_model(deps, request: usage_pb2.UpsertModelRequest) -> usage_pb2
                 "price_id": str(added["price_id"]) if added else None,
             },
         )
-        current = await fetch_one(conn, "usage_get_model", {"model_id": model_id})
+        current = await fetch_row(conn, "usage_get_model", {"model_id": model_id})
         return usage_pb2.UpsertModelResponse(
             model=convert.model(current), created=created, price=convert.price(added) if added else None
         )
@@ -133,7 +135,7 @@ async def upsert_model(deps, request: usage_pb2.UpsertModelRequest) -> usage_pb2
     return await deps.idempotent(request, usage_pb2.UpsertModelResponse, work)
 
 
-async def get_model(deps, request: usage_pb2.GetModelRequest) -> usage_pb2.GetModelResponse:
+async def get_model(deps: Deps, request: usage_pb2.GetModelRequest) -> usage_pb2.GetModelResponse:
     v = Violations()
     model_id = rules.model_id(v, "model_id", request.model_id)
     v.raise_if_any()
@@ -145,7 +147,7 @@ async def get_model(deps, request: usage_pb2.GetModelRequest) -> usage_pb2.GetMo
     return usage_pb2.GetModelResponse(model=convert.model(row))
 
 
-async def list_models(deps, request: usage_pb2.ListModelsRequest) -> usage_pb2.ListModelsResponse:
+async def list_models(deps: Deps, request: usage_pb2.ListModelsRequest) -> usage_pb2.ListModelsResponse:
     v = Violations()
     provider = rules.provider_filter(v, "provider", request.provider)
     status = rules.status_filter(v, "status", request.status)
@@ -166,7 +168,7 @@ async def list_models(deps, request: usage_pb2.ListModelsRequest) -> usage_pb2.L
     return usage_pb2.ListModelsResponse(models=[convert.model(r) for r in rows], next_page_token=next_token)
 
 
-async def list_model_prices(deps, request: usage_pb2.ListModelPricesRequest) -> usage_pb2.ListModelPricesResponse:
+async def list_model_prices(deps: Deps, request: usage_pb2.ListModelPricesRequest) -> usage_pb2.ListModelPricesResponse:
     v = Violations()
     model_id = rules.model_id(v, "model_id", request.model_id)
     if request.page_size < 0:
@@ -177,7 +179,7 @@ async def list_model_prices(deps, request: usage_pb2.ListModelPricesRequest) -> 
     tokens = await deps.page_tokens()
     cursor = tokens.open(request.page_token, "ListModelPrices", filters)
 
-    async def work(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
+    async def work(conn: Conn) -> list[dict[str, Any]]:
         if await fetch_one(conn, "usage_model_exists", {"model_id": model_id}) is None:
             raise model_not_found()
         return await fetch_all(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import Any, overload
 
 from google.protobuf import duration_pb2
 
@@ -21,6 +21,12 @@ def _id(value: Any) -> str:
     return str(value) if value is not None else ""
 
 
+@overload
+def duration(nanos: int) -> duration_pb2.Duration: ...
+@overload
+def duration(nanos: None) -> None: ...
+@overload
+def duration(nanos: int | None) -> duration_pb2.Duration | None: ...
 def duration(nanos: int | None) -> duration_pb2.Duration | None:
     if nanos is None:
         return None
@@ -40,6 +46,12 @@ def _parse_time(value: str | None) -> datetime.datetime | None:
     return datetime.datetime.fromisoformat(value) if value else None
 
 
+@overload
+def price(row: dict[str, Any]) -> usage_pb2.ModelPrice: ...
+@overload
+def price(row: None) -> None: ...
+@overload
+def price(row: dict[str, Any] | None) -> usage_pb2.ModelPrice | None: ...
 def price(row: dict[str, Any] | None) -> usage_pb2.ModelPrice | None:
     """A ModelPrice from a model_prices row (or its to_jsonb form, whose times are strings)."""
     if row is None:

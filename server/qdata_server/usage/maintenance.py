@@ -10,9 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from qdata_server.db.sql import fetch_one
+from qdata_server.db.sql import fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, ACTING_FOR_NO_USER
+
+if TYPE_CHECKING:
+    from qdata_server.app import Deps
 
 log = logging.getLogger("qdata.usage")
 
@@ -21,29 +26,31 @@ FOLD_BATCH = 20_000
 PARTITION_CHECK_SECONDS = 3600.0
 
 
-async def fold(deps, *, batch: int = FOLD_BATCH) -> int:
+async def fold(deps: Deps, *, batch: int = FOLD_BATCH) -> int:
     """Folds queued usage into the rollups until the queue is empty; returns the rows folded."""
     total = 0
     while True:
         # The folder moves every user's queued usage into the rollups: a cross-user path.
         row = await deps.transaction(
-            lambda conn: fetch_one(conn, "usage_fold", {"limit": batch}), acting=ACTING_FOR_ALL_USERS
+            lambda conn: fetch_row(conn, "usage_fold", {"limit": batch}), acting=ACTING_FOR_ALL_USERS
         )
-        total += row["folded"]
-        if row["folded"] < batch:
+        folded: int = row["folded"]
+        total += folded
+        if folded < batch:
             return total
 
 
-async def ensure_partitions(deps) -> int:
+async def ensure_partitions(deps: Deps) -> int:
     """Creates the missing monthly partitions of usage_records up to the configured months ahead."""
     months = deps.settings.usage_partition_months_ahead
     row = await deps.transaction(
-        lambda conn: fetch_one(conn, "usage_ensure_partitions", {"months_ahead": months}), acting=ACTING_FOR_NO_USER
+        lambda conn: fetch_row(conn, "usage_ensure_partitions", {"months_ahead": months}), acting=ACTING_FOR_NO_USER
     )
-    return row["created"]
+    created: int = row["created"]
+    return created
 
 
-async def run(deps, is_serving) -> None:
+async def run(deps: Deps, is_serving: Callable[[], bool]) -> None:
     """Folds every usage_fold_seconds (0: never) and checks partitions hourly, while serving."""
     fold_seconds = deps.settings.usage_fold_seconds
     next_partition_check = 0.0

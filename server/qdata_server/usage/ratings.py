@@ -7,14 +7,13 @@ stay exact under concurrent ratings.
 
 from __future__ import annotations
 
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from qdata.v1 import usage_pb2
 from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import audit
-from qdata_server.db.sql import fetch_all, fetch_one
+from qdata_server.db.connection import Conn
+from qdata_server.db.sql import fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS
 from qdata_server.errors import NotFound
 from qdata_server.pagination import page_size
@@ -22,8 +21,11 @@ from qdata_server.usage import convert, rules
 from qdata_server.usage.catalog import model_not_found
 from qdata_server.validation import Violations
 
+if TYPE_CHECKING:
+    from qdata_server.app import Deps
 
-async def rate_model(deps, request: usage_pb2.RateModelRequest) -> usage_pb2.RateModelResponse:
+
+async def rate_model(deps: Deps, request: usage_pb2.RateModelRequest) -> usage_pb2.RateModelResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     model_id = rules.model_id(v, "model_id", request.model_id)
@@ -32,14 +34,14 @@ async def rate_model(deps, request: usage_pb2.RateModelRequest) -> usage_pb2.Rat
     review = rules.review(v, "review", request.review)
     v.raise_if_any()
 
-    async def work(conn: psycopg.AsyncConnection) -> usage_pb2.RateModelResponse:
+    async def work(conn: Conn) -> usage_pb2.RateModelResponse:
         user = await fetch_one(conn, "usage_user_state", {"user_id": user_id})
         if user is None or user["status"] == "deleted":
             raise NotFound("user not found", reason=ErrorReason.ERROR_REASON_USER_NOT_FOUND)
         if await fetch_one(conn, "usage_model_exists", {"model_id": model_id}) is None:
             raise model_not_found()
         await fetch_one(conn, "usage_lock_rating_totals", {"model_id": model_id})
-        row = await fetch_one(
+        row = await fetch_row(
             conn,
             "usage_upsert_rating",
             {"user_id": user_id, "model_id": model_id, "stars": request.stars, "review": review},
@@ -57,7 +59,9 @@ async def rate_model(deps, request: usage_pb2.RateModelRequest) -> usage_pb2.Rat
     return await deps.idempotent(request, usage_pb2.RateModelResponse, work, user_id=user_id)
 
 
-async def list_model_ratings(deps, request: usage_pb2.ListModelRatingsRequest) -> usage_pb2.ListModelRatingsResponse:
+async def list_model_ratings(
+    deps: Deps, request: usage_pb2.ListModelRatingsRequest
+) -> usage_pb2.ListModelRatingsResponse:
     v = Violations()
     model_id = rules.model_id(v, "model_id", request.model_id)
     user_id = v.uuid("user_id", request.user_id, required=False)
@@ -71,7 +75,7 @@ async def list_model_ratings(deps, request: usage_pb2.ListModelRatingsRequest) -
     tokens = await deps.page_tokens()
     cursor = tokens.open(request.page_token, "ListModelRatings", filters)
 
-    async def work(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
+    async def work(conn: Conn) -> list[dict[str, Any]]:
         if await fetch_one(conn, "usage_model_exists", {"model_id": model_id}) is None:
             raise model_not_found()
         return await fetch_all(

@@ -25,20 +25,22 @@ import dataclasses
 import datetime
 import logging
 import uuid
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from qdata.v1 import usage_pb2
 from qdata_server import callctx
+from qdata_server.db.connection import Conn
 from qdata_server.db.constraints import error_for
-from qdata_server.db.sql import execute, fetch_all, fetch_one
+from qdata_server.db.sql import execute, fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import acting_for
 from qdata_server.errors import Internal, InvalidArgument, QdataError, RequestRemembered, invalid
 from qdata_server.idempotency import RequestKey, check_request_id, fingerprint, request_key, reused
 from qdata_server.ledger.operations import request_holder
 from qdata_server.usage import convert, rules
 from qdata_server.validation import Violations
+
+if TYPE_CHECKING:
+    from qdata_server.app import Deps
 
 log = logging.getLogger("qdata.usage")
 
@@ -117,6 +119,7 @@ def parse(request: usage_pb2.RecordUsageRequest, now: datetime.datetime) -> Call
         if called_at is not None and not now - rules.MAX_CALL_AGE <= called_at <= now + rules.MAX_CALL_AHEAD:
             v.add("call_time", "must be at most 7 days in the past and 5 minutes in the future")
     v.raise_if_any()
+    assert user_id is not None and outcome is not None  # raise_if_any() passed
     return Call(
         user_id=user_id,
         model_id=model_id,
@@ -145,7 +148,7 @@ def _actor() -> str:
 _CALL_TIME_SLACK = datetime.timedelta(hours=1)
 
 
-async def _remembered(conn: psycopg.AsyncConnection, key: RequestKey) -> usage_pb2.RecordUsageResponse:
+async def _remembered(conn: Conn, key: RequestKey) -> usage_pb2.RecordUsageResponse:
     """The first answer to a billed record whose idempotency record is gone, from its ledger row."""
     holder = await request_holder(conn, key)
     row = await fetch_one(
@@ -163,13 +166,13 @@ async def _remembered(conn: psycopg.AsyncConnection, key: RequestKey) -> usage_p
     return usage_pb2.RecordUsageResponse(record=convert.usage_record(row))
 
 
-async def record_usage(deps, request: usage_pb2.RecordUsageRequest) -> usage_pb2.RecordUsageResponse:
+async def record_usage(deps: Deps, request: usage_pb2.RecordUsageRequest) -> usage_pb2.RecordUsageResponse:
     call = parse(request, datetime.datetime.now(datetime.UTC))
     key = request_key(request, user_id=call.user_id)
 
-    async def work(conn: psycopg.AsyncConnection) -> usage_pb2.RecordUsageResponse:
+    async def work(conn: Conn) -> usage_pb2.RecordUsageResponse:
         # The key's actor is also the audit event's (they differ only outside a call, as when seeding).
-        row = await fetch_one(conn, "usage_record", {**call.params(), **key.params()})
+        row = await fetch_row(conn, "usage_record", {**call.params(), **key.params()})
         return usage_pb2.RecordUsageResponse(record=convert.usage_record(row))
 
     return await deps.idempotent(
@@ -201,9 +204,7 @@ class _Item:
     request_hash: bytes
 
 
-async def _record_chunk(
-    conn: psycopg.AsyncConnection, items: list[_Item], actor: str
-) -> dict[int, usage_pb2.RecordUsageResult]:
+async def _record_chunk(conn: Conn, items: list[_Item], actor: str) -> dict[int, usage_pb2.RecordUsageResult]:
     params = [item.call.params() for item in items]
     rows = await fetch_all(
         conn,
@@ -230,7 +231,7 @@ async def _record_chunk(
         },
     )
     results: dict[int, usage_pb2.RecordUsageResult] = {}
-    stored: tuple[list, list, list] = ([], [], [])
+    stored: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
     for row in rows:
         item = items[row["item"]]
         if row["status"] == "recorded":
@@ -275,13 +276,15 @@ async def _record_chunk(
     return results
 
 
-async def record_usage_batch(deps, request: usage_pb2.RecordUsageBatchRequest) -> usage_pb2.RecordUsageBatchResponse:
+async def record_usage_batch(
+    deps: Deps, request: usage_pb2.RecordUsageBatchRequest
+) -> usage_pb2.RecordUsageBatchResponse:
     count = len(request.requests)
     if not 1 <= count <= MAX_BATCH:
         raise invalid("requests", f"must hold 1 to {MAX_BATCH:,} records (got {count:,})")
     now = datetime.datetime.now(datetime.UTC)
     actor = _actor()
-    results: list[usage_pb2.RecordUsageResult | None] = [None] * count
+    results: dict[int, usage_pb2.RecordUsageResult] = {}
     items: list[_Item] = []
     first: dict[tuple[uuid.UUID, str], _Item] = {}
     repeats: list[tuple[int, _Item, bytes]] = []
@@ -304,7 +307,7 @@ async def record_usage_batch(deps, request: usage_pb2.RecordUsageBatchRequest) -
     for offset in range(0, len(items), CHUNK_SIZE):
         chunk = items[offset : offset + CHUNK_SIZE]
 
-        async def work(conn: psycopg.AsyncConnection, chunk: list[_Item] = chunk):
+        async def work(conn: Conn, chunk: list[_Item] = chunk) -> dict[int, usage_pb2.RecordUsageResult]:
             return await _record_chunk(conn, chunk, actor)
 
         acting = acting_for(*(item.call.user_id for item in chunk))
@@ -319,5 +322,7 @@ async def record_usage_batch(deps, request: usage_pb2.RecordUsageBatchRequest) -
             replay.CopyFrom(results[original.index])
             replay.index = index
             results[index] = replay
-    failed = sum(1 for r in results if r.error_code)
-    return usage_pb2.RecordUsageBatchResponse(results=results, recorded_count=count - failed, failed_count=failed)
+    # Every index has its result by now.
+    ordered = [results[index] for index in range(count)]
+    failed = sum(1 for r in ordered if r.error_code)
+    return usage_pb2.RecordUsageBatchResponse(results=ordered, recorded_count=count - failed, failed_count=failed)

@@ -32,7 +32,7 @@ _MIN_SECONDS = 0
 _MAX_SECONDS = 221845392000  # 9000-01-01T00:00:00Z
 
 STATUS_TO_PROTO = {"active": usage_pb2.MODEL_STATUS_ACTIVE, "deprecated": usage_pb2.MODEL_STATUS_DEPRECATED}
-STATUS_FROM_PROTO = {v: k for k, v in STATUS_TO_PROTO.items()}
+STATUS_FROM_PROTO: dict[int, str] = {v: k for k, v in STATUS_TO_PROTO.items()}
 OUTCOME_TO_PROTO = {"success": usage_pb2.USAGE_OUTCOME_SUCCESS, "error": usage_pb2.USAGE_OUTCOME_ERROR}
 OUTCOME_FROM_PROTO = {v: k for k, v in OUTCOME_TO_PROTO.items()}
 
@@ -114,7 +114,11 @@ def timestamp(v: Violations, field: str, value: timestamp_pb2.Timestamp) -> date
 
 
 def window(
-    v: Violations, request, now: datetime.datetime, *, prefix: str = ""
+    v: Violations,
+    request: usage_pb2.GetModelStatsRequest | usage_pb2.ListTopModelsRequest,
+    now: datetime.datetime,
+    *,
+    prefix: str = "",
 ) -> tuple[datetime.datetime, datetime.datetime] | None:
     """[start, end) of a GetModelStats / ListTopModels request: window ending now, or start_time to
     end_time (end unset: now), or the last 24 hours; 1 minute to 366 days."""

@@ -6,11 +6,16 @@ second run replays instead of adding.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from google.protobuf import duration_pb2
 
 from qdata.v1 import usage_pb2, user_pb2
 from qdata_server.usage import catalog, ratings, recording
 from qdata_server.users import accounts
+
+if TYPE_CHECKING:
+    from qdata_server.app import Deps
 
 # model id, provider, display name, context window, (input, output, cached input, reasoning)
 # micro-units per million tokens.
@@ -35,7 +40,7 @@ SAMPLE_RATINGS = (
 )
 
 
-async def seed(deps) -> None:
+async def seed(deps: Deps) -> None:
     """Adds the sample models with their prices, a few calls of the sample users and ratings."""
     for model_id, provider, name, window, (inp, out, cached, reasoning) in SAMPLE_MODELS:
         await catalog.upsert_model(

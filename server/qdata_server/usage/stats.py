@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import datetime
 from fractions import Fraction
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from qdata.v1 import usage_pb2
 from qdata.v1.error_reason_pb2 import ErrorReason
-from qdata_server.db.sql import fetch_all, fetch_one
+from qdata_server.db.connection import Conn, Row
+from qdata_server.db.sql import fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
 from qdata_server.errors import NotFound
 from qdata_server.ledger import rules as money
@@ -30,6 +29,9 @@ from qdata_server.usage import convert, rules, windows
 from qdata_server.usage.catalog import model_not_found
 from qdata_server.users.convert import timestamp
 from qdata_server.validation import Violations
+
+if TYPE_CHECKING:
+    from qdata_server.app import Deps
 
 DEFAULT_TOP = 10
 MAX_TOP = 100
@@ -58,7 +60,7 @@ def _zero() -> dict[str, int]:
     return dict.fromkeys(_TOTAL_FIELDS, 0)
 
 
-async def get_user_usage(deps, request: usage_pb2.GetUserUsageRequest) -> usage_pb2.GetUserUsageResponse:
+async def get_user_usage(deps: Deps, request: usage_pb2.GetUserUsageRequest) -> usage_pb2.GetUserUsageResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     currency = money.currency(v, "currency_code", request.currency_code)
@@ -71,11 +73,12 @@ async def get_user_usage(deps, request: usage_pb2.GetUserUsageRequest) -> usage_
         if start is not None and end is not None:
             span = rules.time_range(v, start, end)
     v.raise_if_any()
+    assert user_id is not None and span is not None  # raise_if_any() passed
     money.check_supported("currency_code", currency, deps.settings.ledger_currencies)
     start, end = span
     segments = windows.split_days(start, end)
 
-    async def work(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
+    async def work(conn: Conn) -> list[dict[str, Any]]:
         if await fetch_one(conn, "usage_user_state", {"user_id": user_id}) is None:
             raise NotFound("user not found", reason=ErrorReason.ERROR_REASON_USER_NOT_FOUND)
         return await fetch_all(
@@ -83,7 +86,9 @@ async def get_user_usage(deps, request: usage_pb2.GetUserUsageRequest) -> usage_
         )
 
     rows = await deps.transaction(work, snapshot=True, acting=acting_for(user_id))
-    total, by_model, by_day = _zero(), {}, {}
+    total = _zero()
+    by_model: dict[str, dict[str, int]] = {}
+    by_day: dict[datetime.datetime, dict[str, int]] = {}
     for row in rows:
         _add(total, row)
         _add(by_model.setdefault(row["model_id"], _zero()), row)
@@ -102,19 +107,20 @@ async def get_user_usage(deps, request: usage_pb2.GetUserUsageRequest) -> usage_
     )
 
 
-async def get_model_stats(deps, request: usage_pb2.GetModelStatsRequest) -> usage_pb2.GetModelStatsResponse:
+async def get_model_stats(deps: Deps, request: usage_pb2.GetModelStatsRequest) -> usage_pb2.GetModelStatsResponse:
     v = Violations()
     model_id = rules.model_id(v, "model_id", request.model_id)
     span = rules.window(v, request, _now())
     v.raise_if_any()
+    assert span is not None  # raise_if_any() passed
     start, end = span
     segments = windows.split(start, end)
 
-    async def work(conn: psycopg.AsyncConnection):
+    async def work(conn: Conn) -> tuple[Row, Row]:
         model = await fetch_one(conn, "usage_model_exists", {"model_id": model_id})
         if model is None:
             raise model_not_found()
-        return model, await fetch_one(conn, "usage_model_stats", {"model_id": model_id, **segments.params()})
+        return model, await fetch_row(conn, "usage_model_stats", {"model_id": model_id, **segments.params()})
 
     # A model's statistics count every user's calls (unique users included): a cross-user path.
     model, row = await deps.transaction(work, snapshot=True, acting=ACTING_FOR_ALL_USERS)
@@ -146,7 +152,7 @@ def _growth(current: int, previous: int) -> Fraction:
     return Fraction(current - previous, max(previous, 1))
 
 
-async def list_top_models(deps, request: usage_pb2.ListTopModelsRequest) -> usage_pb2.ListTopModelsResponse:
+async def list_top_models(deps: Deps, request: usage_pb2.ListTopModelsRequest) -> usage_pb2.ListTopModelsResponse:
     v = Violations()
     metric = request.metric
     if metric not in (
@@ -166,13 +172,14 @@ async def list_top_models(deps, request: usage_pb2.ListTopModelsRequest) -> usag
     if request.limit < 0:
         v.add("limit", "must not be negative")
     v.raise_if_any()
+    assert span is not None  # raise_if_any() passed
     limit = page_size(request.limit, field="limit", default=DEFAULT_TOP, maximum=MAX_TOP)
     start, end = span
     current = windows.split(start, end)
     previous = windows.split(start - (end - start), start)
     filters = {"provider": provider, "status": status}
 
-    async def work(conn: psycopg.AsyncConnection):
+    async def work(conn: Conn) -> tuple[list[Row], list[Row], list[Row]]:
         models = await fetch_all(conn, "usage_ranking_models", filters)
         now_rows = await fetch_all(conn, "usage_model_activity", {**filters, **current.params()})
         before = await fetch_all(conn, "usage_model_activity", {**filters, **previous.params()})
@@ -182,7 +189,7 @@ async def list_top_models(deps, request: usage_pb2.ListTopModelsRequest) -> usag
     models, now_rows, before = await deps.transaction(work, snapshot=True, acting=ACTING_FOR_ALL_USERS)
     activity = {r["model_id"]: r for r in now_rows}
     earlier = {r["model_id"]: r["request_count"] for r in before}
-    ranked: list[tuple[tuple, usage_pb2.RankedModel]] = []
+    ranked: list[tuple[tuple[Any, ...], usage_pb2.RankedModel]] = []
     for m in models:
         act = activity.get(m["model_id"], {"request_count": 0, "total_tokens": 0, "billed_micros": 0})
         calls, prior = act["request_count"], earlier.get(m["model_id"], 0)

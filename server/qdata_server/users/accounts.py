@@ -8,20 +8,22 @@ request changes nothing and leaves no trace.
 from __future__ import annotations
 
 import uuid
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from qdata.v1 import user_pb2
 from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import audit
 from qdata_server.contract import wire_reason
-from qdata_server.db.sql import execute, fetch_all, fetch_one
+from qdata_server.db.connection import Conn
+from qdata_server.db.sql import execute, fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
 from qdata_server.errors import InvalidArgument, NotFound
 from qdata_server.pagination import page_size
 from qdata_server.users import convert, passwords, rules
 from qdata_server.validation import Violations, mask_paths, require_uuid
+
+if TYPE_CHECKING:
+    from qdata_server.app import Deps
 
 MAX_IMPORT_USERS = 1000
 _UPDATABLE_USER_PATHS = {"display_name", "email", "username", "status"}
@@ -33,9 +35,7 @@ def user_not_found() -> NotFound:
     return NotFound("user not found", reason=ErrorReason.ERROR_REASON_USER_NOT_FOUND)
 
 
-async def load_live_user(
-    conn: psycopg.AsyncConnection, user_id: uuid.UUID, *, for_update: bool = False
-) -> dict[str, Any]:
+async def load_live_user(conn: Conn, user_id: uuid.UUID, *, for_update: bool = False) -> dict[str, Any]:
     """The live user's row, or NOT_FOUND (USER_NOT_FOUND)."""
     row = await fetch_one(conn, "get_user_by_id_for_update" if for_update else "get_user_by_id", {"user_id": user_id})
     if row is None:
@@ -43,7 +43,7 @@ async def load_live_user(
     return row
 
 
-async def create_user(deps, request: user_pb2.CreateUserRequest) -> user_pb2.CreateUserResponse:
+async def create_user(deps: Deps, request: user_pb2.CreateUserRequest) -> user_pb2.CreateUserResponse:
     v = Violations()
     email = rules.normalize_email(v, "email", request.email)
     username = rules.normalize_username(v, "username", request.username)
@@ -54,8 +54,8 @@ async def create_user(deps, request: user_pb2.CreateUserRequest) -> user_pb2.Cre
     # The id is chosen here, so the transaction can act for the user it creates.
     user_id = uuid.uuid4()
 
-    async def work(conn: psycopg.AsyncConnection) -> user_pb2.CreateUserResponse:
-        row = await fetch_one(
+    async def work(conn: Conn) -> user_pb2.CreateUserResponse:
+        row = await fetch_row(
             conn,
             "insert_user",
             {
@@ -82,9 +82,10 @@ async def create_user(deps, request: user_pb2.CreateUserRequest) -> user_pb2.Cre
     )
 
 
-async def get_user(deps, request: user_pb2.GetUserRequest) -> user_pb2.GetUserResponse:
+async def get_user(deps: Deps, request: user_pb2.GetUserRequest) -> user_pb2.GetUserResponse:
     v = Violations()
     lookup = request.WhichOneof("lookup")
+    params: dict[str, Any]
     if lookup == "id":
         params, name = {"user_id": v.uuid("id", request.id)}, "get_user_by_id"
     elif lookup == "email":
@@ -95,7 +96,7 @@ async def get_user(deps, request: user_pb2.GetUserRequest) -> user_pb2.GetUserRe
         v.add("lookup", "set one of id, email or username")
     v.raise_if_any()
 
-    async def work(conn: psycopg.AsyncConnection) -> dict[str, Any] | None:
+    async def work(conn: Conn) -> dict[str, Any] | None:
         return await fetch_one(conn, name, params)
 
     # Finding a user by email or username is a search across users; by id, it acts for that user.
@@ -106,7 +107,7 @@ async def get_user(deps, request: user_pb2.GetUserRequest) -> user_pb2.GetUserRe
     return user_pb2.GetUserResponse(user=convert.user(row))
 
 
-async def list_users(deps, request: user_pb2.ListUsersRequest) -> user_pb2.ListUsersResponse:
+async def list_users(deps: Deps, request: user_pb2.ListUsersRequest) -> user_pb2.ListUsersResponse:
     limit = page_size(request.page_size)
     if request.status not in convert.STATUS_FROM_PROTO and request.status != user_pb2.USER_STATUS_UNSPECIFIED:
         raise _bad_status("status")
@@ -115,7 +116,7 @@ async def list_users(deps, request: user_pb2.ListUsersRequest) -> user_pb2.ListU
     filters = {"status": status}
     cursor = tokens.open(request.page_token, "ListUsers", filters)
 
-    async def work(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
+    async def work(conn: Conn) -> list[dict[str, Any]]:
         return await fetch_all(
             conn,
             "list_users",
@@ -140,7 +141,7 @@ def _bad_status(field: str) -> InvalidArgument:
     return InvalidArgument(v.items)
 
 
-async def update_user(deps, request: user_pb2.UpdateUserRequest) -> user_pb2.UpdateUserResponse:
+async def update_user(deps: Deps, request: user_pb2.UpdateUserRequest) -> user_pb2.UpdateUserResponse:
     paths = mask_paths("update_mask", list(request.update_mask.paths), _UPDATABLE_USER_PATHS)
     v = Violations()
     user_id = v.uuid("user.id", request.user.id)
@@ -158,7 +159,7 @@ async def update_user(deps, request: user_pb2.UpdateUserRequest) -> user_pb2.Upd
         values["status"] = convert.STATUS_FROM_PROTO.get(request.user.status)
     v.raise_if_any()
 
-    async def work(conn: psycopg.AsyncConnection) -> user_pb2.UpdateUserResponse:
+    async def work(conn: Conn) -> user_pb2.UpdateUserResponse:
         row = await fetch_one(conn, "update_user", values)
         if row is None:
             raise user_not_found()
@@ -183,10 +184,10 @@ def _update_summary(paths: list[str], values: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-async def delete_user(deps, request: user_pb2.DeleteUserRequest) -> user_pb2.DeleteUserResponse:
+async def delete_user(deps: Deps, request: user_pb2.DeleteUserRequest) -> user_pb2.DeleteUserResponse:
     user_id = require_uuid("id", request.id)
 
-    async def work(conn: psycopg.AsyncConnection) -> user_pb2.DeleteUserResponse:
+    async def work(conn: Conn) -> user_pb2.DeleteUserResponse:
         row = await fetch_one(conn, "erase_user", {"user_id": user_id})
         if row is None:
             raise user_not_found()
@@ -207,7 +208,7 @@ async def delete_user(deps, request: user_pb2.DeleteUserRequest) -> user_pb2.Del
     return await deps.idempotent(request, user_pb2.DeleteUserResponse, work, user_id=user_id)
 
 
-async def import_users(deps, request: user_pb2.ImportUsersRequest) -> user_pb2.ImportUsersResponse:
+async def import_users(deps: Deps, request: user_pb2.ImportUsersRequest) -> user_pb2.ImportUsersResponse:
     v = Violations()
     if not request.users:
         v.add("users", "must hold at least one user")
@@ -249,7 +250,7 @@ async def import_users(deps, request: user_pb2.ImportUsersRequest) -> user_pb2.I
         else:
             candidates.append((index, row))
 
-    async def work(conn: psycopg.AsyncConnection) -> user_pb2.ImportUsersResponse:
+    async def work(conn: Conn) -> user_pb2.ImportUsersResponse:
         done = list(results)
         for index, row in candidates:
             created = await fetch_one(conn, "insert_user_if_free", row)

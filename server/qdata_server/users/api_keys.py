@@ -13,14 +13,13 @@ import re
 import unicodedata
 import uuid
 from collections.abc import Callable
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from qdata.v1 import user_pb2
 from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import audit
-from qdata_server.db.sql import execute, fetch_all, fetch_one
+from qdata_server.db.connection import Conn
+from qdata_server.db.sql import execute, fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for, name_acting
 from qdata_server.errors import FailedPrecondition, NotFound
 from qdata_server.pagination import page_size
@@ -28,6 +27,9 @@ from qdata_server.users import vault
 from qdata_server.users.accounts import load_live_user
 from qdata_server.users.convert import timestamp
 from qdata_server.validation import Violations, mask_paths
+
+if TYPE_CHECKING:
+    from qdata_server.app import Deps
 
 log = logging.getLogger("qdata.vault")
 
@@ -47,7 +49,7 @@ def api_key_not_found() -> NotFound:
     return NotFound("API key not found", reason=ErrorReason.ERROR_REASON_API_KEY_NOT_FOUND)
 
 
-def _ring(deps) -> vault.KeyRing:
+def _ring(deps: Deps) -> vault.KeyRing:
     ring = getattr(deps, "key_ring", None)
     if ring is None:
         raise FailedPrecondition(
@@ -139,21 +141,22 @@ def _open(ring: vault.KeyRing, row: dict[str, Any]) -> str:
 # ---- RPCs ---------------------------------------------------------------------------------------
 
 
-async def create_api_key(deps, request: user_pb2.CreateApiKeyRequest) -> user_pb2.CreateApiKeyResponse:
+async def create_api_key(deps: Deps, request: user_pb2.CreateApiKeyRequest) -> user_pb2.CreateApiKeyResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     provider = _check_provider(v, "provider", request.provider)
     label = _check_label(v, "label", request.label)
     _check_secret(v, "secret", request.secret)
     v.raise_if_any()
+    assert user_id is not None  # raise_if_any() passed
     ring = _ring(deps)
     api_key_id = uuid.uuid4()
     sealed = vault.seal(ring, user_id, api_key_id, request.secret)
     columns = _sealed_columns(sealed, request.secret)
 
-    async def work(conn: psycopg.AsyncConnection) -> user_pb2.CreateApiKeyResponse:
+    async def work(conn: Conn) -> user_pb2.CreateApiKeyResponse:
         await load_live_user(conn, user_id, for_update=True)
-        row = await fetch_one(
+        row = await fetch_row(
             conn,
             "api_key_insert",
             {"user_id": user_id, "api_key_id": api_key_id, "provider": provider, "label": label, **columns},
@@ -173,16 +176,17 @@ async def create_api_key(deps, request: user_pb2.CreateApiKeyRequest) -> user_pb
     )
 
 
-async def list_api_keys(deps, request: user_pb2.ListApiKeysRequest) -> user_pb2.ListApiKeysResponse:
+async def list_api_keys(deps: Deps, request: user_pb2.ListApiKeysRequest) -> user_pb2.ListApiKeysResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     v.raise_if_any()
+    assert user_id is not None  # raise_if_any() passed
     limit = page_size(request.page_size)
     tokens = await deps.page_tokens()
     filters = {"user_id": str(user_id)}
     cursor = tokens.open(request.page_token, "ListApiKeys", filters)
 
-    async def work(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
+    async def work(conn: Conn) -> list[dict[str, Any]]:
         await load_live_user(conn, user_id)
         return await fetch_all(
             conn,
@@ -202,14 +206,14 @@ async def list_api_keys(deps, request: user_pb2.ListApiKeysRequest) -> user_pb2.
     return user_pb2.ListApiKeysResponse(api_keys=[to_proto(r) for r in rows], next_page_token=next_token)
 
 
-async def reveal_api_key(deps, request: user_pb2.RevealApiKeyRequest) -> user_pb2.RevealApiKeyResponse:
+async def reveal_api_key(deps: Deps, request: user_pb2.RevealApiKeyRequest) -> user_pb2.RevealApiKeyResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     api_key_id = v.uuid("api_key_id", request.api_key_id)
     v.raise_if_any()
     ring = _ring(deps)
 
-    async def work(conn: psycopg.AsyncConnection) -> user_pb2.RevealApiKeyResponse:
+    async def work(conn: Conn) -> user_pb2.RevealApiKeyResponse:
         row = await fetch_one(conn, "api_key_touch", {"user_id": user_id, "api_key_id": api_key_id})
         if row is None:
             raise api_key_not_found()
@@ -228,7 +232,7 @@ async def reveal_api_key(deps, request: user_pb2.RevealApiKeyRequest) -> user_pb
     return await deps.transaction(work, acting=acting_for(user_id))
 
 
-async def update_api_key(deps, request: user_pb2.UpdateApiKeyRequest) -> user_pb2.UpdateApiKeyResponse:
+async def update_api_key(deps: Deps, request: user_pb2.UpdateApiKeyRequest) -> user_pb2.UpdateApiKeyResponse:
     paths = mask_paths("update_mask", list(request.update_mask.paths), _UPDATABLE_PATHS)
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
@@ -237,6 +241,7 @@ async def update_api_key(deps, request: user_pb2.UpdateApiKeyRequest) -> user_pb
     if "secret" in paths:
         _check_secret(v, "secret", request.secret)
     v.raise_if_any()
+    assert user_id is not None and api_key_id is not None  # raise_if_any() passed
     values: dict[str, Any] = {
         "user_id": user_id,
         "api_key_id": api_key_id,
@@ -249,10 +254,10 @@ async def update_api_key(deps, request: user_pb2.UpdateApiKeyRequest) -> user_pb
         # A fresh data key under the primary KEK; the old ciphertext is overwritten.
         values.update(_sealed_columns(vault.seal(_ring(deps), user_id, api_key_id, request.secret), request.secret))
 
-    async def work(conn: psycopg.AsyncConnection) -> user_pb2.UpdateApiKeyResponse:
+    async def work(conn: Conn) -> user_pb2.UpdateApiKeyResponse:
         if await fetch_one(conn, "api_key_get_for_update", values) is None:
             raise api_key_not_found()
-        row = await fetch_one(conn, "api_key_update", values)
+        row = await fetch_row(conn, "api_key_update", values)
         summary: dict[str, Any] = {"fields": sorted(paths), "provider": row["provider"]}
         if "secret" in paths:
             summary["key_version"] = row["key_version"]
@@ -271,13 +276,13 @@ async def update_api_key(deps, request: user_pb2.UpdateApiKeyRequest) -> user_pb
     )
 
 
-async def delete_api_key(deps, request: user_pb2.DeleteApiKeyRequest) -> user_pb2.DeleteApiKeyResponse:
+async def delete_api_key(deps: Deps, request: user_pb2.DeleteApiKeyRequest) -> user_pb2.DeleteApiKeyResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     api_key_id = v.uuid("api_key_id", request.api_key_id)
     v.raise_if_any()
 
-    async def work(conn: psycopg.AsyncConnection) -> user_pb2.DeleteApiKeyResponse:
+    async def work(conn: Conn) -> user_pb2.DeleteApiKeyResponse:
         row = await fetch_one(conn, "api_key_delete", {"user_id": user_id, "api_key_id": api_key_id})
         if row is None:
             raise api_key_not_found()
@@ -297,7 +302,7 @@ async def delete_api_key(deps, request: user_pb2.DeleteApiKeyRequest) -> user_pb
 # ---- key ring check and rewrap ------------------------------------------------------------------
 
 
-async def stored_versions(conn: psycopg.AsyncConnection) -> dict[int, int]:
+async def stored_versions(conn: Conn) -> dict[int, int]:
     """{KEK version: number of stored keys}."""
     return {r["key_version"]: r["keys"] for r in await fetch_all(conn, "api_keys_count_by_version")}
 
@@ -314,13 +319,13 @@ def missing_versions_message(missing: dict[int, int], ring: vault.KeyRing, *, le
     )
 
 
-async def _stored_versions_of_all_users(conn: psycopg.AsyncConnection) -> dict[int, int]:
+async def _stored_versions_of_all_users(conn: Conn) -> dict[int, int]:
     async with conn.transaction():
         await name_acting(conn, ACTING_FOR_ALL_USERS)
         return await stored_versions(conn)
 
 
-async def check_ring(conn: psycopg.AsyncConnection, ring: vault.KeyRing) -> str | None:
+async def check_ring(conn: Conn, ring: vault.KeyRing) -> str | None:
     """None if the ring opens every stored key, else the message naming the missing versions."""
     counts = await stored_versions(conn)
     missing = {v: n for v, n in counts.items() if v not in ring.keys}
@@ -328,7 +333,7 @@ async def check_ring(conn: psycopg.AsyncConnection, ring: vault.KeyRing) -> str 
 
 
 async def rewrap_all(
-    conn: psycopg.AsyncConnection,
+    conn: Conn,
     ring: vault.KeyRing,
     *,
     batch: int = 500,

@@ -10,17 +10,20 @@ The permission to read the trail is checked by the caller-authentication layer, 
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 from google.protobuf import timestamp_pb2
 
 from qdata.v1 import user_pb2
+from qdata_server.db.connection import Conn
 from qdata_server.db.sql import fetch_all
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS
 from qdata_server.pagination import page_size
 from qdata_server.users import convert
 from qdata_server.validation import Violations
+
+if TYPE_CHECKING:
+    from qdata_server.app import Deps
 
 MAX_FILTER_LENGTH = 200
 # The scope page tokens are sealed for; the suffix names the cursor's shape, so a token from before
@@ -58,7 +61,7 @@ def event(row: dict[str, Any]) -> user_pb2.AuditEvent:
     )
 
 
-async def list_audit_events(deps, request: user_pb2.ListAuditEventsRequest) -> user_pb2.ListAuditEventsResponse:
+async def list_audit_events(deps: Deps, request: user_pb2.ListAuditEventsRequest) -> user_pb2.ListAuditEventsResponse:
     limit = page_size(request.page_size)
     v = Violations()
     user_id = v.uuid("user_id", request.user_id, required=False)
@@ -79,7 +82,7 @@ async def list_audit_events(deps, request: user_pb2.ListAuditEventsRequest) -> u
     tokens = await deps.page_tokens()
     cursor = tokens.open(request.page_token, LIST_AUDIT_EVENTS_PAGES, filters)
 
-    async def work(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
+    async def work(conn: Conn) -> list[dict[str, Any]]:
         return await fetch_all(
             conn,
             "list_audit_events",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import Any, overload
 
 from google.protobuf import timestamp_pb2
 
@@ -16,7 +16,8 @@ STATUS_TO_PROTO = {
     "deleted": user_pb2.USER_STATUS_DELETED,
 }
 STATUS_FROM_PROTO = {v: k for k, v in STATUS_TO_PROTO.items()}
-SCHEME_TO_PROTO = {
+# Keyed by passwords.scheme_of(), which is None for no hash (the .get below answers UNSPECIFIED).
+SCHEME_TO_PROTO: dict[str | None, user_pb2.PasswordScheme] = {
     passwords.SCHEME_BCRYPT: user_pb2.PASSWORD_SCHEME_BCRYPT,
     passwords.SCHEME_WERKZEUG: user_pb2.PASSWORD_SCHEME_LEGACY_WERKZEUG,
     passwords.SCHEME_DJANGO: user_pb2.PASSWORD_SCHEME_LEGACY_DJANGO,
@@ -30,7 +31,14 @@ THEME_TO_PROTO = {
 THEME_FROM_PROTO = {v: k for k, v in THEME_TO_PROTO.items()}
 
 
+@overload
+def timestamp(value: datetime.datetime) -> timestamp_pb2.Timestamp: ...
+@overload
+def timestamp(value: None) -> None: ...
+@overload
+def timestamp(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None: ...
 def timestamp(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A Timestamp message for value (None stays None: the field is left unset)."""
     if value is None:
         return None
     ts = timestamp_pb2.Timestamp()

@@ -14,13 +14,12 @@ loop and outside any transaction.
 from __future__ import annotations
 
 import uuid
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from qdata.v1 import user_pb2
 from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import audit
+from qdata_server.db.connection import Conn
 from qdata_server.db.sql import fetch_one
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, Acting, acting_for
 from qdata_server.errors import Aborted, FailedPrecondition
@@ -28,10 +27,13 @@ from qdata_server.users import convert, rules
 from qdata_server.users.accounts import user_not_found
 from qdata_server.validation import Violations
 
+if TYPE_CHECKING:
+    from qdata_server.app import Deps
+
 MAX_LOGIN_LENGTH = 254
 
 
-async def authenticate(deps, request: user_pb2.AuthenticateRequest) -> user_pb2.AuthenticateResponse:
+async def authenticate(deps: Deps, request: user_pb2.AuthenticateRequest) -> user_pb2.AuthenticateResponse:
     settings = deps.settings
     v = Violations()
     login = request.login.strip().lower()
@@ -64,7 +66,7 @@ async def authenticate(deps, request: user_pb2.AuthenticateRequest) -> user_pb2.
 
     new_hash = await deps.passwords.hash(request.password) if check.needs_rehash else None
 
-    async def finish(conn: psycopg.AsyncConnection) -> dict[str, Any] | None:
+    async def finish(conn: Conn) -> dict[str, Any] | None:
         done = await fetch_one(
             conn, "finish_login", {"user_id": row["user_id"], "new_hash": new_hash, "old_hash": row["password_hash"]}
         )
@@ -92,7 +94,7 @@ def _normalized_email_or_raw(login: str) -> str:
 
 
 async def _reserve_check(
-    deps, acting: Acting, *, user_id: uuid.UUID | None = None, login: str | None = None
+    deps: Deps, acting: Acting, *, user_id: uuid.UUID | None = None, login: str | None = None
 ) -> dict[str, Any] | None:
     """Counts one password check for a user id or a login before it runs (see the module doc).
 
@@ -110,19 +112,19 @@ async def _reserve_check(
     return await deps.transaction(lambda conn: fetch_one(conn, "reserve_password_check", params), acting=acting)
 
 
-async def _clear_failures(deps, user_id: uuid.UUID) -> None:
+async def _clear_failures(deps: Deps, user_id: uuid.UUID) -> None:
     """Forgets the user's counted failures and lock: a right password was given."""
     await deps.transaction(
         lambda conn: fetch_one(conn, "clear_failed_logins", {"user_id": user_id}), acting=acting_for(user_id)
     )
 
 
-async def _audit_lock(deps, row: dict[str, Any]) -> None:
+async def _audit_lock(deps: Deps, row: dict[str, Any]) -> None:
     """Records that this failure locked an account (its count reached the threshold)."""
     if row["user_id"] is None or row["failed_count"] != deps.settings.lockout_threshold:
         return
 
-    async def work(conn: psycopg.AsyncConnection) -> None:
+    async def work(conn: Conn) -> None:
         await audit.record(
             conn,
             action="users.AccountLocked",
@@ -135,7 +137,7 @@ async def _audit_lock(deps, row: dict[str, Any]) -> None:
     await deps.transaction(work, acting=acting_for(row["user_id"]))
 
 
-async def change_password(deps, request: user_pb2.ChangePasswordRequest) -> user_pb2.ChangePasswordResponse:
+async def change_password(deps: Deps, request: user_pb2.ChangePasswordRequest) -> user_pb2.ChangePasswordResponse:
     settings = deps.settings
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
@@ -169,7 +171,7 @@ async def change_password(deps, request: user_pb2.ChangePasswordRequest) -> user
         old_hash = None
     new_hash = await deps.passwords.hash(request.new_password)
 
-    async def work(conn: psycopg.AsyncConnection) -> user_pb2.ChangePasswordResponse:
+    async def work(conn: Conn) -> user_pb2.ChangePasswordResponse:
         done = await fetch_one(conn, "set_password", {"user_id": user_id, "old_hash": old_hash, "new_hash": new_hash})
         if done is None:
             if await fetch_one(conn, "get_user_by_id", {"user_id": user_id}) is None:

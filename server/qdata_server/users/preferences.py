@@ -7,18 +7,21 @@ Mask paths: "default_model_id", "language", "theme", "extra" (replace the whole 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 from psycopg.types.json import Jsonb
 
 from qdata.v1 import user_pb2
 from qdata_server import audit
+from qdata_server.db.connection import Conn
 from qdata_server.db.sql import fetch_one
 from qdata_server.db.transactions import acting_for
 from qdata_server.users import convert
 from qdata_server.users.accounts import load_live_user
 from qdata_server.validation import Violations, mask_paths, require_uuid
+
+if TYPE_CHECKING:
+    from qdata_server.app import Deps
 
 MAX_EXTRA_ENTRIES = 64
 MAX_EXTRA_KEY_LENGTH = 64
@@ -31,10 +34,10 @@ _LANGUAGE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
 _TYPED_PATHS = {"default_model_id", "language", "theme", "extra"}
 
 
-async def get_preferences(deps, request: user_pb2.GetPreferencesRequest) -> user_pb2.GetPreferencesResponse:
+async def get_preferences(deps: Deps, request: user_pb2.GetPreferencesRequest) -> user_pb2.GetPreferencesResponse:
     user_id = require_uuid("user_id", request.user_id)
 
-    async def work(conn: psycopg.AsyncConnection) -> dict[str, Any] | None:
+    async def work(conn: Conn) -> dict[str, Any] | None:
         await load_live_user(conn, user_id)
         return await fetch_one(conn, "get_preferences", {"user_id": user_id})
 
@@ -42,7 +45,9 @@ async def get_preferences(deps, request: user_pb2.GetPreferencesRequest) -> user
     return user_pb2.GetPreferencesResponse(preferences=convert.preferences(str(user_id), row))
 
 
-async def update_preferences(deps, request: user_pb2.UpdatePreferencesRequest) -> user_pb2.UpdatePreferencesResponse:
+async def update_preferences(
+    deps: Deps, request: user_pb2.UpdatePreferencesRequest
+) -> user_pb2.UpdatePreferencesResponse:
     paths = mask_paths("update_mask", list(request.update_mask.paths), _TYPED_PATHS, prefixes=("extra.",))
     prefs = request.preferences
     v = Violations()
@@ -72,8 +77,9 @@ async def update_preferences(deps, request: user_pb2.UpdatePreferencesRequest) -
             elif "\x00" in value:
                 v.add(f"preferences.extra[{key[:64]!r}]", "values must not contain NUL characters")
     v.raise_if_any()
+    assert user_id is not None  # raise_if_any() passed
 
-    async def work(conn: psycopg.AsyncConnection) -> user_pb2.UpdatePreferencesResponse:
+    async def work(conn: Conn) -> user_pb2.UpdatePreferencesResponse:
         await load_live_user(conn, user_id, for_update=True)
         current = await fetch_one(conn, "get_preferences", {"user_id": user_id})
         merged = _merge(current, prefs, paths)
@@ -99,7 +105,7 @@ async def update_preferences(deps, request: user_pb2.UpdatePreferencesRequest) -
 
 def _merge(current: dict[str, Any] | None, prefs: user_pb2.Preferences, paths: list[str]) -> dict[str, Any]:
     """The preferences row after applying the masked fields of prefs to current."""
-    merged = {
+    merged: dict[str, Any] = {
         "default_model_id": current["default_model_id"] if current else "",
         "language": current["language"] if current else "",
         "theme": current["theme"] if current else "",

@@ -1,0 +1,1 @@
+from grpc_status import rpc_status as rpc_status
