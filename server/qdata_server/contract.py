@@ -33,7 +33,7 @@ _WIRE_REASONS: dict[int, str] = {
 }
 
 
-def wire_reason(reason: ErrorReason.ValueType) -> str:
+def wire_reason(reason: ErrorReason) -> str:
     """The ErrorInfo.reason string of a reason: "USER_NOT_FOUND" for ERROR_REASON_USER_NOT_FOUND."""
     try:
         return _WIRE_REASONS[reason]
@@ -43,7 +43,9 @@ def wire_reason(reason: ErrorReason.ValueType) -> str:
 
 def method_permission(method: MethodDescriptor) -> str:
     """The `(qdata.v1.permission)` option of an RPC ("" if it has none)."""
-    return method.GetOptions().Extensions[options_pb2.permission]
+    # grpcio-tools' .pyi types an extension as a plain FieldDescriptor; types-protobuf's
+    # _ExtensionDict wants its own descriptor type. The value is the option's string.
+    return str(method.GetOptions().Extensions[options_pb2.permission])  # type: ignore[index]
 
 
 def full_method_name(service: ServiceDescriptor, method: MethodDescriptor) -> str:

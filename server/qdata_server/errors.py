@@ -13,7 +13,7 @@ DEADLINE_EXCEEDED, NOT_IMPLEMENTED, INTERNAL) have it as their default; the othe
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import ClassVar, TypeAlias
 
 import grpc
 from google.protobuf import any_pb2
@@ -26,7 +26,7 @@ from qdata_server.contract import wire_reason
 
 ERROR_DOMAIN = "qdata"
 # A value of the contract's ErrorReason enum.
-Reason = ErrorReason.ValueType
+Reason: TypeAlias = ErrorReason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +44,7 @@ class QdataError(Exception):
     # The reason when the raiser names none; None: every raiser must name one.
     default_reason: ClassVar[Reason | None] = None
 
-    def __init__(self, message: str, *, reason: Reason | None = None, metadata: dict[str, str] | None = None):
+    def __init__(self, message: str, *, reason: Reason | None = None, metadata: dict[str, str] | None = None) -> None:
         super().__init__(message)
         chosen = self.default_reason if reason is None else reason
         if chosen is None:
@@ -60,7 +60,7 @@ class InvalidArgument(QdataError):
     code = grpc.StatusCode.INVALID_ARGUMENT
     default_reason = ErrorReason.ERROR_REASON_INVALID_ARGUMENT
 
-    def __init__(self, violations: list[FieldViolation], *, reason: Reason | None = None, message: str | None = None):
+    def __init__(self, violations: list[FieldViolation], *, reason: Reason | None = None, message: str | None = None) -> None:
         summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
         super().__init__(message or f"invalid request: {summary}", reason=reason)
         self.violations = list(violations)

@@ -66,7 +66,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, cast
 
 import grpc
 import grpc.aio
@@ -136,14 +136,14 @@ class QdataError(Exception):
         self.field_violations = dict(field_violations or {})
 
     @property
-    def error_reason(self) -> ErrorReason.ValueType:
+    def error_reason(self) -> ErrorReason:
         """``reason`` as an :class:`ErrorReason` value (``USER_NOT_FOUND`` is
         ``ERROR_REASON_USER_NOT_FOUND``); ``ERROR_REASON_UNSPECIFIED`` when there is no reason or
         the server sent one this client's contract does not know yet."""
         if not self.reason:
             return ErrorReason.ERROR_REASON_UNSPECIFIED
         try:
-            return ErrorReason.Value(f"ERROR_REASON_{self.reason}")
+            return cast(ErrorReason, ErrorReason.Value(f"ERROR_REASON_{self.reason}"))
         except ValueError:
             return ErrorReason.ERROR_REASON_UNSPECIFIED
 
