@@ -22,11 +22,16 @@ def applied_versions(url: str) -> list[int]:
         return [row[0] for row in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
 
 
+def shipped_labels() -> list[str]:
+    return [m.label for m in migrate.load_migrations()] + [s.label for s in migrate.load_sources()]
+
+
 def test_migrate_applies_everything_once_and_verifies(empty_database_url):
     shipped = [m.version for m in migrate.load_migrations()]
-    assert migrate.status(empty_database_url) == migrate.load_migrations()
+    assert migrate.status(empty_database_url) == [*migrate.load_migrations(), *migrate.load_sources()]
     first = migrate.migrate(empty_database_url)
-    assert len(first) == len(shipped)
+    # Migrations in version order, then the current source in name order.
+    assert first == shipped_labels()
     assert migrate.migrate(empty_database_url) == []
     assert applied_versions(empty_database_url) == shipped
     assert migrate.verify(empty_database_url) == []
@@ -36,7 +41,7 @@ def test_migrate_applies_everything_once_and_verifies(empty_database_url):
 def test_concurrent_migrations_apply_each_file_once(empty_database_url):
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda _: migrate.migrate(empty_database_url), range(4)))
-    assert sum(len(r) for r in results) == len(migrate.load_migrations())
+    assert sorted(label for r in results for label in r) == sorted(shipped_labels())
     assert applied_versions(empty_database_url) == [m.version for m in migrate.load_migrations()]
 
 
