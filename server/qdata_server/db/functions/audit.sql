@@ -1,7 +1,10 @@
 -- Current source: the audit trail's functions and triggers (tables: migrations 0001, 0006, 0012).
 --
 -- The trail is append-only and tamper-evident: events are hash-chained in 32 parallel chains
--- (the full rule and why 32: 0006_audit_chain.sql; qdata_server.audit_chain verifies it).
+-- (the full rule and why 32: 0006_audit_chain.sql; qdata_server.audit_chain verifies it). Every
+-- event, from Python (qdata_server.audit, through queries/common.sql) and from plpgsql
+-- (usage_record) alike, is written by audit_append below; the chain trigger decides its place
+-- and hash.
 
 CREATE OR REPLACE FUNCTION audit_events_forbid_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -99,3 +102,14 @@ CREATE OR REPLACE TRIGGER audit_chain_heads_no_delete
 CREATE OR REPLACE TRIGGER audit_chain_heads_no_truncate
     BEFORE TRUNCATE ON audit_chain_heads
     FOR EACH STATEMENT EXECUTE FUNCTION audit_chain_heads_forbid_delete();
+
+-- Appends one audit event in the caller's transaction (the one way events are written). The
+-- summary names what changed, never a password, secret or personal value.
+CREATE OR REPLACE FUNCTION audit_append(
+    p_actor text, p_user uuid, p_action text, p_target_type text, p_target_id text, p_request_id text,
+    p_summary jsonb
+) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO audit_events (actor, user_id, action, target_type, target_id, request_id, summary)
+    VALUES (p_actor, p_user, p_action, p_target_type, p_target_id, p_request_id, p_summary)
+$$;

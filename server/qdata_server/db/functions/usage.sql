@@ -211,18 +211,19 @@ BEGIN
         p_model, p_user, rec.called_at, p_outcome = 'error', p_input, p_cached, p_output, p_reasoning,
         rec.cost_micros, CASE WHEN rec.billed THEN rec.cost_micros ELSE 0 END,
         CASE WHEN p_outcome = 'success' THEN usage_latency_bucket(p_latency_ns) END);
-    INSERT INTO audit_events (actor, user_id, action, target_type, target_id, request_id, summary)
-    VALUES (p_actor, p_user, 'usage.RecordUsage', 'usage_record', rec.usage_record_id::text, p_request_id,
-            jsonb_build_object('model_id', p_model, 'price_id', price.price_id, 'cost_micros', rec.cost_micros,
-                               'currency_code', price.currency_code, 'billed', rec.billed,
-                               'outcome', p_outcome, 'hold_id', p_hold));
+    PERFORM audit_append(
+        p_actor, p_user, 'usage.RecordUsage', 'usage_record', rec.usage_record_id::text, p_request_id,
+        jsonb_build_object('model_id', p_model, 'price_id', price.price_id, 'cost_micros', rec.cost_micros,
+                           'currency_code', price.currency_code, 'billed', rec.billed,
+                           'outcome', p_outcome, 'hold_id', p_hold));
     RETURN rec;
 END;
 $$;
 
 -- Records the items of a RecordUsageBatch chunk in order, each atomically on its own (a
--- subtransaction): claims its request_id as qdata_server.idempotency does (a claimed key reports
--- the stored method, fingerprint and response instead), then calls usage_record with the item's
+-- subtransaction): claims its request_id with idempotency_claim, as qdata_server.idempotency
+-- does (a key already taken reports the stored method, fingerprint and response, for the server to
+-- compare and answer), else calls usage_record with the item's
 -- key. A business rejection or constraint violation is returned as the item's result, and only
 -- that item is rolled back; a late replay (ledger_request_remembered) or a lost race on a key's
 -- unique index comes back so too, named by its constraint, and the server answers it from the
@@ -256,16 +257,11 @@ BEGIN
         o_stored_hash := NULL;
         o_stored_response := NULL;
         BEGIN
-            claimed := NULL;
-            INSERT INTO idempotency_keys (user_id, actor, request_id, method, request_hash, response)
-            VALUES (p_users[i], p_actor, p_request_ids[i], p_method, p_request_hashes[i], ''::bytea)
-            ON CONFLICT (user_id, actor, request_id) DO NOTHING
-            RETURNING true INTO claimed;
-            IF claimed IS NULL THEN
+            SELECT c.claimed, c.stored_method, c.stored_hash, c.stored_response
+              INTO claimed, o_stored_method, o_stored_hash, o_stored_response
+              FROM idempotency_claim(p_users[i], p_actor, p_request_ids[i], p_method, p_request_hashes[i]) c;
+            IF NOT claimed THEN
                 o_status := 'claimed';
-                SELECT k.method, k.request_hash, k.response INTO o_stored_method, o_stored_hash, o_stored_response
-                  FROM idempotency_keys k
-                 WHERE k.user_id = p_users[i] AND k.actor = p_actor AND k.request_id = p_request_ids[i];
             ELSE
                 o_status := 'recorded';
                 o_record := usage_record(
