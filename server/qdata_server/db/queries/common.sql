@@ -49,7 +49,7 @@ SELECT secret FROM server_secrets WHERE name = %(name)s;
 SELECT current_setting('transaction_read_only') = 'on' AS read_only;
 
 -- name: begin_transaction
--- Opens every server transaction (see 0007_service_role_row_security.sql): names the users it
+-- Opens every server transaction (see db/functions/security.sql): names the users it
 -- acts for and whether it is a cross-user path, and bounds its statements by the caller's
 -- deadline (NULL keeps the role's statement_timeout). Queued with the first statement of the work.
 SELECT set_config('qdata.acting_users', %(acting_users)s, true),
