@@ -28,8 +28,10 @@ from collections.abc import Iterable
 from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
+from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
 log = logging.getLogger("qdata.migrate")
 
@@ -243,9 +245,16 @@ def superseded_sources(files: list[SourceFile], applied: list[AppliedSource]) ->
     return [f for f in files if (f.name, f.checksum) in ran and latest[f.name] != f.checksum]
 
 
-def _applied(conn: psycopg.Connection) -> list[AppliedMigration]:
-    exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]
-    if not exists:
+def _scalar(conn: psycopg.Connection[Any], query: str) -> Any:
+    """The first column of the one row query returns."""
+    row = conn.execute(query).fetchone()
+    if row is None:
+        raise MigrationError(f"no row from {query!r}")
+    return row[0]
+
+
+def _applied(conn: psycopg.Connection[Any]) -> list[AppliedMigration]:
+    if not _scalar(conn, "SELECT to_regclass('schema_migrations') IS NOT NULL"):
         return []
     rows = conn.execute(
         "SELECT version, name, checksum, fingerprint FROM schema_migrations ORDER BY version"
@@ -256,9 +265,8 @@ def _applied(conn: psycopg.Connection) -> list[AppliedMigration]:
 _APPLIED_SOURCES = "SELECT name, checksum, fingerprint FROM schema_current_source ORDER BY applied_at, name"
 
 
-def _applied_sources(conn: psycopg.Connection) -> list[AppliedSource]:
-    exists = conn.execute("SELECT to_regclass('schema_current_source') IS NOT NULL").fetchone()[0]
-    if not exists:
+def _applied_sources(conn: psycopg.Connection[Any]) -> list[AppliedSource]:
+    if not _scalar(conn, "SELECT to_regclass('schema_current_source') IS NOT NULL"):
         return []
     return [AppliedSource(*row) for row in conn.execute(_APPLIED_SOURCES).fetchall()]
 
@@ -309,8 +317,8 @@ def _code(statement: str) -> str:
     return re.sub(r"--[^\n]*|/\*.*?\*/", "", statement, flags=re.DOTALL).strip(" \n\t;")
 
 
-def _fingerprint(conn: psycopg.Connection) -> str:
-    return conn.execute(_FINGERPRINT).fetchone()[0]
+def _fingerprint(conn: psycopg.Connection[Any]) -> str:
+    return str(_scalar(conn, _FINGERPRINT))
 
 
 def _apply_migration(conn: psycopg.Connection, migration: Migration) -> None:
@@ -394,11 +402,12 @@ def verify(conninfo: str, *, migrations: Folder | None = None, sources: Folder |
         ]
         if applied and not problems:
             # The fingerprint recorded by whatever was applied last: a migration or a source file.
-            last = conn.execute(
+            last = _scalar(
+                conn,
                 "SELECT fingerprint FROM (SELECT fingerprint, applied_at FROM schema_migrations"
                 " UNION ALL SELECT fingerprint, applied_at FROM schema_current_source) steps"
-                " ORDER BY applied_at DESC LIMIT 1"
-            ).fetchone()[0]
+                " ORDER BY applied_at DESC LIMIT 1",
+            )
             if _fingerprint(conn) != last:
                 problems.append(
                     "the live schema differs from the one the migrations produced "
@@ -407,26 +416,25 @@ def verify(conninfo: str, *, migrations: Folder | None = None, sources: Folder |
     return problems
 
 
-async def pending_count(conn: psycopg.AsyncConnection) -> int:
+async def pending_count(conn: psycopg.AsyncConnection[Any]) -> int:
     """Pending migrations and current-source files, for the health check.
 
     Raises MigrationError on a bad migration history.
     """
-    present = await conn.execute(
-        "SELECT to_regclass('schema_migrations') IS NOT NULL AS migrations,"
-        " to_regclass('schema_current_source') IS NOT NULL AS sources"
+    cur = conn.cursor(row_factory=tuple_row)
+    await cur.execute(
+        "SELECT to_regclass('schema_migrations') IS NOT NULL, to_regclass('schema_current_source') IS NOT NULL"
     )
-    tables = await present.fetchone()
+    present = await cur.fetchone()
+    migrations_present, sources_present = present if present else (False, False)
     applied: list[AppliedMigration] = []
-    if tables["migrations"]:
-        cur = await conn.execute("SELECT version, name, checksum, fingerprint FROM schema_migrations ORDER BY version")
-        applied = [
-            AppliedMigration(r["version"], r["name"], r["checksum"], r["fingerprint"]) for r in await cur.fetchall()
-        ]
+    if migrations_present:
+        await cur.execute("SELECT version, name, checksum, fingerprint FROM schema_migrations ORDER BY version")
+        applied = [AppliedMigration(*row) for row in await cur.fetchall()]
     history: list[AppliedSource] = []
-    if tables["sources"]:
-        cur = await conn.execute(_APPLIED_SOURCES)
-        history = [AppliedSource(r["name"], r["checksum"], r["fingerprint"]) for r in await cur.fetchall()]
+    if sources_present:
+        await cur.execute(_APPLIED_SOURCES)
+        history = [AppliedSource(*row) for row in await cur.fetchall()]
     return len(pending(load_migrations(), applied)) + len(pending_sources(load_sources(), history))
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
 from qdata_server.db import migrate
 
@@ -66,7 +66,7 @@ def dump(conninfo: str) -> str:
 def build(server_conninfo: str) -> str:
     """Migrates a new database on the server at server_conninfo, dumps it, drops it again."""
     name = f"qdata_schema_{uuid.uuid4().hex[:12]}"
-    target = make_conninfo(**{**conninfo_to_dict(server_conninfo), "dbname": name})
+    target = make_conninfo(server_conninfo, dbname=name)
     with psycopg.connect(server_conninfo, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:

@@ -249,8 +249,8 @@ async def _record_chunk(
             # Taken by an earlier request: the same one (its first answer) or another (REQUEST_ID_REUSED).
             try:
                 check_same_request(item.key(actor), row["stored_method"], row["stored_hash"])
-            except QdataError as error:
-                results[item.index] = _failure(item.index, error)
+            except QdataError as reuse:
+                results[item.index] = _failure(item.index, reuse)
             else:
                 first = usage_pb2.RecordUsageResponse.FromString(bytes(row["stored_response"]))
                 results[item.index] = usage_pb2.RecordUsageResult(index=item.index, record=first.record)
@@ -321,8 +321,8 @@ async def record_usage_batch(deps, request: usage_pb2.RecordUsageBatchRequest) -
     for index, original, request_hash in repeats:
         try:
             check_same_request(original.key(actor), METHOD, request_hash)
-        except QdataError as error:
-            results[index] = _failure(index, error)
+        except QdataError as reuse:
+            results[index] = _failure(index, reuse)
         else:
             replay = usage_pb2.RecordUsageResult()
             replay.CopyFrom(results[original.index])
