@@ -321,7 +321,7 @@ def _fingerprint(conn: psycopg.Connection[Any]) -> str:
     return str(_scalar(conn, _FINGERPRINT))
 
 
-def _apply_migration(conn: psycopg.Connection, migration: Migration) -> None:
+def _apply_migration(conn: psycopg.Connection[Any], migration: Migration) -> None:
     record = "INSERT INTO schema_migrations (version, name, checksum, fingerprint) VALUES (%s, %s, %s, %s)"
     if migration.transactional:
         with conn.transaction():
