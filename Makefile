@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
 BUF := node_modules/.bin/buf
 
-.PHONY: install tools run test lint proto bench migrate verify seed clean
+.PHONY: install tools run test lint proto schema bench migrate verify seed clean
 
 $(INSTALLED): requirements.txt requirements-embedded.txt requirements-dev.txt server/pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ lint: $(INSTALLED) $(NODE_INSTALLED)
 proto: $(INSTALLED)
 	rm -f clients/python/qdata/v1/*_pb2*.py clients/python/qdata/v1/*_pb2*.pyi
 	$(BIN)/python clients/python/generate.py
+
+## schema: regenerate server/qdata_server/db/schema.sql (migrations + db/functions, dumped by the
+## embedded PostgreSQL's pg_dump; the test suite fails if the committed file is stale)
+schema: $(INSTALLED)
+	$(BIN)/python -m qdata_server.db.schema
 
 ## bench: throughput and latency ratios against a reference measured in the same run
 bench: $(INSTALLED)

@@ -1,8 +1,9 @@
 """Command line: `python -m qdata_server [serve|migrate|status|verify|seed]`.
 
 serve    runs the gRPC service (the default; the container's entrypoint)
-migrate  applies pending migrations (a Kubernetes Job or init container runs this)
-status   lists pending migrations
+migrate  applies pending migrations and changed db/functions files (a Kubernetes Job or init
+         container runs this)
+status   lists pending migrations and db/functions files
 verify   checks the migration history and the live schema; exits 1 on any problem
 verify-audit  recomputes the audit trail's hash chain; exits 1 on an edited or missing event
 seed     loads the sample data into an empty database
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             print("applied: " + (", ".join(applied) if applied else "nothing (schema is current)"))
         elif args.command == "status":
             todo = migrate.status(conninfo)
-            print("pending: " + (", ".join(f"{m.version:04d}_{m.name}" for m in todo) if todo else "none"))
+            print("pending: " + migrate.labels(todo))
         elif args.command == "verify":
             problems = migrate.verify(conninfo)
             for problem in problems:

@@ -60,7 +60,9 @@ class InvalidArgument(QdataError):
     code = grpc.StatusCode.INVALID_ARGUMENT
     default_reason = ErrorReason.ERROR_REASON_INVALID_ARGUMENT
 
-    def __init__(self, violations: list[FieldViolation], *, reason: Reason | None = None, message: str | None = None) -> None:
+    def __init__(
+        self, violations: list[FieldViolation], *, reason: Reason | None = None, message: str | None = None
+    ) -> None:
         summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
         super().__init__(message or f"invalid request: {summary}", reason=reason)
         self.violations = list(violations)

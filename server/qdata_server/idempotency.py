@@ -1,7 +1,9 @@
 """Request-id idempotency for every mutating RPC.
 
 `run_idempotent` claims (user, caller, request_id) in the same transaction as the change, so the
-change and its recorded response commit or vanish together:
+change and its recorded response commit or vanish together. The claim is the SQL function
+idempotency_claim (db/functions/idempotency.sql), which the usage batch's plpgsql calls too; the
+one comparison that answers REQUEST_ID_REUSED is check_same_request, for every path:
 - first call: the key is claimed, the work runs, its response is stored;
 - replay with the same parameters: the stored response comes back, the work does not run;
 - concurrent replays: the later claims wait on the key's unique index until the first commits,
@@ -111,7 +113,10 @@ def request_key(
 
 
 def reused() -> AlreadyExists:
-    """The answer to a request_id already used for another method or other parameters."""
+    """The answer to a request_id already used for another method or other parameters.
+
+    Raised by check_same_request only: every path compares there.
+    """
     return AlreadyExists(
         "request_id was already used for a different request; use a new request_id",
         reason=ErrorReason.ERROR_REASON_REQUEST_ID_REUSED,
@@ -165,18 +170,12 @@ async def run_idempotent(
     ids = key.ids()
 
     async def transaction(conn: Conn) -> R:
-        while True:
-            cur = await conn.execute(
-                query("claim_request_id"), {**ids, "method": key.method, "request_hash": key.request_hash}
-            )
-            if await cur.fetchone() is not None:
-                break
-            cur = await conn.execute(query("get_request_id"), ids)
-            first = await cur.fetchone()
-            if first is not None:
-                check_same_request(key, first["method"], first["request_hash"])
-                return response_type.FromString(bytes(first["response"]))
-            # Purged between the claim and the read (a retention shorter than a transaction): claim again.
+        claim = await fetch_row(
+            conn, "claim_request_id", {**ids, "method": key.method, "request_hash": key.request_hash}
+        )
+        if not claim["claimed"]:
+            check_same_request(key, claim["stored_method"], claim["stored_hash"])
+            return response_type.FromString(bytes(claim["stored_response"]))
         response = await work(conn)
         await conn.execute(query("store_response"), {**ids, "response": response.SerializeToString()})
         return response

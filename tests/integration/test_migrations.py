@@ -1,4 +1,5 @@
-"""Migrations against a real database: apply, re-apply, run concurrently, verify, refuse drift."""
+"""Migrations and current source against a real database: apply, re-apply, run concurrently, verify,
+refuse drift, run a migration outside a transaction."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import asyncio
 import random
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from importlib.abc import Traversable
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -22,11 +26,16 @@ def applied_versions(url: str) -> list[int]:
         return [row[0] for row in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
 
 
+def shipped_labels() -> list[str]:
+    return [m.label for m in migrate.load_migrations()] + [s.label for s in migrate.load_sources()]
+
+
 def test_migrate_applies_everything_once_and_verifies(empty_database_url):
     shipped = [m.version for m in migrate.load_migrations()]
-    assert migrate.status(empty_database_url) == migrate.load_migrations()
+    assert migrate.status(empty_database_url) == [*migrate.load_migrations(), *migrate.load_sources()]
     first = migrate.migrate(empty_database_url)
-    assert len(first) == len(shipped)
+    # Migrations in version order, then the current source in name order.
+    assert first == shipped_labels()
     assert migrate.migrate(empty_database_url) == []
     assert applied_versions(empty_database_url) == shipped
     assert migrate.verify(empty_database_url) == []
@@ -36,7 +45,7 @@ def test_migrate_applies_everything_once_and_verifies(empty_database_url):
 def test_concurrent_migrations_apply_each_file_once(empty_database_url):
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda _: migrate.migrate(empty_database_url), range(4)))
-    assert sum(len(r) for r in results) == len(migrate.load_migrations())
+    assert sorted(label for r in results for label in r) == sorted(shipped_labels())
     assert applied_versions(empty_database_url) == [m.version for m in migrate.load_migrations()]
 
 
@@ -186,3 +195,108 @@ def test_0011_places_the_messages_that_existed_before_it(empty_database_url):
             )
         }
     assert found == expected
+
+
+def copy_of(folder: Traversable, into: Path) -> Path:
+    """A writable copy of a shipped folder (migrations or functions), to plant changes in."""
+    into.mkdir()
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            (into / entry.name).write_text(entry.read_text("utf-8"))
+    return into
+
+
+def shipped(name: str) -> Traversable:
+    return resources.files("qdata_server.db").joinpath(name)
+
+
+def source_history(url: str) -> list[tuple[str, str]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT name, checksum FROM schema_current_source ORDER BY applied_at, name").fetchall()
+
+
+def test_a_changed_source_file_is_applied_again_and_an_older_build_leaves_it(database_url, tmp_path):
+    functions = copy_of(shipped("functions"), tmp_path / "functions")
+    ledger = functions / "ledger.sql"
+    # A newer build changes one function (same signature); only its file is applied again.
+    ledger.write_text(
+        ledger.read_text().replace(
+            "-- Raises a business rejection", "-- (changed by the next release)\n-- Raises a business rejection"
+        )
+    )
+    assert migrate.status(database_url, sources=functions) == [migrate.SourceFile("ledger.sql", ledger.read_text())]
+    assert migrate.migrate(database_url, sources=functions) == ["functions/ledger.sql"]
+    assert migrate.migrate(database_url, sources=functions) == []
+    assert migrate.verify(database_url, sources=functions) == []
+    assert source_history(database_url)[-1] == (
+        "ledger.sql",
+        migrate.SourceFile("ledger.sql", ledger.read_text()).checksum,
+    )
+    # This (older) build ships the text the database ran before: it leaves the later one in place
+    # and is not pending (health stays SERVING), but verify names the difference.
+    assert migrate.status(database_url) == []
+    assert migrate.migrate(database_url) == []
+    [problem] = migrate.verify(database_url)
+    assert "functions/ledger.sql: the database runs a later text" in problem
+
+
+async def test_a_source_file_the_database_never_ran_is_pending_for_health(database_url):
+    api = await start_api(database_url)
+    try:
+        assert await api.server.check_health() is True
+        with psycopg.connect(database_url) as conn:
+            # As if this build shipped a new text of usage.sql: the database never ran it.
+            conn.execute("UPDATE schema_current_source SET checksum = repeat('0', 64) WHERE name = 'usage.sql'")
+        assert [s.label for s in migrate.status(database_url)] == ["functions/usage.sql"]
+        assert await api.server.check_health() is False
+        assert migrate.migrate(database_url) == ["functions/usage.sql"]
+        assert await api.server.check_health() is True
+    finally:
+        await stop_api(api)
+
+
+def test_a_failing_source_file_leaves_no_trace(database_url, tmp_path):
+    functions = copy_of(shipped("functions"), tmp_path / "functions")
+    (functions / "zz_broken.sql").write_text(
+        "CREATE OR REPLACE FUNCTION qdata_probe() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;\n"
+        "CREATE OR REPLACE FUNCTION qdata_probe_broken() RETURNS int LANGUAGE sql AS $$ SELECT nope $$;\n"
+    )
+    with pytest.raises(psycopg.errors.UndefinedColumn):
+        migrate.migrate(database_url, sources=functions)
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regproc('qdata_probe')").fetchone()[0] is None
+    assert [name for name, _ in source_history(database_url)] == [s.name for s in migrate.load_sources()]
+
+
+def test_a_no_transaction_migration_creates_an_index_concurrently(database_url, tmp_path):
+    migrations = copy_of(shipped("migrations"), tmp_path / "migrations")
+    (migrations / "0013_users_display_name_index.sql").write_text(
+        f"{migrate.NO_TRANSACTION}\n"
+        "-- Each statement commits on its own: written so that a rerun after a failure completes it.\n"
+        "DROP INDEX CONCURRENTLY IF EXISTS users_display_name_idx_invalid;\n"
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_display_name_idx ON users (display_name);\n"
+    )
+    # Fails half-way: the first statement stays done, the bookkeeping row is not written.
+    (migrations / "0014_broken.sql").write_text(
+        f"{migrate.NO_TRANSACTION}\n"
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_last_login_idx ON users (last_login_at);\n"
+        "CREATE INDEX CONCURRENTLY no_such_idx ON no_such_table (x);\n"
+    )
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        migrate.migrate(database_url, migrations=migrations)
+    assert applied_versions(database_url)[-1] == 13
+    with psycopg.connect(database_url) as conn:
+        valid = dict(
+            conn.execute(
+                "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                " WHERE c.relname IN ('users_display_name_idx', 'users_last_login_idx')"
+            ).fetchall()
+        )
+    assert valid == {"users_display_name_idx": True, "users_last_login_idx": True}
+    # Corrected, the whole file runs again (its statements are re-runnable) and is recorded.
+    (migrations / "0014_broken.sql").write_text(
+        f"{migrate.NO_TRANSACTION}\n"
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_last_login_idx ON users (last_login_at);\n"
+    )
+    assert migrate.migrate(database_url, migrations=migrations) == ["0014_broken"]
+    assert migrate.verify(database_url, migrations=migrations) == []

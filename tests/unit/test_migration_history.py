@@ -1,14 +1,23 @@
-"""How the migration runner judges an applied history against the shipped files."""
+"""How the migration runner judges an applied history against the shipped files (and splits them)."""
+
+import re
 
 import pytest
 
 from qdata_server.db.migrate import (
+    NO_TRANSACTION,
     AppliedMigration,
+    AppliedSource,
     Migration,
     MigrationError,
+    SourceFile,
     load_migrations,
+    load_sources,
     newer_than_build,
     pending,
+    pending_sources,
+    split_statements,
+    superseded_sources,
 )
 
 FILES = [Migration(1, "first", "CREATE TABLE a (x int);"), Migration(2, "second", "CREATE TABLE b (y int);")]
@@ -48,3 +57,98 @@ def test_migrations_newer_than_the_build_are_tolerated_during_a_rolling_update()
 def test_shipped_files_are_numbered_from_one_without_gaps():
     versions = [m.version for m in load_migrations()]
     assert versions == list(range(1, len(versions) + 1))
+
+
+# SHA-256 of every landed migration. Databases in service recorded these checksums: an edited file
+# would be refused there ("edited after it was applied"). Add the next migration's line when it
+# lands; never change one.
+LANDED = {
+    "0001_users_audit_idempotency": "08115a8fa11228d929128511b2e04747a27a3d8878298effff18ef21d0a7c56d",
+    "0002_chat": "2e2f05fc64048fd6566de933c5df9936754137f7eb6f38f5b5ab96442e255a6c",
+    "0003_ledger": "ab37813975a19568bc19d6ab785db9b0afcb7f1f1072601820f3144b6c3f0b03",
+    "0004_usage": "a9e4e2353da28785c6cea635ec70cbc886342e9ce45bcdedf369d0df4fa10d1d",
+    "0005_api_keys": "a33538f9d1e8b72b517a5bcc4420e316c114a1db1447dd6f306833e49649cee7",
+    "0006_audit_chain": "7dab104e2f2e711143e08dd68fff25d773ba4a9eaba693c5194ce6155829a7a1",
+    "0007_service_role_row_security": "be05746dbb7fa0fdb468caead50907f6da0f316b18271a482e60a0680332b9ab",
+    "0008_ledger_live_user_lock": "74cbdfe3d86babf796e32ef64b85497c9b2d4e5003adef4c5264f016d39e89ad",
+    "0009_ledger_request_keys": "ab7b780ffdb296e07a1c71e71b1d9b63966558544ee524a881b594ece43c8e00",
+    "0010_login_lockout_reservations": "013034ceaae985e90ffe08ae12681e635da84cd49d81edffbda88c07da33aa03",
+    "0011_chat_branch_jumps": "0d4df065a106f0d0842ba7b2a23d03fe6d961022862a10dbdae9da8f436ead76",
+    "0012_listing_commit_order": "3a801927276153b0350d3d45864e9e03f5cb26aa626ad34a6da5f9ea0610f2c8",
+}
+
+
+def test_landed_migrations_are_never_edited():
+    shipped = {m.label: m.checksum for m in load_migrations()}
+    assert {label: shipped.get(label) for label in LANDED} == LANDED
+
+
+def source(name: str, text: str) -> SourceFile:
+    return SourceFile(name, text)
+
+
+def ran(file: SourceFile) -> AppliedSource:
+    return AppliedSource(file.name, file.checksum, "fp")
+
+
+V1, V2 = source("ledger.sql", "-- v1"), source("ledger.sql", "-- v2")
+
+
+def test_a_source_file_is_pending_until_its_text_ran():
+    assert pending_sources([V1], []) == [V1]
+    assert pending_sources([V1], [ran(V1)]) == []
+
+
+def test_a_changed_source_file_is_pending_again():
+    assert pending_sources([V2], [ran(V1)]) == [V2]
+    assert superseded_sources([V2], [ran(V1)]) == []
+
+
+def test_an_older_build_leaves_a_later_text_in_place():
+    # A rolling update: this (older) build ships V1; the newer one applied V2 after it.
+    history = [ran(V1), ran(V2)]
+    assert pending_sources([V1], history) == []
+    assert superseded_sources([V1], history) == [V1]
+    assert superseded_sources([V2], history) == []
+
+
+def test_source_files_the_build_does_not_ship_are_left_alone():
+    assert pending_sources([V1], [ran(V1), ran(source("newer.sql", "-- from the next release"))]) == []
+
+
+def test_shipped_source_files_hold_only_replaceable_code():
+    sources = load_sources()
+    assert [s.name for s in sources] == sorted(s.name for s in sources) and sources
+    for file in sources:
+        for statement in split_statements(file.sql):
+            code = re.sub(r"^(\s*--[^\n]*\n)+", "", statement)
+            head = " ".join(code.split()[:4]).upper()
+            # Tables, indexes and data belong in migrations; functions and triggers are replaced in
+            # place, policies dropped and created again (inside DO blocks), grants restated.
+            assert head.startswith(
+                ("CREATE OR REPLACE FUNCTION", "CREATE OR REPLACE TRIGGER", "DO $$", "GRANT ", "REVOKE ")
+            ), f"{file.name}: {head}"
+
+
+def test_no_transaction_is_the_first_line_only():
+    assert not Migration(13, "concurrently", f"{NO_TRANSACTION}\nCREATE INDEX CONCURRENTLY i ON t (a);").transactional
+    assert Migration(13, "plain", f"CREATE TABLE t (a int);\n{NO_TRANSACTION}\n").transactional
+
+
+def test_statements_split_at_top_level_semicolons_only():
+    text = """-- qdata: no-transaction
+-- a comment; with a semicolon
+CREATE INDEX CONCURRENTLY IF NOT EXISTS a_idx ON a (x);
+/* block; comment */
+COMMENT ON INDEX a_idx IS 'it''s; fine';
+DO $body$ BEGIN PERFORM 1; END; $body$;
+SELECT "odd;name" FROM t;
+-- trailing comment only
+"""
+    assert split_statements(text) == [
+        "-- qdata: no-transaction\n-- a comment; with a semicolon\n"
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS a_idx ON a (x);",
+        "/* block; comment */\nCOMMENT ON INDEX a_idx IS 'it''s; fine';",
+        "DO $body$ BEGIN PERFORM 1; END; $body$;",
+        'SELECT "odd;name" FROM t;',
+    ]

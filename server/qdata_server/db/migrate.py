@@ -1,10 +1,21 @@
-"""Versioned plain-SQL migrations: apply, check and verify.
+"""Versioned plain-SQL migrations and the current source of database code: apply, check, verify.
 
-Files in migrations/ are named NNNN_name.sql and applied in version order. Each file and its
-bookkeeping row commit in one transaction, under an advisory lock held on a dedicated connection
-(so two replicas starting at once apply each file once). schema_migrations records version,
-name, SHA-256 of the file and, after each file, a fingerprint of the live schema. An applied file
-that was edited or removed is a loud error: landed migrations are never edited, a new one is added.
+Two kinds of files, applied in this order by `migrate`, all under one advisory lock held on a
+dedicated connection (so two replicas starting at once apply each file once):
+
+- migrations/NNNN_name.sql: tables, indexes and data changes, applied once each in version
+  order. Each file and its bookkeeping row commit in one transaction, unless its first line is
+  `-- qdata: no-transaction` (for CREATE INDEX CONCURRENTLY): then each of its statements runs on
+  its own and the bookkeeping row is written once they all succeeded. schema_migrations records
+  version, name, SHA-256 of the file and, after each file, a fingerprint of the live schema. An
+  applied file that was edited or removed is a loud error: landed migrations are never edited, a
+  new one is added.
+- functions/*.sql: the current text of every function, trigger and row-security policy, one file
+  per domain, in name order. A file is applied (in one transaction) when the database has not
+  run its text yet, and re-applied whenever its text changes; schema_current_source records
+  each text applied (name, SHA-256, fingerprint, time). A text the database ran before another
+  one is never re-applied over it: that is an older build during a rolling update (see
+  docs/database.md for reverting a change).
 """
 
 from __future__ import annotations
@@ -13,18 +24,24 @@ import dataclasses
 import hashlib
 import logging
 import re
+from collections.abc import Iterable
 from importlib import resources
-from typing import Any, LiteralString
+from importlib.abc import Traversable
+from pathlib import Path
+from typing import Any
 
 import psycopg
-
-from qdata_server.db.connection import Conn
+from psycopg.rows import tuple_row
 
 log = logging.getLogger("qdata.migrate")
 
 # Any fixed 64-bit number distinct from other advisory locks used on the database.
 _MIGRATION_LOCK_KEY = 0x7164_6174_615F_6D67  # "qdata_mg"
 _FILE_NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
+_SOURCE_NAME = re.compile(r"^[a-z0-9_]+\.sql$")
+# The first line of a migration that runs outside a transaction (as sqlx's `-- no-transaction`).
+NO_TRANSACTION = "-- qdata: no-transaction"
+Folder = Traversable | Path
 
 _CREATE_TRACKING = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -36,20 +53,42 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 )
 """
 
-# A digest of the user-visible schema: tables, columns, constraints, indexes and triggers.
+# One row per text of a current-source file the database ran; the newest per name is in force.
+# Created after the migrations (0007 creates the serving role that may read it, as health does).
+_CREATE_SOURCE_TRACKING = """
+CREATE TABLE IF NOT EXISTS schema_current_source (
+    name        text        NOT NULL,
+    checksum    text        NOT NULL,
+    fingerprint text        NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT schema_current_source_pkey PRIMARY KEY (name, checksum)
+);
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'qdata_service') THEN
+        GRANT SELECT ON schema_current_source TO qdata_service;
+    END IF;
+END;
+$$;
+"""
+
+_RECORD_SOURCE = "INSERT INTO schema_current_source (name, checksum, fingerprint) VALUES (%s, %s, %s)"
+
+# A digest of the user-visible schema: tables, columns, constraints, indexes and triggers (not
+# the tracking tables, so that creating schema_current_source changed no recorded fingerprint).
 _FINGERPRINT = """
 SELECT md5(string_agg(item, E'\\n' ORDER BY item)) AS fingerprint FROM (
     SELECT format('column %s.%s %s %s %s', c.table_name, c.column_name, c.data_type,
                   c.is_nullable, coalesce(c.column_default, '')) AS item
       FROM information_schema.columns c
-     WHERE c.table_schema = current_schema() AND c.table_name <> 'schema_migrations'
+     WHERE c.table_schema = current_schema() AND c.table_name NOT IN ('schema_migrations', 'schema_current_source')
     UNION ALL
     SELECT format('constraint %s %s', con.conname, pg_get_constraintdef(con.oid))
       FROM pg_constraint con JOIN pg_namespace n ON n.oid = con.connamespace
-     WHERE n.nspname = current_schema()
+     WHERE n.nspname = current_schema() AND con.conrelid IS DISTINCT FROM to_regclass('schema_current_source')
     UNION ALL
     SELECT format('index %s', indexdef) FROM pg_indexes
-     WHERE schemaname = current_schema() AND tablename <> 'schema_migrations'
+     WHERE schemaname = current_schema() AND tablename NOT IN ('schema_migrations', 'schema_current_source')
     UNION ALL
     SELECT format('trigger %s %s', t.tgname, pg_get_triggerdef(t.oid))
       FROM pg_trigger t JOIN pg_class r ON r.oid = t.tgrelid JOIN pg_namespace n ON n.oid = r.relnamespace
@@ -62,6 +101,10 @@ class MigrationError(RuntimeError):
     """The database's migration history disagrees with the shipped files."""
 
 
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 @dataclasses.dataclass(frozen=True)
 class Migration:
     version: int
@@ -70,7 +113,32 @@ class Migration:
 
     @property
     def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
+        return _sha256(self.sql)
+
+    @property
+    def label(self) -> str:
+        return f"{self.version:04d}_{self.name}"
+
+    @property
+    def transactional(self) -> bool:
+        """False for a migration whose first line is NO_TRANSACTION."""
+        return self.sql.split("\n", 1)[0].strip() != NO_TRANSACTION
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceFile:
+    """A current-source file of db/functions: applied whenever its text is new to the database."""
+
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return _sha256(self.sql)
+
+    @property
+    def label(self) -> str:
+        return f"functions/{self.name}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +149,20 @@ class AppliedMigration:
     fingerprint: str
 
 
-def load_migrations() -> list[Migration]:
-    """The shipped migration files, in version order."""
-    folder = resources.files("qdata_server.db").joinpath("migrations")
+@dataclasses.dataclass(frozen=True)
+class AppliedSource:
+    name: str
+    checksum: str
+    fingerprint: str
+
+
+def _package_folder(name: str) -> Traversable:
+    return resources.files("qdata_server.db").joinpath(name)
+
+
+def load_migrations(folder: Folder | None = None) -> list[Migration]:
+    """The migration files (the shipped ones unless folder is given), in version order."""
+    folder = folder or _package_folder("migrations")
     migrations = []
     for entry in folder.iterdir():
         match = _FILE_NAME.match(entry.name)
@@ -96,6 +175,18 @@ def load_migrations() -> list[Migration]:
     if len(set(versions)) != len(versions):
         raise MigrationError("two migration files share a version number")
     return migrations
+
+
+def load_sources(folder: Folder | None = None) -> list[SourceFile]:
+    """The current-source files (the shipped db/functions unless folder is given), in name order."""
+    folder = folder or _package_folder("functions")
+    sources = []
+    for entry in folder.iterdir():
+        if _SOURCE_NAME.match(entry.name):
+            sources.append(SourceFile(entry.name, entry.read_text("utf-8")))
+        elif entry.name.endswith(".sql"):
+            raise MigrationError(f"current-source file {entry.name!r} is not named name.sql (lower case)")
+    return sorted(sources, key=lambda s: s.name)
 
 
 def newer_than_build(files: list[Migration], applied: list[AppliedMigration]) -> list[AppliedMigration]:
@@ -136,17 +227,34 @@ def pending(files: list[Migration], applied: list[AppliedMigration]) -> list[Mig
     return [m for m in files if m.version not in done]
 
 
-def _value(conn: psycopg.Connection[Any], sql: LiteralString) -> Any:
-    """The value a single-row, single-column query returns."""
-    row = conn.execute(sql).fetchone()
+def pending_sources(files: list[SourceFile], applied: list[AppliedSource]) -> list[SourceFile]:
+    """The current-source files whose text the database has never run.
+
+    applied is the history in the order it was applied. A file whose shipped text was applied
+    before some later text is not pending (superseded_sources: a newer build applied the later
+    one); files the database knows but this build does not ship are left alone.
+    """
+    ran = {(row.name, row.checksum) for row in applied}
+    return [f for f in files if (f.name, f.checksum) not in ran]
+
+
+def superseded_sources(files: list[SourceFile], applied: list[AppliedSource]) -> list[SourceFile]:
+    """Shipped files whose text the database ran, but another text of the same file after it."""
+    latest = {row.name: row.checksum for row in applied}
+    ran = {(row.name, row.checksum) for row in applied}
+    return [f for f in files if (f.name, f.checksum) in ran and latest[f.name] != f.checksum]
+
+
+def _scalar(conn: psycopg.Connection[Any], query: str) -> Any:
+    """The first column of the one row query returns."""
+    row = conn.execute(query).fetchone()
     if row is None:
-        raise MigrationError("a single-row query returned no row")
+        raise MigrationError(f"no row from {query!r}")
     return row[0]
 
 
 def _applied(conn: psycopg.Connection[Any]) -> list[AppliedMigration]:
-    exists = _value(conn, "SELECT to_regclass('schema_migrations') IS NOT NULL")
-    if not exists:
+    if not _scalar(conn, "SELECT to_regclass('schema_migrations') IS NOT NULL"):
         return []
     rows = conn.execute(
         "SELECT version, name, checksum, fingerprint FROM schema_migrations ORDER BY version"
@@ -154,9 +262,87 @@ def _applied(conn: psycopg.Connection[Any]) -> list[AppliedMigration]:
     return [AppliedMigration(*row) for row in rows]
 
 
-def migrate(conninfo: str) -> list[str]:
-    """Applies pending migrations; returns the names applied. Safe to run concurrently."""
-    files = load_migrations()
+_APPLIED_SOURCES = "SELECT name, checksum, fingerprint FROM schema_current_source ORDER BY applied_at, name"
+
+
+def _applied_sources(conn: psycopg.Connection[Any]) -> list[AppliedSource]:
+    if not _scalar(conn, "SELECT to_regclass('schema_current_source') IS NOT NULL"):
+        return []
+    return [AppliedSource(*row) for row in conn.execute(_APPLIED_SOURCES).fetchall()]
+
+
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
+
+
+def split_statements(text: str) -> list[str]:
+    """The SQL statements of text, split at top-level semicolons.
+
+    Quotes ('...', "...", $tag$...$tag$) and comments (--, /* */) are skipped over, so a
+    semicolon inside them does not split (backslash escapes of E'...' strings are not understood).
+    Comment-only pieces are dropped.
+    """
+    statements: list[str] = []
+    start = i = 0
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "-" and text.startswith("--", i):
+            end = text.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif c == "/" and text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+        elif c in "'\"":
+            end = i + 1
+            while True:
+                end = text.find(c, end)
+                if end < 0 or not text.startswith(c, end + 1):
+                    break
+                end += 2  # a doubled quote stands for itself
+            i = n if end < 0 else end + 1
+        elif c == "$" and (tag := _DOLLAR_TAG.match(text, i)):
+            end = text.find(tag.group(0), i + len(tag.group(0)))
+            i = n if end < 0 else end + len(tag.group(0))
+        elif c == ";":
+            statements.append(text[start : i + 1])
+            start = i = i + 1
+        else:
+            i += 1
+    statements.append(text[start:])
+    return [s.strip() for s in statements if _code(s)]
+
+
+def _code(statement: str) -> str:
+    """statement without its comments and semicolons (empty for a comment-only piece)."""
+    return re.sub(r"--[^\n]*|/\*.*?\*/", "", statement, flags=re.DOTALL).strip(" \n\t;")
+
+
+def _fingerprint(conn: psycopg.Connection[Any]) -> str:
+    return str(_scalar(conn, _FINGERPRINT))
+
+
+def _apply_migration(conn: psycopg.Connection[Any], migration: Migration) -> None:
+    record = "INSERT INTO schema_migrations (version, name, checksum, fingerprint) VALUES (%s, %s, %s, %s)"
+    if migration.transactional:
+        with conn.transaction():
+            conn.execute(migration.sql.encode("utf-8"))
+            conn.execute(record, (migration.version, migration.name, migration.checksum, _fingerprint(conn)))
+        return
+    # Autocommit, one statement at a time (several in one query string would form one implicit
+    # transaction, which CREATE INDEX CONCURRENTLY refuses); recorded once all succeeded.
+    for statement in split_statements(migration.sql):
+        conn.execute(statement.encode("utf-8"))
+    conn.execute(record, (migration.version, migration.name, migration.checksum, _fingerprint(conn)))
+
+
+def migrate(conninfo: str, *, migrations: Folder | None = None, sources: Folder | None = None) -> list[str]:
+    """Applies pending migrations, then pending current-source files; returns their labels.
+
+    Safe to run concurrently. migrations and sources name other folders than the shipped ones
+    (for tests).
+    """
+    files = load_migrations(migrations)
+    source_files = load_sources(sources)
     applied_now: list[str] = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
         # A session-level lock on this dedicated connection; released in finally (and at close).
@@ -164,39 +350,65 @@ def migrate(conninfo: str) -> list[str]:
         try:
             conn.execute(_CREATE_TRACKING)
             for migration in pending(files, _applied(conn)):
+                _apply_migration(conn, migration)
+                applied_now.append(migration.label)
+                log.info("applied migration %s", migration.label)
+            with conn.transaction():
+                conn.execute(_CREATE_SOURCE_TRACKING)
+            history = _applied_sources(conn)
+            for source in superseded_sources(source_files, history):
+                log.warning(
+                    "left %s as the database has it: it ran a later text of it than this build ships "
+                    "(a newer release migrated it)",
+                    source.label,
+                )
+            for source in pending_sources(source_files, history):
                 with conn.transaction():
-                    conn.execute(migration.sql.encode("utf-8"))
-                    fingerprint = _value(conn, _FINGERPRINT)
-                    conn.execute(
-                        "INSERT INTO schema_migrations (version, name, checksum, fingerprint) VALUES (%s, %s, %s, %s)",
-                        (migration.version, migration.name, migration.checksum, fingerprint),
-                    )
-                applied_now.append(f"{migration.version:04d}_{migration.name}")
-                log.info("applied migration %04d_%s", migration.version, migration.name)
+                    conn.execute(source.sql.encode("utf-8"))
+                    conn.execute(_RECORD_SOURCE, (source.name, source.checksum, _fingerprint(conn)))
+                applied_now.append(source.label)
+                log.info("applied current source %s", source.label)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK_KEY,))
     return applied_now
 
 
-def status(conninfo: str) -> list[Migration]:
-    """The pending migrations; raises MigrationError for an edited or missing applied one."""
+def status(
+    conninfo: str, *, migrations: Folder | None = None, sources: Folder | None = None
+) -> list[Migration | SourceFile]:
+    """What migrate would apply; raises MigrationError for an edited or missing applied migration."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        return pending(load_migrations(), _applied(conn))
+        todo: list[Migration | SourceFile] = list(pending(load_migrations(migrations), _applied(conn)))
+        return todo + pending_sources(load_sources(sources), _applied_sources(conn))
 
 
-def verify(conninfo: str) -> list[str]:
+def verify(conninfo: str, *, migrations: Folder | None = None, sources: Folder | None = None) -> list[str]:
     """Checks history, pending files and the live schema; returns a list of problems (empty = ok)."""
     problems: list[str] = []
+    source_files = load_sources(sources)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         applied = _applied(conn)
         try:
-            todo = pending(load_migrations(), applied)
+            todo = pending(load_migrations(migrations), applied)
         except MigrationError as exc:
             return [str(exc)]
-        problems += [f"migration {m.version:04d}_{m.name} is not applied" for m in todo]
-        if applied and not todo:
-            live = _value(conn, _FINGERPRINT)
-            if live != applied[-1].fingerprint:
+        history = _applied_sources(conn)
+        problems += [f"migration {m.label} is not applied" for m in todo]
+        problems += [f"current source {s.label} is not applied" for s in pending_sources(source_files, history)]
+        problems += [
+            f"current source {s.label}: the database runs a later text than this build ships "
+            "(a newer release migrated it; or this build reverts a change: see docs/database.md)"
+            for s in superseded_sources(source_files, history)
+        ]
+        if applied and not problems:
+            # The fingerprint recorded by whatever was applied last: a migration or a source file.
+            last = _scalar(
+                conn,
+                "SELECT fingerprint FROM (SELECT fingerprint, applied_at FROM schema_migrations"
+                " UNION ALL SELECT fingerprint, applied_at FROM schema_current_source) steps"
+                " ORDER BY applied_at DESC LIMIT 1",
+            )
+            if _fingerprint(conn) != last:
                 problems.append(
                     "the live schema differs from the one the migrations produced "
                     "(changed by hand?); compare it with the migration files"
@@ -204,12 +416,28 @@ def verify(conninfo: str) -> list[str]:
     return problems
 
 
-async def pending_count(conn: Conn) -> int:
-    """Number of pending migrations, for the health check; raises MigrationError on a bad history."""
-    cur = await conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL AS present")
+async def pending_count(conn: psycopg.AsyncConnection[Any]) -> int:
+    """Pending migrations and current-source files, for the health check.
+
+    Raises MigrationError on a bad migration history.
+    """
+    cur = conn.cursor(row_factory=tuple_row)
+    await cur.execute(
+        "SELECT to_regclass('schema_migrations') IS NOT NULL, to_regclass('schema_current_source') IS NOT NULL"
+    )
     present = await cur.fetchone()
-    if present is None or not present["present"]:
-        return len(load_migrations())
-    cur = await conn.execute("SELECT version, name, checksum, fingerprint FROM schema_migrations ORDER BY version")
-    rows = [AppliedMigration(r["version"], r["name"], r["checksum"], r["fingerprint"]) for r in await cur.fetchall()]
-    return len(pending(load_migrations(), rows))
+    migrations_present, sources_present = present if present else (False, False)
+    applied: list[AppliedMigration] = []
+    if migrations_present:
+        await cur.execute("SELECT version, name, checksum, fingerprint FROM schema_migrations ORDER BY version")
+        applied = [AppliedMigration(*row) for row in await cur.fetchall()]
+    history: list[AppliedSource] = []
+    if sources_present:
+        await cur.execute(_APPLIED_SOURCES)
+        history = [AppliedSource(*row) for row in await cur.fetchall()]
+    return len(pending(load_migrations(), applied)) + len(pending_sources(load_sources(), history))
+
+
+def labels(items: Iterable[Migration | SourceFile]) -> str:
+    """The items' labels, comma-separated, or "none"."""
+    return ", ".join(item.label for item in items) or "none"

@@ -1,7 +1,7 @@
 """Short explicit transactions with deadline-bound statements and bounded retries.
 
 `run(pool, work, acting=...)` checks out a connection, opens a transaction, names whom it acts for
-(row-level security, see 0007_service_role_row_security.sql) and sets a transaction-local
+(row-level security, see db/functions/security.sql) and sets a transaction-local
 statement_timeout from the caller's remaining deadline, runs `work(conn)` and commits. A
 serialization failure or deadlock reruns the whole transaction a bounded number of times; so does
 a prepared statement whose result shape a migration changed underneath ("cached plan must not

@@ -1,1 +1,1 @@
-"""LedgerService: prepaid credits as a double-entry ledger with holds (SQL in 0003_ledger.sql)."""
+"""LedgerService: prepaid credits as a double-entry ledger with holds (SQL functions in db/functions/ledger.sql)."""

@@ -1,6 +1,6 @@
 """Ledger mutations: each is one idempotent transaction around one ledger_* SQL function.
 
-The SQL functions (0003_ledger.sql) lock the user accounts involved in user_id order, check
+The SQL functions (db/functions/ledger.sql) lock the user accounts involved in user_id order, check
 funds, append the immutable transaction and its postings and move the cached balances; business
 rejections (INSUFFICIENT_FUNDS, HOLD_EXPIRED, ...) roll everything back, including the
 request_id claim, so a rejected request leaves no trace and may be retried with the same id.

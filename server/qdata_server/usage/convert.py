@@ -11,7 +11,7 @@ from qdata.v1 import usage_pb2
 from qdata_server.usage import rules
 from qdata_server.users.convert import timestamp
 
-# The latency histogram (usage_latency_bucket in 0004_usage.sql): bucket i >= 1 holds
+# The latency histogram (usage_latency_bucket in db/functions/usage.sql): bucket i >= 1 holds
 # [1 us * GAMMA^(i-1), 1 us * GAMMA^i); bucket 0 holds [0, 1 us).
 GAMMA = 1.05
 BUCKET_BASE_NANOS = 1000

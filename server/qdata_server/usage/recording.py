@@ -1,6 +1,6 @@
 """RecordUsage and RecordUsageBatch: usage is recorded if and only if it is billed.
 
-Each record is one call of the SQL function usage_record (0004_usage.sql), inside the
+Each record is one call of the SQL function usage_record (db/functions/usage.sql), inside the
 transaction that also claims its request_id: it prices the call by the version in force at its
 call time, writes the record, charges the ledger (or captures the hold, charging any overage, or
 releases the hold of an unbilled call), queues the record for the rollups and writes the audit
@@ -10,8 +10,9 @@ recorded and the request_id stays free for a retry.
 RecordUsageBatch sends its items in chunks of CHUNK_SIZE, one transaction and one round trip
 per chunk (usage_record_batch): each item runs in its own subtransaction, so it succeeds or
 fails on its own, and the chunk pays one commit instead of one per record. Items share
-RecordUsage's idempotency keys (same method, fingerprint and user scope), so a record sent by
-either RPC replays through the other.
+RecordUsage's idempotency keys (same method, fingerprint and user scope), claimed by the same SQL
+function (idempotency_claim) and compared by the same check (idempotency.check_same_request), so
+a record sent by either RPC replays through the other.
 
 A billed record moves money, so its charge (or hold capture) carries its key forever
 (0009_ledger_request_keys.sql): a replay whose idempotency record was purged gets the record
@@ -34,7 +35,7 @@ from qdata_server.db.constraints import error_for
 from qdata_server.db.sql import execute, fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import acting_for
 from qdata_server.errors import Internal, InvalidArgument, QdataError, RequestRemembered, invalid
-from qdata_server.idempotency import RequestKey, check_request_id, fingerprint, request_key, reused
+from qdata_server.idempotency import RequestKey, check_request_id, check_same_request, fingerprint, request_key
 from qdata_server.ledger.operations import request_holder
 from qdata_server.usage import convert, rules
 from qdata_server.validation import Violations
@@ -203,6 +204,10 @@ class _Item:
     call: Call
     request_hash: bytes
 
+    def key(self, actor: str) -> RequestKey:
+        """The item's idempotency key, the one RecordUsage claims for the same record."""
+        return RequestKey(self.call.user_id, actor, self.request.request_id, METHOD, self.request_hash)
+
 
 async def _record_chunk(conn: Conn, items: list[_Item], actor: str) -> dict[int, usage_pb2.RecordUsageResult]:
     params = [item.call.params() for item in items]
@@ -242,8 +247,11 @@ async def _record_chunk(conn: Conn, items: list[_Item], actor: str) -> dict[int,
                 column.append(value)
             results[item.index] = usage_pb2.RecordUsageResult(index=item.index, record=response.record)
         elif row["status"] == "claimed":
-            if row["stored_method"] != METHOD or bytes(row["stored_hash"]) != item.request_hash:
-                results[item.index] = _failure(item.index, reused())
+            # Taken by an earlier request: the same one (its first answer) or another (REQUEST_ID_REUSED).
+            try:
+                check_same_request(item.key(actor), row["stored_method"], row["stored_hash"])
+            except QdataError as reuse:
+                results[item.index] = _failure(item.index, reuse)
             else:
                 first = usage_pb2.RecordUsageResponse.FromString(bytes(row["stored_response"]))
                 results[item.index] = usage_pb2.RecordUsageResult(index=item.index, record=first.record)
@@ -251,9 +259,8 @@ async def _record_chunk(conn: Conn, items: list[_Item], actor: str) -> dict[int,
             error = error_for(row["error_constraint"], row["error_detail"])
             if isinstance(error, RequestRemembered):
                 # Billed before, its idempotency record since purged: the ledger row answers.
-                key = RequestKey(item.call.user_id, actor, item.request.request_id, METHOD, item.request_hash)
                 try:
-                    first = await _remembered(conn, key)
+                    first = await _remembered(conn, item.key(actor))
                 except QdataError as remembered_error:
                     results[item.index] = _failure(item.index, remembered_error)
                 else:
@@ -315,8 +322,10 @@ async def record_usage_batch(
             results[index] = result
 
     for index, original, request_hash in repeats:
-        if request_hash != original.request_hash:
-            results[index] = _failure(index, reused())
+        try:
+            check_same_request(original.key(actor), METHOD, request_hash)
+        except QdataError as reuse:
+            results[index] = _failure(index, reuse)
         else:
             replay = usage_pb2.RecordUsageResult()
             replay.CopyFrom(results[original.index])

@@ -1,10 +1,9 @@
 -- name: claim_request_id
--- Claims an idempotency key for this transaction; returns no row if it was already claimed (a
--- concurrent claim waits here until the first transaction commits or rolls back).
-INSERT INTO idempotency_keys (user_id, actor, request_id, method, request_hash, response)
-VALUES (%(user_id)s, %(actor)s, %(request_id)s, %(method)s, %(request_hash)s, ''::bytea)
-ON CONFLICT (user_id, actor, request_id) DO NOTHING
-RETURNING true AS claimed;
+-- Claims an idempotency key for this transaction (idempotency_claim in functions/idempotency.sql):
+-- claimed, or the stored method, fingerprint and response of the request that holds it (a
+-- concurrent claim waits until the first transaction commits or rolls back).
+SELECT claimed, stored_method, stored_hash, stored_response
+  FROM idempotency_claim(%(user_id)s, %(actor)s, %(request_id)s, %(method)s, %(request_hash)s);
 
 -- name: get_request_id
 -- Reads a claimed idempotency key with the first response.
@@ -14,8 +13,7 @@ SELECT method, request_hash, response
 
 -- name: store_response
 -- Stores the response for a key claimed in this transaction.
-UPDATE idempotency_keys SET response = %(response)s
- WHERE user_id = %(user_id)s AND actor = %(actor)s AND request_id = %(request_id)s;
+SELECT idempotency_store(%(actor)s, ARRAY[%(user_id)s::uuid], ARRAY[%(request_id)s::text], ARRAY[%(response)s::bytea]);
 
 -- name: purge_request_ids
 -- Forgets up to %(limit)s idempotency records older than %(retention_seconds)s (oldest first,
@@ -37,9 +35,9 @@ WITH doomed AS (
 SELECT count(*) AS purged FROM gone;
 
 -- name: insert_audit_event
--- Appends one audit record in the caller's transaction.
-INSERT INTO audit_events (actor, user_id, action, target_type, target_id, request_id, summary)
-VALUES (%(actor)s, %(user_id)s, %(action)s, %(target_type)s, %(target_id)s, %(request_id)s, %(summary)s);
+-- Appends one audit record in the caller's transaction (audit_append in functions/audit.sql).
+SELECT audit_append(%(actor)s, %(user_id)s::uuid, %(action)s, %(target_type)s, %(target_id)s, %(request_id)s,
+                    %(summary)s::jsonb);
 
 -- name: get_server_secret
 -- Reads a secret the server generated for itself at migration time.
@@ -51,7 +49,7 @@ SELECT secret FROM server_secrets WHERE name = %(name)s;
 SELECT current_setting('transaction_read_only') = 'on' AS read_only;
 
 -- name: begin_transaction
--- Opens every server transaction (see 0007_service_role_row_security.sql): names the users it
+-- Opens every server transaction (see db/functions/security.sql): names the users it
 -- acts for and whether it is a cross-user path, and bounds its statements by the caller's
 -- deadline (NULL keeps the role's statement_timeout). Queued with the first statement of the work.
 SELECT set_config('qdata.acting_users', %(acting_users)s, true),

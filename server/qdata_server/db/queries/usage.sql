@@ -84,7 +84,7 @@ SELECT price_id, model_id, currency_code, input_micros_per_million, output_micro
 SELECT model_id, currency_code FROM models WHERE model_id = %(model_id)s;
 
 -- name: usage_record
--- Records and bills one model call (usage_record in 0004_usage.sql); returns the record with its
+-- Records and bills one model call (usage_record in functions/usage.sql); returns the record with its
 -- currency.
 SELECT r.user_id, r.called_at, r.usage_record_id, r.request_id, r.model_id, r.price_id, r.session_id,
        r.input_tokens, r.cached_input_tokens, r.output_tokens, r.reasoning_tokens, r.latency_ns,
@@ -110,7 +110,7 @@ SELECT r.usage_record_id, r.request_id, r.user_id, r.model_id, r.session_id, r.i
 
 -- name: usage_record_batch
 -- Records a chunk of RecordUsageBatch items, each in its own subtransaction; one result row per
--- item in order (see usage_record_batch in 0004_usage.sql).
+-- item in order (see usage_record_batch in functions/usage.sql).
 SELECT b.o_item AS item, b.o_status AS status, (b.o_record).user_id, (b.o_record).called_at,
        (b.o_record).usage_record_id, (b.o_record).request_id, (b.o_record).model_id, (b.o_record).price_id,
        (b.o_record).session_id, (b.o_record).input_tokens, (b.o_record).cached_input_tokens,
@@ -134,9 +134,7 @@ SELECT b.o_item AS item, b.o_status AS status, (b.o_record).user_id, (b.o_record
 -- name: usage_store_responses
 -- Stores the responses of the batch items recorded in this transaction (their keys were claimed
 -- by usage_record_batch).
-UPDATE idempotency_keys k SET response = v.response
-  FROM unnest(%(user_ids)s::uuid[], %(request_ids)s::text[], %(responses)s::bytea[]) AS v(user_id, request_id, response)
- WHERE k.user_id = v.user_id AND k.actor = %(actor)s AND k.request_id = v.request_id;
+SELECT idempotency_store(%(actor)s, %(user_ids)s::uuid[], %(request_ids)s::text[], %(responses)s::bytea[]);
 
 -- name: usage_fold
 -- Folds queued usage into the rollups; returns how many rows it folded.

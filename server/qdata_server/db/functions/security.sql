@@ -1,0 +1,83 @@
+-- Current source: row-level security, the defense in depth behind the server's own WHERE clauses
+-- (the roles and their table rights: 0007_service_role_row_security.sql and later migrations).
+--
+-- Every transaction the server runs starts by naming whom it acts for, in transaction-local
+-- settings sent in the same round trip as its first statement (db/transactions.py):
+--   qdata.acting_users  a uuid[] literal: the users whose rows the transaction may see and change
+--                       (the nil UUID stands for "no user": idempotency records and audit events
+--                       of requests made for nobody, such as catalog changes);
+--   qdata.all_users     'on' only for the named cross-user paths (statistics, VerifyLedger,
+--                       ListAuditEvents, ListUsers, login by email, the background sweepers).
+-- With neither set, the serving role (qdata_service) sees no user's rows at all. The owner is not
+-- subject to these policies (they are not FORCEd): operator commands such as verify-audit and
+-- rewrap-keys run as the owner.
+--
+-- Every table that holds a user's rows is listed below: RLS on, one policy for the users the
+-- transaction acts for, one for the cross-user paths (permissive policies add up: OR). A policy
+-- cannot be replaced in place, so each is dropped and created again, in this file's transaction.
+-- A new user-owned table gets its line here; a policy removed from here needs a migration that
+-- drops it.
+
+-- Whom the current transaction acts for (see above). Inlined by the planner into each policy, so
+-- a policy's comparison with user_id stays usable as an index condition.
+CREATE OR REPLACE FUNCTION qdata_acting_users() RETURNS uuid[]
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT coalesce(nullif(current_setting('qdata.acting_users', true), ''), '{}')::uuid[]
+$$;
+
+-- True only in a transaction the server runs on a cross-user path.
+CREATE OR REPLACE FUNCTION qdata_acting_for_all_users() RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT coalesce(current_setting('qdata.all_users', true), '') = 'on'
+$$;
+
+DO $$
+DECLARE
+    owned text;
+    -- Table and the expression naming the user(s) a row belongs to, for reading and for writing.
+    -- A transfer and all its postings are visible to both its sender (the owner) and its
+    -- recipient (the counterparty); only the owner's transactions write them.
+    spec text[];
+    specs text[] := ARRAY[
+        ARRAY['users', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
+        ARRAY['user_preferences', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
+        ARRAY['idempotency_keys', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
+        ARRAY['audit_events',
+              'coalesce(user_id, ''00000000-0000-0000-0000-000000000000'') = ANY (qdata_acting_users())',
+              'coalesce(user_id, ''00000000-0000-0000-0000-000000000000'') = ANY (qdata_acting_users())'],
+        ARRAY['user_api_keys', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
+        ARRAY['chat_sessions', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
+        ARRAY['chat_messages', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
+        ARRAY['ledger_accounts', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
+        ARRAY['ledger_transactions',
+              'user_id = ANY (qdata_acting_users()) OR counterparty_user_id = ANY (qdata_acting_users())',
+              'user_id = ANY (qdata_acting_users())'],
+        ARRAY['ledger_postings',
+              'user_id = ANY (qdata_acting_users()) OR EXISTS (SELECT FROM ledger_transactions t'
+              ' WHERE t.user_id = ledger_postings.user_id AND t.transaction_id = ledger_postings.transaction_id'
+              ' AND t.counterparty_user_id = ANY (qdata_acting_users()))',
+              'user_id = ANY (qdata_acting_users())'],
+        ARRAY['ledger_holds', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
+        -- Read-only for the serving role (ledger_transactions_position writes it as the owner).
+        ARRAY['ledger_positions', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
+        ARRAY['usage_records', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
+        ARRAY['usage_rollup_queue', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
+        ARRAY['usage_model_user_months', 'user_id = ANY (qdata_acting_users())',
+              'user_id = ANY (qdata_acting_users())'],
+        ARRAY['usage_model_user_days', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
+        ARRAY['usage_user_days', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
+        ARRAY['model_ratings', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())']
+    ];
+BEGIN
+    FOREACH spec SLICE 1 IN ARRAY specs LOOP
+        owned := spec[1];
+        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', owned);
+        EXECUTE format('DROP POLICY IF EXISTS %I ON %I', owned || '_acting_users', owned);
+        EXECUTE format('CREATE POLICY %I ON %I TO qdata_service USING (%s) WITH CHECK (%s)',
+                       owned || '_acting_users', owned, spec[2], spec[3]);
+        EXECUTE format('DROP POLICY IF EXISTS %I ON %I', owned || '_all_users', owned);
+        EXECUTE format('CREATE POLICY %I ON %I TO qdata_service USING (qdata_acting_for_all_users()) '
+                       'WITH CHECK (qdata_acting_for_all_users())', owned || '_all_users', owned);
+    END LOOP;
+END;
+$$;
