@@ -15,9 +15,10 @@ from qdata.v1 import chat_pb2
 from qdata_server.chat.messages import NO_UPPER_BOUND
 from qdata_server.db.sql import query
 from qdata_server.db.transactions import acting_for
-from tests.api.chat_support import append, create_session, list_page, numbers, sql
-from tests.conftest import serving_url
-from tests.helpers import create_user, rid
+from tests.support.calls import create_user, rid
+from tests.support.chat import append, create_session, list_page, numbers
+from tests.support.database import sql
+from tests.support.server import serving_url
 
 BRANCH = chat_pb2.MESSAGE_SCOPE_BRANCH
 DESC = chat_pb2.MESSAGE_ORDER_DESCENDING

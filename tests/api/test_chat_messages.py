@@ -14,7 +14,8 @@ from google.protobuf import field_mask_pb2
 from qdata.v1 import chat_pb2
 from qdata_server.chat import messages
 from qdata_server.errors import NotFound
-from tests.api.chat_support import (
+from tests.support.calls import create_user, expect_error, rid
+from tests.support.chat import (
     ASSISTANT,
     EXISTS,
     NOT_FOUND,
@@ -29,10 +30,9 @@ from tests.api.chat_support import (
     list_page,
     message,
     numbers,
-    sql,
     violations,
 )
-from tests.helpers import create_user, expect_error, rid
+from tests.support.database import pool_drained, sql
 
 BRANCH = chat_pb2.MESSAGE_SCOPE_BRANCH
 DESC = chat_pb2.MESSAGE_ORDER_DESCENDING
@@ -554,12 +554,6 @@ async def test_cancelled_exports_return_their_connections(api):
         assert len(first.messages) == 100
     for stream in streams:
         stream.cancel()
-    for _ in range(100):
-        stats = pool.get_stats()
-        if stats.get("pool_available", 0) == stats.get("pool_size", -1) and not stats.get("requests_waiting"):
-            break
-        await asyncio.sleep(0.05)
-    stats = pool.get_stats()
-    assert stats["pool_available"] == stats["pool_size"], stats
+    await pool_drained(pool)
     # The server still exports in full afterwards.
     assert numbers([m for c in await export(api, session) for m in c.messages]) == list(range(1, 501))

@@ -6,17 +6,8 @@ from __future__ import annotations
 from google.protobuf import field_mask_pb2
 
 from qdata.v1 import chat_pb2
-from tests.api.chat_support import (
-    ASSISTANT,
-    NOT_FOUND,
-    SYSTEM,
-    USER,
-    append,
-    create_session,
-    message,
-    violations,
-)
-from tests.helpers import create_user, expect_error, rid
+from tests.support.calls import create_user, expect_error, rid
+from tests.support.chat import ASSISTANT, NOT_FOUND, SYSTEM, USER, append, create_session, message, violations
 
 
 async def search(api, user_id: str, query: str, **fields) -> chat_pb2.SearchMessagesResponse:

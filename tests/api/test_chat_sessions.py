@@ -12,18 +12,9 @@ import asyncio
 from google.protobuf import field_mask_pb2
 
 from qdata.v1 import chat_pb2, user_pb2
-from tests.api.chat_support import (
-    EXISTS,
-    INVALID,
-    NOT_FOUND,
-    append,
-    chat_state,
-    create_session,
-    get_session,
-    sql,
-    violations,
-)
-from tests.helpers import create_user, expect_error, rid
+from tests.support.calls import create_user, expect_error, rid
+from tests.support.chat import EXISTS, INVALID, NOT_FOUND, append, chat_state, create_session, get_session, violations
+from tests.support.database import sql
 
 UNKNOWN_USER = "00000000-0000-4000-8000-000000000000"
 

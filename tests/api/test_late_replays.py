@@ -21,7 +21,9 @@ import pytest
 
 from qdata.v1 import chat_pb2, ledger_pb2, usage_pb2, user_pb2
 from qdata_server.idempotency import fingerprint
-from tests.api.ledger_helpers import (
+from tests.support.calls import error_info, rid
+from tests.support.database import scalar, sql
+from tests.support.ledger import (
     ACTIVE,
     CAPTURED,
     EXISTS,
@@ -39,13 +41,10 @@ from tests.api.ledger_helpers import (
     refund_request,
     rejected,
     release_request,
-    scalar,
-    sql,
     transfer_request,
 )
-from tests.api.usage_support import ERROR, create_model, usage
-from tests.conftest import TEST_SETTINGS, start_api, stop_api
-from tests.helpers import error_info, rid
+from tests.support.server import TEST_SETTINGS, start_api, stop_api
+from tests.support.usage import ERROR, create_model, usage
 
 # A retention of one second, purged every tenth of a second.
 FORGETFUL = dataclasses.replace(TEST_SETTINGS, idempotency_retention_hours=1 / 3600, idempotency_purge_seconds=0.1)

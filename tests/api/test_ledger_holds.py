@@ -13,7 +13,9 @@ import uuid
 from google.protobuf import duration_pb2
 
 from qdata.v1 import ledger_pb2
-from tests.api.ledger_helpers import (
+from tests.support.calls import error_info, field_violations
+from tests.support.database import sql
+from tests.support.ledger import (
     ACTIVE,
     CAPTURED,
     EXPIRED,
@@ -24,6 +26,7 @@ from tests.api.ledger_helpers import (
     PRECONDITION,
     RELEASED,
     USD,
+    age_holds,
     amounts,
     assert_balanced,
     assert_ledger_clean,
@@ -42,11 +45,8 @@ from tests.api.ledger_helpers import (
     rejected,
     release,
     release_request,
-    serving,
-    sql,
     ttl,
 )
-from tests.helpers import error_info, field_violations
 
 HOUR = 3600
 
@@ -239,70 +239,71 @@ async def test_create_hold_validates_ttl_and_amount(api):
 # ---- expiry -------------------------------------------------------------------------------------
 
 
-async def test_expired_hold_stops_reserving_before_any_sweep(database_url):
-    async with serving(database_url, hold_sweep_seconds=0) as api:  # no background sweeper at all
-        user_id = await new_user(api, 10 * USD)
-        hold = await create_hold(api, user_id, 10 * USD, ttl=ttl(1))
-        keeper = await create_hold(api, await new_user(api, USD), USD)  # another account, untouched
-        assert lifetime(hold) == 1
-        assert await amounts(api, user_id) == (10 * USD, 10 * USD, 0)
-        await rejected(api, api.ledger.Charge, charge_request(user_id, 1), PRECONDITION, "INSUFFICIENT_FUNDS")
+async def test_expired_hold_stops_reserving_before_any_sweep(api_with):
+    api = await api_with(hold_sweep_seconds=0)  # no background sweeper at all
+    user_id = await new_user(api, 10 * USD)
+    hold = await create_hold(api, user_id, 10 * USD, ttl=ttl(1))
+    keeper = await create_hold(api, await new_user(api, USD), USD)  # another account, untouched
+    assert lifetime(hold) == 1
+    assert await amounts(api, user_id) == (10 * USD, 10 * USD, 0)
+    await rejected(api, api.ledger.Charge, charge_request(user_id, 1), PRECONDITION, "INSUFFICIENT_FUNDS")
 
-        await asyncio.sleep(1.2)
-        # Nothing has swept it: the row still says active and the cached held amount still counts it.
-        assert (await db_hold(api, hold.id))["status"] == "active"
-        assert await cached_held(api, user_id) == 10 * USD
-        # Yet reads already treat it as expired.
-        assert await amounts(api, user_id) == (10 * USD, 0, 10 * USD)
-        expired = await get_hold(api, user_id, hold.id)
-        assert expired.status == EXPIRED
-        assert expired.resolve_time == expired.expire_time
-        for method, request in [
-            (api.ledger.CaptureHold, capture_request(user_id, hold.id, USD)),
-            (api.ledger.ReleaseHold, release_request(user_id, hold.id)),
-        ]:
-            await rejected(api, method, request, PRECONDITION, "HOLD_EXPIRED")
-        await assert_ledger_clean(api)
+    await age_holds(api, 1.2, hold.id)
+    # Nothing has swept it: the row still says active and the cached held amount still counts it.
+    assert (await db_hold(api, hold.id))["status"] == "active"
+    assert await cached_held(api, user_id) == 10 * USD
+    # Yet reads already treat it as expired.
+    assert await amounts(api, user_id) == (10 * USD, 0, 10 * USD)
+    expired = await get_hold(api, user_id, hold.id)
+    assert expired.status == EXPIRED
+    assert expired.resolve_time == expired.expire_time
+    for method, request in [
+        (api.ledger.CaptureHold, capture_request(user_id, hold.id, USD)),
+        (api.ledger.ReleaseHold, release_request(user_id, hold.id)),
+    ]:
+        await rejected(api, method, request, PRECONDITION, "HOLD_EXPIRED")
+    await assert_ledger_clean(api)
 
-        # A charge of the whole posted balance succeeds: it sweeps the account it locks.
-        await charge(api, user_id, 10 * USD)
-        assert await amounts(api, user_id) == (0, 0, 0)
-        row = await db_hold(api, hold.id)
-        assert (row["status"], row["resolved_at"]) == ("expired", row["expire_at"])
-        assert await cached_held(api, user_id) == 0
-        assert (await get_hold(api, user_id, hold.id)).status == EXPIRED
-        await rejected(api, api.ledger.CaptureHold, capture_request(user_id, hold.id, 1), PRECONDITION, "HOLD_EXPIRED")
-        assert (await get_hold(api, keeper.user_id, keeper.id)).status == ACTIVE
-        await assert_ledger_clean(api)
-
-
-async def test_expired_hold_is_swept_lazily_by_a_new_hold(database_url):
-    async with serving(database_url, hold_sweep_seconds=0) as api:
-        user_id = await new_user(api, 10 * USD)
-        first = await create_hold(api, user_id, 6 * USD, ttl=ttl(1))
-        await asyncio.sleep(1.2)
-        second = await create_hold(api, user_id, 10 * USD)  # only possible once the first stopped counting
-        assert second.status == ACTIVE
-        assert (await db_hold(api, first.id))["status"] == "expired"
-        assert await cached_held(api, user_id) == 10 * USD
-        assert await amounts(api, user_id) == (10 * USD, 10 * USD, 0)
-        await assert_ledger_clean(api)
+    # A charge of the whole posted balance succeeds: it sweeps the account it locks.
+    await charge(api, user_id, 10 * USD)
+    assert await amounts(api, user_id) == (0, 0, 0)
+    row = await db_hold(api, hold.id)
+    assert (row["status"], row["resolved_at"]) == ("expired", row["expire_at"])
+    assert await cached_held(api, user_id) == 0
+    assert (await get_hold(api, user_id, hold.id)).status == EXPIRED
+    await rejected(api, api.ledger.CaptureHold, capture_request(user_id, hold.id, 1), PRECONDITION, "HOLD_EXPIRED")
+    assert (await get_hold(api, keeper.user_id, keeper.id)).status == ACTIVE
+    await assert_ledger_clean(api)
 
 
-async def test_background_sweeper_marks_expired_holds(database_url):
-    async with serving(database_url, hold_sweep_seconds=0.2) as api:
-        user_id = await new_user(api, 10 * USD)
-        hold = await create_hold(api, user_id, 4 * USD, ttl=ttl(1))
-        lasting = await create_hold(api, user_id, 1 * USD)
-        for _ in range(50):  # the sweeper runs every 0.2 s; the hold expires after 1 s
-            await asyncio.sleep(0.2)
-            if (await db_hold(api, hold.id))["status"] != "active":
-                break
-        row = await db_hold(api, hold.id)
-        assert (row["status"], row["resolved_at"]) == ("expired", row["expire_at"])
-        assert await cached_held(api, user_id) == 1 * USD
-        assert (await db_hold(api, lasting.id))["status"] == "active"
-        assert (await get_hold(api, user_id, hold.id)).status == EXPIRED
-        assert await amounts(api, user_id) == (10 * USD, 1 * USD, 9 * USD)
-        await rejected(api, api.ledger.ReleaseHold, release_request(user_id, hold.id), PRECONDITION, "HOLD_EXPIRED")
-        await assert_ledger_clean(api)
+async def test_expired_hold_is_swept_lazily_by_a_new_hold(api_with):
+    api = await api_with(hold_sweep_seconds=0)
+    user_id = await new_user(api, 10 * USD)
+    first = await create_hold(api, user_id, 6 * USD, ttl=ttl(1))
+    await age_holds(api, 1.2, first.id)
+    second = await create_hold(api, user_id, 10 * USD)  # only possible once the first stopped counting
+    assert second.status == ACTIVE
+    assert (await db_hold(api, first.id))["status"] == "expired"
+    assert await cached_held(api, user_id) == 10 * USD
+    assert await amounts(api, user_id) == (10 * USD, 10 * USD, 0)
+    await assert_ledger_clean(api)
+
+
+async def test_background_sweeper_marks_expired_holds(api_with):
+    api = await api_with(hold_sweep_seconds=0.2)
+    user_id = await new_user(api, 10 * USD)
+    hold = await create_hold(api, user_id, 4 * USD, ttl=ttl(1))
+    lasting = await create_hold(api, user_id, 1 * USD)
+    await age_holds(api, 1.2, hold.id)
+    for _ in range(50):  # the sweeper runs every 0.2 s
+        await asyncio.sleep(0.2)
+        if (await db_hold(api, hold.id))["status"] != "active":
+            break
+    row = await db_hold(api, hold.id)
+    assert (row["status"], row["resolved_at"]) == ("expired", row["expire_at"])
+    assert await cached_held(api, user_id) == 1 * USD
+    assert (await db_hold(api, lasting.id))["status"] == "active"
+    assert (await get_hold(api, user_id, hold.id)).status == EXPIRED
+    assert await amounts(api, user_id) == (10 * USD, 1 * USD, 9 * USD)
+    await rejected(api, api.ledger.ReleaseHold, release_request(user_id, hold.id), PRECONDITION, "HOLD_EXPIRED")
+    await assert_ledger_clean(api)

@@ -14,7 +14,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from qdata.v1 import ledger_pb2, user_pb2
-from tests.api.ledger_helpers import (
+from tests.support.calls import rid
+from tests.support.database import sql
+from tests.support.ledger import (
     CAPTURED,
     EXISTS,
     INVALID,
@@ -34,10 +36,8 @@ from tests.api.ledger_helpers import (
     refund_request,
     rejected,
     release_request,
-    sql,
     transfer_request,
 )
-from tests.helpers import rid
 
 COUNTED = ("ledger_transactions", "ledger_postings", "ledger_holds", "idempotency_keys", "audit_events")
 

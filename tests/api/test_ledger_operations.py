@@ -14,7 +14,9 @@ import uuid
 import grpc
 
 from qdata.v1 import ledger_pb2, user_pb2
-from tests.api.ledger_helpers import (
+from tests.support.calls import error_info, field_violations, rid
+from tests.support.database import sql
+from tests.support.ledger import (
     CHARGE,
     DEPOSIT,
     EXISTS,
@@ -44,12 +46,10 @@ from tests.api.ledger_helpers import (
     refund,
     refund_request,
     rejected,
-    serving,
-    sql,
     transfer,
     transfer_request,
 )
-from tests.helpers import error_info, field_violations, rid
+from tests.support.server import serving
 
 BAD_AMOUNTS = [0, -1, -(2**63), MAX_AMOUNT + 1, 2**63 - 1]
 MALFORMED_CURRENCIES = ["usd", "US", "XXXX", "U5D", "ÜSD", " USD", "$"]

@@ -14,7 +14,9 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from qdata.v1 import ledger_pb2
-from tests.api.ledger_helpers import (
+from tests.support.calls import field_violations
+from tests.support.database import sql
+from tests.support.ledger import (
     CHARGE,
     DEPOSIT,
     HOLD_CAPTURE,
@@ -33,11 +35,9 @@ from tests.api.ledger_helpers import (
     new_user,
     refund,
     rejected,
-    sql,
     transfer,
     verify,
 )
-from tests.helpers import field_violations
 
 UNSPECIFIED = ledger_pb2.TRANSACTION_KIND_UNSPECIFIED
 BALANCE_MISMATCH = ledger_pb2.DISCREPANCY_KIND_BALANCE_MISMATCH

@@ -13,12 +13,11 @@ import uuid
 from typing import Any
 
 import grpc
-import psycopg
 from google.protobuf import field_mask_pb2
-from psycopg.rows import dict_row
 
 from qdata.v1 import user_pb2
-from tests.helpers import PASSWORD, create_user, error_info, expect_error, field_violations, rid
+from tests.support.calls import PASSWORD, create_user, error_info, expect_error, field_violations, outcome, rid
+from tests.support.database import sql
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -27,13 +26,6 @@ SUCCESS = user_pb2.AUTHENTICATE_OUTCOME_SUCCESS
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-
-
-async def sql(api, query: str, params: Any = None) -> list[dict[str, Any]]:
-    """Runs one statement on the test's database and returns its rows (inspection only)."""
-    async with await psycopg.AsyncConnection.connect(api.database_url, autocommit=True, row_factory=dict_row) as conn:
-        cur = await conn.execute(query, params)
-        return await cur.fetchall() if cur.description else []
 
 
 async def db_state(api) -> dict[str, Any]:
@@ -69,16 +61,6 @@ def update_request(user_id: str, paths: list[str], request_id: str | None = None
         user=user_pb2.User(id=user_id, **fields),
         update_mask=field_mask_pb2.FieldMask(paths=paths),
     )
-
-
-async def outcome(call) -> tuple[str, str, set[str]]:
-    """(status code name, ErrorInfo reason, violated fields) of a call; ("OK", "", set()) on success."""
-    try:
-        await call
-    except grpc.aio.AioRpcError as error:
-        fields = set(field_violations(error)) if error.code() == INVALID else set()
-        return error.code().name, error_info(error).reason, fields
-    return "OK", "", set()
 
 
 def invalid(*fields: str) -> tuple[str, str, set[str]]:

@@ -16,25 +16,18 @@ import grpc
 import psycopg
 import pytest
 from google.protobuf import field_mask_pb2
-from psycopg.rows import dict_row
 
 from qdata.v1 import user_pb2
 from tests.api.test_users_import import django_hash, werkzeug_hash
-from tests.conftest import TEST_SETTINGS, start_api, stop_api
-from tests.helpers import PASSWORD, create_user, expect_error, rid
+from tests.support.calls import PASSWORD, create_user, expect_error, rid
+from tests.support.database import sql
+from tests.support.server import TEST_SETTINGS, start_api, stop_api
 
 NEW_PASSWORD = "zq-brand-new-passphrase-77"
 LEGACY_PASSWORD = "zq-legacy-passphrase-55"
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-
-
-async def sql(api, query: str, params: Any = None) -> list[dict[str, Any]]:
-    """Runs one statement on the test's database and returns its rows (inspection and set-up only)."""
-    async with await psycopg.AsyncConnection.connect(api.database_url, autocommit=True, row_factory=dict_row) as conn:
-        cur = await conn.execute(query, params)
-        return await cur.fetchall() if cur.description else []
 
 
 async def audit_rows(api) -> list[dict[str, Any]]:

@@ -11,11 +11,10 @@ import hashlib
 from typing import Any
 
 import grpc
-import psycopg
-from psycopg.rows import dict_row
 
 from qdata.v1 import user_pb2
-from tests.helpers import create_user, expect_error, field_violations, rid
+from tests.support.calls import create_user, expect_error, field_violations, rid
+from tests.support.database import sql
 
 LEGACY_PASSWORD = "hunter2-from-the-old-days"
 ITERATIONS = 1_000  # the lowest accepted cost keeps the suite fast
@@ -51,13 +50,6 @@ def legacy(name: str, password_hash: str | None = None, **fields: Any) -> user_p
 
 def import_request(*users: user_pb2.ImportedUser, request_id: str | None = None) -> user_pb2.ImportUsersRequest:
     return user_pb2.ImportUsersRequest(request_id=rid() if request_id is None else request_id, users=users)
-
-
-async def sql(api, query: str, params: Any = None) -> list[dict[str, Any]]:
-    """Runs one statement on the test's database and returns its rows (inspection only)."""
-    async with await psycopg.AsyncConnection.connect(api.database_url, autocommit=True, row_factory=dict_row) as conn:
-        cur = await conn.execute(query, params)
-        return await cur.fetchall() if cur.description else []
 
 
 async def db_state(api) -> dict[str, Any]:

@@ -15,12 +15,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import psycopg
-from psycopg.rows import dict_row
 
 from qdata.v1 import user_pb2
-from tests.conftest import TEST_SETTINGS, start_api, stop_api
-from tests.helpers import PASSWORD, create_user, error_info, expect_error, field_violations, rid
+from tests.support.calls import PASSWORD, create_user, error_info, expect_error, field_violations, rid
+from tests.support.database import sql
+from tests.support.server import TEST_SETTINGS, start_api, stop_api
 
 SUCCESS = user_pb2.AUTHENTICATE_OUTCOME_SUCCESS
 INVALID_CREDENTIALS = user_pb2.AUTHENTICATE_OUTCOME_INVALID_CREDENTIALS
@@ -32,13 +31,6 @@ PREFIX = "bcrypt-hmac-sha256$"
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-
-
-async def sql(api, query: str, params: Any = None) -> list[dict[str, Any]]:
-    """Runs one statement on the test's database and returns its rows (inspection and set-up only)."""
-    async with await psycopg.AsyncConnection.connect(api.database_url, autocommit=True, row_factory=dict_row) as conn:
-        cur = await conn.execute(query, params)
-        return await cur.fetchall() if cur.description else []
 
 
 async def user_row(api, user_id: str) -> dict[str, Any]:

@@ -8,24 +8,16 @@ import uuid
 from typing import Any
 
 import grpc
-import psycopg
 from google.protobuf import field_mask_pb2
-from psycopg.rows import dict_row
 
 from qdata.v1 import user_pb2
-from tests.helpers import create_user, expect_error, field_violations, rid
+from tests.support.calls import create_user, expect_error, field_violations, rid
+from tests.support.database import sql
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-
-
-async def sql(api, query: str, params: Any = None) -> list[dict[str, Any]]:
-    """Runs one statement on the test's database and returns its rows (inspection only)."""
-    async with await psycopg.AsyncConnection.connect(api.database_url, autocommit=True, row_factory=dict_row) as conn:
-        cur = await conn.execute(query, params)
-        return await cur.fetchall() if cur.description else []
 
 
 async def db_state(api) -> dict[str, Any]:

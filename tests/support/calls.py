@@ -55,6 +55,16 @@ async def expect_error(call, code: grpc.StatusCode, reason: str | None = None) -
     raise AssertionError(f"expected {code.name}, but the call succeeded")
 
 
+async def outcome(call) -> tuple[str, str, set[str]]:
+    """(status code name, ErrorInfo reason, violated fields) of a call; ("OK", "", set()) on success."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        invalid = error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        return error.code().name, error_info(error).reason, set(field_violations(error)) if invalid else set()
+    return "OK", "", set()
+
+
 async def create_user(api, name: str | None = None, *, password: str = PASSWORD, **fields) -> user_pb2.User:
     """Creates a user through the API and returns it."""
     name = name or f"user{uuid.uuid4().hex[:10]}"
