@@ -27,6 +27,7 @@ from tests.support.ledger import (
     ACTIVE,
     CAPTURED,
     USD,
+    age_holds,
     assert_balanced,
     assert_ledger_clean,
     capture_request,
@@ -278,7 +279,7 @@ async def test_concurrent_money_movements_conserve_money(database_url):
         assert bank.captures > 0 and bank.refunds > 0 and bank.replays > 0 and bank.reads > 0, context
 
         # Let the last 1-second holds expire, so no hold changes state while the checks read.
-        await asyncio.sleep(1.1)
+        await age_holds(api, 1.1)
         # Every user's balance is exactly what the successful operations add up to.
         held_by_user: dict[str, int] = collections.defaultdict(int)
         for hold in bank.holds:

@@ -13,10 +13,11 @@ import uuid
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf import field_mask_pb2
 
 from qdata.v1 import user_pb2
-from tests.support.calls import PASSWORD, create_user, error_info, expect_error, field_violations, outcome, rid
+from tests.support.calls import PASSWORD, case_id, create_user, error_info, expect_error, field_violations, outcome, rid
 from tests.support.database import sql
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -157,13 +158,15 @@ CREATE_BAD_INPUT = [
 ]
 
 
-async def test_create_user_rejects_bad_input_and_changes_nothing(api):
+@pytest.mark.parametrize(("fields", "violated"), CREATE_BAD_INPUT, ids=case_id)
+async def test_create_user_rejects_bad_input_and_changes_nothing(api, fields, violated):
     before = await db_state(api)
-    for fields, violated in CREATE_BAD_INPUT:
-        result = await outcome(api.users.CreateUser(create_request("alice", **fields)))
-        assert result == invalid(violated), repr(fields)[:80]
+    assert await outcome(api.users.CreateUser(create_request("alice", **fields))) == invalid(violated)
+    assert await db_state(api) == before
 
-    # Every invalid field is listed at once, and the password is never echoed back.
+
+async def test_create_user_lists_every_invalid_field_and_never_echoes_the_password(api):
+    before = await db_state(api)
     request = create_request(email="nope", username="x", display_name="y" * 101, password="short")
     assert await outcome(api.users.CreateUser(request)) == invalid("email", "username", "display_name", "password")
     error = await expect_error(api.users.CreateUser(request), INVALID, "INVALID_ARGUMENT")
@@ -222,24 +225,35 @@ async def test_concurrent_creates_with_one_email_make_one_user(api):
 # ---- GetUser ------------------------------------------------------------------------------------
 
 
-async def test_get_user_by_id_email_and_username(api):
-    user = await create_user(api, "alice")
-    for lookup in (
-        {"id": user.id},
-        {"id": user.id.upper()},
+@pytest.mark.parametrize(
+    "lookup",
+    [
+        {"id": "{id}"},
+        {"id": "{ID}"},
         {"email": "alice@example.com"},
         {"email": "  ALICE@Example.Com "},
         {"username": "alice"},
         {"username": "ALICE"},
-    ):
-        assert await get_by(api, **lookup) == user, lookup
+    ],
+    ids=case_id,
+)
+async def test_get_user_by_id_email_and_username(api, lookup):
+    user = await create_user(api, "alice")
+    field, value = next(iter(lookup.items()))
+    assert await get_by(api, **{field: value.format(id=user.id, ID=user.id.upper())}) == user
 
-    for lookup in ({"id": str(uuid.uuid4())}, {"email": "bob@example.com"}, {"username": "bob"}):
-        await expect_error(api.users.GetUser(user_pb2.GetUserRequest(**lookup)), NOT_FOUND, "USER_NOT_FOUND")
+
+@pytest.mark.parametrize(
+    "lookup", [{"id": str(uuid.uuid4())}, {"email": "bob@example.com"}, {"username": "bob"}], ids=case_id
+)
+async def test_get_user_not_found(api, lookup):
+    await create_user(api, "alice")
+    await expect_error(api.users.GetUser(user_pb2.GetUserRequest(**lookup)), NOT_FOUND, "USER_NOT_FOUND")
 
 
-async def test_get_user_rejects_bad_lookup(api):
-    cases = [
+@pytest.mark.parametrize(
+    ("lookup", "violated"),
+    [
         ({}, "lookup"),
         ({"id": ""}, "id"),
         ({"id": "not-a-uuid"}, "id"),
@@ -254,10 +268,11 @@ async def test_get_user_rejects_bad_lookup(api):
         ({"username": ""}, "username"),
         ({"username": "bob'; DROP TABLE users;--"}, "username"),
         ({"username": "a\x00b"}, "username"),
-    ]
-    for lookup, violated in cases:
-        result = await outcome(api.users.GetUser(user_pb2.GetUserRequest(**lookup)))
-        assert result == invalid(violated), repr(lookup)[:80]
+    ],
+    ids=case_id,
+)
+async def test_get_user_rejects_bad_lookup(api, lookup, violated):
+    assert await outcome(api.users.GetUser(user_pb2.GetUserRequest(**lookup))) == invalid(violated)
 
 
 # ---- ListUsers ----------------------------------------------------------------------------------
@@ -393,9 +408,9 @@ async def test_update_status_disables_and_reenables(api):
     )
 
 
-async def test_update_user_rejects_bad_input_and_changes_nothing(api):
-    user = await create_user(api, "alice")
-    cases = [
+@pytest.mark.parametrize(
+    ("paths", "fields", "violated"),
+    [
         ([], {}, "update_mask"),
         (["password"], {}, "update_mask"),
         (["id"], {}, "update_mask"),
@@ -415,17 +430,31 @@ async def test_update_user_rejects_bad_input_and_changes_nothing(api):
         (["email"], {"email": "not-an-email"}, "user.email"),
         (["username"], {"username": ""}, "user.username"),
         (["username"], {"username": "bob'; DROP TABLE users;--"}, "user.username"),
-    ]
+    ],
+    ids=case_id,
+)
+async def test_update_user_rejects_bad_input_and_changes_nothing(api, paths, fields, violated):
+    user = await create_user(api, "alice")
     before = await db_state(api)
-    for paths, fields, violated in cases:
-        result = await outcome(api.users.UpdateUser(update_request(user.id, paths, **fields)))
-        assert result == invalid(violated), (paths, repr(fields)[:80])
-    for bad_id in ("", "not-a-uuid", "1' OR '1'='1", "x" * 10_000):
-        result = await outcome(api.users.UpdateUser(update_request(bad_id, ["display_name"], display_name="x")))
-        assert result == invalid("user.id"), bad_id[:40]
-    for bad_request_id in ("", "r" * 129):
-        request = update_request(user.id, ["display_name"], bad_request_id, display_name="x")
-        assert await outcome(api.users.UpdateUser(request)) == invalid("request_id")
+    assert await outcome(api.users.UpdateUser(update_request(user.id, paths, **fields))) == invalid(violated)
+    assert await db_state(api) == before
+
+
+@pytest.mark.parametrize("bad_id", ["", "not-a-uuid", "1' OR '1'='1", "x" * 10_000], ids=case_id)
+async def test_update_user_rejects_a_bad_user_id(api, bad_id):
+    await create_user(api, "alice")
+    before = await db_state(api)
+    result = await outcome(api.users.UpdateUser(update_request(bad_id, ["display_name"], display_name="x")))
+    assert result == invalid("user.id")
+    assert await db_state(api) == before
+
+
+@pytest.mark.parametrize("bad_request_id", ["", "r" * 129], ids=case_id)
+async def test_update_user_rejects_a_bad_request_id(api, bad_request_id):
+    user = await create_user(api, "alice")
+    before = await db_state(api)
+    request = update_request(user.id, ["display_name"], bad_request_id, display_name="x")
+    assert await outcome(api.users.UpdateUser(request)) == invalid("request_id")
     assert await db_state(api) == before
 
 

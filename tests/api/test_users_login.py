@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import pytest
 
 from qdata.v1 import user_pb2
-from tests.support.calls import PASSWORD, create_user, error_info, expect_error, field_violations, rid
+from tests.support.calls import PASSWORD, case_id, create_user, error_info, expect_error, field_violations, rid
 from tests.support.database import sql
 from tests.support.server import TEST_SETTINGS, start_api, stop_api
 
@@ -138,10 +139,9 @@ async def test_wrong_password_and_unknown_user_get_the_same_answer(api):
     assert [r["failed_login_count"] for r in await sql(api, "SELECT failed_login_count FROM users")] == [1]
 
 
-async def test_authenticate_rejects_malformed_input(api):
-    user = await create_user(api, "alice")
-    before = await user_row(api, user.id)
-    cases = [
+@pytest.mark.parametrize(
+    ("login", "password", "fields"),
+    [
         ("", PASSWORD, {"login"}),
         ("   ", PASSWORD, {"login"}),
         ("x" * 10_000, PASSWORD, {"login"}),
@@ -151,12 +151,14 @@ async def test_authenticate_rejects_malformed_input(api):
         ("alice", "", {"password"}),
         ("alice", "x" * 1025, {"password"}),
         ("", "", {"login", "password"}),
-    ]
-    for login, password, fields in cases:
-        assert (
-            await invalid_fields(api.users.Authenticate(user_pb2.AuthenticateRequest(login=login, password=password)))
-            == fields
-        ), repr(login)[:40]
+    ],
+    ids=case_id,
+)
+async def test_authenticate_rejects_malformed_input(api, login, password, fields):
+    user = await create_user(api, "alice")
+    before = await user_row(api, user.id)
+    request = user_pb2.AuthenticateRequest(login=login, password=password)
+    assert await invalid_fields(api.users.Authenticate(request)) == fields
     assert await user_row(api, user.id) == before  # not even counted as failures
 
 

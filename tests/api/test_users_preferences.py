@@ -8,10 +8,11 @@ import uuid
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf import field_mask_pb2
 
 from qdata.v1 import user_pb2
-from tests.support.calls import create_user, expect_error, field_violations, rid
+from tests.support.calls import case_id, create_user, expect_error, field_violations, rid
 from tests.support.database import sql
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -131,13 +132,19 @@ async def test_extra_key_paths_set_and_remove_single_keys(api):
     assert row["extra"] == dict(prefs.extra)
 
 
-async def test_update_preferences_rejects_bad_input(api):
-    user = await create_user(api, "alice")
-    full = {f"k{i}": "v" for i in range(64)}
-    await update(api, user.id, ["extra"], extra=full)  # exactly 64 entries is allowed
-    before = await db_state(api)
+FULL = {f"k{i}": "v" for i in range(64)}  # exactly 64 entries is allowed
 
-    cases = [
+
+async def full_user(api) -> user_pb2.User:
+    """A user whose preferences hold the most extra entries allowed."""
+    user = await create_user(api, "alice")
+    await update(api, user.id, ["extra"], extra=FULL)
+    return user
+
+
+@pytest.mark.parametrize(
+    ("paths", "fields", "violated"),
+    [
         ([], {}, "update_mask"),
         (["nonsense"], {}, "update_mask"),
         (["user_id"], {}, "update_mask"),
@@ -161,11 +168,22 @@ async def test_update_preferences_rejects_bad_input(api):
         (["extra"], {"extra": {"k": "nul\x00"}}, "preferences.extra['k']"),
         (["extra"], {"extra": {f"k{i}": "v" for i in range(65)}}, "preferences.extra"),
         (["extra.one-more"], {"extra": {"one-more": "v"}}, "preferences.extra"),  # 65 after the merge
-    ]
-    for paths, fields, violated in cases:
-        assert await violated_fields(api.users.UpdatePreferences(update_request(user.id, paths, **fields))) == {
-            violated
-        }, (paths, repr(fields)[:60])
+    ],
+    ids=case_id,
+)
+async def test_update_preferences_rejects_bad_input(api, paths, fields, violated):
+    user = await full_user(api)
+    before = await db_state(api)
+    request = update_request(user.id, paths, **fields)
+    assert await violated_fields(api.users.UpdatePreferences(request)) == {violated}
+    assert await db_state(api) == before
+    assert dict((await get(api, user.id)).extra) == FULL
+
+
+async def test_preferences_reject_bad_ids(api):
+    user = await full_user(api)
+    full = FULL
+    before = await db_state(api)
     for bad_id in ("", "not-a-uuid", "1' OR '1'='1"):
         assert await violated_fields(api.users.UpdatePreferences(update_request(bad_id, ["theme"]))) == {
             "preferences.user_id"

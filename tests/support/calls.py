@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import grpc
+from google.protobuf import message, text_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -16,6 +17,17 @@ PASSWORD = "correct horse battery staple"
 def rid() -> str:
     """A fresh request_id."""
     return str(uuid.uuid4())
+
+
+def case_id(value: object) -> str:
+    """A short, readable test id for one parametrized value (pytest numbers repeated ids)."""
+    if isinstance(value, str):
+        text = value.encode("unicode_escape").decode("ascii")
+    elif isinstance(value, message.Message):
+        text = text_format.MessageToString(value, as_one_line=True)
+    else:
+        text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
