@@ -15,7 +15,7 @@ from google.protobuf import field_mask_pb2
 
 from qdata.v1 import usage_pb2, user_pb2
 from tests.support.calls import create_user, expect_error, outcome, rid
-from tests.support.database import sql
+from tests.support.database import rows, sql
 from tests.support.server import TEST_SETTINGS, start_api, stop_api
 from tests.support.usage import create_model, now, price
 
@@ -23,15 +23,18 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 MODEL = "openai/gpt-4o-mini"
 
 
+STATE_QUERIES = {
+    "models": "SELECT * FROM models ORDER BY model_id",
+    "prices": "SELECT * FROM model_prices ORDER BY price_id",
+    "ratings": "SELECT * FROM model_ratings ORDER BY user_id, model_id",
+    "totals": "SELECT * FROM model_rating_totals ORDER BY model_id",
+    "audit": "SELECT * FROM audit_events ORDER BY audit_event_id",
+    "idempotency": "SELECT * FROM idempotency_keys ORDER BY request_id",
+}
+
+
 async def state(api) -> dict[str, Any]:
-    return {
-        "models": await sql(api, "SELECT * FROM models ORDER BY model_id"),
-        "prices": await sql(api, "SELECT * FROM model_prices ORDER BY price_id"),
-        "ratings": await sql(api, "SELECT * FROM model_ratings ORDER BY user_id, model_id"),
-        "totals": await sql(api, "SELECT * FROM model_rating_totals ORDER BY model_id"),
-        "audit": await sql(api, "SELECT * FROM audit_events ORDER BY audit_event_id"),
-        "idempotency": await sql(api, "SELECT * FROM idempotency_keys ORDER BY request_id"),
-    }
+    return await rows(api, STATE_QUERIES)
 
 
 def upsert(model: dict[str, Any], paths: list[str] | None = None, **fields) -> usage_pb2.UpsertModelRequest:

@@ -18,7 +18,7 @@ from google.protobuf import field_mask_pb2
 
 from qdata.v1 import user_pb2
 from tests.support.calls import PASSWORD, case_id, create_user, error_info, expect_error, field_violations, outcome, rid
-from tests.support.database import sql
+from tests.support.database import rows, sql
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -29,14 +29,17 @@ SUCCESS = user_pb2.AUTHENTICATE_OUTCOME_SUCCESS
 # ---- helpers ------------------------------------------------------------------------------------
 
 
+DB_STATE_QUERIES = {
+    "users": "SELECT * FROM users ORDER BY created_at, user_id",
+    "audit": "SELECT * FROM audit_events ORDER BY audit_event_id",
+    "idempotency": "SELECT * FROM idempotency_keys ORDER BY request_id",
+    "preferences": "SELECT * FROM user_preferences ORDER BY user_id",
+}
+
+
 async def db_state(api) -> dict[str, Any]:
     """Everything a request could change, to prove that a rejected one changed nothing."""
-    return {
-        "users": await sql(api, "SELECT * FROM users ORDER BY created_at, user_id"),
-        "audit": await sql(api, "SELECT * FROM audit_events ORDER BY audit_event_id"),
-        "idempotency": await sql(api, "SELECT * FROM idempotency_keys ORDER BY request_id"),
-        "preferences": await sql(api, "SELECT * FROM user_preferences ORDER BY user_id"),
-    }
+    return await rows(api, DB_STATE_QUERIES)
 
 
 async def user_count(api) -> int:

@@ -7,9 +7,6 @@ personal value ever reaches the trail; and the database itself refuses to change
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -21,7 +18,7 @@ from qdata.v1 import user_pb2
 from tests.api.test_users_import import django_hash, werkzeug_hash
 from tests.support.calls import PASSWORD, create_user, expect_error, rid
 from tests.support.database import sql
-from tests.support.server import TEST_SETTINGS, start_api, stop_api
+from tests.support.server import TEST_SETTINGS, serving
 
 NEW_PASSWORD = "zq-brand-new-passphrase-77"
 LEGACY_PASSWORD = "zq-legacy-passphrase-55"
@@ -69,16 +66,6 @@ def change_password(user_id: str, request_id: str, current: str = PASSWORD, new:
     return user_pb2.ChangePasswordRequest(
         request_id=request_id, user_id=user_id, current_password=current, new_password=new
     )
-
-
-@contextlib.asynccontextmanager
-async def other_server(api, **changes: Any) -> AsyncIterator[Any]:
-    """A second server over the same database with some settings changed."""
-    running = await start_api(api.database_url, dataclasses.replace(TEST_SETTINGS, **changes))
-    try:
-        yield running
-    finally:
-        await stop_api(running)
 
 
 # ---- tests --------------------------------------------------------------------------------------
@@ -191,7 +178,7 @@ async def test_login_audits_rehash_and_lock(api):
     user = await create_user(api, "alice")
     right = user_pb2.AuthenticateRequest(login="alice", password=PASSWORD)
     wrong = user_pb2.AuthenticateRequest(login="alice", password="wrong password")
-    async with other_server(api, bcrypt_cost=5) as stronger:
+    async with serving(api.database_url, bcrypt_cost=5) as stronger:
         [event] = await new_events(stronger, stronger.users.Authenticate, right)
     assert brief(event) == ("users.Authenticate", "user", user.id, user.id, "")  # Authenticate has no request_id
     assert event["summary"] == {"password_rehashed": True}

@@ -11,10 +11,11 @@ import hashlib
 from typing import Any
 
 import grpc
+import pytest
 
 from qdata.v1 import user_pb2
 from tests.support.calls import create_user, expect_error, field_violations, rid
-from tests.support.database import sql
+from tests.support.database import rows, sql
 
 LEGACY_PASSWORD = "hunter2-from-the-old-days"
 ITERATIONS = 1_000  # the lowest accepted cost keeps the suite fast
@@ -52,12 +53,15 @@ def import_request(*users: user_pb2.ImportedUser, request_id: str | None = None)
     return user_pb2.ImportUsersRequest(request_id=rid() if request_id is None else request_id, users=users)
 
 
+DB_STATE_QUERIES = {
+    "users": "SELECT * FROM users ORDER BY created_at, user_id",
+    "audit": "SELECT * FROM audit_events ORDER BY audit_event_id",
+    "idempotency": "SELECT * FROM idempotency_keys ORDER BY request_id",
+}
+
+
 async def db_state(api) -> dict[str, Any]:
-    return {
-        "users": await sql(api, "SELECT * FROM users ORDER BY created_at, user_id"),
-        "audit": await sql(api, "SELECT * FROM audit_events ORDER BY audit_event_id"),
-        "idempotency": await sql(api, "SELECT * FROM idempotency_keys ORDER BY request_id"),
-    }
+    return await rows(api, DB_STATE_QUERIES)
 
 
 async def stored_hash(api, username: str) -> str:
@@ -219,17 +223,21 @@ async def test_import_replay_is_idempotent(api):
     assert len(await sql(api, "SELECT 1 FROM users")) == 2
 
 
-async def test_malformed_import_request_is_rejected_whole(api):
+@pytest.mark.parametrize(
+    ("request_of", "field"),
+    [
+        pytest.param(lambda: import_request(), "users", id="no users"),
+        pytest.param(lambda: import_request(*(legacy(f"user{i:04d}") for i in range(1001))), "users", id="1001 users"),
+        pytest.param(lambda: import_request(legacy("wendy"), request_id=""), "request_id", id="no request_id"),
+        pytest.param(lambda: import_request(legacy("wendy"), request_id="r" * 129), "request_id", id="long request_id"),
+    ],
+)
+async def test_malformed_import_request_is_rejected_whole(api, request_of, field):
     before = await db_state(api)
-    cases = [
-        (import_request(), "users"),
-        (import_request(*(legacy(f"user{i:04d}") for i in range(1001))), "users"),
-        (import_request(legacy("wendy"), request_id=""), "request_id"),
-        (import_request(legacy("wendy"), request_id="r" * 129), "request_id"),
-    ]
-    for request, field in cases:
-        error = await expect_error(api.users.ImportUsers(request), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
-        assert set(field_violations(error)) == {field}, (len(request.users), request.request_id[:10])
+    error = await expect_error(
+        api.users.ImportUsers(request_of()), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"
+    )
+    assert set(field_violations(error)) == {field}
     assert await db_state(api) == before
 
 
