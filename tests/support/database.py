@@ -203,7 +203,13 @@ class FreshState:
 
     async def _restore(self, url: str) -> None:
         async with await psycopg.AsyncConnection.connect(url) as conn, conn.transaction():
-            await conn.execute("SET LOCAL session_replication_role = replica")
+            try:
+                await conn.execute("SET LOCAL session_replication_role = replica")
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise RuntimeError(
+                    "resetting a module's database between tests needs a superuser (session_replication_role);"
+                    " point QDATA_TEST_DATABASE_URL at one"
+                ) from exc
             # A test that leaves a transaction holding locks is a bug to see, not to wait on.
             await conn.execute("SET LOCAL lock_timeout = '10s'")
             missing = set(self.tables)
