@@ -150,7 +150,7 @@ async def test_create_session_limits_and_unknown_users(api):
     )
     await expect_error(api.chat.CreateSession(chat_pb2.CreateSessionRequest(user_id=user.id)), INVALID)
     after = await chat_state(api)
-    assert after["sessions"] == before["sessions"] == []
+    assert after["chat_sessions"] == before["chat_sessions"] == []
     gone = await create_user(api)
     await api.users.DeleteUser(user_pb2.DeleteUserRequest(request_id=rid(), id=gone.id))
     await expect_error(

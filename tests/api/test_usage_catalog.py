@@ -15,7 +15,7 @@ from google.protobuf import field_mask_pb2
 
 from qdata.v1 import usage_pb2, user_pb2
 from tests.support.calls import create_user, expect_error, outcome, rid
-from tests.support.database import rows, sql
+from tests.support.database import sql, table_rows
 from tests.support.server import TEST_SETTINGS, start_api, stop_api
 from tests.support.usage import create_model, now, price
 
@@ -23,18 +23,11 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 MODEL = "openai/gpt-4o-mini"
 
 
-STATE_QUERIES = {
-    "models": "SELECT * FROM models ORDER BY model_id",
-    "prices": "SELECT * FROM model_prices ORDER BY price_id",
-    "ratings": "SELECT * FROM model_ratings ORDER BY user_id, model_id",
-    "totals": "SELECT * FROM model_rating_totals ORDER BY model_id",
-    "audit": "SELECT * FROM audit_events ORDER BY audit_event_id",
-    "idempotency": "SELECT * FROM idempotency_keys ORDER BY request_id",
-}
+STATE_TABLES = ("models", "model_prices", "model_ratings", "model_rating_totals", "audit_events", "idempotency_keys")
 
 
 async def state(api) -> dict[str, Any]:
-    return await rows(api, STATE_QUERIES)
+    return await table_rows(api, *STATE_TABLES)
 
 
 def upsert(model: dict[str, Any], paths: list[str] | None = None, **fields) -> usage_pb2.UpsertModelRequest:

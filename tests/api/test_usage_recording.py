@@ -19,7 +19,7 @@ import pytest
 
 from qdata.v1 import ledger_pb2, usage_pb2
 from tests.support.calls import create_user, expect_error, outcome, rid
-from tests.support.database import rows, sql
+from tests.support.database import sql, table_rows
 from tests.support.server import TEST_SETTINGS, Api, start_api, stop_api
 from tests.support.usage import (
     ERROR,
@@ -50,20 +50,20 @@ def api(unfolded_api: Api) -> Api:
     return unfolded_api
 
 
-STATE_QUERIES = {
-    "records": "SELECT * FROM usage_records ORDER BY usage_record_id",
-    "queue": "SELECT * FROM usage_rollup_queue ORDER BY called_at, user_id",
-    "transactions": "SELECT * FROM ledger_transactions ORDER BY transaction_id",
-    "accounts": "SELECT * FROM ledger_accounts ORDER BY user_id, currency_code",
-    "holds": "SELECT * FROM ledger_holds ORDER BY hold_id",
-    "audit": "SELECT * FROM audit_events ORDER BY audit_event_id",
-    "idempotency": "SELECT * FROM idempotency_keys ORDER BY request_id",
-}
+STATE_TABLES = (
+    "usage_records",
+    "usage_rollup_queue",
+    "ledger_transactions",
+    "ledger_accounts",
+    "ledger_holds",
+    "audit_events",
+    "idempotency_keys",
+)
 
 
 async def state(api) -> dict[str, Any]:
     """Everything recording could change, to prove that a rejected request changed nothing."""
-    return await rows(api, STATE_QUERIES)
+    return await table_rows(api, *STATE_TABLES)
 
 
 async def ledger_transaction(api, user_id: str, transaction_id: str) -> ledger_pb2.Transaction:

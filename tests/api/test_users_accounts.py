@@ -18,7 +18,7 @@ from google.protobuf import field_mask_pb2
 
 from qdata.v1 import user_pb2
 from tests.support.calls import PASSWORD, case_id, create_user, error_info, expect_error, field_violations, outcome, rid
-from tests.support.database import rows, sql
+from tests.support.database import sql, table_rows
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -29,17 +29,12 @@ SUCCESS = user_pb2.AUTHENTICATE_OUTCOME_SUCCESS
 # ---- helpers ------------------------------------------------------------------------------------
 
 
-DB_STATE_QUERIES = {
-    "users": "SELECT * FROM users ORDER BY created_at, user_id",
-    "audit": "SELECT * FROM audit_events ORDER BY audit_event_id",
-    "idempotency": "SELECT * FROM idempotency_keys ORDER BY request_id",
-    "preferences": "SELECT * FROM user_preferences ORDER BY user_id",
-}
+STATE_TABLES = ("users", "audit_events", "idempotency_keys", "user_preferences")
 
 
 async def db_state(api) -> dict[str, Any]:
     """Everything a request could change, to prove that a rejected one changed nothing."""
-    return await rows(api, DB_STATE_QUERIES)
+    return await table_rows(api, *STATE_TABLES)
 
 
 async def user_count(api) -> int:
@@ -569,7 +564,7 @@ async def test_create_user_replay_returns_same_user_once(api):
     request = create_request("alice")
     first = await api.users.CreateUser(request)
     state = await db_state(api)
-    assert (len(state["users"]), len(state["audit"])) == (1, 1)
+    assert (len(state["users"]), len(state["audit_events"])) == (1, 1)
 
     assert await api.users.CreateUser(request) == first
     assert await db_state(api) == state

@@ -15,7 +15,7 @@ import pytest
 
 from qdata.v1 import user_pb2
 from tests.support.calls import create_user, expect_error, field_violations, rid
-from tests.support.database import rows, sql
+from tests.support.database import sql, table_rows
 
 LEGACY_PASSWORD = "hunter2-from-the-old-days"
 ITERATIONS = 1_000  # the lowest accepted cost keeps the suite fast
@@ -53,15 +53,11 @@ def import_request(*users: user_pb2.ImportedUser, request_id: str | None = None)
     return user_pb2.ImportUsersRequest(request_id=rid() if request_id is None else request_id, users=users)
 
 
-DB_STATE_QUERIES = {
-    "users": "SELECT * FROM users ORDER BY created_at, user_id",
-    "audit": "SELECT * FROM audit_events ORDER BY audit_event_id",
-    "idempotency": "SELECT * FROM idempotency_keys ORDER BY request_id",
-}
+STATE_TABLES = ("users", "audit_events", "idempotency_keys")
 
 
 async def db_state(api) -> dict[str, Any]:
-    return await rows(api, DB_STATE_QUERIES)
+    return await table_rows(api, *STATE_TABLES)
 
 
 async def stored_hash(api, username: str) -> str:

@@ -13,7 +13,7 @@ from google.protobuf import field_mask_pb2
 
 from qdata.v1 import user_pb2
 from tests.support.calls import case_id, create_user, expect_error, field_violations, rid
-from tests.support.database import rows, sql
+from tests.support.database import sql, table_rows
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 
@@ -21,15 +21,11 @@ NOT_FOUND = grpc.StatusCode.NOT_FOUND
 # ---- helpers ------------------------------------------------------------------------------------
 
 
-DB_STATE_QUERIES = {
-    "preferences": "SELECT * FROM user_preferences ORDER BY user_id",
-    "audit": "SELECT * FROM audit_events ORDER BY audit_event_id",
-    "idempotency": "SELECT * FROM idempotency_keys ORDER BY request_id",
-}
+STATE_TABLES = ("user_preferences", "audit_events", "idempotency_keys")
 
 
 async def db_state(api) -> dict[str, Any]:
-    return await rows(api, DB_STATE_QUERIES)
+    return await table_rows(api, *STATE_TABLES)
 
 
 def update_request(

@@ -9,7 +9,7 @@ import grpc
 
 from qdata.v1 import chat_pb2
 from tests.support.calls import expect_error, field_violations, rid
-from tests.support.database import rows
+from tests.support.database import table_rows
 
 USER = chat_pb2.MESSAGE_ROLE_USER
 ASSISTANT = chat_pb2.MESSAGE_ROLE_ASSISTANT
@@ -20,17 +20,12 @@ NOT_FOUND = grpc.StatusCode.NOT_FOUND
 EXISTS = grpc.StatusCode.ALREADY_EXISTS
 
 
-CHAT_STATE = {
-    "sessions": "SELECT * FROM chat_sessions ORDER BY user_id, session_id",
-    "messages": "SELECT * FROM chat_messages ORDER BY user_id, session_id, sequence_number",
-    "audit": "SELECT * FROM audit_events ORDER BY audit_event_id",
-    "idempotency": "SELECT * FROM idempotency_keys ORDER BY request_id",
-}
+CHAT_TABLES = ("chat_sessions", "chat_messages", "audit_events", "idempotency_keys")
 
 
 async def chat_state(api) -> dict[str, Any]:
     """Everything a chat request could change, to prove that a rejected one changed nothing."""
-    return await rows(api, CHAT_STATE)
+    return await table_rows(api, *CHAT_TABLES)
 
 
 async def create_session(api, user_id: str, **fields: Any) -> chat_pb2.Session:

@@ -42,14 +42,22 @@ async def scalar(target: Target, query: str, params: Any = None) -> Any:
     return next(iter(rows[0].values()))
 
 
-async def rows(target: Target, queries: Mapping[str, str]) -> dict[str, list[dict[str, Any]]]:
-    """{name: rows} of several queries on one connection: what a request could have changed, taken
-    before and after it to prove that a rejected request changed nothing."""
+async def rows(target: Target, queries: Mapping[str, str | pgsql.Composable]) -> dict[str, list[dict[str, Any]]]:
+    """{name: rows} of several queries, on one connection."""
     found: dict[str, list[dict[str, Any]]] = {}
     async with await psycopg.AsyncConnection.connect(url_of(target), autocommit=True, row_factory=dict_row) as conn:
         for name, query in queries.items():
             found[name] = await (await conn.execute(query)).fetchall()  # type: ignore[arg-type]
     return found
+
+
+async def table_rows(target: Target, *tables: str) -> dict[str, list[dict[str, Any]]]:
+    """{table: every row} of these tables, in a fixed order: what a request could have changed,
+    taken before and after it to prove that a rejected request changed nothing."""
+    return await rows(
+        target,
+        {t: pgsql.SQL("SELECT * FROM {0} ORDER BY {0}::text").format(pgsql.Identifier(t)) for t in tables},
+    )
 
 
 async def pool_drained(pool: AsyncConnectionPool, *, within: float = 5.0) -> dict[str, int]:

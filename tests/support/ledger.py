@@ -14,7 +14,7 @@ from google.protobuf import duration_pb2
 
 from qdata.v1 import ledger_pb2
 from tests.support.calls import create_user, expect_error, rid
-from tests.support.database import rows, scalar, sql
+from tests.support.database import scalar, sql, table_rows
 from tests.support.server import Api
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -40,19 +40,19 @@ EXPIRED = ledger_pb2.HOLD_STATUS_EXPIRED
 # ---- direct SQL ---------------------------------------------------------------------------------
 
 
-STATE_QUERIES = {
-    "accounts": "SELECT * FROM ledger_accounts ORDER BY user_id, currency_code",
-    "transactions": "SELECT * FROM ledger_transactions ORDER BY user_id, transaction_id",
-    "postings": "SELECT * FROM ledger_postings ORDER BY user_id, transaction_id, leg",
-    "holds": "SELECT * FROM ledger_holds ORDER BY user_id, hold_id",
-    "idempotency": "SELECT * FROM idempotency_keys ORDER BY user_id, actor, request_id",
-    "audit": "SELECT * FROM audit_events ORDER BY audit_event_id",
-}
+STATE_TABLES = (
+    "ledger_accounts",
+    "ledger_transactions",
+    "ledger_postings",
+    "ledger_holds",
+    "idempotency_keys",
+    "audit_events",
+)
 
 
 async def ledger_state(api: Api) -> dict[str, Any]:
     """Every row a ledger request could write, to prove that a rejected request changed nothing."""
-    return await rows(api, STATE_QUERIES)
+    return await table_rows(api, *STATE_TABLES)
 
 
 async def age_holds(api: Api, seconds: float, *hold_ids: str) -> None:
@@ -77,7 +77,7 @@ async def rejected(api: Api, method, request, code: grpc.StatusCode, reason: str
     before = await ledger_state(api)
     error = await expect_error(method(request), code, reason)
     after = await ledger_state(api)
-    for name in STATE_QUERIES:
+    for name in STATE_TABLES:
         assert after[name] == before[name], f"{name} changed by a rejected {type(request).__name__}"
     return error
 
