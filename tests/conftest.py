@@ -1,10 +1,14 @@
-"""Shared fixtures: one PostgreSQL per session, a fresh database and gRPC server per test.
+"""Shared fixtures: one PostgreSQL per session, one database and gRPC server per test module.
 
 The database server is QDATA_TEST_DATABASE_URL when set, else a private embedded PostgreSQL in a
-temporary directory. The schema is migrated once into a template database; every test gets its
-own database cloned from it (CREATE DATABASE ... TEMPLATE), so tests are isolated and can run in
-any order. The gRPC server runs in-process on a free port and tests call it over a real channel
-with the generated stubs.
+temporary directory. The schema is migrated once into a template database. Each test module gets
+a database cloned from it (CREATE DATABASE ... TEMPLATE) and one in-process server on a free
+port; before every test that asks for `api`, the database goes back to its freshly migrated state
+(tests/support/database.py's FreshState: one TRUNCATE, the seeded rows restored), so tests are
+isolated and can run in any order without paying for a server each. Tests that need a database of
+their own (they change the schema, stop the database, restart servers with other settings) take
+`database_url`, a clone of their own, as before. Tests call the server over a real channel with
+the generated stubs; the helpers they share are in tests/support/.
 """
 
 from __future__ import annotations
@@ -17,54 +21,30 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import dataclasses
 import tempfile
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-import grpc
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from qdata.v1 import chat_pb2_grpc, ledger_pb2_grpc, usage_pb2_grpc, user_pb2_grpc
-from qdata_server.app import QdataServer
-from qdata_server.config import Settings
 from qdata_server.db import migrate, roles
-
-TEMPLATE_DB = "qdata_test_template"
-# The servers under test serve as this login role (a member of qdata_service, owning nothing), as
-# in production; fixtures and assertions that inspect the database connect as the owner.
-SERVICE_LOGIN = "qdata_test_app"
-SERVICE_PASSWORD = "qdata-test-app"
-
-# Test settings: a low bcrypt cost keeps the suite fast (configuration, not a test-only path).
-# Authentication is off here (QDATA_ALLOW_INSECURE, every call as "anonymous") so that tests
-# calling with grpcurl or the client library stay as they are; tests/api/test_auth.py runs the
-# same server with tokens and proves every RPC refuses calls without the right one.
-TEST_SETTINGS = Settings(
-    allow_insecure=True,
-    database_url="(per test)",
-    pool_min_size=1,
-    pool_max_size=8,
-    pool_timeout_seconds=5.0,
-    bcrypt_cost=4,
-    lockout_threshold=3,
-    lockout_seconds=60,
-    health_probe_seconds=0.2,
-    shutdown_grace_seconds=2.0,
+from tests.support.server import (
+    SERVICE_LOGIN,
+    SERVICE_PASSWORD,
+    TEMPLATE_DB,
+    TEST_SETTINGS,
+    Api,
+    ModuleServer,
+    create_database,
+    drop_database,
+    start_api,
+    stop_api,
+    with_database,
 )
 
-
-def with_database(conninfo: str, dbname: str) -> str:
-    params = conninfo_to_dict(conninfo)
-    params["dbname"] = dbname
-    return make_conninfo(**params)
-
-
-def serving_url(owner_url: str) -> str:
-    """The same database, as the serving login role (row-level security applies to it)."""
-    return make_conninfo(owner_url, user=SERVICE_LOGIN, password=SERVICE_PASSWORD)
+__all__ = ["TEMPLATE_DB", "start_api", "stop_api", "with_database"]  # tests/integration/test_migrations.py
 
 
 @pytest.fixture(scope="session")
@@ -96,69 +76,51 @@ def template_url(postgres_url: str) -> str:
 @pytest.fixture
 def database_url(postgres_url: str, template_url: str) -> Iterator[str]:
     """A database of this test's own, cloned from the migrated template."""
-    name = f"qdata_test_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(TEMPLATE_DB))
-        )
-    yield with_database(postgres_url, name)
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    url = create_database(postgres_url, "qdata_test")
+    yield url
+    drop_database(postgres_url, url)
 
 
 @pytest.fixture
 def empty_database_url(postgres_url: str) -> Iterator[str]:
     """A database with no schema at all, for migration tests."""
-    name = f"qdata_empty_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield with_database(postgres_url, name)
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    url = create_database(postgres_url, "qdata_empty", template=None)
+    yield url
+    drop_database(postgres_url, url)
 
 
-@dataclasses.dataclass
-class Api:
-    """A running server and stubs for each service over one real channel."""
-
-    server: QdataServer
-    channel: grpc.aio.Channel
-    address: str
-    # The test's database as its owner (for direct checks); the server itself serves as
-    # SERVICE_LOGIN (serving_url(database_url)).
-    database_url: str
-    users: user_pb2_grpc.UserServiceStub
-    ledger: ledger_pb2_grpc.LedgerServiceStub
-    chat: chat_pb2_grpc.ChatServiceStub
-    usage: usage_pb2_grpc.UsageServiceStub
-
-
-async def start_api(database_url: str, settings: Settings = TEST_SETTINGS, *, serve_through: str | None = None) -> Api:
-    """Serves database_url as SERVICE_LOGIN (or through serve_through, e.g. a pooler in front of it)."""
-    server = QdataServer(settings, serve_through or serving_url(database_url))
-    port = await server.start("127.0.0.1:0")
-    address = f"127.0.0.1:{port}"
-    channel = grpc.aio.insecure_channel(address)
-    return Api(
-        server=server,
-        channel=channel,
-        address=address,
-        database_url=database_url,
-        users=user_pb2_grpc.UserServiceStub(channel),
-        ledger=ledger_pb2_grpc.LedgerServiceStub(channel),
-        chat=chat_pb2_grpc.ChatServiceStub(channel),
-        usage=usage_pb2_grpc.UsageServiceStub(channel),
-    )
-
-
-async def stop_api(api: Api) -> None:
-    await api.channel.close()
-    await api.server.stop(grace=1.0)
+@pytest.fixture(scope="module")
+async def module_server(postgres_url: str, template_url: str) -> AsyncIterator[ModuleServer]:
+    """This module's database (a clone of the template) and its running server."""
+    shared = ModuleServer(create_database(postgres_url, "qdata_module"))
+    try:
+        yield shared
+    finally:
+        await shared.close()
+        drop_database(postgres_url, shared.database_url)
 
 
 @pytest.fixture
-async def api(database_url: str) -> AsyncIterator[Api]:
-    """The service on a free port over this test's database."""
+async def api(module_server: ModuleServer) -> Api:
+    """The module's server over the module's database, freshly migrated again for this test."""
+    return await module_server.api()
+
+
+@pytest.fixture
+def api_with(module_server: ModuleServer) -> Callable[..., Awaitable[Api]]:
+    """`await api_with(hold_sweep_seconds=0)`: the module's server with these settings changed
+    (a new one when the running server's differ), over the module's database made fresh again."""
+
+    async def serve(**changes: Any) -> Api:
+        return await module_server.api(dataclasses.replace(TEST_SETTINGS, **changes))
+
+    return serve
+
+
+@pytest.fixture
+async def fresh_api(database_url: str) -> AsyncIterator[Api]:
+    """A server of this test's own over a database of its own (a test that changes the schema or
+    the statistics, or needs a server started for it alone)."""
     running = await start_api(database_url)
     try:
         yield running

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests.conftest import TEST_SETTINGS, Api, start_api, stop_api
+from tests.support.server import Api
 
 
 @pytest.fixture
-async def unfolded_api(database_url: str) -> AsyncIterator[Api]:
+async def unfolded_api(api_with: Callable[..., Awaitable[Api]]) -> Api:
     """A server whose background usage folder is off: the test decides what is folded, and the
     rollup queue keeps every record until then."""
-    api = await start_api(database_url, dataclasses.replace(TEST_SETTINGS, usage_fold_seconds=0))
-    try:
-        yield api
-    finally:
-        await stop_api(api)
+    return await api_with(usage_fold_seconds=0)

@@ -12,17 +12,15 @@ import logging
 import os
 import random
 import sys
-from typing import Any
 
 import grpc
-import psycopg
 import pytest
 from google.protobuf import field_mask_pb2
-from psycopg.rows import dict_row
 
 from qdata.v1 import user_pb2
-from tests.conftest import TEST_SETTINGS, start_api, stop_api
-from tests.helpers import create_user, expect_error, field_violations, rid
+from tests.support.calls import create_user, expect_error, field_violations, rid
+from tests.support.database import sql
+from tests.support.server import TEST_SETTINGS, Api, ModuleServer, start_api, stop_api
 
 FAILED = grpc.StatusCode.FAILED_PRECONDITION
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -40,12 +38,6 @@ def vault_settings(*versions: int):
 
 def new_secret() -> str:
     return "sk-" + base64.b32encode(os.urandom(20)).decode().lower()
-
-
-async def sql(url: str, query: str, params: Any = None) -> list[dict[str, Any]]:
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True, row_factory=dict_row) as conn:
-        cur = await conn.execute(query, params)
-        return await cur.fetchall() if cur.description else []
 
 
 async def create_key(api, user_id: str, secret: str, provider: str = "openai", label: str = "") -> user_pb2.ApiKey:
@@ -69,12 +61,9 @@ async def assert_no_secret_stored_in_clear(url: str, secrets: list[str]) -> None
 
 
 @pytest.fixture
-async def vapi(database_url):
-    running = await start_api(database_url, vault_settings(1))
-    try:
-        yield running
-    finally:
-        await stop_api(running)
+async def vapi(module_server: ModuleServer) -> Api:
+    """The module's server with a key ring of version 1."""
+    return await module_server.api(vault_settings(1))
 
 
 # ---- the RPCs -----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import itertools
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -24,12 +24,12 @@ from google.protobuf import timestamp_pb2
 
 from qdata.v1 import chat_pb2, ledger_pb2, usage_pb2, user_pb2
 from qdata_server import audit_chain
-from qdata_server.config import Settings
-from tests.api.chat_support import append, create_session
-from tests.api.ledger_helpers import create_hold, deposit, new_user, sql
-from tests.api.usage_support import create_model, usage
-from tests.conftest import TEST_SETTINGS, Api, start_api, stop_api
-from tests.helpers import PASSWORD, create_user, expect_error, field_violations, rid
+from tests.support.calls import PASSWORD, create_user, expect_error, field_violations, rid
+from tests.support.chat import append, create_session
+from tests.support.database import sql
+from tests.support.ledger import create_hold, deposit, new_user
+from tests.support.server import TEST_SETTINGS, Api, ModuleServer
+from tests.support.usage import create_model, usage
 
 SERVICES = [
     ("users", user_pb2, "UserService"),
@@ -299,17 +299,14 @@ def test_every_mutating_rpc_has_a_case():
     assert set(CASES) - set(MUTATING) == set()
 
 
+# An API key vault key ring, so every mutating RPC can succeed.
+VAULT_SETTINGS = dataclasses.replace(TEST_SETTINGS, key_ring="1:" + base64.b64encode(os.urandom(32)).decode())
+
+
 @pytest.fixture
-async def vault_api(database_url: str) -> AsyncIterator[Api]:
-    """The service with an API key vault key ring, so every mutating RPC can succeed."""
-    settings = TEST_SETTINGS
-    if "key_ring" in {f.name for f in dataclasses.fields(Settings)}:
-        settings = dataclasses.replace(TEST_SETTINGS, key_ring="1:" + base64.b64encode(os.urandom(32)).decode())
-    running = await start_api(database_url, settings)
-    try:
-        yield running
-    finally:
-        await stop_api(running)
+async def vault_api(module_server: ModuleServer) -> Api:
+    """The module's server with an API key vault key ring."""
+    return await module_server.api(VAULT_SETTINGS)
 
 
 @pytest.mark.parametrize(("stub_name", "method_name"), MUTATING, ids=[f"{s}.{m}" for s, m in MUTATING])
@@ -378,7 +375,13 @@ async def test_record_usage_batch_leaves_one_record_per_item(api):
     assert await audit_count(api) == count
 
 
-async def test_reads_leave_no_record(api):
+PLAIN_READS = [(s, m, c) for s, m, c in READS if (s, m) not in AUDITED_READS | BATCHES]
+
+
+@pytest.mark.parametrize(
+    ("stub_name", "method_name", "request_class"), PLAIN_READS, ids=[f"{s}.{m}" for s, m, _ in PLAIN_READS]
+)
+async def test_reads_leave_no_record(api, stub_name, method_name, request_class):
     """Every read RPC, called with a plausible request (valid or not), appends nothing."""
     user = await create_user(api)
     await deposit(api, user.id, 1000)
@@ -392,22 +395,19 @@ async def test_reads_leave_no_record(api):
         "usage": {"user_id": user.id, "model_id": "openai/gpt-4o-mini"},
     }
     count = await audit_count(api)
-    for stub_name, method_name, request_class in READS:
-        if (stub_name, method_name) in AUDITED_READS | BATCHES:
-            continue
-        method = getattr(getattr(api, stub_name), method_name)
-        fields = request_class.DESCRIPTOR.fields_by_name
-        values = {k: v for k, v in plausible[stub_name].items() if k in fields}
-        try:
-            call = method(request_class(**values))
-            if hasattr(call, "__aiter__"):  # ExportSession streams
-                async for _ in call:
-                    pass
-            else:
-                await call
-        except grpc.aio.AioRpcError as error:
-            assert error.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), method_name
-        assert await audit_count(api) == count, f"{stub_name}.{method_name} wrote an audit record"
+    method = getattr(getattr(api, stub_name), method_name)
+    fields = request_class.DESCRIPTOR.fields_by_name
+    values = {k: v for k, v in plausible[stub_name].items() if k in fields}
+    try:
+        call = method(request_class(**values))
+        if hasattr(call, "__aiter__"):  # ExportSession streams
+            async for _ in call:
+                pass
+        else:
+            await call
+    except grpc.aio.AioRpcError as error:
+        assert error.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
+    assert await audit_count(api) == count, "a read wrote an audit record"
 
 
 async def test_rejected_mutation_leaves_no_record(api):

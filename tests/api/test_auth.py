@@ -27,8 +27,8 @@ from qdata.client import AsyncQdataClient, QdataClient, QdataError
 from qdata.v1 import user_pb2, user_pb2_grpc
 from qdata_server import auth
 from qdata_server.auth import hash_token
-from tests.conftest import TEST_SETTINGS, start_api, stop_api
-from tests.helpers import PASSWORD, rid
+from tests.support.calls import PASSWORD, rid
+from tests.support.server import TEST_SETTINGS, Api, ModuleServer, start_api, stop_api
 
 WRONG_TOKEN = "qdt_" + "wrong" * 9
 ADMIN_TOKEN = "qdt_admin-" + uuid.uuid4().hex
@@ -69,12 +69,9 @@ METHODS = [
 
 
 @pytest.fixture
-async def secured(database_url):
-    running = await start_api(database_url, AUTH_SETTINGS)
-    try:
-        yield running
-    finally:
-        await stop_api(running)
+async def secured(module_server: ModuleServer) -> Api:
+    """The module's server with caller tokens required."""
+    return await module_server.api(AUTH_SETTINGS)
 
 
 def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:

@@ -14,7 +14,8 @@ from google.protobuf import field_mask_pb2
 from qdata.v1 import chat_pb2
 from qdata_server.chat import messages
 from qdata_server.errors import NotFound
-from tests.api.chat_support import (
+from tests.support.calls import case_id, create_user, expect_error, rid
+from tests.support.chat import (
     ASSISTANT,
     EXISTS,
     NOT_FOUND,
@@ -29,10 +30,9 @@ from tests.api.chat_support import (
     list_page,
     message,
     numbers,
-    sql,
     violations,
 )
-from tests.helpers import create_user, expect_error, rid
+from tests.support.database import pool_drained, sql
 
 BRANCH = chat_pb2.MESSAGE_SCOPE_BRANCH
 DESC = chat_pb2.MESSAGE_ORDER_DESCENDING
@@ -213,18 +213,29 @@ APPEND_BAD_MESSAGES = [
 ]
 
 
+def append_request(session: chat_pb2.Session, *messages, **fields) -> chat_pb2.AppendMessagesRequest:
+    values = {"request_id": rid(), "user_id": session.user_id, "session_id": session.id, "messages": messages}
+    values.update(fields)
+    return chat_pb2.AppendMessagesRequest(**values)
+
+
+@pytest.mark.parametrize(("bad", "expected"), APPEND_BAD_MESSAGES, ids=case_id)
+async def test_append_rejects_a_bad_message_and_changes_nothing(api, bad, expected):
+    session = await new_session(api)
+    await append(api, session, "existing")
+    before = await chat_state(api)
+    assert await violations(api.chat.AppendMessages(append_request(session, bad))) == expected
+    assert await chat_state(api) == before
+
+
 async def test_append_rejects_bad_input_and_limits_and_changes_nothing(api):
     session = await new_session(api)
     await append(api, session, "existing")
     before = await chat_state(api)
 
     def request(*messages, **fields) -> chat_pb2.AppendMessagesRequest:
-        values = {"request_id": rid(), "user_id": session.user_id, "session_id": session.id, "messages": messages}
-        values.update(fields)
-        return chat_pb2.AppendMessagesRequest(**values)
+        return append_request(session, *messages, **fields)
 
-    for bad, expected in APPEND_BAD_MESSAGES:
-        assert await violations(api.chat.AppendMessages(request(bad))) == expected, bad
     # Several problems at once are listed together, with the index of the message.
     assert await violations(api.chat.AppendMessages(request(message("ok"), message(""), session_id="x"))) == {
         "messages[1].content",
@@ -334,10 +345,9 @@ async def test_pages_neither_skip_nor_repeat_while_messages_arrive(api):
     assert up + rest == list(range(1, 40 + 2 * written + 1))
 
 
-async def test_list_messages_rejects_bad_input(api):
-    session = await new_session(api)
-    await append(api, session, "one", "two", "three")
-    cases = [
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
         ({"page_size": -1}, {"page_size"}),
         ({"after_sequence_number": -1}, {"after_sequence_number"}),
         ({"before_sequence_number": -5}, {"before_sequence_number"}),
@@ -345,9 +355,18 @@ async def test_list_messages_rejects_bad_input(api):
         ({"scope": BRANCH, "leaf_sequence_number": -1}, {"leaf_sequence_number"}),
         ({"scope": 7, "order": 9}, {"scope", "order"}),
         ({"page_token": "forged"}, {"page_token"}),
-    ]
-    for fields, expected in cases:
-        assert await violations(list_page(api, session, **fields)) == expected, fields
+    ],
+    ids=case_id,
+)
+async def test_list_messages_rejects_a_bad_field(api, fields, expected):
+    session = await new_session(api)
+    await append(api, session, "one", "two", "three")
+    assert await violations(list_page(api, session, **fields)) == expected
+
+
+async def test_list_messages_rejects_bad_input(api):
+    session = await new_session(api)
+    await append(api, session, "one", "two", "three")
     first = await list_page(api, session, page_size=1)
     for other in ({"order": DESC}, {"after_sequence_number": 1}, {"scope": BRANCH}):
         assert await violations(list_page(api, session, page_token=first.next_page_token, **other)) == {"page_token"}
@@ -554,12 +573,6 @@ async def test_cancelled_exports_return_their_connections(api):
         assert len(first.messages) == 100
     for stream in streams:
         stream.cancel()
-    for _ in range(100):
-        stats = pool.get_stats()
-        if stats.get("pool_available", 0) == stats.get("pool_size", -1) and not stats.get("requests_waiting"):
-            break
-        await asyncio.sleep(0.05)
-    stats = pool.get_stats()
-    assert stats["pool_available"] == stats["pool_size"], stats
+    await pool_drained(pool)
     # The server still exports in full afterwards.
     assert numbers([m for c in await export(api, session) for m in c.messages]) == list(range(1, 501))

@@ -6,8 +6,9 @@ from __future__ import annotations
 from google.protobuf import field_mask_pb2
 
 from qdata.v1 import chat_pb2
-from tests.api.chat_support import NOT_FOUND, append, chat_state, create_session, message, sql
-from tests.helpers import create_user, error_info, expect_error, rid
+from tests.support.calls import create_user, error_info, expect_error, rid
+from tests.support.chat import NOT_FOUND, append, chat_state, create_session, message
+from tests.support.database import sql
 
 
 def calls(stub, user_id: str, session_id: str) -> dict[str, object]:

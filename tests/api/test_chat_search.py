@@ -3,20 +3,12 @@ snippets with highlights, web-search syntax, filters, pagination and ownership."
 
 from __future__ import annotations
 
+import pytest
 from google.protobuf import field_mask_pb2
 
 from qdata.v1 import chat_pb2
-from tests.api.chat_support import (
-    ASSISTANT,
-    NOT_FOUND,
-    SYSTEM,
-    USER,
-    append,
-    create_session,
-    message,
-    violations,
-)
-from tests.helpers import create_user, expect_error, rid
+from tests.support.calls import case_id, create_user, expect_error, rid
+from tests.support.chat import ASSISTANT, NOT_FOUND, SYSTEM, USER, append, create_session, message, violations
 
 
 async def search(api, user_id: str, query: str, **fields) -> chat_pb2.SearchMessagesResponse:
@@ -169,9 +161,9 @@ async def test_search_snippets_keep_markup_and_code_as_plain_text(api):
     assert highlighted(hit) == ["widget"]
 
 
-async def test_search_rejects_bad_input(api):
-    user = await create_user(api)
-    cases = [
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
         ({"query": ""}, {"query"}),
         ({"query": "   "}, {"query"}),
         ({"query": "q" * 501}, {"query"}),
@@ -182,15 +174,23 @@ async def test_search_rejects_bad_input(api):
         ({"query": "ok", "session_id": "nope"}, {"session_id"}),
         ({"query": "ok", "page_token": "forged"}, {"page_token"}),
         ({"query": "", "user_id": ""}, {"query", "user_id"}),
-    ]
-    for fields, expected in cases:
-        request = chat_pb2.SearchMessagesRequest(user_id=user.id)
-        for key, value in fields.items():
-            if isinstance(value, list):
-                getattr(request, key).extend(value)
-            else:
-                setattr(request, key, value)
-        assert await violations(api.chat.SearchMessages(request)) == expected, fields
-    # Hostile but valid queries are just words.
-    for query in ("'; DROP TABLE chat_messages; --", "%(user_id)s", "a & b | !c <-> d:*", '"unbalanced', "-", "or"):
-        assert (await search(api, user.id, query)).hits == []
+    ],
+    ids=case_id,
+)
+async def test_search_rejects_bad_input(api, fields, expected):
+    user = await create_user(api)
+    request = chat_pb2.SearchMessagesRequest(user_id=user.id)
+    for key, value in fields.items():
+        if isinstance(value, list):
+            getattr(request, key).extend(value)
+        else:
+            setattr(request, key, value)
+    assert await violations(api.chat.SearchMessages(request)) == expected
+
+
+@pytest.mark.parametrize(
+    "query", ["'; DROP TABLE chat_messages; --", "%(user_id)s", "a & b | !c <-> d:*", '"unbalanced', "-", "or"]
+)
+async def test_search_takes_hostile_but_valid_queries_as_words(api, query):
+    user = await create_user(api)
+    assert (await search(api, user.id, query)).hits == []

@@ -8,22 +8,15 @@ database exactly as it was.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import pytest
 from google.protobuf import field_mask_pb2
 
 from qdata.v1 import chat_pb2, user_pb2
-from tests.api.chat_support import (
-    EXISTS,
-    INVALID,
-    NOT_FOUND,
-    append,
-    chat_state,
-    create_session,
-    get_session,
-    sql,
-    violations,
-)
-from tests.helpers import create_user, expect_error, rid
+from tests.support.calls import case_id, create_user, expect_error, rid
+from tests.support.chat import EXISTS, INVALID, NOT_FOUND, append, chat_state, create_session, get_session, violations
+from tests.support.database import sql
 
 UNKNOWN_USER = "00000000-0000-4000-8000-000000000000"
 
@@ -119,19 +112,30 @@ CREATE_BAD_INPUT = [
 ]
 
 
-async def test_create_session_rejects_bad_input_and_changes_nothing(api):
+def fill(message: Any, fields: dict[str, Any]) -> None:
+    """Sets fields on a message: maps are updated, repeated fields extended, the rest assigned."""
+    for key, value in fields.items():
+        if isinstance(value, dict):
+            getattr(message, key).update(value)
+        elif isinstance(value, list):
+            getattr(message, key).extend(value)
+        else:
+            setattr(message, key, value)
+
+
+@pytest.mark.parametrize(("fields", "expected"), CREATE_BAD_INPUT, ids=case_id)
+async def test_create_session_rejects_bad_input_and_changes_nothing(api, fields, expected):
     user = await create_user(api)
     before = await chat_state(api)
-    for fields, expected in CREATE_BAD_INPUT:
-        request = chat_pb2.CreateSessionRequest(request_id=rid(), user_id=user.id)
-        for key, value in fields.items():
-            if isinstance(value, dict):
-                getattr(request, key).update(value)
-            elif isinstance(value, list):
-                getattr(request, key).extend(value)
-            else:
-                setattr(request, key, value)
-        assert await violations(api.chat.CreateSession(request)) == expected, fields
+    request = chat_pb2.CreateSessionRequest(request_id=rid(), user_id=user.id)
+    fill(request, fields)
+    assert await violations(api.chat.CreateSession(request)) == expected
+    assert await chat_state(api) == before
+
+
+async def test_create_session_limits_and_unknown_users(api):
+    user = await create_user(api)
+    before = await chat_state(api)
     # 16 distinct tags (17 before folding) and 32 metadata entries are within the limits.
     tags = [f"t{i}" for i in range(16)] + ["T0"]
     ok = await create_session(api, user.id, tags=tags, metadata={f"k{i}": "v" * 1024 for i in range(32)})
@@ -146,7 +150,7 @@ async def test_create_session_rejects_bad_input_and_changes_nothing(api):
     )
     await expect_error(api.chat.CreateSession(chat_pb2.CreateSessionRequest(user_id=user.id)), INVALID)
     after = await chat_state(api)
-    assert after["sessions"] == before["sessions"] == []
+    assert after["chat_sessions"] == before["chat_sessions"] == []
     gone = await create_user(api)
     await api.users.DeleteUser(user_pb2.DeleteUserRequest(request_id=rid(), id=gone.id))
     await expect_error(
@@ -273,21 +277,23 @@ UPDATE_BAD_INPUT = [
 ]
 
 
-async def test_update_session_rejects_bad_input_and_changes_nothing(api):
+@pytest.mark.parametrize(("paths", "fields", "expected"), UPDATE_BAD_INPUT, ids=case_id)
+async def test_update_session_rejects_bad_input_and_changes_nothing(api, paths, fields, expected):
     user = await create_user(api)
     session = await create_session(api, user.id, metadata={f"k{i}": "v" for i in range(32)})
     await append(api, session, "one")
     before = await chat_state(api)
-    for paths, fields, expected in UPDATE_BAD_INPUT:
-        request = update_request(session, paths)
-        for key, value in fields.items():
-            if isinstance(value, dict):
-                getattr(request.session, key).update(value)
-            elif isinstance(value, list):
-                getattr(request.session, key).extend(value)
-            else:
-                setattr(request.session, key, value)
-        assert await violations(api.chat.UpdateSession(request)) == expected, (paths, fields)
+    request = update_request(session, paths)
+    fill(request.session, fields)
+    assert await violations(api.chat.UpdateSession(request)) == expected
+    assert await chat_state(api) == before
+
+
+async def test_update_session_rejects_what_only_the_stored_session_shows(api):
+    user = await create_user(api)
+    session = await create_session(api, user.id, metadata={f"k{i}": "v" for i in range(32)})
+    await append(api, session, "one")
+    before = await chat_state(api)
     # A 33rd metadata entry is only known to be too many once merged with the stored ones.
     request = update_request(session, ["metadata.k32"])
     request.session.metadata["k32"] = "v"

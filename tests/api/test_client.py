@@ -19,8 +19,8 @@ from qdata.client import (
 )
 from qdata.v1 import chat_pb2, user_pb2
 from qdata_server.users.service import UserServicer
-from tests.conftest import start_api, stop_api
-from tests.helpers import PASSWORD
+from tests.support.calls import PASSWORD
+from tests.support.server import start_api, stop_api
 
 
 def new_user_request(name: str | None = None, **fields) -> user_pb2.CreateUserRequest:

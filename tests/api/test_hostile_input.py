@@ -12,7 +12,7 @@ import pytest
 from google.protobuf.descriptor import FieldDescriptor
 
 from qdata.v1 import chat_pb2, ledger_pb2, usage_pb2, user_pb2
-from tests.helpers import PASSWORD, create_user, rid
+from tests.support.calls import PASSWORD, create_user, rid
 
 HOSTILE_STRINGS = [
     "",

@@ -9,9 +9,10 @@ import dataclasses
 
 from qdata.v1 import chat_pb2, ledger_pb2
 from qdata_server.config import Settings
-from tests.api.ledger_helpers import amounts, deposit_request, new_user, scalar
-from tests.conftest import TEST_SETTINGS, start_api, stop_api
-from tests.helpers import rid
+from tests.support.calls import rid
+from tests.support.database import scalar
+from tests.support.ledger import amounts, deposit_request, new_user
+from tests.support.server import TEST_SETTINGS, start_api, stop_api
 
 USD = 1_000_000
 PURGING = dataclasses.replace(TEST_SETTINGS, idempotency_retention_hours=24.0, idempotency_purge_seconds=0.1)

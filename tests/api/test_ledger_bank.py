@@ -21,10 +21,13 @@ from typing import Any
 import grpc
 
 from qdata.v1 import ledger_pb2
-from tests.api.ledger_helpers import (
+from tests.support.calls import error_info
+from tests.support.database import pool_drained, sql
+from tests.support.ledger import (
     ACTIVE,
     CAPTURED,
     USD,
+    age_holds,
     assert_balanced,
     assert_ledger_clean,
     capture_request,
@@ -36,12 +39,10 @@ from tests.api.ledger_helpers import (
     new_user,
     refund_request,
     release_request,
-    serving,
-    sql,
     transfer_request,
     ttl,
 )
-from tests.helpers import error_info
+from tests.support.server import serving
 
 HOT_USERS = 6
 COLD_USERS = 20
@@ -278,7 +279,7 @@ async def test_concurrent_money_movements_conserve_money(database_url):
         assert bank.captures > 0 and bank.refunds > 0 and bank.replays > 0 and bank.reads > 0, context
 
         # Let the last 1-second holds expire, so no hold changes state while the checks read.
-        await asyncio.sleep(1.1)
+        await age_holds(api, 1.1)
         # Every user's balance is exactly what the successful operations add up to.
         held_by_user: dict[str, int] = collections.defaultdict(int)
         for hold in bank.holds:
@@ -358,11 +359,5 @@ async def test_calls_cut_off_by_deadline_or_cancellation_apply_whole_or_not_at_a
     assert await count(api, "ledger_transactions") == 2 + len(pairs)  # + the two fundings
 
     pool = api.server.pool
-    for _ in range(100):
-        stats = pool.get_stats()
-        if stats.get("pool_available", 0) == stats.get("pool_size", -1) and not stats.get("requests_waiting"):
-            break
-        await asyncio.sleep(0.05)
-    stats = pool.get_stats()
-    assert stats["pool_available"] == stats["pool_size"], stats
+    await pool_drained(pool)
     await assert_ledger_clean(api)

@@ -11,8 +11,9 @@ import psycopg
 
 from qdata.v1 import user_pb2
 from qdata_server.db.sql import query
-from tests.api.ledger_helpers import charge_request, deposit_request, new_user, scalar
-from tests.helpers import expect_error, rid
+from tests.support.calls import expect_error, rid
+from tests.support.database import scalar
+from tests.support.ledger import charge_request, deposit_request, new_user
 
 USD = 1_000_000
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
 from google.protobuf import duration_pb2
 
 from qdata.v1 import ledger_pb2
-from tests.api.ledger_helpers import (
+from tests.support.calls import case_id, error_info, field_violations
+from tests.support.database import sql
+from tests.support.ledger import (
     ACTIVE,
     CAPTURED,
     EXPIRED,
@@ -24,6 +27,7 @@ from tests.api.ledger_helpers import (
     PRECONDITION,
     RELEASED,
     USD,
+    age_holds,
     amounts,
     assert_balanced,
     assert_ledger_clean,
@@ -42,13 +46,11 @@ from tests.api.ledger_helpers import (
     rejected,
     release,
     release_request,
-    serving,
-    sql,
     ttl,
 )
-from tests.helpers import error_info, field_violations
 
 HOUR = 3600
+BAD_AMOUNTS = [0, -1, -(2**63), MAX_AMOUNT + 1, 2**63 - 1]
 
 
 async def db_hold(api, hold_id: str) -> dict:
@@ -171,14 +173,20 @@ async def test_capture_above_the_hold_is_invalid_and_changes_nothing(api):
     request = capture_request(user_id, hold.id, 4 * USD + 1)
     error = await rejected(api, api.ledger.CaptureHold, request, INVALID, "CAPTURE_EXCEEDS_HOLD")
     assert set(field_violations(error)) == {"amount_micros"}
-    for amount in (0, -1, -(2**63), MAX_AMOUNT + 1, 2**63 - 1):
-        error = await rejected(api, api.ledger.CaptureHold, capture_request(user_id, hold.id, amount), INVALID)
-        assert set(field_violations(error)) == {"amount_micros"}
     assert (await get_hold(api, user_id, hold.id)).status == ACTIVE
     assert await amounts(api, user_id) == (10 * USD, 4 * USD, 6 * USD)
     await capture(api, user_id, hold.id, 4 * USD)  # the whole hold is fine
     assert await amounts(api, user_id) == (6 * USD, 0, 6 * USD)
     await assert_ledger_clean(api)
+
+
+@pytest.mark.parametrize("amount", BAD_AMOUNTS)
+async def test_capture_of_a_bad_amount_is_invalid_and_changes_nothing(api, amount):
+    user_id = await new_user(api, 10 * USD)
+    hold = await create_hold(api, user_id, 4 * USD)
+    error = await rejected(api, api.ledger.CaptureHold, capture_request(user_id, hold.id, amount), INVALID)
+    assert set(field_violations(error)) == {"amount_micros"}
+    assert (await get_hold(api, user_id, hold.id)).status == ACTIVE
 
 
 async def test_unknown_or_foreign_hold_is_not_found(api):
@@ -201,29 +209,35 @@ async def test_unknown_or_foreign_hold_is_not_found(api):
     assert await amounts(api, other) == (10 * USD, 0, 10 * USD)
 
 
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        *[
+            ({"ttl": value}, "ttl")
+            for value in [
+                ttl(0.5),
+                ttl(0.999999999),
+                ttl(-1),
+                ttl(24 * HOUR + 1),
+                duration_pb2.Duration(seconds=10**15),  # beyond what a timedelta holds
+                duration_pb2.Duration(seconds=315_576_000_000),  # the largest valid Duration
+                duration_pb2.Duration(seconds=-315_576_000_000),
+            ]
+        ],
+        *[({"amount_micros": amount}, "amount_micros") for amount in BAD_AMOUNTS],
+        *[({"currency_code": code}, "currency_code") for code in ("usd", "US", "XXXX")],
+    ],
+    ids=case_id,
+)
+async def test_create_hold_rejects_a_bad_field(api, fields, field):
+    user_id = await new_user(api, 10 * USD)
+    request = hold_request(user_id, USD, **fields)
+    error = await rejected(api, api.ledger.CreateHold, request, INVALID, "INVALID_ARGUMENT")
+    assert set(field_violations(error)) == {field}
+
+
 async def test_create_hold_validates_ttl_and_amount(api):
     user_id = await new_user(api, 10 * USD)
-    bad_ttls = [
-        ttl(0.5),
-        ttl(0.999999999),
-        ttl(-1),
-        ttl(24 * HOUR + 1),
-        duration_pb2.Duration(seconds=10**15),  # beyond what a timedelta holds
-        duration_pb2.Duration(seconds=315_576_000_000),  # the largest valid Duration
-        duration_pb2.Duration(seconds=-315_576_000_000),
-    ]
-    for value in bad_ttls:
-        request = hold_request(user_id, USD, ttl=value)
-        error = await rejected(api, api.ledger.CreateHold, request, INVALID, "INVALID_ARGUMENT")
-        assert set(field_violations(error)) == {"ttl"}, value
-    for amount in (0, -1, -(2**63), MAX_AMOUNT + 1, 2**63 - 1):
-        request = hold_request(user_id, amount)
-        error = await rejected(api, api.ledger.CreateHold, request, INVALID, "INVALID_ARGUMENT")
-        assert set(field_violations(error)) == {"amount_micros"}
-    for code in ("usd", "US", "XXXX"):
-        request = hold_request(user_id, USD, currency_code=code)
-        error = await rejected(api, api.ledger.CreateHold, request, INVALID, "INVALID_ARGUMENT")
-        assert set(field_violations(error)) == {"currency_code"}
     await rejected(
         api, api.ledger.CreateHold, hold_request(user_id, USD, currency_code="EUR"), INVALID, "UNSUPPORTED_CURRENCY"
     )
@@ -239,70 +253,71 @@ async def test_create_hold_validates_ttl_and_amount(api):
 # ---- expiry -------------------------------------------------------------------------------------
 
 
-async def test_expired_hold_stops_reserving_before_any_sweep(database_url):
-    async with serving(database_url, hold_sweep_seconds=0) as api:  # no background sweeper at all
-        user_id = await new_user(api, 10 * USD)
-        hold = await create_hold(api, user_id, 10 * USD, ttl=ttl(1))
-        keeper = await create_hold(api, await new_user(api, USD), USD)  # another account, untouched
-        assert lifetime(hold) == 1
-        assert await amounts(api, user_id) == (10 * USD, 10 * USD, 0)
-        await rejected(api, api.ledger.Charge, charge_request(user_id, 1), PRECONDITION, "INSUFFICIENT_FUNDS")
+async def test_expired_hold_stops_reserving_before_any_sweep(api_with):
+    api = await api_with(hold_sweep_seconds=0)  # no background sweeper at all
+    user_id = await new_user(api, 10 * USD)
+    hold = await create_hold(api, user_id, 10 * USD, ttl=ttl(1))
+    keeper = await create_hold(api, await new_user(api, USD), USD)  # another account, untouched
+    assert lifetime(hold) == 1
+    assert await amounts(api, user_id) == (10 * USD, 10 * USD, 0)
+    await rejected(api, api.ledger.Charge, charge_request(user_id, 1), PRECONDITION, "INSUFFICIENT_FUNDS")
 
-        await asyncio.sleep(1.2)
-        # Nothing has swept it: the row still says active and the cached held amount still counts it.
-        assert (await db_hold(api, hold.id))["status"] == "active"
-        assert await cached_held(api, user_id) == 10 * USD
-        # Yet reads already treat it as expired.
-        assert await amounts(api, user_id) == (10 * USD, 0, 10 * USD)
-        expired = await get_hold(api, user_id, hold.id)
-        assert expired.status == EXPIRED
-        assert expired.resolve_time == expired.expire_time
-        for method, request in [
-            (api.ledger.CaptureHold, capture_request(user_id, hold.id, USD)),
-            (api.ledger.ReleaseHold, release_request(user_id, hold.id)),
-        ]:
-            await rejected(api, method, request, PRECONDITION, "HOLD_EXPIRED")
-        await assert_ledger_clean(api)
+    await age_holds(api, 1.2, hold.id)
+    # Nothing has swept it: the row still says active and the cached held amount still counts it.
+    assert (await db_hold(api, hold.id))["status"] == "active"
+    assert await cached_held(api, user_id) == 10 * USD
+    # Yet reads already treat it as expired.
+    assert await amounts(api, user_id) == (10 * USD, 0, 10 * USD)
+    expired = await get_hold(api, user_id, hold.id)
+    assert expired.status == EXPIRED
+    assert expired.resolve_time == expired.expire_time
+    for method, request in [
+        (api.ledger.CaptureHold, capture_request(user_id, hold.id, USD)),
+        (api.ledger.ReleaseHold, release_request(user_id, hold.id)),
+    ]:
+        await rejected(api, method, request, PRECONDITION, "HOLD_EXPIRED")
+    await assert_ledger_clean(api)
 
-        # A charge of the whole posted balance succeeds: it sweeps the account it locks.
-        await charge(api, user_id, 10 * USD)
-        assert await amounts(api, user_id) == (0, 0, 0)
-        row = await db_hold(api, hold.id)
-        assert (row["status"], row["resolved_at"]) == ("expired", row["expire_at"])
-        assert await cached_held(api, user_id) == 0
-        assert (await get_hold(api, user_id, hold.id)).status == EXPIRED
-        await rejected(api, api.ledger.CaptureHold, capture_request(user_id, hold.id, 1), PRECONDITION, "HOLD_EXPIRED")
-        assert (await get_hold(api, keeper.user_id, keeper.id)).status == ACTIVE
-        await assert_ledger_clean(api)
-
-
-async def test_expired_hold_is_swept_lazily_by_a_new_hold(database_url):
-    async with serving(database_url, hold_sweep_seconds=0) as api:
-        user_id = await new_user(api, 10 * USD)
-        first = await create_hold(api, user_id, 6 * USD, ttl=ttl(1))
-        await asyncio.sleep(1.2)
-        second = await create_hold(api, user_id, 10 * USD)  # only possible once the first stopped counting
-        assert second.status == ACTIVE
-        assert (await db_hold(api, first.id))["status"] == "expired"
-        assert await cached_held(api, user_id) == 10 * USD
-        assert await amounts(api, user_id) == (10 * USD, 10 * USD, 0)
-        await assert_ledger_clean(api)
+    # A charge of the whole posted balance succeeds: it sweeps the account it locks.
+    await charge(api, user_id, 10 * USD)
+    assert await amounts(api, user_id) == (0, 0, 0)
+    row = await db_hold(api, hold.id)
+    assert (row["status"], row["resolved_at"]) == ("expired", row["expire_at"])
+    assert await cached_held(api, user_id) == 0
+    assert (await get_hold(api, user_id, hold.id)).status == EXPIRED
+    await rejected(api, api.ledger.CaptureHold, capture_request(user_id, hold.id, 1), PRECONDITION, "HOLD_EXPIRED")
+    assert (await get_hold(api, keeper.user_id, keeper.id)).status == ACTIVE
+    await assert_ledger_clean(api)
 
 
-async def test_background_sweeper_marks_expired_holds(database_url):
-    async with serving(database_url, hold_sweep_seconds=0.2) as api:
-        user_id = await new_user(api, 10 * USD)
-        hold = await create_hold(api, user_id, 4 * USD, ttl=ttl(1))
-        lasting = await create_hold(api, user_id, 1 * USD)
-        for _ in range(50):  # the sweeper runs every 0.2 s; the hold expires after 1 s
-            await asyncio.sleep(0.2)
-            if (await db_hold(api, hold.id))["status"] != "active":
-                break
-        row = await db_hold(api, hold.id)
-        assert (row["status"], row["resolved_at"]) == ("expired", row["expire_at"])
-        assert await cached_held(api, user_id) == 1 * USD
-        assert (await db_hold(api, lasting.id))["status"] == "active"
-        assert (await get_hold(api, user_id, hold.id)).status == EXPIRED
-        assert await amounts(api, user_id) == (10 * USD, 1 * USD, 9 * USD)
-        await rejected(api, api.ledger.ReleaseHold, release_request(user_id, hold.id), PRECONDITION, "HOLD_EXPIRED")
-        await assert_ledger_clean(api)
+async def test_expired_hold_is_swept_lazily_by_a_new_hold(api_with):
+    api = await api_with(hold_sweep_seconds=0)
+    user_id = await new_user(api, 10 * USD)
+    first = await create_hold(api, user_id, 6 * USD, ttl=ttl(1))
+    await age_holds(api, 1.2, first.id)
+    second = await create_hold(api, user_id, 10 * USD)  # only possible once the first stopped counting
+    assert second.status == ACTIVE
+    assert (await db_hold(api, first.id))["status"] == "expired"
+    assert await cached_held(api, user_id) == 10 * USD
+    assert await amounts(api, user_id) == (10 * USD, 10 * USD, 0)
+    await assert_ledger_clean(api)
+
+
+async def test_background_sweeper_marks_expired_holds(api_with):
+    api = await api_with(hold_sweep_seconds=0.2)
+    user_id = await new_user(api, 10 * USD)
+    hold = await create_hold(api, user_id, 4 * USD, ttl=ttl(1))
+    lasting = await create_hold(api, user_id, 1 * USD)
+    await age_holds(api, 1.2, hold.id)
+    for _ in range(50):  # the sweeper runs every 0.2 s
+        await asyncio.sleep(0.2)
+        if (await db_hold(api, hold.id))["status"] != "active":
+            break
+    row = await db_hold(api, hold.id)
+    assert (row["status"], row["resolved_at"]) == ("expired", row["expire_at"])
+    assert await cached_held(api, user_id) == 1 * USD
+    assert (await db_hold(api, lasting.id))["status"] == "active"
+    assert (await get_hold(api, user_id, hold.id)).status == EXPIRED
+    assert await amounts(api, user_id) == (10 * USD, 1 * USD, 9 * USD)
+    await rejected(api, api.ledger.ReleaseHold, release_request(user_id, hold.id), PRECONDITION, "HOLD_EXPIRED")
+    await assert_ledger_clean(api)

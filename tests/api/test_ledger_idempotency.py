@@ -13,8 +13,12 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
+
 from qdata.v1 import ledger_pb2, user_pb2
-from tests.api.ledger_helpers import (
+from tests.support.calls import case_id, rid
+from tests.support.database import sql
+from tests.support.ledger import (
     CAPTURED,
     EXISTS,
     INVALID,
@@ -34,10 +38,8 @@ from tests.api.ledger_helpers import (
     refund_request,
     rejected,
     release_request,
-    sql,
     transfer_request,
 )
-from tests.helpers import rid
 
 COUNTED = ("ledger_transactions", "ledger_postings", "ledger_holds", "idempotency_keys", "audit_events")
 
@@ -257,15 +259,19 @@ async def test_request_that_failed_validation_leaves_no_trace(api):
     fixed = await api.ledger.Charge(charge_request(user_id, USD, request_id=request_id))
     assert fixed.transaction.request_id == request_id
     assert await amounts(api, user_id) == (9 * USD, 0, 9 * USD)
-    # An invalid request_id itself is INVALID_ARGUMENT, for every mutating RPC.
+
+
+@pytest.mark.parametrize("bad_id", ["", "   ", "x" * 129, "id\x00"], ids=case_id)
+@pytest.mark.parametrize("method_name", ["Charge", "Deposit", "ReleaseHold"])
+async def test_an_invalid_request_id_is_invalid_argument(api, method_name, bad_id):
+    user_id = await new_user(api, 10 * USD)
     hold = await create_hold(api, user_id, USD)
-    for bad_id in ("", "   ", "x" * 129, "id\x00"):
-        for method, request in [
-            (api.ledger.Charge, charge_request(user_id, USD, request_id=bad_id)),
-            (api.ledger.Deposit, deposit_request(user_id, USD, request_id=bad_id)),
-            (api.ledger.ReleaseHold, release_request(user_id, hold.id, request_id=bad_id)),
-        ]:
-            await rejected(api, method, request, INVALID, "INVALID_ARGUMENT")
+    request = {
+        "Charge": lambda: charge_request(user_id, USD, request_id=bad_id),
+        "Deposit": lambda: deposit_request(user_id, USD, request_id=bad_id),
+        "ReleaseHold": lambda: release_request(user_id, hold.id, request_id=bad_id),
+    }[method_name]()
+    await rejected(api, getattr(api.ledger, method_name), request, INVALID, "INVALID_ARGUMENT")
 
 
 async def test_request_ids_are_scoped_per_user(api):

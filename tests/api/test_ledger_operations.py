@@ -12,9 +12,12 @@ import asyncio
 import uuid
 
 import grpc
+import pytest
 
 from qdata.v1 import ledger_pb2, user_pb2
-from tests.api.ledger_helpers import (
+from tests.support.calls import case_id, error_info, field_violations, rid
+from tests.support.database import sql
+from tests.support.ledger import (
     CHARGE,
     DEPOSIT,
     EXISTS,
@@ -44,15 +47,16 @@ from tests.api.ledger_helpers import (
     refund,
     refund_request,
     rejected,
-    serving,
-    sql,
     transfer,
     transfer_request,
 )
-from tests.helpers import error_info, field_violations, rid
+from tests.support.server import serving
 
 BAD_AMOUNTS = [0, -1, -(2**63), MAX_AMOUNT + 1, 2**63 - 1]
 MALFORMED_CURRENCIES = ["usd", "US", "XXXX", "U5D", "ÜSD", " USD", "$"]
+AMOUNT_AND_CURRENCY_CASES = [({"amount_micros": a}, "amount_micros") for a in BAD_AMOUNTS] + [
+    ({"currency_code": c}, "currency_code") for c in MALFORMED_CURRENCIES
+]
 
 
 async def audit_actions(api) -> list[tuple[str, str]]:
@@ -80,12 +84,16 @@ async def test_get_balance_rejects_bad_lookups(api):
     await rejected(api, call, ledger_pb2.GetBalanceRequest(user_id=str(uuid.uuid4())), NOT_FOUND, "USER_NOT_FOUND")
     error = await rejected(api, call, ledger_pb2.GetBalanceRequest(user_id="nope"), INVALID, "INVALID_ARGUMENT")
     assert set(field_violations(error)) == {"user_id"}
-    for code in MALFORMED_CURRENCIES:
-        request = ledger_pb2.GetBalanceRequest(user_id=user_id, currency_code=code)
-        error = await rejected(api, call, request, INVALID, "INVALID_ARGUMENT")
-        assert set(field_violations(error)) == {"currency_code"}, code
     request = ledger_pb2.GetBalanceRequest(user_id=user_id, currency_code="EUR")
     error = await rejected(api, call, request, INVALID, "UNSUPPORTED_CURRENCY")
+    assert set(field_violations(error)) == {"currency_code"}
+
+
+@pytest.mark.parametrize("code", MALFORMED_CURRENCIES, ids=case_id)
+async def test_get_balance_rejects_a_malformed_currency(api, code):
+    user_id = await new_user(api)
+    request = ledger_pb2.GetBalanceRequest(user_id=user_id, currency_code=code)
+    error = await rejected(api, api.ledger.GetBalance, request, INVALID, "INVALID_ARGUMENT")
     assert set(field_violations(error)) == {"currency_code"}
 
 
@@ -143,10 +151,9 @@ async def test_promotion_deposit_posts_against_promotions(api):
     await assert_ledger_clean(api)
 
 
-async def test_deposit_rejects_bad_input_and_changes_nothing(api):
-    user_id = await new_user(api, 1 * USD)
-    deposit_call = api.ledger.Deposit
-    cases = [
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
         ({"user_id": ""}, "user_id"),
         ({"user_id": "not-a-uuid"}, "user_id"),
         ({"external_reference": ""}, "external_reference"),  # PAYMENT needs the provider's reference
@@ -158,16 +165,20 @@ async def test_deposit_rejects_bad_input_and_changes_nothing(api):
         ({"source": 7}, "source"),
         ({"request_id": ""}, "request_id"),
         ({"request_id": "r" * 129}, "request_id"),
-    ]
-    for amount in BAD_AMOUNTS:
-        cases.append(({"amount_micros": amount}, "amount_micros"))
-    for code in MALFORMED_CURRENCIES:
-        cases.append(({"currency_code": code}, "currency_code"))
-    for fields, field in cases:
-        request = deposit_request(user_id, 10 * USD, **fields)
-        error = await rejected(api, deposit_call, request, INVALID, "INVALID_ARGUMENT")
-        assert field in field_violations(error), (fields, field_violations(error))
+        *AMOUNT_AND_CURRENCY_CASES,
+    ],
+    ids=case_id,
+)
+async def test_deposit_rejects_bad_input_and_changes_nothing(api, fields, field):
+    user_id = await new_user(api, 1 * USD)
+    request = deposit_request(user_id, 10 * USD, **fields)
+    error = await rejected(api, api.ledger.Deposit, request, INVALID, "INVALID_ARGUMENT")
+    assert field in field_violations(error), field_violations(error)
 
+
+async def test_deposit_rejects_other_currencies_and_unknown_users(api):
+    user_id = await new_user(api, 1 * USD)
+    deposit_call = api.ledger.Deposit
     error = await rejected(api, deposit_call, deposit_request(user_id, USD, currency_code="EUR"), INVALID)
     assert error_info(error).reason == "UNSUPPORTED_CURRENCY"
     assert set(field_violations(error)) == {"currency_code"}
@@ -239,20 +250,25 @@ async def test_charge_debits_available_for_revenue(api):
     await assert_ledger_clean(api)
 
 
-async def test_charge_rejects_bad_input_and_changes_nothing(api):
-    user_id = await new_user(api, 10 * USD)
-    cases = [
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
         ({"user_id": "x"}, "user_id"),
         ({"reference": "r" * 201}, "reference"),
         ({"description": "\x07"}, "description"),
-    ]
-    cases += [({"amount_micros": a}, "amount_micros") for a in BAD_AMOUNTS]
-    cases += [({"currency_code": c}, "currency_code") for c in MALFORMED_CURRENCIES]
-    for fields, field in cases:
-        error = await rejected(
-            api, api.ledger.Charge, charge_request(user_id, USD, **fields), INVALID, "INVALID_ARGUMENT"
-        )
-        assert field in field_violations(error), (fields, field_violations(error))
+        *AMOUNT_AND_CURRENCY_CASES,
+    ],
+    ids=case_id,
+)
+async def test_charge_rejects_bad_input_and_changes_nothing(api, fields, field):
+    user_id = await new_user(api, 10 * USD)
+    error = await rejected(api, api.ledger.Charge, charge_request(user_id, USD, **fields), INVALID, "INVALID_ARGUMENT")
+    assert field in field_violations(error), field_violations(error)
+    assert await amounts(api, user_id) == (10 * USD, 0, 10 * USD)
+
+
+async def test_charge_rejects_other_currencies_and_unknown_users(api):
+    user_id = await new_user(api, 10 * USD)
     request = charge_request(user_id, USD, currency_code="EUR")
     await rejected(api, api.ledger.Charge, request, INVALID, "UNSUPPORTED_CURRENCY")
     request = charge_request(str(uuid.uuid4()), USD)
@@ -325,6 +341,19 @@ async def test_transfer_moves_credits_and_both_parties_see_it(api):
     await assert_ledger_clean(api)
 
 
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [({"from_user_id": ""}, "from_user_id"), ({"to_user_id": "bob"}, "to_user_id"), *AMOUNT_AND_CURRENCY_CASES],
+    ids=case_id,
+)
+async def test_transfer_rejects_bad_input_and_changes_nothing(api, fields, field):
+    alice, bob = await new_user(api, 10 * USD), await new_user(api)
+    request = transfer_request(alice, bob, USD, **fields)
+    error = await rejected(api, api.ledger.Transfer, request, INVALID, "INVALID_ARGUMENT")
+    assert field in field_violations(error), field_violations(error)
+    assert await amounts(api, alice) == (10 * USD, 0, 10 * USD)
+
+
 async def test_transfer_rejections_change_nothing(api):
     alice, bob = await new_user(api, 10 * USD), await new_user(api)
     call = api.ledger.Transfer
@@ -332,12 +361,6 @@ async def test_transfer_rejections_change_nothing(api):
     for to_id in (alice, alice.upper()):
         error = await rejected(api, call, transfer_request(alice, to_id, USD), INVALID, "SELF_TRANSFER")
         assert set(field_violations(error)) == {"to_user_id"}
-    cases = [({"from_user_id": ""}, "from_user_id"), ({"to_user_id": "bob"}, "to_user_id")]
-    cases += [({"amount_micros": a}, "amount_micros") for a in BAD_AMOUNTS]
-    cases += [({"currency_code": c}, "currency_code") for c in MALFORMED_CURRENCIES]
-    for fields, field in cases:
-        error = await rejected(api, call, transfer_request(alice, bob, USD, **fields), INVALID, "INVALID_ARGUMENT")
-        assert field in field_violations(error), (fields, field_violations(error))
     await rejected(api, call, transfer_request(alice, bob, USD, currency_code="EUR"), INVALID, "UNSUPPORTED_CURRENCY")
     ghost = str(uuid.uuid4())
     await rejected(api, call, transfer_request(alice, ghost, USD), NOT_FOUND, "USER_NOT_FOUND")

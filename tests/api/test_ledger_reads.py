@@ -14,7 +14,9 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from qdata.v1 import ledger_pb2
-from tests.api.ledger_helpers import (
+from tests.support.calls import case_id, field_violations
+from tests.support.database import sql
+from tests.support.ledger import (
     CHARGE,
     DEPOSIT,
     HOLD_CAPTURE,
@@ -33,11 +35,9 @@ from tests.api.ledger_helpers import (
     new_user,
     refund,
     rejected,
-    sql,
     transfer,
     verify,
 )
-from tests.helpers import field_violations
 
 UNSPECIFIED = ledger_pb2.TRANSACTION_KIND_UNSPECIFIED
 BALANCE_MISMATCH = ledger_pb2.DISCREPANCY_KIND_BALANCE_MISMATCH
@@ -139,14 +139,12 @@ async def test_list_filters_by_kind_time_and_currency(api):
     assert await list_all(api, user_id, currency_code="EUR") == []
 
 
-async def test_list_rejects_bad_filters(api):
-    user_id, _, made = await history(api)
-    t0 = made[3].create_time
-    later = timestamp_pb2.Timestamp(seconds=t0.seconds + 60)
-    call = api.ledger.ListTransactions
-    cases = [
-        ({"end_time": t0, "start_time": t0}, "end_time"),  # empty range
-        ({"end_time": t0, "start_time": later}, "end_time"),  # reversed range
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        # "t0" is the time of the history's fourth transaction, "later" a minute after it.
+        ({"end_time": "t0", "start_time": "t0"}, "end_time"),  # empty range
+        ({"end_time": "t0", "start_time": "later"}, "end_time"),  # reversed range
         ({"kinds": [UNSPECIFIED]}, "kinds[0]"),
         ({"kinds": [CHARGE, 42]}, "kinds[1]"),
         ({"kinds": [CHARGE] * 6}, "kinds"),
@@ -157,11 +155,21 @@ async def test_list_rejects_bad_filters(api):
         ({"start_time": timestamp_pb2.Timestamp(seconds=10**12)}, "start_time"),
         ({"end_time": timestamp_pb2.Timestamp(seconds=-(10**12))}, "end_time"),
         ({"start_time": timestamp_pb2.Timestamp(seconds=0, nanos=-1)}, "start_time"),
-    ]
-    for fields, field in cases:
-        request = ledger_pb2.ListTransactionsRequest(**{"user_id": user_id, **fields})
-        error = await rejected(api, call, request, INVALID, "INVALID_ARGUMENT")
-        assert field in field_violations(error), (fields, field_violations(error))
+    ],
+    ids=case_id,
+)
+async def test_list_rejects_bad_filters(api, fields, field):
+    user_id, _, made = await history(api)
+    t0 = made[3].create_time
+    times = {"t0": t0, "later": timestamp_pb2.Timestamp(seconds=t0.seconds + 60)}
+    fields = {k: times[v] if k.endswith("_time") and isinstance(v, str) else v for k, v in fields.items()}
+    request = ledger_pb2.ListTransactionsRequest(**{"user_id": user_id, **fields})
+    error = await rejected(api, api.ledger.ListTransactions, request, INVALID, "INVALID_ARGUMENT")
+    assert field in field_violations(error), field_violations(error)
+
+
+async def test_list_accepts_the_extremes_a_timestamp_holds(api):
+    user_id, _, _ = await history(api)
     # The extremes a Timestamp can hold are fine.
     wide = {
         "start_time": timestamp_pb2.Timestamp(seconds=-62_135_596_800),

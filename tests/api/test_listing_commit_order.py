@@ -14,8 +14,9 @@ import json
 import psycopg
 
 from qdata.v1 import ledger_pb2, user_pb2
-from tests.api.ledger_helpers import USD, charge, deposit, new_user, serving
-from tests.helpers import rid
+from tests.support.calls import rid
+from tests.support.ledger import USD, charge, deposit, new_user
+from tests.support.server import serving
 
 
 async def poll(list_page, items: str, seen: set) -> list:

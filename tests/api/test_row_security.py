@@ -30,9 +30,9 @@ from qdata.v1 import chat_pb2, ledger_pb2, usage_pb2, user_pb2
 from qdata_server import auth
 from qdata_server.db import transactions
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, ACTING_FOR_NO_USER, NO_USER_ID, acting_for
-from tests.api.usage_support import create_model, fold, funded_user, usage
-from tests.conftest import SERVICE_LOGIN, TEST_SETTINGS, serving_url, start_api, stop_api
-from tests.helpers import rid
+from tests.support.calls import rid
+from tests.support.server import SERVICE_LOGIN, TEST_SETTINGS, serving_url, start_api, stop_api
+from tests.support.usage import create_model, fold, funded_user, usage
 
 # Every table holding users' rows, with the columns that name a row's user(s): the owner, and
 # for a transfer and its postings also the counterparty, who sees them too.

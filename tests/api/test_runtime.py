@@ -18,8 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from qdata.v1 import chat_pb2, user_pb2
 from qdata_server.app import SERVICE_NAMES
 from qdata_server.users.service import UserServicer
-from tests.conftest import start_api, stop_api
-from tests.helpers import PASSWORD, create_user, error_info, expect_error, rid
+from tests.support.calls import PASSWORD, create_user, error_info, expect_error, rid
+from tests.support.database import pool_drained
+from tests.support.server import start_api, stop_api
 
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
 
@@ -170,19 +171,14 @@ async def test_cancelled_calls_return_their_connections(api):
             call.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     # Every connection comes back to the pool, and the pool still serves.
-    for _ in range(100):
-        stats = pool.get_stats()
-        if stats.get("pool_available", 0) == stats.get("pool_size", -1) and not stats.get("requests_waiting"):
-            break
-        await asyncio.sleep(0.05)
-    stats = pool.get_stats()
-    assert stats["pool_available"] == stats["pool_size"], stats
+    stats = await pool_drained(pool)
     assert stats["pool_size"] <= pool.max_size
     got = await api.users.UpdateUser(rename(user.id, "After"))
     assert got.user.display_name == "After"
 
 
-async def test_database_outage_is_unavailable_and_not_serving(api, postgres_url):
+async def test_database_outage_is_unavailable_and_not_serving(fresh_api, postgres_url):
+    api = fresh_api  # its database is dropped
     user = await create_user(api)
     dbname = psycopg.conninfo.conninfo_to_dict(api.database_url)["dbname"]
     async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:

@@ -1,7 +1,7 @@
 """First end-to-end check: create, read and authenticate a user over gRPC."""
 
 from qdata.v1 import user_pb2
-from tests.helpers import PASSWORD, create_user
+from tests.support.calls import PASSWORD, create_user
 
 
 async def test_create_get_authenticate(api):

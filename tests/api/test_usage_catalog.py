@@ -14,32 +14,20 @@ import grpc
 from google.protobuf import field_mask_pb2
 
 from qdata.v1 import usage_pb2, user_pb2
-from tests.api.usage_support import create_model, now, price, sql
-from tests.conftest import TEST_SETTINGS, start_api, stop_api
-from tests.helpers import create_user, error_info, expect_error, field_violations, rid
+from tests.support.calls import create_user, expect_error, outcome, rid
+from tests.support.database import sql, table_rows
+from tests.support.server import TEST_SETTINGS, start_api, stop_api
+from tests.support.usage import create_model, now, price
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 MODEL = "openai/gpt-4o-mini"
 
 
+STATE_TABLES = ("models", "model_prices", "model_ratings", "model_rating_totals", "audit_events", "idempotency_keys")
+
+
 async def state(api) -> dict[str, Any]:
-    return {
-        "models": await sql(api, "SELECT * FROM models ORDER BY model_id"),
-        "prices": await sql(api, "SELECT * FROM model_prices ORDER BY price_id"),
-        "ratings": await sql(api, "SELECT * FROM model_ratings ORDER BY user_id, model_id"),
-        "totals": await sql(api, "SELECT * FROM model_rating_totals ORDER BY model_id"),
-        "audit": await sql(api, "SELECT * FROM audit_events ORDER BY audit_event_id"),
-        "idempotency": await sql(api, "SELECT * FROM idempotency_keys ORDER BY request_id"),
-    }
-
-
-async def outcome(call) -> tuple[str, str, set[str]]:
-    try:
-        await call
-    except grpc.aio.AioRpcError as error:
-        fields = set(field_violations(error)) if error.code() == INVALID else set()
-        return error.code().name, error_info(error).reason, fields
-    return "OK", "", set()
+    return await table_rows(api, *STATE_TABLES)
 
 
 def upsert(model: dict[str, Any], paths: list[str] | None = None, **fields) -> usage_pb2.UpsertModelRequest:

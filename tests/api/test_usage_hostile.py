@@ -13,7 +13,7 @@ import grpc
 
 from qdata.v1 import usage_pb2
 from tests.api.test_hostile_input import BAD_CODES, variants
-from tests.api.usage_support import create_model, funded_user, ms, now, price, ts, usage
+from tests.support.usage import create_model, funded_user, ms, now, price, ts, usage
 
 MODEL = "openai/gpt-4o-mini"
 

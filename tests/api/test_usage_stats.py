@@ -21,8 +21,9 @@ import grpc
 from google.protobuf import duration_pb2
 
 from qdata.v1 import usage_pb2
-from tests.api.usage_support import ERROR, SUCCESS, fold, funded_user, ms, nearest_rank, now, sql, ts
-from tests.helpers import expect_error, rid
+from tests.support.calls import expect_error, rid
+from tests.support.database import sql
+from tests.support.usage import ERROR, SUCCESS, fold, funded_user, ms, nearest_rank, now, ts
 
 MODELS = {
     # model id: (provider, currency, input, output, cached, reasoning price per million)

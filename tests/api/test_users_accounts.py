@@ -13,12 +13,12 @@ import uuid
 from typing import Any
 
 import grpc
-import psycopg
+import pytest
 from google.protobuf import field_mask_pb2
-from psycopg.rows import dict_row
 
 from qdata.v1 import user_pb2
-from tests.helpers import PASSWORD, create_user, error_info, expect_error, field_violations, rid
+from tests.support.calls import PASSWORD, case_id, create_user, error_info, expect_error, field_violations, outcome, rid
+from tests.support.database import sql, table_rows
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -29,21 +29,12 @@ SUCCESS = user_pb2.AUTHENTICATE_OUTCOME_SUCCESS
 # ---- helpers ------------------------------------------------------------------------------------
 
 
-async def sql(api, query: str, params: Any = None) -> list[dict[str, Any]]:
-    """Runs one statement on the test's database and returns its rows (inspection only)."""
-    async with await psycopg.AsyncConnection.connect(api.database_url, autocommit=True, row_factory=dict_row) as conn:
-        cur = await conn.execute(query, params)
-        return await cur.fetchall() if cur.description else []
+STATE_TABLES = ("users", "audit_events", "idempotency_keys", "user_preferences")
 
 
 async def db_state(api) -> dict[str, Any]:
     """Everything a request could change, to prove that a rejected one changed nothing."""
-    return {
-        "users": await sql(api, "SELECT * FROM users ORDER BY created_at, user_id"),
-        "audit": await sql(api, "SELECT * FROM audit_events ORDER BY audit_event_id"),
-        "idempotency": await sql(api, "SELECT * FROM idempotency_keys ORDER BY request_id"),
-        "preferences": await sql(api, "SELECT * FROM user_preferences ORDER BY user_id"),
-    }
+    return await table_rows(api, *STATE_TABLES)
 
 
 async def user_count(api) -> int:
@@ -69,16 +60,6 @@ def update_request(user_id: str, paths: list[str], request_id: str | None = None
         user=user_pb2.User(id=user_id, **fields),
         update_mask=field_mask_pb2.FieldMask(paths=paths),
     )
-
-
-async def outcome(call) -> tuple[str, str, set[str]]:
-    """(status code name, ErrorInfo reason, violated fields) of a call; ("OK", "", set()) on success."""
-    try:
-        await call
-    except grpc.aio.AioRpcError as error:
-        fields = set(field_violations(error)) if error.code() == INVALID else set()
-        return error.code().name, error_info(error).reason, fields
-    return "OK", "", set()
 
 
 def invalid(*fields: str) -> tuple[str, str, set[str]]:
@@ -175,13 +156,15 @@ CREATE_BAD_INPUT = [
 ]
 
 
-async def test_create_user_rejects_bad_input_and_changes_nothing(api):
+@pytest.mark.parametrize(("fields", "violated"), CREATE_BAD_INPUT, ids=case_id)
+async def test_create_user_rejects_bad_input_and_changes_nothing(api, fields, violated):
     before = await db_state(api)
-    for fields, violated in CREATE_BAD_INPUT:
-        result = await outcome(api.users.CreateUser(create_request("alice", **fields)))
-        assert result == invalid(violated), repr(fields)[:80]
+    assert await outcome(api.users.CreateUser(create_request("alice", **fields))) == invalid(violated)
+    assert await db_state(api) == before
 
-    # Every invalid field is listed at once, and the password is never echoed back.
+
+async def test_create_user_lists_every_invalid_field_and_never_echoes_the_password(api):
+    before = await db_state(api)
     request = create_request(email="nope", username="x", display_name="y" * 101, password="short")
     assert await outcome(api.users.CreateUser(request)) == invalid("email", "username", "display_name", "password")
     error = await expect_error(api.users.CreateUser(request), INVALID, "INVALID_ARGUMENT")
@@ -240,24 +223,35 @@ async def test_concurrent_creates_with_one_email_make_one_user(api):
 # ---- GetUser ------------------------------------------------------------------------------------
 
 
-async def test_get_user_by_id_email_and_username(api):
-    user = await create_user(api, "alice")
-    for lookup in (
-        {"id": user.id},
-        {"id": user.id.upper()},
+@pytest.mark.parametrize(
+    "lookup",
+    [
+        {"id": "{id}"},
+        {"id": "{ID}"},
         {"email": "alice@example.com"},
         {"email": "  ALICE@Example.Com "},
         {"username": "alice"},
         {"username": "ALICE"},
-    ):
-        assert await get_by(api, **lookup) == user, lookup
+    ],
+    ids=case_id,
+)
+async def test_get_user_by_id_email_and_username(api, lookup):
+    user = await create_user(api, "alice")
+    field, value = next(iter(lookup.items()))
+    assert await get_by(api, **{field: value.format(id=user.id, ID=user.id.upper())}) == user
 
-    for lookup in ({"id": str(uuid.uuid4())}, {"email": "bob@example.com"}, {"username": "bob"}):
-        await expect_error(api.users.GetUser(user_pb2.GetUserRequest(**lookup)), NOT_FOUND, "USER_NOT_FOUND")
+
+@pytest.mark.parametrize(
+    "lookup", [{"id": str(uuid.uuid4())}, {"email": "bob@example.com"}, {"username": "bob"}], ids=case_id
+)
+async def test_get_user_not_found(api, lookup):
+    await create_user(api, "alice")
+    await expect_error(api.users.GetUser(user_pb2.GetUserRequest(**lookup)), NOT_FOUND, "USER_NOT_FOUND")
 
 
-async def test_get_user_rejects_bad_lookup(api):
-    cases = [
+@pytest.mark.parametrize(
+    ("lookup", "violated"),
+    [
         ({}, "lookup"),
         ({"id": ""}, "id"),
         ({"id": "not-a-uuid"}, "id"),
@@ -272,10 +266,11 @@ async def test_get_user_rejects_bad_lookup(api):
         ({"username": ""}, "username"),
         ({"username": "bob'; DROP TABLE users;--"}, "username"),
         ({"username": "a\x00b"}, "username"),
-    ]
-    for lookup, violated in cases:
-        result = await outcome(api.users.GetUser(user_pb2.GetUserRequest(**lookup)))
-        assert result == invalid(violated), repr(lookup)[:80]
+    ],
+    ids=case_id,
+)
+async def test_get_user_rejects_bad_lookup(api, lookup, violated):
+    assert await outcome(api.users.GetUser(user_pb2.GetUserRequest(**lookup))) == invalid(violated)
 
 
 # ---- ListUsers ----------------------------------------------------------------------------------
@@ -411,9 +406,9 @@ async def test_update_status_disables_and_reenables(api):
     )
 
 
-async def test_update_user_rejects_bad_input_and_changes_nothing(api):
-    user = await create_user(api, "alice")
-    cases = [
+@pytest.mark.parametrize(
+    ("paths", "fields", "violated"),
+    [
         ([], {}, "update_mask"),
         (["password"], {}, "update_mask"),
         (["id"], {}, "update_mask"),
@@ -433,17 +428,31 @@ async def test_update_user_rejects_bad_input_and_changes_nothing(api):
         (["email"], {"email": "not-an-email"}, "user.email"),
         (["username"], {"username": ""}, "user.username"),
         (["username"], {"username": "bob'; DROP TABLE users;--"}, "user.username"),
-    ]
+    ],
+    ids=case_id,
+)
+async def test_update_user_rejects_bad_input_and_changes_nothing(api, paths, fields, violated):
+    user = await create_user(api, "alice")
     before = await db_state(api)
-    for paths, fields, violated in cases:
-        result = await outcome(api.users.UpdateUser(update_request(user.id, paths, **fields)))
-        assert result == invalid(violated), (paths, repr(fields)[:80])
-    for bad_id in ("", "not-a-uuid", "1' OR '1'='1", "x" * 10_000):
-        result = await outcome(api.users.UpdateUser(update_request(bad_id, ["display_name"], display_name="x")))
-        assert result == invalid("user.id"), bad_id[:40]
-    for bad_request_id in ("", "r" * 129):
-        request = update_request(user.id, ["display_name"], bad_request_id, display_name="x")
-        assert await outcome(api.users.UpdateUser(request)) == invalid("request_id")
+    assert await outcome(api.users.UpdateUser(update_request(user.id, paths, **fields))) == invalid(violated)
+    assert await db_state(api) == before
+
+
+@pytest.mark.parametrize("bad_id", ["", "not-a-uuid", "1' OR '1'='1", "x" * 10_000], ids=case_id)
+async def test_update_user_rejects_a_bad_user_id(api, bad_id):
+    await create_user(api, "alice")
+    before = await db_state(api)
+    result = await outcome(api.users.UpdateUser(update_request(bad_id, ["display_name"], display_name="x")))
+    assert result == invalid("user.id")
+    assert await db_state(api) == before
+
+
+@pytest.mark.parametrize("bad_request_id", ["", "r" * 129], ids=case_id)
+async def test_update_user_rejects_a_bad_request_id(api, bad_request_id):
+    user = await create_user(api, "alice")
+    before = await db_state(api)
+    request = update_request(user.id, ["display_name"], bad_request_id, display_name="x")
+    assert await outcome(api.users.UpdateUser(request)) == invalid("request_id")
     assert await db_state(api) == before
 
 
@@ -555,7 +564,7 @@ async def test_create_user_replay_returns_same_user_once(api):
     request = create_request("alice")
     first = await api.users.CreateUser(request)
     state = await db_state(api)
-    assert (len(state["users"]), len(state["audit"])) == (1, 1)
+    assert (len(state["users"]), len(state["audit_events"])) == (1, 1)
 
     assert await api.users.CreateUser(request) == first
     assert await db_state(api) == state

@@ -7,34 +7,24 @@ personal value ever reaches the trail; and the database itself refuses to change
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import psycopg
 import pytest
 from google.protobuf import field_mask_pb2
-from psycopg.rows import dict_row
 
 from qdata.v1 import user_pb2
 from tests.api.test_users_import import django_hash, werkzeug_hash
-from tests.conftest import TEST_SETTINGS, start_api, stop_api
-from tests.helpers import PASSWORD, create_user, expect_error, rid
+from tests.support.calls import PASSWORD, create_user, expect_error, rid
+from tests.support.database import sql
+from tests.support.server import TEST_SETTINGS, serving
 
 NEW_PASSWORD = "zq-brand-new-passphrase-77"
 LEGACY_PASSWORD = "zq-legacy-passphrase-55"
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-
-
-async def sql(api, query: str, params: Any = None) -> list[dict[str, Any]]:
-    """Runs one statement on the test's database and returns its rows (inspection and set-up only)."""
-    async with await psycopg.AsyncConnection.connect(api.database_url, autocommit=True, row_factory=dict_row) as conn:
-        cur = await conn.execute(query, params)
-        return await cur.fetchall() if cur.description else []
 
 
 async def audit_rows(api) -> list[dict[str, Any]]:
@@ -76,16 +66,6 @@ def change_password(user_id: str, request_id: str, current: str = PASSWORD, new:
     return user_pb2.ChangePasswordRequest(
         request_id=request_id, user_id=user_id, current_password=current, new_password=new
     )
-
-
-@contextlib.asynccontextmanager
-async def other_server(api, **changes: Any) -> AsyncIterator[Any]:
-    """A second server over the same database with some settings changed."""
-    running = await start_api(api.database_url, dataclasses.replace(TEST_SETTINGS, **changes))
-    try:
-        yield running
-    finally:
-        await stop_api(running)
 
 
 # ---- tests --------------------------------------------------------------------------------------
@@ -198,7 +178,7 @@ async def test_login_audits_rehash_and_lock(api):
     user = await create_user(api, "alice")
     right = user_pb2.AuthenticateRequest(login="alice", password=PASSWORD)
     wrong = user_pb2.AuthenticateRequest(login="alice", password="wrong password")
-    async with other_server(api, bcrypt_cost=5) as stronger:
+    async with serving(api.database_url, bcrypt_cost=5) as stronger:
         [event] = await new_events(stronger, stronger.users.Authenticate, right)
     assert brief(event) == ("users.Authenticate", "user", user.id, user.id, "")  # Authenticate has no request_id
     assert event["summary"] == {"password_rehashed": True}

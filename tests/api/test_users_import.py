@@ -11,11 +11,11 @@ import hashlib
 from typing import Any
 
 import grpc
-import psycopg
-from psycopg.rows import dict_row
+import pytest
 
 from qdata.v1 import user_pb2
-from tests.helpers import create_user, expect_error, field_violations, rid
+from tests.support.calls import create_user, expect_error, field_violations, rid
+from tests.support.database import sql, table_rows
 
 LEGACY_PASSWORD = "hunter2-from-the-old-days"
 ITERATIONS = 1_000  # the lowest accepted cost keeps the suite fast
@@ -53,19 +53,11 @@ def import_request(*users: user_pb2.ImportedUser, request_id: str | None = None)
     return user_pb2.ImportUsersRequest(request_id=rid() if request_id is None else request_id, users=users)
 
 
-async def sql(api, query: str, params: Any = None) -> list[dict[str, Any]]:
-    """Runs one statement on the test's database and returns its rows (inspection only)."""
-    async with await psycopg.AsyncConnection.connect(api.database_url, autocommit=True, row_factory=dict_row) as conn:
-        cur = await conn.execute(query, params)
-        return await cur.fetchall() if cur.description else []
+STATE_TABLES = ("users", "audit_events", "idempotency_keys")
 
 
 async def db_state(api) -> dict[str, Any]:
-    return {
-        "users": await sql(api, "SELECT * FROM users ORDER BY created_at, user_id"),
-        "audit": await sql(api, "SELECT * FROM audit_events ORDER BY audit_event_id"),
-        "idempotency": await sql(api, "SELECT * FROM idempotency_keys ORDER BY request_id"),
-    }
+    return await table_rows(api, *STATE_TABLES)
 
 
 async def stored_hash(api, username: str) -> str:
@@ -227,17 +219,21 @@ async def test_import_replay_is_idempotent(api):
     assert len(await sql(api, "SELECT 1 FROM users")) == 2
 
 
-async def test_malformed_import_request_is_rejected_whole(api):
+@pytest.mark.parametrize(
+    ("request_of", "field"),
+    [
+        pytest.param(lambda: import_request(), "users", id="no users"),
+        pytest.param(lambda: import_request(*(legacy(f"user{i:04d}") for i in range(1001))), "users", id="1001 users"),
+        pytest.param(lambda: import_request(legacy("wendy"), request_id=""), "request_id", id="no request_id"),
+        pytest.param(lambda: import_request(legacy("wendy"), request_id="r" * 129), "request_id", id="long request_id"),
+    ],
+)
+async def test_malformed_import_request_is_rejected_whole(api, request_of, field):
     before = await db_state(api)
-    cases = [
-        (import_request(), "users"),
-        (import_request(*(legacy(f"user{i:04d}") for i in range(1001))), "users"),
-        (import_request(legacy("wendy"), request_id=""), "request_id"),
-        (import_request(legacy("wendy"), request_id="r" * 129), "request_id"),
-    ]
-    for request, field in cases:
-        error = await expect_error(api.users.ImportUsers(request), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
-        assert set(field_violations(error)) == {field}, (len(request.users), request.request_id[:10])
+    error = await expect_error(
+        api.users.ImportUsers(request_of()), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"
+    )
+    assert set(field_violations(error)) == {field}
     assert await db_state(api) == before
 
 

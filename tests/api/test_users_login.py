@@ -7,20 +7,17 @@ TEST_SETTINGS lock an account for 60 seconds after 3 consecutive failures at bcr
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import datetime
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import psycopg
-from psycopg.rows import dict_row
+import pytest
 
 from qdata.v1 import user_pb2
-from tests.conftest import TEST_SETTINGS, start_api, stop_api
-from tests.helpers import PASSWORD, create_user, error_info, expect_error, field_violations, rid
+from tests.support.calls import PASSWORD, case_id, create_user, error_info, expect_error, field_violations, rid
+from tests.support.database import sql
+from tests.support.server import TEST_SETTINGS, serving
 
 SUCCESS = user_pb2.AUTHENTICATE_OUTCOME_SUCCESS
 INVALID_CREDENTIALS = user_pb2.AUTHENTICATE_OUTCOME_INVALID_CREDENTIALS
@@ -32,13 +29,6 @@ PREFIX = "bcrypt-hmac-sha256$"
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-
-
-async def sql(api, query: str, params: Any = None) -> list[dict[str, Any]]:
-    """Runs one statement on the test's database and returns its rows (inspection and set-up only)."""
-    async with await psycopg.AsyncConnection.connect(api.database_url, autocommit=True, row_factory=dict_row) as conn:
-        cur = await conn.execute(query, params)
-        return await cur.fetchall() if cur.description else []
 
 
 async def user_row(api, user_id: str) -> dict[str, Any]:
@@ -104,16 +94,6 @@ def bcrypt_cost(stored: str) -> int:
     return int(stored[len(PREFIX) :].split("$")[2])
 
 
-@contextlib.asynccontextmanager
-async def other_server(api, **changes: Any) -> AsyncIterator[Any]:
-    """A second server over the same database with some settings changed."""
-    running = await start_api(api.database_url, dataclasses.replace(TEST_SETTINGS, **changes))
-    try:
-        yield running
-    finally:
-        await stop_api(running)
-
-
 # ---- Authenticate -------------------------------------------------------------------------------
 
 
@@ -146,10 +126,9 @@ async def test_wrong_password_and_unknown_user_get_the_same_answer(api):
     assert [r["failed_login_count"] for r in await sql(api, "SELECT failed_login_count FROM users")] == [1]
 
 
-async def test_authenticate_rejects_malformed_input(api):
-    user = await create_user(api, "alice")
-    before = await user_row(api, user.id)
-    cases = [
+@pytest.mark.parametrize(
+    ("login", "password", "fields"),
+    [
         ("", PASSWORD, {"login"}),
         ("   ", PASSWORD, {"login"}),
         ("x" * 10_000, PASSWORD, {"login"}),
@@ -159,12 +138,14 @@ async def test_authenticate_rejects_malformed_input(api):
         ("alice", "", {"password"}),
         ("alice", "x" * 1025, {"password"}),
         ("", "", {"login", "password"}),
-    ]
-    for login, password, fields in cases:
-        assert (
-            await invalid_fields(api.users.Authenticate(user_pb2.AuthenticateRequest(login=login, password=password)))
-            == fields
-        ), repr(login)[:40]
+    ],
+    ids=case_id,
+)
+async def test_authenticate_rejects_malformed_input(api, login, password, fields):
+    user = await create_user(api, "alice")
+    before = await user_row(api, user.id)
+    request = user_pb2.AuthenticateRequest(login=login, password=password)
+    assert await invalid_fields(api.users.Authenticate(request)) == fields
     assert await user_row(api, user.id) == before  # not even counted as failures
 
 
@@ -347,7 +328,7 @@ async def test_unknown_logins_are_kept_as_digests_and_only_for_the_lockout_perio
     assert not any(login.encode() in d for login in logins for d in digests)
     # A pepper of its own gives other digests: without the configuration, guesses cannot be
     # hashed and compared with the table.
-    async with other_server(api, password_pepper="a-pepper-from-the-config") as peppered:
+    async with serving(api.database_url, password_pepper="a-pepper-from-the-config") as peppered:
         assert (await auth(peppered, "bob", WRONG)).outcome == INVALID_CREDENTIALS
     assert len(await sql(api, "SELECT 1 FROM unknown_login_failures")) == 4
 
@@ -405,7 +386,7 @@ async def test_login_rehashes_a_hash_made_with_another_cost(api):
     old_hash = (await user_row(api, user.id))["password_hash"]
     assert bcrypt_cost(old_hash) == 4
 
-    async with other_server(api, bcrypt_cost=5) as stronger:
+    async with serving(api.database_url, bcrypt_cost=5) as stronger:
         wrong = await auth(stronger, "alice", WRONG)
         assert wrong.outcome == INVALID_CREDENTIALS
         assert (await user_row(api, user.id))["password_hash"] == old_hash  # only a success rehashes
@@ -418,7 +399,7 @@ async def test_login_rehashes_a_hash_made_with_another_cost(api):
 
 async def test_pepper_is_part_of_the_hash(api):
     await create_user(api, "alice")
-    async with other_server(api, password_pepper="a-pepper-from-the-config") as peppered:
+    async with serving(api.database_url, password_pepper="a-pepper-from-the-config") as peppered:
         assert (await auth(peppered, "alice")).outcome == INVALID_CREDENTIALS
         await create_user(peppered, "bob")
         assert (await auth(peppered, "bob")).outcome == SUCCESS
@@ -445,6 +426,28 @@ async def test_change_password(api):
     assert new_hash != old_hash and new_hash.startswith(PREFIX)
 
 
+@pytest.mark.parametrize(
+    ("user_id", "current", "new", "request_id", "fields"),
+    [
+        ("{user}", PASSWORD, "short", None, {"new_password"}),
+        ("{user}", PASSWORD, "x" * 1025, None, {"new_password"}),
+        ("{user}", PASSWORD, "nul\x00in-the-new-one", None, {"new_password"}),
+        ("{user}", "", "a brand new passphrase", None, {"current_password"}),
+        ("", PASSWORD, "a brand new passphrase", None, {"user_id"}),
+        ("not-a-uuid'; --", PASSWORD, "a brand new passphrase", None, {"user_id"}),
+        ("{user}", PASSWORD, "a brand new passphrase", "", {"request_id"}),
+    ],
+    ids=case_id,
+)
+async def test_change_password_rejects_malformed_input(api, user_id, current, new, request_id, fields):
+    user = await create_user(api, "alice")
+    old_hash = (await user_row(api, user.id))["password_hash"]
+    request = change(user_id.format(user=user.id), current, new, request_id=request_id)
+    assert await invalid_fields(api.users.ChangePassword(request)) == fields
+    assert (await user_row(api, user.id))["password_hash"] == old_hash
+    assert await sql(api, "SELECT 1 FROM audit_events WHERE action = 'users.ChangePassword'") == []
+
+
 async def test_change_password_rejections_change_nothing(api):
     user = await create_user(api, "alice")
     old_hash = (await user_row(api, user.id))["password_hash"]
@@ -454,17 +457,6 @@ async def test_change_password_rejections_change_nothing(api):
         grpc.StatusCode.FAILED_PRECONDITION,
         "WRONG_PASSWORD",
     )
-    cases = [
-        (change(user.id, PASSWORD, "short"), {"new_password"}),
-        (change(user.id, PASSWORD, "x" * 1025), {"new_password"}),
-        (change(user.id, PASSWORD, "nul\x00in-the-new-one"), {"new_password"}),
-        (change(user.id, "", "a brand new passphrase"), {"current_password"}),
-        (change("", PASSWORD, "a brand new passphrase"), {"user_id"}),
-        (change("not-a-uuid'; --", PASSWORD, "a brand new passphrase"), {"user_id"}),
-        (change(user.id, PASSWORD, "a brand new passphrase", request_id=""), {"request_id"}),
-    ]
-    for request, fields in cases:
-        assert await invalid_fields(api.users.ChangePassword(request)) == fields, fields
     await expect_error(
         api.users.ChangePassword(change(str(uuid.uuid4()), PASSWORD, "a brand new passphrase")),
         grpc.StatusCode.NOT_FOUND,

@@ -8,12 +8,12 @@ import uuid
 from typing import Any
 
 import grpc
-import psycopg
+import pytest
 from google.protobuf import field_mask_pb2
-from psycopg.rows import dict_row
 
 from qdata.v1 import user_pb2
-from tests.helpers import create_user, expect_error, field_violations, rid
+from tests.support.calls import case_id, create_user, expect_error, field_violations, rid
+from tests.support.database import sql, table_rows
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 
@@ -21,19 +21,11 @@ NOT_FOUND = grpc.StatusCode.NOT_FOUND
 # ---- helpers ------------------------------------------------------------------------------------
 
 
-async def sql(api, query: str, params: Any = None) -> list[dict[str, Any]]:
-    """Runs one statement on the test's database and returns its rows (inspection only)."""
-    async with await psycopg.AsyncConnection.connect(api.database_url, autocommit=True, row_factory=dict_row) as conn:
-        cur = await conn.execute(query, params)
-        return await cur.fetchall() if cur.description else []
+STATE_TABLES = ("user_preferences", "audit_events", "idempotency_keys")
 
 
 async def db_state(api) -> dict[str, Any]:
-    return {
-        "preferences": await sql(api, "SELECT * FROM user_preferences ORDER BY user_id"),
-        "audit": await sql(api, "SELECT * FROM audit_events ORDER BY audit_event_id"),
-        "idempotency": await sql(api, "SELECT * FROM idempotency_keys ORDER BY request_id"),
-    }
+    return await table_rows(api, *STATE_TABLES)
 
 
 def update_request(
@@ -139,13 +131,19 @@ async def test_extra_key_paths_set_and_remove_single_keys(api):
     assert row["extra"] == dict(prefs.extra)
 
 
-async def test_update_preferences_rejects_bad_input(api):
-    user = await create_user(api, "alice")
-    full = {f"k{i}": "v" for i in range(64)}
-    await update(api, user.id, ["extra"], extra=full)  # exactly 64 entries is allowed
-    before = await db_state(api)
+FULL = {f"k{i}": "v" for i in range(64)}  # exactly 64 entries is allowed
 
-    cases = [
+
+async def full_user(api) -> user_pb2.User:
+    """A user whose preferences hold the most extra entries allowed."""
+    user = await create_user(api, "alice")
+    await update(api, user.id, ["extra"], extra=FULL)
+    return user
+
+
+@pytest.mark.parametrize(
+    ("paths", "fields", "violated"),
+    [
         ([], {}, "update_mask"),
         (["nonsense"], {}, "update_mask"),
         (["user_id"], {}, "update_mask"),
@@ -169,11 +167,22 @@ async def test_update_preferences_rejects_bad_input(api):
         (["extra"], {"extra": {"k": "nul\x00"}}, "preferences.extra['k']"),
         (["extra"], {"extra": {f"k{i}": "v" for i in range(65)}}, "preferences.extra"),
         (["extra.one-more"], {"extra": {"one-more": "v"}}, "preferences.extra"),  # 65 after the merge
-    ]
-    for paths, fields, violated in cases:
-        assert await violated_fields(api.users.UpdatePreferences(update_request(user.id, paths, **fields))) == {
-            violated
-        }, (paths, repr(fields)[:60])
+    ],
+    ids=case_id,
+)
+async def test_update_preferences_rejects_bad_input(api, paths, fields, violated):
+    user = await full_user(api)
+    before = await db_state(api)
+    request = update_request(user.id, paths, **fields)
+    assert await violated_fields(api.users.UpdatePreferences(request)) == {violated}
+    assert await db_state(api) == before
+    assert dict((await get(api, user.id)).extra) == FULL
+
+
+async def test_preferences_reject_bad_ids(api):
+    user = await full_user(api)
+    full = FULL
+    before = await db_state(api)
     for bad_id in ("", "not-a-uuid", "1' OR '1'='1"):
         assert await violated_fields(api.users.UpdatePreferences(update_request(bad_id, ["theme"]))) == {
             "preferences.user_id"

@@ -20,7 +20,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -30,9 +30,8 @@ from psycopg import sql
 
 from qdata.v1 import ledger_pb2
 from qdata_server import embedded
-from qdata_server.config import Settings
 from qdata_server.db import migrate, roles
-from tests.conftest import SERVICE_LOGIN, SERVICE_PASSWORD, TEST_SETTINGS, Api, start_api, stop_api, with_database
+from tests.support.server import SERVICE_LOGIN, SERVICE_PASSWORD, Api, with_database
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -111,15 +110,6 @@ class ControlledPostgres:
 
     def close(self) -> None:
         self.server.cleanup()
-
-
-@contextlib.asynccontextmanager
-async def running_api(url: str, settings: Settings = TEST_SETTINGS) -> AsyncIterator[Api]:
-    api = await start_api(url, settings)
-    try:
-        yield api
-    finally:
-        await stop_api(api)
 
 
 async def health(api: Api) -> int:

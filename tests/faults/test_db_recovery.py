@@ -18,7 +18,6 @@ import psycopg
 import pytest
 
 from qdata.v1 import ledger_pb2, user_pb2
-from tests.conftest import TEST_SETTINGS, serving_url
 from tests.faults.db_support import (
     NOT_SERVING,
     SERVING,
@@ -27,10 +26,10 @@ from tests.faults.db_support import (
     assert_exactly_once,
     health,
     report,
-    running_api,
     wait_for_health,
 )
-from tests.helpers import create_user, expect_error, rid
+from tests.support.calls import create_user, expect_error, rid
+from tests.support.server import TEST_SETTINGS, serving, serving_url
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +73,7 @@ async def sample_health(api, seconds: float) -> list[int]:
 
 @pytest.mark.parametrize("idle_seconds", [0.0, 2.5], ids=["just-used", "idle"])
 async def test_killed_connections_cost_the_next_call_nothing(postgres, owner_url, idle_seconds):
-    async with running_api(serving_url(owner_url), SETTINGS) as api:
+    async with serving(serving_url(owner_url), SETTINGS) as api:
         await wait_for_health(api, SERVING, within=10)
         user = await create_user(api)
         await api.ledger.Deposit(deposit(user.id))
@@ -99,7 +98,7 @@ async def test_killed_connections_cost_the_next_call_nothing(postgres, owner_url
 
 
 async def test_killed_connections_under_load_lose_and_double_no_write(postgres, owner_url):
-    async with running_api(serving_url(owner_url), SETTINGS) as api:
+    async with serving(serving_url(owner_url), SETTINGS) as api:
         await wait_for_health(api, SERVING, within=10)
         user = await create_user(api)
         writers = Writers(api, user.id)
@@ -122,7 +121,7 @@ async def test_restart_while_idle_recovers_at_once(postgres, owner_url, probe_se
     # With the default 5 s probe interval too: while the database is out of reach, health probes
     # every 0.5 s, so SERVING comes back within the bound whatever the interval.
     settings = dataclasses.replace(SETTINGS, health_probe_seconds=probe_seconds)
-    async with running_api(serving_url(owner_url), settings) as api:
+    async with serving(serving_url(owner_url), settings) as api:
         await wait_for_health(api, SERVING, within=10)
         user = await create_user(api)
         await api.ledger.Deposit(deposit(user.id))
@@ -153,7 +152,7 @@ async def test_restart_while_idle_recovers_at_once(postgres, owner_url, probe_se
 
 
 async def test_restart_under_load_loses_and_doubles_no_write(postgres, owner_url):
-    async with running_api(serving_url(owner_url), SETTINGS) as api:
+    async with serving(serving_url(owner_url), SETTINGS) as api:
         await wait_for_health(api, SERVING, within=10)
         user = await create_user(api)
         writers = Writers(api, user.id)
@@ -186,7 +185,7 @@ async def test_restart_under_load_loses_and_doubles_no_write(postgres, owner_url
 
 
 async def test_short_deadlines_during_an_outage_get_unavailable_in_time(postgres, owner_url):
-    async with running_api(serving_url(owner_url), SETTINGS) as api:
+    async with serving(serving_url(owner_url), SETTINGS) as api:
         await wait_for_health(api, SERVING, within=10)
         user = await create_user(api)
         postgres.stop()
@@ -208,7 +207,7 @@ async def test_short_deadlines_during_an_outage_get_unavailable_in_time(postgres
 
 
 async def test_a_read_only_database_is_unavailable_for_writes_and_not_serving(postgres, owner_url):
-    async with running_api(serving_url(owner_url), SETTINGS) as api:
+    async with serving(serving_url(owner_url), SETTINGS) as api:
         await wait_for_health(api, SERVING, within=10)
         user = await create_user(api)
         writers = Writers(api, (await create_user(api)).id, count=2)

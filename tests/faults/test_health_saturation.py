@@ -12,9 +12,9 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from qdata.v1 import user_pb2
-from tests.conftest import TEST_SETTINGS, serving_url
-from tests.faults.db_support import SERVING, health, running_api
-from tests.helpers import create_user, rid
+from tests.faults.db_support import SERVING, health
+from tests.support.calls import create_user, rid
+from tests.support.server import TEST_SETTINGS, serving, serving_url
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def rename(user_id: str, name: str) -> user_pb2.UpdateUserRequest:
 
 async def test_a_saturated_pool_keeps_health_serving_and_logs_a_warning(database_url, caplog):
     caplog.set_level(logging.WARNING, logger="qdata.server")
-    async with running_api(serving_url(database_url), SETTINGS) as api:
+    async with serving(serving_url(database_url), SETTINGS) as api:
         user = await create_user(api)
         async with await psycopg.AsyncConnection.connect(database_url) as lock:
             await lock.execute("SELECT 1 FROM users WHERE user_id = %s FOR UPDATE", (user.id,))

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.processes import ServerProcess, free_port, server_env
+from tests.support.processes import ServerProcess, free_port, server_env
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ import psycopg
 import pytest
 
 from qdata.v1 import user_pb2, user_pb2_grpc
-from tests.helpers import PASSWORD, rid
-from tests.processes import ServerProcess, server_env
+from tests.support.calls import PASSWORD, rid
+from tests.support.processes import ServerProcess, server_env
 
 pytestmark = pytest.mark.slow
 

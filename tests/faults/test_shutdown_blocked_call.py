@@ -12,9 +12,9 @@ import psycopg
 import pytest
 
 from qdata.v1 import ledger_pb2, ledger_pb2_grpc, user_pb2, user_pb2_grpc
-from tests.conftest import serving_url
-from tests.helpers import PASSWORD, rid
-from tests.processes import ServerProcess, SlowNetworkProxy, qdata_backends, server_env
+from tests.support.calls import PASSWORD, rid
+from tests.support.processes import ServerProcess, SlowNetworkProxy, qdata_backends, server_env
+from tests.support.server import serving_url
 
 pytestmark = pytest.mark.slow
 

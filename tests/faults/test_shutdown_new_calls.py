@@ -15,8 +15,8 @@ from grpc_status import rpc_status
 
 from qdata.v1 import ledger_pb2_grpc, user_pb2, user_pb2_grpc
 from tests.faults.test_shutdown_blocked_call import USD, deposit_request, wait_for_lock_wait
-from tests.helpers import PASSWORD, rid
-from tests.processes import ServerProcess, qdata_backends, server_env
+from tests.support.calls import PASSWORD, rid
+from tests.support.processes import ServerProcess, qdata_backends, server_env
 
 pytestmark = pytest.mark.slow
 

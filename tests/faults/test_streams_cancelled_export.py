@@ -9,8 +9,8 @@ import logging
 import pytest
 
 from qdata.v1 import chat_pb2
-from tests.api.chat_support import append, create_session
-from tests.helpers import create_user
+from tests.support.calls import create_user
+from tests.support.chat import append, create_session
 
 pytestmark = pytest.mark.slow
 

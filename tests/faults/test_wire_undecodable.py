@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from qdata.v1 import chat_pb2, ledger_pb2, usage_pb2, user_pb2
-from tests.helpers import error_info
+from tests.support.calls import error_info
 
 SERVICES = [
     module.DESCRIPTOR.services_by_name[name]

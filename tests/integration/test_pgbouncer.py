@@ -28,8 +28,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from qdata.v1 import ledger_pb2, user_pb2
-from tests.conftest import SERVICE_LOGIN, SERVICE_PASSWORD, TEST_SETTINGS, Api, start_api, stop_api
-from tests.helpers import create_user, error_info
+from tests.support.calls import create_user, error_info
+from tests.support.server import SERVICE_LOGIN, SERVICE_PASSWORD, TEST_SETTINGS, Api, start_api, stop_api
 
 PGBOUNCER = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin:/usr/local/sbin")
 pytestmark = pytest.mark.skipif(

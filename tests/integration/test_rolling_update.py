@@ -16,9 +16,9 @@ import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from qdata.v1 import chat_pb2, ledger_pb2, usage_pb2, user_pb2
-from tests.api.usage_support import create_model, usage
-from tests.conftest import TEST_SETTINGS, start_api, stop_api
-from tests.helpers import create_user, rid
+from tests.support.calls import create_user, rid
+from tests.support.server import TEST_SETTINGS, start_api, stop_api
+from tests.support.usage import create_model, usage
 
 USD = 1_000_000
 # Two connections, so that each one sees every query more than 5 times in a round.

@@ -12,8 +12,8 @@ import pytest
 
 from qdata.v1 import user_pb2, user_pb2_grpc
 from qdata_server.auth import hash_token
-from tests.conftest import serving_url
-from tests.processes import ServerProcess, free_port
+from tests.support.processes import ServerProcess, free_port
+from tests.support.server import serving_url
 
 pytestmark = pytest.mark.slow
 

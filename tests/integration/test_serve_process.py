@@ -10,9 +10,9 @@ import pytest
 
 from qdata.v1 import user_pb2, user_pb2_grpc
 from qdata_server.seed import SAMPLE_PASSWORD
-from tests.conftest import serving_url
-from tests.helpers import PASSWORD, rid
-from tests.processes import ServerProcess
+from tests.support.calls import PASSWORD, rid
+from tests.support.processes import ServerProcess
+from tests.support.server import serving_url
 
 pytestmark = pytest.mark.slow
 

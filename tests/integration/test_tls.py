@@ -30,8 +30,8 @@ from qdata.v1 import user_pb2, user_pb2_grpc
 from qdata_server import auth
 from qdata_server.app import QdataServer
 from qdata_server.config import ConfigError, Settings, check_tls
-from tests.conftest import TEST_SETTINGS, serving_url
-from tests.helpers import PASSWORD, error_info, expect_error, rid
+from tests.support.calls import PASSWORD, error_info, expect_error, rid
+from tests.support.server import TEST_SETTINGS, serving_url
 
 BILLING_ID = "spiffe://qdata.test/ns/shop/sa/billing"
 ADMIN_TOKEN = "qdt_admin-" + uuid.uuid4().hex
@@ -272,7 +272,7 @@ def test_tls_settings_are_validated(pki, tmp_path):
 
 
 def test_workers_share_the_health_port_beside_a_tls_port(database_url, pki, tmp_path):
-    from tests.processes import ServerProcess, free_port
+    from tests.support.processes import ServerProcess, free_port
 
     health_address = f"127.0.0.1:{free_port()}"
     env = {

@@ -10,7 +10,7 @@ import pytest
 from qdata_server.db import transactions
 from qdata_server.db.pool import open_pool
 from qdata_server.errors import Aborted, AlreadyExists
-from tests.conftest import TEST_SETTINGS
+from tests.support.server import TEST_SETTINGS
 
 NOBODY = transactions.ACTING_FOR_NO_USER
 

@@ -1,25 +1,21 @@
 """Helpers shared by the LedgerService behaviour tests (tests/api/test_ledger_*.py).
 
-Everything here goes through the public gRPC API, except `sql` and `ledger_state`, which read the
-test's database directly to inspect (or, in the tampering tests, corrupt) what the API wrote.
+Everything here goes through the public gRPC API, except `ledger_state` and `age_holds`, which
+read or move the test's rows directly (tests/support/database.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import psycopg
 from google.protobuf import duration_pb2
-from psycopg.rows import dict_row
 
 from qdata.v1 import ledger_pb2
-from tests.conftest import TEST_SETTINGS, Api, start_api, stop_api
-from tests.helpers import create_user, expect_error, rid
+from tests.support.calls import create_user, expect_error, rid
+from tests.support.database import scalar, sql, table_rows
+from tests.support.server import Api
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -41,48 +37,39 @@ RELEASED = ledger_pb2.HOLD_STATUS_RELEASED
 EXPIRED = ledger_pb2.HOLD_STATUS_EXPIRED
 
 
-# ---- servers and direct SQL ---------------------------------------------------------------------
+# ---- direct SQL ---------------------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def serving(database_url: str, **changes: Any) -> AsyncIterator[Api]:
-    """A server over database_url with some settings changed (e.g. hold_sweep_seconds=0)."""
-    running = await start_api(database_url, dataclasses.replace(TEST_SETTINGS, **changes))
-    try:
-        yield running
-    finally:
-        await stop_api(running)
-
-
-async def sql(api: Api, query: str, params: Any = None) -> list[dict[str, Any]]:
-    """Runs one statement on the test's database (autocommit) and returns its rows."""
-    async with await psycopg.AsyncConnection.connect(api.database_url, autocommit=True, row_factory=dict_row) as conn:
-        cur = await conn.execute(query, params)
-        return await cur.fetchall() if cur.description else []
-
-
-async def scalar(api: Api, query: str, params: Any = None) -> Any:
-    rows = await sql(api, query, params)
-    return next(iter(rows[0].values()))
-
-
-STATE_QUERIES = {
-    "accounts": "SELECT * FROM ledger_accounts ORDER BY user_id, currency_code",
-    "transactions": "SELECT * FROM ledger_transactions ORDER BY user_id, transaction_id",
-    "postings": "SELECT * FROM ledger_postings ORDER BY user_id, transaction_id, leg",
-    "holds": "SELECT * FROM ledger_holds ORDER BY user_id, hold_id",
-    "idempotency": "SELECT * FROM idempotency_keys ORDER BY user_id, actor, request_id",
-    "audit": "SELECT * FROM audit_events ORDER BY audit_event_id",
-}
+STATE_TABLES = (
+    "ledger_accounts",
+    "ledger_transactions",
+    "ledger_postings",
+    "ledger_holds",
+    "idempotency_keys",
+    "audit_events",
+)
 
 
 async def ledger_state(api: Api) -> dict[str, Any]:
     """Every row a ledger request could write, to prove that a rejected request changed nothing."""
-    state = {}
-    async with await psycopg.AsyncConnection.connect(api.database_url, autocommit=True, row_factory=dict_row) as conn:
-        for name, query in STATE_QUERIES.items():
-            state[name] = await (await conn.execute(query)).fetchall()
-    return state
+    return await table_rows(api, *STATE_TABLES)
+
+
+async def age_holds(api: Api, seconds: float, *hold_ids: str) -> None:
+    """Moves holds (every hold without hold_ids) `seconds` into the past, creation and expiry
+    alike, as if that much time had passed for them.
+
+    Holds expire by the database's now(), in SQL, read by every path alike (reads, the sweeper,
+    the lazy sweep of a new hold or a charge); moving the rows, not the clock, lets a test see a
+    hold expire without sleeping and without a clock only tests would use.
+    """
+    await sql(
+        api,
+        "UPDATE ledger_holds SET created_at = created_at - make_interval(secs => %(s)s),"
+        " expire_at = expire_at - make_interval(secs => %(s)s)"
+        " WHERE cardinality(%(ids)s::uuid[]) = 0 OR hold_id = ANY(%(ids)s::uuid[])",
+        {"s": seconds, "ids": list(hold_ids)},
+    )
 
 
 async def rejected(api: Api, method, request, code: grpc.StatusCode, reason: str | None = None):
@@ -90,7 +77,7 @@ async def rejected(api: Api, method, request, code: grpc.StatusCode, reason: str
     before = await ledger_state(api)
     error = await expect_error(method(request), code, reason)
     after = await ledger_state(api)
-    for name in STATE_QUERIES:
+    for name in STATE_TABLES:
         assert after[name] == before[name], f"{name} changed by a rejected {type(request).__name__}"
     return error
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import grpc
+from google.protobuf import message, text_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -16,6 +17,17 @@ PASSWORD = "correct horse battery staple"
 def rid() -> str:
     """A fresh request_id."""
     return str(uuid.uuid4())
+
+
+def case_id(value: object) -> str:
+    """A short, readable test id for one parametrized value (pytest numbers repeated ids)."""
+    if isinstance(value, str):
+        text = value.encode("unicode_escape").decode("ascii")
+    elif isinstance(value, message.Message):
+        text = text_format.MessageToString(value, as_one_line=True)
+    else:
+        text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
@@ -53,6 +65,16 @@ async def expect_error(call, code: grpc.StatusCode, reason: str | None = None) -
             assert error_info(error).domain == "qdata"
         return error
     raise AssertionError(f"expected {code.name}, but the call succeeded")
+
+
+async def outcome(call) -> tuple[str, str, set[str]]:
+    """(status code name, ErrorInfo reason, violated fields) of a call; ("OK", "", set()) on success."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        invalid = error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        return error.code().name, error_info(error).reason, set(field_violations(error)) if invalid else set()
+    return "OK", "", set()
 
 
 async def create_user(api, name: str | None = None, *, password: str = PASSWORD, **fields) -> user_pb2.User:

@@ -20,7 +20,7 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import serving_url
+from tests.support.server import serving_url
 
 
 def free_port() -> int:

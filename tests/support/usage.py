@@ -7,22 +7,14 @@ import math
 from fractions import Fraction
 from typing import Any
 
-import psycopg
 from google.protobuf import duration_pb2, timestamp_pb2
-from psycopg.rows import dict_row
 
 from qdata.v1 import ledger_pb2, usage_pb2
-from tests.helpers import create_user, rid
+from tests.support.calls import create_user, rid
+from tests.support.database import sql
 
 SUCCESS = usage_pb2.USAGE_OUTCOME_SUCCESS
 ERROR = usage_pb2.USAGE_OUTCOME_ERROR
-
-
-async def sql(api, query: str, params: Any = None) -> list[dict[str, Any]]:
-    """Runs one statement on the test's database and returns its rows (inspection only)."""
-    async with await psycopg.AsyncConnection.connect(api.database_url, autocommit=True, row_factory=dict_row) as conn:
-        cur = await conn.execute(query, params)
-        return await cur.fetchall() if cur.description else []
 
 
 async def fold(api) -> int:

@@ -6,11 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-import psycopg
-from psycopg.rows import dict_row
 
 from qdata.v1 import chat_pb2
-from tests.helpers import expect_error, field_violations, rid
+from tests.support.calls import expect_error, field_violations, rid
+from tests.support.database import table_rows
 
 USER = chat_pb2.MESSAGE_ROLE_USER
 ASSISTANT = chat_pb2.MESSAGE_ROLE_ASSISTANT
@@ -21,21 +20,12 @@ NOT_FOUND = grpc.StatusCode.NOT_FOUND
 EXISTS = grpc.StatusCode.ALREADY_EXISTS
 
 
-async def sql(api, query: str, params: Any = None) -> list[dict[str, Any]]:
-    """Runs one statement on the test's database and returns its rows (inspection and set-up)."""
-    async with await psycopg.AsyncConnection.connect(api.database_url, autocommit=True, row_factory=dict_row) as conn:
-        cur = await conn.execute(query, params)
-        return await cur.fetchall() if cur.description else []
+CHAT_TABLES = ("chat_sessions", "chat_messages", "audit_events", "idempotency_keys")
 
 
 async def chat_state(api) -> dict[str, Any]:
     """Everything a chat request could change, to prove that a rejected one changed nothing."""
-    return {
-        "sessions": await sql(api, "SELECT * FROM chat_sessions ORDER BY user_id, session_id"),
-        "messages": await sql(api, "SELECT * FROM chat_messages ORDER BY user_id, session_id, sequence_number"),
-        "audit": await sql(api, "SELECT * FROM audit_events ORDER BY audit_event_id"),
-        "idempotency": await sql(api, "SELECT * FROM idempotency_keys ORDER BY request_id"),
-    }
+    return await table_rows(api, *CHAT_TABLES)
 
 
 async def create_session(api, user_id: str, **fields: Any) -> chat_pb2.Session:
