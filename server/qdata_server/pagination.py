@@ -14,13 +14,18 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 from cryptography.fernet import Fernet, InvalidToken
+from psycopg.rows import DictRow
 
-from qdata_server.errors import invalid
+from qdata_server.db.sql import query
+from qdata_server.errors import Unavailable, invalid
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 MAX_TOKEN_LENGTH = 2048
+# The server_secrets row that holds the page token key (made by the migrations).
+PAGE_TOKEN_SECRET = "page_token_key"
 
 
 def page_size(
@@ -77,3 +82,12 @@ class PageTokens:
         if payload.get("s") != self._scope(method, filters):
             raise invalid(field, "was issued for different filters; start again without a token")
         return payload["c"]
+
+
+async def read_key(conn: psycopg.AsyncConnection[DictRow]) -> bytes:
+    """The page token key every replica shares (stored in the database by the migrations)."""
+    cur = await conn.execute(query("get_server_secret"), {"name": PAGE_TOKEN_SECRET})
+    row = await cur.fetchone()
+    if row is None:
+        raise Unavailable("the schema is not migrated", reason="SCHEMA_NOT_READY")
+    return bytes(row["secret"])

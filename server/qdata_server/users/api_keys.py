@@ -21,6 +21,7 @@ from qdata.v1 import user_pb2
 from qdata_server import audit
 from qdata_server.db.sql import execute, fetch_all, fetch_one
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for, name_acting
+from qdata_server.deps import Deps
 from qdata_server.errors import FailedPrecondition, NotFound
 from qdata_server.pagination import page_size
 from qdata_server.users import vault
@@ -46,8 +47,8 @@ def api_key_not_found() -> NotFound:
     return NotFound("API key not found", reason="API_KEY_NOT_FOUND")
 
 
-def _ring(deps) -> vault.KeyRing:
-    ring = getattr(deps, "key_ring", None)
+def _ring(deps: Deps) -> vault.KeyRing:
+    ring = deps.key_ring
     if ring is None:
         raise FailedPrecondition(
             "the API key vault has no key ring; set QDATA_KEY_RING or QDATA_KEY_RING_FILE",
