@@ -135,10 +135,10 @@ async def deposit(deps, request: ledger_pb2.DepositRequest) -> ledger_pb2.Deposi
     }.get(request.source)
     if source is None:
         v.add("source", "is not a known DepositSource")
-    rules.text(v, "external_reference", request.external_reference, rules.MAX_REFERENCE_LENGTH)
+    v.text("external_reference", request.external_reference, rules.MAX_REFERENCE_LENGTH)
     if source == "payment" and not request.external_reference.strip():
         v.add("external_reference", "is required for a PAYMENT deposit (the payment provider's reference)")
-    rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
+    v.text("description", request.description, rules.MAX_DESCRIPTION_LENGTH)
     v.raise_if_any()
     rules.check_supported("currency_code", currency, deps.settings.ledger_currencies)
 
@@ -170,8 +170,8 @@ async def charge(deps, request: ledger_pb2.ChargeRequest) -> ledger_pb2.ChargeRe
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     currency = _money(request, v)
-    rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
-    rules.text(v, "reference", request.reference, rules.MAX_REFERENCE_LENGTH)
+    v.text("description", request.description, rules.MAX_DESCRIPTION_LENGTH)
+    v.text("reference", request.reference, rules.MAX_REFERENCE_LENGTH)
     v.raise_if_any()
     rules.check_supported("currency_code", currency, deps.settings.ledger_currencies)
 
@@ -199,7 +199,7 @@ async def refund(deps, request: ledger_pb2.RefundRequest) -> ledger_pb2.RefundRe
     user_id = v.uuid("user_id", request.user_id)
     original_id = v.uuid("original_transaction_id", request.original_transaction_id)
     rules.amount(v, "amount_micros", request.amount_micros)
-    rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
+    v.text("description", request.description, rules.MAX_DESCRIPTION_LENGTH)
     v.raise_if_any()
 
     return await _post(
@@ -224,8 +224,8 @@ async def transfer(deps, request: ledger_pb2.TransferRequest) -> ledger_pb2.Tran
     from_id = v.uuid("from_user_id", request.from_user_id)
     to_id = v.uuid("to_user_id", request.to_user_id)
     currency = _money(request, v)
-    rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
-    rules.text(v, "reference", request.reference, rules.MAX_REFERENCE_LENGTH)
+    v.text("description", request.description, rules.MAX_DESCRIPTION_LENGTH)
+    v.text("reference", request.reference, rules.MAX_REFERENCE_LENGTH)
     v.raise_if_any()
     if from_id == to_id:
         raise InvalidArgument([FieldViolation("to_user_id", "must differ from from_user_id")], reason="SELF_TRANSFER")
@@ -257,8 +257,8 @@ async def create_hold(deps, request: ledger_pb2.CreateHoldRequest) -> ledger_pb2
     user_id = v.uuid("user_id", request.user_id)
     currency = _money(request, v)
     ttl_seconds = rules.hold_ttl(v, "ttl", request.ttl, request.HasField("ttl"))
-    rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
-    rules.text(v, "reference", request.reference, rules.MAX_REFERENCE_LENGTH)
+    v.text("description", request.description, rules.MAX_DESCRIPTION_LENGTH)
+    v.text("reference", request.reference, rules.MAX_REFERENCE_LENGTH)
     v.raise_if_any()
     rules.check_supported("currency_code", currency, deps.settings.ledger_currencies)
     key = request_key(request, user_id=user_id, canonical=_understood(request, currency_code=currency))
@@ -306,7 +306,7 @@ async def capture_hold(deps, request: ledger_pb2.CaptureHoldRequest) -> ledger_p
     user_id = v.uuid("user_id", request.user_id)
     hold_id = v.uuid("hold_id", request.hold_id)
     rules.amount(v, "amount_micros", request.amount_micros)
-    rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
+    v.text("description", request.description, rules.MAX_DESCRIPTION_LENGTH)
     v.raise_if_any()
     key = request_key(request, user_id=user_id)
 

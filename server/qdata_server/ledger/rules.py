@@ -43,12 +43,6 @@ def check_supported(field: str, code: str, enabled: tuple[str, ...]) -> None:
         )
 
 
-def text(v: Violations, field: str, value: str, limit: int) -> str:
-    v.max_length(field, value, limit)
-    v.printable(field, value)
-    return value
-
-
 def _nanoseconds(value: datetime.timedelta) -> int:
     return value // datetime.timedelta(microseconds=1) * 1000
 

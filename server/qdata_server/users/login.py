@@ -36,8 +36,7 @@ async def authenticate(deps, request: user_pb2.AuthenticateRequest) -> user_pb2.
     login = request.login.strip().lower()
     if not login:
         v.add("login", "is required")
-    v.max_length("login", login, MAX_LOGIN_LENGTH)
-    v.printable("login", login)
+    v.text("login", login, MAX_LOGIN_LENGTH)
     if not request.password:
         v.add("password", "is required")
     elif len(request.password.encode("utf-8")) > settings.password_max_length:
