@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from qdata_server.startup import ConfigError
 from qdata_server.tokens import TokenEntry, parse_tokens
+from qdata_server.validation import CURRENCY_CODE
 
 # Room a gRPC message needs beside one chat message's content: the response that repeats it, the
 # session and the other fields (ChatService keeps 256 KiB of it for the response itself).
@@ -192,7 +193,7 @@ class Settings:
             )
         )
         for code in currencies:
-            if len(code) != 3 or not code.isalpha() or not code.isascii():
+            if not CURRENCY_CODE.regex.fullmatch(code):
                 raise ConfigError(f"QDATA_LEDGER_CURRENCIES must list ISO 4217 codes like USD,EUR; got {code!r}")
         level = env.get("QDATA_LOG_LEVEL", d.log_level).strip().upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):

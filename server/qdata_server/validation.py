@@ -47,6 +47,10 @@ class Pattern:
     rule: str
 
 
+# ISO 4217 currency codes, wherever one is given (ledger requests, prices, QDATA_LEDGER_CURRENCIES);
+# the CHECKs ledger_accounts_currency_format, models_currency_format and
+# model_prices_currency_format hold the same pattern.
+CURRENCY_CODE = Pattern(re.compile(r"^[A-Z]{3}$"), "must be an ISO 4217 code of three upper-case letters, e.g. USD")
 # Model ids in the catalog; the models table's CHECK models_id_format holds the same pattern.
 MODEL_ID = Pattern(
     re.compile(r"^[A-Za-z0-9._:/-]{1,200}$"),

@@ -7,7 +7,7 @@ import datetime
 from google.protobuf import duration_pb2
 
 from qdata_server.errors import FieldViolation, InvalidArgument
-from qdata_server.validation import Violations
+from qdata_server.validation import CURRENCY_CODE, Violations
 
 MAX_AMOUNT_MICROS = 10**15
 MAX_DESCRIPTION_LENGTH = 500
@@ -28,10 +28,7 @@ def amount(v: Violations, field: str, value: int) -> int:
 
 def currency(v: Violations, field: str, value: str) -> str:
     """A well-formed ISO 4217 code; empty means USD (check_supported tells whether it is enabled)."""
-    code = value or "USD"
-    if not (len(code) == 3 and code.isascii() and code.isalpha() and code.isupper()):
-        v.add(field, "must be an ISO 4217 code of three upper-case letters, e.g. USD")
-    return code
+    return v.matches(field, value or "USD", CURRENCY_CODE)
 
 
 def check_supported(field: str, code: str, enabled: tuple[str, ...]) -> None:
