@@ -26,9 +26,24 @@ import sys
 
 from qdata_server import logs
 from qdata_server.config import ConfigError, Settings
+from qdata_server.startup import StartupError
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command; returns its exit status.
+
+    The one place a refused start becomes an exit status: a bad setting read from the environment
+    is 2 ("configuration error: ..."), a StartupError raised later (serve's files, the key ring,
+    the embedded PostgreSQL) is 1 with its message; worker processes do the same (serve.py).
+    """
+    try:
+        return _command(argv)
+    except StartupError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+
+
+def _command(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="qdata-server", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -85,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             from qdata_server import audit_chain
 
             report = asyncio.run(audit_chain.verify(conninfo))
-            for problem in report.problems:
-                print(f"problem: {problem}")
+            for broken in report.problems:
+                print(f"problem: {broken}")
             if report.ok:
                 print(f"audit trail intact: {report.checked} event(s) verified in {report.chains} chain(s)")
                 return 0

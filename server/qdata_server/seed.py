@@ -22,7 +22,7 @@ from qdata_server.usage import samples as usage_samples
 from qdata_server.users import accounts, preferences
 
 if TYPE_CHECKING:
-    from qdata_server.app import Deps
+    from qdata_server.deps import Deps
 
 log = logging.getLogger("qdata.seed")
 

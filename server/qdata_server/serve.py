@@ -24,8 +24,13 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable, Iterable
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event
 
+from qdata_server import inputs
 from qdata_server.config import ConfigError, Settings
+from qdata_server.startup import StartupError
 
 log = logging.getLogger("qdata.serve")
 
@@ -87,15 +92,23 @@ def resolve_owner_database(settings: Settings) -> str:
     return resolve_database(settings).owner
 
 
-async def run_worker(settings: Settings, conninfo: str, address: str, *, reuse_port: bool, on_ready=None) -> None:
-    """Serves until SIGTERM or SIGINT, then shuts down gracefully."""
+async def run_worker(
+    settings: Settings,
+    conninfo: str,
+    address: str,
+    *,
+    reuse_port: bool,
+    on_ready: Callable[[], None] | None = None,
+    runtime_inputs: inputs.RuntimeInputs | None = None,
+) -> None:
+    """Serves until SIGTERM or SIGINT, then shuts down gracefully (StartupError if it cannot start)."""
     from qdata_server.app import QdataServer
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = QdataServer(settings, conninfo)
+    server = QdataServer(settings, conninfo, runtime_inputs)
     await server.start(address, reuse_port=reuse_port)
     log.info("serving", extra={"address": address, "port": server.port, "tls": settings.tls})
     if server.health_server is not None:
@@ -110,7 +123,10 @@ async def run_worker(settings: Settings, conninfo: str, address: str, *, reuse_p
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def _worker_main(settings: Settings, conninfo: str, address: str, ready) -> None:
+def _worker_main(
+    settings: Settings, conninfo: str, address: str, ready: Event, runtime_inputs: inputs.RuntimeInputs
+) -> None:
+    """A worker process's entry: serves with the parent's inputs; a refused start exits 1 with its message."""
     from qdata_server import logs
 
     # The parent forks with SIGTERM and SIGINT blocked and its own handlers installed: a worker
@@ -121,7 +137,13 @@ def _worker_main(settings: Settings, conninfo: str, address: str, ready) -> None
     signal.set_wakeup_fd(-1)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     logs.configure(settings.log_level)
-    asyncio.run(run_worker(settings, conninfo, address, reuse_port=True, on_ready=ready.set))
+    try:
+        asyncio.run(
+            run_worker(settings, conninfo, address, reuse_port=True, on_ready=ready.set, runtime_inputs=runtime_inputs)
+        )
+    except StartupError as exc:
+        sys.stderr.write(f"{exc}\n")
+        sys.exit(1)
 
 
 class AddressTaken(Exception):
@@ -209,7 +231,12 @@ def _banner(
 
 
 def serve(settings: Settings) -> int:
-    """Runs the service until told to stop; returns the process exit code."""
+    """Runs the service until told to stop; returns the process exit code.
+
+    A configuration problem found before anything starts is exit 2 (written here); one found
+    later (an unusable TLS or key ring file, a key ring that lacks a stored key's version) raises
+    StartupError, which the command line turns into exit 1 (see __main__.py).
+    """
     from qdata_server import auth
     from qdata_server.db import migrate
 
@@ -233,16 +260,13 @@ def serve(settings: Settings) -> int:
     settings, dev_token = auth.with_dev_token(settings)
     databases = resolve_database(settings)
     conninfo = databases.serving
-    # Before the fork: a bad key ring fails once, and the embedded development ring is generated
-    # by one process (workers then read it). Missing versions are checked by each worker's start.
-    from qdata_server.config import check_tls
-    from qdata_server.users import vault
-
+    # Before the fork, once: a bad key ring fails once, the embedded development ring is generated
+    # by one process, and every worker serves with these bytes (see inputs.py). Missing key ring
+    # versions are checked by each worker's start.
     try:
-        check_tls(settings)
-        vault.load_key_ring(settings)
+        runtime_inputs = inputs.load(settings)
     except ConfigError as exc:
-        raise SystemExit(f"configuration error: {exc}") from None
+        raise StartupError(f"configuration error: {exc}") from None
     if settings.migrate_on_start:
         applied = migrate.migrate(databases.owner)
         log.info("migrations applied", extra={"applied": applied})
@@ -266,7 +290,13 @@ def serve(settings: Settings) -> int:
             sys.stderr.write(banner())
 
         try:
-            asyncio.run(run_worker(settings, conninfo, address, reuse_port=False, on_ready=on_ready))
+            asyncio.run(
+                run_worker(
+                    settings, conninfo, address, reuse_port=False, on_ready=on_ready, runtime_inputs=runtime_inputs
+                )
+            )
+        except StartupError:
+            raise  # the command line's to report (exit 1)
         except Exception as exc:
             # In-process serving: a crash is this process's failure (type only: text may carry SQL).
             log.error("server failed", extra={"error_type": type(exc).__name__})
@@ -284,12 +314,12 @@ def serve(settings: Settings) -> int:
         sys.stderr.write(f"qdata: {exc}\n")
         return 2
     try:
-        return _supervise(settings, conninfo, address, workers, banner)
+        return _supervise(settings, conninfo, address, workers, banner, runtime_inputs)
     finally:
-        _release(reserved + claims)
+        _release([*reserved, *claims])
 
 
-def _release(sockets: list[socket.socket | None]) -> None:
+def _release(sockets: Iterable[socket.socket | None]) -> None:
     for sock in sockets:
         if sock is not None:
             sock.close()
@@ -299,7 +329,14 @@ def _release(sockets: list[socket.socket | None]) -> None:
 KILL_MARGIN_SECONDS = 20.0
 
 
-def _supervise(settings: Settings, conninfo: str, address: str, workers: int, banner) -> int:
+def _supervise(
+    settings: Settings,
+    conninfo: str,
+    address: str,
+    workers: int,
+    banner: Callable[[], str],
+    runtime_inputs: inputs.RuntimeInputs,
+) -> int:
     """Forks the workers and waits for them; returns the exit code.
 
     Every worker exit is noticed once, from the sentinels that `wait` reports (each exit code is
@@ -313,7 +350,9 @@ def _supervise(settings: Settings, conninfo: str, address: str, workers: int, ba
     context = multiprocessing.get_context("fork")
     readies = [context.Event() for _ in range(workers)]
     processes = [
-        context.Process(target=_worker_main, args=(settings, conninfo, address, ready), name=f"qdata-worker-{i}")
+        context.Process(
+            target=_worker_main, args=(settings, conninfo, address, ready, runtime_inputs), name=f"qdata-worker-{i}"
+        )
         for i, ready in enumerate(readies)
     ]
     asked = False
@@ -370,6 +409,7 @@ def _supervise(settings: Settings, conninfo: str, address: str, workers: int, ba
                         while wake_read.recv(512):
                             pass
                     continue
+                assert isinstance(ready, int)  # a sentinel: wake_read is the only socket waited on
                 process = running.pop(ready)
                 # The sentinel closes as the worker exits; join reaps it (at once, or within
                 # microseconds while the kernel finishes the exit).
@@ -392,17 +432,18 @@ def _supervise(settings: Settings, conninfo: str, address: str, workers: int, ba
     return 0 if asked and not (failed or unclean or killed) else 1
 
 
-def _signal_all(processes, sig: int) -> None:
+def _signal_all(processes: Iterable[BaseProcess], sig: int) -> None:
     for process in processes:
         # Not reaped yet (still in `running`), so the pid cannot belong to another process.
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, sig)
+        if process.pid is not None:  # started: every process in `running` was
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, sig)
 
 
 async def seed_database(settings: Settings, conninfo: str) -> None:
     """Loads the sample data through a short-lived pool (before any worker is forked)."""
-    from qdata_server.app import Deps
     from qdata_server.db.pool import open_pool
+    from qdata_server.deps import Deps
     from qdata_server.seed import seed
     from qdata_server.users.passwords import PasswordHasher
 

@@ -18,6 +18,7 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from qdata.v1 import user_pb2
+from qdata_server.startup import StartupError
 from tests.support.calls import create_user, expect_error, field_violations, rid
 from tests.support.database import sql
 from tests.support.server import TEST_SETTINGS, Api, ModuleServer, start_api, stop_api
@@ -348,7 +349,7 @@ async def test_rotation_rewrap_under_live_traffic_and_removal_of_the_old_key(dat
     }
 
     # 2. Ring {2} before any rewrap: the server refuses to start and says which version it needs.
-    with pytest.raises(SystemExit) as refused:
+    with pytest.raises(StartupError) as refused:
         await start_api(database_url, vault_settings(2))
     message = str(refused.value)
     assert "version 1 (24 keys)" in message and "rewrap-keys" in message and KEYS[2] not in message

@@ -31,8 +31,8 @@ from qdata_server.pagination import page_size
 from qdata_server.validation import Violations
 
 if TYPE_CHECKING:
-    from qdata_server.app import Deps
     from qdata_server.config import Settings
+    from qdata_server.deps import Deps
 
 # Sequence numbers are bigint; "no upper bound" is one past the largest.
 NO_UPPER_BOUND = 2**63 - 1

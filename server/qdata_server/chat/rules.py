@@ -12,10 +12,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from qdata.v1 import chat_pb2
-from qdata_server.validation import Violations
+from qdata_server.validation import MODEL_ID_MAX_LENGTH, Violations, has_control_characters
 
 MAX_TITLE_LENGTH = 200
-MAX_MODEL_ID_LENGTH = 200
+MAX_MODEL_ID_LENGTH = MODEL_ID_MAX_LENGTH
 MAX_METADATA_ENTRIES = 32
 MAX_METADATA_VALUE_LENGTH = 1024
 MAX_TAGS = 16
@@ -42,20 +42,13 @@ ROLE_TO_DB = {
 ROLE_FROM_DB = {v: k for k, v in ROLE_TO_DB.items()}
 
 
-def has_control_characters(value: str) -> bool:
-    return any(ord(ch) < 32 or 0x7F <= ord(ch) < 0xA0 for ch in value)
-
-
 def check_title(v: Violations, field: str, title: str) -> str:
-    v.max_length(field, title, MAX_TITLE_LENGTH)
-    v.printable(field, title)
-    return title
+    return v.text(field, title, MAX_TITLE_LENGTH)
 
 
 def check_model_id(v: Violations, field: str, model_id: str) -> str:
-    v.max_length(field, model_id, MAX_MODEL_ID_LENGTH)
-    v.printable(field, model_id)
-    return model_id
+    """Free text (the model a chat used need not be in the catalog), at most MODEL_ID_MAX_LENGTH."""
+    return v.text(field, model_id, MAX_MODEL_ID_LENGTH)
 
 
 def normalize_tags(v: Violations, field: str, tags: Iterable[str]) -> list[str]:

@@ -26,7 +26,7 @@ from qdata_server.users.accounts import load_live_user
 from qdata_server.validation import Violations
 
 if TYPE_CHECKING:
-    from qdata_server.app import Deps
+    from qdata_server.deps import Deps
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100

@@ -10,7 +10,7 @@ from qdata_server.callctx import ServicerContext
 from qdata_server.chat import messages, search, sessions
 
 if TYPE_CHECKING:
-    from qdata_server.app import Deps
+    from qdata_server.deps import Deps
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):

@@ -26,7 +26,7 @@ from qdata_server.users.accounts import load_live_user, user_not_found
 from qdata_server.validation import Violations, mask_paths
 
 if TYPE_CHECKING:
-    from qdata_server.app import Deps
+    from qdata_server.deps import Deps
 
 _UPDATABLE_PATHS = {"title", "model_id", "pinned", "archived", "tags", "metadata", "current_leaf_sequence_number"}
 _ARCHIVED = {

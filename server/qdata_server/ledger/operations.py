@@ -31,7 +31,7 @@ from qdata_server.ledger import convert, rules
 from qdata_server.validation import Violations
 
 if TYPE_CHECKING:
-    from qdata_server.app import Deps
+    from qdata_server.deps import Deps
 
 M = TypeVar("M", bound=Message)
 R = TypeVar(
@@ -150,10 +150,10 @@ async def deposit(deps: Deps, request: ledger_pb2.DepositRequest) -> ledger_pb2.
     }.get(request.source)
     if source is None:
         v.add("source", "is not a known DepositSource")
-    rules.text(v, "external_reference", request.external_reference, rules.MAX_REFERENCE_LENGTH)
+    v.text("external_reference", request.external_reference, rules.MAX_REFERENCE_LENGTH)
     if source == "payment" and not request.external_reference.strip():
         v.add("external_reference", "is required for a PAYMENT deposit (the payment provider's reference)")
-    rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
+    v.text("description", request.description, rules.MAX_DESCRIPTION_LENGTH)
     v.raise_if_any()
     assert user_id is not None  # raise_if_any() passed
     rules.check_supported("currency_code", currency, deps.settings.ledger_currencies)
@@ -186,8 +186,8 @@ async def charge(deps: Deps, request: ledger_pb2.ChargeRequest) -> ledger_pb2.Ch
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
     currency = _money(request, v)
-    rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
-    rules.text(v, "reference", request.reference, rules.MAX_REFERENCE_LENGTH)
+    v.text("description", request.description, rules.MAX_DESCRIPTION_LENGTH)
+    v.text("reference", request.reference, rules.MAX_REFERENCE_LENGTH)
     v.raise_if_any()
     assert user_id is not None  # raise_if_any() passed
     rules.check_supported("currency_code", currency, deps.settings.ledger_currencies)
@@ -216,7 +216,7 @@ async def refund(deps: Deps, request: ledger_pb2.RefundRequest) -> ledger_pb2.Re
     user_id = v.uuid("user_id", request.user_id)
     original_id = v.uuid("original_transaction_id", request.original_transaction_id)
     rules.amount(v, "amount_micros", request.amount_micros)
-    rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
+    v.text("description", request.description, rules.MAX_DESCRIPTION_LENGTH)
     v.raise_if_any()
     assert user_id is not None and original_id is not None  # raise_if_any() passed
 
@@ -242,8 +242,8 @@ async def transfer(deps: Deps, request: ledger_pb2.TransferRequest) -> ledger_pb
     from_id = v.uuid("from_user_id", request.from_user_id)
     to_id = v.uuid("to_user_id", request.to_user_id)
     currency = _money(request, v)
-    rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
-    rules.text(v, "reference", request.reference, rules.MAX_REFERENCE_LENGTH)
+    v.text("description", request.description, rules.MAX_DESCRIPTION_LENGTH)
+    v.text("reference", request.reference, rules.MAX_REFERENCE_LENGTH)
     v.raise_if_any()
     assert from_id is not None and to_id is not None  # raise_if_any() passed
     if from_id == to_id:
@@ -279,8 +279,8 @@ async def create_hold(deps: Deps, request: ledger_pb2.CreateHoldRequest) -> ledg
     user_id = v.uuid("user_id", request.user_id)
     currency = _money(request, v)
     ttl_seconds = rules.hold_ttl(v, "ttl", request.ttl, request.HasField("ttl"))
-    rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
-    rules.text(v, "reference", request.reference, rules.MAX_REFERENCE_LENGTH)
+    v.text("description", request.description, rules.MAX_DESCRIPTION_LENGTH)
+    v.text("reference", request.reference, rules.MAX_REFERENCE_LENGTH)
     v.raise_if_any()
     assert user_id is not None  # raise_if_any() passed
     rules.check_supported("currency_code", currency, deps.settings.ledger_currencies)
@@ -329,7 +329,7 @@ async def capture_hold(deps: Deps, request: ledger_pb2.CaptureHoldRequest) -> le
     user_id = v.uuid("user_id", request.user_id)
     hold_id = v.uuid("hold_id", request.hold_id)
     rules.amount(v, "amount_micros", request.amount_micros)
-    rules.text(v, "description", request.description, rules.MAX_DESCRIPTION_LENGTH)
+    v.text("description", request.description, rules.MAX_DESCRIPTION_LENGTH)
     v.raise_if_any()
     assert user_id is not None and hold_id is not None  # raise_if_any() passed
     key = request_key(request, user_id=user_id)

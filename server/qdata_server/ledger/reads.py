@@ -17,10 +17,10 @@ from qdata_server.errors import NotFound
 from qdata_server.ledger import convert, rules
 from qdata_server.pagination import page_size
 from qdata_server.users.convert import timestamp
-from qdata_server.validation import Violations
+from qdata_server.validation import ANY_TIMESTAMP, Violations
 
 if TYPE_CHECKING:
-    from qdata_server.app import Deps
+    from qdata_server.deps import Deps
 
 MAX_KINDS = 5
 # The scope page tokens are sealed for; the suffix names the cursor's shape, so a token from before
@@ -92,12 +92,7 @@ def _time(v: Violations, request: Message, field: str) -> datetime.datetime | No
     """A Timestamp field as a datetime, None when unset; out-of-range values are violations."""
     if not request.HasField(field):
         return None
-    try:
-        value: datetime.datetime = getattr(request, field).ToDatetime(datetime.UTC)
-        return value
-    except (ValueError, OverflowError):
-        v.add(field, "must be a valid Timestamp (years 1 to 9999, nanos 0 to 999,999,999)")
-        return None
+    return v.timestamp(field, getattr(request, field), ANY_TIMESTAMP)
 
 
 async def list_transactions(

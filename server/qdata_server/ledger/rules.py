@@ -8,7 +8,7 @@ from google.protobuf import duration_pb2
 
 from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server.errors import FieldViolation, InvalidArgument
-from qdata_server.validation import Violations
+from qdata_server.validation import CURRENCY_CODE, Violations
 
 MAX_AMOUNT_MICROS = 10**15
 MAX_DESCRIPTION_LENGTH = 500
@@ -29,10 +29,7 @@ def amount(v: Violations, field: str, value: int) -> int:
 
 def currency(v: Violations, field: str, value: str) -> str:
     """A well-formed ISO 4217 code; empty means USD (check_supported tells whether it is enabled)."""
-    code = value or "USD"
-    if not (len(code) == 3 and code.isascii() and code.isalpha() and code.isupper()):
-        v.add(field, "must be an ISO 4217 code of three upper-case letters, e.g. USD")
-    return code
+    return v.matches(field, value or "USD", CURRENCY_CODE)
 
 
 def check_supported(field: str, code: str, enabled: tuple[str, ...]) -> None:
@@ -42,12 +39,6 @@ def check_supported(field: str, code: str, enabled: tuple[str, ...]) -> None:
             [FieldViolation(field, f"currency {code} is not enabled; enabled: {', '.join(enabled)}")],
             reason=ErrorReason.ERROR_REASON_UNSUPPORTED_CURRENCY,
         )
-
-
-def text(v: Violations, field: str, value: str, limit: int) -> str:
-    v.max_length(field, value, limit)
-    v.printable(field, value)
-    return value
 
 
 def _nanoseconds(value: datetime.timedelta) -> int:

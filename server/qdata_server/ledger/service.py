@@ -9,7 +9,7 @@ from qdata_server.callctx import ServicerContext
 from qdata_server.ledger import operations, reads
 
 if TYPE_CHECKING:
-    from qdata_server.app import Deps
+    from qdata_server.deps import Deps
 
 
 class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):

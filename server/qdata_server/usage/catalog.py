@@ -23,7 +23,7 @@ from qdata_server.usage import convert, rules
 from qdata_server.validation import Violations
 
 if TYPE_CHECKING:
-    from qdata_server.app import Deps
+    from qdata_server.deps import Deps
 
 _CATALOG_PATHS = ("provider", "display_name", "context_window_tokens", "status")
 
@@ -73,7 +73,7 @@ async def upsert_model(deps: Deps, request: usage_pb2.UpsertModelRequest) -> usa
     m = request.model
     model_id = rules.model_id(v, "model.id", m.id)
     rules.provider(v, "model.provider", m.provider, required=False)
-    display_name = rules.text(v, "model.display_name", m.display_name, rules.MAX_DISPLAY_NAME_LENGTH)
+    display_name = v.text("model.display_name", m.display_name, rules.MAX_DISPLAY_NAME_LENGTH)
     rules.bounded(v, "model.context_window_tokens", m.context_window_tokens, rules.MAX_CONTEXT_WINDOW_TOKENS)
     if m.status not in rules.STATUS_FROM_PROTO and m.status != usage_pb2.MODEL_STATUS_UNSPECIFIED:
         v.add("model.status", "is not a known ModelStatus")

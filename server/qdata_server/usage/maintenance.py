@@ -7,17 +7,18 @@ workers or replicas only add idle attempts.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from qdata_server import background
 from qdata_server.db.sql import fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, ACTING_FOR_NO_USER
+from qdata_server.deps import Deps
 
 if TYPE_CHECKING:
-    from qdata_server.app import Deps
+    from qdata_server.deps import Deps
 
 log = logging.getLogger("qdata.usage")
 
@@ -50,22 +51,33 @@ async def ensure_partitions(deps: Deps) -> int:
     return created
 
 
+class Upkeep:
+    """One round of upkeep: partitions ahead (checked hourly), then the fold."""
+
+    def __init__(self, deps: Deps):
+        self.deps = deps
+        self._next_partition_check = 0.0
+
+    def interval(self) -> float:
+        """Seconds between rounds: usage_fold_seconds, or a minute when folding is off."""
+        fold_seconds = self.deps.settings.usage_fold_seconds
+        return fold_seconds if fold_seconds > 0 else 60.0
+
+    async def round(self) -> None:
+        if time.monotonic() >= self._next_partition_check:
+            # A failed check (say, lock_timeout behind long transactions) retries in a minute.
+            self._next_partition_check = time.monotonic() + 60.0
+            created = await ensure_partitions(self.deps)
+            self._next_partition_check = time.monotonic() + PARTITION_CHECK_SECONDS
+            if created:
+                log.info("created usage partitions", extra={"partitions": created})
+        if self.deps.settings.usage_fold_seconds > 0:
+            await fold(self.deps)
+
+
 async def run(deps: Deps, is_serving: Callable[[], bool]) -> None:
     """Folds every usage_fold_seconds (0: never) and checks partitions hourly, while serving."""
-    fold_seconds = deps.settings.usage_fold_seconds
-    next_partition_check = 0.0
-    while True:
-        if is_serving():
-            try:
-                if time.monotonic() >= next_partition_check:
-                    # A failed check (say, lock_timeout behind long transactions) retries in a minute.
-                    next_partition_check = time.monotonic() + 60.0
-                    created = await ensure_partitions(deps)
-                    next_partition_check = time.monotonic() + PARTITION_CHECK_SECONDS
-                    if created:
-                        log.info("created usage partitions", extra={"partitions": created})
-                if fold_seconds > 0:
-                    await fold(deps)
-            except Exception as exc:
-                log.warning("usage maintenance failed", extra={"error_type": type(exc).__name__})
-        await asyncio.sleep(fold_seconds if fold_seconds > 0 else 60.0)
+    upkeep = Upkeep(deps)
+    await background.every(
+        upkeep.interval, upkeep.round, log=log, failure="usage maintenance failed", when=is_serving, wait_first=False
+    )

@@ -22,7 +22,7 @@ from qdata_server.usage.catalog import model_not_found
 from qdata_server.validation import Violations
 
 if TYPE_CHECKING:
-    from qdata_server.app import Deps
+    from qdata_server.deps import Deps
 
 
 async def rate_model(deps: Deps, request: usage_pb2.RateModelRequest) -> usage_pb2.RateModelResponse:

@@ -41,7 +41,7 @@ from qdata_server.usage import convert, rules
 from qdata_server.validation import Violations
 
 if TYPE_CHECKING:
-    from qdata_server.app import Deps
+    from qdata_server.deps import Deps
 
 log = logging.getLogger("qdata.usage")
 
@@ -111,7 +111,7 @@ def parse(request: usage_pb2.RecordUsageRequest, now: datetime.datetime) -> Call
     if outcome == "error":
         if not request.error_code:
             v.add("error_code", "is required for an ERROR outcome (e.g. rate_limit_exceeded)")
-        rules.text(v, "error_code", request.error_code, rules.MAX_ERROR_CODE_LENGTH)
+        v.text("error_code", request.error_code, rules.MAX_ERROR_CODE_LENGTH)
     elif request.error_code:
         v.add("error_code", "must be empty unless the outcome is ERROR")
     called_at = None

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import datetime
-import re
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from qdata.v1 import usage_pb2
-from qdata_server.validation import Violations
+from qdata_server.validation import MODEL_ID, MODEL_PROVIDER, USAGE_TIMES, Violations, is_control
 
-MODEL_ID_RULE = "must be 1 to 200 characters of a-z, A-Z, 0-9, '.', '_', '-', ':' and '/'"
-PROVIDER_RULE = "must be 1 to 64 characters of a-z, 0-9, '_' and '-'"
-_MODEL_ID = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")
-_PROVIDER = re.compile(r"^[a-z0-9_-]{1,64}$")
 MAX_DISPLAY_NAME_LENGTH = 200
 MAX_CONTEXT_WINDOW_TOKENS = 100_000_000
 MAX_PRICE_MICROS = 10**12
@@ -26,10 +21,6 @@ MAX_CALL_AHEAD = datetime.timedelta(minutes=5)
 MIN_WINDOW = datetime.timedelta(minutes=1)
 MAX_WINDOW = datetime.timedelta(days=366)
 DEFAULT_WINDOW = datetime.timedelta(hours=24)
-# Timestamps accepted anywhere in UsageService: from the Unix epoch to the year 9000, so that
-# window arithmetic (the previous window of ListTopModels, days rounded up) stays representable.
-_MIN_SECONDS = 0
-_MAX_SECONDS = 221845392000  # 9000-01-01T00:00:00Z
 
 STATUS_TO_PROTO = {"active": usage_pb2.MODEL_STATUS_ACTIVE, "deprecated": usage_pb2.MODEL_STATUS_DEPRECATED}
 STATUS_FROM_PROTO: dict[int, str] = {v: k for k, v in STATUS_TO_PROTO.items()}
@@ -38,32 +29,19 @@ OUTCOME_FROM_PROTO = {v: k for k, v in OUTCOME_TO_PROTO.items()}
 
 
 def model_id(v: Violations, field: str, value: str) -> str:
-    if not value:
-        v.add(field, "is required")
-    elif not _MODEL_ID.match(value):
-        v.add(field, MODEL_ID_RULE)
-    return value
+    """A catalog model id (required)."""
+    return v.matches(field, value, MODEL_ID)
 
 
 def provider(v: Violations, field: str, value: str, *, required: bool) -> str:
-    if not value:
-        if required:
-            v.add(field, "is required")
-    elif not _PROVIDER.match(value):
-        v.add(field, PROVIDER_RULE)
-    return value
-
-
-def text(v: Violations, field: str, value: str, limit: int) -> str:
-    v.max_length(field, value, limit)
-    v.printable(field, value)
-    return value
+    """A catalog model's provider."""
+    return v.matches(field, value, MODEL_PROVIDER, required=required)
 
 
 def review(v: Violations, field: str, value: str) -> str:
     """Free text: line breaks and tabs are fine, other control characters and NUL are not."""
     v.max_length(field, value, MAX_REVIEW_LENGTH)
-    if any((ord(ch) < 32 and ch not in "\n\r\t") or 0x7F <= ord(ch) < 0xA0 for ch in value):
+    if any(is_control(ch) and ch not in "\n\r\t" for ch in value):
         v.add(field, "must not contain control characters other than line breaks and tabs")
     return value
 
@@ -106,11 +84,8 @@ def duration_nanos(v: Violations, field: str, value: duration_pb2.Duration, pres
 
 
 def timestamp(v: Violations, field: str, value: timestamp_pb2.Timestamp) -> datetime.datetime | None:
-    """An aware UTC datetime, or a violation for a Timestamp outside 1970 to 9000."""
-    if not _MIN_SECONDS <= value.seconds <= _MAX_SECONDS or not 0 <= value.nanos < 10**9:
-        v.add(field, "must be a timestamp from 1970 to 9000 (nanos 0 to 999,999,999)")
-        return None
-    return value.ToDatetime(datetime.UTC)
+    """An aware UTC datetime, or a violation for a Timestamp outside 1970 to 9000 (USAGE_TIMES)."""
+    return v.timestamp(field, value, USAGE_TIMES)
 
 
 def window(

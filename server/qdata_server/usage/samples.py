@@ -15,7 +15,7 @@ from qdata_server.usage import catalog, ratings, recording
 from qdata_server.users import accounts
 
 if TYPE_CHECKING:
-    from qdata_server.app import Deps
+    from qdata_server.deps import Deps
 
 # model id, provider, display name, context window, (input, output, cached input, reasoning)
 # micro-units per million tokens.

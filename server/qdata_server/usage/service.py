@@ -9,7 +9,7 @@ from qdata_server.callctx import ServicerContext
 from qdata_server.usage import catalog, ratings, recording, stats
 
 if TYPE_CHECKING:
-    from qdata_server.app import Deps
+    from qdata_server.deps import Deps
 
 
 class UsageServicer(usage_pb2_grpc.UsageServiceServicer):

@@ -31,7 +31,7 @@ from qdata_server.users.convert import timestamp
 from qdata_server.validation import Violations
 
 if TYPE_CHECKING:
-    from qdata_server.app import Deps
+    from qdata_server.deps import Deps
 
 DEFAULT_TOP = 10
 MAX_TOP = 100

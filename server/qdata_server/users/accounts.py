@@ -23,7 +23,7 @@ from qdata_server.users import convert, passwords, rules
 from qdata_server.validation import Violations, mask_paths, require_uuid
 
 if TYPE_CHECKING:
-    from qdata_server.app import Deps
+    from qdata_server.deps import Deps
 
 MAX_IMPORT_USERS = 1000
 _UPDATABLE_USER_PATHS = {"display_name", "email", "username", "status"}

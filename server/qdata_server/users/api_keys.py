@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import unicodedata
 import uuid
 from collections.abc import Callable
@@ -21,20 +20,19 @@ from qdata_server import audit
 from qdata_server.db.connection import Conn
 from qdata_server.db.sql import execute, fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for, name_acting
+from qdata_server.deps import Deps
 from qdata_server.errors import FailedPrecondition, NotFound
 from qdata_server.pagination import page_size
 from qdata_server.users import vault
 from qdata_server.users.accounts import load_live_user
 from qdata_server.users.convert import timestamp
-from qdata_server.validation import Violations, mask_paths
+from qdata_server.validation import API_KEY_PROVIDER, Violations, has_control_characters, mask_paths
 
 if TYPE_CHECKING:
-    from qdata_server.app import Deps
+    from qdata_server.deps import Deps
 
 log = logging.getLogger("qdata.vault")
 
-PROVIDER_RULE = "must be 1 to 64 characters of a-z, 0-9, '_', '.', '-'"
-_PROVIDER = re.compile(r"^[a-z0-9_.-]{1,64}$")
 MAX_LABEL_LENGTH = 100
 MIN_SECRET_LENGTH = 8
 MAX_SECRET_LENGTH = 4096
@@ -50,7 +48,7 @@ def api_key_not_found() -> NotFound:
 
 
 def _ring(deps: Deps) -> vault.KeyRing:
-    ring = getattr(deps, "key_ring", None)
+    ring = deps.key_ring
     if ring is None:
         raise FailedPrecondition(
             "the API key vault has no key ring; set QDATA_KEY_RING or QDATA_KEY_RING_FILE",
@@ -59,19 +57,8 @@ def _ring(deps: Deps) -> vault.KeyRing:
     return ring
 
 
-def _check_provider(v: Violations, field: str, value: str) -> str:
-    if not value:
-        v.add(field, "is required")
-    elif not _PROVIDER.match(value):
-        v.add(field, PROVIDER_RULE)
-    return value
-
-
 def _check_label(v: Violations, field: str, raw: str) -> str:
-    value = unicodedata.normalize("NFC", raw.strip())
-    v.max_length(field, value, MAX_LABEL_LENGTH)
-    v.printable(field, value)
-    return value
+    return v.text(field, unicodedata.normalize("NFC", raw.strip()), MAX_LABEL_LENGTH)
 
 
 def _check_secret(v: Violations, field: str, secret: str) -> None:
@@ -80,7 +67,7 @@ def _check_secret(v: Violations, field: str, secret: str) -> None:
         v.add(field, f"must be at least {MIN_SECRET_LENGTH} characters")
     elif len(secret) > MAX_SECRET_LENGTH:
         v.add(field, f"must be at most {MAX_SECRET_LENGTH} characters")
-    if any(ord(ch) < 32 or 0x7F <= ord(ch) < 0xA0 for ch in secret):
+    if has_control_characters(secret):
         v.add(field, "must not contain control characters")
 
 
@@ -144,7 +131,7 @@ def _open(ring: vault.KeyRing, row: dict[str, Any]) -> str:
 async def create_api_key(deps: Deps, request: user_pb2.CreateApiKeyRequest) -> user_pb2.CreateApiKeyResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
-    provider = _check_provider(v, "provider", request.provider)
+    provider = v.matches("provider", request.provider, API_KEY_PROVIDER)
     label = _check_label(v, "label", request.label)
     _check_secret(v, "secret", request.secret)
     v.raise_if_any()

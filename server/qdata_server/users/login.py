@@ -28,7 +28,7 @@ from qdata_server.users.accounts import user_not_found
 from qdata_server.validation import Violations
 
 if TYPE_CHECKING:
-    from qdata_server.app import Deps
+    from qdata_server.deps import Deps
 
 MAX_LOGIN_LENGTH = 254
 
@@ -39,8 +39,7 @@ async def authenticate(deps: Deps, request: user_pb2.AuthenticateRequest) -> use
     login = request.login.strip().lower()
     if not login:
         v.add("login", "is required")
-    v.max_length("login", login, MAX_LOGIN_LENGTH)
-    v.printable("login", login)
+    v.text("login", login, MAX_LOGIN_LENGTH)
     if not request.password:
         v.add("password", "is required")
     elif len(request.password.encode("utf-8")) > settings.password_max_length:

@@ -18,15 +18,15 @@ from qdata_server.db.sql import fetch_one
 from qdata_server.db.transactions import acting_for
 from qdata_server.users import convert
 from qdata_server.users.accounts import load_live_user
-from qdata_server.validation import Violations, mask_paths, require_uuid
+from qdata_server.validation import MODEL_ID_MAX_LENGTH, Violations, mask_paths, require_uuid
 
 if TYPE_CHECKING:
-    from qdata_server.app import Deps
+    from qdata_server.deps import Deps
 
 MAX_EXTRA_ENTRIES = 64
 MAX_EXTRA_KEY_LENGTH = 64
 MAX_EXTRA_VALUE_LENGTH = 1024
-MAX_MODEL_ID_LENGTH = 200
+MAX_MODEL_ID_LENGTH = MODEL_ID_MAX_LENGTH
 MAX_LANGUAGE_LENGTH = 35
 _EXTRA_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # BCP 47 shape: a 2-3 letter language, then subtags of 1-8 letters or digits.
@@ -53,8 +53,7 @@ async def update_preferences(
     v = Violations()
     user_id = v.uuid("preferences.user_id", prefs.user_id)
     if "default_model_id" in paths:
-        v.max_length("preferences.default_model_id", prefs.default_model_id, MAX_MODEL_ID_LENGTH)
-        v.printable("preferences.default_model_id", prefs.default_model_id)
+        v.text("preferences.default_model_id", prefs.default_model_id, MAX_MODEL_ID_LENGTH)
     if (
         "language" in paths
         and prefs.language

@@ -43,10 +43,7 @@ def normalize_username(v: Violations, field: str, raw: str) -> str:
 
 
 def check_display_name(v: Violations, field: str, raw: str) -> str:
-    value = unicodedata.normalize("NFC", raw.strip())
-    v.max_length(field, value, MAX_DISPLAY_NAME_LENGTH)
-    v.printable(field, value)
-    return value
+    return v.text(field, unicodedata.normalize("NFC", raw.strip()), MAX_DISPLAY_NAME_LENGTH)
 
 
 def check_password(v: Violations, field: str, password: str, settings: Settings) -> None:

@@ -10,7 +10,7 @@ from qdata_server.callctx import ServicerContext
 from qdata_server.users import accounts, api_keys, audit_events, login, preferences
 
 if TYPE_CHECKING:
-    from qdata_server.app import Deps
+    from qdata_server.deps import Deps
 
 
 class UserServicer(user_pb2_grpc.UserServiceServicer):
