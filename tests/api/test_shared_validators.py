@@ -7,34 +7,26 @@ matches before it) and then fail the CHECK (PostgreSQL's "$" does not).
 
 from __future__ import annotations
 
-import dataclasses
-
 import grpc
 
 from qdata.v1 import usage_pb2, user_pb2
-from tests.conftest import TEST_SETTINGS, start_api, stop_api
-from tests.helpers import create_user, expect_error, field_violations, rid
+from tests.support.calls import create_user, expect_error, field_violations, rid
 
 RING = "1:" + "A" * 43 + "="
 
 
-async def test_identifiers_with_a_trailing_newline_are_invalid_arguments(database_url):
-    api = await start_api(database_url, dataclasses.replace(TEST_SETTINGS, key_ring=RING))
-    try:
-        user = await create_user(api, "alice")
-        key = user_pb2.CreateApiKeyRequest(
-            request_id=rid(), user_id=user.id, provider="openai\n", secret="sk-a-long-enough-secret"
-        )
-        error = await expect_error(api.users.CreateApiKey(key), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
-        assert set(field_violations(error)) == {"provider"}
-        for model, field in (
-            ({"id": "openai/gpt\n", "provider": "openai"}, "model.id"),
-            ({"id": "openai/gpt", "provider": "openai\n"}, "model.provider"),
-        ):
-            request = usage_pb2.UpsertModelRequest(request_id=rid(), model=usage_pb2.Model(**model))
-            error = await expect_error(
-                api.usage.UpsertModel(request), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"
-            )
-            assert set(field_violations(error)) == {field}, model
-    finally:
-        await stop_api(api)
+async def test_identifiers_with_a_trailing_newline_are_invalid_arguments(api_with):
+    api = await api_with(key_ring=RING)
+    user = await create_user(api, "alice")
+    key = user_pb2.CreateApiKeyRequest(
+        request_id=rid(), user_id=user.id, provider="openai\n", secret="sk-a-long-enough-secret"
+    )
+    error = await expect_error(api.users.CreateApiKey(key), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    assert set(field_violations(error)) == {"provider"}
+    for model, field in (
+        ({"id": "openai/gpt\n", "provider": "openai"}, "model.id"),
+        ({"id": "openai/gpt", "provider": "openai\n"}, "model.provider"),
+    ):
+        request = usage_pb2.UpsertModelRequest(request_id=rid(), model=usage_pb2.Model(**model))
+        error = await expect_error(api.usage.UpsertModel(request), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+        assert set(field_violations(error)) == {field}, model
