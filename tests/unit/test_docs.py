@@ -19,11 +19,6 @@ ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 
-# Pages the README and the index link to that are written on other branches of the same change;
-# a missing one is tolerated until it lands, then checked like every other page.
-PENDING_PAGES = frozenset({DOCS / "architecture.md", DOCS / "database.md"})
-
-
 def markdown_files() -> list[Path]:
     """Every Markdown file of the repository (not those of installed tools or local state)."""
     return sorted(
@@ -159,8 +154,6 @@ def test_every_relative_link_points_at_a_file_and_heading_that_exist() -> None:
         for link in relative_links(path):
             target, _, anchor = link.partition("#")
             file = (path.parent / target).resolve() if target else path
-            if file in PENDING_PAGES and not file.exists():
-                continue
             if not file.exists():
                 broken.append(f"{path.relative_to(ROOT)}: {link} (no such file)")
             elif anchor and file.suffix == ".md" and anchor not in anchors(file):
