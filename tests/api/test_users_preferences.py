@@ -158,6 +158,10 @@ async def full_user(api) -> user_pb2.User:
         (["language"], {"language": "en-" + "x" * 40}, "preferences.language"),
         (["language"], {"language": "en'; DROP TABLE users;--"}, "preferences.language"),
         (["language"], {"language": "en\x00"}, "preferences.language"),
+        # "$" in a Python pattern matches before a final newline: the whole value must match.
+        (["language"], {"language": "en\n"}, "preferences.language"),
+        (["extra.key\n"], {}, "update_mask"),
+        (["extra"], {"extra": {"key\n": "v"}}, "preferences.extra['key\\n']"),
         (["theme"], {"theme": 99}, "preferences.theme"),
         (["default_model_id"], {"default_model_id": "m" * 201}, "preferences.default_model_id"),
         (["default_model_id"], {"default_model_id": "model\x00"}, "preferences.default_model_id"),

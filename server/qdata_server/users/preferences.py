@@ -57,7 +57,7 @@ async def update_preferences(
     if (
         "language" in paths
         and prefs.language
-        and (len(prefs.language) > MAX_LANGUAGE_LENGTH or not _LANGUAGE.match(prefs.language))
+        and (len(prefs.language) > MAX_LANGUAGE_LENGTH or not _LANGUAGE.fullmatch(prefs.language))
     ):
         v.add("preferences.language", "must be a BCP 47 tag such as 'en' or 'pt-BR'")
     if "theme" in paths and prefs.theme not in convert.THEME_FROM_PROTO:
@@ -65,11 +65,11 @@ async def update_preferences(
     if "extra" in paths and any(p.startswith("extra.") for p in paths):
         v.add("update_mask", "must not name both 'extra' and 'extra.<key>'")
     for path in paths:
-        if path.startswith("extra.") and not _EXTRA_KEY.match(path[len("extra.") :]):
+        if path.startswith("extra.") and not _EXTRA_KEY.fullmatch(path[len("extra.") :]):
             v.add("update_mask", f"{path[:80]!r}: extra keys are 1 to 64 characters of A-Z, a-z, 0-9, '_', '.', '-'")
     if "extra" in paths or any(p.startswith("extra.") for p in paths):
         for key, value in prefs.extra.items():
-            if not _EXTRA_KEY.match(key):
+            if not _EXTRA_KEY.fullmatch(key):
                 v.add(f"preferences.extra[{key[:64]!r}]", "keys are 1 to 64 characters of A-Z, a-z, 0-9, '_', '.', '-'")
             if len(value) > MAX_EXTRA_VALUE_LENGTH:
                 v.add(f"preferences.extra[{key[:64]!r}]", f"values are at most {MAX_EXTRA_VALUE_LENGTH} characters")

@@ -37,7 +37,7 @@ def normalize_username(v: Violations, field: str, raw: str) -> str:
     value = raw.strip().lower()
     if not value:
         v.add(field, "is required")
-    elif not _USERNAME.match(value):
+    elif not _USERNAME.fullmatch(value):
         v.add(field, USERNAME_RULE)
     return value
 
