@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from google.protobuf.message import Message
 
@@ -60,31 +61,50 @@ async def get_balance(deps: Deps, request: ledger_pb2.GetBalanceRequest) -> ledg
     return ledger_pb2.GetBalanceResponse(balance=balance)
 
 
-async def get_transaction(deps: Deps, request: ledger_pb2.GetTransactionRequest) -> ledger_pb2.GetTransactionResponse:
+class _ForUser(Protocol):
+    """A request that names one of a user's rows."""
+
+    @property
+    def user_id(self) -> str: ...
+
+
+async def _owned(deps: Deps, request: _ForUser, id_field: str, query_name: str, missing: Callable[[], NotFound]) -> Row:
+    """The user's row that request's id_field names, read by query_name; missing() if there is none.
+
+    Both ids are checked first (INVALID_ARGUMENT lists every bad one).
+    """
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
-    transaction_id = v.uuid("transaction_id", request.transaction_id)
+    row_id = v.uuid(id_field, getattr(request, id_field))
     v.raise_if_any()
     row = await deps.transaction(
-        lambda conn: fetch_one(conn, "ledger_get_transaction", {"user_id": user_id, "transaction_id": transaction_id}),
+        lambda conn: fetch_one(conn, query_name, {"user_id": user_id, id_field: row_id}),
         acting=acting_for(user_id),
     )
     if row is None:
-        raise NotFound("transaction not found", reason=ErrorReason.ERROR_REASON_TRANSACTION_NOT_FOUND)
+        raise missing()
+    return row
+
+
+async def get_transaction(deps: Deps, request: ledger_pb2.GetTransactionRequest) -> ledger_pb2.GetTransactionResponse:
+    row = await _owned(
+        deps,
+        request,
+        "transaction_id",
+        "ledger_get_transaction",
+        lambda: NotFound("transaction not found", reason=ErrorReason.ERROR_REASON_TRANSACTION_NOT_FOUND),
+    )
     return ledger_pb2.GetTransactionResponse(transaction=convert.transaction(row))
 
 
 async def get_hold(deps: Deps, request: ledger_pb2.GetHoldRequest) -> ledger_pb2.GetHoldResponse:
-    v = Violations()
-    user_id = v.uuid("user_id", request.user_id)
-    hold_id = v.uuid("hold_id", request.hold_id)
-    v.raise_if_any()
-    row = await deps.transaction(
-        lambda conn: fetch_one(conn, "ledger_get_hold", {"user_id": user_id, "hold_id": hold_id}),
-        acting=acting_for(user_id),
+    row = await _owned(
+        deps,
+        request,
+        "hold_id",
+        "ledger_get_hold",
+        lambda: NotFound("hold not found", reason=ErrorReason.ERROR_REASON_HOLD_NOT_FOUND),
     )
-    if row is None:
-        raise NotFound("hold not found", reason=ErrorReason.ERROR_REASON_HOLD_NOT_FOUND)
     return ledger_pb2.GetHoldResponse(hold=convert.hold(row, row["read_at"]))
 
 
