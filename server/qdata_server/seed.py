@@ -106,6 +106,17 @@ def _ask(content: str) -> chat_pb2.MessageInput:
     return chat_pb2.MessageInput(role=chat_pb2.MESSAGE_ROLE_USER, content=content)
 
 
+async def _session(deps: Deps, request_id: str, user_id: str, title: str, tags: list[str], **fields: Any) -> str:
+    """Creates a session of the sample model; returns its id."""
+    response = await chat_sessions.create_session(
+        deps,
+        chat_pb2.CreateSessionRequest(
+            request_id=request_id, user_id=user_id, model_id=SAMPLE_MODEL, title=title, tags=tags, **fields
+        ),
+    )
+    return response.session.id
+
+
 async def _append(
     deps: Deps, request_id: str, user_id: str, session_id: str, messages: list[chat_pb2.MessageInput], **fields: Any
 ) -> None:
@@ -120,23 +131,20 @@ async def _append(
 async def seed_chats(deps: Deps, user_id: str) -> None:
     """Two chat sessions for Alice: a conversation with a regenerated answer (two branches) and one
     with a tool call."""
-    trip = await chat_sessions.create_session(
+    trip = await _session(
         deps,
-        chat_pb2.CreateSessionRequest(
-            request_id="seed-chat-alice-lisbon",
-            user_id=user_id,
-            model_id=SAMPLE_MODEL,
-            title="A weekend in Lisbon",
-            tags=["travel"],
-            pinned=True,
-            metadata={"client": "web"},
-        ),
+        "seed-chat-alice-lisbon",
+        user_id,
+        "A weekend in Lisbon",
+        ["travel"],
+        pinned=True,
+        metadata={"client": "web"},
     )
     await _append(
         deps,
         "seed-chat-alice-lisbon-1",
         user_id,
-        trip.session.id,
+        trip,
         [
             chat_pb2.MessageInput(role=chat_pb2.MESSAGE_ROLE_SYSTEM, content="You are a concise travel guide."),
             _ask("What should I see in Lisbon in two days?"),
@@ -155,26 +163,17 @@ async def seed_chats(deps: Deps, user_id: str) -> None:
         deps,
         "seed-chat-alice-lisbon-2",
         user_id,
-        trip.session.id,
+        trip,
         [_answer(120, 35, "It is charming but crowded; ride it from Martim Moniz at 8 am for a seat.")],
         parent_sequence_number=4,
     )
-    code = await chat_sessions.create_session(
-        deps,
-        chat_pb2.CreateSessionRequest(
-            request_id="seed-chat-alice-csv",
-            user_id=user_id,
-            model_id=SAMPLE_MODEL,
-            title="Reading a CSV file in Python",
-            tags=["code", "python"],
-        ),
-    )
+    code = await _session(deps, "seed-chat-alice-csv", user_id, "Reading a CSV file in Python", ["code", "python"])
     call = chat_pb2.ToolCall(id="call_1", name="run_python", arguments_json='{"code": "import csv"}')
     await _append(
         deps,
         "seed-chat-alice-csv-1",
         user_id,
-        code.session.id,
+        code,
         [
             _ask("How do I read a CSV file with a header row in Python?"),
             _answer(25, 12, tool_calls=[call]),
