@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from qdata_server.startup import ConfigError
 from qdata_server.tokens import TokenEntry, parse_tokens
@@ -21,6 +22,9 @@ CHAT_MESSAGE_HEADROOM_BYTES = 512 * 1024
 __all__ = ["CHAT_MESSAGE_HEADROOM_BYTES", "ConfigError", "Settings", "TlsMaterial", "check_tls"]
 
 
+N = TypeVar("N", int, float)
+
+
 @dataclasses.dataclass(frozen=True)
 class TlsMaterial:
     """The PEM bytes TLS is served with (repr hides the key)."""
@@ -30,27 +34,30 @@ class TlsMaterial:
     client_ca: bytes | None = None
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
+def _number(env: Mapping[str, str], name: str, parse: Callable[[str], N], kind: str) -> N | None:
+    """The variable parsed by parse (int or float), None when unset or blank."""
     raw = env.get(name, "").strip()
     if not raw:
-        return default
+        return None
     try:
-        value = int(raw)
+        return parse(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+        raise ConfigError(f"{name} must be {kind}, got {raw!r}") from None
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
+    value = _number(env, name, int, "an integer")
+    if value is None:
+        return default
     if not minimum <= value <= maximum:
         raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {value}")
     return value
 
 
 def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
+    value = _number(env, name, float, "a number")
+    if value is None:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
     return value
@@ -184,9 +191,7 @@ class Settings:
         migrate_on_start = flag in ("1", "true", "yes") if flag else embedded
         seed_flag = env.get("QDATA_SEED_ON_START", "").strip().lower()
         seed_on_start = seed_flag in ("1", "true", "yes") if seed_flag else embedded
-        prepared = env.get("QDATA_PREPARED_STATEMENTS", "").strip().lower()
-        if prepared not in ("", "1", "true", "yes", "0", "false", "no"):
-            raise ConfigError(f"QDATA_PREPARED_STATEMENTS must be true or false, got {prepared!r}")
+        prepared = _flag(env, "QDATA_PREPARED_STATEMENTS", True)
         currencies = tuple(
             sorted(
                 {"USD", *(c.strip().upper() for c in env.get("QDATA_LEDGER_CURRENCIES", "").split(",") if c.strip())}
@@ -242,7 +247,7 @@ class Settings:
             migrate_on_start=migrate_on_start,
             seed_on_start=seed_on_start,
             transaction_retries=_int(env, "QDATA_TRANSACTION_RETRIES", d.transaction_retries, 0, 100),
-            prepared_statements=prepared not in ("0", "false", "no"),
+            prepared_statements=prepared,
             auth_tokens=auth_tokens,
             allow_insecure=_flag(env, "QDATA_ALLOW_INSECURE", False),
             reflection=_flag(env, "QDATA_REFLECTION", True),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import inspect
 import logging
@@ -215,33 +216,63 @@ class InFlight:
         return len(tasks)
 
 
+def _begin(
+    method: str, request: Any, context: ServicerContext, decide: _Decide, in_flight: InFlight
+) -> tuple[_Caller, _Outcome, contextvars.Token[callctx.CallContext | None]]:
+    """Starts one call: admits it (or keeps the refusal), decides its caller, binds its context.
+
+    Returns the caller (or the error that refuses it, raised by _refuse inside the handler's
+    error mapping), the call's outcome and the token that unbinds its context.
+    """
+    refused = in_flight.admit(method)
+    caller = refused or decide(context)
+    ctx = _context_for(method, request, context, _actor(caller))
+    token = callctx.bind(ctx)
+    return caller, _Outcome(method, ctx), token
+
+
+def _refuse(caller: _Caller, method: str, request: Any) -> None:
+    """Raises the error that refuses the caller, or MALFORMED_REQUEST for undecodable bytes."""
+    if isinstance(caller, QdataError):
+        raise caller
+    _refuse_undecodable(method, request)
+
+
+def _propagates(exc: BaseException, outcome: _Outcome, *, stream: bool = False) -> bool:
+    """True for what a handler re-raises as it is instead of mapping it to a status.
+
+    An abort already sent, an interpreter exit, or the call's cancellation (logged as CANCELLED;
+    for a stream also GeneratorExit: gRPC stopped reading it because the call was cancelled).
+    """
+    if isinstance(exc, (aio.AbortError, KeyboardInterrupt, SystemExit)):
+        return True
+    if (stream and isinstance(exc, GeneratorExit)) or _is_cancellation(exc):
+        outcome.code = grpc.StatusCode.CANCELLED
+        return True
+    return False
+
+
+async def _abort(context: ServicerContext, outcome: _Outcome, exc: BaseException) -> None:
+    """Ends the call with exc as its status: a domain error as it is, anything else mapped."""
+    error = _as_domain_error(exc, outcome.method)
+    outcome.failed(error)
+    await context.abort_with_status(to_grpc_status(error))
+
+
 def _wrap_unary(
     method: str, decide: _Decide, behavior: Callable[..., Any], in_flight: InFlight
 ) -> Callable[..., Awaitable[Any]]:
     # behavior is a coroutine function, or (context.write, an unimplemented base method) a plain one.
     async def handler(request: Any, context: ServicerContext) -> Any:
-        refused = in_flight.admit(method)
-        caller = refused or decide(context)
-        ctx = _context_for(method, request, context, _actor(caller))
-        token = callctx.bind(ctx)
-        outcome = _Outcome(method, ctx)
+        caller, outcome, token = _begin(method, request, context, decide, in_flight)
         try:
-            if isinstance(caller, QdataError):
-                raise caller
-            _refuse_undecodable(method, request)
+            _refuse(caller, method, request)
             result = behavior(request, context)
             return await result if inspect.isawaitable(result) else result
-        except aio.AbortError:
-            raise
         except BaseException as exc:
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            if _propagates(exc, outcome):
                 raise
-            if _is_cancellation(exc):
-                outcome.code = grpc.StatusCode.CANCELLED
-                raise
-            error = _as_domain_error(exc, method)
-            outcome.failed(error)
-            await context.abort_with_status(to_grpc_status(error))
+            await _abort(context, outcome, exc)
         finally:
             callctx.unbind(token)
             outcome.log()
@@ -253,33 +284,19 @@ def _wrap_stream(
     method: str, decide: _Decide, behavior: Callable[..., AsyncGenerator[Any, None]], in_flight: InFlight
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
-        refused = in_flight.admit(method)
-        caller = refused or decide(context)
-        ctx = _context_for(method, request, context, _actor(caller))
-        token = callctx.bind(ctx)
+        caller, outcome, token = _begin(method, request, context, decide, in_flight)
         call_task = asyncio.current_task()
-        outcome = _Outcome(method, ctx)
         try:
-            if isinstance(caller, QdataError):
-                raise caller
-            _refuse_undecodable(method, request)
+            _refuse(caller, method, request)
             # aclosing: when this generator is closed (the call was cancelled while a message was
             # on its way), the service's generator is closed with it, here, not by the collector.
             async with contextlib.aclosing(behavior(request, context)) as items:
                 async for item in items:
                     yield item
-        except aio.AbortError:
-            raise
         except BaseException as exc:
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            if _propagates(exc, outcome, stream=True):
                 raise
-            if isinstance(exc, GeneratorExit) or _is_cancellation(exc):
-                # GeneratorExit: gRPC stopped reading the stream because the call was cancelled.
-                outcome.code = grpc.StatusCode.CANCELLED
-                raise
-            error = _as_domain_error(exc, method)
-            outcome.failed(error)
-            await context.abort_with_status(to_grpc_status(error))
+            await _abort(context, outcome, exc)
         finally:
             outcome.log()
             # A generator abandoned mid-stream (gRPC stopped reading it) is finalized later, in a

@@ -7,7 +7,7 @@ twice changes nothing and the audit trail shows where the data came from.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import field_mask_pb2
 
@@ -28,6 +28,7 @@ log = logging.getLogger("qdata.seed")
 
 # Documented in README: every sample user logs in with this password.
 SAMPLE_PASSWORD = "marketplace-demo"
+SAMPLE_MODEL = "openai/gpt-4o-mini"
 SAMPLE_USERS = (
     ("alice@example.com", "alice", "Alice Example"),
     ("bob@example.com", "bob", "Bob Example"),
@@ -72,7 +73,7 @@ async def seed(deps: Deps, *, only_if_empty: bool = True) -> int:
                         request_id="seed-preferences-alice",
                         preferences=user_pb2.Preferences(
                             user_id=response.user.id,
-                            default_model_id="openai/gpt-4o-mini",
+                            default_model_id=SAMPLE_MODEL,
                             language="en",
                             theme=user_pb2.THEME_DARK,
                             extra={"chat.stream": "true"},
@@ -89,101 +90,99 @@ async def seed(deps: Deps, *, only_if_empty: bool = True) -> int:
         callctx.unbind(token)
 
 
+def _answer(input_tokens: int, output_tokens: int, content: str = "", **fields: Any) -> chat_pb2.MessageInput:
+    """An answer of the sample model, with the tokens it used."""
+    return chat_pb2.MessageInput(
+        role=chat_pb2.MESSAGE_ROLE_ASSISTANT,
+        model_id=SAMPLE_MODEL,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        content=content,
+        **fields,
+    )
+
+
+def _ask(content: str) -> chat_pb2.MessageInput:
+    return chat_pb2.MessageInput(role=chat_pb2.MESSAGE_ROLE_USER, content=content)
+
+
+async def _session(deps: Deps, request_id: str, user_id: str, title: str, tags: list[str], **fields: Any) -> str:
+    """Creates a session of the sample model; returns its id."""
+    response = await chat_sessions.create_session(
+        deps,
+        chat_pb2.CreateSessionRequest(
+            request_id=request_id, user_id=user_id, model_id=SAMPLE_MODEL, title=title, tags=tags, **fields
+        ),
+    )
+    return response.session.id
+
+
+async def _append(
+    deps: Deps, request_id: str, user_id: str, session_id: str, messages: list[chat_pb2.MessageInput], **fields: Any
+) -> None:
+    await chat_messages.append_messages(
+        deps,
+        chat_pb2.AppendMessagesRequest(
+            request_id=request_id, user_id=user_id, session_id=session_id, messages=messages, **fields
+        ),
+    )
+
+
 async def seed_chats(deps: Deps, user_id: str) -> None:
     """Two chat sessions for Alice: a conversation with a regenerated answer (two branches) and one
     with a tool call."""
-    user, assistant = chat_pb2.MESSAGE_ROLE_USER, chat_pb2.MESSAGE_ROLE_ASSISTANT
-    model = "openai/gpt-4o-mini"
-    trip = await chat_sessions.create_session(
+    trip = await _session(
         deps,
-        chat_pb2.CreateSessionRequest(
-            request_id="seed-chat-alice-lisbon",
-            user_id=user_id,
-            model_id=model,
-            title="A weekend in Lisbon",
-            tags=["travel"],
-            pinned=True,
-            metadata={"client": "web"},
-        ),
+        "seed-chat-alice-lisbon",
+        user_id,
+        "A weekend in Lisbon",
+        ["travel"],
+        pinned=True,
+        metadata={"client": "web"},
     )
-    await chat_messages.append_messages(
+    await _append(
         deps,
-        chat_pb2.AppendMessagesRequest(
-            request_id="seed-chat-alice-lisbon-1",
-            user_id=user_id,
-            session_id=trip.session.id,
-            messages=[
-                chat_pb2.MessageInput(role=chat_pb2.MESSAGE_ROLE_SYSTEM, content="You are a concise travel guide."),
-                chat_pb2.MessageInput(role=user, content="What should I see in Lisbon in two days?"),
-                chat_pb2.MessageInput(
-                    role=assistant,
-                    model_id=model,
-                    input_tokens=42,
-                    output_tokens=61,
-                    content="Day 1: Alfama, the castle and a fado evening. Day 2: Belém (tower, monastery, "
-                    "pastéis de nata) and sunset at the Miradouro da Senhora do Monte.",
-                ),
-                chat_pb2.MessageInput(role=user, content="Is tram 28 worth it?"),
-                chat_pb2.MessageInput(
-                    role=assistant,
-                    model_id=model,
-                    input_tokens=120,
-                    output_tokens=38,
-                    content="Yes, early in the morning before the queues; otherwise walk the same route.",
-                ),
-            ],
-        ),
+        "seed-chat-alice-lisbon-1",
+        user_id,
+        trip,
+        [
+            chat_pb2.MessageInput(role=chat_pb2.MESSAGE_ROLE_SYSTEM, content="You are a concise travel guide."),
+            _ask("What should I see in Lisbon in two days?"),
+            _answer(
+                42,
+                61,
+                "Day 1: Alfama, the castle and a fado evening. Day 2: Belém (tower, monastery, "
+                "pastéis de nata) and sunset at the Miradouro da Senhora do Monte.",
+            ),
+            _ask("Is tram 28 worth it?"),
+            _answer(120, 38, "Yes, early in the morning before the queues; otherwise walk the same route."),
+        ],
     )
     # "Regenerate" the last answer: a second branch from the question (message 4).
-    await chat_messages.append_messages(
+    await _append(
         deps,
-        chat_pb2.AppendMessagesRequest(
-            request_id="seed-chat-alice-lisbon-2",
-            user_id=user_id,
-            session_id=trip.session.id,
-            parent_sequence_number=4,
-            messages=[
-                chat_pb2.MessageInput(
-                    role=assistant,
-                    model_id=model,
-                    input_tokens=120,
-                    output_tokens=35,
-                    content="It is charming but crowded; ride it from Martim Moniz at 8 am for a seat.",
-                )
-            ],
-        ),
+        "seed-chat-alice-lisbon-2",
+        user_id,
+        trip,
+        [_answer(120, 35, "It is charming but crowded; ride it from Martim Moniz at 8 am for a seat.")],
+        parent_sequence_number=4,
     )
-    code = await chat_sessions.create_session(
-        deps,
-        chat_pb2.CreateSessionRequest(
-            request_id="seed-chat-alice-csv",
-            user_id=user_id,
-            model_id=model,
-            title="Reading a CSV file in Python",
-            tags=["code", "python"],
-        ),
-    )
+    code = await _session(deps, "seed-chat-alice-csv", user_id, "Reading a CSV file in Python", ["code", "python"])
     call = chat_pb2.ToolCall(id="call_1", name="run_python", arguments_json='{"code": "import csv"}')
-    await chat_messages.append_messages(
+    await _append(
         deps,
-        chat_pb2.AppendMessagesRequest(
-            request_id="seed-chat-alice-csv-1",
-            user_id=user_id,
-            session_id=code.session.id,
-            messages=[
-                chat_pb2.MessageInput(role=user, content="How do I read a CSV file with a header row in Python?"),
-                chat_pb2.MessageInput(
-                    role=assistant, model_id=model, input_tokens=25, output_tokens=12, tool_calls=[call]
-                ),
-                chat_pb2.MessageInput(role=chat_pb2.MESSAGE_ROLE_TOOL, tool_call_id="call_1", content="ok"),
-                chat_pb2.MessageInput(
-                    role=assistant,
-                    model_id=model,
-                    input_tokens=60,
-                    output_tokens=44,
-                    content="Use csv.DictReader: `with open(path, newline='') as f: rows = list(csv.DictReader(f))` "
-                    "gives one dict per row, keyed by the header.",
-                ),
-            ],
-        ),
+        "seed-chat-alice-csv-1",
+        user_id,
+        code,
+        [
+            _ask("How do I read a CSV file with a header row in Python?"),
+            _answer(25, 12, tool_calls=[call]),
+            chat_pb2.MessageInput(role=chat_pb2.MESSAGE_ROLE_TOOL, tool_call_id="call_1", content="ok"),
+            _answer(
+                60,
+                44,
+                "Use csv.DictReader: `with open(path, newline='') as f: rows = list(csv.DictReader(f))` "
+                "gives one dict per row, keyed by the header.",
+            ),
+        ],
     )

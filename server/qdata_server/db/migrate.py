@@ -72,6 +72,7 @@ END;
 $$;
 """
 
+_RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name, checksum, fingerprint) VALUES (%s, %s, %s, %s)"
 _RECORD_SOURCE = "INSERT INTO schema_current_source (name, checksum, fingerprint) VALUES (%s, %s, %s)"
 
 # A digest of the user-visible schema: tables, columns, constraints, indexes and triggers (not
@@ -101,19 +102,21 @@ class MigrationError(RuntimeError):
     """The database's migration history disagrees with the shipped files."""
 
 
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+class _SqlText:
+    """A shipped SQL file, known to the tracking tables by the SHA-256 of its text."""
 
-
-@dataclasses.dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
     sql: str
 
     @property
     def checksum(self) -> str:
-        return _sha256(self.sql)
+        return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Migration(_SqlText):
+    version: int
+    name: str
+    sql: str
 
     @property
     def label(self) -> str:
@@ -126,15 +129,11 @@ class Migration:
 
 
 @dataclasses.dataclass(frozen=True)
-class SourceFile:
+class SourceFile(_SqlText):
     """A current-source file of db/functions: applied whenever its text is new to the database."""
 
     name: str
     sql: str
-
-    @property
-    def checksum(self) -> str:
-        return _sha256(self.sql)
 
     @property
     def label(self) -> str:
@@ -253,13 +252,13 @@ def _scalar(conn: psycopg.Connection[Any], query: str) -> Any:
     return row[0]
 
 
+_APPLIED_MIGRATIONS = "SELECT version, name, checksum, fingerprint FROM schema_migrations ORDER BY version"
+
+
 def _applied(conn: psycopg.Connection[Any]) -> list[AppliedMigration]:
     if not _scalar(conn, "SELECT to_regclass('schema_migrations') IS NOT NULL"):
         return []
-    rows = conn.execute(
-        "SELECT version, name, checksum, fingerprint FROM schema_migrations ORDER BY version"
-    ).fetchall()
-    return [AppliedMigration(*row) for row in rows]
+    return [AppliedMigration(*row) for row in conn.execute(_APPLIED_MIGRATIONS).fetchall()]
 
 
 _APPLIED_SOURCES = "SELECT name, checksum, fingerprint FROM schema_current_source ORDER BY applied_at, name"
@@ -321,18 +320,23 @@ def _fingerprint(conn: psycopg.Connection[Any]) -> str:
     return str(_scalar(conn, _FINGERPRINT))
 
 
+def _apply(conn: psycopg.Connection[Any], sql_text: str, record: str, values: tuple[object, ...]) -> None:
+    """Runs sql_text and its bookkeeping row (values, then the resulting fingerprint) in one transaction."""
+    with conn.transaction():
+        conn.execute(sql_text.encode("utf-8"))
+        conn.execute(record, (*values, _fingerprint(conn)))
+
+
 def _apply_migration(conn: psycopg.Connection[Any], migration: Migration) -> None:
-    record = "INSERT INTO schema_migrations (version, name, checksum, fingerprint) VALUES (%s, %s, %s, %s)"
+    values = (migration.version, migration.name, migration.checksum)
     if migration.transactional:
-        with conn.transaction():
-            conn.execute(migration.sql.encode("utf-8"))
-            conn.execute(record, (migration.version, migration.name, migration.checksum, _fingerprint(conn)))
+        _apply(conn, migration.sql, _RECORD_MIGRATION, values)
         return
     # Autocommit, one statement at a time (several in one query string would form one implicit
     # transaction, which CREATE INDEX CONCURRENTLY refuses); recorded once all succeeded.
     for statement in split_statements(migration.sql):
         conn.execute(statement.encode("utf-8"))
-    conn.execute(record, (migration.version, migration.name, migration.checksum, _fingerprint(conn)))
+    conn.execute(_RECORD_MIGRATION, (*values, _fingerprint(conn)))
 
 
 def migrate(conninfo: str, *, migrations: Folder | None = None, sources: Folder | None = None) -> list[str]:
@@ -363,9 +367,7 @@ def migrate(conninfo: str, *, migrations: Folder | None = None, sources: Folder 
                     source.label,
                 )
             for source in pending_sources(source_files, history):
-                with conn.transaction():
-                    conn.execute(source.sql.encode("utf-8"))
-                    conn.execute(_RECORD_SOURCE, (source.name, source.checksum, _fingerprint(conn)))
+                _apply(conn, source.sql, _RECORD_SOURCE, (source.name, source.checksum))
                 applied_now.append(source.label)
                 log.info("applied current source %s", source.label)
         finally:
@@ -429,7 +431,7 @@ async def pending_count(conn: psycopg.AsyncConnection[Any]) -> int:
     migrations_present, sources_present = present if present else (False, False)
     applied: list[AppliedMigration] = []
     if migrations_present:
-        await cur.execute("SELECT version, name, checksum, fingerprint FROM schema_migrations ORDER BY version")
+        await cur.execute(_APPLIED_MIGRATIONS)
         applied = [AppliedMigration(*row) for row in await cur.fetchall()]
     history: list[AppliedSource] = []
     if sources_present:

@@ -96,23 +96,32 @@ async def _post(
     owner: uuid.UUID,
     action: str,
     *,
+    amount: int,
+    currency: str | None,
     params: dict[str, Any],
-    summary: dict[str, Any],
+    summary: dict[str, Any] | None = None,
     counterparty: uuid.UUID | None = None,
-    canonical: Message | None = None,
+    understood: dict[str, object] | None = None,
 ) -> R:
     """Runs one money-moving ledger function idempotently, audits it and answers its transaction.
 
-    Deposit, Charge, Refund and Transfer differ only in the function, its parameters and the
-    audit summary; the transaction comes back as the owner (the sender of a transfer) sees it.
-    A transfer's transaction acts for both of its users (it credits the counterparty's account).
+    Deposit, Charge, Refund and Transfer differ only in the function, its other parameters and
+    the rest of the audit summary. The amount, and the currency as resolved (None for a refund,
+    which takes its original's), go to the function and the summary; the request is matched on
+    replay with that currency and the other understood defaults filled in. The transaction comes
+    back as the owner (the sender of a transfer) sees it. A transfer's transaction acts for both
+    of its users (it credits the counterparty's account).
     """
-
+    money: dict[str, Any] = {"amount_micros": amount}
+    canonical = None
+    if currency is not None:
+        money["currency_code"] = currency
+        canonical = _understood(request, currency_code=currency, **(understood or {}))
     key = request_key(request, user_id=owner, canonical=canonical)
 
     async def work(conn: Conn) -> R:
-        row = await fetch_row(conn, query_name, {**params, **key.params()})
-        await _record(conn, action, "transaction", row["transaction_id"], owner, **summary)
+        row = await fetch_row(conn, query_name, {**params, **money, **key.params()})
+        await _record(conn, action, "transaction", row["transaction_id"], owner, **money, **(summary or {}))
         return response_type(transaction=await _transaction(conn, owner, row["transaction_id"]))
 
     async def remembered(conn: Conn) -> R:
@@ -165,20 +174,18 @@ async def deposit(deps: Deps, request: ledger_pb2.DepositRequest) -> ledger_pb2.
         "ledger_deposit",
         user_id,
         "Deposit",
+        amount=request.amount_micros,
+        currency=currency,
         params={
             "user_id": user_id,
-            "amount_micros": request.amount_micros,
-            "currency_code": currency,
             "source": source,
             "external_reference": request.external_reference,
             "description": request.description,
         },
-        summary={"amount_micros": request.amount_micros, "currency_code": currency, "source": source},
-        canonical=_understood(
-            request,
-            currency_code=currency,
-            source=ledger_pb2.DEPOSIT_SOURCE_PAYMENT if source == "payment" else ledger_pb2.DEPOSIT_SOURCE_PROMOTION,
-        ),
+        summary={"source": source},
+        understood={
+            "source": ledger_pb2.DEPOSIT_SOURCE_PAYMENT if source == "payment" else ledger_pb2.DEPOSIT_SOURCE_PROMOTION
+        },
     )
 
 
@@ -199,15 +206,9 @@ async def charge(deps: Deps, request: ledger_pb2.ChargeRequest) -> ledger_pb2.Ch
         "ledger_charge",
         user_id,
         "Charge",
-        params={
-            "user_id": user_id,
-            "amount_micros": request.amount_micros,
-            "currency_code": currency,
-            "description": request.description,
-            "reference": request.reference,
-        },
-        summary={"amount_micros": request.amount_micros, "currency_code": currency},
-        canonical=_understood(request, currency_code=currency),
+        amount=request.amount_micros,
+        currency=currency,
+        params={"user_id": user_id, "description": request.description, "reference": request.reference},
     )
 
 
@@ -227,13 +228,10 @@ async def refund(deps: Deps, request: ledger_pb2.RefundRequest) -> ledger_pb2.Re
         "ledger_refund",
         user_id,
         "Refund",
-        params={
-            "user_id": user_id,
-            "original_transaction_id": original_id,
-            "amount_micros": request.amount_micros,
-            "description": request.description,
-        },
-        summary={"amount_micros": request.amount_micros, "original_transaction_id": str(original_id)},
+        amount=request.amount_micros,
+        currency=None,
+        params={"user_id": user_id, "original_transaction_id": original_id, "description": request.description},
+        summary={"original_transaction_id": str(original_id)},
     )
 
 
@@ -260,17 +258,16 @@ async def transfer(deps: Deps, request: ledger_pb2.TransferRequest) -> ledger_pb
         "ledger_transfer",
         from_id,
         "Transfer",
+        amount=request.amount_micros,
+        currency=currency,
         params={
             "from_user_id": from_id,
             "to_user_id": to_id,
-            "amount_micros": request.amount_micros,
-            "currency_code": currency,
             "description": request.description,
             "reference": request.reference,
         },
-        summary={"amount_micros": request.amount_micros, "currency_code": currency, "to_user_id": str(to_id)},
+        summary={"to_user_id": str(to_id)},
         counterparty=to_id,
-        canonical=_understood(request, currency_code=currency),
     )
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from google.protobuf.message import Message
 
@@ -60,31 +61,50 @@ async def get_balance(deps: Deps, request: ledger_pb2.GetBalanceRequest) -> ledg
     return ledger_pb2.GetBalanceResponse(balance=balance)
 
 
-async def get_transaction(deps: Deps, request: ledger_pb2.GetTransactionRequest) -> ledger_pb2.GetTransactionResponse:
+class _ForUser(Protocol):
+    """A request that names one of a user's rows."""
+
+    @property
+    def user_id(self) -> str: ...
+
+
+async def _owned(deps: Deps, request: _ForUser, id_field: str, query_name: str, missing: Callable[[], NotFound]) -> Row:
+    """The user's row that request's id_field names, read by query_name; missing() if there is none.
+
+    Both ids are checked first (INVALID_ARGUMENT lists every bad one).
+    """
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
-    transaction_id = v.uuid("transaction_id", request.transaction_id)
+    row_id = v.uuid(id_field, getattr(request, id_field))
     v.raise_if_any()
     row = await deps.transaction(
-        lambda conn: fetch_one(conn, "ledger_get_transaction", {"user_id": user_id, "transaction_id": transaction_id}),
+        lambda conn: fetch_one(conn, query_name, {"user_id": user_id, id_field: row_id}),
         acting=acting_for(user_id),
     )
     if row is None:
-        raise NotFound("transaction not found", reason=ErrorReason.ERROR_REASON_TRANSACTION_NOT_FOUND)
+        raise missing()
+    return row
+
+
+async def get_transaction(deps: Deps, request: ledger_pb2.GetTransactionRequest) -> ledger_pb2.GetTransactionResponse:
+    row = await _owned(
+        deps,
+        request,
+        "transaction_id",
+        "ledger_get_transaction",
+        lambda: NotFound("transaction not found", reason=ErrorReason.ERROR_REASON_TRANSACTION_NOT_FOUND),
+    )
     return ledger_pb2.GetTransactionResponse(transaction=convert.transaction(row))
 
 
 async def get_hold(deps: Deps, request: ledger_pb2.GetHoldRequest) -> ledger_pb2.GetHoldResponse:
-    v = Violations()
-    user_id = v.uuid("user_id", request.user_id)
-    hold_id = v.uuid("hold_id", request.hold_id)
-    v.raise_if_any()
-    row = await deps.transaction(
-        lambda conn: fetch_one(conn, "ledger_get_hold", {"user_id": user_id, "hold_id": hold_id}),
-        acting=acting_for(user_id),
+    row = await _owned(
+        deps,
+        request,
+        "hold_id",
+        "ledger_get_hold",
+        lambda: NotFound("hold not found", reason=ErrorReason.ERROR_REASON_HOLD_NOT_FOUND),
     )
-    if row is None:
-        raise NotFound("hold not found", reason=ErrorReason.ERROR_REASON_HOLD_NOT_FOUND)
     return ledger_pb2.GetHoldResponse(hold=convert.hold(row, row["read_at"]))
 
 
@@ -155,6 +175,38 @@ async def list_transactions(
     )
 
 
+# The cached totals of an account row that VerifyLedger compares with the sums they cache:
+# (kind, cached column, summed column, detail).
+_CACHED_TOTALS = (
+    (
+        ledger_pb2.DISCREPANCY_KIND_BALANCE_MISMATCH,
+        "posted_micros",
+        "postings_total",
+        "cached posted balance differs from the sum of the account's postings",
+    ),
+    (
+        ledger_pb2.DISCREPANCY_KIND_HELD_MISMATCH,
+        "held_micros",
+        "holds_total",
+        "cached held amount differs from the sum of the account's active holds",
+    ),
+)
+
+
+def _discrepancy(
+    kind: ledger_pb2.DiscrepancyKind, row: Row, expected: int, actual: int, detail: str, **where: str
+) -> ledger_pb2.LedgerDiscrepancy:
+    """One VerifyLedger finding in row's currency; where names its transaction, hold or account."""
+    return ledger_pb2.LedgerDiscrepancy(
+        kind=kind,
+        currency_code=row["currency_code"],
+        expected_micros=expected,
+        actual_micros=actual,
+        detail=detail,
+        **where,
+    )
+
+
 async def verify_ledger(deps: Deps, request: ledger_pb2.VerifyLedgerRequest) -> ledger_pb2.VerifyLedgerResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id, required=False)
@@ -179,76 +231,56 @@ async def verify_ledger(deps: Deps, request: ledger_pb2.VerifyLedgerRequest) -> 
     unbalanced, accounts, holds, refunds, counts = await deps.transaction(
         work, snapshot=True, acting=ACTING_FOR_ALL_USERS
     )
-    found: list[ledger_pb2.LedgerDiscrepancy] = []
-    for row in unbalanced:
-        found.append(
-            ledger_pb2.LedgerDiscrepancy(
-                kind=ledger_pb2.DISCREPANCY_KIND_UNBALANCED_TRANSACTION,
-                transaction_id=str(row["transaction_id"]),
-                currency_code=row["currency_code"],
-                expected_micros=0,
-                actual_micros=row["total"],
-                detail="the postings of this transaction do not sum to zero (or it lacks its two legs)",
-            )
+    found = [
+        _discrepancy(
+            ledger_pb2.DISCREPANCY_KIND_UNBALANCED_TRANSACTION,
+            row,
+            0,
+            row["total"],
+            "the postings of this transaction do not sum to zero (or it lacks its two legs)",
+            transaction_id=str(row["transaction_id"]),
         )
+        for row in unbalanced
+    ]
     for row in accounts:
         account = f"users/{row['user_id']}"
-        if row["posted_micros"] != row["postings_total"]:
-            found.append(
-                ledger_pb2.LedgerDiscrepancy(
-                    kind=ledger_pb2.DISCREPANCY_KIND_BALANCE_MISMATCH,
-                    account=account,
-                    currency_code=row["currency_code"],
-                    expected_micros=row["postings_total"],
-                    actual_micros=row["posted_micros"],
-                    detail="cached posted balance differs from the sum of the account's postings",
-                )
-            )
-        if row["held_micros"] != row["holds_total"]:
-            found.append(
-                ledger_pb2.LedgerDiscrepancy(
-                    kind=ledger_pb2.DISCREPANCY_KIND_HELD_MISMATCH,
-                    account=account,
-                    currency_code=row["currency_code"],
-                    expected_micros=row["holds_total"],
-                    actual_micros=row["held_micros"],
-                    detail="cached held amount differs from the sum of the account's active holds",
-                )
-            )
+        for kind, cached, summed, detail in _CACHED_TOTALS:
+            if row[cached] != row[summed]:
+                found.append(_discrepancy(kind, row, row[summed], row[cached], detail, account=account))
         if row["posted_micros"] < row["held_micros"]:
             found.append(
-                ledger_pb2.LedgerDiscrepancy(
-                    kind=ledger_pb2.DISCREPANCY_KIND_NEGATIVE_AVAILABLE,
+                _discrepancy(
+                    ledger_pb2.DISCREPANCY_KIND_NEGATIVE_AVAILABLE,
+                    row,
+                    0,
+                    row["posted_micros"] - row["held_micros"],
+                    "available balance is negative",
                     account=account,
-                    currency_code=row["currency_code"],
-                    expected_micros=0,
-                    actual_micros=row["posted_micros"] - row["held_micros"],
-                    detail="available balance is negative",
                 )
             )
-    for row in holds:
-        found.append(
-            ledger_pb2.LedgerDiscrepancy(
-                kind=ledger_pb2.DISCREPANCY_KIND_HOLD_INCONSISTENT,
-                hold_id=str(row["hold_id"]),
-                account=f"users/{row['user_id']}",
-                currency_code=row["currency_code"],
-                expected_micros=row["captured_in_transaction"] or 0,
-                actual_micros=row["captured_micros"],
-                detail=f"hold in status {row['status']} disagrees with its capture transaction",
-            )
+    found += [
+        _discrepancy(
+            ledger_pb2.DISCREPANCY_KIND_HOLD_INCONSISTENT,
+            row,
+            row["captured_in_transaction"] or 0,
+            row["captured_micros"],
+            f"hold in status {row['status']} disagrees with its capture transaction",
+            hold_id=str(row["hold_id"]),
+            account=f"users/{row['user_id']}",
         )
-    for row in refunds:
-        found.append(
-            ledger_pb2.LedgerDiscrepancy(
-                kind=ledger_pb2.DISCREPANCY_KIND_REFUND_EXCEEDS_ORIGINAL,
-                transaction_id=str(row["transaction_id"]),
-                currency_code=row["currency_code"],
-                expected_micros=row["amount_micros"],
-                actual_micros=row["refunded"],
-                detail="refunds of this transaction exceed its amount",
-            )
+        for row in holds
+    ]
+    found += [
+        _discrepancy(
+            ledger_pb2.DISCREPANCY_KIND_REFUND_EXCEEDS_ORIGINAL,
+            row,
+            row["amount_micros"],
+            row["refunded"],
+            "refunds of this transaction exceed its amount",
+            transaction_id=str(row["transaction_id"]),
         )
+        for row in refunds
+    ]
     return ledger_pb2.VerifyLedgerResponse(
         discrepancies=found[:limit],
         truncated=len(found) > limit,

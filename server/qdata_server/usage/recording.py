@@ -72,22 +72,8 @@ class Call:
     called_at: datetime.datetime | None
 
     def params(self) -> dict[str, Any]:
-        return {
-            "user_id": self.user_id,
-            "model_id": self.model_id,
-            "session_id": self.session_id,
-            "input_tokens": self.input_tokens,
-            "cached_input_tokens": self.cached_input_tokens,
-            "output_tokens": self.output_tokens,
-            "reasoning_tokens": self.reasoning_tokens,
-            "latency_ns": self.latency_ns,
-            "ttft_ns": self.ttft_ns,
-            "outcome": self.outcome,
-            "error_code": self.error_code,
-            "used_own_provider_key": self.used_own_provider_key,
-            "hold_id": self.hold_id,
-            "called_at": self.called_at,
-        }
+        """The call as usage_record's parameters, named as the fields are."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
 
 
 def parse(request: usage_pb2.RecordUsageRequest, now: datetime.datetime) -> Call:

@@ -70,14 +70,7 @@ async def authenticate(deps: Deps, request: user_pb2.AuthenticateRequest) -> use
             conn, "finish_login", {"user_id": row["user_id"], "new_hash": new_hash, "old_hash": row["password_hash"]}
         )
         if done is not None and new_hash is not None:
-            await audit.record(
-                conn,
-                action="users.Authenticate",
-                target_type="user",
-                target_id=str(row["user_id"]),
-                user_id=row["user_id"],
-                summary={"password_rehashed": True},
-            )
+            await _audit(conn, "users.Authenticate", row["user_id"], {"password_rehashed": True})
         return done
 
     done = await deps.transaction(finish, acting=acting_for(row["user_id"]))
@@ -90,6 +83,13 @@ def _normalized_email_or_raw(login: str) -> str:
     v = Violations()
     normalized = rules.normalize_email(v, "login", login)
     return normalized or login
+
+
+async def _audit(conn: Conn, action: str, user_id: uuid.UUID, summary: dict[str, Any]) -> None:
+    """Records an event of the user's own account (the user is both target and owner)."""
+    await audit.record(
+        conn, action=action, target_type="user", target_id=str(user_id), user_id=user_id, summary=summary
+    )
 
 
 async def _reserve_check(
@@ -123,17 +123,10 @@ async def _audit_lock(deps: Deps, row: dict[str, Any]) -> None:
     if row["user_id"] is None or row["failed_count"] != deps.settings.lockout_threshold:
         return
 
-    async def work(conn: Conn) -> None:
-        await audit.record(
-            conn,
-            action="users.AccountLocked",
-            target_type="user",
-            target_id=str(row["user_id"]),
-            user_id=row["user_id"],
-            summary={"failed_login_count": row["failed_count"], "locked_until": row["locked_until"].isoformat()},
-        )
-
-    await deps.transaction(work, acting=acting_for(row["user_id"]))
+    summary = {"failed_login_count": row["failed_count"], "locked_until": row["locked_until"].isoformat()}
+    await deps.transaction(
+        lambda conn: _audit(conn, "users.AccountLocked", row["user_id"], summary), acting=acting_for(row["user_id"])
+    )
 
 
 async def change_password(deps: Deps, request: user_pb2.ChangePasswordRequest) -> user_pb2.ChangePasswordResponse:
@@ -179,14 +172,7 @@ async def change_password(deps: Deps, request: user_pb2.ChangePasswordRequest) -
                 "the password changed while this request was checked; retry",
                 reason=ErrorReason.ERROR_REASON_CONCURRENT_CHANGE,
             )
-        await audit.record(
-            conn,
-            action="users.ChangePassword",
-            target_type="user",
-            target_id=str(user_id),
-            user_id=user_id,
-            summary={"fields": ["password"]},
-        )
+        await _audit(conn, "users.ChangePassword", user_id, {"fields": ["password"]})
         return user_pb2.ChangePasswordResponse(user=convert.user(done))
 
     return await deps.idempotent(
