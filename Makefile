@@ -38,8 +38,8 @@ test: $(INSTALLED)
 ## tests/ and bench/ are not type-checked. Settings in pyproject.toml's [tool.mypy].
 lint: $(INSTALLED) $(NODE_INSTALLED)
 	cd protos && ../$(BUF) lint && ../$(BUF) format -d --exit-code
-	$(BIN)/ruff check server clients tests bench stubs
-	$(BIN)/ruff format --check server clients/python/qdata/client.py tests bench stubs
+	$(BIN)/ruff check server clients tests bench
+	$(BIN)/ruff format --check server clients/python/qdata/client.py tests bench
 	$(BIN)/mypy
 
 ## proto: regenerate the Python modules and .pyi stubs from protos/

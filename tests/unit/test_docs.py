@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 
+
 def markdown_files() -> list[Path]:
     """Every Markdown file of the repository (not those of installed tools or local state)."""
     return sorted(
