@@ -53,13 +53,9 @@ def _price_values(v: Violations, request: usage_pb2.UpsertModelRequest, now: dat
         v.add("price.model_id", "must be empty or equal to model.id")
     currency = money.currency(v, "price.currency_code", price.currency_code)
     values: dict[str, Any] = {"currency_code": currency, "effective_at": None}
-    for field, key in (
-        ("input_micros_per_million_tokens", "input"),
-        ("output_micros_per_million_tokens", "output"),
-        ("cached_input_micros_per_million_tokens", "cached_input"),
-        ("reasoning_micros_per_million_tokens", "reasoning"),
-    ):
-        values[key] = rules.bounded(v, f"price.{field}", getattr(price, field), rules.MAX_PRICE_MICROS, " micro-units")
+    for kind in convert.TOKEN_KINDS:
+        field = convert.price_field(kind)
+        values[kind] = rules.bounded(v, f"price.{field}", getattr(price, field), rules.MAX_PRICE_MICROS, " micro-units")
     if price.HasField("effective_time"):
         effective = rules.timestamp(v, "price.effective_time", price.effective_time)
         if effective is not None and effective < now:

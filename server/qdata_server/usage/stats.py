@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from qdata.v1 import usage_pb2
 from qdata.v1.error_reason_pb2 import ErrorReason
+from qdata_server.convert import timestamp
 from qdata_server.db.connection import Conn, Row
 from qdata_server.db.sql import fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
@@ -27,7 +28,6 @@ from qdata_server.ledger import rules as money
 from qdata_server.pagination import page_size
 from qdata_server.usage import convert, rules, windows
 from qdata_server.usage.catalog import model_not_found
-from qdata_server.users.convert import timestamp
 from qdata_server.validation import Violations
 
 if TYPE_CHECKING:

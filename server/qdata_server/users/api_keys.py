@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from qdata.v1 import user_pb2
 from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import audit
+from qdata_server.convert import same_named, timestamp
 from qdata_server.db.connection import Conn
 from qdata_server.db.sql import execute, fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for, name_acting
@@ -25,7 +26,6 @@ from qdata_server.errors import FailedPrecondition, NotFound
 from qdata_server.pagination import page_size
 from qdata_server.users import vault
 from qdata_server.users.accounts import load_live_user
-from qdata_server.users.convert import timestamp
 from qdata_server.validation import API_KEY_PROVIDER, Violations, has_control_characters, mask_paths
 
 if TYPE_CHECKING:
@@ -97,10 +97,7 @@ def to_proto(row: dict[str, Any]) -> user_pb2.ApiKey:
     return user_pb2.ApiKey(
         id=str(row["api_key_id"]),
         user_id=str(row["user_id"]),
-        provider=row["provider"],
-        label=row["label"],
-        hint=row["hint"],
-        key_version=row["key_version"],
+        **same_named(row, "provider label hint key_version"),
         create_time=timestamp(row["created_at"]),
         update_time=timestamp(row["updated_at"]),
         last_used_time=timestamp(row["last_used_at"]),
