@@ -26,7 +26,7 @@ from qdata_server.errors import FailedPrecondition, NotFound
 from qdata_server.pagination import page_size
 from qdata_server.users import vault
 from qdata_server.users.accounts import load_live_user
-from qdata_server.validation import API_KEY_PROVIDER, Violations, has_control_characters, mask_paths
+from qdata_server.validation import API_KEY_PROVIDER, Violations, has_control_characters, mask_paths, require_uuid
 
 if TYPE_CHECKING:
     from qdata_server.deps import Deps
@@ -55,6 +55,15 @@ def _ring(deps: Deps) -> vault.KeyRing:
             reason=ErrorReason.ERROR_REASON_VAULT_NOT_CONFIGURED,
         )
     return ring
+
+
+def _key_ids(user_value: str, api_key_value: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """The (user_id, api_key_id) pair a request about one stored key carries, or INVALID_ARGUMENT."""
+    v = Violations()
+    user_id, api_key_id = v.uuid("user_id", user_value), v.uuid("api_key_id", api_key_value)
+    v.raise_if_any()
+    assert user_id is not None and api_key_id is not None  # raise_if_any() passed
+    return user_id, api_key_id
 
 
 def _check_label(v: Violations, field: str, raw: str) -> str:
@@ -104,6 +113,13 @@ def to_proto(row: dict[str, Any]) -> user_pb2.ApiKey:
     )
 
 
+async def _audit(conn: Conn, action: str, user_id: uuid.UUID, api_key_id: uuid.UUID, summary: dict[str, Any]) -> None:
+    """Records an audit event about one of the user's API keys (never its secret)."""
+    await audit.record(
+        conn, action=action, target_type="api_key", target_id=str(api_key_id), user_id=user_id, summary=summary
+    )
+
+
 def _open(ring: vault.KeyRing, row: dict[str, Any]) -> str:
     """Decrypts a row's secret or raises FAILED_PRECONDITION (logged without the secret)."""
     ids = {"user_id": str(row["user_id"]), "api_key_id": str(row["api_key_id"]), "key_version": row["key_version"]}
@@ -145,13 +161,12 @@ async def create_api_key(deps: Deps, request: user_pb2.CreateApiKeyRequest) -> u
             "api_key_insert",
             {"user_id": user_id, "api_key_id": api_key_id, "provider": provider, "label": label, **columns},
         )
-        await audit.record(
+        await _audit(
             conn,
-            action="users.CreateApiKey",
-            target_type="api_key",
-            target_id=str(api_key_id),
-            user_id=user_id,
-            summary={"provider": provider, "key_version": sealed.key_version, "fields": ["label", "secret"]},
+            "users.CreateApiKey",
+            user_id,
+            api_key_id,
+            {"provider": provider, "key_version": sealed.key_version, "fields": ["label", "secret"]},
         )
         return user_pb2.CreateApiKeyResponse(api_key=to_proto(row))
 
@@ -161,10 +176,7 @@ async def create_api_key(deps: Deps, request: user_pb2.CreateApiKeyRequest) -> u
 
 
 async def list_api_keys(deps: Deps, request: user_pb2.ListApiKeysRequest) -> user_pb2.ListApiKeysResponse:
-    v = Violations()
-    user_id = v.uuid("user_id", request.user_id)
-    v.raise_if_any()
-    assert user_id is not None  # raise_if_any() passed
+    user_id = require_uuid("user_id", request.user_id)
     limit = page_size(request.page_size)
     tokens = await deps.page_tokens()
     filters = {"user_id": str(user_id)}
@@ -191,10 +203,7 @@ async def list_api_keys(deps: Deps, request: user_pb2.ListApiKeysRequest) -> use
 
 
 async def reveal_api_key(deps: Deps, request: user_pb2.RevealApiKeyRequest) -> user_pb2.RevealApiKeyResponse:
-    v = Violations()
-    user_id = v.uuid("user_id", request.user_id)
-    api_key_id = v.uuid("api_key_id", request.api_key_id)
-    v.raise_if_any()
+    user_id, api_key_id = _key_ids(request.user_id, request.api_key_id)
     ring = _ring(deps)
 
     async def work(conn: Conn) -> user_pb2.RevealApiKeyResponse:
@@ -203,13 +212,12 @@ async def reveal_api_key(deps: Deps, request: user_pb2.RevealApiKeyRequest) -> u
             raise api_key_not_found()
         secret = _open(ring, row)
         # A read, but an audited one: every reveal leaves a record in the same transaction.
-        await audit.record(
+        await _audit(
             conn,
-            action="users.RevealApiKey",
-            target_type="api_key",
-            target_id=str(api_key_id),
-            user_id=user_id,
-            summary={"provider": row["provider"], "key_version": row["key_version"]},
+            "users.RevealApiKey",
+            user_id,
+            api_key_id,
+            {"provider": row["provider"], "key_version": row["key_version"]},
         )
         return user_pb2.RevealApiKeyResponse(api_key=to_proto(row), secret=secret)
 
@@ -245,14 +253,7 @@ async def update_api_key(deps: Deps, request: user_pb2.UpdateApiKeyRequest) -> u
         summary: dict[str, Any] = {"fields": sorted(paths), "provider": row["provider"]}
         if "secret" in paths:
             summary["key_version"] = row["key_version"]
-        await audit.record(
-            conn,
-            action="users.UpdateApiKey",
-            target_type="api_key",
-            target_id=str(api_key_id),
-            user_id=user_id,
-            summary=summary,
-        )
+        await _audit(conn, "users.UpdateApiKey", user_id, api_key_id, summary)
         return user_pb2.UpdateApiKeyResponse(api_key=to_proto(row))
 
     return await deps.idempotent(
@@ -261,23 +262,13 @@ async def update_api_key(deps: Deps, request: user_pb2.UpdateApiKeyRequest) -> u
 
 
 async def delete_api_key(deps: Deps, request: user_pb2.DeleteApiKeyRequest) -> user_pb2.DeleteApiKeyResponse:
-    v = Violations()
-    user_id = v.uuid("user_id", request.user_id)
-    api_key_id = v.uuid("api_key_id", request.api_key_id)
-    v.raise_if_any()
+    user_id, api_key_id = _key_ids(request.user_id, request.api_key_id)
 
     async def work(conn: Conn) -> user_pb2.DeleteApiKeyResponse:
         row = await fetch_one(conn, "api_key_delete", {"user_id": user_id, "api_key_id": api_key_id})
         if row is None:
             raise api_key_not_found()
-        await audit.record(
-            conn,
-            action="users.DeleteApiKey",
-            target_type="api_key",
-            target_id=str(api_key_id),
-            user_id=user_id,
-            summary={"provider": row["provider"]},
-        )
+        await _audit(conn, "users.DeleteApiKey", user_id, api_key_id, {"provider": row["provider"]})
         return user_pb2.DeleteApiKeyResponse()
 
     return await deps.idempotent(request, user_pb2.DeleteApiKeyResponse, work, user_id=user_id)
