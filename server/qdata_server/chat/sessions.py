@@ -21,7 +21,7 @@ from qdata_server.db.connection import Conn
 from qdata_server.db.sql import fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import acting_for
 from qdata_server.errors import NotFound, invalid
-from qdata_server.pagination import page_size
+from qdata_server.pagination import keyset, page_size
 from qdata_server.users.accounts import load_live_user, user_not_found
 from qdata_server.validation import Violations, mask_paths
 
@@ -142,9 +142,7 @@ async def list_sessions(deps: Deps, request: chat_pb2.ListSessionsRequest) -> ch
                 "tags": tags,
                 "pinned": pinned,
                 "archived": archived,
-                "after_activity": cursor[0] if cursor else None,
-                "after_session_id": cursor[1] if cursor else None,
-                "limit": limit + 1,
+                **keyset(cursor, "after_activity after_session_id", limit),
             },
         )
 

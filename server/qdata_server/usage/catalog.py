@@ -18,7 +18,7 @@ from qdata_server.db.sql import fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_NO_USER
 from qdata_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from qdata_server.ledger import rules as money
-from qdata_server.pagination import page_size
+from qdata_server.pagination import keyset, page_size
 from qdata_server.usage import convert, rules
 from qdata_server.validation import Violations
 
@@ -155,9 +155,7 @@ async def list_models(deps: Deps, request: usage_pb2.ListModelsRequest) -> usage
     tokens = await deps.page_tokens()
     cursor = tokens.open(request.page_token, "ListModels", filters)
     rows = await deps.transaction(
-        lambda conn: fetch_all(
-            conn, "usage_list_models", {**filters, "after_model_id": cursor[0] if cursor else None, "limit": limit + 1}
-        ),
+        lambda conn: fetch_all(conn, "usage_list_models", {**filters, **keyset(cursor, "after_model_id", limit)}),
         acting=ACTING_FOR_NO_USER,
     )
     rows, next_token = tokens.page(rows, limit, "ListModels", filters, lambda last: [last["model_id"]])
@@ -181,7 +179,7 @@ async def list_model_prices(deps: Deps, request: usage_pb2.ListModelPricesReques
         return await fetch_all(
             conn,
             "usage_list_model_prices",
-            {"model_id": model_id, "before_effective_at": cursor[0] if cursor else None, "limit": limit + 1},
+            {"model_id": model_id, **keyset(cursor, "before_effective_at", limit)},
         )
 
     rows = await deps.transaction(work, acting=ACTING_FOR_NO_USER)

@@ -16,7 +16,7 @@ from qdata_server.db.connection import Conn
 from qdata_server.db.sql import fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS
 from qdata_server.errors import NotFound
-from qdata_server.pagination import page_size
+from qdata_server.pagination import keyset, page_size
 from qdata_server.usage import convert, rules
 from qdata_server.usage.catalog import model_not_found
 from qdata_server.validation import Violations
@@ -85,9 +85,7 @@ async def list_model_ratings(
                 "model_id": model_id,
                 "stars": request.stars or None,
                 "user_id": user_id,
-                "after_updated_at": cursor[0] if cursor else None,
-                "after_user_id": cursor[1] if cursor else None,
-                "limit": limit + 1,
+                **keyset(cursor, "after_updated_at after_user_id", limit),
             },
         )
 

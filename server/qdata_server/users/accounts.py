@@ -18,7 +18,7 @@ from qdata_server.db.connection import Conn
 from qdata_server.db.sql import execute, fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
 from qdata_server.errors import InvalidArgument, NotFound
-from qdata_server.pagination import page_size
+from qdata_server.pagination import keyset, page_size
 from qdata_server.users import convert, passwords, rules
 from qdata_server.validation import Violations, mask_paths, require_uuid
 
@@ -124,9 +124,7 @@ async def list_users(deps: Deps, request: user_pb2.ListUsersRequest) -> user_pb2
             "list_users",
             {
                 "status": status,
-                "after_created_at": cursor[0] if cursor else None,
-                "after_user_id": cursor[1] if cursor else None,
-                "limit": limit + 1,
+                **keyset(cursor, "after_created_at after_user_id", limit),
             },
         )
 

@@ -8,6 +8,7 @@ summaries, log lines, error messages or idempotency fingerprints (secret_fields=
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import unicodedata
 import uuid
@@ -23,7 +24,7 @@ from qdata_server.db.sql import execute, fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for, name_acting
 from qdata_server.deps import Deps
 from qdata_server.errors import FailedPrecondition, NotFound
-from qdata_server.pagination import page_size
+from qdata_server.pagination import keyset, page_size
 from qdata_server.users import vault
 from qdata_server.users.accounts import load_live_user
 from qdata_server.validation import API_KEY_PROVIDER, Violations, has_control_characters, mask_paths, require_uuid
@@ -80,24 +81,18 @@ def _check_secret(v: Violations, field: str, secret: str) -> None:
         v.add(field, "must not contain control characters")
 
 
+# The columns a sealed secret is stored in: the hint and one per field of vault.Sealed.
+_SEALED_FIELDS = tuple(f.name for f in dataclasses.fields(vault.Sealed))
+
+
 def _sealed_columns(sealed: vault.Sealed, secret: str) -> dict[str, Any]:
-    return {
-        "hint": secret[-HINT_LENGTH:],
-        "key_version": sealed.key_version,
-        "wrapped_key": sealed.wrapped_key,
-        "key_nonce": sealed.key_nonce,
-        "ciphertext": sealed.ciphertext,
-        "nonce": sealed.nonce,
-    }
+    return {"hint": secret[-HINT_LENGTH:], **{name: getattr(sealed, name) for name in _SEALED_FIELDS}}
 
 
 def _sealed(row: dict[str, Any]) -> vault.Sealed:
+    # The byte columns come back as memoryview or bytes; Sealed holds bytes.
     return vault.Sealed(
-        key_version=row["key_version"],
-        wrapped_key=bytes(row["wrapped_key"]),
-        key_nonce=bytes(row["key_nonce"]),
-        ciphertext=bytes(row["ciphertext"]),
-        nonce=bytes(row["nonce"]),
+        key_version=row["key_version"], **{name: bytes(row[name]) for name in _SEALED_FIELDS if name != "key_version"}
     )
 
 
@@ -189,9 +184,7 @@ async def list_api_keys(deps: Deps, request: user_pb2.ListApiKeysRequest) -> use
             "api_key_list",
             {
                 "user_id": user_id,
-                "after_created_at": cursor[0] if cursor else None,
-                "after_api_key_id": cursor[1] if cursor else None,
-                "limit": limit + 1,
+                **keyset(cursor, "after_created_at after_api_key_id", limit),
             },
         )
 
@@ -240,7 +233,7 @@ async def update_api_key(deps: Deps, request: user_pb2.UpdateApiKeyRequest) -> u
         "set_label": "label" in paths,
         "set_secret": "secret" in paths,
         "label": label,
-        **dict.fromkeys(("hint", "key_version", "wrapped_key", "key_nonce", "ciphertext", "nonce")),
+        **dict.fromkeys(("hint", *_SEALED_FIELDS)),
     }
     if "secret" in paths:
         # A fresh data key under the primary KEK; the old ciphertext is overwritten.
