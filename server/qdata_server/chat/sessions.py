@@ -134,17 +134,9 @@ async def list_sessions(deps: Deps, request: chat_pb2.ListSessionsRequest) -> ch
 
     async def work(conn: Conn) -> list[dict[str, Any]]:
         await load_live_user(conn, user_id)
-        return await fetch_all(
-            conn,
-            "list_chat_sessions",
-            {
-                "user_id": user_id,
-                "tags": tags,
-                "pinned": pinned,
-                "archived": archived,
-                **keyset(cursor, "after_activity after_session_id", limit),
-            },
-        )
+        # The filters the page token is bound to, the user's id as a UUID.
+        params = {**filters, "user_id": user_id, **keyset(cursor, "after_activity after_session_id", limit)}
+        return await fetch_all(conn, "list_chat_sessions", params)
 
     rows = await deps.transaction(work, acting=acting_for(user_id))
     rows, next_token = tokens.page(

@@ -20,7 +20,7 @@ from qdata_server.errors import FailedPrecondition, FieldViolation, InvalidArgum
 from qdata_server.ledger import rules as money
 from qdata_server.pagination import keyset, page_size
 from qdata_server.usage import convert, rules
-from qdata_server.validation import Violations
+from qdata_server.validation import Violations, mask_flags
 
 if TYPE_CHECKING:
     from qdata_server.deps import Deps
@@ -102,7 +102,7 @@ async def upsert_model(deps: Deps, request: usage_pb2.UpsertModelRequest) -> usa
             if row is None:  # created concurrently: change it like any existing model
                 row = await fetch_row(conn, "usage_lock_model", {"model_id": model_id})
         if not created and paths:
-            await fetch_one(conn, "usage_update_model", {**fields, **{f"set_{p}": p in paths for p in _CATALOG_PATHS}})
+            await fetch_one(conn, "usage_update_model", {**fields, **mask_flags(paths, _CATALOG_PATHS)})
         added = None
         if price is not None:
             if row["currency_code"] is not None and row["currency_code"] != price["currency_code"]:

@@ -78,16 +78,9 @@ async def list_model_ratings(
     async def work(conn: Conn) -> list[dict[str, Any]]:
         if await fetch_one(conn, "usage_model_exists", {"model_id": model_id}) is None:
             raise model_not_found()
-        return await fetch_all(
-            conn,
-            "usage_list_model_ratings",
-            {
-                "model_id": model_id,
-                "stars": request.stars or None,
-                "user_id": user_id,
-                **keyset(cursor, "after_updated_at after_user_id", limit),
-            },
-        )
+        # The filters the page token is bound to, the user's id as a UUID.
+        params = {**filters, "user_id": user_id, **keyset(cursor, "after_updated_at after_user_id", limit)}
+        return await fetch_all(conn, "usage_list_model_ratings", params)
 
     # A model's ratings come from every user: a cross-user path.
     rows = await deps.transaction(work, acting=ACTING_FOR_ALL_USERS)

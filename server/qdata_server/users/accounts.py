@@ -20,7 +20,7 @@ from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
 from qdata_server.errors import InvalidArgument, NotFound
 from qdata_server.pagination import keyset, page_size
 from qdata_server.users import convert, passwords, rules
-from qdata_server.validation import Violations, mask_paths, require_uuid
+from qdata_server.validation import Violations, mask_flags, mask_paths, require_uuid
 
 if TYPE_CHECKING:
     from qdata_server.deps import Deps
@@ -120,12 +120,7 @@ async def list_users(deps: Deps, request: user_pb2.ListUsersRequest) -> user_pb2
 
     async def work(conn: Conn) -> list[dict[str, Any]]:
         return await fetch_all(
-            conn,
-            "list_users",
-            {
-                "status": status,
-                **keyset(cursor, "after_created_at after_user_id", limit),
-            },
+            conn, "list_users", {**filters, **keyset(cursor, "after_created_at after_user_id", limit)}
         )
 
     rows = await deps.transaction(work, acting=ACTING_FOR_ALL_USERS)  # lists every user
@@ -145,7 +140,7 @@ async def update_user(deps: Deps, request: user_pb2.UpdateUserRequest) -> user_p
     paths = mask_paths("update_mask", list(request.update_mask.paths), _UPDATABLE_USER_PATHS)
     v = Violations()
     user_id = v.uuid("user.id", request.user.id)
-    values: dict[str, Any] = {f"set_{p}": p in paths for p in _UPDATABLE_USER_PATHS}
+    values: dict[str, Any] = mask_flags(paths, _UPDATABLE_USER_PATHS)
     values.update(display_name=None, email=None, username=None, status=None, user_id=user_id)
     if "display_name" in paths:
         values["display_name"] = rules.check_display_name(v, "user.display_name", request.user.display_name)

@@ -27,7 +27,14 @@ from qdata_server.errors import FailedPrecondition, NotFound
 from qdata_server.pagination import keyset, page_size
 from qdata_server.users import vault
 from qdata_server.users.accounts import load_live_user
-from qdata_server.validation import API_KEY_PROVIDER, Violations, has_control_characters, mask_paths, require_uuid
+from qdata_server.validation import (
+    API_KEY_PROVIDER,
+    Violations,
+    has_control_characters,
+    mask_flags,
+    mask_paths,
+    require_uuid,
+)
 
 if TYPE_CHECKING:
     from qdata_server.deps import Deps
@@ -179,14 +186,8 @@ async def list_api_keys(deps: Deps, request: user_pb2.ListApiKeysRequest) -> use
 
     async def work(conn: Conn) -> list[dict[str, Any]]:
         await load_live_user(conn, user_id)
-        return await fetch_all(
-            conn,
-            "api_key_list",
-            {
-                "user_id": user_id,
-                **keyset(cursor, "after_created_at after_api_key_id", limit),
-            },
-        )
+        params = {"user_id": user_id, **keyset(cursor, "after_created_at after_api_key_id", limit)}
+        return await fetch_all(conn, "api_key_list", params)
 
     rows = await deps.transaction(work, acting=acting_for(user_id))
     rows, next_token = tokens.page(
@@ -230,8 +231,7 @@ async def update_api_key(deps: Deps, request: user_pb2.UpdateApiKeyRequest) -> u
     values: dict[str, Any] = {
         "user_id": user_id,
         "api_key_id": api_key_id,
-        "set_label": "label" in paths,
-        "set_secret": "secret" in paths,
+        **mask_flags(paths, _UPDATABLE_PATHS),
         "label": label,
         **dict.fromkeys(("hint", *_SEALED_FIELDS)),
     }
