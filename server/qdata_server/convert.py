@@ -9,7 +9,7 @@ column, an id as text, a time, an enum) and take the rest with `same_named`.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, overload
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -48,10 +48,10 @@ def optional_id(value: Any) -> str:
     return str(value) if value is not None else ""
 
 
-def same_named(row: Mapping[str, Any], names: str) -> dict[str, Any]:
-    """The row's values of the space-separated column names, keyed by name.
+def same_named(row: Mapping[str, Any], names: str | Iterable[str]) -> dict[str, Any]:
+    """The row's values of the named columns (a space-separated string or an iterable), keyed by name.
 
     For the fields a message takes from the column of the same name as they are:
     `user_pb2.ApiKey(id=..., **same_named(row, "provider label hint key_version"))`.
     """
-    return {name: row[name] for name in names.split()}
+    return {name: row[name] for name in (names.split() if isinstance(names, str) else names)}

@@ -20,6 +20,9 @@ BUCKET_BASE_NANOS = 1000
 # have a <kind>_tokens column each, model_prices a <kind>_micros_per_million column (the
 # ModelPrice field <kind>_micros_per_million_tokens).
 TOKEN_KINDS = ("input", "output", "cached_input", "reasoning")
+TOKEN_COLUMNS = tuple(f"{kind}_tokens" for kind in TOKEN_KINDS)
+# What a usage aggregate sums: UsageTotals has a field of the same name for each.
+TOTAL_COLUMNS = ("request_count", "error_count", *TOKEN_COLUMNS, "cost_micros", "billed_micros")
 
 
 def price_field(kind: str) -> str:
@@ -81,7 +84,7 @@ def usage_record(row: dict[str, Any]) -> usage_pb2.UsageRecord:
         id=str(row["usage_record_id"]),
         user_id=str(row["user_id"]),
         session_id=optional_id(row["session_id"]),
-        **_token_counts(row),
+        **same_named(row, TOKEN_COLUMNS),
         **same_named(row, "request_id model_id error_code used_own_provider_key cost_micros currency_code billed"),
         latency=duration(row["latency_ns"]),
         time_to_first_token=duration(row["time_to_first_token_ns"]),
@@ -95,18 +98,13 @@ def usage_record(row: dict[str, Any]) -> usage_pb2.UsageRecord:
     )
 
 
-def _token_counts(row: dict[str, Any]) -> dict[str, Any]:
-    """The <kind>_tokens fields, as the row's columns of the same names hold them."""
-    return {f"{kind}_tokens": row[f"{kind}_tokens"] for kind in TOKEN_KINDS}
+def total_tokens(row: dict[str, Any]) -> int:
+    """The sum of the row's token counts of every kind."""
+    return sum(row[column] for column in TOKEN_COLUMNS)
 
 
 def totals(row: dict[str, Any]) -> usage_pb2.UsageTotals:
-    counts = _token_counts(row)
-    return usage_pb2.UsageTotals(
-        **counts,
-        total_tokens=sum(counts.values()),
-        **same_named(row, "request_count error_count cost_micros billed_micros"),
-    )
+    return usage_pb2.UsageTotals(**same_named(row, TOTAL_COLUMNS), total_tokens=total_tokens(row))
 
 
 def rating(row: dict[str, Any]) -> usage_pb2.ModelRating:

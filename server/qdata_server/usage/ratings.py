@@ -10,15 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from qdata.v1 import usage_pb2
-from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import audit
 from qdata_server.db.connection import Conn
 from qdata_server.db.sql import fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS
-from qdata_server.errors import NotFound
 from qdata_server.pagination import keyset, page_size
 from qdata_server.usage import convert, rules
 from qdata_server.usage.catalog import model_not_found
+from qdata_server.users.accounts import user_not_found
 from qdata_server.validation import Violations
 
 if TYPE_CHECKING:
@@ -37,7 +36,7 @@ async def rate_model(deps: Deps, request: usage_pb2.RateModelRequest) -> usage_p
     async def work(conn: Conn) -> usage_pb2.RateModelResponse:
         user = await fetch_one(conn, "usage_user_state", {"user_id": user_id})
         if user is None or user["status"] == "deleted":
-            raise NotFound("user not found", reason=ErrorReason.ERROR_REASON_USER_NOT_FOUND)
+            raise user_not_found()
         if await fetch_one(conn, "usage_model_exists", {"model_id": model_id}) is None:
             raise model_not_found()
         await fetch_one(conn, "usage_lock_rating_totals", {"model_id": model_id})
