@@ -88,7 +88,7 @@ def _check_secret(v: Violations, field: str, secret: str) -> None:
         v.add(field, "must not contain control characters")
 
 
-# The columns a sealed secret is stored in: the hint and one per field of vault.Sealed.
+# The columns a sealed secret is stored in, one per field of vault.Sealed (the hint sits beside them).
 _SEALED_FIELDS = tuple(f.name for f in dataclasses.fields(vault.Sealed))
 
 
