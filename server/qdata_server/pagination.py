@@ -92,3 +92,11 @@ async def read_key(conn: Conn) -> bytes:
     if row is None:
         raise Unavailable("the schema is not migrated", reason=ErrorReason.ERROR_REASON_SCHEMA_NOT_READY)
     return bytes(row["secret"])
+
+
+def keyset(cursor: list[Any] | None, names: str, limit: int) -> dict[str, Any]:
+    """The parameters of a keyset page's query: each of the space-separated bound names from its
+    place in the cursor (None on the first page), and "limit" as limit + 1 (the extra row tells
+    PageTokens.page that more follow)."""
+    bounds = {name: cursor[i] if cursor else None for i, name in enumerate(names.split())}
+    return {**bounds, "limit": limit + 1}

@@ -20,6 +20,7 @@ import dataclasses
 import datetime
 import re
 import uuid
+from collections.abc import Collection, Iterable
 
 from google.protobuf import timestamp_pb2
 
@@ -170,3 +171,8 @@ def mask_paths(field: str, paths: list[str], allowed: set[str], *, prefixes: tup
         v.add(field, "names a path twice")
     v.raise_if_any()
     return paths
+
+
+def mask_flags(paths: Collection[str], allowed: Iterable[str]) -> dict[str, bool]:
+    """The set_<path> parameters of an update query: which of the allowed columns the mask changes."""
+    return {f"set_{p}": p in paths for p in allowed}

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
-
-from google.protobuf import timestamp_pb2
 
 from qdata.v1 import chat_pb2
 from qdata_server.chat.rules import ROLE_FROM_DB
 
-
-def timestamp(value: datetime.datetime) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+# timestamp is re-exported: chat/search.py calls convert.timestamp.
+from qdata_server.convert import same_named
+from qdata_server.convert import timestamp as timestamp
 
 
 def session(row: dict[str, Any]) -> chat_pb2.Session:
@@ -22,17 +17,12 @@ def session(row: dict[str, Any]) -> chat_pb2.Session:
     return chat_pb2.Session(
         id=str(row["session_id"]),
         user_id=str(row["user_id"]),
-        model_id=row["model_id"],
-        title=row["title"],
-        metadata=row["metadata"],
-        tags=row["tags"],
-        pinned=row["pinned"],
-        archived=row["archived"],
         current_leaf_sequence_number=row["current_leaf"],
-        message_count=row["message_count"],
-        last_sequence_number=row["last_sequence_number"],
-        total_input_tokens=row["total_input_tokens"],
-        total_output_tokens=row["total_output_tokens"],
+        **same_named(
+            row,
+            "model_id title metadata tags pinned archived message_count last_sequence_number"
+            " total_input_tokens total_output_tokens",
+        ),
         last_activity_time=timestamp(row["last_activity_at"]),
         create_time=timestamp(row["created_at"]),
         update_time=timestamp(row["updated_at"]),
@@ -43,17 +33,13 @@ def message(row: dict[str, Any]) -> chat_pb2.Message:
     """A Message from a live chat_messages row."""
     return chat_pb2.Message(
         session_id=str(row["session_id"]),
-        sequence_number=row["sequence_number"],
-        parent_sequence_number=row["parent_sequence_number"],
         role=ROLE_FROM_DB[row["role"]],
-        content=row["content"],
-        model_id=row["model_id"],
-        input_tokens=row["input_tokens"],
-        output_tokens=row["output_tokens"],
+        **same_named(
+            row, "sequence_number parent_sequence_number content model_id input_tokens output_tokens tool_call_id"
+        ),
         tool_calls=[
             chat_pb2.ToolCall(id=c["id"], name=c["name"], arguments_json=c["arguments_json"]) for c in row["tool_calls"]
         ],
-        tool_call_id=row["tool_call_id"],
         create_time=timestamp(row["created_at"]),
     )
 

@@ -22,7 +22,7 @@ from qdata.v1 import chat_pb2
 from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import audit
 from qdata_server.chat import convert, rules, tree
-from qdata_server.chat.sessions import load_session, message_not_found, session_ids
+from qdata_server.chat.sessions import audit_session, load_session, message_not_found, require_session_ids, session_ids
 from qdata_server.db.connection import Conn
 from qdata_server.db.sql import fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import acting_for
@@ -110,18 +110,12 @@ async def append_messages(deps: Deps, request: chat_pb2.AppendMessagesRequest) -
                 "output_tokens": sum(columns["output_tokens"]),
             },
         )
-        await audit.record(
-            conn,
-            action="chat.AppendMessages",
-            target_type="chat_session",
-            target_id=str(session_id),
-            user_id=user_id,
-            summary={
-                "first_sequence_number": first,
-                "last_sequence_number": updated["last_sequence_number"],
-                "parent_sequence_number": first_parent,
-            },
-        )
+        summary = {
+            "first_sequence_number": first,
+            "last_sequence_number": updated["last_sequence_number"],
+            "parent_sequence_number": first_parent,
+        }
+        await audit_session(conn, "chat.AppendMessages", user_id, session_id, summary)
         rows.sort(key=lambda r: r["sequence_number"])
         return chat_pb2.AppendMessagesResponse(
             messages=[convert.message(r) for r in rows], session=convert.session(updated)
@@ -220,12 +214,20 @@ async def _branch_ascending(
         levels = min(2 * levels, _MAX_WINDOW_GROWTH * wanted)
 
 
-async def get_message(deps: Deps, request: chat_pb2.GetMessageRequest) -> chat_pb2.GetMessageResponse:
+def _message_key(
+    request: chat_pb2.GetMessageRequest | chat_pb2.DeleteMessageRequest,
+) -> tuple[uuid.UUID, uuid.UUID, int]:
+    """The (user_id, session_id, sequence_number) that names one message, or INVALID_ARGUMENT."""
     v = Violations()
     user_id, session_id = session_ids(v, "user_id", request.user_id, "session_id", request.session_id)
     sequence_number = rules.check_sequence_number(v, "sequence_number", request.sequence_number)
     v.raise_if_any()
     assert user_id is not None and session_id is not None  # raise_if_any() passed
+    return user_id, session_id, sequence_number
+
+
+async def get_message(deps: Deps, request: chat_pb2.GetMessageRequest) -> chat_pb2.GetMessageResponse:
+    user_id, session_id, sequence_number = _message_key(request)
 
     async def work(conn: Conn) -> dict[str, Any]:
         await load_session(conn, user_id, session_id)
@@ -241,11 +243,7 @@ async def get_message(deps: Deps, request: chat_pb2.GetMessageRequest) -> chat_p
 
 
 async def delete_message(deps: Deps, request: chat_pb2.DeleteMessageRequest) -> chat_pb2.DeleteMessageResponse:
-    v = Violations()
-    user_id, session_id = session_ids(v, "user_id", request.user_id, "session_id", request.session_id)
-    sequence_number = rules.check_sequence_number(v, "sequence_number", request.sequence_number)
-    v.raise_if_any()
-    assert user_id is not None and session_id is not None  # raise_if_any() passed
+    user_id, session_id, sequence_number = _message_key(request)
     keys = {"user_id": user_id, "session_id": session_id}
 
     async def work(conn: Conn) -> chat_pb2.DeleteMessageResponse:
@@ -292,10 +290,7 @@ async def export_session(
     export starts (messages appended later are left out); if the session is deleted meanwhile, the
     stream ends with SESSION_NOT_FOUND instead of looking complete.
     """
-    v = Violations()
-    user_id, session_id = session_ids(v, "user_id", request.user_id, "session_id", request.session_id)
-    v.raise_if_any()
-    assert user_id is not None and session_id is not None  # raise_if_any() passed
+    user_id, session_id = require_session_ids(request.user_id, request.session_id)
     keys: dict[str, uuid.UUID | None] = {"user_id": user_id, "session_id": session_id}
     budget = response_budget(deps.settings)
 

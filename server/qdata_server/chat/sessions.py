@@ -21,7 +21,7 @@ from qdata_server.db.connection import Conn
 from qdata_server.db.sql import fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import acting_for
 from qdata_server.errors import NotFound, invalid
-from qdata_server.pagination import page_size
+from qdata_server.pagination import keyset, page_size
 from qdata_server.users.accounts import load_live_user, user_not_found
 from qdata_server.validation import Violations, mask_paths
 
@@ -63,6 +63,24 @@ def session_ids(
     return v.uuid(user_field, user_value), v.uuid(session_field, session_value)
 
 
+def require_session_ids(user_value: str, session_value: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """The (user_id, session_id) pair of a request that carries nothing else to check."""
+    v = Violations()
+    user_id, session_id = session_ids(v, "user_id", user_value, "session_id", session_value)
+    v.raise_if_any()
+    assert user_id is not None and session_id is not None  # raise_if_any() passed
+    return user_id, session_id
+
+
+async def audit_session(
+    conn: Conn, action: str, user_id: uuid.UUID, session_id: uuid.UUID, summary: dict[str, Any] | None = None
+) -> None:
+    """Records an audit event about one of the user's chat sessions."""
+    await audit.record(
+        conn, action=action, target_type="chat_session", target_id=str(session_id), user_id=user_id, summary=summary
+    )
+
+
 async def create_session(deps: Deps, request: chat_pb2.CreateSessionRequest) -> chat_pb2.CreateSessionResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)
@@ -75,30 +93,22 @@ async def create_session(deps: Deps, request: chat_pb2.CreateSessionRequest) -> 
         "pinned": request.pinned,
     }
     v.raise_if_any()
+    assert user_id is not None  # raise_if_any() passed
 
     async def work(conn: Conn) -> chat_pb2.CreateSessionResponse:
         # Share-locks the user: a DeleteUser running now either sees this session or makes it fail.
         if await fetch_one(conn, "share_live_chat_user", {"user_id": user_id}) is None:
             raise user_not_found()
         row = await fetch_row(conn, "insert_chat_session", values)
-        await audit.record(
-            conn,
-            action="chat.CreateSession",
-            target_type="chat_session",
-            target_id=str(row["session_id"]),
-            user_id=user_id,
-            summary={"tags": len(values["tags"]), "metadata_entries": len(request.metadata)},
-        )
+        summary = {"tags": len(values["tags"]), "metadata_entries": len(request.metadata)}
+        await audit_session(conn, "chat.CreateSession", user_id, row["session_id"], summary)
         return chat_pb2.CreateSessionResponse(session=convert.session(row))
 
     return await deps.idempotent(request, chat_pb2.CreateSessionResponse, work, user_id=user_id)
 
 
 async def get_session(deps: Deps, request: chat_pb2.GetSessionRequest) -> chat_pb2.GetSessionResponse:
-    v = Violations()
-    user_id, session_id = session_ids(v, "user_id", request.user_id, "session_id", request.session_id)
-    v.raise_if_any()
-    assert user_id is not None and session_id is not None  # raise_if_any() passed
+    user_id, session_id = require_session_ids(request.user_id, request.session_id)
     row = await deps.transaction(lambda conn: load_session(conn, user_id, session_id), acting=acting_for(user_id))
     return chat_pb2.GetSessionResponse(session=convert.session(row))
 
@@ -124,19 +134,9 @@ async def list_sessions(deps: Deps, request: chat_pb2.ListSessionsRequest) -> ch
 
     async def work(conn: Conn) -> list[dict[str, Any]]:
         await load_live_user(conn, user_id)
-        return await fetch_all(
-            conn,
-            "list_chat_sessions",
-            {
-                "user_id": user_id,
-                "tags": tags,
-                "pinned": pinned,
-                "archived": archived,
-                "after_activity": cursor[0] if cursor else None,
-                "after_session_id": cursor[1] if cursor else None,
-                "limit": limit + 1,
-            },
-        )
+        # The filters the page token is bound to, the user's id as a UUID.
+        params = {**filters, "user_id": user_id, **keyset(cursor, "after_activity after_session_id", limit)}
+        return await fetch_all(conn, "list_chat_sessions", params)
 
     rows = await deps.transaction(work, acting=acting_for(user_id))
     rows, next_token = tokens.page(
@@ -197,14 +197,7 @@ async def update_session(deps: Deps, request: chat_pb2.UpdateSessionRequest) -> 
         ):
             if path in paths:
                 summary[path] = values[column]
-        await audit.record(
-            conn,
-            action="chat.UpdateSession",
-            target_type="chat_session",
-            target_id=str(session_id),
-            user_id=user_id,
-            summary=summary,
-        )
+        await audit_session(conn, "chat.UpdateSession", user_id, session_id, summary)
         return chat_pb2.UpdateSessionResponse(session=convert.session(updated))
 
     return await deps.idempotent(request, chat_pb2.UpdateSessionResponse, work, user_id=user_id)
@@ -235,21 +228,13 @@ def _merge(
 
 
 async def delete_session(deps: Deps, request: chat_pb2.DeleteSessionRequest) -> chat_pb2.DeleteSessionResponse:
-    v = Violations()
-    user_id, session_id = session_ids(v, "user_id", request.user_id, "session_id", request.session_id)
-    v.raise_if_any()
+    user_id, session_id = require_session_ids(request.user_id, request.session_id)
 
     async def work(conn: Conn) -> chat_pb2.DeleteSessionResponse:
         row = await fetch_one(conn, "delete_chat_session", {"user_id": user_id, "session_id": session_id})
         if row is None:
             raise session_not_found()
-        await audit.record(
-            conn,
-            action="chat.DeleteSession",
-            target_type="chat_session",
-            target_id=str(session_id),
-            user_id=user_id,
-        )
+        await audit_session(conn, "chat.DeleteSession", user_id, session_id)
         return chat_pb2.DeleteSessionResponse()
 
     return await deps.idempotent(request, chat_pb2.DeleteSessionResponse, work, user_id=user_id)

@@ -30,16 +30,18 @@ CONSTRAINT_ERRORS: dict[str, Callable[[str], QdataError]] = {
     "users_username_key": lambda _: AlreadyExists(
         "a user with this username already exists", reason=ErrorReason.ERROR_REASON_USERNAME_TAKEN
     ),
-    # Chat (db/migrations/0002_chat.sql): the server locks the user or session first, so these only
-    # fire if a row vanished anyway.
-    "chat_sessions_user_fkey": lambda _: NotFound("user not found", reason=ErrorReason.ERROR_REASON_USER_NOT_FOUND),
+    # A write for a user that is gone: a chat session (db/migrations/0002_chat.sql) or an API key
+    # (0005_api_keys.sql), whose writers lock the user first, so these only fire if a row vanished
+    # anyway; the ledger's and usage's functions (0003_ledger.sql, 0004_usage.sql) check it themselves.
+    **dict.fromkeys(
+        ("chat_sessions_user_fkey", "user_api_keys_user_fkey", "ledger_user_not_found", "usage_user_not_found"),
+        lambda _: NotFound("user not found", reason=ErrorReason.ERROR_REASON_USER_NOT_FOUND),
+    ),
+    # Chat (db/migrations/0002_chat.sql): the server locks the session first.
     "chat_messages_session_fkey": lambda _: NotFound(
         "session not found", reason=ErrorReason.ERROR_REASON_SESSION_NOT_FOUND
     ),
-    # API keys (db/migrations/0005_api_keys.sql): the server locks the user first.
-    "user_api_keys_user_fkey": lambda _: NotFound("user not found", reason=ErrorReason.ERROR_REASON_USER_NOT_FOUND),
     # Ledger (db/migrations/0003_ledger.sql).
-    "ledger_user_not_found": lambda _: NotFound("user not found", reason=ErrorReason.ERROR_REASON_USER_NOT_FOUND),
     "ledger_transactions_external_reference_key": lambda detail: AlreadyExists(
         "a deposit with this external_reference already exists",
         reason=ErrorReason.ERROR_REASON_EXTERNAL_REFERENCE_EXISTS,
@@ -92,7 +94,6 @@ CONSTRAINT_ERRORS: dict[str, Callable[[str], QdataError]] = {
         lambda _: RequestRemembered(),
     ),
     # Usage (db/migrations/0004_usage.sql).
-    "usage_user_not_found": lambda _: NotFound("user not found", reason=ErrorReason.ERROR_REASON_USER_NOT_FOUND),
     "usage_model_not_found": lambda _: NotFound("model not found", reason=ErrorReason.ERROR_REASON_MODEL_NOT_FOUND),
     "usage_session_not_found": lambda _: NotFound(
         "chat session not found", reason=ErrorReason.ERROR_REASON_SESSION_NOT_FOUND

@@ -6,7 +6,7 @@ import datetime
 from typing import Any
 
 from qdata.v1 import ledger_pb2
-from qdata_server.users.convert import timestamp
+from qdata_server.convert import optional_id, same_named, timestamp
 
 KIND_TO_PROTO = {
     "deposit": ledger_pb2.TRANSACTION_KIND_DEPOSIT,
@@ -29,30 +29,22 @@ HOLD_STATUS_TO_PROTO = {
 }
 
 
-def _id(value: Any) -> str:
-    return str(value) if value is not None else ""
-
-
 def transaction(row: dict[str, Any]) -> ledger_pb2.Transaction:
     """A Transaction from a ledger_get_transaction / ledger_list_transactions row."""
     return ledger_pb2.Transaction(
         id=str(row["transaction_id"]),
         kind=KIND_TO_PROTO[row["kind"]],
         user_id=str(row["user_id"]),
-        counterparty_user_id=_id(row["counterparty_user_id"]),
-        amount_micros=row["amount_micros"],
-        currency_code=row["currency_code"],
-        description=row["description"],
-        reference=row["reference"],
-        external_reference=row["external_reference"],
+        counterparty_user_id=optional_id(row["counterparty_user_id"]),
         deposit_source=SOURCE_TO_PROTO[row["deposit_source"]],
-        original_transaction_id=_id(row["original_transaction_id"]),
-        hold_id=_id(row["hold_id"]),
-        refunded_micros=row["refunded_micros"],
+        original_transaction_id=optional_id(row["original_transaction_id"]),
+        hold_id=optional_id(row["hold_id"]),
+        **same_named(
+            row, "amount_micros currency_code description reference external_reference refunded_micros request_id"
+        ),
         postings=[
             ledger_pb2.Posting(account=p["account"], amount_micros=p["amount_micros"]) for p in row["postings"] or []
         ],
-        request_id=row["request_id"],
         create_time=timestamp(row["created_at"]),
     )
 
@@ -66,13 +58,9 @@ def hold(row: dict[str, Any], now: datetime.datetime) -> ledger_pb2.Hold:
     return ledger_pb2.Hold(
         id=str(row["hold_id"]),
         user_id=str(row["user_id"]),
-        amount_micros=row["amount_micros"],
-        currency_code=row["currency_code"],
         status=HOLD_STATUS_TO_PROTO[status],
-        description=row["description"],
-        reference=row["reference"],
-        captured_micros=row["captured_micros"],
-        capture_transaction_id=_id(row["capture_transaction_id"]),
+        **same_named(row, "amount_micros currency_code description reference captured_micros"),
+        capture_transaction_id=optional_id(row["capture_transaction_id"]),
         create_time=timestamp(row["created_at"]),
         expire_time=timestamp(row["expire_at"]),
         resolve_time=timestamp(resolved),

@@ -18,9 +18,9 @@ from qdata_server.db.sql import fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_NO_USER
 from qdata_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from qdata_server.ledger import rules as money
-from qdata_server.pagination import page_size
+from qdata_server.pagination import keyset, page_size
 from qdata_server.usage import convert, rules
-from qdata_server.validation import Violations
+from qdata_server.validation import Violations, mask_flags
 
 if TYPE_CHECKING:
     from qdata_server.deps import Deps
@@ -53,13 +53,9 @@ def _price_values(v: Violations, request: usage_pb2.UpsertModelRequest, now: dat
         v.add("price.model_id", "must be empty or equal to model.id")
     currency = money.currency(v, "price.currency_code", price.currency_code)
     values: dict[str, Any] = {"currency_code": currency, "effective_at": None}
-    for field, key in (
-        ("input_micros_per_million_tokens", "input"),
-        ("output_micros_per_million_tokens", "output"),
-        ("cached_input_micros_per_million_tokens", "cached_input"),
-        ("reasoning_micros_per_million_tokens", "reasoning"),
-    ):
-        values[key] = rules.bounded(v, f"price.{field}", getattr(price, field), rules.MAX_PRICE_MICROS, " micro-units")
+    for kind in convert.TOKEN_KINDS:
+        field = convert.price_field(kind)
+        values[kind] = rules.bounded(v, f"price.{field}", getattr(price, field), rules.MAX_PRICE_MICROS, " micro-units")
     if price.HasField("effective_time"):
         effective = rules.timestamp(v, "price.effective_time", price.effective_time)
         if effective is not None and effective < now:
@@ -106,7 +102,7 @@ async def upsert_model(deps: Deps, request: usage_pb2.UpsertModelRequest) -> usa
             if row is None:  # created concurrently: change it like any existing model
                 row = await fetch_row(conn, "usage_lock_model", {"model_id": model_id})
         if not created and paths:
-            await fetch_one(conn, "usage_update_model", {**fields, **{f"set_{p}": p in paths for p in _CATALOG_PATHS}})
+            await fetch_one(conn, "usage_update_model", {**fields, **mask_flags(paths, _CATALOG_PATHS)})
         added = None
         if price is not None:
             if row["currency_code"] is not None and row["currency_code"] != price["currency_code"]:
@@ -159,9 +155,7 @@ async def list_models(deps: Deps, request: usage_pb2.ListModelsRequest) -> usage
     tokens = await deps.page_tokens()
     cursor = tokens.open(request.page_token, "ListModels", filters)
     rows = await deps.transaction(
-        lambda conn: fetch_all(
-            conn, "usage_list_models", {**filters, "after_model_id": cursor[0] if cursor else None, "limit": limit + 1}
-        ),
+        lambda conn: fetch_all(conn, "usage_list_models", {**filters, **keyset(cursor, "after_model_id", limit)}),
         acting=ACTING_FOR_NO_USER,
     )
     rows, next_token = tokens.page(rows, limit, "ListModels", filters, lambda last: [last["model_id"]])
@@ -185,7 +179,7 @@ async def list_model_prices(deps: Deps, request: usage_pb2.ListModelPricesReques
         return await fetch_all(
             conn,
             "usage_list_model_prices",
-            {"model_id": model_id, "before_effective_at": cursor[0] if cursor else None, "limit": limit + 1},
+            {"model_id": model_id, **keyset(cursor, "before_effective_at", limit)},
         )
 
     rows = await deps.transaction(work, acting=ACTING_FOR_NO_USER)

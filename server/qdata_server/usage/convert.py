@@ -5,32 +5,29 @@ from __future__ import annotations
 import datetime
 from typing import Any, overload
 
-from google.protobuf import duration_pb2
-
 from qdata.v1 import usage_pb2
+
+# duration is re-exported: usage/stats.py calls convert.duration.
+from qdata_server.convert import duration as duration
+from qdata_server.convert import optional_id, same_named, timestamp
 from qdata_server.usage import rules
-from qdata_server.users.convert import timestamp
 
 # The latency histogram (usage_latency_bucket in db/functions/usage.sql): bucket i >= 1 holds
 # [1 us * GAMMA^(i-1), 1 us * GAMMA^i); bucket 0 holds [0, 1 us).
 GAMMA = 1.05
 BUCKET_BASE_NANOS = 1000
+# The kinds of tokens a call counts and a price version prices: usage_records and usage totals
+# have a <kind>_tokens column each, model_prices a <kind>_micros_per_million column (the
+# ModelPrice field <kind>_micros_per_million_tokens).
+TOKEN_KINDS = ("input", "output", "cached_input", "reasoning")
+TOKEN_COLUMNS = tuple(f"{kind}_tokens" for kind in TOKEN_KINDS)
+# What a usage aggregate sums: UsageTotals has a field of the same name for each.
+TOTAL_COLUMNS = ("request_count", "error_count", *TOKEN_COLUMNS, "cost_micros", "billed_micros")
 
 
-def _id(value: Any) -> str:
-    return str(value) if value is not None else ""
-
-
-@overload
-def duration(nanos: int) -> duration_pb2.Duration: ...
-@overload
-def duration(nanos: None) -> None: ...
-@overload
-def duration(nanos: int | None) -> duration_pb2.Duration | None: ...
-def duration(nanos: int | None) -> duration_pb2.Duration | None:
-    if nanos is None:
-        return None
-    return duration_pb2.Duration(seconds=nanos // 10**9, nanos=nanos % 10**9)
+def price_field(kind: str) -> str:
+    """The ModelPrice field that prices one kind of token."""
+    return f"{kind}_micros_per_million_tokens"
 
 
 def bucket_value_nanos(bucket: int) -> int:
@@ -61,12 +58,8 @@ def price(row: dict[str, Any] | None) -> usage_pb2.ModelPrice | None:
         effective, created = _parse_time(effective), _parse_time(created)
     return usage_pb2.ModelPrice(
         id=str(row["price_id"]),
-        model_id=row["model_id"],
-        currency_code=row["currency_code"],
-        input_micros_per_million_tokens=row["input_micros_per_million"],
-        output_micros_per_million_tokens=row["output_micros_per_million"],
-        cached_input_micros_per_million_tokens=row["cached_input_micros_per_million"],
-        reasoning_micros_per_million_tokens=row["reasoning_micros_per_million"],
+        **same_named(row, "model_id currency_code"),
+        **{price_field(kind): row[f"{kind}_micros_per_million"] for kind in TOKEN_KINDS},
         effective_time=timestamp(effective),
         create_time=timestamp(created),
     )
@@ -76,9 +69,7 @@ def model(row: dict[str, Any]) -> usage_pb2.Model:
     """A Model from a models row; current_price and next_price when the row carries them."""
     return usage_pb2.Model(
         id=row["model_id"],
-        provider=row["provider"],
-        display_name=row["display_name"],
-        context_window_tokens=row["context_window_tokens"],
+        **same_named(row, "provider display_name context_window_tokens"),
         status=rules.STATUS_TO_PROTO[row["status"]],
         current_price=price(row.get("current_price")),
         next_price=price(row.get("next_price")),
@@ -91,52 +82,35 @@ def usage_record(row: dict[str, Any]) -> usage_pb2.UsageRecord:
     """A UsageRecord from a usage_records row joined with its price's currency_code."""
     return usage_pb2.UsageRecord(
         id=str(row["usage_record_id"]),
-        request_id=row["request_id"],
         user_id=str(row["user_id"]),
-        model_id=row["model_id"],
-        session_id=_id(row["session_id"]),
-        input_tokens=row["input_tokens"],
-        cached_input_tokens=row["cached_input_tokens"],
-        output_tokens=row["output_tokens"],
-        reasoning_tokens=row["reasoning_tokens"],
+        session_id=optional_id(row["session_id"]),
+        **same_named(row, TOKEN_COLUMNS),
+        **same_named(row, "request_id model_id error_code used_own_provider_key cost_micros currency_code billed"),
         latency=duration(row["latency_ns"]),
         time_to_first_token=duration(row["time_to_first_token_ns"]),
         outcome=rules.OUTCOME_TO_PROTO[row["outcome"]],
-        error_code=row["error_code"],
-        used_own_provider_key=row["used_own_provider_key"],
-        hold_id=_id(row["hold_id"]),
+        hold_id=optional_id(row["hold_id"]),
         price_id=str(row["price_id"]),
-        cost_micros=row["cost_micros"],
-        currency_code=row["currency_code"],
-        billed=row["billed"],
-        ledger_transaction_id=_id(row["ledger_transaction_id"]),
-        overage_transaction_id=_id(row["overage_transaction_id"]),
+        ledger_transaction_id=optional_id(row["ledger_transaction_id"]),
+        overage_transaction_id=optional_id(row["overage_transaction_id"]),
         call_time=timestamp(row["called_at"]),
         create_time=timestamp(row["created_at"]),
     )
 
 
+def total_tokens(row: dict[str, Any]) -> int:
+    """The sum of the row's token counts of every kind."""
+    return sum(row[column] for column in TOKEN_COLUMNS)
+
+
 def totals(row: dict[str, Any]) -> usage_pb2.UsageTotals:
-    tokens = row["input_tokens"] + row["cached_input_tokens"] + row["output_tokens"] + row["reasoning_tokens"]
-    return usage_pb2.UsageTotals(
-        request_count=row["request_count"],
-        error_count=row["error_count"],
-        input_tokens=row["input_tokens"],
-        cached_input_tokens=row["cached_input_tokens"],
-        output_tokens=row["output_tokens"],
-        reasoning_tokens=row["reasoning_tokens"],
-        total_tokens=tokens,
-        cost_micros=row["cost_micros"],
-        billed_micros=row["billed_micros"],
-    )
+    return usage_pb2.UsageTotals(**same_named(row, TOTAL_COLUMNS), total_tokens=total_tokens(row))
 
 
 def rating(row: dict[str, Any]) -> usage_pb2.ModelRating:
     return usage_pb2.ModelRating(
         user_id=str(row["user_id"]),
-        model_id=row["model_id"],
-        stars=row["stars"],
-        review=row["review"],
+        **same_named(row, "model_id stars review"),
         create_time=timestamp(row["created_at"]),
         update_time=timestamp(row["updated_at"]),
     )

@@ -10,15 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from qdata.v1 import usage_pb2
-from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import audit
 from qdata_server.db.connection import Conn
 from qdata_server.db.sql import fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS
-from qdata_server.errors import NotFound
-from qdata_server.pagination import page_size
+from qdata_server.pagination import keyset, page_size
 from qdata_server.usage import convert, rules
 from qdata_server.usage.catalog import model_not_found
+from qdata_server.users.accounts import user_not_found
 from qdata_server.validation import Violations
 
 if TYPE_CHECKING:
@@ -37,7 +36,7 @@ async def rate_model(deps: Deps, request: usage_pb2.RateModelRequest) -> usage_p
     async def work(conn: Conn) -> usage_pb2.RateModelResponse:
         user = await fetch_one(conn, "usage_user_state", {"user_id": user_id})
         if user is None or user["status"] == "deleted":
-            raise NotFound("user not found", reason=ErrorReason.ERROR_REASON_USER_NOT_FOUND)
+            raise user_not_found()
         if await fetch_one(conn, "usage_model_exists", {"model_id": model_id}) is None:
             raise model_not_found()
         await fetch_one(conn, "usage_lock_rating_totals", {"model_id": model_id})
@@ -78,18 +77,9 @@ async def list_model_ratings(
     async def work(conn: Conn) -> list[dict[str, Any]]:
         if await fetch_one(conn, "usage_model_exists", {"model_id": model_id}) is None:
             raise model_not_found()
-        return await fetch_all(
-            conn,
-            "usage_list_model_ratings",
-            {
-                "model_id": model_id,
-                "stars": request.stars or None,
-                "user_id": user_id,
-                "after_updated_at": cursor[0] if cursor else None,
-                "after_user_id": cursor[1] if cursor else None,
-                "limit": limit + 1,
-            },
-        )
+        # The filters the page token is bound to, the user's id as a UUID.
+        params = {**filters, "user_id": user_id, **keyset(cursor, "after_updated_at after_user_id", limit)}
+        return await fetch_all(conn, "usage_list_model_ratings", params)
 
     # A model's ratings come from every user: a cross-user path.
     rows = await deps.transaction(work, acting=ACTING_FOR_ALL_USERS)

@@ -6,19 +6,18 @@ second run replays instead of adding.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from google.protobuf import duration_pb2
+from typing import TYPE_CHECKING, Any
 
 from qdata.v1 import usage_pb2, user_pb2
-from qdata_server.usage import catalog, ratings, recording
+from qdata_server.convert import duration
+from qdata_server.usage import catalog, convert, ratings, recording
 from qdata_server.users import accounts
 
 if TYPE_CHECKING:
     from qdata_server.deps import Deps
 
-# model id, provider, display name, context window, (input, output, cached input, reasoning)
-# micro-units per million tokens.
+# model id, provider, display name, context window, micro-units per million tokens of each of
+# convert.TOKEN_KINDS (input, output, cached input, reasoning).
 SAMPLE_MODELS = (
     ("openai/gpt-4o-mini", "openai", "GPT-4o mini", 128_000, (150_000, 600_000, 75_000, 600_000)),
     ("anthropic/claude-3-5-haiku", "anthropic", "Claude 3.5 Haiku", 200_000, (800_000, 4_000_000, 80_000, 4_000_000)),
@@ -42,19 +41,14 @@ SAMPLE_RATINGS = (
 
 async def seed(deps: Deps) -> None:
     """Adds the sample models with their prices, a few calls of the sample users and ratings."""
-    for model_id, provider, name, window, (inp, out, cached, reasoning) in SAMPLE_MODELS:
+    for model_id, provider, name, window, prices in SAMPLE_MODELS:
+        priced: dict[str, Any] = {convert.price_field(k): p for k, p in zip(convert.TOKEN_KINDS, prices, strict=True)}
         await catalog.upsert_model(
             deps,
             usage_pb2.UpsertModelRequest(
                 request_id=f"seed-model-{model_id}",
                 model=usage_pb2.Model(id=model_id, provider=provider, display_name=name, context_window_tokens=window),
-                price=usage_pb2.ModelPrice(
-                    currency_code="USD",
-                    input_micros_per_million_tokens=inp,
-                    output_micros_per_million_tokens=out,
-                    cached_input_micros_per_million_tokens=cached,
-                    reasoning_micros_per_million_tokens=reasoning,
-                ),
+                price=usage_pb2.ModelPrice(currency_code="USD", **priced),
             ),
         )
     ids = {}
@@ -70,7 +64,7 @@ async def seed(deps: Deps) -> None:
                 model_id=model_id,
                 input_tokens=inp,
                 output_tokens=out,
-                latency=duration_pb2.Duration(seconds=latency_ms // 1000, nanos=latency_ms % 1000 * 1_000_000),
+                latency=duration(latency_ms * 1_000_000),
                 outcome=outcome,
                 error_code="http_504" if outcome == usage_pb2.USAGE_OUTCOME_ERROR else "",
                 used_own_provider_key=own_key,

@@ -18,16 +18,15 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from qdata.v1 import usage_pb2
-from qdata.v1.error_reason_pb2 import ErrorReason
+from qdata_server.convert import same_named, timestamp
 from qdata_server.db.connection import Conn, Row
 from qdata_server.db.sql import fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
-from qdata_server.errors import NotFound
 from qdata_server.ledger import rules as money
 from qdata_server.pagination import page_size
 from qdata_server.usage import convert, rules, windows
 from qdata_server.usage.catalog import model_not_found
-from qdata_server.users.convert import timestamp
+from qdata_server.users.accounts import user_not_found
 from qdata_server.validation import Violations
 
 if TYPE_CHECKING:
@@ -35,16 +34,6 @@ if TYPE_CHECKING:
 
 DEFAULT_TOP = 10
 MAX_TOP = 100
-_TOTAL_FIELDS = (
-    "request_count",
-    "error_count",
-    "input_tokens",
-    "cached_input_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "cost_micros",
-    "billed_micros",
-)
 
 
 def _now() -> datetime.datetime:
@@ -52,12 +41,12 @@ def _now() -> datetime.datetime:
 
 
 def _add(into: dict[str, int], row: dict[str, Any]) -> None:
-    for field in _TOTAL_FIELDS:
+    for field in convert.TOTAL_COLUMNS:
         into[field] = into.get(field, 0) + row[field]
 
 
 def _zero() -> dict[str, int]:
-    return dict.fromkeys(_TOTAL_FIELDS, 0)
+    return dict.fromkeys(convert.TOTAL_COLUMNS, 0)
 
 
 async def get_user_usage(deps: Deps, request: usage_pb2.GetUserUsageRequest) -> usage_pb2.GetUserUsageResponse:
@@ -80,7 +69,7 @@ async def get_user_usage(deps: Deps, request: usage_pb2.GetUserUsageRequest) -> 
 
     async def work(conn: Conn) -> list[dict[str, Any]]:
         if await fetch_one(conn, "usage_user_state", {"user_id": user_id}) is None:
-            raise NotFound("user not found", reason=ErrorReason.ERROR_REASON_USER_NOT_FOUND)
+            raise user_not_found()
         return await fetch_all(
             conn, "usage_user_usage", {"user_id": user_id, "currency_code": currency, **segments.params()}
         )
@@ -128,16 +117,9 @@ async def get_model_stats(deps: Deps, request: usage_pb2.GetModelStatsRequest) -
         model_id=model_id,
         start_time=timestamp(start),
         end_time=timestamp(end),
-        request_count=row["request_count"],
-        error_count=row["error_count"],
+        **same_named(row, ("request_count", "error_count", *convert.TOKEN_COLUMNS, "unique_users", "billed_micros")),
         error_rate=row["error_count"] / row["request_count"] if row["request_count"] else 0.0,
-        input_tokens=row["input_tokens"],
-        cached_input_tokens=row["cached_input_tokens"],
-        output_tokens=row["output_tokens"],
-        reasoning_tokens=row["reasoning_tokens"],
-        total_tokens=row["input_tokens"] + row["cached_input_tokens"] + row["output_tokens"] + row["reasoning_tokens"],
-        unique_users=row["unique_users"],
-        billed_micros=row["billed_micros"],
+        total_tokens=convert.total_tokens(row),
         currency_code=model["currency_code"] or "",
         average_rating=row["stars_sum"] / row["rating_count"] if row["rating_count"] else 0.0,
         rating_count=row["rating_count"],

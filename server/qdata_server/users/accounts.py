@@ -18,9 +18,9 @@ from qdata_server.db.connection import Conn
 from qdata_server.db.sql import execute, fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
 from qdata_server.errors import InvalidArgument, NotFound
-from qdata_server.pagination import page_size
+from qdata_server.pagination import keyset, page_size
 from qdata_server.users import convert, passwords, rules
-from qdata_server.validation import Violations, mask_paths, require_uuid
+from qdata_server.validation import Violations, mask_flags, mask_paths, require_uuid
 
 if TYPE_CHECKING:
     from qdata_server.deps import Deps
@@ -41,6 +41,13 @@ async def load_live_user(conn: Conn, user_id: uuid.UUID, *, for_update: bool = F
     if row is None:
         raise user_not_found()
     return row
+
+
+async def audit_user(conn: Conn, action: str, user_id: uuid.UUID, summary: dict[str, Any]) -> None:
+    """Records an audit event about a user's account: the account is both its target and its user."""
+    await audit.record(
+        conn, action=action, target_type="user", target_id=str(user_id), user_id=user_id, summary=summary
+    )
 
 
 async def create_user(deps: Deps, request: user_pb2.CreateUserRequest) -> user_pb2.CreateUserResponse:
@@ -67,13 +74,8 @@ async def create_user(deps: Deps, request: user_pb2.CreateUserRequest) -> user_p
                 "password_hash": password_hash,
             },
         )
-        await audit.record(
-            conn,
-            action="users.CreateUser",
-            target_type="user",
-            target_id=str(row["user_id"]),
-            user_id=row["user_id"],
-            summary={"fields": ["email", "username", "display_name", "password"]},
+        await audit_user(
+            conn, "users.CreateUser", row["user_id"], {"fields": ["email", "username", "display_name", "password"]}
         )
         return user_pb2.CreateUserResponse(user=convert.user(row))
 
@@ -118,14 +120,7 @@ async def list_users(deps: Deps, request: user_pb2.ListUsersRequest) -> user_pb2
 
     async def work(conn: Conn) -> list[dict[str, Any]]:
         return await fetch_all(
-            conn,
-            "list_users",
-            {
-                "status": status,
-                "after_created_at": cursor[0] if cursor else None,
-                "after_user_id": cursor[1] if cursor else None,
-                "limit": limit + 1,
-            },
+            conn, "list_users", {**filters, **keyset(cursor, "after_created_at after_user_id", limit)}
         )
 
     rows = await deps.transaction(work, acting=ACTING_FOR_ALL_USERS)  # lists every user
@@ -145,7 +140,7 @@ async def update_user(deps: Deps, request: user_pb2.UpdateUserRequest) -> user_p
     paths = mask_paths("update_mask", list(request.update_mask.paths), _UPDATABLE_USER_PATHS)
     v = Violations()
     user_id = v.uuid("user.id", request.user.id)
-    values: dict[str, Any] = {f"set_{p}": p in paths for p in _UPDATABLE_USER_PATHS}
+    values: dict[str, Any] = mask_flags(paths, _UPDATABLE_USER_PATHS)
     values.update(display_name=None, email=None, username=None, status=None, user_id=user_id)
     if "display_name" in paths:
         values["display_name"] = rules.check_display_name(v, "user.display_name", request.user.display_name)
@@ -158,19 +153,13 @@ async def update_user(deps: Deps, request: user_pb2.UpdateUserRequest) -> user_p
             v.add("user.status", "must be USER_STATUS_ACTIVE or USER_STATUS_DISABLED (use DeleteUser to delete)")
         values["status"] = convert.STATUS_FROM_PROTO.get(request.user.status)
     v.raise_if_any()
+    assert user_id is not None  # raise_if_any() passed
 
     async def work(conn: Conn) -> user_pb2.UpdateUserResponse:
         row = await fetch_one(conn, "update_user", values)
         if row is None:
             raise user_not_found()
-        await audit.record(
-            conn,
-            action="users.UpdateUser",
-            target_type="user",
-            target_id=str(user_id),
-            user_id=user_id,
-            summary=_update_summary(paths, values),
-        )
+        await audit_user(conn, "users.UpdateUser", user_id, _update_summary(paths, values))
         return user_pb2.UpdateUserResponse(user=convert.user(row))
 
     return await deps.idempotent(request, user_pb2.UpdateUserResponse, work, user_id=user_id)
@@ -195,14 +184,8 @@ async def delete_user(deps: Deps, request: user_pb2.DeleteUserRequest) -> user_p
         await execute(conn, "api_keys_delete_user", {"user_id": user_id})
         await execute(conn, "delete_user_chats", {"user_id": user_id})
         await execute(conn, "usage_delete_user_ratings", {"user_id": user_id})
-        await audit.record(
-            conn,
-            action="users.DeleteUser",
-            target_type="user",
-            target_id=str(user_id),
-            user_id=user_id,
-            summary={"erased": ["email", "username", "display_name", "password", "preferences", "api_keys"]},
-        )
+        erased = ["email", "username", "display_name", "password", "preferences", "api_keys"]
+        await audit_user(conn, "users.DeleteUser", user_id, {"erased": erased})
         return user_pb2.DeleteUserResponse(user=convert.user(row))
 
     return await deps.idempotent(request, user_pb2.DeleteUserResponse, work, user_id=user_id)
@@ -266,13 +249,8 @@ async def import_users(deps: Deps, request: user_pb2.ImportUsersRequest) -> user
                     )
                 )
                 continue
-            await audit.record(
-                conn,
-                action="users.ImportUsers",
-                target_type="user",
-                target_id=str(created["user_id"]),
-                user_id=created["user_id"],
-                summary={"scheme": passwords.scheme_of(row["password_hash"])},
+            await audit_user(
+                conn, "users.ImportUsers", created["user_id"], {"scheme": passwords.scheme_of(row["password_hash"])}
             )
             done.append(user_pb2.ImportUserResult(index=index, user=convert.user(created)))
         done.sort(key=lambda r: r.index)

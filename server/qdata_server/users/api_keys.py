@@ -8,6 +8,7 @@ summaries, log lines, error messages or idempotency fingerprints (secret_fields=
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import unicodedata
 import uuid
@@ -17,16 +18,23 @@ from typing import TYPE_CHECKING, Any
 from qdata.v1 import user_pb2
 from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import audit
+from qdata_server.convert import same_named, timestamp
 from qdata_server.db.connection import Conn
 from qdata_server.db.sql import execute, fetch_all, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for, name_acting
 from qdata_server.deps import Deps
 from qdata_server.errors import FailedPrecondition, NotFound
-from qdata_server.pagination import page_size
+from qdata_server.pagination import keyset, page_size
 from qdata_server.users import vault
 from qdata_server.users.accounts import load_live_user
-from qdata_server.users.convert import timestamp
-from qdata_server.validation import API_KEY_PROVIDER, Violations, has_control_characters, mask_paths
+from qdata_server.validation import (
+    API_KEY_PROVIDER,
+    Violations,
+    has_control_characters,
+    mask_flags,
+    mask_paths,
+    require_uuid,
+)
 
 if TYPE_CHECKING:
     from qdata_server.deps import Deps
@@ -57,6 +65,15 @@ def _ring(deps: Deps) -> vault.KeyRing:
     return ring
 
 
+def _key_ids(user_value: str, api_key_value: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """The (user_id, api_key_id) pair a request about one stored key carries, or INVALID_ARGUMENT."""
+    v = Violations()
+    user_id, api_key_id = v.uuid("user_id", user_value), v.uuid("api_key_id", api_key_value)
+    v.raise_if_any()
+    assert user_id is not None and api_key_id is not None  # raise_if_any() passed
+    return user_id, api_key_id
+
+
 def _check_label(v: Violations, field: str, raw: str) -> str:
     return v.text(field, unicodedata.normalize("NFC", raw.strip()), MAX_LABEL_LENGTH)
 
@@ -71,24 +88,18 @@ def _check_secret(v: Violations, field: str, secret: str) -> None:
         v.add(field, "must not contain control characters")
 
 
+# The columns a sealed secret is stored in, one per field of vault.Sealed (the hint sits beside them).
+_SEALED_FIELDS = tuple(f.name for f in dataclasses.fields(vault.Sealed))
+
+
 def _sealed_columns(sealed: vault.Sealed, secret: str) -> dict[str, Any]:
-    return {
-        "hint": secret[-HINT_LENGTH:],
-        "key_version": sealed.key_version,
-        "wrapped_key": sealed.wrapped_key,
-        "key_nonce": sealed.key_nonce,
-        "ciphertext": sealed.ciphertext,
-        "nonce": sealed.nonce,
-    }
+    return {"hint": secret[-HINT_LENGTH:], **{name: getattr(sealed, name) for name in _SEALED_FIELDS}}
 
 
 def _sealed(row: dict[str, Any]) -> vault.Sealed:
+    # The byte columns come back as memoryview or bytes; Sealed holds bytes.
     return vault.Sealed(
-        key_version=row["key_version"],
-        wrapped_key=bytes(row["wrapped_key"]),
-        key_nonce=bytes(row["key_nonce"]),
-        ciphertext=bytes(row["ciphertext"]),
-        nonce=bytes(row["nonce"]),
+        key_version=row["key_version"], **{name: bytes(row[name]) for name in _SEALED_FIELDS if name != "key_version"}
     )
 
 
@@ -97,13 +108,17 @@ def to_proto(row: dict[str, Any]) -> user_pb2.ApiKey:
     return user_pb2.ApiKey(
         id=str(row["api_key_id"]),
         user_id=str(row["user_id"]),
-        provider=row["provider"],
-        label=row["label"],
-        hint=row["hint"],
-        key_version=row["key_version"],
+        **same_named(row, "provider label hint key_version"),
         create_time=timestamp(row["created_at"]),
         update_time=timestamp(row["updated_at"]),
         last_used_time=timestamp(row["last_used_at"]),
+    )
+
+
+async def _audit(conn: Conn, action: str, user_id: uuid.UUID, api_key_id: uuid.UUID, summary: dict[str, Any]) -> None:
+    """Records an audit event about one of the user's API keys (never its secret)."""
+    await audit.record(
+        conn, action=action, target_type="api_key", target_id=str(api_key_id), user_id=user_id, summary=summary
     )
 
 
@@ -148,13 +163,12 @@ async def create_api_key(deps: Deps, request: user_pb2.CreateApiKeyRequest) -> u
             "api_key_insert",
             {"user_id": user_id, "api_key_id": api_key_id, "provider": provider, "label": label, **columns},
         )
-        await audit.record(
+        await _audit(
             conn,
-            action="users.CreateApiKey",
-            target_type="api_key",
-            target_id=str(api_key_id),
-            user_id=user_id,
-            summary={"provider": provider, "key_version": sealed.key_version, "fields": ["label", "secret"]},
+            "users.CreateApiKey",
+            user_id,
+            api_key_id,
+            {"provider": provider, "key_version": sealed.key_version, "fields": ["label", "secret"]},
         )
         return user_pb2.CreateApiKeyResponse(api_key=to_proto(row))
 
@@ -164,10 +178,7 @@ async def create_api_key(deps: Deps, request: user_pb2.CreateApiKeyRequest) -> u
 
 
 async def list_api_keys(deps: Deps, request: user_pb2.ListApiKeysRequest) -> user_pb2.ListApiKeysResponse:
-    v = Violations()
-    user_id = v.uuid("user_id", request.user_id)
-    v.raise_if_any()
-    assert user_id is not None  # raise_if_any() passed
+    user_id = require_uuid("user_id", request.user_id)
     limit = page_size(request.page_size)
     tokens = await deps.page_tokens()
     filters = {"user_id": str(user_id)}
@@ -175,16 +186,8 @@ async def list_api_keys(deps: Deps, request: user_pb2.ListApiKeysRequest) -> use
 
     async def work(conn: Conn) -> list[dict[str, Any]]:
         await load_live_user(conn, user_id)
-        return await fetch_all(
-            conn,
-            "api_key_list",
-            {
-                "user_id": user_id,
-                "after_created_at": cursor[0] if cursor else None,
-                "after_api_key_id": cursor[1] if cursor else None,
-                "limit": limit + 1,
-            },
-        )
+        params = {"user_id": user_id, **keyset(cursor, "after_created_at after_api_key_id", limit)}
+        return await fetch_all(conn, "api_key_list", params)
 
     rows = await deps.transaction(work, acting=acting_for(user_id))
     rows, next_token = tokens.page(
@@ -194,10 +197,7 @@ async def list_api_keys(deps: Deps, request: user_pb2.ListApiKeysRequest) -> use
 
 
 async def reveal_api_key(deps: Deps, request: user_pb2.RevealApiKeyRequest) -> user_pb2.RevealApiKeyResponse:
-    v = Violations()
-    user_id = v.uuid("user_id", request.user_id)
-    api_key_id = v.uuid("api_key_id", request.api_key_id)
-    v.raise_if_any()
+    user_id, api_key_id = _key_ids(request.user_id, request.api_key_id)
     ring = _ring(deps)
 
     async def work(conn: Conn) -> user_pb2.RevealApiKeyResponse:
@@ -206,13 +206,12 @@ async def reveal_api_key(deps: Deps, request: user_pb2.RevealApiKeyRequest) -> u
             raise api_key_not_found()
         secret = _open(ring, row)
         # A read, but an audited one: every reveal leaves a record in the same transaction.
-        await audit.record(
+        await _audit(
             conn,
-            action="users.RevealApiKey",
-            target_type="api_key",
-            target_id=str(api_key_id),
-            user_id=user_id,
-            summary={"provider": row["provider"], "key_version": row["key_version"]},
+            "users.RevealApiKey",
+            user_id,
+            api_key_id,
+            {"provider": row["provider"], "key_version": row["key_version"]},
         )
         return user_pb2.RevealApiKeyResponse(api_key=to_proto(row), secret=secret)
 
@@ -232,10 +231,9 @@ async def update_api_key(deps: Deps, request: user_pb2.UpdateApiKeyRequest) -> u
     values: dict[str, Any] = {
         "user_id": user_id,
         "api_key_id": api_key_id,
-        "set_label": "label" in paths,
-        "set_secret": "secret" in paths,
+        **mask_flags(paths, _UPDATABLE_PATHS),
         "label": label,
-        **dict.fromkeys(("hint", "key_version", "wrapped_key", "key_nonce", "ciphertext", "nonce")),
+        **dict.fromkeys(("hint", *_SEALED_FIELDS)),
     }
     if "secret" in paths:
         # A fresh data key under the primary KEK; the old ciphertext is overwritten.
@@ -248,14 +246,7 @@ async def update_api_key(deps: Deps, request: user_pb2.UpdateApiKeyRequest) -> u
         summary: dict[str, Any] = {"fields": sorted(paths), "provider": row["provider"]}
         if "secret" in paths:
             summary["key_version"] = row["key_version"]
-        await audit.record(
-            conn,
-            action="users.UpdateApiKey",
-            target_type="api_key",
-            target_id=str(api_key_id),
-            user_id=user_id,
-            summary=summary,
-        )
+        await _audit(conn, "users.UpdateApiKey", user_id, api_key_id, summary)
         return user_pb2.UpdateApiKeyResponse(api_key=to_proto(row))
 
     return await deps.idempotent(
@@ -264,23 +255,13 @@ async def update_api_key(deps: Deps, request: user_pb2.UpdateApiKeyRequest) -> u
 
 
 async def delete_api_key(deps: Deps, request: user_pb2.DeleteApiKeyRequest) -> user_pb2.DeleteApiKeyResponse:
-    v = Violations()
-    user_id = v.uuid("user_id", request.user_id)
-    api_key_id = v.uuid("api_key_id", request.api_key_id)
-    v.raise_if_any()
+    user_id, api_key_id = _key_ids(request.user_id, request.api_key_id)
 
     async def work(conn: Conn) -> user_pb2.DeleteApiKeyResponse:
         row = await fetch_one(conn, "api_key_delete", {"user_id": user_id, "api_key_id": api_key_id})
         if row is None:
             raise api_key_not_found()
-        await audit.record(
-            conn,
-            action="users.DeleteApiKey",
-            target_type="api_key",
-            target_id=str(api_key_id),
-            user_id=user_id,
-            summary={"provider": row["provider"]},
-        )
+        await _audit(conn, "users.DeleteApiKey", user_id, api_key_id, {"provider": row["provider"]})
         return user_pb2.DeleteApiKeyResponse()
 
     return await deps.idempotent(request, user_pb2.DeleteApiKeyResponse, work, user_id=user_id)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any, overload
-
-from google.protobuf import timestamp_pb2
+from typing import Any
 
 from qdata.v1 import user_pb2
+
+# timestamp is re-exported: the users modules call convert.timestamp.
+from qdata_server.convert import same_named
+from qdata_server.convert import timestamp as timestamp
 from qdata_server.users import passwords
 
 STATUS_TO_PROTO = {
@@ -29,21 +31,6 @@ THEME_TO_PROTO = {
     "dark": user_pb2.THEME_DARK,
 }
 THEME_FROM_PROTO = {v: k for k, v in THEME_TO_PROTO.items()}
-
-
-@overload
-def timestamp(value: datetime.datetime) -> timestamp_pb2.Timestamp: ...
-@overload
-def timestamp(value: None) -> None: ...
-@overload
-def timestamp(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None: ...
-def timestamp(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None:
-    """A Timestamp message for value (None stays None: the field is left unset)."""
-    if value is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def user(row: dict[str, Any]) -> user_pb2.User:
@@ -74,9 +61,7 @@ def preferences(user_id: str, row: dict[str, Any] | None) -> user_pb2.Preference
         return user_pb2.Preferences(user_id=user_id)
     return user_pb2.Preferences(
         user_id=user_id,
-        default_model_id=row["default_model_id"],
-        language=row["language"],
         theme=THEME_TO_PROTO[row["theme"]],
-        extra=row["extra"],
+        **same_named(row, "default_model_id language extra"),
         update_time=timestamp(row["updated_at"]),
     )
