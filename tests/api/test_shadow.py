@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from qdata.client import QdataClient
 from qdata.shadow import BalanceMirror, ShadowDict
-from qdata.v1 import ledger_pb2
+from qdata.v1 import ledger_pb2, usage_pb2
 from tests.support.calls import create_user
 from tests.support.server import Api
 
@@ -110,3 +112,36 @@ async def test_a_refused_write_and_an_unknown_key_are_logged_without_breaking_th
     assert user.id not in caplog.text
     assert await posted(api, user.id) == 0
     assert balances.counts == {"writes": 1, "write_failed": 1, "reads": 1, "disagreed": 1}
+
+
+def readme_mirror() -> type:
+    """The RatingMirror of clients/python/README.md's Shadow mode section, as written there."""
+    readme = (Path(__file__).resolve().parents[2] / "clients" / "python" / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", readme, re.DOTALL) if "class RatingMirror" in b]
+    namespace: dict[str, object] = {}
+    exec(compile(block, "clients/python/README.md", "exec"), namespace)
+    return namespace["RatingMirror"]  # type: ignore[return-value]
+
+
+async def test_the_readmes_custom_mirror_works_as_written(api, client, caplog):
+    caplog.set_level(logging.DEBUG, logger="qdata.shadow")
+    user = await create_user(api, "shadow-rater")
+    await api.usage.UpsertModel(
+        usage_pb2.UpsertModelRequest(request_id="m", model=usage_pb2.Model(id="acme/m1", provider="acme"))
+    )
+    ratings = ShadowDict({}, readme_mirror()(client), name="recommendations.ratings")
+    try:
+        ratings[(user.id, "acme/m1")] = 4
+        assert ratings[(user.id, "acme/m1")] == 4
+        await settle(ratings)
+        assert shadow_records(caplog) == []
+        await api.usage.RateModel(
+            usage_pb2.RateModelRequest(request_id="behind", user_id=user.id, model_id="acme/m1", stars=2)
+        )
+        assert ratings[(user.id, "acme/m1")] == 4
+        await settle(ratings)
+    finally:
+        await asyncio.to_thread(ratings.close)
+    [record] = shadow_records(caplog)
+    assert record["fields"] == {"stars": {"old": 4, "qdata": 2}}
+    assert ratings.counts == {"writes": 1, "reads": 2, "agreed": 1, "disagreed": 1}

@@ -17,6 +17,7 @@ from qdata.shadow import ShadowDict, micros_from_units
         (0.1 + 0.2, 300_000),  # 0.30000000000000004: the drift is below a micro-unit
         (10.10 - (0.1 + 0.2), 9_800_000),
         (19.99, 19_990_000),
+        (2.01, 2_010_000),  # int(2.01 * 1_000_000) would be 2,009,999
         (25, 25_000_000),
         ("0.0000005", 0),  # half a micro rounds to even
         ("0.0000015", 2),
