@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from decimal import Decimal
 
 import pytest
@@ -79,3 +80,23 @@ def test_deletes_reach_the_mirror_and_a_missing_entry_is_a_disagreement(caplog):
     assert mirror.held == {}
     assert [r.qdata_shadow["missing_in_qdata"] for r in caplog.records if r.name == "qdata.shadow"] == [True]
     assert profiles.counts == {"writes": 2, "reads": 1, "disagreed": 1}
+
+
+def test_reads_beyond_the_pending_limit_are_skipped_and_writes_never_are():
+    gate = threading.Event()
+
+    class SlowMirror(ProfileMirror):
+        def read(self, key: str) -> dict[str, object] | None:
+            gate.wait(10)
+            return super().read(key)
+
+    mirror = SlowMirror()
+    profiles = ShadowDict({}, mirror, name="auth.profiles", max_pending_reads=2)
+    profiles["u1"] = {"plan": "free"}
+    for _ in range(5):
+        assert profiles["u1"] == {"plan": "free"}  # answered at once while qdata is stuck
+    profiles["u1"] = {"plan": "pro"}
+    gate.set()
+    profiles.close()
+    assert mirror.held == {"u1": {"plan": "pro"}}
+    assert profiles.counts == {"writes": 2, "reads": 2, "agreed": 2, "skipped": 3}

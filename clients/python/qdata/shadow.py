@@ -25,7 +25,10 @@ and leaves the rest of its code as it is. Then:
   equal. Keys are logged as they are unless ``log_keys=False`` (then as digests too). A write or
   read that qdata refused is logged the same way (event ``write_failed`` / ``read_failed``, with
   the status code name and ErrorInfo reason, never the message). ``shadow.counts`` holds the
-  totals: ``reads``, ``agreed``, ``disagreed``, ``writes``, ``write_failed``, ``read_failed``.
+  totals: ``reads``, ``agreed``, ``disagreed``, ``writes``, ``write_failed``, ``read_failed``, and
+  ``skipped``: reads not compared because ``max_pending_reads`` comparisons were already waiting
+  (a slow or unreachable qdata never piles up memory behind the read path; writes are never
+  skipped).
 
 The calls to qdata run in one background thread, in the order the dictionary saw the changes, so
 a dictionary access never waits for the network (an asyncio service's event loop is not blocked)
@@ -52,10 +55,10 @@ import logging
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Mapping, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from qdata.client import NotFound, QdataClient, QdataError
 from qdata.v1 import ledger_pb2, user_pb2
@@ -140,6 +143,9 @@ class ShadowDict(MutableMapping[K, V]):
         name: What the log records call this dictionary, e.g. ``"billing.balances"``.
         log_keys: False logs keys as digests (for dictionaries keyed by emails or secrets).
         logger: Where disagreements go; ``logging.getLogger("qdata.shadow")`` by default.
+        max_pending_reads: Comparisons waiting for qdata beyond this many are skipped (counted as
+            ``skipped``), so a slow or unreachable qdata cannot pile up memory behind a busy read
+            path. Writes are never skipped.
     """
 
     def __init__(
@@ -150,6 +156,7 @@ class ShadowDict(MutableMapping[K, V]):
         name: str,
         log_keys: bool = True,
         logger: logging.Logger | None = None,
+        max_pending_reads: int = 10_000,
     ) -> None:
         self.old = old
         self.mirror = mirror
@@ -157,25 +164,38 @@ class ShadowDict(MutableMapping[K, V]):
         self.counts: Counter[str] = Counter()
         self._log_keys = log_keys
         self._log = logger or log
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the counts and the pending reads
+        self._order = threading.Lock()  # a change of the dictionary and its hand-over, together
+        self._pending_reads = 0
+        self._max_pending_reads = max_pending_reads
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"qdata-shadow-{name}")
 
     # -- the dictionary ----------------------------------------------------------------------------
 
     def __getitem__(self, key: K) -> V:
-        value = self.old[key]
-        self._submit(self._compare, key, copy.deepcopy(value))
+        with self._order:
+            value = self.old[key]
+            with self._lock:
+                skip = self._pending_reads >= self._max_pending_reads
+                if skip:
+                    self.counts["skipped"] += 1
+                else:
+                    self._pending_reads += 1
+            if not skip:
+                self._executor.submit(self._compare, key, copy.deepcopy(value))
         return value
 
     def __setitem__(self, key: K, value: V) -> None:
-        before = self.old.get(key)
-        self.old[key] = value
-        self._submit(self._write, key, copy.deepcopy(before), copy.deepcopy(value), str(uuid.uuid4()))
+        with self._order:
+            before = self.old.get(key)
+            self.old[key] = value
+            self._executor.submit(self._write, key, copy.deepcopy(before), copy.deepcopy(value), str(uuid.uuid4()))
 
     def __delitem__(self, key: K) -> None:
-        before = self.old[key]
-        del self.old[key]
-        self._submit(self._delete, key, copy.deepcopy(before), str(uuid.uuid4()))
+        with self._order:
+            before = self.old[key]
+            del self.old[key]
+            self._executor.submit(self._delete, key, copy.deepcopy(before), str(uuid.uuid4()))
 
     def __iter__(self) -> Iterator[K]:
         return iter(self.old)
@@ -201,9 +221,6 @@ class ShadowDict(MutableMapping[K, V]):
 
     # -- the background work -----------------------------------------------------------------------
 
-    def _submit(self, job: Callable[..., None], *args: Any) -> Future[None]:
-        return self._executor.submit(job, *args)
-
     def _count(self, name: str) -> None:
         with self._lock:
             self.counts[name] += 1
@@ -226,6 +243,13 @@ class ShadowDict(MutableMapping[K, V]):
             self._report(event, key, code="CLIENT", reason=type(exc).__name__)
 
     def _compare(self, key: K, value: V) -> None:
+        try:
+            self._compare_now(key, value)
+        finally:
+            with self._lock:
+                self._pending_reads -= 1
+
+    def _compare_now(self, key: K, value: V) -> None:
         self._count("reads")
         try:
             expected = self.mirror.project(key, value)
