@@ -39,7 +39,8 @@ the dictionary held at the time of the read.
 What the wrapper cannot see: a value changed in place (``shadow[key].append(x)`` mutates the
 dictionary's list without telling anyone). Assign the changed value back (``shadow[key] = value``)
 so the change reaches qdata. Iteration, ``len`` and ``in`` are answered from the old dictionary
-and compare nothing.
+and compare nothing, and neither does a read of a key the dictionary lacks (``get(key)`` giving
+the default), so an entry only qdata holds goes unreported.
 
 A mirror is a small object that knows one dictionary's shape (:class:`Mirror`).
 :class:`BalanceMirror` covers the commonest one, ``{user_id: balance in currency units}``; others
