@@ -11,6 +11,7 @@ import pytest
 from qdata.client import (
     AlreadyExists,
     AsyncQdataClient,
+    DeadlineExceeded,
     InvalidArgument,
     NotFound,
     QdataClient,
@@ -141,7 +142,7 @@ async def test_default_timeout_applies_and_a_call_timeout_overrides_it(api):
     async with AsyncQdataClient(api.address, default_timeout=1e-6) as qdata:
         with pytest.raises(QdataError) as caught:
             await qdata.users.GetUser(user_pb2.GetUserRequest(username="nobody"))
-        assert type(caught.value) is QdataError  # no subclass for DEADLINE_EXCEEDED
+        assert type(caught.value) is DeadlineExceeded
         assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
 
         with pytest.raises(NotFound):  # a generous per-call timeout reaches the server
@@ -149,7 +150,7 @@ async def test_default_timeout_applies_and_a_call_timeout_overrides_it(api):
 
 
 async def test_call_timeout(client):
-    with pytest.raises(QdataError) as caught:
+    with pytest.raises(DeadlineExceeded) as caught:
         await client.users.GetUser(user_pb2.GetUserRequest(username="nobody"), timeout=1e-6)
     assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
 
@@ -240,5 +241,6 @@ async def test_sync_client(api):
     assert errors["not_found"].reason == "USER_NOT_FOUND"
     assert isinstance(errors["invalid"], InvalidArgument)
     assert "email" in errors["invalid"].field_violations
+    assert isinstance(errors["deadline"], DeadlineExceeded)
     assert errors["deadline"].code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert isinstance(errors["stream"], InvalidArgument)
