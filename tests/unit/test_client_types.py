@@ -101,7 +101,9 @@ def _mypy(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
     # The client's source, checked as an installed package is: its own errors are not the caller's
     # (the repository's `make lint` checks it). The editable install's import hook is invisible to
     # mypy, hence MYPYPATH.
-    config.write_text("[mypy]\nstrict = True\n\n[mypy-qdata.*]\nfollow_imports = silent\nignore_errors = True\n", encoding="utf-8")
+    config.write_text(
+        "[mypy]\nstrict = True\n\n[mypy-qdata.*]\nfollow_imports = silent\nignore_errors = True\n", encoding="utf-8"
+    )
     env = {**os.environ, "MYPYPATH": str(ROOT / "clients" / "python")}
     return subprocess.run(
         [sys.executable, "-m", "mypy", "--config-file", str(config), "--cache-dir", str(tmp_path / "cache"),
