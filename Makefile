@@ -51,7 +51,9 @@ proto: $(INSTALLED)
 ## wheel: build the client (qdata-client, clients/python) as a wheel into dist/, for
 ## `pip install dist/qdata_client-<version>-py3-none-any.whl` in another repository
 wheel: $(INSTALLED)
+	rm -rf clients/python/build  # setuptools' in-tree build dir: stale files would ship
 	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir dist ./clients/python
+	rm -rf clients/python/build
 	@ls dist/qdata_client-*.whl
 
 ## schema: regenerate server/qdata_server/db/schema.sql (migrations + db/functions, dumped by the

@@ -4,6 +4,7 @@ the typed stubs, the py.typed marker, the grpc floors and the version, and impor
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -19,9 +20,11 @@ CLIENT = ROOT / "clients" / "python"
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    # The same command as the Makefile's wheel target, into a temporary directory.
+    # The Makefile's wheel target's command, on a copy: setuptools builds in the source tree.
+    source = tmp_path_factory.mktemp("src") / "python"
+    shutil.copytree(CLIENT, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(CLIENT)],
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(source)],
         check=True,
         capture_output=True,
     )
