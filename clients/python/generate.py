@@ -23,6 +23,7 @@ import shutil
 import sys
 import tempfile
 import textwrap
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
@@ -125,8 +126,8 @@ def _docstring(text: str, indent: str) -> str:
     return f'{indent}"""{lines[0]}' + (f"\n{body}\n{indent}" if body else "") + '"""\n'
 
 
-def render_rpcs(files: list[descriptor_pb2.FileDescriptorProto] | object) -> str:
-    files = list(files)  # type: ignore[call-overload]
+def render_rpcs(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> str:
+    files = list(files)
     messages: dict[str, tuple[str, descriptor_pb2.DescriptorProto]] = {}
     for file in files:
         module = file.name.removesuffix(".proto").rsplit("/", 1)[-1] + "_pb2"

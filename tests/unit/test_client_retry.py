@@ -163,3 +163,16 @@ def test_retry_safe_methods_are_the_reads_and_the_writes_with_a_request_id():
     (method_config,) = config["methodConfig"]
     assert method_config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE", "ABORTED"]
     assert len(method_config["name"]) == len(RETRY_SAFE_METHODS)
+
+
+def test_channel_options_keepalive_user_agent_and_explicit_overrides():
+    from qdata.client import USER_AGENT, _channel_options
+
+    assert _channel_options(None, False, None, ()) == [("grpc.primary_user_agent", USER_AGENT)]
+    options = dict(_channel_options(None, False, 300, ()))
+    assert options["grpc.keepalive_time_ms"] == 300_000
+    assert options["grpc.keepalive_permit_without_calls"] == 0
+    assert "grpc.service_config" not in options
+    overridden = _channel_options(None, True, None, [("grpc.primary_user_agent", "billing/2")])
+    assert [v for k, v in overridden if k == "grpc.primary_user_agent"] == ["billing/2"]  # the caller's wins
+    assert dict(overridden)["grpc.service_config"] == RetryPolicy().service_config()
