@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
 BUF := node_modules/.bin/buf
 
-.PHONY: install tools run test lint proto schema bench migrate verify seed clean
+.PHONY: install tools run test lint proto wheel schema bench migrate verify seed clean
 
 $(INSTALLED): requirements.txt requirements-embedded.txt requirements-dev.txt server/pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,13 +39,22 @@ test: $(INSTALLED)
 lint: $(INSTALLED) $(NODE_INSTALLED)
 	cd protos && ../$(BUF) lint && ../$(BUF) format -d --exit-code
 	$(BIN)/ruff check server clients tests bench
-	$(BIN)/ruff format --check server clients/python/qdata/client.py tests bench
+	$(BIN)/ruff format --check server clients/python/qdata/client.py clients/python/qdata/_calls.py clients/python/generate.py tests bench
 	$(BIN)/mypy
 
-## proto: regenerate the Python modules and .pyi stubs from protos/
+## proto: regenerate from protos/ the Python modules, their .pyi stubs (messages and typed gRPC
+## stubs) and the client's typed RPC methods (clients/python/qdata/_rpcs.py); see generate.py
 proto: $(INSTALLED)
-	rm -f clients/python/qdata/v1/*_pb2*.py clients/python/qdata/v1/*_pb2*.pyi
+	rm -f clients/python/qdata/v1/*_pb2*.py clients/python/qdata/v1/*_pb2*.pyi clients/python/qdata/_rpcs.py
 	$(BIN)/python clients/python/generate.py
+
+## wheel: build the client (qdata-client, clients/python) as a wheel into dist/, for
+## `pip install dist/qdata_client-<version>-py3-none-any.whl` in another repository
+wheel: $(INSTALLED)
+	rm -rf clients/python/build  # setuptools' in-tree build dir: stale files would ship
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir dist ./clients/python
+	rm -rf clients/python/build
+	@ls dist/qdata_client-*.whl
 
 ## schema: regenerate server/qdata_server/db/schema.sql (migrations + db/functions, dumped by the
 ## embedded PostgreSQL's pg_dump; the test suite fails if the committed file is stale)

@@ -11,13 +11,22 @@ import pytest
 from qdata.client import (
     AlreadyExists,
     AsyncQdataClient,
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     QdataClient,
     QdataError,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
     Unimplemented,
 )
-from qdata.v1 import chat_pb2, user_pb2
+from qdata.v1 import chat_pb2, ledger_pb2, user_pb2
+from qdata.v1.error_reason_pb2 import ErrorReason
+from qdata_server import auth
 from qdata_server.users.service import UserServicer
 from tests.support.calls import PASSWORD
 from tests.support.server import start_api, stop_api
@@ -141,7 +150,7 @@ async def test_default_timeout_applies_and_a_call_timeout_overrides_it(api):
     async with AsyncQdataClient(api.address, default_timeout=1e-6) as qdata:
         with pytest.raises(QdataError) as caught:
             await qdata.users.GetUser(user_pb2.GetUserRequest(username="nobody"))
-        assert type(caught.value) is QdataError  # no subclass for DEADLINE_EXCEEDED
+        assert type(caught.value) is DeadlineExceeded
         assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
 
         with pytest.raises(NotFound):  # a generous per-call timeout reaches the server
@@ -149,7 +158,7 @@ async def test_default_timeout_applies_and_a_call_timeout_overrides_it(api):
 
 
 async def test_call_timeout(client):
-    with pytest.raises(QdataError) as caught:
+    with pytest.raises(DeadlineExceeded) as caught:
         await client.users.GetUser(user_pb2.GetUserRequest(username="nobody"), timeout=1e-6)
     assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
 
@@ -240,5 +249,78 @@ async def test_sync_client(api):
     assert errors["not_found"].reason == "USER_NOT_FOUND"
     assert isinstance(errors["invalid"], InvalidArgument)
     assert "email" in errors["invalid"].field_violations
+    assert isinstance(errors["deadline"], DeadlineExceeded)
     assert errors["deadline"].code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert isinstance(errors["stream"], InvalidArgument)
+
+
+# Every code a test can provoke from the real server (or its transport), with the class it raises.
+# ABORTED, UNKNOWN, INTERNAL, OUT_OF_RANGE and DATA_LOSS cannot be provoked on purpose; the stand-in
+# server of tests/unit/test_client_errors.py answers every code.
+
+
+async def test_failed_precondition_insufficient_funds(client):
+    user = (await client.users.CreateUser(new_user_request())).user
+    with pytest.raises(FailedPrecondition) as caught:
+        await client.ledger.Charge(ledger_pb2.ChargeRequest(user_id=user.id, amount_micros=1_000_000))
+    assert caught.value.reason == "INSUFFICIENT_FUNDS"
+    assert caught.value.error_reason == ErrorReason.ERROR_REASON_INSUFFICIENT_FUNDS
+
+
+READER_TOKEN = "qdt_reader-" + uuid.uuid4().hex
+
+
+async def test_unauthenticated_and_permission_denied(api_with):
+    secured = await api_with(
+        allow_insecure=False,
+        auth_tokens=auth.parse_tokens(f"reader {auth.hash_token(READER_TOKEN)} users.read", "test"),
+    )
+    async with AsyncQdataClient(secured.address) as anonymous:
+        with pytest.raises(Unauthenticated) as refused:
+            await anonymous.users.ListUsers(user_pb2.ListUsersRequest())
+    assert refused.value.reason == "UNAUTHENTICATED"
+    async with AsyncQdataClient(secured.address, token="qdt_" + "wrong" * 9) as wrong:
+        with pytest.raises(Unauthenticated) as invalid:
+            await wrong.users.ListUsers(user_pb2.ListUsersRequest())
+    assert invalid.value.reason == "INVALID_TOKEN"
+    async with AsyncQdataClient(secured.address, token=READER_TOKEN) as reader:
+        await reader.users.ListUsers(user_pb2.ListUsersRequest())
+        with pytest.raises(PermissionDenied) as denied:
+            await reader.users.CreateUser(new_user_request())
+    assert denied.value.reason == "MISSING_PERMISSION"
+    assert denied.value.error_reason == ErrorReason.ERROR_REASON_MISSING_PERMISSION
+    assert denied.value.metadata["permission"] == "users.write"
+
+
+async def test_resource_exhausted_for_a_message_over_the_channel_limit(api):
+    async with AsyncQdataClient(api.address, max_message_bytes=64) as small:
+        with pytest.raises(ResourceExhausted) as caught:
+            await small.users.CreateUser(new_user_request(display_name="x" * 200))
+    assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert caught.value.reason == ""  # gRPC refused it, not the server
+
+
+async def test_unavailable_when_nothing_listens(unused_tcp_port):
+    async with AsyncQdataClient(f"127.0.0.1:{unused_tcp_port}") as nowhere:
+        with pytest.raises(Unavailable) as caught:
+            await nowhere.users.GetUser(user_pb2.GetUserRequest(username="nobody"))
+    assert caught.value.reason == ""
+
+
+def cancelled_stream(address: str, user_id: str, session_id: str) -> QdataError | None:
+    with QdataClient(address) as qdata:
+        stream = qdata.chat.ExportSession(chat_pb2.ExportSessionRequest(user_id=user_id, session_id=session_id))
+        next(stream)  # the session
+        stream.cancel()
+        try:
+            list(stream)
+        except QdataError as exc:
+            return exc
+    return None
+
+
+async def test_cancelled_stream(client, api):
+    user = (await client.users.CreateUser(new_user_request())).user
+    session = (await client.chat.CreateSession(chat_pb2.CreateSessionRequest(user_id=user.id))).session
+    error = await asyncio.to_thread(cancelled_stream, api.address, user.id, session.id)
+    assert isinstance(error, Cancelled)
