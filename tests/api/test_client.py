@@ -29,6 +29,7 @@ from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import auth
 from qdata_server.users.service import UserServicer
 from tests.support.calls import PASSWORD
+from tests.support.chat import append
 from tests.support.server import start_api, stop_api
 
 
@@ -322,5 +323,9 @@ def cancelled_stream(address: str, user_id: str, session_id: str) -> QdataError 
 async def test_cancelled_stream(client, api):
     user = (await client.users.CreateUser(new_user_request())).user
     session = (await client.chat.CreateSession(chat_pb2.CreateSessionRequest(user_id=user.id))).session
+    # Long enough for several chunks, so the stream is still open when the caller cancels it (an
+    # empty session's stream can end before the cancel, and then nothing is cancelled).
+    for _ in range(5):
+        await append(api, session, *(f"message {i}" for i in range(100)))
     error = await asyncio.to_thread(cancelled_stream, api.address, user.id, session.id)
     assert isinstance(error, Cancelled)
