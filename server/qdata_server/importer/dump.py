@@ -171,8 +171,11 @@ Check = Callable[..., Awaitable[Any]]
 
 async def _domain_check(checking: _Checking, check: Check, request: Message) -> list[tuple[str, str]]:
     """The field violations the domain function finds in request (empty: it would run)."""
+    probe = type(request)()
+    probe.CopyFrom(request)
+    probe.request_id = "import-validation"  # type: ignore[attr-defined]  # each step's is set once valid
     try:
-        await check(checking, request)
+        await check(checking, probe)
     except _Checked:
         return []
     except InvalidArgument as exc:
