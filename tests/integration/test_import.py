@@ -274,7 +274,8 @@ async def test_import_of_1000_users_interrupted_resumed_and_run_again_creates_no
     assert (
         await scalar(
             api.database_url,
-            "SELECT count(*) FROM ledger_postings WHERE system_account IS NOT NULL AND system_account <> 'opening_balances'",
+            "SELECT count(*) FROM ledger_postings"
+            " WHERE system_account IS NOT NULL AND system_account <> 'opening_balances'",
         )
         == 0
     )
