@@ -316,3 +316,100 @@ def test_dollars_convert_exactly_to_micros():
     for bad in ("1.0000001", "true", '"5"', "NaN"):
         with pytest.raises(ValueError):
             import_dump.to_micros(parse(bad))
+
+
+async def test_hostile_records_are_reported_with_their_paths_not_raised():
+    """Wrong JSON types anywhere are bad records with a path, never an exception; a violation the
+    domain code finds in message 130 of a long session names message 130."""
+    long = [{"role": "user", "content": f"m{j}"} for j in range(150)]
+    long[130] = {"role": "user", "content": "m130", "input_tokens": -5}
+    records = [
+        {"key": "a", "status": ["active"], "email": "a@x.example.com", "username": "a1", "password_hash": LEGACY_HASH},
+        {
+            "key": "b",
+            "email": "b@x.example.com",
+            "username": "b1",
+            "password_hash": LEGACY_HASH,
+            "preferences": {"theme": ["dark"]},
+        },
+        {
+            "key": "c",
+            "email": "c@x.example.com",
+            "username": "c1",
+            "password_hash": LEGACY_HASH,
+            "chat_sessions": [{"id": "s", "tags": [1, 2], "messages": [{"role": {"x": 1}}]}],
+        },
+        {
+            "key": "d",
+            "email": "d@x.example.com",
+            "username": "d1",
+            "password_hash": LEGACY_HASH,
+            "balance": "__NUM__1e400",
+        },
+        {"email": "e@x.example.com"},
+        {
+            "key": "f",
+            "email": "f@x.example.com",
+            "username": "f1",
+            "password_hash": LEGACY_HASH,
+            "chat_sessions": [{"id": "s", "messages": long}],
+        },
+        {
+            "key": "g",
+            "email": "g@x.example.com",
+            "username": "g1",
+            "password_hash": LEGACY_HASH,
+            "currency": 840,
+            "balance": "__NUM__1.5",
+        },
+        {"key": "h", "email": "h@x.example.com", "username": "h1", "password_hash": LEGACY_HASH, "surprise": 1},
+        ["not", "an", "object"],
+    ]
+    text = "\n".join(_numbers(json.dumps(r)) for r in records)
+    from qdata_server.config import Settings
+
+    parsed = await import_dump.parse(io.StringIO(text), settings=Settings(), key_ring=None, known_models=set())
+    paths = {(p.line, p.path) for p in parsed.problems}
+    assert (1, "$.status") in paths
+    assert (2, "$.preferences.theme") in paths
+    assert (3, "$.chat_sessions[0].messages[0]") in paths
+    assert (4, "$.balance") in paths
+    assert (5, "$.key") in paths
+    assert (6, "$.chat_sessions[0].messages[130].input_tokens") in paths
+    assert (7, "$.currency") in paths  # 840 is no currency code
+    assert (8, "$.surprise") in paths
+    assert (9, "$") in paths
+    assert parsed.plans == [] and parsed.bad_users == len(records)
+
+
+def test_the_import_command_reports_and_a_second_run_creates_nothing(database_url, tmp_path):
+    """The real command, as an operator runs it: exit statuses, the report, a second run."""
+    from tests.integration.test_operator_commands import run_command
+    from tests.support.server import serving_url
+
+    rng = random.Random(3)
+    users = [good_user(n, rng) for n in range(1, 6)]
+    for user in users:
+        user["ratings"] = []  # the fresh database has no catalog
+    users[2]["email"] = "not an email"
+    dump = tmp_path / "dump.jsonl"
+    dump.write_text("\n".join(_numbers(json.dumps(u)) for u in users) + "\n")
+    env = {"DATABASE_URL": serving_url(database_url), "QDATA_KEY_RING": KEY_RING, "QDATA_BCRYPT_COST": "4"}
+
+    dry = run_command(["import", str(dump), "--dry-run"], env, tmp_path)
+    assert dry.returncode == 1, dry.stderr
+    assert "bad record: line 3: $.email:" in dry.stdout and "dry run: nothing written" in dry.stdout
+
+    first = run_command(["import", str(dump)], env, tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "read 5 user line(s): 4 valid, 1 refused" in first.stdout
+    assert "VerifyLedger: clean" in first.stdout
+    assert "import reconciled exactly: 4 of 4 user(s) exact" in first.stdout
+    assert first.stdout.count("\n  ok legacy-") == 4
+
+    second = run_command(["import", str(dump)], env, tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "steps: 0 run," in second.stdout
+
+    missing = run_command(["import", str(tmp_path / "nope.jsonl")], env, tmp_path)
+    assert missing.returncode == 2 and "cannot read" in missing.stderr

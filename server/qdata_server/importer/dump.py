@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import decimal
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import IO, Any, NoReturn
@@ -64,8 +65,10 @@ _USER_FIELDS = {
 }
 
 
-class DumpError(Exception):
-    """The dump cannot be read at all (not a file of JSON lines)."""
+# The dump's names of an opening balance's request fields (anything else is about the balance).
+_BALANCE_FIELDS = {"amount_micros": "balance", "currency_code": "currency"}
+# A violation of one message of an AppendMessages request ("messages[3].content").
+_MESSAGE_FIELD = re.compile(r"messages\[(?P<index>\d+)\](?P<rest>.*)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,9 +146,14 @@ def to_micros(value: Any) -> int:
     amount = decimal.Decimal(value)
     if not amount.is_finite():
         raise ValueError("must be a finite number")
-    if amount.as_tuple().exponent < -6 and amount != amount.quantize(decimal.Decimal("0.000001")):  # type: ignore[operator]
+    if abs(amount) >= 10**13:
+        raise ValueError("must be below 10^13 (the ledger holds at most 10^18 micro-units)")
+    # Exact arithmetic: 13 integer digits and any number of decimals fit in this precision.
+    with decimal.localcontext(prec=64) as exact:
+        micros = exact.multiply(amount, MICROS)
+    if micros != micros.to_integral_value():
         raise ValueError("has more than 6 decimals (1 micro-unit is 0.000001)")
-    return int(amount * MICROS)
+    return int(micros)
 
 
 class _Checked(Exception):
@@ -251,7 +259,7 @@ async def _user(
     for item in v.items:
         bad(f"$.{item.field}", item.description)
     status = record.get("status", "active")
-    if status not in _STATUSES:
+    if not isinstance(status, str) or status not in _STATUSES:
         bad("$.status", "must be 'active' or 'disabled'")
     try:
         passwords.parse_legacy(_text(record, "password_hash"))
@@ -262,13 +270,15 @@ async def _user(
         username=_text(record, "username"),
         display_name=_text(record, "display_name"),
         legacy_password_hash=_text(record, "password_hash"),
-        status=_STATUSES.get(status, user_pb2.USER_STATUS_ACTIVE),
+        status=_STATUSES.get(status, user_pb2.USER_STATUS_ACTIVE)
+        if isinstance(status, str)
+        else user_pb2.USER_STATUS_ACTIVE,
     )
     legacy_user = {k: record[k] for k in ("key", "email", "username", "display_name", "status") if k in record}
     steps = [Step("user", request_id(key, "user"), user_pb2.ImportUsersRequest(users=[imported]), legacy_user)]
 
     # The opening balance, and the history it closes (kept as the legacy record, not replayed).
-    currency = record.get("currency", "USD")
+    currency = _text(record, "currency") or "USD"
     balance = 0
     try:
         balance = to_micros(record.get("balance", 0))
@@ -297,7 +307,7 @@ async def _user(
         )
         legacy = {"balance": _json(record.get("balance", 0)), "currency": currency, "transactions": _json(history)}
         if balance > 0:
-            await _check(found, line, "$", checking, ledger.open_balance, request, "$.balance")
+            await _check(found, line, "$", checking, ledger.open_balance, request, _BALANCE_FIELDS)
             steps.append(Step("opening_balance", request_id(key, "opening_balance"), request, legacy))
 
     # Chat sessions and their messages, in the old order, at most 100 messages per append.
@@ -315,7 +325,7 @@ async def _user(
             user_id=uid,
             model_id=_text(session, "model_id"),
             title=_text(session, "title"),
-            tags=session.get("tags", []) if isinstance(session.get("tags"), list) else [],
+            tags=[str(t) for t in session["tags"]] if isinstance(session.get("tags"), list) else [],
         )
         await _check(found, line, at, checking, chat_sessions.create_session, create)
         create_id = request_id(key, "chat_session", session["id"])
@@ -327,7 +337,11 @@ async def _user(
         inputs: list[chat_pb2.MessageInput] = []
         for j, message in enumerate(messages):
             mat = f"{at}.messages[{j}]"
-            if not isinstance(message, dict) or message.get("role") not in _ROLES:
+            if (
+                not isinstance(message, dict)
+                or not isinstance(message.get("role"), str)
+                or message["role"] not in _ROLES
+            ):
                 bad(mat, "must be an object with role 'system', 'user', 'assistant' or 'tool'")
                 continue
             inputs.append(
@@ -347,11 +361,11 @@ async def _user(
             await _check(
                 found,
                 line,
-                f"{at}.messages[{start}:{start + len(chunk)}]",
+                at,
                 checking,
                 chat_messages.append_messages,
                 append,
-                prefix=True,
+                message_offset=start,
             )
             steps.append(
                 Step(
@@ -388,7 +402,8 @@ async def _user(
             bad("$.preferences", "must be an object")
         else:
             theme = prefs.get("theme", "")
-            if theme not in _THEMES:
+            if not isinstance(theme, str) or theme not in _THEMES:
+                theme = None
                 bad("$.preferences.theme", "must be 'system', 'light', 'dark' or empty")
             extra = prefs.get("extra", {})
             update = user_pb2.UpdatePreferencesRequest(
@@ -451,15 +466,19 @@ async def _check(
     checking: _Checking,
     check: Check,
     request: Message,
-    field_path: str | None = None,
+    renamed: dict[str, str] | None = None,
     *,
-    prefix: bool = False,
+    message_offset: int | None = None,
 ) -> None:
+    """Records the domain function's violations of request as problems at the dump's paths."""
     for field, message in await _domain_check(checking, check, request):
-        if field_path is not None:
-            path = field_path
-        elif prefix or not field:
-            path = at + (f" ({field})" if field else "")
+        numbered = _MESSAGE_FIELD.fullmatch(field) if message_offset is not None else None
+        if renamed is not None:
+            path = f"{at}.{renamed.get(field, 'balance')}"
+        elif numbered and message_offset is not None:
+            path = f"{at}.messages[{message_offset + int(numbered['index'])}]{numbered['rest']}"
+        elif not field:
+            path = at
         else:
             path = f"{at}.{field.removeprefix('preferences.')}"
         found.append(Problem(line, path, message))
