@@ -1,3 +1,4 @@
+-- qdata: no-transaction
 -- Importing the old services' dictionaries (`qdata-server import`, docs/import.md).
 --
 -- Opening balances are ledger transactions of their own kind, credited from a system account of
@@ -11,15 +12,26 @@
 -- nothing twice. The legacy record it came from is kept with it (never a secret), which is where
 -- the old transaction history stays, read-only.
 
-ALTER TABLE ledger_transactions DROP CONSTRAINT ledger_transactions_kind_valid;
-ALTER TABLE ledger_transactions ADD CONSTRAINT ledger_transactions_kind_valid CHECK (
-    kind IN ('deposit', 'charge', 'refund', 'transfer', 'hold_capture', 'opening_balance'));
+-- Outside a transaction, each statement on its own and each safe to run twice: swapping a CHECK
+-- (drop the old, add the wider one NOT VALID) is one statement that holds the table's lock for a
+-- moment only, and VALIDATE then checks the existing rows without blocking writes, where a plain
+-- ADD CONSTRAINT would hold off every ledger write for the length of a full scan. The new sets
+-- are supersets of the old, so no row can fail. (One migration number was allotted to the
+-- import, so the table is created here too, re-runnably.)
 
-ALTER TABLE ledger_postings DROP CONSTRAINT ledger_postings_system_account_valid;
-ALTER TABLE ledger_postings ADD CONSTRAINT ledger_postings_system_account_valid CHECK (
-    system_account IN ('payments_received', 'promotions', 'revenue', 'refunds', 'opening_balances'));
+ALTER TABLE ledger_transactions
+    DROP CONSTRAINT IF EXISTS ledger_transactions_kind_valid,
+    ADD CONSTRAINT ledger_transactions_kind_valid CHECK (
+        kind IN ('deposit', 'charge', 'refund', 'transfer', 'hold_capture', 'opening_balance')) NOT VALID;
+ALTER TABLE ledger_transactions VALIDATE CONSTRAINT ledger_transactions_kind_valid;
 
-CREATE TABLE import_log (
+ALTER TABLE ledger_postings
+    DROP CONSTRAINT IF EXISTS ledger_postings_system_account_valid,
+    ADD CONSTRAINT ledger_postings_system_account_valid CHECK (
+        system_account IN ('payments_received', 'promotions', 'revenue', 'refunds', 'opening_balances')) NOT VALID;
+ALTER TABLE ledger_postings VALIDATE CONSTRAINT ledger_postings_system_account_valid;
+
+CREATE TABLE IF NOT EXISTS import_log (
     user_id     uuid        NOT NULL,
     request_id  text        NOT NULL,
     step        text        NOT NULL,
