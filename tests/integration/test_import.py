@@ -413,3 +413,67 @@ def test_the_import_command_reports_and_a_second_run_creates_nothing(database_ur
 
     missing = run_command(["import", str(tmp_path / "nope.jsonl")], env, tmp_path)
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+async def test_an_import_killed_mid_way_resumes_and_reconciles_exactly(fresh_api, tmp_path):
+    """The command is killed (SIGKILL) once 100 users are complete; the re-run finishes the rest."""
+    import asyncio
+    import signal
+    import sys
+
+    from tests.support.server import serving_url
+
+    await create_model(fresh_api, MODEL)
+    text, expected, valid = generate()
+    dump = tmp_path / "dump.jsonl"
+    dump.write_text(text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QDATA_", "DATABASE_URL"))}
+    env.update(
+        DATABASE_URL=serving_url(fresh_api.database_url),
+        QDATA_KEY_RING=KEY_RING,
+        QDATA_EMBEDDED_DATA_DIR=str(tmp_path / "embedded"),
+    )
+    complete = "SELECT count(*) FROM import_log WHERE step = 'complete'"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "qdata_server",
+        "import",
+        str(dump),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        while await scalar(fresh_api.database_url, complete) < 100:
+            assert process.returncode is None, "the import ended before it could be interrupted"
+            await asyncio.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+    killed_at = await scalar(fresh_api.database_url, complete)
+    assert 100 <= killed_at < len(valid)
+
+    rerun = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "qdata_server",
+        "import",
+        str(dump),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await rerun.communicate()
+    stdout, stderr = out.decode(), err.decode()
+    assert rerun.returncode == 0, stdout[-2000:] + stderr[-2000:]
+    assert f"import reconciled exactly: {len(valid)} of {len(valid)} user(s) exact" in stdout
+    assert "VerifyLedger: clean" in stdout
+    assert len([line for line in stdout.splitlines() if line.startswith("bad record: ")]) >= len(expected)
+    assert await scalar(fresh_api.database_url, complete) == len(valid)
+    # Each user exactly once, each opening balance exactly once.
+    assert await scalar(fresh_api.database_url, "SELECT count(*) FROM users") == len(valid)
+    balances = sum(1 for user in valid.values() if micros(str(user["balance"])))
+    assert await scalar(fresh_api.database_url, "SELECT count(*) FROM ledger_transactions") == balances
