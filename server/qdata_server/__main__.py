@@ -62,6 +62,8 @@ def _command(argv: list[str] | None) -> int:
     parser.add_argument("--jobs", type=int, default=4, help="import: users imported at once (default 4)")
     parser.add_argument("--batch", type=int, default=500, help="rewrap-keys: keys per transaction (default 500)")
     args = parser.parse_args(argv)
+    if args.file is not None and args.command != "import":
+        parser.error(f"{args.command} takes no file")
     if args.command == "hash-token":
         from qdata_server import auth
 

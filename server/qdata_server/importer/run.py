@@ -122,7 +122,7 @@ class Report:
     valid_users: int
     steps_run: int = 0
     steps_skipped: int = 0
-    records: int = 0
+    records: int = 0  # records of the users this run imported something of
     seconds: float = 0.0
     users: list[UserOutcome] = dataclasses.field(default_factory=list)
     ledger_discrepancies: int = -1  # -1: not verified (dry run)
@@ -265,7 +265,6 @@ async def run_import(
         callctx.unbind(token)
         bar.close()
     report.seconds = time.monotonic() - started
-    report.records = sum(p.records for p in parsed.plans)
     await _reconcile(deps, parsed.plans, errors, report)
     return report
 
@@ -277,8 +276,12 @@ async def _import_user(
     report: Report,
     after_step: Callable[[UserPlan, Step], None] | None,
 ) -> None:
-    """Runs the user's steps that no earlier run finished, in order, then marks the user complete."""
+    """Runs the user's steps that no earlier run finished, in order, then marks the user complete.
+
+    The user's records count towards the throughput figure when any of its steps ran here.
+    """
     sessions: dict[str, str] = {}  # create step's request_id -> the qdata session id
+    ran = False
     for step in plan.steps:
         stored = done.get((plan.user_id, step.request_id))
         if stored is not None:
@@ -297,6 +300,9 @@ async def _import_user(
         if isinstance(response, chat_pb2.CreateSessionResponse):
             sessions[step.request_id] = response.session.id
         report.steps_run += 1
+        if not ran:
+            ran = True
+            report.records += plan.records
         if after_step is not None:
             after_step(plan, step)
     if (plan.user_id, "complete") not in done:
