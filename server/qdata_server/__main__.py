@@ -10,11 +10,15 @@ seed     loads the sample data into an empty database
 rewrap-keys [--batch N]
          re-wraps every stored API key's data key under the key ring's primary version, online,
          in batches of N (default 500); resumable; afterwards older ring versions can be removed
+import FILE [--dry-run] [--jobs N]
+         loads a JSON Lines dump of the old services' dictionaries through the domain functions
+         (docs/import.md): validates everything first, resumes after a crash, creates nothing twice,
+         ends with a reconciliation report; exit 0 when it reconciles exactly, 1 otherwise
 hash-token  reads a caller token on stdin (or makes a new one if stdin is empty) and prints the
          sha256:<hex> form QDATA_AUTH_TOKENS takes
 
 migrate, status, verify, verify-audit and rewrap-keys act on QDATA_OWNER_DATABASE_URL, else
-DATABASE_URL, else (neither set) the embedded PostgreSQL. serve and seed need DATABASE_URL, the
+DATABASE_URL, else (neither set) the embedded PostgreSQL. serve, seed and import need DATABASE_URL, the
 serving login: with QDATA_OWNER_DATABASE_URL alone they exit 2 with a configuration error.
 """
 
@@ -51,10 +55,15 @@ def _command(argv: list[str] | None) -> int:
         "command",
         nargs="?",
         default="serve",
-        choices=["serve", "migrate", "status", "verify", "verify-audit", "seed", "hash-token", "rewrap-keys"],
+        choices=["serve", "migrate", "status", "verify", "verify-audit", "seed", "import", "hash-token", "rewrap-keys"],
     )
+    parser.add_argument("file", nargs="?", help="import: the JSON Lines dump")
+    parser.add_argument("--dry-run", action="store_true", help="import: validate and report, write nothing")
+    parser.add_argument("--jobs", type=int, default=4, help="import: users imported at once (default 4)")
     parser.add_argument("--batch", type=int, default=500, help="rewrap-keys: keys per transaction (default 500)")
     args = parser.parse_args(argv)
+    if args.file is not None and args.command != "import":
+        parser.error(f"{args.command} takes no file")
     if args.command == "hash-token":
         from qdata_server import auth
 
@@ -81,6 +90,8 @@ def _command(argv: list[str] | None) -> int:
         asyncio.run(serve.seed_database(settings, databases.serving))
         print("seeded")
         return 0
+    if args.command == "import":
+        return import_dump(settings, args.file, dry_run=args.dry_run, jobs=args.jobs)
     # Operator commands run as the schema's owner, on the database they are given.
     conninfo = serve.resolve_owner_database(settings)
     try:
@@ -144,6 +155,34 @@ def rewrap_keys(settings: Settings, conninfo: str, batch: int) -> int:
         print(str(exc), file=sys.stderr)
         return 1
     return 0
+
+
+def import_dump(settings: Settings, path: str | None, *, dry_run: bool, jobs: int) -> int:
+    """The import command: the report on stdout, progress on stderr (a bar on a terminal)."""
+    from qdata_server import serve
+
+    if not path:
+        print("import needs the dump's path", file=sys.stderr)
+        return 2
+    if not 1 <= jobs <= 64:
+        print("--jobs must be 1 to 64", file=sys.stderr)
+        return 2
+    try:
+        databases = serve.resolve_database(settings)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with open(path, encoding="utf-8") as stream:
+            report = asyncio.run(serve.import_database(settings, databases.serving, stream, dry_run=dry_run, jobs=jobs))
+    except OSError as exc:
+        print(f"cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    for line in report.lines_of():
+        print(line)
+    if dry_run:
+        return 0 if not report.problems else 1
+    return 0 if report.ok else 1
 
 
 if __name__ == "__main__":

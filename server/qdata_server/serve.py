@@ -27,10 +27,14 @@ import time
 from collections.abc import Callable, Iterable
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
+from typing import IO, TYPE_CHECKING
 
 from qdata_server import inputs
 from qdata_server.config import ConfigError, Settings
 from qdata_server.startup import StartupError
+
+if TYPE_CHECKING:
+    from qdata_server.importer import run as importer_run
 
 log = logging.getLogger("qdata.serve")
 
@@ -438,6 +442,29 @@ def _signal_all(processes: Iterable[BaseProcess], sig: int) -> None:
         if process.pid is not None:  # started: every process in `running` was
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, sig)
+
+
+async def import_database(
+    settings: Settings, conninfo: str, stream: IO[str], *, dry_run: bool, jobs: int
+) -> importer_run.Report:
+    """Runs `import` through a short-lived pool, as the serving login (RLS and all)."""
+    from qdata_server.db.pool import open_pool
+    from qdata_server.deps import Deps
+    from qdata_server.importer import run as importer_run
+    from qdata_server.users import vault
+    from qdata_server.users.passwords import PasswordHasher
+
+    pool = await open_pool(settings, conninfo)
+    try:
+        deps = Deps(
+            settings=settings,
+            pool=pool,
+            passwords=await PasswordHasher.create(settings),
+            key_ring=vault.load_key_ring(settings),
+        )
+        return await importer_run.run_import(deps, stream, dry_run=dry_run, jobs=jobs)
+    finally:
+        await pool.close()
 
 
 async def seed_database(settings: Settings, conninfo: str) -> None:

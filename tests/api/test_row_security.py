@@ -55,6 +55,7 @@ USER_TABLES: dict[str, tuple[str, ...]] = {
     "usage_model_user_days": ("user_id",),
     "usage_user_days": ("user_id",),
     "model_ratings": ("user_id",),
+    "import_log": ("user_id",),
 }
 SETTINGS = dataclasses.replace(
     TEST_SETTINGS,
@@ -114,6 +115,15 @@ async def give_rows_in_every_table(api, user_id: str, other_id: str) -> None:
     await api.usage.RateModel(
         usage_pb2.RateModelRequest(request_id=rid(), user_id=user_id, model_id="openai/gpt-4o-mini", stars=4)
     )
+    # No RPC writes import_log (`qdata-server import` does, through the domain functions): one row
+    # as the importer writes it, in a transaction acting for the user as the serving role.
+    async with await psycopg.AsyncConnection.connect(serving_url(api.database_url)) as conn, conn.transaction():
+        await conn.execute("SELECT set_config('qdata.acting_users', %s, true)", ["{" + user_id + "}"])
+        await conn.execute(
+            "INSERT INTO import_log (user_id, request_id, step, legacy_key, legacy, response)"
+            " VALUES (%s, %s, 'user', %s, '{}', '')",
+            [user_id, rid(), "legacy-" + user_id],
+        )
 
 
 @pytest.fixture

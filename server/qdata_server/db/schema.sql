@@ -383,6 +383,20 @@ BEGIN
 END;
 $$;
 
+CREATE FUNCTION public.ledger_opening_balance(p_user uuid, p_amount bigint, p_currency text, p_description text, p_request_id text, p_actor text DEFAULT NULL::text, p_method text DEFAULT NULL::text, p_request_hash bytea DEFAULT NULL::bytea) RETURNS uuid
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM ledger_check_request(p_user, p_actor, p_request_id);
+    PERFORM ledger_lock_account(p_user, p_currency);
+    PERFORM ledger_credit_account(p_user, p_currency, p_amount);
+    RETURN ledger_insert_transaction(
+        p_user, 'opening_balance', p_amount, p_currency, NULL, 'opening_balances',
+        p_user, NULL, NULL, p_description, '', '', '', NULL, NULL, p_request_id,
+        p_actor, p_method, p_request_hash);
+END;
+$$;
+
 CREATE FUNCTION public.ledger_refund(p_user uuid, p_original uuid, p_amount bigint, p_description text, p_request_id text, p_actor text DEFAULT NULL::text, p_method text DEFAULT NULL::text, p_request_hash bytea DEFAULT NULL::bytea) RETURNS uuid
     LANGUAGE plpgsql
     AS $$
@@ -1073,6 +1087,17 @@ CREATE TABLE public.idempotency_keys (
     CONSTRAINT idempotency_keys_request_id_length CHECK (((length(request_id) >= 1) AND (length(request_id) <= 128)))
 );
 
+CREATE TABLE public.import_log (
+    user_id uuid NOT NULL,
+    request_id text NOT NULL,
+    step text NOT NULL,
+    legacy_key text NOT NULL,
+    legacy jsonb NOT NULL,
+    response bytea NOT NULL,
+    imported_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT import_log_step_valid CHECK ((step = ANY (ARRAY['user'::text, 'opening_balance'::text, 'chat_session'::text, 'chat_messages'::text, 'rating'::text, 'preferences'::text, 'api_key'::text, 'complete'::text])))
+);
+
 CREATE TABLE public.ledger_positions (
     user_id uuid NOT NULL,
     last_position bigint NOT NULL,
@@ -1090,7 +1115,7 @@ CREATE TABLE public.ledger_postings (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT ledger_postings_amount_nonzero CHECK ((amount_micros <> 0)),
     CONSTRAINT ledger_postings_one_account CHECK (((account_user_id IS NULL) <> (system_account IS NULL))),
-    CONSTRAINT ledger_postings_system_account_valid CHECK ((system_account = ANY (ARRAY['payments_received'::text, 'promotions'::text, 'revenue'::text, 'refunds'::text])))
+    CONSTRAINT ledger_postings_system_account_valid CHECK ((system_account = ANY (ARRAY['payments_received'::text, 'promotions'::text, 'revenue'::text, 'refunds'::text, 'opening_balances'::text])))
 );
 
 CREATE TABLE public.ledger_transactions (
@@ -1116,7 +1141,7 @@ CREATE TABLE public.ledger_transactions (
     CONSTRAINT ledger_transactions_amount_positive CHECK ((amount_micros > 0)),
     CONSTRAINT ledger_transactions_capture_has_hold CHECK (((kind = 'hold_capture'::text) = (hold_id IS NOT NULL))),
     CONSTRAINT ledger_transactions_counterparty_position_consistent CHECK (((counterparty_user_id IS NULL) = (counterparty_position IS NULL))),
-    CONSTRAINT ledger_transactions_kind_valid CHECK ((kind = ANY (ARRAY['deposit'::text, 'charge'::text, 'refund'::text, 'transfer'::text, 'hold_capture'::text]))),
+    CONSTRAINT ledger_transactions_kind_valid CHECK ((kind = ANY (ARRAY['deposit'::text, 'charge'::text, 'refund'::text, 'transfer'::text, 'hold_capture'::text, 'opening_balance'::text]))),
     CONSTRAINT ledger_transactions_refund_has_original CHECK (((kind = 'refund'::text) = (original_transaction_id IS NOT NULL))),
     CONSTRAINT ledger_transactions_request_key_complete CHECK ((((request_actor IS NULL) = (request_method IS NULL)) AND ((request_actor IS NULL) = (request_hash IS NULL)) AND ((request_actor IS NULL) OR (request_id <> ''::text)))),
     CONSTRAINT ledger_transactions_transfer_has_counterparty CHECK (((kind = 'transfer'::text) = (counterparty_user_id IS NOT NULL)))
@@ -1361,6 +1386,9 @@ ALTER TABLE ONLY public.chat_sessions
 ALTER TABLE ONLY public.idempotency_keys
     ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (user_id, actor, request_id);
 
+ALTER TABLE ONLY public.import_log
+    ADD CONSTRAINT import_log_pkey PRIMARY KEY (user_id, request_id);
+
 ALTER TABLE ONLY public.ledger_accounts
     ADD CONSTRAINT ledger_accounts_pkey PRIMARY KEY (user_id, currency_code);
 
@@ -1528,6 +1556,9 @@ ALTER TABLE ONLY public.chat_messages
 ALTER TABLE ONLY public.chat_sessions
     ADD CONSTRAINT chat_sessions_user_fkey FOREIGN KEY (user_id) REFERENCES public.users(user_id);
 
+ALTER TABLE ONLY public.import_log
+    ADD CONSTRAINT import_log_user_fkey FOREIGN KEY (user_id) REFERENCES public.users(user_id);
+
 ALTER TABLE ONLY public.ledger_accounts
     ADD CONSTRAINT ledger_accounts_user_fkey FOREIGN KEY (user_id) REFERENCES public.users(user_id);
 
@@ -1575,6 +1606,12 @@ ALTER TABLE public.idempotency_keys ENABLE ROW LEVEL SECURITY;
 CREATE POLICY idempotency_keys_acting_users ON public.idempotency_keys TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
 
 CREATE POLICY idempotency_keys_all_users ON public.idempotency_keys TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
+
+ALTER TABLE public.import_log ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY import_log_acting_users ON public.import_log TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+
+CREATE POLICY import_log_all_users ON public.import_log TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
 ALTER TABLE public.ledger_accounts ENABLE ROW LEVEL SECURITY;
 
@@ -1689,6 +1726,8 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.chat_messages TO qdata_service
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.chat_sessions TO qdata_service;
 
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.idempotency_keys TO qdata_service;
+
+GRANT SELECT,INSERT ON TABLE public.import_log TO qdata_service;
 
 GRANT SELECT ON TABLE public.ledger_positions TO qdata_service;
 

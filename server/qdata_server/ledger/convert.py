@@ -14,6 +14,7 @@ KIND_TO_PROTO = {
     "refund": ledger_pb2.TRANSACTION_KIND_REFUND,
     "transfer": ledger_pb2.TRANSACTION_KIND_TRANSFER,
     "hold_capture": ledger_pb2.TRANSACTION_KIND_HOLD_CAPTURE,
+    "opening_balance": ledger_pb2.TRANSACTION_KIND_OPENING_BALANCE,
 }
 KIND_FROM_PROTO = {v: k for k, v in KIND_TO_PROTO.items()}
 SOURCE_TO_PROTO = {

@@ -189,6 +189,38 @@ async def deposit(deps: Deps, request: ledger_pb2.DepositRequest) -> ledger_pb2.
     )
 
 
+async def open_balance(deps: Deps, request: ledger_pb2.DepositRequest) -> ledger_pb2.DepositResponse:
+    """Credits an imported user's opening balance (kind OPENING_BALANCE); `qdata-server import` only.
+
+    No RPC reaches this: the request is a DepositRequest of which user_id, amount_micros,
+    currency_code, description and request_id count (source and external_reference must be
+    unset). The money comes from the opening_balances system account, so revenue and payment
+    totals leave it out; like every ledger write it is remembered forever by its request key.
+    """
+    v = Violations()
+    user_id = v.uuid("user_id", request.user_id)
+    currency = _money(request, v)
+    if request.source != ledger_pb2.DEPOSIT_SOURCE_UNSPECIFIED:
+        v.add("source", "must be unset for an opening balance")
+    if request.external_reference:
+        v.add("external_reference", "must be empty for an opening balance")
+    v.text("description", request.description, rules.MAX_DESCRIPTION_LENGTH)
+    v.raise_if_any()
+    assert user_id is not None  # raise_if_any() passed
+    rules.check_supported("currency_code", currency, deps.settings.ledger_currencies)
+    return await _post(
+        deps,
+        request,
+        ledger_pb2.DepositResponse,
+        "ledger_opening_balance",
+        user_id,
+        "OpeningBalance",
+        amount=request.amount_micros,
+        currency=currency,
+        params={"user_id": user_id, "description": request.description},
+    )
+
+
 async def charge(deps: Deps, request: ledger_pb2.ChargeRequest) -> ledger_pb2.ChargeResponse:
     v = Violations()
     user_id = v.uuid("user_id", request.user_id)

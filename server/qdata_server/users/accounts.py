@@ -8,6 +8,7 @@ request changes nothing and leaves no trace.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from qdata.v1 import user_pb2
@@ -191,8 +192,14 @@ async def delete_user(deps: Deps, request: user_pb2.DeleteUserRequest) -> user_p
     return await deps.idempotent(request, user_pb2.DeleteUserResponse, work, user_id=user_id)
 
 
-async def import_users(deps: Deps, request: user_pb2.ImportUsersRequest) -> user_pb2.ImportUsersResponse:
+async def import_users(
+    deps: Deps, request: user_pb2.ImportUsersRequest, *, user_ids: Sequence[uuid.UUID] | None = None
+) -> user_pb2.ImportUsersResponse:
+    """ImportUsers; `user_ids` (one per user, the server-side importer's ids derived from the old
+    keys) replaces the ids the database would draw."""
     v = Violations()
+    if user_ids is not None and len(user_ids) != len(request.users):
+        raise ValueError("import_users: one user_id per user")
     if not request.users:
         v.add("users", "must hold at least one user")
     elif len(request.users) > MAX_IMPORT_USERS:
@@ -208,6 +215,7 @@ async def import_users(deps: Deps, request: user_pb2.ImportUsersRequest) -> user
             "email": rules.normalize_email(uv, "email", item.email),
             "username": rules.normalize_username(uv, "username", item.username),
             "display_name": rules.check_display_name(uv, "display_name", item.display_name),
+            "user_id": user_ids[index] if user_ids is not None else None,
             "password_hash": item.legacy_password_hash,
             "status": {
                 user_pb2.USER_STATUS_UNSPECIFIED: "active",

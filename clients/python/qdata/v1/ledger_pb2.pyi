@@ -20,6 +20,7 @@ class TransactionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRANSACTION_KIND_REFUND: _ClassVar[TransactionKind]
     TRANSACTION_KIND_TRANSFER: _ClassVar[TransactionKind]
     TRANSACTION_KIND_HOLD_CAPTURE: _ClassVar[TransactionKind]
+    TRANSACTION_KIND_OPENING_BALANCE: _ClassVar[TransactionKind]
 
 class DepositSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -50,6 +51,7 @@ TRANSACTION_KIND_CHARGE: TransactionKind
 TRANSACTION_KIND_REFUND: TransactionKind
 TRANSACTION_KIND_TRANSFER: TransactionKind
 TRANSACTION_KIND_HOLD_CAPTURE: TransactionKind
+TRANSACTION_KIND_OPENING_BALANCE: TransactionKind
 DEPOSIT_SOURCE_UNSPECIFIED: DepositSource
 DEPOSIT_SOURCE_PAYMENT: DepositSource
 DEPOSIT_SOURCE_PROMOTION: DepositSource

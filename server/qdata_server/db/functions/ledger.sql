@@ -216,6 +216,25 @@ BEGIN
 END;
 $$;
 
+-- An opening balance: money a user already held in the old services, credited once from the
+-- opening_balances system account (not a payment or a promotion, so revenue stays true). Written
+-- by `qdata-server import` only.
+CREATE OR REPLACE FUNCTION ledger_opening_balance(
+    p_user uuid, p_amount bigint, p_currency text, p_description text, p_request_id text,
+    p_actor text DEFAULT NULL, p_method text DEFAULT NULL, p_request_hash bytea DEFAULT NULL
+) RETURNS uuid
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM ledger_check_request(p_user, p_actor, p_request_id);
+    PERFORM ledger_lock_account(p_user, p_currency);
+    PERFORM ledger_credit_account(p_user, p_currency, p_amount);
+    RETURN ledger_insert_transaction(
+        p_user, 'opening_balance', p_amount, p_currency, NULL, 'opening_balances',
+        p_user, NULL, NULL, p_description, '', '', '', NULL, NULL, p_request_id,
+        p_actor, p_method, p_request_hash);
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION ledger_charge(
     p_user uuid, p_amount bigint, p_currency text, p_description text, p_reference text, p_request_id text,
     p_actor text DEFAULT NULL, p_method text DEFAULT NULL, p_request_hash bytea DEFAULT NULL

@@ -66,7 +66,8 @@ DECLARE
               'user_id = ANY (qdata_acting_users())'],
         ARRAY['usage_model_user_days', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
         ARRAY['usage_user_days', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
-        ARRAY['model_ratings', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())']
+        ARRAY['model_ratings', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
+        ARRAY['import_log', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())']
     ];
 BEGIN
     FOREACH spec SLICE 1 IN ARRAY specs LOOP

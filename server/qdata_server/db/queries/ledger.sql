@@ -172,3 +172,8 @@ SELECT (SELECT count(*) FROM ledger_accounts WHERE %(user_id)s::uuid IS NULL OR 
        (SELECT count(*) FROM ledger_transactions WHERE %(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid) AS transactions,
        (SELECT count(*) FROM ledger_holds WHERE %(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid) AS holds,
        now() AS check_time;
+
+-- name: ledger_opening_balance
+-- Credits an imported user's opening balance from the opening_balances system account.
+SELECT ledger_opening_balance(%(user_id)s, %(amount_micros)s, %(currency_code)s, %(description)s, %(request_id)s,
+                              %(actor)s, %(method)s, %(request_hash)s) AS transaction_id;

@@ -7,8 +7,10 @@ RETURNING user_id, email, username, display_name, status, password_hash, failed_
 
 -- name: insert_user_if_free
 -- Creates a user unless the email or username is taken; returns no row when taken.
-INSERT INTO users (email, username, display_name, status, password_hash)
-VALUES (%(email)s, %(username)s, %(display_name)s, %(status)s, %(password_hash)s)
+-- A NULL user_id draws a new id; the importer passes the id it derived from the old key.
+INSERT INTO users (user_id, email, username, display_name, status, password_hash)
+VALUES (coalesce(%(user_id)s::uuid, gen_random_uuid()), %(email)s, %(username)s, %(display_name)s, %(status)s,
+        %(password_hash)s)
 ON CONFLICT DO NOTHING
 RETURNING user_id, email, username, display_name, status, password_hash, failed_login_count, locked_until,
           last_login_at, created_at, updated_at, deleted_at;
