@@ -343,7 +343,7 @@ class LedgerService(Service):
     money is an immutable Transaction whose postings sum to zero; a mistake is corrected by a new
     transaction linked to the original (a refund), never by changing an old one. Each user has one
     credit account per currency, created on first use; system accounts (payments received, revenue,
-    refunds, promotions) take the other side of each movement. A user's available balance (posted
+    refunds, promotions, opening balances) take the other side of each movement. A user's available balance (posted
     minus active holds) never goes below zero, enforced by the database.
 
     Amounts are int64 micro-units of the transaction's currency (1 USD = 1,000,000). A single amount
@@ -1482,7 +1482,7 @@ class AsyncLedgerService(Service):
     money is an immutable Transaction whose postings sum to zero; a mistake is corrected by a new
     transaction linked to the original (a refund), never by changing an old one. Each user has one
     credit account per currency, created on first use; system accounts (payments received, revenue,
-    refunds, promotions) take the other side of each movement. A user's available balance (posted
+    refunds, promotions, opening balances) take the other side of each movement. A user's available balance (posted
     minus active holds) never goes below zero, enforced by the database.
 
     Amounts are int64 micro-units of the transaction's currency (1 USD = 1,000,000). A single amount

@@ -31,7 +31,7 @@ class LedgerServiceStub:
     money is an immutable Transaction whose postings sum to zero; a mistake is corrected by a new
     transaction linked to the original (a refund), never by changing an old one. Each user has one
     credit account per currency, created on first use; system accounts (payments received, revenue,
-    refunds, promotions) take the other side of each movement. A user's available balance (posted
+    refunds, promotions, opening balances) take the other side of each movement. A user's available balance (posted
     minus active holds) never goes below zero, enforced by the database.
 
     Amounts are int64 micro-units of the transaction's currency (1 USD = 1,000,000). A single amount
@@ -212,7 +212,7 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     money is an immutable Transaction whose postings sum to zero; a mistake is corrected by a new
     transaction linked to the original (a refund), never by changing an old one. Each user has one
     credit account per currency, created on first use; system accounts (payments received, revenue,
-    refunds, promotions) take the other side of each movement. A user's available balance (posted
+    refunds, promotions, opening balances) take the other side of each movement. A user's available balance (posted
     minus active holds) never goes below zero, enforced by the database.
 
     Amounts are int64 micro-units of the transaction's currency (1 USD = 1,000,000). A single amount
@@ -389,7 +389,7 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     money is an immutable Transaction whose postings sum to zero; a mistake is corrected by a new
     transaction linked to the original (a refund), never by changing an old one. Each user has one
     credit account per currency, created on first use; system accounts (payments received, revenue,
-    refunds, promotions) take the other side of each movement. A user's available balance (posted
+    refunds, promotions, opening balances) take the other side of each movement. A user's available balance (posted
     minus active holds) never goes below zero, enforced by the database.
 
     Amounts are int64 micro-units of the transaction's currency (1 USD = 1,000,000). A single amount
