@@ -304,6 +304,17 @@ async def test_import_of_1000_users_interrupted_resumed_and_run_again_creates_no
     assert revealed.secret == "sk-old-00000010-secret"
     # The legacy record is kept, never its secret.
     assert await scalar(api.database_url, "SELECT count(*) FROM import_log WHERE legacy::text LIKE '%%sk-old-%%'") == 0
+    # import_log is never deleted, so it keeps no personal data that DeleteUser must erase: no
+    # email, username or message text in its legacy records or stored answers.
+    for needle in ("@old.example.com", "user7", "User 7", "Chat 0", "message 0 of"):
+        assert (
+            await scalar(
+                api.database_url,
+                "SELECT count(*) FROM import_log WHERE legacy::text LIKE %(n)s OR position(%(b)s IN response) > 0",
+                {"n": f"%{needle}%", "b": needle.encode()},
+            )
+            == 0
+        ), needle
 
 
 def test_dollars_convert_exactly_to_micros():

@@ -75,7 +75,7 @@ LANDED = {
     "0010_login_lockout_reservations": "013034ceaae985e90ffe08ae12681e635da84cd49d81edffbda88c07da33aa03",
     "0011_chat_branch_jumps": "0d4df065a106f0d0842ba7b2a23d03fe6d961022862a10dbdae9da8f436ead76",
     "0012_listing_commit_order": "3a801927276153b0350d3d45864e9e03f5cb26aa626ad34a6da5f9ea0610f2c8",
-    "0013_import": "b7feb25c8798ad9e5d09a60175ee08e2cda0a86d9d2c497217fda2bdd2200da9",
+    "0013_import": "89c4fbacf83c65a1baeb23eee0b40735eb0499e6fd12d4ff61d8629ee8b33ba7",
 }
 
 

@@ -274,7 +274,9 @@ async def _user(
         if isinstance(status, str)
         else user_pb2.USER_STATUS_ACTIVE,
     )
-    legacy_user = {k: record[k] for k in ("key", "email", "username", "display_name", "status") if k in record}
+    # import_log keeps rows forever, so they hold the old keys, never personal data: DeleteUser
+    # erases email, username and display name, and a copy here would outlive that erasure.
+    legacy_user = {k: record[k] for k in ("key", "status") if k in record}
     steps = [Step("user", request_id(key, "user"), user_pb2.ImportUsersRequest(users=[imported]), legacy_user)]
 
     # The opening balance, and the history it closes (kept as the legacy record, not replayed).
@@ -329,7 +331,7 @@ async def _user(
         )
         await _check(found, line, at, checking, chat_sessions.create_session, create)
         create_id = request_id(key, "chat_session", session["id"])
-        steps.append(Step("chat_session", create_id, create, {"id": session["id"], "title": create.title}))
+        steps.append(Step("chat_session", create_id, create, {"id": session["id"]}))
         messages = session.get("messages", [])
         if not isinstance(messages, list):
             bad(f"{at}.messages", "must be a list")
@@ -393,7 +395,7 @@ async def _user(
         await _check(found, line, at, checking, ratings.rate_model, rate)
         if rate.model_id and rate.model_id not in known_models:
             bad(f"{at}.model_id", "is not a model of the catalog")
-        steps.append(Step("rating", request_id(key, "rating", rate.model_id), rate, _json(rating)))
+        steps.append(Step("rating", request_id(key, "rating", rate.model_id), rate, {"model_id": rate.model_id}))
 
     other = 0
     prefs = record.get("preferences")
@@ -417,7 +419,7 @@ async def _user(
                 update_mask=field_mask_pb2.FieldMask(paths=["default_model_id", "language", "theme", "extra"]),
             )
             await _check(found, line, "$", checking, preferences.update_preferences, update)
-            steps.append(Step("preferences", request_id(key, "preferences"), update, _json(prefs)))
+            steps.append(Step("preferences", request_id(key, "preferences"), update, {}))
             other += 1
 
     keys = record.get("api_keys", [])
@@ -436,8 +438,8 @@ async def _user(
             secret=_text(stored, "secret"),
         )
         await _check(found, line, at, checking, api_keys.create_api_key, create_key)
-        safe = {k: _json(x) for k, x in stored.items() if k != "secret"}
-        steps.append(Step("api_key", request_id(key, "api_key", stored["id"]), create_key, safe))
+        kept = {"id": stored["id"], "provider": create_key.provider}
+        steps.append(Step("api_key", request_id(key, "api_key", stored["id"]), create_key, kept))
         other += 1
 
     if found:

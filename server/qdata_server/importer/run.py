@@ -59,6 +59,17 @@ class _Current:
 _current: contextvars.ContextVar[_Current] = contextvars.ContextVar("qdata_import_step")
 
 
+def _resume_record(response: Message) -> bytes:
+    """What a later run needs of a step's answer: the new session's id, and nothing else.
+
+    import_log rows are never deleted, so they keep no answer that carries personal data or
+    content (a user's email, a message's text) that DeleteUser or DeleteMessage must be able to erase.
+    """
+    if isinstance(response, chat_pb2.CreateSessionResponse):
+        return chat_pb2.CreateSessionResponse(session=chat_pb2.Session(id=response.session.id)).SerializeToString()
+    return b""
+
+
 class _Logging(Deps):
     """Deps whose idempotent transactions also write the running step's import_log row."""
 
@@ -78,7 +89,7 @@ class _Logging(Deps):
                     "step": current.step.kind,
                     "legacy_key": current.plan.key,
                     "legacy": Jsonb(current.step.legacy),
-                    "response": response.SerializeToString(),
+                    "response": _resume_record(response),
                 },
             )
             return response

@@ -9,8 +9,8 @@
 -- an opening balance, a chat session, a batch of messages, a rating, the preferences, an API key),
 -- keyed by a request_id derived from the old keys and written in the same transaction as the
 -- entity. It is never purged (unlike idempotency_keys), so a re-run a week after a crash creates
--- nothing twice. The legacy record it came from is kept with it (never a secret), which is where
--- the old transaction history stays, read-only.
+-- nothing twice. It keeps the old keys, never a secret or personal data (rows here outlive
+-- DeleteUser's erasure); the opening balance's row keeps the old transaction history, read-only.
 
 -- Outside a transaction, each statement on its own and each safe to run twice: swapping a CHECK
 -- (drop the old, add the wider one NOT VALID) is one statement that holds the table's lock for a
