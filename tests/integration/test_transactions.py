@@ -91,10 +91,13 @@ async def test_a_statement_prepared_before_a_schema_change_is_prepared_again(poo
     async def read(conn: psycopg.AsyncConnection) -> dict:
         nonlocal calls
         calls += 1
-        cur = await conn.execute("SELECT * FROM counters WHERE id = %s", (1,))
+        # prepare=True: prepared on its first use on every connection, as psycopg does by itself
+        # after the 5th use; left to that threshold, a connection the pool used fewer times would
+        # not hold the statement, and the call after the migration might not meet the stale plan.
+        cur = await conn.execute("SELECT * FROM counters WHERE id = %s", (1,), prepare=True)
         return await cur.fetchone()
 
-    for _ in range(20):  # psycopg prepares a query after its 5th use on a connection (of two or so)
+    for _ in range(20):  # every connection of the pool (two or so) serves a few of these
         await transactions.run(pool, read, acting=NOBODY)
     # A newer replica's migration, on a connection of its own.
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as other:
