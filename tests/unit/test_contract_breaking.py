@@ -43,7 +43,8 @@ def test_an_additive_change_passes(tmp_path):
 
 
 def test_a_removed_field_fails(tmp_path):
-    result = _breaking(tmp_path, ("  // ISO 4217 currency code; empty means \"USD\".\n  string currency_code = 2;\n", ""))
+    field = '  // ISO 4217 currency code; empty means "USD".\n  string currency_code = 2;\n'
+    result = _breaking(tmp_path, (field, ""))
     assert result.returncode != 0
     assert "currency_code" in result.stdout + result.stderr
 
