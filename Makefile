@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
 BUF := node_modules/.bin/buf
 
-.PHONY: install tools run test lint proto wheel schema bench migrate verify seed clean
+.PHONY: install tools run test lint proto wheel schema bench migrate verify seed clean contract-baseline
 
 $(INSTALLED): requirements.txt requirements-embedded.txt requirements-dev.txt server/pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,11 +33,13 @@ run: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
 
-## lint: buf lint + buf format check on the contract, ruff on the Python, then mypy: strict on
+## lint: buf lint + buf format check on the contract, buf breaking (WIRE_JSON) against the last
+## released contract (protos/breaking/baseline.binpb, see contract-baseline), ruff on the Python, then mypy: strict on
 ## server/ (qdata_server) and clients/python/qdata (generated qdata.v1 not reported, its .pyi used);
 ## tests/ and bench/ are not type-checked. Settings in pyproject.toml's [tool.mypy].
 lint: $(INSTALLED) $(NODE_INSTALLED)
 	cd protos && ../$(BUF) lint && ../$(BUF) format -d --exit-code
+	cd protos && ../$(BUF) breaking --against breaking/baseline.binpb
 	$(BIN)/ruff check server clients tests bench
 	$(BIN)/ruff format --check server clients/python/qdata/client.py clients/python/qdata/_calls.py clients/python/generate.py tests bench
 	$(BIN)/mypy
@@ -47,6 +49,11 @@ lint: $(INSTALLED) $(NODE_INSTALLED)
 proto: $(INSTALLED)
 	rm -f clients/python/qdata/v1/*_pb2*.py clients/python/qdata/v1/*_pb2*.pyi clients/python/qdata/_rpcs.py
 	$(BIN)/python clients/python/generate.py
+
+## contract-baseline: at release time, record the contract being released as the image that
+## `make lint`'s buf breaking compares against (commit protos/breaking/baseline.binpb with the release)
+contract-baseline: $(NODE_INSTALLED)
+	cd protos && ../$(BUF) build --exclude-source-info -o breaking/baseline.binpb
 
 ## wheel: build the client (qdata-client, clients/python) as a wheel into dist/, for
 ## `pip install dist/qdata_client-<version>-py3-none-any.whl` in another repository

@@ -8,6 +8,10 @@ From protos/ it writes, under OUTPUT_DIR (default: this package's directory):
   protoc's own ``--pyi_out`` (the messages; its enum types are what the server's code is typed
   against) and ``*_pb2_grpc.pyi`` from mypy-protobuf's ``protoc-gen-mypy_grpc`` (the stubs, one
   ``UnaryUnaryMultiCallable[Request, Response]`` per RPC, sync and ``grpc.aio``);
+* ``qdata/v1/descriptors.binpb``: the contract's ``FileDescriptorSet`` *with source info* (the
+  proto comments). The ``*_pb2.py`` modules embed descriptors without it, and the runtime's
+  descriptor pool drops it anyway, so the server's reflection (qdata_server/reflection.py) answers
+  with these, and ``grpcurl describe`` shows the contract's documentation;
 * ``qdata/_rpcs.py``: one class per service for each client (``UserService`` for the blocking
   client, ``AsyncUserService`` for the async one) with one typed method per RPC, taking the RPC's
   request message and returning its response message (a typed stream for server-streaming RPCs),
@@ -32,6 +36,7 @@ from grpc_tools import protoc
 
 HERE = Path(__file__).resolve().parent
 PROTOS = HERE.parent.parent / "protos"
+DESCRIPTORS = "descriptors.binpb"  # the contract's FileDescriptorSet with comments, for reflection
 PERMISSION_FIELD = 50001  # qdata.v1.permission, the MethodOptions extension in options.proto
 
 
@@ -69,7 +74,9 @@ def generate(output: Path) -> None:
         ]
         if protoc.main(args) != 0:
             raise SystemExit("protoc failed")
-        files = descriptor_pb2.FileDescriptorSet.FromString(descriptors.read_bytes()).file
+        serialized = descriptors.read_bytes()
+    files = descriptor_pb2.FileDescriptorSet.FromString(serialized).file
+    (output / "qdata" / "v1" / DESCRIPTORS).write_bytes(serialized)
     (output / "qdata" / "_rpcs.py").write_text(render_rpcs(files), encoding="utf-8")
 
 

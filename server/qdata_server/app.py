@@ -20,10 +20,9 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from qdata.v1 import chat_pb2_grpc, ledger_pb2_grpc, usage_pb2_grpc, user_pb2_grpc
-from qdata_server import background, idempotency, inputs
+from qdata_server import background, idempotency, inputs, reflection
 from qdata_server.auth import Authenticator
 from qdata_server.chat.service import ChatServicer
 from qdata_server.config import ConfigError, Settings
@@ -124,10 +123,7 @@ class QdataServer:
         usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(deps), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if settings.reflection:
-            reflection.enable_server_reflection(
-                (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-                server,
-            )
+            reflection.enable((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
         address = address or settings.listen_address
         if tls is None:
             self.port = server.add_insecure_port(address)

@@ -37,6 +37,7 @@ def test_wheel_carries_the_generated_code_and_its_types(wheel):
     assert wheel.name == f"qdata_client-{version}-py3-none-any.whl"
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {"qdata/__init__.py", "qdata/client.py", "qdata/_calls.py", "qdata/_rpcs.py", "qdata/py.typed"}
+    expected.add("qdata/v1/descriptors.binpb")  # the contract with comments, for the server's reflection
     for proto in ("chat", "error_reason", "ledger", "options", "usage", "user"):
         expected |= {f"qdata/v1/{proto}{suffix}" for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")}
     assert expected <= names, sorted(expected - names)

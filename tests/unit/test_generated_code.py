@@ -19,8 +19,10 @@ def _load_generator():
 
 
 def _committed() -> list[Path]:
-    """Every generated file in git: qdata/v1/*_pb2*.py(i) and the typed RPC methods, qdata/_rpcs.py."""
-    files = [p for p in GENERATED.glob("*_pb2*") if p.suffix in (".py", ".pyi")] + [CLIENT / "qdata" / "_rpcs.py"]
+    """Every generated file in git: qdata/v1/*_pb2*.py(i), the descriptors with comments
+    (qdata/v1/descriptors.binpb) and the typed RPC methods, qdata/_rpcs.py."""
+    files = [p for p in GENERATED.glob("*_pb2*") if p.suffix in (".py", ".pyi")]
+    files += [GENERATED / "descriptors.binpb", CLIENT / "qdata" / "_rpcs.py"]
     return sorted(p.relative_to(CLIENT) for p in files)
 
 
