@@ -75,6 +75,9 @@ def test_one_scrape_adds_up_both_workers_exactly(database_url, tmp_path):
         assert [pid for pid, held in ports.items() if metrics_port in held] == [server.pid]
         workload(server.address)
         samples = scrape(metrics_address)
+        # Each worker wrote its own values (the scrape summed them).
+        written = {name.rpartition("_")[2].removesuffix(".db") for name in os.listdir(metrics_dir)}
+        assert {str(w.pid) for w in workers} <= written, written
     finally:
         code = server.stop(signal.SIGTERM)
     assert code == 0, server.output()
