@@ -25,9 +25,10 @@ install: $(INSTALLED)
 ## tools: the repository's own buf (node_modules/.bin/buf) for buf curl and lint
 tools: $(NODE_INSTALLED)
 
-## run: serve on 127.0.0.1:50051 (embedded PostgreSQL unless DATABASE_URL is set)
+## run: serve on 127.0.0.1:50051 (embedded PostgreSQL unless DATABASE_URL is set), Prometheus
+## metrics on 127.0.0.1:9464 unless QDATA_METRICS_LISTEN_ADDRESS says otherwise
 run: $(INSTALLED)
-	$(BIN)/python -m qdata_server serve
+	QDATA_METRICS_LISTEN_ADDRESS=$${QDATA_METRICS_LISTEN_ADDRESS-127.0.0.1:9464} $(BIN)/python -m qdata_server serve
 
 ## test: the whole suite against real PostgreSQL (QDATA_TEST_DATABASE_URL or an embedded one)
 test: $(INSTALLED)

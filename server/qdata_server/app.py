@@ -115,7 +115,12 @@ class QdataServer:
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
-        self._interceptor = ServiceInterceptor(authenticator)
+        server_metrics = None
+        if settings.metrics_listen_address:
+            from qdata_server.metrics import ServerMetrics
+
+            server_metrics = ServerMetrics()
+        self._interceptor = ServiceInterceptor(authenticator, server_metrics)
         server = aio.server(interceptors=[self._interceptor], options=options)
         user_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(deps), server)
         ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(deps), server)

@@ -26,6 +26,8 @@ class CallContext:
     # Monotonic time by which the caller wants an answer; None when it set no deadline.
     deadline: float | None = None
     request_id: str = ""
+    # Set when the call is answered with the stored response of an earlier one (idempotency.py).
+    replay: bool = False
 
     def time_left(self) -> float | None:
         """Seconds left before the deadline, or None without a deadline."""

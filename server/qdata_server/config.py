@@ -161,6 +161,8 @@ class Settings:
     # host:port of a separate plaintext server that serves only grpc.health.v1.Health (for
     # Kubernetes gRPC probes, which present no client certificate); empty: none.
     health_listen_address: str = ""
+    # host:port serving Prometheus /metrics for the whole server (empty: no metrics at all).
+    metrics_listen_address: str = ""
     # The TLS files' contents, read once (by from_env, which checks them) and passed on to every
     # worker; None without TLS, and for settings built in code (see inputs.py).
     tls_material: TlsMaterial | None = dataclasses.field(default=None, repr=False, compare=False)
@@ -267,6 +269,7 @@ class Settings:
             tls_key_file=env.get("QDATA_TLS_KEY_FILE", "").strip(),
             tls_client_ca_file=env.get("QDATA_TLS_CLIENT_CA_FILE", "").strip(),
             health_listen_address=env.get("QDATA_HEALTH_LISTEN_ADDRESS", "").strip(),
+            metrics_listen_address=env.get("QDATA_METRICS_LISTEN_ADDRESS", "").strip(),
         )
         if settings.key_ring and settings.key_ring_file:
             raise ConfigError("set QDATA_KEY_RING or QDATA_KEY_RING_FILE, not both")
@@ -301,6 +304,11 @@ def check_tls(settings: Settings) -> TlsMaterial | None:
         raise ConfigError("QDATA_HEALTH_LISTEN_ADDRESS must differ from QDATA_LISTEN_ADDRESS")
     if settings.health_listen_address and ":" not in settings.health_listen_address:
         raise ConfigError(f"QDATA_HEALTH_LISTEN_ADDRESS must be host:port, got {settings.health_listen_address!r}")
+    metrics = settings.metrics_listen_address
+    if metrics and (":" not in metrics or not metrics.rpartition(":")[2].isdigit()):
+        raise ConfigError(f"QDATA_METRICS_LISTEN_ADDRESS must be host:port, got {metrics!r}")
+    if metrics and metrics in (settings.listen_address, settings.health_listen_address):
+        raise ConfigError("QDATA_METRICS_LISTEN_ADDRESS must differ from QDATA_LISTEN_ADDRESS and the health address")
     if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
         raise ConfigError("set both QDATA_TLS_CERT_FILE and QDATA_TLS_KEY_FILE, or neither")
     if settings.tls_client_ca_file and not settings.tls_cert_file:

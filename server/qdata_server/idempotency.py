@@ -175,6 +175,7 @@ async def run_idempotent(
         )
         if not claim["claimed"]:
             check_same_request(key, claim["stored_method"], claim["stored_hash"])
+            _note_replay()
             return response_type.FromString(bytes(claim["stored_response"]))
         response = await work(conn)
         await conn.execute(query("store_response"), {**ids, "response": response.SerializeToString()})
@@ -186,7 +187,15 @@ async def run_idempotent(
     except RequestRemembered:
         if remembered is None:
             raise
+    _note_replay()
     return await transactions.run(pool, remembered, acting=acting, retries=retries)
+
+
+def _note_replay() -> None:
+    """Marks the running call as a replay (its log line and qdata_idempotent_replays_total)."""
+    ctx = callctx.current()
+    if ctx is not None:
+        ctx.replay = True
 
 
 async def purge_expired(pool: Pool, retention_seconds: float, *, batch: int = 1000) -> int:

@@ -37,6 +37,7 @@ from qdata_server import callctx
 from qdata_server.auth import Authenticator, Principal
 from qdata_server.callctx import ServicerContext
 from qdata_server.errors import Internal, QdataError, Unavailable, Unimplemented, malformed, to_grpc_status
+from qdata_server.metrics import MethodMetrics, ServerMetrics
 
 log = logging.getLogger("qdata.rpc")
 _Request = TypeVar("_Request")
@@ -114,11 +115,12 @@ def _as_domain_error(exc: BaseException, method: str) -> QdataError:
 class _Outcome:
     """Collects what the log line reports about one call."""
 
-    def __init__(self, method: str, ctx: callctx.CallContext):
+    def __init__(self, method: str, ctx: callctx.CallContext, metrics: MethodMetrics | None = None):
         self.method = method
         self.ctx = ctx
         self.code = grpc.StatusCode.OK
         self.reason = ""
+        self.metrics = metrics
         self.started = time.perf_counter()
 
     def failed(self, error: QdataError) -> None:
@@ -126,12 +128,16 @@ class _Outcome:
         self.reason = error.reason
 
     def log(self) -> None:
+        """Writes the call's log line and records its metrics (when they are on)."""
+        seconds = time.perf_counter() - self.started
+        if self.metrics is not None:
+            self.metrics.handled(self.code.name, seconds, self.ctx.actor, self.reason, replay=self.ctx.replay)
         if self.method.startswith(_QUIET_PREFIXES):
             return
         fields = {
             "method": self.method,
             "code": self.code.name,
-            "duration_ms": round((time.perf_counter() - self.started) * 1000, 3),
+            "duration_ms": round(seconds * 1000, 3),
             "request_id": self.ctx.request_id,
             "actor": self.ctx.actor,
         }
@@ -217,18 +223,26 @@ class InFlight:
 
 
 def _begin(
-    method: str, request: Any, context: ServicerContext, decide: _Decide, in_flight: InFlight
+    method: str,
+    request: Any,
+    context: ServicerContext,
+    decide: _Decide,
+    in_flight: InFlight,
+    metrics: MethodMetrics | None,
 ) -> tuple[_Caller, _Outcome, contextvars.Token[callctx.CallContext | None]]:
     """Starts one call: admits it (or keeps the refusal), decides its caller, binds its context.
 
     Returns the caller (or the error that refuses it, raised by _refuse inside the handler's
     error mapping), the call's outcome and the token that unbinds its context.
     """
+    if metrics is not None:
+        metrics.started.inc()
+        metrics.received.inc()  # the request (unary and server-streaming calls receive one)
     refused = in_flight.admit(method)
     caller = refused or decide(context)
     ctx = _context_for(method, request, context, _actor(caller))
     token = callctx.bind(ctx)
-    return caller, _Outcome(method, ctx), token
+    return caller, _Outcome(method, ctx, metrics), token
 
 
 def _refuse(caller: _Caller, method: str, request: Any) -> None:
@@ -260,15 +274,22 @@ async def _abort(context: ServicerContext, outcome: _Outcome, exc: BaseException
 
 
 def _wrap_unary(
-    method: str, decide: _Decide, behavior: Callable[..., Any], in_flight: InFlight
+    method: str,
+    decide: _Decide,
+    behavior: Callable[..., Any],
+    in_flight: InFlight,
+    metrics: MethodMetrics | None = None,
 ) -> Callable[..., Awaitable[Any]]:
     # behavior is a coroutine function, or (context.write, an unimplemented base method) a plain one.
     async def handler(request: Any, context: ServicerContext) -> Any:
-        caller, outcome, token = _begin(method, request, context, decide, in_flight)
+        caller, outcome, token = _begin(method, request, context, decide, in_flight, metrics)
         try:
             _refuse(caller, method, request)
             result = behavior(request, context)
-            return await result if inspect.isawaitable(result) else result
+            response = await result if inspect.isawaitable(result) else result
+            if metrics is not None and response is not None:
+                metrics.sent.inc()
+            return response
         except BaseException as exc:
             if _propagates(exc, outcome):
                 raise
@@ -281,10 +302,14 @@ def _wrap_unary(
 
 
 def _wrap_stream(
-    method: str, decide: _Decide, behavior: Callable[..., AsyncGenerator[Any, None]], in_flight: InFlight
+    method: str,
+    decide: _Decide,
+    behavior: Callable[..., AsyncGenerator[Any, None]],
+    in_flight: InFlight,
+    metrics: MethodMetrics | None = None,
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
-        caller, outcome, token = _begin(method, request, context, decide, in_flight)
+        caller, outcome, token = _begin(method, request, context, decide, in_flight, metrics)
         call_task = asyncio.current_task()
         try:
             _refuse(caller, method, request)
@@ -293,6 +318,8 @@ def _wrap_stream(
             async with contextlib.aclosing(behavior(request, context)) as items:
                 async for item in items:
                     yield item
+                    if metrics is not None:
+                        metrics.sent.inc()
         except BaseException as exc:
             if _propagates(exc, outcome, stream=True):
                 raise
@@ -320,6 +347,11 @@ def _replace(
     return replaced
 
 
+def _bound(metrics: ServerMetrics | None, method: str, grpc_type: str) -> MethodMetrics | None:
+    """The method's metric children, or None when metrics are off."""
+    return metrics.method(method, grpc_type) if metrics is not None else None
+
+
 def _is_cancellation(exc: BaseException) -> bool:
     return isinstance(exc, asyncio.CancelledError)
 
@@ -327,9 +359,10 @@ def _is_cancellation(exc: BaseException) -> bool:
 class ServiceInterceptor(aio.ServerInterceptor):
     """Wraps unary-unary and unary-stream handlers with auth, context, error mapping and logging."""
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, metrics: ServerMetrics | None = None) -> None:
         self.authenticator = authenticator
         self.in_flight = InFlight()
+        self.metrics = metrics
 
     async def intercept_service(
         self,
@@ -351,11 +384,14 @@ class ServiceInterceptor(aio.ServerInterceptor):
             except QdataError as exc:
                 return exc
 
+        metrics = self.metrics
         if handler.unary_unary is not None:
             return _replace(
                 handler,
                 request_deserializer=_tolerant(handler.request_deserializer),
-                unary_unary=_wrap_unary(method, decide, handler.unary_unary, self.in_flight),
+                unary_unary=_wrap_unary(
+                    method, decide, handler.unary_unary, self.in_flight, _bound(metrics, method, "UNARY")
+                ),
             )
         if handler.unary_stream is not None:
             behavior = handler.unary_stream
@@ -364,14 +400,18 @@ class ServiceInterceptor(aio.ServerInterceptor):
                 return _replace(
                     handler,
                     request_deserializer=deserializer,
-                    unary_stream=_wrap_stream(method, decide, behavior, self.in_flight),
+                    unary_stream=_wrap_stream(
+                        method, decide, behavior, self.in_flight, _bound(metrics, method, "SERVER_STREAM")
+                    ),
                 )
             # Handlers that write with context.write (health's Watch) or that raise at once
             # (an unimplemented base method) are wrapped like unary ones.
             return _replace(
                 handler,
                 request_deserializer=deserializer,
-                unary_stream=_wrap_unary(method, decide, behavior, self.in_flight),
+                unary_stream=_wrap_unary(
+                    method, decide, behavior, self.in_flight, _bound(metrics, method, "SERVER_STREAM")
+                ),
             )
         # Client-streaming handlers (only reflection's, exempt) are decided from metadata alone:
         # a certificate-only caller of such a method would be refused (fail closed).

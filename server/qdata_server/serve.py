@@ -29,7 +29,7 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from typing import IO, TYPE_CHECKING
 
-from qdata_server import inputs
+from qdata_server import inputs, metrics
 from qdata_server.config import ConfigError, Settings
 from qdata_server.startup import StartupError
 
@@ -206,7 +206,13 @@ def _reserve_port(address: str) -> socket.socket:
 
 
 def _banner(
-    address: str, *, embedded: bool, dev_token: str | None = None, tls: bool = False, health_address: str = ""
+    address: str,
+    *,
+    embedded: bool,
+    dev_token: str | None = None,
+    tls: bool = False,
+    health_address: str = "",
+    metrics_address: str = "",
 ) -> str:
     keep = "Ctrl-C stops it; data stays in the embedded PostgreSQL for the next start.\n" if embedded else ""
     # The development token is printed (to the terminal only, never logged); with configured
@@ -214,6 +220,8 @@ def _banner(
     token = dev_token or "<token>"
     intro = f"Development token (all permissions, valid until this server stops): {dev_token}\n" if dev_token else ""
     health = f"Health (plaintext, grpc.health.v1.Health only) is on {health_address}.\n" if health_address else ""
+    if metrics_address:
+        health += f"Prometheus metrics: http://{metrics_address}/metrics\n"
     # grpcurl ships in the project's virtualenv (make install); `npx buf` outside the repository
     # would run an unrelated npm package, so the banner names the binaries by path.
     grpcurl = ".venv/bin/grpcurl"
@@ -236,6 +244,20 @@ def _banner(
 
 def serve(settings: Settings) -> int:
     """Runs the service until told to stop; returns the process exit code.
+
+    With metrics on, a fresh PROMETHEUS_MULTIPROC_DIR exists while it runs (metrics.py).
+    """
+    if not settings.metrics_listen_address:
+        return _serve(settings)
+    metrics_dir = metrics.prepare_dir()
+    try:
+        return _serve(settings)
+    finally:
+        metrics.remove_dir(metrics_dir)
+
+
+def _serve(settings: Settings) -> int:
+    """serve's body.
 
     A configuration problem found before anything starts is exit 2 (written here); one found
     later (an unusable TLS or key ring file, a key ring that lacks a stored key's version) raises
@@ -286,9 +308,16 @@ def serve(settings: Settings) -> int:
             dev_token=dev_token,
             tls=settings.tls,
             health_address=settings.health_listen_address,
+            metrics_address=settings.metrics_listen_address,
         )
 
     if workers == 1:
+        try:
+            http = metrics.serve_http(settings.metrics_listen_address) if settings.metrics_listen_address else None
+        except OSError as exc:
+            _release(claims)
+            sys.stderr.write(f"qdata: cannot serve metrics on {settings.metrics_listen_address}: {exc.strerror}\n")
+            return 2
 
         def on_ready() -> None:
             sys.stderr.write(banner())
@@ -306,6 +335,8 @@ def serve(settings: Settings) -> int:
             log.error("server failed", extra={"error_type": type(exc).__name__})
             return 1
         finally:
+            if http is not None:
+                http.shutdown()
             _release(claims)
         return 0
 
@@ -381,6 +412,17 @@ def _supervise(
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
     running = {process.sentinel: process for process in processes}
     failed = False
+    http = None
+    if settings.metrics_listen_address:
+        # After the fork: the workers must not inherit the serving thread's socket.
+        try:
+            http = metrics.serve_http(settings.metrics_listen_address)
+        except OSError as exc:
+            log.error(
+                "cannot serve metrics; stopping",
+                extra={"address": settings.metrics_listen_address, "error": exc.strerror},
+            )
+            failed = True
     unclean = False
     stop_sent_at: float | None = None
     killed = False
@@ -419,6 +461,8 @@ def _supervise(
                 # microseconds while the kernel finishes the exit).
                 process.join()
                 code = process.exitcode
+                if http is not None and process.pid is not None:
+                    metrics.mark_dead(process.pid)
                 if asked or failed:
                     if code not in (0, -signal.SIGTERM, -signal.SIGINT):
                         unclean = True
@@ -430,6 +474,8 @@ def _supervise(
                     extra={"worker": process.name, "worker_pid": process.pid, "exit_code": code},
                 )
     finally:
+        if http is not None:
+            http.shutdown()
         signal.set_wakeup_fd(-1)
         wake_read.close()
         wake_write.close()

@@ -177,3 +177,10 @@ def test_hash_token_command():
 def test_status_codes():
     assert Unauthenticated("x").code == grpc.StatusCode.UNAUTHENTICATED
     assert PermissionDenied("x").code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_the_banner_names_the_metrics_address_when_metrics_are_on():
+    assert "http://127.0.0.1:9464/metrics" in serve._banner(
+        "127.0.0.1:50051", embedded=True, metrics_address="127.0.0.1:9464"
+    )
+    assert "/metrics" not in serve._banner("127.0.0.1:50051", embedded=True)

@@ -55,8 +55,17 @@ def test_values_are_parsed():
         ({"QDATA_LOG_LEVEL": "LOUD"}, "QDATA_LOG_LEVEL"),
         ({"QDATA_SHUTDOWN_GRACE_SECONDS": "-1"}, "at least 0"),
         ({"QDATA_PREPARED_STATEMENTS": "sometimes"}, "true or false"),
+        ({"QDATA_METRICS_LISTEN_ADDRESS": "9464"}, "QDATA_METRICS_LISTEN_ADDRESS must be host:port"),
+        ({"QDATA_METRICS_LISTEN_ADDRESS": "127.0.0.1:50051"}, "QDATA_METRICS_LISTEN_ADDRESS must differ"),
     ],
 )
 def test_bad_values_are_named(env, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
+
+
+def test_metrics_are_off_unless_an_address_is_given():
+    assert Settings.from_env({}).metrics_listen_address == ""
+    assert (
+        Settings.from_env({"QDATA_METRICS_LISTEN_ADDRESS": "127.0.0.1:9464"}).metrics_listen_address == "127.0.0.1:9464"
+    )
