@@ -32,7 +32,10 @@ from tests.support.server import create_database, drop_database, serving
 from tests.support.usage import create_model, usage
 
 USD = 1_000_000
-TABLES = "SELECT table_name AS name FROM information_schema.tables WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+TABLES = """
+SELECT table_name AS name FROM information_schema.tables
+WHERE table_schema = 'public' AND table_type = 'BASE TABLE'
+"""
 
 
 def pg_tool(owner_url: str, tool: str) -> str:
@@ -169,7 +172,8 @@ async def test_verify_passes_on_a_restored_copy(original: Original, fresh: str, 
 async def test_an_edited_audit_event_on_the_copy_fails_verify_audit(original: Original, fresh: str, tmp_path):
     restore(original, fresh)
     await sql(fresh, "ALTER TABLE audit_events DISABLE TRIGGER audit_events_no_update_delete")
-    await sql(fresh, "UPDATE audit_events SET summary = '{}'::jsonb WHERE audit_event_id = (SELECT max(audit_event_id) FROM audit_events)")
+    last = "(SELECT max(audit_event_id) FROM audit_events)"
+    await sql(fresh, f"UPDATE audit_events SET summary = '{{}}'::jsonb WHERE audit_event_id = {last}")
     await sql(fresh, "ALTER TABLE audit_events ENABLE TRIGGER audit_events_no_update_delete")
 
     audited = run_command(["verify-audit"], {"QDATA_OWNER_DATABASE_URL": fresh}, tmp_path)
