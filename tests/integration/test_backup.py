@@ -21,7 +21,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict
 
 from tests.integration.test_operator_commands import run_command
-from tests.support.calls import create_user, rid
+from tests.support.calls import create_user
 from tests.support.chat import append, create_session
 from tests.support.database import SEQUENCES, digest_of, rows, sequence_state, sql
 from tests.support.ledger import amounts, assert_ledger_clean, capture, charge, create_hold, deposit, release
@@ -98,7 +98,7 @@ async def load(api) -> list[str]:
     await release(api, alice, (await create_hold(api, alice, 1 * USD)).id)
     active = await create_hold(api, bob, 2 * USD)
     await api.usage.RecordUsage(usage(alice))
-    await api.usage.RecordUsage(usage(bob, hold_id=active.id, request_id=rid()))
+    await api.usage.RecordUsage(usage(bob, hold_id=active.id))
     session = await create_session(api, alice)
     await append(api, session, "what is a ledger?")
     await append(api, session, "and a hold?", parent=1)
@@ -131,10 +131,10 @@ async def original(postgres_url: str, template_url: str, tmp_path_factory) -> As
 
 
 @pytest.fixture
-def fresh(postgres_url: str) -> AsyncIterator[str]:
+def fresh(postgres_url: str) -> Iterator[str]:
     """An empty database (no schema) to restore into."""
     url = create_database(postgres_url, "qdata_restored", template=None)
-    yield url  # type: ignore[misc]
+    yield url
     drop_database(postgres_url, url)
 
 
