@@ -151,7 +151,7 @@ class _Outcome:
             self._write(seconds)
         finally:
             if self.span is not None:
-                self.span.end(self.code.name, self.reason, replay=self.ctx.replay, detach=detach)
+                self.span.end(self.code, self.reason, replay=self.ctx.replay, detach=detach)
 
     def _write(self, seconds: float) -> None:
         if self.method.startswith(_QUIET_PREFIXES):

@@ -23,6 +23,8 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import grpc
+
 from qdata_server.startup import ConfigError
 
 if TYPE_CHECKING:
@@ -39,27 +41,16 @@ _provider: TracerProvider | None = None
 EXPORTERS = ("otlp", "console")
 _GRPC_PROTOCOL = "grpc"
 # Semantic conventions: server errors set the span's status; client errors leave it unset.
-_SERVER_ERRORS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"})
-# grpc.StatusCode names to their numbers (rpc.grpc.status_code is the number).
-_CODES = {
-    "OK": 0,
-    "CANCELLED": 1,
-    "UNKNOWN": 2,
-    "INVALID_ARGUMENT": 3,
-    "DEADLINE_EXCEEDED": 4,
-    "NOT_FOUND": 5,
-    "ALREADY_EXISTS": 6,
-    "PERMISSION_DENIED": 7,
-    "RESOURCE_EXHAUSTED": 8,
-    "FAILED_PRECONDITION": 9,
-    "ABORTED": 10,
-    "OUT_OF_RANGE": 11,
-    "UNIMPLEMENTED": 12,
-    "INTERNAL": 13,
-    "UNAVAILABLE": 14,
-    "DATA_LOSS": 15,
-    "UNAUTHENTICATED": 16,
-}
+_SERVER_ERRORS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
 
 
 def _first(env: Mapping[str, str], *names: str) -> str:
@@ -184,21 +175,21 @@ class CallSpan:
         self.span = span
         self.token = token
 
-    def end(self, code: str, reason: str, *, replay: bool, detach: bool) -> None:
+    def end(self, code: grpc.StatusCode, reason: str, *, replay: bool, detach: bool) -> None:
         """Records the outcome (status code, reason, replay) and ends the span."""
         from opentelemetry import context
         from opentelemetry.trace import Status, StatusCode
 
         span = self.span
-        span.set_attribute("rpc.grpc.status_code", _CODES.get(code, 2))
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
         if replay:
             span.set_attribute("qdata.replay", True)
-        if code != "OK":
-            span.set_attribute("error.type", code)
+        if code is not grpc.StatusCode.OK:
+            span.set_attribute("error.type", code.name)
             if reason:
                 span.set_attribute("qdata.error.reason", reason)
             if code in _SERVER_ERRORS:
-                span.set_status(Status(StatusCode.ERROR, f"{code} {reason}".strip()))
+                span.set_status(Status(StatusCode.ERROR, f"{code.name} {reason}".strip()))
         span.end()
         if detach:
             context.detach(self.token)  # type: ignore[arg-type]
