@@ -265,8 +265,9 @@ def _begin(
     if metrics is not None:
         metrics.started.inc()
         metrics.received.inc()  # the request (unary and server-streaming calls receive one)
-    # First, so that whatever the call logs (its refusal too) is in its trace.
-    span = tracing.start_call(method, metadata) if tracing.ON else None
+    # First, so that whatever the call logs (its refusal too) is in its trace. Health and
+    # reflection are not traced, as they are not logged per call (probes would drown the traces).
+    span = tracing.start_call(method, metadata) if tracing.ON and not method.startswith(_QUIET_PREFIXES) else None
     refused = in_flight.admit(method)
     caller = refused or decide(context)
     ctx = _context_for(method, request, context, _actor(caller))

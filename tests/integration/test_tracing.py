@@ -50,7 +50,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
         self._lock = threading.Lock()
         self.endpoint = ""
 
-    def Export(self, request, context):  # noqa: N802 (the generated servicer's name)
+    def Export(self, request, context):
         with self._lock:
             self.requests.append(request)
         return trace_service_pb2.ExportTraceServiceResponse()
@@ -317,7 +317,9 @@ def test_tracing_off_exports_nothing_and_imports_no_sdk(database_url, receiver, 
         server.wait_serving()
         assert len(server.wait_workers(2)) == 2
         with grpc.insecure_channel(server.address) as channel:
-            request = user_pb2.CreateUserRequest(request_id=rid(), email="off@example.com", username="off", password=PASSWORD)
+            request = user_pb2.CreateUserRequest(
+                request_id=rid(), email="off@example.com", username="off", password=PASSWORD
+            )
             user_pb2_grpc.UserServiceStub(channel).CreateUser(request, metadata=Trace().metadata, timeout=10)
     finally:
         assert server.stop(signal.SIGTERM) == 0, server.output()
