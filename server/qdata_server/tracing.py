@@ -18,16 +18,19 @@ documentation is docs/operations.md#tracing.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import grpc
-
 from qdata_server.startup import ConfigError
 
 if TYPE_CHECKING:
+    import contextvars
+
+    import grpc
+    from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Span, Tracer
 
@@ -40,17 +43,6 @@ _provider: TracerProvider | None = None
 
 EXPORTERS = ("otlp", "console")
 _GRPC_PROTOCOL = "grpc"
-# Semantic conventions: server errors set the span's status; client errors leave it unset.
-_SERVER_ERRORS = frozenset(
-    {
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.UNIMPLEMENTED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DATA_LOSS,
-    }
-)
 
 
 def _first(env: Mapping[str, str], *names: str) -> str:
@@ -171,7 +163,7 @@ _GETTER = _Getter()
 class CallSpan:
     """The server span of one call and the context token that makes it current."""
 
-    def __init__(self, span: Span, token: object) -> None:
+    def __init__(self, span: Span, token: contextvars.Token[Context]) -> None:
         self.span = span
         self.token = token
 
@@ -184,15 +176,34 @@ class CallSpan:
         span.set_attribute("rpc.grpc.status_code", code.value[0])
         if replay:
             span.set_attribute("qdata.replay", True)
-        if code is not grpc.StatusCode.OK:
+        if code is not type(code).OK:
             span.set_attribute("error.type", code.name)
             if reason:
                 span.set_attribute("qdata.error.reason", reason)
-            if code in _SERVER_ERRORS:
+            if code in _server_errors():
                 span.set_status(Status(StatusCode.ERROR, f"{code.name} {reason}".strip()))
         span.end()
         if detach:
-            context.detach(self.token)  # type: ignore[arg-type]
+            context.detach(self.token)
+
+
+@functools.cache
+def _server_errors() -> frozenset[grpc.StatusCode]:
+    """The codes whose server span has status ERROR (RPC semantic conventions; client errors such
+    as NOT_FOUND leave it unset)."""
+    import grpc
+
+    codes = grpc.StatusCode
+    return frozenset(
+        {
+            codes.UNKNOWN,
+            codes.DEADLINE_EXCEEDED,
+            codes.UNIMPLEMENTED,
+            codes.INTERNAL,
+            codes.UNAVAILABLE,
+            codes.DATA_LOSS,
+        }
+    )
 
 
 def start_call(method: str, metadata: Sequence[tuple[str, Any]] | None) -> CallSpan:
