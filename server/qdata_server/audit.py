@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 
 from qdata_server import callctx
 from qdata_server.db.connection import Conn
-from qdata_server.db.sql import query
+from qdata_server.db.sql import execute
 
 
 async def record(
@@ -28,8 +28,9 @@ async def record(
 ) -> None:
     """Appends one audit event; actor and request_id come from the running RPC."""
     ctx = callctx.current()
-    await conn.execute(
-        query("insert_audit_event"),
+    await execute(
+        conn,
+        "insert_audit_event",
         {
             "actor": ctx.actor if ctx else "cli",
             "user_id": user_id,

@@ -35,7 +35,7 @@ from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import callctx
 from qdata_server.db import transactions
 from qdata_server.db.connection import Conn, Pool
-from qdata_server.db.sql import fetch_row, query
+from qdata_server.db.sql import execute, fetch_one, fetch_row
 from qdata_server.errors import AlreadyExists, RequestRemembered, invalid
 
 R = TypeVar("R", bound=Message)
@@ -135,8 +135,7 @@ async def was_recorded(pool: Pool, request: Message, *, user_id: uuid.UUID | Non
     key = _key(request, user_id)
 
     async def read(conn: Conn) -> bool:
-        cur = await conn.execute(query("get_request_id"), key)
-        return await cur.fetchone() is not None
+        return await fetch_one(conn, "get_request_id", key) is not None
 
     return await transactions.run(pool, read, acting=transactions.acting_for(user_id))
 
@@ -178,7 +177,7 @@ async def run_idempotent(
             _note_replay()
             return response_type.FromString(bytes(claim["stored_response"]))
         response = await work(conn)
-        await conn.execute(query("store_response"), {**ids, "response": response.SerializeToString()})
+        await execute(conn, "store_response", {**ids, "response": response.SerializeToString()})
         return response
 
     acting = acting or transactions.acting_for(user_id)

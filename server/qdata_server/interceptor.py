@@ -5,8 +5,11 @@ certificate, permission per RPC; a refusal goes through the same error mapping a
 any other failure), binds the per-call context (method, caller, deadline, request_id), maps
 every outcome to a status in one place (domain errors to rich statuses, NotImplementedError to
 UNIMPLEMENTED, request bytes that do not parse to INVALID_ARGUMENT MALFORMED_REQUEST, any other
-exception to a generic INTERNAL carrying an error id), and writes one
-structured log line per RPC: method, status code, duration and request_id, never request contents.
+exception to a generic INTERNAL carrying an error id, whose log line has the redacted stack, see
+logs.redacted_stack), and writes one structured log line per RPC: method, status code, duration,
+request_id and `replay` on an idempotent replay, never request contents. With tracing on
+(tracing.py) each call is a server span continuing the caller's trace, current while the handler
+runs, so the call's log lines carry its trace_id.
 
 It also keeps the calls in flight (`InFlight`): once shutdown begins, new calls are refused with
 UNAVAILABLE (reason SHUTTING_DOWN, retryable) while running ones drain, and the ones still running
@@ -25,7 +28,7 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -33,7 +36,7 @@ from google.protobuf.message import DecodeError
 from grpc import aio
 
 from qdata.v1.error_reason_pb2 import ErrorReason
-from qdata_server import callctx
+from qdata_server import callctx, logs, tracing
 from qdata_server.auth import Authenticator, Principal
 from qdata_server.callctx import ServicerContext
 from qdata_server.errors import Internal, QdataError, Unavailable, Unimplemented, malformed, to_grpc_status
@@ -99,7 +102,7 @@ def _as_domain_error(exc: BaseException, method: str) -> QdataError:
     if isinstance(exc, NotImplementedError):
         return Unimplemented(f"{method.lstrip('/')} is not implemented yet")
     error_id = uuid.uuid4().hex[:12]
-    # Type, SQLSTATE and error id only: exception text may carry SQL or values.
+    # Type, SQLSTATE, error id and the frames: exception text may carry SQL, values or secrets.
     log.error(
         "unexpected error",
         extra={
@@ -107,6 +110,7 @@ def _as_domain_error(exc: BaseException, method: str) -> QdataError:
             "error_type": type(exc).__name__,
             "sqlstate": getattr(exc, "sqlstate", None),
             "error_id": error_id,
+            "stack": logs.redacted_stack(exc),
         },
     )
     return Internal(f"internal error (error id {error_id}); the server log has the details")
@@ -115,23 +119,41 @@ def _as_domain_error(exc: BaseException, method: str) -> QdataError:
 class _Outcome:
     """Collects what the log line reports about one call."""
 
-    def __init__(self, method: str, ctx: callctx.CallContext, metrics: MethodMetrics | None = None):
+    def __init__(
+        self,
+        method: str,
+        ctx: callctx.CallContext,
+        metrics: MethodMetrics | None = None,
+        span: tracing.CallSpan | None = None,
+    ):
         self.method = method
         self.ctx = ctx
         self.code = grpc.StatusCode.OK
         self.reason = ""
         self.metrics = metrics
+        self.span = span
         self.started = time.perf_counter()
 
     def failed(self, error: QdataError) -> None:
         self.code = error.code
         self.reason = error.reason
 
-    def log(self) -> None:
-        """Writes the call's log line and records its metrics (when they are on)."""
+    def log(self, *, detach: bool = True) -> None:
+        """Writes the call's log line, records its metrics and ends its span (when they are on).
+
+        detach is False where the span's context cannot be detached (a stream finalized in
+        another task's context, see _wrap_stream).
+        """
         seconds = time.perf_counter() - self.started
         if self.metrics is not None:
             self.metrics.handled(self.code.name, seconds, self.ctx.actor, self.reason, replay=self.ctx.replay)
+        try:
+            self._write(seconds)
+        finally:
+            if self.span is not None:
+                self.span.end(self.code, self.reason, replay=self.ctx.replay, detach=detach)
+
+    def _write(self, seconds: float) -> None:
         if self.method.startswith(_QUIET_PREFIXES):
             return
         fields = {
@@ -143,9 +165,13 @@ class _Outcome:
         }
         if self.reason:
             fields["reason"] = self.reason
+        if self.ctx.replay:
+            fields["replay"] = True
         log.info("rpc", extra=fields)
 
 
+# A call's invocation metadata: (key, value) pairs.
+_Metadata = Sequence[tuple[str, str | bytes]]
 # The caller, or the error that refuses it (decided before the handler body runs).
 _Caller = Principal | QdataError
 # Decides the caller of one call from its ServicerContext (None: no context, metadata only).
@@ -229,6 +255,7 @@ def _begin(
     decide: _Decide,
     in_flight: InFlight,
     metrics: MethodMetrics | None,
+    metadata: _Metadata,
 ) -> tuple[_Caller, _Outcome, contextvars.Token[callctx.CallContext | None]]:
     """Starts one call: admits it (or keeps the refusal), decides its caller, binds its context.
 
@@ -238,11 +265,14 @@ def _begin(
     if metrics is not None:
         metrics.started.inc()
         metrics.received.inc()  # the request (unary and server-streaming calls receive one)
+    # First, so that whatever the call logs (its refusal too) is in its trace. Health and
+    # reflection are not traced, as they are not logged per call (probes would drown the traces).
+    span = tracing.start_call(method, metadata) if tracing.ON and not method.startswith(_QUIET_PREFIXES) else None
     refused = in_flight.admit(method)
     caller = refused or decide(context)
     ctx = _context_for(method, request, context, _actor(caller))
     token = callctx.bind(ctx)
-    return caller, _Outcome(method, ctx, metrics), token
+    return caller, _Outcome(method, ctx, metrics, span), token
 
 
 def _refuse(caller: _Caller, method: str, request: Any) -> None:
@@ -279,10 +309,11 @@ def _wrap_unary(
     behavior: Callable[..., Any],
     in_flight: InFlight,
     metrics: MethodMetrics | None = None,
+    metadata: _Metadata = (),
 ) -> Callable[..., Awaitable[Any]]:
     # behavior is a coroutine function, or (context.write, an unimplemented base method) a plain one.
     async def handler(request: Any, context: ServicerContext) -> Any:
-        caller, outcome, token = _begin(method, request, context, decide, in_flight, metrics)
+        caller, outcome, token = _begin(method, request, context, decide, in_flight, metrics, metadata)
         try:
             _refuse(caller, method, request)
             result = behavior(request, context)
@@ -307,9 +338,10 @@ def _wrap_stream(
     behavior: Callable[..., AsyncGenerator[Any, None]],
     in_flight: InFlight,
     metrics: MethodMetrics | None = None,
+    metadata: _Metadata = (),
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
-        caller, outcome, token = _begin(method, request, context, decide, in_flight, metrics)
+        caller, outcome, token = _begin(method, request, context, decide, in_flight, metrics, metadata)
         call_task = asyncio.current_task()
         try:
             _refuse(caller, method, request)
@@ -325,11 +357,12 @@ def _wrap_stream(
                 raise
             await _abort(context, outcome, exc)
         finally:
-            outcome.log()
             # A generator abandoned mid-stream (gRPC stopped reading it) is finalized later, in a
             # task of its own with a copied Context where the token cannot be reset. The token
             # belongs to the call's task, whose Context ends with that task.
-            if asyncio.current_task() is call_task:
+            own_task = asyncio.current_task() is call_task
+            outcome.log(detach=own_task)
+            if own_task:
                 callctx.unbind(token)
 
     return handler
@@ -385,12 +418,13 @@ class ServiceInterceptor(aio.ServerInterceptor):
                 return exc
 
         metrics = self.metrics
+        call_metadata: _Metadata = metadata or ()
         if handler.unary_unary is not None:
             return _replace(
                 handler,
                 request_deserializer=_tolerant(handler.request_deserializer),
                 unary_unary=_wrap_unary(
-                    method, decide, handler.unary_unary, self.in_flight, _bound(metrics, method, "UNARY")
+                    method, decide, handler.unary_unary, self.in_flight, _bound(metrics, method, "UNARY"), call_metadata
                 ),
             )
         if handler.unary_stream is not None:
@@ -401,7 +435,12 @@ class ServiceInterceptor(aio.ServerInterceptor):
                     handler,
                     request_deserializer=deserializer,
                     unary_stream=_wrap_stream(
-                        method, decide, behavior, self.in_flight, _bound(metrics, method, "SERVER_STREAM")
+                        method,
+                        decide,
+                        behavior,
+                        self.in_flight,
+                        _bound(metrics, method, "SERVER_STREAM"),
+                        call_metadata,
                     ),
                 )
             # Handlers that write with context.write (health's Watch) or that raise at once
@@ -410,7 +449,7 @@ class ServiceInterceptor(aio.ServerInterceptor):
                 handler,
                 request_deserializer=deserializer,
                 unary_stream=_wrap_unary(
-                    method, decide, behavior, self.in_flight, _bound(metrics, method, "SERVER_STREAM")
+                    method, decide, behavior, self.in_flight, _bound(metrics, method, "SERVER_STREAM"), call_metadata
                 ),
             )
         # Client-streaming handlers (only reflection's, exempt) are decided from metadata alone:

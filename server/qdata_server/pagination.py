@@ -18,7 +18,7 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server.db.connection import Conn
-from qdata_server.db.sql import query
+from qdata_server.db.sql import fetch_one
 from qdata_server.errors import Unavailable, invalid
 
 DEFAULT_PAGE_SIZE = 50
@@ -87,8 +87,7 @@ class PageTokens:
 
 async def read_key(conn: Conn) -> bytes:
     """The page token key every replica shares (stored in the database by the migrations)."""
-    cur = await conn.execute(query("get_server_secret"), {"name": PAGE_TOKEN_SECRET})
-    row = await cur.fetchone()
+    row = await fetch_one(conn, "get_server_secret", {"name": PAGE_TOKEN_SECRET})
     if row is None:
         raise Unavailable("the schema is not migrated", reason=ErrorReason.ERROR_REASON_SCHEMA_NOT_READY)
     return bytes(row["secret"])

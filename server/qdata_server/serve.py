@@ -29,7 +29,7 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from typing import IO, TYPE_CHECKING
 
-from qdata_server import inputs, metrics
+from qdata_server import inputs, metrics, tracing
 from qdata_server.config import ConfigError, Settings
 from qdata_server.startup import StartupError
 
@@ -112,8 +112,14 @@ async def run_worker(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = QdataServer(settings, conninfo, runtime_inputs)
-    await server.start(address, reuse_port=reuse_port)
+    # Each serving process makes its own tracer provider (its export thread does not survive a fork).
+    tracing.start()
+    try:
+        server = QdataServer(settings, conninfo, runtime_inputs)
+        await server.start(address, reuse_port=reuse_port)
+    except BaseException:
+        tracing.shutdown()
+        raise
     log.info("serving", extra={"address": address, "port": server.port, "tls": settings.tls})
     if server.health_server is not None:
         log.info("serving health", extra={"address": settings.health_listen_address, "port": server.health_port})
@@ -121,7 +127,11 @@ async def run_worker(
         on_ready()
     await stop.wait()
     log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
-    await server.stop()
+    try:
+        await server.stop()
+    finally:
+        # The spans still queued are exported before the process ends.
+        await asyncio.to_thread(tracing.shutdown)
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -266,7 +276,7 @@ def _serve(settings: Settings) -> int:
     from qdata_server import auth
     from qdata_server.db import migrate
 
-    problem = database_problem(settings) or auth.startup_problem(settings)
+    problem = database_problem(settings) or auth.startup_problem(settings) or tracing.env_problem()
     if problem:
         log.error("refusing to start: %s", problem)
         sys.stderr.write(f"configuration error: {problem}\n")

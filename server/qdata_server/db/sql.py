@@ -9,6 +9,9 @@ A file holds blocks like
 The first comment line names the block, the following comment lines describe it, and the SQL
 runs to the next `-- name:` line. Parameters are psycopg's `%(name)s` placeholders; values are
 never formatted into the text.
+
+Every statement runs through fetch_one / fetch_row / fetch_all / execute by its block name; with
+tracing on (tracing.py) each is a span named by the block, never with its text or parameters.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import re
 from importlib import resources
 from typing import LiteralString, cast
 
+from qdata_server import tracing
 from qdata_server.db.connection import Conn, Params, Row
 
 _NAME_LINE = re.compile(r"^--\s*name:\s*(?P<name>[a-z_][a-z0-9_]*)\s*$")
@@ -86,6 +90,10 @@ def names() -> list[str]:
 
 async def fetch_one(conn: Conn, name: str, params: Params | None = None) -> Row | None:
     """Runs a named block and returns its first row (a dict) or None."""
+    if tracing.ON:
+        with tracing.database_span(name):
+            cur = await conn.execute(query(name), params or {})
+            return await cur.fetchone()
     cur = await conn.execute(query(name), params or {})
     return await cur.fetchone()
 
@@ -101,6 +109,10 @@ async def fetch_row(conn: Conn, name: str, params: Params | None = None) -> Row:
 
 async def fetch_all(conn: Conn, name: str, params: Params | None = None) -> list[Row]:
     """Runs a named block and returns all its rows."""
+    if tracing.ON:
+        with tracing.database_span(name):
+            cur = await conn.execute(query(name), params or {})
+            return await cur.fetchall()
     cur = await conn.execute(query(name), params or {})
     return await cur.fetchall()
 
@@ -110,6 +122,11 @@ async def execute(conn: Conn, name: str, params: Params | None = None) -> None:
 
     In a server transaction (pipeline mode) the statement is only queued: it reaches the database
     with the next statement whose result is read, or with the commit, and an error it raises
-    surfaces there, still inside the transaction.
+    surfaces there, still inside the transaction (so its span, when tracing is on, covers the
+    queueing only).
     """
+    if tracing.ON:
+        with tracing.database_span(name):
+            await conn.execute(query(name), params or {})
+        return
     await conn.execute(query(name), params or {})

@@ -43,12 +43,12 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from qdata.v1.error_reason_pb2 import ErrorReason
-from qdata_server import callctx
+from qdata_server import callctx, tracing
 from qdata_server.contract import wire_reason
 from qdata_server.db.connection import Conn, Pool
 from qdata_server.db.errors import RETRYABLE as _RETRYABLE
 from qdata_server.db.errors import contention, database_error, unavailable
-from qdata_server.db.sql import query
+from qdata_server.db.sql import execute
 from qdata_server.errors import DeadlineExceeded, Unavailable
 
 T = TypeVar("T")
@@ -140,6 +140,11 @@ async def run(
     stale_attempts = 0
     while True:
         try:
+            if tracing.ON:
+                # One span per attempt (its pool wait included), parent of the statements' spans.
+                tries = attempt + stale_attempts + 1
+                with tracing.database_span("transaction", **{"qdata.transaction.attempt": tries}):
+                    return await _run_once(pool, work, acting, snapshot)
             return await _run_once(pool, work, acting, snapshot)
         except _STALE_PLAN as exc:
             # A newer replica changed a table under a statement this connection prepared; the
@@ -204,7 +209,7 @@ async def name_acting(
     conn: psycopg.AsyncConnection[Any], acting: Acting, *, statement_timeout: str | None = None
 ) -> None:
     """Names whom the transaction open on conn acts for (and bounds its statements)."""
-    await conn.execute(query("begin_transaction"), {**acting.settings(), "statement_timeout": statement_timeout})
+    await execute(conn, "begin_transaction", {**acting.settings(), "statement_timeout": statement_timeout})
 
 
 async def _run_once(
