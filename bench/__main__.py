@@ -92,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     table.add_argument(
         "--batch-concurrency", type=int, default=2, help="RecordUsageBatch calls in flight per process; default 2"
     )
+    table.add_argument("--cold-accounts", type=int, default=1000, help="accounts of the cold Charge rows; default 1000")
     table.add_argument("--usage-batch", type=int, default=100, help="records per RecordUsageBatch; default 100")
     chat = p.add_argument_group("--suite chat")
     chat.add_argument("--small-messages", type=int, default=1_000, help="messages in the small session; default 1000")

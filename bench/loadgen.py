@@ -58,6 +58,8 @@ class Result:
     calls_per_s: float
     items_per_s: float
     warmup_calls: int
+    # CPU seconds the generator's processes used in the window (all their threads).
+    cpu_s: float
     p50_ms: float | None
     p99_ms: float | None
     mean_ms: float | None
@@ -179,10 +181,17 @@ async def _drive(spec: Spec, process_index: int, pipe: Any) -> dict[str, Any]:
                 counts["calls"] += 1
                 counts["items"] += items
 
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         await asyncio.gather(*(loop(call) for call in callers))
-        elapsed = time.monotonic() - started
-    return {**counts, "seconds": elapsed, "latencies": latencies, "warm": warm, "first_error": first_error}
+        elapsed, cpu_used = time.monotonic() - started, time.process_time() - cpu_started
+    return {
+        **counts,
+        "seconds": elapsed,
+        "cpu_s": cpu_used,
+        "latencies": latencies,
+        "warm": warm,
+        "first_error": first_error,
+    }
 
 
 def _child(spec: Spec, process_index: int, pipe: Any) -> None:
@@ -238,6 +247,7 @@ def finish(spec: Spec, started: list[tuple[Any, Any]], seconds: float) -> Result
         calls_per_s=calls / elapsed if elapsed else 0.0,
         items_per_s=items / elapsed if elapsed else 0.0,
         warmup_calls=sum(p["warm"] for p in parts),
+        cpu_s=sum(p["cpu_s"] for p in parts),
         p50_ms=cuts[49] if cuts else None,
         p99_ms=cuts[98] if cuts else None,
         mean_ms=statistics.fmean(latencies) if latencies else None,
