@@ -118,6 +118,9 @@ def render_table(report: dict[str, Any], name: str) -> list[str]:
             ref = ""
         else:
             qdata = f"{_num(row['qdata_value'])} {unit}"
+            near = summary["generator_load"].get(row["qdata"])
+            if near and (near["share_of_ceiling"] or 0) >= NEAR_CEILING:
+                qdata += f" (generator ceiling {_num(summary['generator_ceiling_calls_per_s'])} calls/s)"
             ref = f"{reference.format(**fill)}: {_num(row['ref_value'])} {ref_units.get(key, unit)}"
         cells = [figure.format(**fill), qdata, ref, _ratio_cell(row, key == "usage_batch"), row["goal"] or ""]
         lines.append("| " + " | ".join(cells) + " |")
