@@ -86,6 +86,16 @@ def _ratio_cell(row: dict[str, Any], times: bool) -> str:
     return f"**{text}** [{spread}]"
 
 
+def results_file_named(readme: str) -> str | None:
+    """The results file a README's generated part names (its first line), or None."""
+    if BEGIN not in readme:
+        return None
+    first = readme.split(BEGIN, 1)[1].lstrip("\n").split("\n", 1)[0]
+    if not first.startswith("Results file `"):
+        return None
+    return first.split("`")[1]
+
+
 def render_table(report: dict[str, Any], name: str) -> list[str]:
     """The markdown of a table suite's results."""
     summary, settings, machine = report["summary"], report["settings"], report["machine"]
@@ -158,9 +168,12 @@ def render_table(report: dict[str, Any], name: str) -> list[str]:
         times = cpu["get_balance_w2"]["server"] / cpu["echo_w2"]["server"]
         ratios.append(f"server CPU per GetBalance / the echo's: **{times:.1f}x** (target <= 2.5x)")
     if cpu.get("charge_cold") and cpu.get("pgbench") and cpu["pgbench"]["postgres"]:
+        tpcb = cpu["pgbench"]
         ratios.append(
             f"PostgreSQL CPU per Charge / per TPC-B transaction: "
-            f"**{cpu['charge_cold']['postgres'] / cpu['pgbench']['postgres']:.1f}x** (target <= 3x)"
+            f"**{cpu['charge_cold']['postgres'] / tpcb['postgres']:.1f}x** (target <= 3x; a TPC-B transaction "
+            f"costs {_ms(tpcb['postgres'])} ms of PostgreSQL CPU, "
+            f"{_ms(tpcb['postgres'] + (tpcb['load_generator'] or 0))} ms with pgbench's own)"
         )
     if ratios:
         lines += ["", "Floors: " + "; ".join(ratios) + "."]

@@ -600,6 +600,12 @@ def run(args: Any) -> int:
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
+    # Tracing stays off (the metrics rows compare "metrics on, tracing off" with both off): no
+    # OTEL_* variable reaches the servers, whatever this environment says.
+    removed = sorted(k for k in os.environ if k.startswith("OTEL_"))
+    for key in removed:
+        del os.environ[key]
+    report["settings"]["otel_variables_removed"] = removed
     tmp = Path(tempfile.mkdtemp(prefix="qdata-bench-table-"))
     failure = None
     database = None
