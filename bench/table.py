@@ -43,7 +43,6 @@ from bench import cpu, h2load, loadgen, pgbench, procs, servers
 from bench import report as report_file
 from bench.report import median, ratio
 
-RESULTS = Path(__file__).resolve().parent / "results"
 BCRYPT_COST = 8
 HOT_ACCOUNTS = 4
 USAGE_MODEL = "bench/table"
@@ -52,8 +51,8 @@ PGBENCH_DATABASE = "pgbench_tpcb"
 # A generator figure at or above this share of the generator's own ceiling is flagged.
 NEAR_CEILING = 0.7
 
-# The table: (key, qdata measurement, reference measurement or None, how the ratio is read, goal).
-# "ratio" is qdata / reference of the row's value; "tail" is the measurement's p99 / p50.
+# The table's rows: key, the qdata measurement, its reference measurement (None: the ratio is the
+# measurement's own p99 / p50; otherwise qdata's value / the reference's), and the goal.
 ROWS: tuple[dict[str, Any], ...] = (
     {"key": "charge_cold", "qdata": "charge_cold", "ref": "pgbench", "goal": ">= 0.6"},
     {"key": "charge_hot", "qdata": "charge_hot", "ref": "charge_cold", "goal": ">= 0.5"},
