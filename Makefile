@@ -69,9 +69,12 @@ wheel: $(INSTALLED)
 schema: $(INSTALLED)
 	$(BIN)/python -m qdata_server.db.schema
 
-## bench: throughput and latency ratios against a reference measured in the same run
+## bench: the performance table (bench/README.md): every row against its reference in the same run,
+## CPU per call, results to bench/results/table-<time>.json, then the README's table from it.
+## BENCH_ARGS passes options, e.g. `make bench BENCH_ARGS=--quick` for a sanity run
 bench: $(INSTALLED)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench --suite table $(BENCH_ARGS)
+	$(BIN)/python -m bench.readme
 
 migrate verify seed: $(INSTALLED)
 	$(BIN)/python -m qdata_server $@

@@ -1,4 +1,5 @@
-"""python -m bench [--duration S] [--connections N] [--streams M] [--workers W[,W...]] [--out DIR]
+"""python -m bench --suite table [--quick] [--rounds N] [--duration S]     (make bench: issue 13's table)
+   python -m bench [--duration S] [--connections N] [--streams M] [--workers W[,W...]] [--out DIR]
    python -m bench --suite chat [--small-messages N] [--big-messages N] [--appends N] [--reads N]
    python -m bench --suite chat-branches [--small-branch N] [--big-branch N] [--reads N]
    python -m bench --suite usage [--records N] [--batch-size N] [--big-records N] [--small-records N]
@@ -68,14 +69,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=RESULTS, help=f"directory for the JSON; default {RESULTS}")
     p.add_argument(
         "--suite",
-        choices=["default", "chat", "chat-branches", "usage"],
+        choices=["default", "table", "chat", "chat-branches", "usage"],
         default="default",
-        help="default: GetUser and Authenticate against the reference (h2load); chat: ChatService append "
-        "and last-50 cost in a small versus a big session (see bench/chat.py); chat-branches: pages of a "
-        "branch of 100 versus 20,000 messages right after appending them (see bench/chat_branches.py); "
+        help="default: GetUser and Authenticate against the reference (h2load); table: every row of the "
+        "performance table, each against its reference, with CPU per call (see bench/table.py); chat: "
+        "ChatService append and last-50 cost in a small versus a big session (see bench/chat.py); "
+        "chat-branches: pages of a branch of 100 versus 20,000 messages right after appending them "
+        "(see bench/chat_branches.py); "
         "usage: RecordUsage one by one "
         "versus RecordUsageBatch, and GetModelStats over 1M versus 1k records (see bench/usage.py)",
     )
+    table = p.add_argument_group("--suite table")
+    table.add_argument("--quick", action="store_true", help="a sanity run: 1 round of 3 s runs")
+    table.add_argument("--pgbench-scale", type=int, default=10, help="pgbench -i -s; default 10")
+    table.add_argument("--pgbench-clients", type=int, default=8, help="pgbench -c; default 8")
+    table.add_argument(
+        "--generator-processes", type=int, default=2, help="processes of the grpc.aio generator; default 2"
+    )
+    table.add_argument(
+        "--generator-concurrency", type=int, default=8, help="calls in flight per generator process; default 8"
+    )
+    table.add_argument(
+        "--batch-concurrency", type=int, default=2, help="RecordUsageBatch calls in flight per process; default 2"
+    )
+    table.add_argument("--cold-accounts", type=int, default=1000, help="accounts of the cold Charge rows; default 1000")
+    table.add_argument("--usage-batch", type=int, default=100, help="records per RecordUsageBatch; default 100")
     chat = p.add_argument_group("--suite chat")
     chat.add_argument("--small-messages", type=int, default=1_000, help="messages in the small session; default 1000")
     chat.add_argument("--big-messages", type=int, default=100_000, help="messages in the big session; default 100000")
@@ -252,6 +270,10 @@ def _runs(report: dict) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.suite == "table":
+        from bench import table
+
+        return table.run(args)
     if args.suite == "chat":
         from bench import chat
 

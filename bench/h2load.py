@@ -56,6 +56,8 @@ class Load:
     connections: int = 16
     streams: int = 8
     threads: int = 1
+    # h2load --rps: requests per second per connection (None: as fast as the server answers).
+    rate_per_connection: float | None = None
 
 
 @dataclasses.dataclass
@@ -186,6 +188,8 @@ def run(
         "-H", "te: trailers",
         "-d", str(body),
     ]  # fmt: skip
+    if load.rate_per_connection is not None:
+        command.append(f"--rps={load.rate_per_connection:g}")
     if log_file is not None:
         command.append(f"--log-file={log_file}")
     command.append(url)

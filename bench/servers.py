@@ -100,14 +100,22 @@ def serving_url(database_url: str, *, serve_as_owner: bool = False) -> str:
 
 
 def start_qdata(
-    tmp: Path, database_url: str, workers: int, *, bcrypt_cost: int, serve_as_owner: bool = False
+    tmp: Path,
+    database_url: str,
+    workers: int,
+    *,
+    bcrypt_cost: int,
+    serve_as_owner: bool = False,
+    extra_env: dict[str, str] | None = None,
+    name: str = "",
 ) -> tuple[Server, str]:
     """`python -m qdata_server serve` with the bench's settings; other QDATA_* variables pass through.
 
     database_url is the owner's: migrations run as it (QDATA_OWNER_DATABASE_URL). The server serves
     as deployed, as the login role SERVICE_LOGIN in qdata_service, so row-level security applies;
     with serve_as_owner it serves as the owner itself, which bypasses row-level security (allowed
-    here only because QDATA_ALLOW_INSECURE is set).
+    here only because QDATA_ALLOW_INSECURE is set). extra_env wins over both; name tells servers
+    of the same kind apart in messages and log file names.
     """
     address = f"{HOST}:{free_port()}"
     env = dict(os.environ)
@@ -124,12 +132,13 @@ def start_qdata(
         # (It also lets serve_as_owner serve although the owner bypasses row-level security.)
         QDATA_ALLOW_INSECURE="true",
     )
+    env.update(extra_env or {})
     role = "owner" if serve_as_owner else "confined"
     server = Server(
-        f"qdata (workers={workers}, {role})",
+        f"qdata (workers={workers}, {role}{', ' + name if name else ''})",
         [sys.executable, "-m", "qdata_server", "serve"],
         env=env,
-        log_path=tmp / f"qdata-{workers}-{role}-{address.rpartition(':')[2]}.log",
+        log_path=tmp / f"qdata-{workers}-{role}{'-' + name if name else ''}-{address.rpartition(':')[2]}.log",
         cwd=REPO,
     )
     # serve() writes its banner once every worker is up; health then says whether it may serve.
