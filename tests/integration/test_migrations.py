@@ -270,21 +270,23 @@ def test_a_failing_source_file_leaves_no_trace(database_url, tmp_path):
 
 def test_a_no_transaction_migration_creates_an_index_concurrently(database_url, tmp_path):
     migrations = copy_of(shipped("migrations"), tmp_path / "migrations")
-    (migrations / "0014_users_display_name_index.sql").write_text(
+    # The next two version numbers after the shipped ones.
+    first, second = (migrate.load_migrations()[-1].version + step for step in (1, 2))
+    (migrations / f"{first:04d}_users_display_name_index.sql").write_text(
         f"{migrate.NO_TRANSACTION}\n"
         "-- Each statement commits on its own: written so that a rerun after a failure completes it.\n"
         "DROP INDEX CONCURRENTLY IF EXISTS users_display_name_idx_invalid;\n"
         "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_display_name_idx ON users (display_name);\n"
     )
     # Fails half-way: the first statement stays done, the bookkeeping row is not written.
-    (migrations / "0015_broken.sql").write_text(
+    (migrations / f"{second:04d}_broken.sql").write_text(
         f"{migrate.NO_TRANSACTION}\n"
         "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_last_login_idx ON users (last_login_at);\n"
         "CREATE INDEX CONCURRENTLY no_such_idx ON no_such_table (x);\n"
     )
     with pytest.raises(psycopg.errors.UndefinedTable):
         migrate.migrate(database_url, migrations=migrations)
-    assert applied_versions(database_url)[-1] == 14
+    assert applied_versions(database_url)[-1] == first
     with psycopg.connect(database_url) as conn:
         valid = dict(
             conn.execute(
@@ -294,9 +296,9 @@ def test_a_no_transaction_migration_creates_an_index_concurrently(database_url, 
         )
     assert valid == {"users_display_name_idx": True, "users_last_login_idx": True}
     # Corrected, the whole file runs again (its statements are re-runnable) and is recorded.
-    (migrations / "0015_broken.sql").write_text(
+    (migrations / f"{second:04d}_broken.sql").write_text(
         f"{migrate.NO_TRANSACTION}\n"
         "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_last_login_idx ON users (last_login_at);\n"
     )
-    assert migrate.migrate(database_url, migrations=migrations) == ["0015_broken"]
+    assert migrate.migrate(database_url, migrations=migrations) == [f"{second:04d}_broken"]
     assert migrate.verify(database_url, migrations=migrations) == []
