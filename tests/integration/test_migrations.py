@@ -57,6 +57,34 @@ def test_verify_detects_a_schema_changed_by_hand(database_url):
     assert len(problems) == 1 and "live schema differs" in problems[0]
 
 
+# Database code changed by hand, each of which verify must report.
+CODE_DRIFTS = {
+    "changed function": "CREATE OR REPLACE FUNCTION qdata_acting_for_all_users() RETURNS boolean"
+    " LANGUAGE sql STABLE PARALLEL SAFE AS $$ SELECT true $$",
+    "dropped function": "DROP FUNCTION ledger_sweep_expired_holds(integer)",
+    "unpinned search path": "ALTER FUNCTION audit_events_chain() RESET search_path",
+    "dropped policy": "DROP POLICY chat_messages_acting_users ON chat_messages",
+    "row security off": "ALTER TABLE ledger_accounts DISABLE ROW LEVEL SECURITY",
+}
+
+
+@pytest.mark.parametrize("drift", CODE_DRIFTS.values(), ids=CODE_DRIFTS.keys())
+def test_verify_detects_database_code_changed_by_hand(database_url, drift):
+    assert migrate.verify(database_url) == []
+    with psycopg.connect(database_url) as conn:
+        conn.execute(drift)
+    problems = migrate.verify(database_url)
+    assert len(problems) == 1 and "live database code" in problems[0] and "changed by hand" in problems[0]
+
+
+def test_steps_recorded_before_the_code_fingerprint_existed_are_not_taken_for_drift(database_url):
+    with psycopg.connect(database_url) as conn:
+        # As a database whose steps were all applied by builds that recorded no code fingerprint.
+        conn.execute("UPDATE schema_migrations SET code_fingerprint = NULL")
+        conn.execute("UPDATE schema_current_source SET code_fingerprint = NULL")
+    assert migrate.verify(database_url) == []
+
+
 def test_an_edited_applied_migration_is_refused(database_url):
     with psycopg.connect(database_url) as conn:
         conn.execute("UPDATE schema_migrations SET checksum = repeat('0', 64) WHERE version = 1")

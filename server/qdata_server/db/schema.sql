@@ -1200,7 +1200,8 @@ CREATE TABLE public.schema_current_source (
     name text NOT NULL,
     checksum text NOT NULL,
     fingerprint text NOT NULL,
-    applied_at timestamp with time zone DEFAULT now() NOT NULL
+    applied_at timestamp with time zone DEFAULT now() NOT NULL,
+    code_fingerprint text
 );
 
 CREATE TABLE public.schema_migrations (
@@ -1208,7 +1209,8 @@ CREATE TABLE public.schema_migrations (
     name text NOT NULL,
     checksum text NOT NULL,
     fingerprint text NOT NULL,
-    applied_at timestamp with time zone DEFAULT now() NOT NULL
+    applied_at timestamp with time zone DEFAULT now() NOT NULL,
+    code_fingerprint text
 );
 
 CREATE TABLE public.server_secrets (
