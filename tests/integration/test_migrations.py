@@ -77,12 +77,23 @@ def test_verify_detects_database_code_changed_by_hand(database_url, drift):
     assert len(problems) == 1 and "live database code" in problems[0] and "changed by hand" in problems[0]
 
 
-def test_steps_recorded_before_the_code_fingerprint_existed_are_not_taken_for_drift(database_url):
+def test_a_database_of_builds_before_the_code_fingerprint_is_checked_from_its_next_step(database_url, tmp_path):
     with psycopg.connect(database_url) as conn:
-        # As a database whose steps were all applied by builds that recorded no code fingerprint.
-        conn.execute("UPDATE schema_migrations SET code_fingerprint = NULL")
-        conn.execute("UPDATE schema_current_source SET code_fingerprint = NULL")
+        # As a database whose tracking tables and steps builds before the code fingerprint made.
+        conn.execute("ALTER TABLE schema_migrations DROP COLUMN code_fingerprint")
+        conn.execute("ALTER TABLE schema_current_source DROP COLUMN code_fingerprint")
+    assert migrate.migrate(database_url) == []
+    # The column is back, empty in the old rows: nothing to compare the code with, no false alarm.
     assert migrate.verify(database_url) == []
+    migrations = copy_of(shipped("migrations"), tmp_path / "migrations")
+    following = f"{migrate.load_migrations()[-1].version + 1:04d}_following"
+    (migrations / f"{following}.sql").write_text("CREATE TABLE following_probe (id bigint PRIMARY KEY);\n")
+    assert migrate.migrate(database_url, migrations=migrations) == [following]
+    assert migrate.verify(database_url, migrations=migrations) == []
+    with psycopg.connect(database_url) as conn:
+        conn.execute(CODE_DRIFTS["changed function"])
+    [problem] = migrate.verify(database_url, migrations=migrations)
+    assert "live database code" in problem
 
 
 def test_an_edited_applied_migration_is_refused(database_url):

@@ -43,6 +43,20 @@ _SOURCE_NAME = re.compile(r"^[a-z0-9_]+\.sql$")
 NO_TRANSACTION = "-- qdata: no-transaction"
 Folder = Traversable | Path
 
+# Added to the tracking tables of databases that builds before it created. Only when missing: ALTER
+# TABLE would take the table's exclusive lock on every start, and wait behind any long reader of it
+# (a pg_dump) with every health probe queued behind it.
+_ADD_CODE_FINGERPRINT = """
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute
+                    WHERE attrelid = '{table}'::regclass AND attname = 'code_fingerprint' AND NOT attisdropped) THEN
+        ALTER TABLE {table} ADD COLUMN code_fingerprint text;
+    END IF;
+END;
+$$;
+"""
+
 _CREATE_TRACKING = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version     integer     NOT NULL PRIMARY KEY,
@@ -51,8 +65,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     fingerprint text        NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
-ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS code_fingerprint text;
-"""
+""" + _ADD_CODE_FINGERPRINT.format(table="schema_migrations")
 
 # One row per text of a current-source file the database ran; the newest per name is in force.
 # Created after the migrations (0007 creates the serving role that may read it, as health does).
@@ -64,7 +77,6 @@ CREATE TABLE IF NOT EXISTS schema_current_source (
     applied_at  timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT schema_current_source_pkey PRIMARY KEY (name, checksum)
 );
-ALTER TABLE schema_current_source ADD COLUMN IF NOT EXISTS code_fingerprint text;
 DO $$
 BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'qdata_service') THEN
@@ -72,7 +84,7 @@ BEGIN
     END IF;
 END;
 $$;
-"""
+""" + _ADD_CODE_FINGERPRINT.format(table="schema_current_source")
 
 # code_fingerprint is NULL in the rows of builds from before it existed (they name their columns,
 # so they keep writing rows beside a newer build during a rolling update).
