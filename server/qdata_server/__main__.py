@@ -4,7 +4,7 @@ serve    runs the gRPC service (the default; the container's entrypoint)
 migrate  applies pending migrations and changed db/functions files (a Kubernetes Job or init
          container runs this)
 status   lists pending migrations and db/functions files
-verify   checks the migration history and the live schema; exits 1 on any problem
+verify   checks the migration history, the live schema and database code; exits 1 on any problem
 verify-audit  recomputes the audit trail's hash chain; exits 1 on an edited or missing event
 seed     loads the sample data into an empty database
 rewrap-keys [--batch N]

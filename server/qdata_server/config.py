@@ -63,13 +63,19 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float) ->
     return value
 
 
+_TRUE = ("1", "true", "yes")
+_FALSE = ("0", "false", "no")
+
+
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """Every boolean setting: one of _TRUE or _FALSE (any case), default when unset or blank."""
     raw = env.get(name, "").strip().lower()
     if not raw:
         return default
-    if raw not in ("1", "true", "yes", "0", "false", "no"):
-        raise ConfigError(f"{name} must be true or false, got {raw!r}")
-    return raw in ("1", "true", "yes")
+    if raw not in _TRUE + _FALSE:
+        accepted = ", ".join(_TRUE + _FALSE)
+        raise ConfigError(f"{name} must be true or false (one of {accepted}), got {raw!r}")
+    return raw in _TRUE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,10 +195,8 @@ class Settings:
         owner_database_url = env.get("QDATA_OWNER_DATABASE_URL", "").strip()
         # The embedded default migrates and seeds itself; a database given by URL does neither.
         embedded = not database_url and not owner_database_url
-        flag = env.get("QDATA_MIGRATE_ON_START", "").strip().lower()
-        migrate_on_start = flag in ("1", "true", "yes") if flag else embedded
-        seed_flag = env.get("QDATA_SEED_ON_START", "").strip().lower()
-        seed_on_start = seed_flag in ("1", "true", "yes") if seed_flag else embedded
+        migrate_on_start = _flag(env, "QDATA_MIGRATE_ON_START", embedded)
+        seed_on_start = _flag(env, "QDATA_SEED_ON_START", embedded)
         prepared = _flag(env, "QDATA_PREPARED_STATEMENTS", True)
         currencies = tuple(
             sorted(

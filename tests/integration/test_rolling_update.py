@@ -1,23 +1,29 @@
-"""A rolling update: a newer replica's additive migration lands under a warmed, older server.
+"""A rolling update: a newer replica's migration lands under a warmed, older server.
 
 The server prepares statements (the default): psycopg prepares a query after its 5th use on a
 connection. A column that a newer release adds must not break what this one already prepared
 (PostgreSQL refuses "cached plan must not change result type" when a prepared statement's result
-shape changes, which a `*` column list makes it do).
+shape changes, which a `*` column list makes it do). And a shipped migration that restates
+constraints (0014) lands under a server of the release before it: that server keeps answering,
+stays SERVING, and its `verify` still passes on the migrated database.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Awaitable, Callable
+from importlib import resources
+from pathlib import Path
 
 import grpc
 import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from qdata.v1 import chat_pb2, ledger_pb2, usage_pb2, user_pb2
+from qdata_server.db import migrate
 from tests.support.calls import create_user, rid
-from tests.support.server import TEST_SETTINGS, start_api, stop_api
+from tests.support.server import TEST_SETTINGS, Api, start_api, stop_api
 from tests.support.usage import create_model, usage
 
 USD = 1_000_000
@@ -40,86 +46,119 @@ ADDITIVE_MIGRATION = [
 ]
 
 
-async def test_a_warmed_server_keeps_serving_while_an_additive_migration_lands(database_url):
-    api = await start_api(database_url, SETTINGS)
-    try:
-        user = await create_user(api)
-        deposit = await api.ledger.Deposit(
+Calls = dict[str, Callable[[], Awaitable[object]]]
+
+
+async def warm_up(api: Api) -> Calls:
+    """A call of every kind the server prepares statements for, on rows it creates first."""
+    user = await create_user(api)
+    deposit = await api.ledger.Deposit(
+        ledger_pb2.DepositRequest(
+            request_id=rid(),
+            user_id=user.id,
+            amount_micros=1000 * USD,
+            currency_code="USD",
+            source=ledger_pb2.DEPOSIT_SOURCE_PROMOTION,
+        )
+    )
+    hold = await api.ledger.CreateHold(
+        ledger_pb2.CreateHoldRequest(request_id=rid(), user_id=user.id, amount_micros=USD, currency_code="USD")
+    )
+    session = (await api.chat.CreateSession(chat_pb2.CreateSessionRequest(request_id=rid(), user_id=user.id))).session
+    message = chat_pb2.MessageInput(role=chat_pb2.MESSAGE_ROLE_USER, content="hello")
+    model = (await create_model(api)).model
+
+    return {
+        "CreateUser": lambda: create_user(api),
+        "GetUser": lambda: api.users.GetUser(user_pb2.GetUserRequest(id=user.id)),
+        "ListUsers": lambda: api.users.ListUsers(user_pb2.ListUsersRequest(page_size=5)),
+        "Deposit": lambda: api.ledger.Deposit(
             ledger_pb2.DepositRequest(
                 request_id=rid(),
                 user_id=user.id,
-                amount_micros=1000 * USD,
+                amount_micros=USD,
                 currency_code="USD",
                 source=ledger_pb2.DEPOSIT_SOURCE_PROMOTION,
             )
-        )
-        hold = await api.ledger.CreateHold(
-            ledger_pb2.CreateHoldRequest(request_id=rid(), user_id=user.id, amount_micros=USD, currency_code="USD")
-        )
-        session = (
-            await api.chat.CreateSession(chat_pb2.CreateSessionRequest(request_id=rid(), user_id=user.id))
-        ).session
-        message = chat_pb2.MessageInput(role=chat_pb2.MESSAGE_ROLE_USER, content="hello")
-        model = (await create_model(api)).model
+        ),
+        "GetBalance": lambda: api.ledger.GetBalance(ledger_pb2.GetBalanceRequest(user_id=user.id, currency_code="USD")),
+        "GetTransaction": lambda: api.ledger.GetTransaction(
+            ledger_pb2.GetTransactionRequest(user_id=user.id, transaction_id=deposit.transaction.id)
+        ),
+        "ListTransactions": lambda: api.ledger.ListTransactions(
+            ledger_pb2.ListTransactionsRequest(user_id=user.id, page_size=10)
+        ),
+        "GetHold": lambda: api.ledger.GetHold(ledger_pb2.GetHoldRequest(user_id=user.id, hold_id=hold.hold.id)),
+        "AppendMessages": lambda: api.chat.AppendMessages(
+            chat_pb2.AppendMessagesRequest(request_id=rid(), user_id=user.id, session_id=session.id, messages=[message])
+        ),
+        "GetSession": lambda: api.chat.GetSession(chat_pb2.GetSessionRequest(user_id=user.id, session_id=session.id)),
+        "ListMessages": lambda: api.chat.ListMessages(
+            chat_pb2.ListMessagesRequest(user_id=user.id, session_id=session.id, page_size=10)
+        ),
+        "RecordUsage": lambda: api.usage.RecordUsage(usage(user.id, model.id)),
+        "GetModel": lambda: api.usage.GetModel(usage_pb2.GetModelRequest(model_id=model.id)),
+        "ListModels": lambda: api.usage.ListModels(usage_pb2.ListModelsRequest(page_size=10)),
+    }
 
-        calls: dict[str, Callable[[], Awaitable[object]]] = {
-            "CreateUser": lambda: create_user(api),
-            "GetUser": lambda: api.users.GetUser(user_pb2.GetUserRequest(id=user.id)),
-            "ListUsers": lambda: api.users.ListUsers(user_pb2.ListUsersRequest(page_size=5)),
-            "Deposit": lambda: api.ledger.Deposit(
-                ledger_pb2.DepositRequest(
-                    request_id=rid(),
-                    user_id=user.id,
-                    amount_micros=USD,
-                    currency_code="USD",
-                    source=ledger_pb2.DEPOSIT_SOURCE_PROMOTION,
-                )
-            ),
-            "GetBalance": lambda: api.ledger.GetBalance(
-                ledger_pb2.GetBalanceRequest(user_id=user.id, currency_code="USD")
-            ),
-            "GetTransaction": lambda: api.ledger.GetTransaction(
-                ledger_pb2.GetTransactionRequest(user_id=user.id, transaction_id=deposit.transaction.id)
-            ),
-            "ListTransactions": lambda: api.ledger.ListTransactions(
-                ledger_pb2.ListTransactionsRequest(user_id=user.id, page_size=10)
-            ),
-            "GetHold": lambda: api.ledger.GetHold(ledger_pb2.GetHoldRequest(user_id=user.id, hold_id=hold.hold.id)),
-            "AppendMessages": lambda: api.chat.AppendMessages(
-                chat_pb2.AppendMessagesRequest(
-                    request_id=rid(), user_id=user.id, session_id=session.id, messages=[message]
-                )
-            ),
-            "GetSession": lambda: api.chat.GetSession(
-                chat_pb2.GetSessionRequest(user_id=user.id, session_id=session.id)
-            ),
-            "ListMessages": lambda: api.chat.ListMessages(
-                chat_pb2.ListMessagesRequest(user_id=user.id, session_id=session.id, page_size=10)
-            ),
-            "RecordUsage": lambda: api.usage.RecordUsage(usage(user.id, model.id)),
-            "GetModel": lambda: api.usage.GetModel(usage_pb2.GetModelRequest(model_id=model.id)),
-            "ListModels": lambda: api.usage.ListModels(usage_pb2.ListModelsRequest(page_size=10)),
-        }
 
-        async def round_of_calls() -> list[str]:
-            errors = []
-            for name, call in calls.items():
-                for _ in range(CALLS_PER_ROUND):
-                    try:
-                        await call()
-                    except grpc.aio.AioRpcError as error:
-                        errors.append(f"{name}: {error.code().name} {error.details()}")
-            return errors
+async def round_of_calls(calls: Calls) -> list[str]:
+    """Every call CALLS_PER_ROUND times; the failures, by call."""
+    errors = []
+    for name, call in calls.items():
+        for _ in range(CALLS_PER_ROUND):
+            try:
+                await call()
+            except grpc.aio.AioRpcError as error:
+                errors.append(f"{name}: {error.code().name} {error.details()}")
+    return errors
 
-        assert await round_of_calls() == []  # warmed: every query above is now prepared
+
+async def assert_serving(api: Api) -> None:
+    """The replica stays in rotation: its own health check and the Health service say so."""
+    assert await api.server.check_health()
+    health = health_pb2_grpc.HealthStub(api.channel)
+    reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_warmed_server_keeps_serving_while_an_additive_migration_lands(database_url):
+    api = await start_api(database_url, SETTINGS)
+    try:
+        calls = await warm_up(api)
+        assert await round_of_calls(calls) == []  # warmed: every query above is now prepared
         async with await psycopg.AsyncConnection.connect(api.database_url) as owner, owner.transaction():
             for statement in ADDITIVE_MIGRATION:
                 await owner.execute(statement)
-        assert await round_of_calls() == []
+        assert await round_of_calls(calls) == []
         # And this (older) replica stays in rotation next to the newer schema.
-        assert await api.server.check_health()
-        health = health_pb2_grpc.HealthStub(api.channel)
-        reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        await assert_serving(api)
+    finally:
+        await stop_api(api)
+
+
+async def test_the_previous_release_keeps_serving_and_verifying_while_0014_lands(
+    empty_database_url, tmp_path, monkeypatch
+):
+    shipped = resources.files("qdata_server.db").joinpath("migrations")
+    # The release before 0014: the same files without it (its server code is this one).
+    previous = Path(tmp_path / "previous")
+    shutil.copytree(str(shipped), previous)
+    (previous / "0014_restorable_range_checks.sql").unlink()
+    migrate.migrate(empty_database_url, migrations=previous)
+    shipped_migrations = migrate.load_migrations
+    # What the previous release's server knows of (its health counts pending files against these).
+    monkeypatch.setattr(migrate, "load_migrations", lambda folder=None: shipped_migrations(folder or previous))
+    api = await start_api(empty_database_url, SETTINGS)
+    try:
+        calls = await warm_up(api)
+        assert await round_of_calls(calls) == []
+        await assert_serving(api)  # nothing pending for the previous release
+        assert migrate.migrate(empty_database_url, migrations=shipped) == ["0014_restorable_range_checks"]
+        assert await round_of_calls(calls) == []
+        await assert_serving(api)
+        # The fingerprint 0014 recorded is the one the previous release computes, too.
+        assert migrate.verify(empty_database_url, migrations=previous) == []
+        assert migrate.verify(empty_database_url, migrations=shipped) == []
     finally:
         await stop_api(api)

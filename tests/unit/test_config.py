@@ -1,5 +1,7 @@
 """Settings from environment variables."""
 
+import dataclasses
+
 import pytest
 
 from qdata_server.config import ConfigError, Settings
@@ -62,6 +64,36 @@ def test_values_are_parsed():
 def test_bad_values_are_named(env, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
+
+
+# Every boolean setting, named after its field (a new one is checked without being listed here).
+BOOLEAN_SETTINGS = sorted(f"QDATA_{f.name.upper()}" for f in dataclasses.fields(Settings) if f.type == "bool")
+
+
+def test_the_boolean_settings_are_the_known_ones():
+    assert BOOLEAN_SETTINGS == [
+        "QDATA_ALLOW_INSECURE",
+        "QDATA_MIGRATE_ON_START",
+        "QDATA_PREPARED_STATEMENTS",
+        "QDATA_REFLECTION",
+        "QDATA_SEED_ON_START",
+    ]
+
+
+@pytest.mark.parametrize("name", BOOLEAN_SETTINGS)
+def test_an_unknown_boolean_value_is_refused_naming_the_setting_and_the_accepted_values(name):
+    # Under DATABASE_URL, where QDATA_MIGRATE_ON_START and QDATA_SEED_ON_START default to false.
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"DATABASE_URL": "postgresql://db/qdata", name: "ture"})
+    assert str(refused.value) == f"{name} must be true or false (one of 1, true, yes, 0, false, no), got 'ture'"
+
+
+@pytest.mark.parametrize("name", BOOLEAN_SETTINGS)
+@pytest.mark.parametrize(("raw", "value"), [("1", True), ("TRUE", True), ("yes", True), ("0", False), ("No", False)])
+def test_boolean_values_are_read_alike_for_every_setting(name, raw, value):
+    settings = Settings.from_env({"DATABASE_URL": "postgresql://db/qdata", name: raw})
+    field = name.removeprefix("QDATA_").lower()
+    assert getattr(settings, field) is value
 
 
 def test_metrics_are_off_unless_an_address_is_given():

@@ -7,13 +7,13 @@ dedicated connection (so two replicas starting at once apply each file once):
   order. Each file and its bookkeeping row commit in one transaction, unless its first line is
   `-- qdata: no-transaction` (for CREATE INDEX CONCURRENTLY): then each of its statements runs on
   its own and the bookkeeping row is written once they all succeeded. schema_migrations records
-  version, name, SHA-256 of the file and, after each file, a fingerprint of the live schema. An
-  applied file that was edited or removed is a loud error: landed migrations are never edited, a
-  new one is added.
+  version, name, SHA-256 of the file and, after each file, fingerprints of the live schema and of
+  the live database code (functions, row-level security and its policies). An applied file that
+  was edited or removed is a loud error: landed migrations are never edited, a new one is added.
 - functions/*.sql: the current text of every function, trigger and row-security policy, one file
   per domain, in name order. A file is applied (in one transaction) when the database has not
   run its text yet, and re-applied whenever its text changes; schema_current_source records
-  each text applied (name, SHA-256, fingerprint, time). A text the database ran before another
+  each text applied (name, SHA-256, both fingerprints, time). A text the database ran before another
   one is never re-applied over it: that is an older build during a rolling update (see
   docs/database.md for reverting a change).
 """
@@ -43,6 +43,20 @@ _SOURCE_NAME = re.compile(r"^[a-z0-9_]+\.sql$")
 NO_TRANSACTION = "-- qdata: no-transaction"
 Folder = Traversable | Path
 
+# Added to the tracking tables of databases that builds before it created. Only when missing: ALTER
+# TABLE would take the table's exclusive lock on every start, and wait behind any long reader of it
+# (a pg_dump) with every health probe queued behind it.
+_ADD_CODE_FINGERPRINT = """
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute
+                    WHERE attrelid = '{table}'::regclass AND attname = 'code_fingerprint' AND NOT attisdropped) THEN
+        ALTER TABLE {table} ADD COLUMN code_fingerprint text;
+    END IF;
+END;
+$$;
+"""
+
 _CREATE_TRACKING = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version     integer     NOT NULL PRIMARY KEY,
@@ -50,8 +64,8 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     checksum    text        NOT NULL,
     fingerprint text        NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
-)
-"""
+);
+""" + _ADD_CODE_FINGERPRINT.format(table="schema_migrations")
 
 # One row per text of a current-source file the database ran; the newest per name is in force.
 # Created after the migrations (0007 creates the serving role that may read it, as health does).
@@ -70,10 +84,16 @@ BEGIN
     END IF;
 END;
 $$;
-"""
+""" + _ADD_CODE_FINGERPRINT.format(table="schema_current_source")
 
-_RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name, checksum, fingerprint) VALUES (%s, %s, %s, %s)"
-_RECORD_SOURCE = "INSERT INTO schema_current_source (name, checksum, fingerprint) VALUES (%s, %s, %s)"
+# code_fingerprint is NULL in the rows of builds from before it existed (they name their columns,
+# so they keep writing rows beside a newer build during a rolling update).
+_RECORD_MIGRATION = (
+    "INSERT INTO schema_migrations (version, name, checksum, fingerprint, code_fingerprint) VALUES (%s, %s, %s, %s, %s)"
+)
+_RECORD_SOURCE = (
+    "INSERT INTO schema_current_source (name, checksum, fingerprint, code_fingerprint) VALUES (%s, %s, %s, %s)"
+)
 
 # A digest of the user-visible schema: tables, columns, constraints, indexes and triggers (not
 # the tracking tables, so that creating schema_current_source changed no recorded fingerprint).
@@ -94,6 +114,32 @@ SELECT md5(string_agg(item, E'\\n' ORDER BY item)) AS fingerprint FROM (
     SELECT format('trigger %s %s', t.tgname, pg_get_triggerdef(t.oid))
       FROM pg_trigger t JOIN pg_class r ON r.oid = t.tgrelid JOIN pg_namespace n ON n.oid = r.relnamespace
      WHERE n.nspname = current_schema() AND NOT t.tgisinternal
+) items
+"""
+
+
+# A digest of the database code: every function and procedure of the schema (as
+# pg_get_functiondef prints it, search_path and SECURITY DEFINER included), each table's row-level
+# security switches and every policy. Kept apart from _FINGERPRINT, whose formula databases in
+# service recorded before this one existed (and which builds of that time still compare). Grants
+# are left out: a restore as another owner (pg_restore --no-owner --role) rewrites who granted them.
+_CODE_FINGERPRINT = """
+SELECT md5(string_agg(item, E'\\n' ORDER BY item)) AS code_fingerprint FROM (
+    SELECT format('function %s %s', p.oid::regprocedure, pg_get_functiondef(p.oid)) AS item
+      FROM pg_proc p
+     WHERE p.pronamespace = current_schema()::regnamespace AND p.prokind IN ('f', 'p')
+       AND NOT EXISTS (SELECT FROM pg_depend d
+                        WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')
+    UNION ALL
+    SELECT format('row security %s %s %s', c.relname, c.relrowsecurity, c.relforcerowsecurity)
+      FROM pg_class c
+     WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p')
+       AND c.relname NOT IN ('schema_migrations', 'schema_current_source')
+    UNION ALL
+    SELECT format('policy %s %s %s %s %s %s %s', pol.tablename, pol.policyname, pol.permissive, pol.roles,
+                  pol.cmd, coalesce(pol.qual, ''), coalesce(pol.with_check, ''))
+      FROM pg_policies pol
+     WHERE pol.schemaname = current_schema()
 ) items
 """
 
@@ -320,11 +366,20 @@ def _fingerprint(conn: psycopg.Connection[Any]) -> str:
     return str(_scalar(conn, _FINGERPRINT))
 
 
+def _code_fingerprint(conn: psycopg.Connection[Any]) -> str:
+    return str(_scalar(conn, _CODE_FINGERPRINT))
+
+
+def _fingerprints(conn: psycopg.Connection[Any]) -> tuple[str, str]:
+    """The live schema's and database code's fingerprints, as a step's bookkeeping row records them."""
+    return _fingerprint(conn), _code_fingerprint(conn)
+
+
 def _apply(conn: psycopg.Connection[Any], sql_text: str, record: str, values: tuple[object, ...]) -> None:
-    """Runs sql_text and its bookkeeping row (values, then the resulting fingerprint) in one transaction."""
+    """Runs sql_text and its bookkeeping row (values, then the resulting fingerprints) in one transaction."""
     with conn.transaction():
         conn.execute(sql_text.encode("utf-8"))
-        conn.execute(record, (*values, _fingerprint(conn)))
+        conn.execute(record, (*values, *_fingerprints(conn)))
 
 
 def _apply_migration(conn: psycopg.Connection[Any], migration: Migration) -> None:
@@ -336,7 +391,7 @@ def _apply_migration(conn: psycopg.Connection[Any], migration: Migration) -> Non
     # transaction, which CREATE INDEX CONCURRENTLY refuses); recorded once all succeeded.
     for statement in split_statements(migration.sql):
         conn.execute(statement.encode("utf-8"))
-    conn.execute(_RECORD_MIGRATION, (*values, _fingerprint(conn)))
+    conn.execute(_RECORD_MIGRATION, (*values, *_fingerprints(conn)))
 
 
 def migrate(conninfo: str, *, migrations: Folder | None = None, sources: Folder | None = None) -> list[str]:
@@ -403,18 +458,36 @@ def verify(conninfo: str, *, migrations: Folder | None = None, sources: Folder |
             for s in superseded_sources(source_files, history)
         ]
         if applied and not problems:
-            # The fingerprint recorded by whatever was applied last: a migration or a source file.
-            last = _scalar(
-                conn,
-                "SELECT fingerprint FROM (SELECT fingerprint, applied_at FROM schema_migrations"
-                " UNION ALL SELECT fingerprint, applied_at FROM schema_current_source) steps"
-                " ORDER BY applied_at DESC LIMIT 1",
-            )
-            if _fingerprint(conn) != last:
-                problems.append(
-                    "the live schema differs from the one the migrations produced "
-                    "(changed by hand?); compare it with the migration files"
-                )
+            problems += _drift(conn)
+    return problems
+
+
+# The fingerprints recorded by whatever was applied last: a migration or a source file.
+_LAST_FINGERPRINTS = """
+SELECT fingerprint, code_fingerprint FROM (
+    SELECT fingerprint, code_fingerprint, applied_at FROM schema_migrations
+    UNION ALL SELECT fingerprint, code_fingerprint, applied_at FROM schema_current_source
+) steps ORDER BY applied_at DESC LIMIT 1
+"""
+
+
+def _drift(conn: psycopg.Connection[Any]) -> list[str]:
+    """What differs between the live database and what its last applied step recorded."""
+    row = conn.cursor(row_factory=tuple_row).execute(_LAST_FINGERPRINTS).fetchone()
+    schema, code = row if row else (None, None)
+    problems = []
+    if _fingerprint(conn) != schema:
+        problems.append(
+            "the live schema differs from the one the migrations produced "
+            "(changed by hand?); compare it with the migration files"
+        )
+    # None: the last step was recorded by a build from before the code fingerprint (the next
+    # step this build applies records one).
+    if code is not None and _code_fingerprint(conn) != code:
+        problems.append(
+            "the live database code (functions, row-level security, policies) differs from the one "
+            "the migrations and the current source produced (changed by hand?); compare it with db/functions"
+        )
     return problems
 
 

@@ -814,8 +814,8 @@ CREATE TABLE public.usage_records (
     CONSTRAINT usage_records_latency_range CHECK (((latency_ns >= 0) AND (latency_ns <= '86400000000000'::bigint))),
     CONSTRAINT usage_records_outcome_valid CHECK ((outcome = ANY (ARRAY['success'::text, 'error'::text]))),
     CONSTRAINT usage_records_overage_needs_hold CHECK (((overage_transaction_id IS NULL) OR (billed AND (hold_id IS NOT NULL)))),
-    CONSTRAINT usage_records_tokens_range CHECK ((((input_tokens >= 0) AND (input_tokens <= 1000000000)) AND ((cached_input_tokens >= 0) AND (cached_input_tokens <= 1000000000)) AND ((output_tokens >= 0) AND (output_tokens <= 1000000000)) AND ((reasoning_tokens >= 0) AND (reasoning_tokens <= 1000000000)))),
-    CONSTRAINT usage_records_ttft_range CHECK ((((time_to_first_token_ns >= 0) AND (time_to_first_token_ns <= '86400000000000'::bigint)) AND (time_to_first_token_ns <= latency_ns)))
+    CONSTRAINT usage_records_tokens_range CHECK (((input_tokens >= 0) AND (input_tokens <= 1000000000) AND (cached_input_tokens >= 0) AND (cached_input_tokens <= 1000000000) AND (output_tokens >= 0) AND (output_tokens <= 1000000000) AND (reasoning_tokens >= 0) AND (reasoning_tokens <= 1000000000))),
+    CONSTRAINT usage_records_ttft_range CHECK (((time_to_first_token_ns >= 0) AND (time_to_first_token_ns <= '86400000000000'::bigint) AND (time_to_first_token_ns <= latency_ns)))
 )
 PARTITION BY RANGE (called_at);
 
@@ -1038,13 +1038,13 @@ CREATE TABLE public.chat_messages (
     jump_sequence_number bigint NOT NULL,
     jump_depth bigint NOT NULL,
     CONSTRAINT chat_messages_deleted_is_erased CHECK (((deleted_at IS NULL) OR ((content = ''::text) AND (tool_calls = '[]'::jsonb) AND (tool_call_id = ''::text) AND (input_tokens = 0) AND (output_tokens = 0)))),
-    CONSTRAINT chat_messages_depth_valid CHECK ((((depth >= 1) AND (depth <= sequence_number)) AND ((depth = 1) = (parent_sequence_number = 0)))),
-    CONSTRAINT chat_messages_jump_above CHECK ((((jump_sequence_number >= 0) AND (jump_sequence_number <= parent_sequence_number)) AND ((jump_depth >= 0) AND (jump_depth <= (depth - 1))) AND ((jump_sequence_number = 0) = (jump_depth = 0)))),
+    CONSTRAINT chat_messages_depth_valid CHECK (((depth >= 1) AND (depth <= sequence_number) AND ((depth = 1) = (parent_sequence_number = 0)))),
+    CONSTRAINT chat_messages_jump_above CHECK (((jump_sequence_number >= 0) AND (jump_sequence_number <= parent_sequence_number) AND (jump_depth >= 0) AND (jump_depth <= (depth - 1)) AND ((jump_sequence_number = 0) = (jump_depth = 0)))),
     CONSTRAINT chat_messages_model_id_length CHECK ((char_length(model_id) <= 200)),
     CONSTRAINT chat_messages_parent_before_child CHECK (((parent_sequence_number >= 0) AND (parent_sequence_number < sequence_number))),
     CONSTRAINT chat_messages_role_valid CHECK ((role = ANY (ARRAY['system'::text, 'user'::text, 'assistant'::text, 'tool'::text]))),
     CONSTRAINT chat_messages_sequence_positive CHECK ((sequence_number > 0)),
-    CONSTRAINT chat_messages_tokens_bounded CHECK ((((input_tokens >= 0) AND (input_tokens <= 1000000000)) AND ((output_tokens >= 0) AND (output_tokens <= 1000000000)))),
+    CONSTRAINT chat_messages_tokens_bounded CHECK (((input_tokens >= 0) AND (input_tokens <= 1000000000) AND (output_tokens >= 0) AND (output_tokens <= 1000000000))),
     CONSTRAINT chat_messages_tool_call_id_length CHECK ((char_length(tool_call_id) <= 128)),
     CONSTRAINT chat_messages_tool_calls_is_array CHECK ((jsonb_typeof(tool_calls) = 'array'::text))
 );
@@ -1158,7 +1158,7 @@ CREATE TABLE public.model_prices (
     effective_at timestamp with time zone NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT model_prices_currency_format CHECK ((currency_code ~ '^[A-Z]{3}$'::text)),
-    CONSTRAINT model_prices_range CHECK ((((input_micros_per_million >= 0) AND (input_micros_per_million <= '1000000000000'::bigint)) AND ((output_micros_per_million >= 0) AND (output_micros_per_million <= '1000000000000'::bigint)) AND ((cached_input_micros_per_million >= 0) AND (cached_input_micros_per_million <= '1000000000000'::bigint)) AND ((reasoning_micros_per_million >= 0) AND (reasoning_micros_per_million <= '1000000000000'::bigint))))
+    CONSTRAINT model_prices_range CHECK (((input_micros_per_million >= 0) AND (input_micros_per_million <= '1000000000000'::bigint) AND (output_micros_per_million >= 0) AND (output_micros_per_million <= '1000000000000'::bigint) AND (cached_input_micros_per_million >= 0) AND (cached_input_micros_per_million <= '1000000000000'::bigint) AND (reasoning_micros_per_million >= 0) AND (reasoning_micros_per_million <= '1000000000000'::bigint)))
 );
 
 CREATE TABLE public.model_rating_totals (
@@ -1200,7 +1200,8 @@ CREATE TABLE public.schema_current_source (
     name text NOT NULL,
     checksum text NOT NULL,
     fingerprint text NOT NULL,
-    applied_at timestamp with time zone DEFAULT now() NOT NULL
+    applied_at timestamp with time zone DEFAULT now() NOT NULL,
+    code_fingerprint text
 );
 
 CREATE TABLE public.schema_migrations (
@@ -1208,7 +1209,8 @@ CREATE TABLE public.schema_migrations (
     name text NOT NULL,
     checksum text NOT NULL,
     fingerprint text NOT NULL,
-    applied_at timestamp with time zone DEFAULT now() NOT NULL
+    applied_at timestamp with time zone DEFAULT now() NOT NULL,
+    code_fingerprint text
 );
 
 CREATE TABLE public.server_secrets (
