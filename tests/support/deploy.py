@@ -83,10 +83,10 @@ def alerts() -> list[dict[str, Any]]:
     return [rule for group in rule_groups() for rule in group["rules"] if "alert" in rule]
 
 
-def write_rule_file(directory: Path) -> Path:
-    """The PrometheusRule's groups as the plain rule file promtool reads."""
+def write_rule_file(directory: Path, groups: list[dict[str, Any]] | None = None) -> Path:
+    """The PrometheusRule's groups (or `groups`) as the plain rule file promtool reads."""
     path = directory / "qdata-rules.yaml"
-    path.write_text(yaml.safe_dump({"groups": rule_groups()}, sort_keys=False))
+    path.write_text(yaml.safe_dump({"groups": rule_groups() if groups is None else groups}, sort_keys=False))
     return path
 
 
