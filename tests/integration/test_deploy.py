@@ -11,11 +11,13 @@ schemas (tests/integration/deploy_crds.mjs), and the rules inside by promtool
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from tests.support.deploy import DEPLOY, kustomize, node
 
@@ -281,3 +283,32 @@ def test_the_secrets_documented_match_what_the_manifests_require(simple, example
     for name, keys in required.items():
         assert name in documented, f"deploy/README.md does not say how to create the Secret {name}"
         assert keys <= documented[name], (name, keys - documented[name])
+
+
+def test_a_caller_keeps_its_own_init_containers_and_volumes(tmp_path):
+    """Any Deployment: the component adds to what the caller has, qdata's init containers first."""
+    components = [os.path.relpath(DEPLOY / "components" / name, tmp_path) for name in ("qdata", "qdata-migrate-init")]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({"resources": ["app.yaml"], "components": components}))
+    app = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "search"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "search"}},
+            "template": {
+                "metadata": {"labels": {"app": "search"}},
+                "spec": {
+                    "initContainers": [{"name": "warm-cache", "image": "search"}],
+                    "containers": [{"name": "search", "image": "search"}],
+                    "volumes": [{"name": "cache", "emptyDir": {}}],
+                },
+            },
+        },
+    }
+    (tmp_path / "app.yaml").write_text(yaml.safe_dump(app))
+    [deployment] = of_kind(kustomize(tmp_path), "Deployment")
+    spec = pod_spec(deployment)
+    assert [c["name"] for c in spec["initContainers"]] == ["qdata-migrate", "qdata", "warm-cache"]
+    assert [c["name"] for c in spec["containers"]] == ["search"]
+    assert {v["name"] for v in spec["volumes"]} == {"cache", "qdata-keyring", "qdata-tmp"}
+    assert deployment["spec"]["template"]["metadata"]["labels"] == {"app": "search", "qdata-sidecar": "true"}
