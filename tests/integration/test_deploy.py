@@ -11,6 +11,7 @@ schemas (tests/integration/deploy_crds.mjs), and the rules inside by promtool
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any
@@ -312,3 +313,25 @@ def test_a_caller_keeps_its_own_init_containers_and_volumes(tmp_path):
     assert [c["name"] for c in spec["containers"]] == ["search"]
     assert {v["name"] for v in spec["volumes"]} == {"cache", "qdata-keyring", "qdata-tmp"}
     assert deployment["spec"]["template"]["metadata"]["labels"] == {"app": "search", "qdata-sidecar": "true"}
+
+
+def test_the_example_secret_is_a_valid_secret():
+    [secret] = [doc for doc in yaml.safe_load_all((DEPLOY / "secret.example.yaml").read_text()) if doc]
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(secret, version, strict=True)
+
+
+def test_the_dashboards_panels_have_unique_ids_and_do_not_overlap():
+    board = json.loads((DEPLOY / "grafana" / "qdata.json").read_text())
+    panels = board["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells: dict[tuple[int, int], str] = {}
+    for panel in panels:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in cells, (panel["title"], cells.get((x, y)))
+                cells[(x, y)] = panel["title"]
+        for target in panel.get("targets", []):
+            assert target["refId"] and target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
