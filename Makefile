@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
 BUF := node_modules/.bin/buf
 
-.PHONY: install tools run test lint proto wheel schema bench migrate verify seed clean contract-baseline
+.PHONY: install tools promtool run test lint proto wheel schema bench migrate verify seed clean contract-baseline
 
 $(INSTALLED): requirements.txt requirements-embedded.txt requirements-dev.txt server/pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,22 @@ $(NODE_INSTALLED): package.json package-lock.json
 
 install: $(INSTALLED)
 
-## tools: the repository's own buf (node_modules/.bin/buf) for buf curl and lint
-tools: $(NODE_INSTALLED)
+## tools: the repository's own buf (node_modules/.bin/buf) for buf curl and lint, the Node packages
+## the deploy tests use (package.json), and promtool
+tools: $(NODE_INSTALLED) promtool
+
+## promtool: Prometheus's rule checker from Debian's `prometheus` package, for tests/integration/
+## test_deploy_rules.py (skipped, naming why, without it). A promtool on PATH is used as it is;
+## otherwise the package is downloaded and only its files unpacked into .tools/prometheus (no
+## Prometheus service installed or started, no root needed once the apt lists exist).
+PROMTOOL_DIR := .tools/prometheus
+promtool:
+	@command -v promtool >/dev/null || [ -x $(PROMTOOL_DIR)/usr/bin/promtool ] || { \
+	  tmp=$$(mktemp -d) && (cd $$tmp && { apt-get download prometheus 2>/dev/null \
+	    || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get download prometheus; }; }) \
+	  && mkdir -p $(PROMTOOL_DIR) && dpkg-deb -x $$tmp/prometheus_*.deb $(PROMTOOL_DIR); \
+	  status=$$?; rm -rf $$tmp; exit $$status; }
+	@{ command -v promtool || echo $(PROMTOOL_DIR)/usr/bin/promtool; } | xargs -I{} sh -c '{} --version | head -1'
 
 ## run: serve on 127.0.0.1:50051 (embedded PostgreSQL unless DATABASE_URL is set), Prometheus
 ## metrics on 127.0.0.1:9464 unless QDATA_METRICS_LISTEN_ADDRESS says otherwise
@@ -80,4 +94,4 @@ migrate verify seed: $(INSTALLED)
 	$(BIN)/python -m qdata_server $@
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) node_modules .tools .pytest_cache .ruff_cache .mypy_cache

@@ -102,7 +102,7 @@ def test_readme_examples_name_the_address_once() -> None:
 
 
 def test_the_documented_secret_holds_every_key_the_deployment_requires() -> None:
-    deployment = (ROOT / "deploy" / "deployment.yaml").read_text()
+    deployment = (ROOT / "deploy" / "components" / "qdata" / "sidecar.yaml").read_text()
     required: set[str] = set()
     # secretKeyRef blocks: name, key and an optional `optional: true`.
     for block in re.findall(r"secretKeyRef:\n((?:\s+\w+: .+\n)+)", deployment):
