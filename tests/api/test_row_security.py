@@ -44,6 +44,7 @@ USER_TABLES: dict[str, tuple[str, ...]] = {
     "audit_events": ("user_id",),
     "chat_sessions": ("user_id",),
     "chat_messages": ("user_id",),
+    "chat_imports": ("user_id",),
     "ledger_accounts": ("user_id",),
     "ledger_transactions": ("user_id", "counterparty_user_id"),
     "ledger_postings": ("user_id", "account_user_id"),
