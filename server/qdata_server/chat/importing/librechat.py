@@ -88,6 +88,7 @@ def _message(raw: Any, path: str, *, parent_from_tree: str | None, nested: bool)
         content=content,
         created_at=created,
         model_id=model if isinstance(model, str) and not by_user else "",
+        parent_field=".parentMessageId",
     )
 
 

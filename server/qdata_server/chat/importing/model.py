@@ -41,6 +41,8 @@ class SourceMessage:
     created_at: datetime.datetime | None
     model_id: str = ""
     tool_call_id: str = ""
+    # Where the node names its parent, relative to path (".parent", ".parentMessageId", ...).
+    parent_field: str = ".parent"
 
 
 @dataclasses.dataclass

@@ -98,6 +98,7 @@ def _message(messages: dict[str, Any], key: str, raw: Any, path: str) -> SourceM
         content=content,
         created_at=created,
         model_id=model if isinstance(model, str) and role == "assistant" else "",
+        parent_field=".parentId",
     )
 
 

@@ -58,7 +58,7 @@ def plan(conv: Conversation, *, max_content_bytes: int, now: datetime.datetime) 
         by_key[node.key] = node
     for node in conv.nodes:
         if node.parent is not None and node.parent not in by_key:
-            raise BadExport(node.path, f"names a parent {node.parent!r} that is not in the export")
+            raise BadExport(node.path + node.parent_field, f"names {node.parent!r}, which is not in the export")
         node.content = node.content.replace("\x00", "\ufffd")
         size = len(node.content.encode("utf-8"))
         if size > max_content_bytes:
@@ -162,7 +162,7 @@ def _anchors(
         node: SourceMessage | None = start
         while node is not None and node.key not in anchor:
             if node.key in seen:
-                raise BadExport(start.path, "has a parent chain that loops back on itself (a cycle)")
+                raise BadExport(start.path + start.parent_field, "leads into a cycle of parents")
             seen.add(node.key)
             chain.append(node)
             node = by_key[node.parent] if node.parent is not None else None
