@@ -78,7 +78,14 @@ EXPECTED: dict[str, dict[str, Any]] = {
             (0, USER, "2024-06-10T08:00:00", "Write a haiku about PostgreSQL.", "", ""),
             (1, ASSISTANT, "2024-06-10T08:00:04.250", "Rows in quiet rows,\n", "gpt-4o", ""),
             (2, USER, "2024-06-10T08:01:10", "Now search the web", "", ""),
-            (3, ASSISTANT, "2024-06-10T08:01:15.500", '[unsupported content part "tool_call"] {"tool_call":', "gpt-4o", ""),
+            (
+                3,
+                ASSISTANT,
+                "2024-06-10T08:01:15.500",
+                '[unsupported content part "tool_call"] {"tool_call":',
+                "gpt-4o",
+                "",
+            ),
             # The edited prompt: a second child of message 2.
             (2, USER, "2024-06-10T08:03:00", "Make it about SQLite instead.", "", ""),
             (5, ASSISTANT, "2024-06-10T08:03:03", "One file holds all,\n", "gpt-4o-mini", ""),
@@ -96,8 +103,22 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "messages": [
             (0, USER, "2024-06-11T10:00:00", "Suggest a name for a grey cat.", "", ""),
             (1, ASSISTANT, "2024-06-11T10:00:03", "How about Ash?", "llama3.1:8b", ""),
-            (2, USER, "2024-06-11T10:00:20", 'Does this one look like an Ash?\n[unsupported content part "file"] {', "", ""),
-            (3, ASSISTANT, "2024-06-11T10:00:25", 'Yes: the fur is ash grey.\n[unsupported content part "image_url"]', "llama3.1:8b", ""),
+            (
+                2,
+                USER,
+                "2024-06-11T10:00:20",
+                'Does this one look like an Ash?\n[unsupported content part "file"] {',
+                "",
+                "",
+            ),
+            (
+                3,
+                ASSISTANT,
+                "2024-06-11T10:00:25",
+                'Yes: the fur is ash grey.\n[unsupported content part "image_url"]',
+                "llama3.1:8b",
+                "",
+            ),
             (1, ASSISTANT, "2024-06-11T10:00:40", "Maybe Smokey, or Pebble.", "qwen2:7b", ""),
         ],
     },
@@ -152,9 +173,7 @@ async def test_each_format_round_trips_its_branches(api, name):
     assert session.current_leaf_sequence_number == expected["leaf"]
     assert session.message_count == session.last_sequence_number == len(expected["messages"])
     assert dict(session.metadata) == {
-        "import.format": chat_pb2.ImportFormat.Name(expected["format"])
-        .removeprefix("IMPORT_FORMAT_")
-        .lower(),
+        "import.format": chat_pb2.ImportFormat.Name(expected["format"]).removeprefix("IMPORT_FORMAT_").lower(),
         "import.source_id": expected["source_id"],
     }
     # The newest message's time.
@@ -215,7 +234,9 @@ async def test_a_malformed_export_is_refused_with_the_path_of_its_first_bad_node
     format, path = MALFORMED[name]
     user = await create_user(api)
     before = await table_rows(api, *TABLES)
-    error = await expect_error(api.chat.ImportSession(request(user.id, format, fixture(name))), INVALID, "INVALID_ARGUMENT")
+    error = await expect_error(
+        api.chat.ImportSession(request(user.id, format, fixture(name))), INVALID, "INVALID_ARGUMENT"
+    )
     assert list(field_violations(error)) == [path]
     assert await table_rows(api, *TABLES) == before
 
@@ -290,7 +311,13 @@ async def test_deleting_the_user_removes_its_imports(api):
 
 def chatgpt_conversation(nodes: dict[str, dict[str, Any]], current: str | None = None) -> bytes:
     return json.dumps(
-        {"conversation_id": rid(), "title": "generated", "create_time": 1.7e9, "mapping": nodes, "current_node": current}
+        {
+            "conversation_id": rid(),
+            "title": "generated",
+            "create_time": 1.7e9,
+            "mapping": nodes,
+            "current_node": current,
+        }
     ).encode()
 
 
@@ -344,7 +371,9 @@ async def test_limits_are_invalid_argument_naming_the_field(api):
 
 async def test_a_deep_branch_at_the_limit_is_imported(api):
     user = await create_user(api)
-    reply = await api.chat.ImportSession(request(user.id, CHATGPT, chatgpt_conversation(chain(MAX_DEPTH), current="n0")))
+    reply = await api.chat.ImportSession(
+        request(user.id, CHATGPT, chatgpt_conversation(chain(MAX_DEPTH), current="n0"))
+    )
     assert reply.imported_message_count == MAX_DEPTH
     assert reply.session.current_leaf_sequence_number == 1
     page = await api.chat.ListMessages(

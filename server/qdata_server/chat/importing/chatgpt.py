@@ -19,15 +19,13 @@ from qdata_server.chat.importing.model import (
     BadExport,
     Conversation,
     SourceMessage,
+    check_source_id,
     epoch_seconds,
     key_path,
     optional_text,
     require_id,
     require_list,
     require_object,
-)
-from qdata_server.chat.importing.model import (
-    source_id as check_source_id,
     unsupported,
 )
 

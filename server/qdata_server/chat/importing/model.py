@@ -93,7 +93,7 @@ def require_id(value: Any, path: str) -> str:
     return value
 
 
-def source_id(value: Any, path: str) -> str:
+def check_source_id(value: Any, path: str) -> str:
     """The source's conversation id: a non-empty string of at most MAX_SOURCE_ID_LENGTH characters."""
     found = require_id(value, path)
     if len(found) > MAX_SOURCE_ID_LENGTH:

@@ -62,7 +62,9 @@ def plan(conv: Conversation, *, max_content_bytes: int, now: datetime.datetime) 
         node.content = node.content.replace("\x00", "\ufffd")
         size = len(node.content.encode("utf-8"))
         if size > max_content_bytes:
-            raise BadExport(node.path, f"content takes {size} bytes of UTF-8; at most {max_content_bytes}", too_large=True)
+            raise BadExport(
+                node.path, f"content takes {size} bytes of UTF-8; at most {max_content_bytes}", too_large=True
+            )
     kept = {n.key for n in conv.nodes if n.role is not None and n.content}
     anchor = _anchors(conv.nodes, by_key, kept)
     times = _times(conv, by_key)
@@ -93,15 +95,16 @@ def plan(conv: Conversation, *, max_content_bytes: int, now: datetime.datetime) 
         node = by_key[key]
         seq = len(number) + 1
         number[key] = seq
-        parent = number[anchor[node.parent]] if node.parent is not None and anchor[node.parent] else 0
-        above = places[parent]
+        above_key = anchor[node.parent] if node.parent is not None else None
+        parent_number = number[above_key] if above_key is not None else 0
+        above = places[parent_number]
         place = tree.child_place(above, places[above.jump_sequence_number], seq)
         places[seq] = place
         created = times[key] or now
         model = node.model_id[:MAX_MODEL_ID_LENGTH]
         tool = node.tool_call_id[:MAX_TOOL_FIELD_LENGTH]
         for name, value in (
-            ("parents", parent),
+            ("parents", parent_number),
             ("roles", node.role),
             ("contents", node.content),
             ("model_ids", model),
@@ -112,7 +115,9 @@ def plan(conv: Conversation, *, max_content_bytes: int, now: datetime.datetime) 
             ("jump_depths", place.jump_depth),
         ):
             cols[name].append(value)
-        rows.append([key, node.parent and anchor[node.parent], node.role, node.content, created.isoformat(), model, tool])
+        rows.append(
+            [key, node.parent and anchor[node.parent], node.role, node.content, created.isoformat(), model, tool]
+        )
         for child in children.get(key, []):
             heapq.heappush(ready, (rank(child), child.key))
 
@@ -146,9 +151,7 @@ def plan(conv: Conversation, *, max_content_bytes: int, now: datetime.datetime) 
     )
 
 
-def _anchors(
-    nodes: list[SourceMessage], by_key: dict[str, SourceMessage], kept: set[str]
-) -> dict[str, str | None]:
+def _anchors(nodes: list[SourceMessage], by_key: dict[str, SourceMessage], kept: set[str]) -> dict[str, str | None]:
     """Each node's nearest kept ancestor-or-self (None above the roots).
 
     Walks up from each node in document order until a resolved node or a root, so every node is
