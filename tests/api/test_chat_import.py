@@ -395,3 +395,26 @@ async def test_system_messages_keep_their_role(api):
     reply = await api.chat.ImportSession(request(user.id, CHATGPT, chatgpt_conversation(nodes)))
     _, messages = await export(api, reply.session)
     assert [m.role for m in messages] == [SYSTEM, ASSISTANT]
+
+
+async def test_a_message_without_content_is_skipped_and_its_children_hang_from_its_parent(api):
+    user = await create_user(api)
+    nodes = chain(4)
+    nodes["n1"]["message"]["content"]["parts"] = [""]
+    reply = await api.chat.ImportSession(request(user.id, CHATGPT, chatgpt_conversation(nodes, current="n1")))
+    assert (reply.imported_message_count, reply.skipped_node_count) == (3, 1)
+    _, messages = await export(api, reply.session)
+    assert [(m.sequence_number, m.parent_sequence_number) for m in messages] == [(1, 0), (2, 1), (3, 2)]
+    # The current node was the skipped one: its nearest kept ancestor is the current leaf.
+    assert reply.session.current_leaf_sequence_number == 1
+
+
+async def test_a_librechat_tree_child_must_name_its_parent(api):
+    user = await create_user(api)
+    export_ = json.loads(fixture("librechat_recursive"))
+    # Nested under the first message, but naming no parent (a root).
+    export_["messagesTree"][0]["children"][0]["parentMessageId"] = "00000000-0000-0000-0000-000000000000"
+    error = await expect_error(
+        api.chat.ImportSession(request(user.id, LIBRECHAT, json.dumps(export_).encode())), INVALID, "INVALID_ARGUMENT"
+    )
+    assert list(field_violations(error)) == ["messagesTree[0].children[0].parentMessageId"]
