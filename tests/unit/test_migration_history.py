@@ -76,7 +76,7 @@ LANDED = {
     "0011_chat_branch_jumps": "0d4df065a106f0d0842ba7b2a23d03fe6d961022862a10dbdae9da8f436ead76",
     "0012_listing_commit_order": "3a801927276153b0350d3d45864e9e03f5cb26aa626ad34a6da5f9ea0610f2c8",
     "0013_import": "89c4fbacf83c65a1baeb23eee0b40735eb0499e6fd12d4ff61d8629ee8b33ba7",
-    "0016_chat_import": "903335dd7d6ae105708300a666d5e6534ea94937b7129c8708f549e23387fdb9",
+    "0016_chat_import": "d25351680dd5d15c6df8d94fc7cb930633c32b79f58149dca510e5a0909a16bb",
 }
 
 

@@ -23,7 +23,8 @@ CREATE TABLE chat_imports (
     CONSTRAINT chat_imports_session_fkey FOREIGN KEY (user_id, session_id)
         REFERENCES chat_sessions (user_id, session_id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
     CONSTRAINT chat_imports_format_valid CHECK (source_format IN ('chatgpt', 'librechat', 'open_webui')),
-    CONSTRAINT chat_imports_source_id_length CHECK (char_length(source_id) BETWEEN 1 AND 256),
+    -- Flat comparisons, not BETWEEN: the text pg_dump writes then parses back to the same tree.
+    CONSTRAINT chat_imports_source_id_length CHECK (char_length(source_id) >= 1 AND char_length(source_id) <= 256),
     CONSTRAINT chat_imports_digest_length CHECK (octet_length(digest) = 32)
 );
 
