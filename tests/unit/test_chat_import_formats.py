@@ -111,3 +111,13 @@ def test_the_digest_follows_the_content_not_the_key_order():
     assert plan(chatgpt.parse, doc).digest == plan(chatgpt.parse, reordered).digest
     doc["mapping"]["b"]["message"]["content"]["parts"] = ["z"]
     assert plan(chatgpt.parse, doc).digest != plan(chatgpt.parse, reordered).digest
+
+
+def test_the_digest_of_an_export_without_times_does_not_follow_the_clock():
+    doc = gpt(node("a", None, [], "x"))
+    later = NOW + datetime.timedelta(hours=1)
+    data = json.dumps(doc).encode()
+    first = run.read(data, chatgpt.parse, max_content_bytes=1 << 20, now=NOW)
+    again = run.read(data, chatgpt.parse, max_content_bytes=1 << 20, now=later)
+    assert first.columns["created_ats"] == [NOW] and again.columns["created_ats"] == [later]
+    assert first.digest == again.digest

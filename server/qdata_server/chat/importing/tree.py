@@ -115,8 +115,11 @@ def plan(conv: Conversation, *, max_content_bytes: int, now: datetime.datetime) 
             ("jump_depths", place.jump_depth),
         ):
             cols[name].append(value)
+        # What the digest covers: the source's own values (no fallback time, so a re-upload of an
+        # export without times digests the same).
+        source_time = times[key]
         rows.append(
-            [key, node.parent and anchor[node.parent], node.role, node.content, created.isoformat(), model, tool]
+            [key, above_key, node.role, node.content, source_time.isoformat() if source_time else None, model, tool]
         )
         for child in children.get(key, []):
             heapq.heappush(ready, (rank(child), child.key))
@@ -133,7 +136,14 @@ def plan(conv: Conversation, *, max_content_bytes: int, now: datetime.datetime) 
     model_id = conv.model_id[:MAX_MODEL_ID_LENGTH]
     digest = hashlib.sha256(
         json.dumps(
-            [conv.source_id, title, model_id, created_at.isoformat(), current_leaf, rows],
+            [
+                conv.source_id,
+                title,
+                model_id,
+                conv.created_at.isoformat() if conv.created_at else None,
+                current_leaf,
+                rows,
+            ],
             ensure_ascii=False,
             separators=(",", ":"),
         ).encode("utf-8")
