@@ -100,7 +100,7 @@ def _content(message: dict[str, Any], path: str) -> str:
         kind = part.get("type")
         if not isinstance(kind, str) or not kind:
             raise BadExport(f"{path}.content[{index}].type", "must be a non-empty string")
-        text = part.get(kind) if kind != "text" else part.get("text")
+        text = part.get("text")
         if kind == "text" and isinstance(text, dict):
             text = text.get("value")
         if kind == "text" and isinstance(text, str):

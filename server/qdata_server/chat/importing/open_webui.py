@@ -68,9 +68,9 @@ def _message(messages: dict[str, Any], key: str, raw: Any, path: str) -> SourceM
     parent = message.get("parentId")
     if parent is not None:
         parent = require_id(parent, path + ".parentId")
-        siblings = messages[parent].get("childrenIds") if isinstance(messages.get(parent), dict) else None
         if parent not in messages:
             raise BadExport(path + ".parentId", "names no message of chat.history.messages")
+        siblings = messages[parent].get("childrenIds") if isinstance(messages[parent], dict) else None
         if not isinstance(siblings, list) or key not in siblings:
             raise BadExport(path + ".parentId", "names a message whose childrenIds do not include this one")
     for index, child in enumerate(require_list(message.get("childrenIds", []), path + ".childrenIds")):
