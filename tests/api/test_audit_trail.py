@@ -177,6 +177,13 @@ async def case_create_session(api):
     return chat_pb2.CreateSessionRequest(user_id=user.id, title="t"), "chat_session", None
 
 
+async def case_import_session(api):
+    user = await create_user(api)
+    data = b'{"conversationId": "c1", "messages": [{"messageId": "m1", "isCreatedByUser": true, "text": "hi"}]}'
+    request = chat_pb2.ImportSessionRequest(user_id=user.id, format=chat_pb2.IMPORT_FORMAT_LIBRECHAT, data=data)
+    return request, "chat_session", None
+
+
 async def case_update_session(api):
     user_id, session = await _session(api)
     request = chat_pb2.UpdateSessionRequest(
@@ -250,6 +257,7 @@ CASES: dict[tuple[str, str], Case] = {
     ("chat", "DeleteSession"): case_delete_session,
     ("chat", "AppendMessages"): case_append_messages,
     ("chat", "DeleteMessage"): case_delete_message,
+    ("chat", "ImportSession"): case_import_session,
     ("usage", "UpsertModel"): case_upsert_model,
     ("usage", "RecordUsage"): case_record_usage,
     ("usage", "RateModel"): case_rate_model,

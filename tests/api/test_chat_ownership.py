@@ -10,6 +10,8 @@ from tests.support.calls import create_user, error_info, expect_error, rid
 from tests.support.chat import NOT_FOUND, append, chat_state, create_session, message
 from tests.support.database import sql
 
+LIBRECHAT_EXPORT = b'{"conversationId": "c1", "messages": [{"messageId": "m1", "isCreatedByUser": true, "text": "hi"}]}'
+
 
 def calls(stub, user_id: str, session_id: str) -> dict[str, object]:
     """One call per RPC in which user_id names session_id (and its message 1)."""
@@ -38,6 +40,12 @@ def calls(stub, user_id: str, session_id: str) -> dict[str, object]:
         "SearchMessages": lambda: stub.SearchMessages(
             chat_pb2.SearchMessagesRequest(user_id=user_id, query="secret", session_id=session_id)
         ),
+        # Names only a user, like CreateSession: the imported session is the user's own.
+        "ImportSession": lambda: stub.ImportSession(
+            chat_pb2.ImportSessionRequest(
+                request_id=rid(), user_id=user_id, format=chat_pb2.IMPORT_FORMAT_LIBRECHAT, data=LIBRECHAT_EXPORT
+            )
+        ),
     }
 
 
@@ -58,7 +66,7 @@ async def test_another_users_session_is_not_found_for_every_rpc(api):
     missing = calls(api.chat, alice.id, rid())
     assert set(by_mallory) == set(methods)  # every RPC is covered
     for name in methods:
-        if name in ("CreateSession", "ListSessions"):
+        if name in ("CreateSession", "ListSessions", "ImportSession"):
             continue  # these name only a user; see below
         foreign = await expect_error(by_mallory[name](), NOT_FOUND, "SESSION_NOT_FOUND")
         absent = await expect_error(missing[name](), NOT_FOUND, "SESSION_NOT_FOUND")
@@ -77,6 +85,6 @@ async def test_another_users_session_is_not_found_for_every_rpc(api):
     assert after == before
     # A user that does not exist gets USER_NOT_FOUND where a call names only a user.
     nobody = calls(api.chat, rid(), session.id)
-    for name in ("CreateSession", "ListSessions", "SearchMessages"):
+    for name in ("CreateSession", "ListSessions", "SearchMessages", "ImportSession"):
         await expect_error(nobody[name](), NOT_FOUND, "USER_NOT_FOUND")
     assert len(await sql(api, "SELECT 1 FROM chat_messages")) == 1

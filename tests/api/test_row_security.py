@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import json
 import os
 import uuid
 from collections.abc import Callable
@@ -44,6 +45,7 @@ USER_TABLES: dict[str, tuple[str, ...]] = {
     "audit_events": ("user_id",),
     "chat_sessions": ("user_id",),
     "chat_messages": ("user_id",),
+    "chat_imports": ("user_id",),
     "ledger_accounts": ("user_id",),
     "ledger_transactions": ("user_id", "counterparty_user_id"),
     "ledger_postings": ("user_id", "account_user_id"),
@@ -102,6 +104,23 @@ async def give_rows_in_every_table(api, user_id: str, other_id: str) -> None:
             user_id=user_id,
             session_id=session.id,
             messages=[chat_pb2.MessageInput(role=chat_pb2.MESSAGE_ROLE_USER, content="hello")],
+        )
+    )
+    # An imported conversation: a chat_imports row (the export names its own id, made unique here).
+    export = {
+        "conversation_id": rid(),
+        "mapping": {
+            "n": {
+                "id": "n",
+                "parent": None,
+                "children": [],
+                "message": {"author": {"role": "user"}, "content": {"content_type": "text", "parts": ["imported"]}},
+            }
+        },
+    }
+    await api.chat.ImportSession(
+        chat_pb2.ImportSessionRequest(
+            request_id=rid(), user_id=user_id, format=chat_pb2.IMPORT_FORMAT_CHATGPT, data=json.dumps(export).encode()
         )
     )
     await api.ledger.CreateHold(

@@ -39,6 +39,10 @@ OVER_REPORTED: dict[tuple[str, str], str] = {
         )
         for rpc in ("RecordUsage", "RecordUsageBatch")
     },
+    ("/qdata.v1.ChatService/ImportSession", "SESSION_NOT_FOUND"): (
+        "the messages go into the session created in the same transaction, and an earlier import's session"
+        " is held by chat_imports' foreign key"
+    ),
 }
 
 # RPCs whose listed reasons also (or only) arrive per item in the response, not as the call's status.

@@ -35,6 +35,7 @@ RETRY_SAFE_METHODS: tuple[tuple[str, str], ...] = (
     ("qdata.v1.ChatService", "DeleteMessage"),
     ("qdata.v1.ChatService", "ExportSession"),
     ("qdata.v1.ChatService", "SearchMessages"),
+    ("qdata.v1.ChatService", "ImportSession"),
     ("qdata.v1.LedgerService", "GetBalance"),
     ("qdata.v1.LedgerService", "Deposit"),
     ("qdata.v1.LedgerService", "Charge"),
@@ -334,6 +335,36 @@ class ChatService(Service):
         Errors: NOT_FOUND SESSION_NOT_FOUND, USER_NOT_FOUND.
         """
         return self._defaults.sync_unary(self._stub.SearchMessages, request, timeout, metadata, kwargs)
+
+    def ImportSession(
+        self,
+        request: chat_pb2.ImportSessionRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> chat_pb2.ImportSessionResponse:
+        """Imports one conversation exported from another chat product (ChatGPT, LibreChat or Open WebUI)
+        as a new session of the user, in one transaction: every message becomes a message of the
+        session with its role and time, every branch of the source (an edited prompt, a regenerated
+        answer) a qdata branch, and the source's current message the current leaf. The mapping of each
+        format, what is skipped and how unknown content is kept, is in docs/services/chat.md.
+        Idempotent twice over: by request_id like every write, and by the source's own conversation id
+        per user and format, so uploading the same conversation again under a new request_id creates
+        nothing and returns the session the first upload created (already_imported), also when the
+        upload's content differs from the first (source_differs says so; deleting the session lets the
+        conversation be imported anew). Limits: data at most the server's maximum gRPC message size
+        less 64 KiB (4,128,768 bytes by default), at most 20,000 source nodes (messages and empty
+        nodes), a branch at most 10,000 messages deep, each message's content within the content limit.
+        Fails with NOT_FOUND (reason USER_NOT_FOUND) for an unknown or deleted user, INVALID_ARGUMENT
+        (reason CONTENT_TOO_LARGE) if data or a message's content exceeds its limit, INVALID_ARGUMENT
+        (reason INVALID_ARGUMENT) for a malformed export, with one field violation whose field is the
+        JSON path in data of the first bad node (e.g. `mapping["a1"].parent`) and nothing stored, and
+        ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: INVALID_ARGUMENT CONTENT_TOO_LARGE; NOT_FOUND USER_NOT_FOUND.
+        """
+        return self._defaults.sync_unary(self._stub.ImportSession, request, timeout, metadata, kwargs)
 
 
 class LedgerService(Service):
@@ -1473,6 +1504,36 @@ class AsyncChatService(Service):
         Errors: NOT_FOUND SESSION_NOT_FOUND, USER_NOT_FOUND.
         """
         return await self._defaults.async_unary(self._stub.SearchMessages, request, timeout, metadata, kwargs)
+
+    async def ImportSession(
+        self,
+        request: chat_pb2.ImportSessionRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> chat_pb2.ImportSessionResponse:
+        """Imports one conversation exported from another chat product (ChatGPT, LibreChat or Open WebUI)
+        as a new session of the user, in one transaction: every message becomes a message of the
+        session with its role and time, every branch of the source (an edited prompt, a regenerated
+        answer) a qdata branch, and the source's current message the current leaf. The mapping of each
+        format, what is skipped and how unknown content is kept, is in docs/services/chat.md.
+        Idempotent twice over: by request_id like every write, and by the source's own conversation id
+        per user and format, so uploading the same conversation again under a new request_id creates
+        nothing and returns the session the first upload created (already_imported), also when the
+        upload's content differs from the first (source_differs says so; deleting the session lets the
+        conversation be imported anew). Limits: data at most the server's maximum gRPC message size
+        less 64 KiB (4,128,768 bytes by default), at most 20,000 source nodes (messages and empty
+        nodes), a branch at most 10,000 messages deep, each message's content within the content limit.
+        Fails with NOT_FOUND (reason USER_NOT_FOUND) for an unknown or deleted user, INVALID_ARGUMENT
+        (reason CONTENT_TOO_LARGE) if data or a message's content exceeds its limit, INVALID_ARGUMENT
+        (reason INVALID_ARGUMENT) for a malformed export, with one field violation whose field is the
+        JSON path in data of the first bad node (e.g. `mapping["a1"].parent`) and nothing stored, and
+        ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: INVALID_ARGUMENT CONTENT_TOO_LARGE; NOT_FOUND USER_NOT_FOUND.
+        """
+        return await self._defaults.async_unary(self._stub.ImportSession, request, timeout, metadata, kwargs)
 
 
 class AsyncLedgerService(Service):

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from qdata.v1 import chat_pb2, chat_pb2_grpc
 from qdata_server.callctx import ServicerContext
 from qdata_server.chat import messages, search, sessions
+from qdata_server.chat.importing import run as importing
 
 if TYPE_CHECKING:
     from qdata_server.deps import Deps
@@ -74,3 +75,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self, request: chat_pb2.SearchMessagesRequest, context: ServicerContext
     ) -> chat_pb2.SearchMessagesResponse:
         return await search.search_messages(self._deps, request)
+
+    async def ImportSession(
+        self, request: chat_pb2.ImportSessionRequest, context: ServicerContext
+    ) -> chat_pb2.ImportSessionResponse:
+        return await importing.import_session(self._deps, request)

@@ -1019,6 +1019,18 @@ ALTER TABLE public.audit_events ALTER COLUMN audit_event_id ADD GENERATED ALWAYS
     CACHE 1
 );
 
+CREATE TABLE public.chat_imports (
+    user_id uuid NOT NULL,
+    source_format text NOT NULL,
+    source_id text NOT NULL,
+    session_id uuid NOT NULL,
+    digest bytea NOT NULL,
+    imported_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT chat_imports_digest_length CHECK ((octet_length(digest) = 32)),
+    CONSTRAINT chat_imports_format_valid CHECK ((source_format = ANY (ARRAY['chatgpt'::text, 'librechat'::text, 'open_webui'::text]))),
+    CONSTRAINT chat_imports_source_id_length CHECK (((char_length(source_id) >= 1) AND (char_length(source_id) <= 256)))
+);
+
 CREATE TABLE public.chat_messages (
     user_id uuid NOT NULL,
     session_id uuid NOT NULL,
@@ -1379,6 +1391,12 @@ ALTER TABLE ONLY public.audit_events
 ALTER TABLE ONLY public.audit_events
     ADD CONSTRAINT audit_events_pkey PRIMARY KEY (audit_event_id);
 
+ALTER TABLE ONLY public.chat_imports
+    ADD CONSTRAINT chat_imports_pkey PRIMARY KEY (user_id, source_format, source_id);
+
+ALTER TABLE ONLY public.chat_imports
+    ADD CONSTRAINT chat_imports_session_key UNIQUE (user_id, session_id);
+
 ALTER TABLE ONLY public.chat_messages
     ADD CONSTRAINT chat_messages_pkey PRIMARY KEY (user_id, session_id, sequence_number);
 
@@ -1552,6 +1570,9 @@ CREATE TRIGGER model_prices_immutable BEFORE DELETE OR UPDATE ON public.model_pr
 
 CREATE TRIGGER model_prices_no_truncate BEFORE TRUNCATE ON public.model_prices FOR EACH STATEMENT EXECUTE FUNCTION public.usage_forbid_change();
 
+ALTER TABLE ONLY public.chat_imports
+    ADD CONSTRAINT chat_imports_session_fkey FOREIGN KEY (user_id, session_id) REFERENCES public.chat_sessions(user_id, session_id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED;
+
 ALTER TABLE ONLY public.chat_messages
     ADD CONSTRAINT chat_messages_session_fkey FOREIGN KEY (user_id, session_id) REFERENCES public.chat_sessions(user_id, session_id) ON DELETE CASCADE;
 
@@ -1590,6 +1611,12 @@ ALTER TABLE public.audit_events ENABLE ROW LEVEL SECURITY;
 CREATE POLICY audit_events_acting_users ON public.audit_events TO qdata_service USING ((COALESCE(user_id, '00000000-0000-0000-0000-000000000000'::uuid) = ANY (public.qdata_acting_users()))) WITH CHECK ((COALESCE(user_id, '00000000-0000-0000-0000-000000000000'::uuid) = ANY (public.qdata_acting_users())));
 
 CREATE POLICY audit_events_all_users ON public.audit_events TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
+
+ALTER TABLE public.chat_imports ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY chat_imports_acting_users ON public.chat_imports TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+
+CREATE POLICY chat_imports_all_users ON public.chat_imports TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
 ALTER TABLE public.chat_messages ENABLE ROW LEVEL SECURITY;
 
@@ -1722,6 +1749,8 @@ GRANT SELECT,INSERT ON TABLE public.usage_records TO qdata_service;
 GRANT SELECT,INSERT ON TABLE public.audit_events TO qdata_service;
 
 GRANT USAGE ON SEQUENCE public.audit_events_audit_event_id_seq TO qdata_service;
+
+GRANT SELECT,INSERT,DELETE ON TABLE public.chat_imports TO qdata_service;
 
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.chat_messages TO qdata_service;
 

@@ -38,6 +38,13 @@ class ArchiveFilter(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ARCHIVE_FILTER_EXCLUDE: _ClassVar[ArchiveFilter]
     ARCHIVE_FILTER_INCLUDE: _ClassVar[ArchiveFilter]
     ARCHIVE_FILTER_ONLY: _ClassVar[ArchiveFilter]
+
+class ImportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IMPORT_FORMAT_UNSPECIFIED: _ClassVar[ImportFormat]
+    IMPORT_FORMAT_CHATGPT: _ClassVar[ImportFormat]
+    IMPORT_FORMAT_LIBRECHAT: _ClassVar[ImportFormat]
+    IMPORT_FORMAT_OPEN_WEBUI: _ClassVar[ImportFormat]
 MESSAGE_ROLE_UNSPECIFIED: MessageRole
 MESSAGE_ROLE_SYSTEM: MessageRole
 MESSAGE_ROLE_USER: MessageRole
@@ -53,6 +60,10 @@ ARCHIVE_FILTER_UNSPECIFIED: ArchiveFilter
 ARCHIVE_FILTER_EXCLUDE: ArchiveFilter
 ARCHIVE_FILTER_INCLUDE: ArchiveFilter
 ARCHIVE_FILTER_ONLY: ArchiveFilter
+IMPORT_FORMAT_UNSPECIFIED: ImportFormat
+IMPORT_FORMAT_CHATGPT: ImportFormat
+IMPORT_FORMAT_LIBRECHAT: ImportFormat
+IMPORT_FORMAT_OPEN_WEBUI: ImportFormat
 
 class Session(_message.Message):
     __slots__ = ("id", "user_id", "model_id", "title", "metadata", "tags", "pinned", "archived", "current_leaf_sequence_number", "message_count", "last_sequence_number", "total_input_tokens", "total_output_tokens", "last_activity_time", "create_time", "update_time")
@@ -403,3 +414,29 @@ class SearchMessagesResponse(_message.Message):
     hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
     next_page_token: str
     def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ImportSessionRequest(_message.Message):
+    __slots__ = ("request_id", "user_id", "format", "data")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    user_id: str
+    format: ImportFormat
+    data: bytes
+    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., format: _Optional[_Union[ImportFormat, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ImportSessionResponse(_message.Message):
+    __slots__ = ("session", "already_imported", "source_differs", "imported_message_count", "skipped_node_count")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_IMPORTED_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_DIFFERS_FIELD_NUMBER: _ClassVar[int]
+    IMPORTED_MESSAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_NODE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    session: Session
+    already_imported: bool
+    source_differs: bool
+    imported_message_count: int
+    skipped_node_count: int
+    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., already_imported: _Optional[bool] = ..., source_differs: _Optional[bool] = ..., imported_message_count: _Optional[int] = ..., skipped_node_count: _Optional[int] = ...) -> None: ...

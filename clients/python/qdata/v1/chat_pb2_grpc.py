@@ -139,6 +139,11 @@ class ChatServiceStub:
                 request_serializer=qdata_dot_v1_dot_chat__pb2.SearchMessagesRequest.SerializeToString,
                 response_deserializer=qdata_dot_v1_dot_chat__pb2.SearchMessagesResponse.FromString,
                 _registered_method=True)
+        self.ImportSession = channel.unary_unary(
+                '/qdata.v1.ChatService/ImportSession',
+                request_serializer=qdata_dot_v1_dot_chat__pb2.ImportSessionRequest.SerializeToString,
+                response_deserializer=qdata_dot_v1_dot_chat__pb2.ImportSessionResponse.FromString,
+                _registered_method=True)
 
 
 class ChatServiceServicer:
@@ -339,6 +344,31 @@ class ChatServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportSession(self, request, context):
+        """Imports one conversation exported from another chat product (ChatGPT, LibreChat or Open WebUI)
+        as a new session of the user, in one transaction: every message becomes a message of the
+        session with its role and time, every branch of the source (an edited prompt, a regenerated
+        answer) a qdata branch, and the source's current message the current leaf. The mapping of each
+        format, what is skipped and how unknown content is kept, is in docs/services/chat.md.
+        Idempotent twice over: by request_id like every write, and by the source's own conversation id
+        per user and format, so uploading the same conversation again under a new request_id creates
+        nothing and returns the session the first upload created (already_imported), also when the
+        upload's content differs from the first (source_differs says so; deleting the session lets the
+        conversation be imported anew). Limits: data at most the server's maximum gRPC message size
+        less 64 KiB (4,128,768 bytes by default), at most 20,000 source nodes (messages and empty
+        nodes), a branch at most 10,000 messages deep, each message's content within the content limit.
+        Fails with NOT_FOUND (reason USER_NOT_FOUND) for an unknown or deleted user, INVALID_ARGUMENT
+        (reason CONTENT_TOO_LARGE) if data or a message's content exceeds its limit, INVALID_ARGUMENT
+        (reason INVALID_ARGUMENT) for a malformed export, with one field violation whose field is the
+        JSON path in data of the first bad node (e.g. `mapping["a1"].parent`) and nothing stored, and
+        ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: INVALID_ARGUMENT CONTENT_TOO_LARGE; NOT_FOUND USER_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChatServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -396,6 +426,11 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.SearchMessages,
                     request_deserializer=qdata_dot_v1_dot_chat__pb2.SearchMessagesRequest.FromString,
                     response_serializer=qdata_dot_v1_dot_chat__pb2.SearchMessagesResponse.SerializeToString,
+            ),
+            'ImportSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportSession,
+                    request_deserializer=qdata_dot_v1_dot_chat__pb2.ImportSessionRequest.FromString,
+                    response_serializer=qdata_dot_v1_dot_chat__pb2.ImportSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -745,6 +780,33 @@ class ChatService:
             '/qdata.v1.ChatService/SearchMessages',
             qdata_dot_v1_dot_chat__pb2.SearchMessagesRequest.SerializeToString,
             qdata_dot_v1_dot_chat__pb2.SearchMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qdata.v1.ChatService/ImportSession',
+            qdata_dot_v1_dot_chat__pb2.ImportSessionRequest.SerializeToString,
+            qdata_dot_v1_dot_chat__pb2.ImportSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

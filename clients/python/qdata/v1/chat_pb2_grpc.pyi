@@ -184,6 +184,27 @@ class ChatServiceStub:
 
     Errors: NOT_FOUND SESSION_NOT_FOUND, USER_NOT_FOUND.
     """
+    ImportSession: _grpc.UnaryUnaryMultiCallable[_chat_pb2.ImportSessionRequest, _chat_pb2.ImportSessionResponse]
+    """Imports one conversation exported from another chat product (ChatGPT, LibreChat or Open WebUI)
+    as a new session of the user, in one transaction: every message becomes a message of the
+    session with its role and time, every branch of the source (an edited prompt, a regenerated
+    answer) a qdata branch, and the source's current message the current leaf. The mapping of each
+    format, what is skipped and how unknown content is kept, is in docs/services/chat.md.
+    Idempotent twice over: by request_id like every write, and by the source's own conversation id
+    per user and format, so uploading the same conversation again under a new request_id creates
+    nothing and returns the session the first upload created (already_imported), also when the
+    upload's content differs from the first (source_differs says so; deleting the session lets the
+    conversation be imported anew). Limits: data at most the server's maximum gRPC message size
+    less 64 KiB (4,128,768 bytes by default), at most 20,000 source nodes (messages and empty
+    nodes), a branch at most 10,000 messages deep, each message's content within the content limit.
+    Fails with NOT_FOUND (reason USER_NOT_FOUND) for an unknown or deleted user, INVALID_ARGUMENT
+    (reason CONTENT_TOO_LARGE) if data or a message's content exceeds its limit, INVALID_ARGUMENT
+    (reason INVALID_ARGUMENT) for a malformed export, with one field violation whose field is the
+    JSON path in data of the first bad node (e.g. `mapping["a1"].parent`) and nothing stored, and
+    ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+    Errors: INVALID_ARGUMENT CONTENT_TOO_LARGE; NOT_FOUND USER_NOT_FOUND.
+    """
 
 @_typing.type_check_only
 class ChatServiceAsyncStub(ChatServiceStub):
@@ -340,6 +361,27 @@ class ChatServiceAsyncStub(ChatServiceStub):
     filters.
 
     Errors: NOT_FOUND SESSION_NOT_FOUND, USER_NOT_FOUND.
+    """
+    ImportSession: _aio.UnaryUnaryMultiCallable[_chat_pb2.ImportSessionRequest, _chat_pb2.ImportSessionResponse]  # type: ignore[assignment]
+    """Imports one conversation exported from another chat product (ChatGPT, LibreChat or Open WebUI)
+    as a new session of the user, in one transaction: every message becomes a message of the
+    session with its role and time, every branch of the source (an edited prompt, a regenerated
+    answer) a qdata branch, and the source's current message the current leaf. The mapping of each
+    format, what is skipped and how unknown content is kept, is in docs/services/chat.md.
+    Idempotent twice over: by request_id like every write, and by the source's own conversation id
+    per user and format, so uploading the same conversation again under a new request_id creates
+    nothing and returns the session the first upload created (already_imported), also when the
+    upload's content differs from the first (source_differs says so; deleting the session lets the
+    conversation be imported anew). Limits: data at most the server's maximum gRPC message size
+    less 64 KiB (4,128,768 bytes by default), at most 20,000 source nodes (messages and empty
+    nodes), a branch at most 10,000 messages deep, each message's content within the content limit.
+    Fails with NOT_FOUND (reason USER_NOT_FOUND) for an unknown or deleted user, INVALID_ARGUMENT
+    (reason CONTENT_TOO_LARGE) if data or a message's content exceeds its limit, INVALID_ARGUMENT
+    (reason INVALID_ARGUMENT) for a malformed export, with one field violation whose field is the
+    JSON path in data of the first bad node (e.g. `mapping["a1"].parent`) and nothing stored, and
+    ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+    Errors: INVALID_ARGUMENT CONTENT_TOO_LARGE; NOT_FOUND USER_NOT_FOUND.
     """
 
 class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -560,6 +602,33 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         filters.
 
         Errors: NOT_FOUND SESSION_NOT_FOUND, USER_NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportSession(
+        self,
+        request: _chat_pb2.ImportSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_pb2.ImportSessionResponse, _abc.Awaitable[_chat_pb2.ImportSessionResponse]]:
+        """Imports one conversation exported from another chat product (ChatGPT, LibreChat or Open WebUI)
+        as a new session of the user, in one transaction: every message becomes a message of the
+        session with its role and time, every branch of the source (an edited prompt, a regenerated
+        answer) a qdata branch, and the source's current message the current leaf. The mapping of each
+        format, what is skipped and how unknown content is kept, is in docs/services/chat.md.
+        Idempotent twice over: by request_id like every write, and by the source's own conversation id
+        per user and format, so uploading the same conversation again under a new request_id creates
+        nothing and returns the session the first upload created (already_imported), also when the
+        upload's content differs from the first (source_differs says so; deleting the session lets the
+        conversation be imported anew). Limits: data at most the server's maximum gRPC message size
+        less 64 KiB (4,128,768 bytes by default), at most 20,000 source nodes (messages and empty
+        nodes), a branch at most 10,000 messages deep, each message's content within the content limit.
+        Fails with NOT_FOUND (reason USER_NOT_FOUND) for an unknown or deleted user, INVALID_ARGUMENT
+        (reason CONTENT_TOO_LARGE) if data or a message's content exceeds its limit, INVALID_ARGUMENT
+        (reason INVALID_ARGUMENT) for a malformed export, with one field violation whose field is the
+        JSON path in data of the first bad node (e.g. `mapping["a1"].parent`) and nothing stored, and
+        ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: INVALID_ARGUMENT CONTENT_TOO_LARGE; NOT_FOUND USER_NOT_FOUND.
         """
 
 def add_ChatServiceServicer_to_server(servicer: ChatServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -48,6 +48,7 @@ DECLARE
         ARRAY['user_api_keys', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
         ARRAY['chat_sessions', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
         ARRAY['chat_messages', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
+        ARRAY['chat_imports', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
         ARRAY['ledger_accounts', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
         ARRAY['ledger_transactions',
               'user_id = ANY (qdata_acting_users()) OR counterparty_user_id = ANY (qdata_acting_users())',
