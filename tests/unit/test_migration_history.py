@@ -76,6 +76,7 @@ LANDED = {
     "0011_chat_branch_jumps": "0d4df065a106f0d0842ba7b2a23d03fe6d961022862a10dbdae9da8f436ead76",
     "0012_listing_commit_order": "3a801927276153b0350d3d45864e9e03f5cb26aa626ad34a6da5f9ea0610f2c8",
     "0013_import": "89c4fbacf83c65a1baeb23eee0b40735eb0499e6fd12d4ff61d8629ee8b33ba7",
+    "0015_chat_share_links": "b57ba1fc336c296ee171f5af1cda5b41ee2bfe2429218e3aeda011dfe431b285",
 }
 
 
