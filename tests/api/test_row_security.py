@@ -56,6 +56,7 @@ USER_TABLES: dict[str, tuple[str, ...]] = {
     "usage_user_days": ("user_id",),
     "model_ratings": ("user_id",),
     "import_log": ("user_id",),
+    "chat_share_links": ("user_id",),
 }
 SETTINGS = dataclasses.replace(
     TEST_SETTINGS,
@@ -102,6 +103,11 @@ async def give_rows_in_every_table(api, user_id: str, other_id: str) -> None:
             user_id=user_id,
             session_id=session.id,
             messages=[chat_pb2.MessageInput(role=chat_pb2.MESSAGE_ROLE_USER, content="hello")],
+        )
+    )
+    await api.chat.CreateShareLink(
+        chat_pb2.CreateShareLinkRequest(
+            request_id=rid(), user_id=user_id, session_id=session.id, scope=chat_pb2.SHARE_SCOPE_ALL_BRANCHES
         )
     )
     await api.ledger.CreateHold(

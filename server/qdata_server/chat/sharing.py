@@ -2,7 +2,7 @@
 
 The owner's side (CreateShareLink, ListShareLinks, UpdateShareLink, RevokeShareLink) acts for the
 owner like every other chat call. The token's side (GetSharedSession, ListSharedMessages) acts for
-no user: it names the SHA-256 digest of the presented token (name_share_token), and the
+nobody: it names the SHA-256 digest of the presented token (name_share_token), and the
 *_shared_token policies of db/functions/security.sql let that transaction see only the live link
 with that digest, its session and the session's messages up to the snapshot.
 
@@ -32,7 +32,7 @@ from qdata_server.chat.messages import _branch_ascending, response_budget
 from qdata_server.chat.sessions import session_not_found
 from qdata_server.db.connection import Conn
 from qdata_server.db.sql import execute, fetch_all, fetch_one
-from qdata_server.db.transactions import ACTING_FOR_NO_USER, acting_for
+from qdata_server.db.transactions import Acting, acting_for
 from qdata_server.errors import NotFound
 from qdata_server.pagination import keyset, page_size
 from qdata_server.users.accounts import load_live_user
@@ -48,6 +48,9 @@ _TOKEN_BYTES = 32
 _SCOPE_TO_DB = {chat_pb2.SHARE_SCOPE_CURRENT_BRANCH: "branch", chat_pb2.SHARE_SCOPE_ALL_BRANCHES: "all"}
 _SCOPE_FROM_DB = {v: k for k, v in _SCOPE_TO_DB.items()}
 _UPDATABLE_PATHS = {"expire_time", "snapshot_sequence_number"}
+# The token path acts for nobody at all (not even the nil "no user" of catalog requests): the only
+# rows it can see are the ones the *_shared_token policies open for the named token digest.
+_TOKEN_PATH = Acting()
 
 
 def share_link_not_found() -> NotFound:
@@ -261,7 +264,7 @@ async def get_shared_session(
     deps: Deps, request: chat_pb2.GetSharedSessionRequest
 ) -> chat_pb2.GetSharedSessionResponse:
     digest = _presented_digest(request.token)
-    link = await deps.transaction(lambda conn: _open_link(conn, digest), acting=ACTING_FOR_NO_USER)
+    link = await deps.transaction(lambda conn: _open_link(conn, digest), acting=_TOKEN_PATH)
     session = chat_pb2.SharedSession(
         title=link["title"],
         model_id=link["model_id"],
@@ -302,7 +305,7 @@ async def list_shared_messages(
             return []
         return await _branch_ascending(conn, {**keys, "start": link["leaf_sequence_number"]}, after, before, limit + 1)
 
-    rows = await deps.transaction(work, acting=ACTING_FOR_NO_USER)
+    rows = await deps.transaction(work, acting=_TOKEN_PATH)
     budget = response_budget(deps.settings)
     taken: list[chat_pb2.SharedMessage] = []
     used = 0
