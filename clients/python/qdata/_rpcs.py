@@ -381,10 +381,11 @@ class ChatService(Service):
     ) -> chat_pb2.ListShareLinksResponse:
         """Lists the user's share links, newest first, revoked and expired ones included; optionally
         only those of one session. Tokens are never listed. Fails with NOT_FOUND (reason
-        USER_NOT_FOUND), and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a negative page_size or a
-        page_token that was not issued for the same user and session.
+        USER_NOT_FOUND), NOT_FOUND (reason SESSION_NOT_FOUND) if session_id names no session of the
+        user, and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a negative page_size or a page_token
+        that was not issued for the same user and session.
 
-        Errors: NOT_FOUND USER_NOT_FOUND.
+        Errors: NOT_FOUND SESSION_NOT_FOUND, USER_NOT_FOUND.
         """
         return self._defaults.sync_unary(self._stub.ListShareLinks, request, timeout, metadata, kwargs)
 
@@ -1639,10 +1640,11 @@ class AsyncChatService(Service):
     ) -> chat_pb2.ListShareLinksResponse:
         """Lists the user's share links, newest first, revoked and expired ones included; optionally
         only those of one session. Tokens are never listed. Fails with NOT_FOUND (reason
-        USER_NOT_FOUND), and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a negative page_size or a
-        page_token that was not issued for the same user and session.
+        USER_NOT_FOUND), NOT_FOUND (reason SESSION_NOT_FOUND) if session_id names no session of the
+        user, and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a negative page_size or a page_token
+        that was not issued for the same user and session.
 
-        Errors: NOT_FOUND USER_NOT_FOUND.
+        Errors: NOT_FOUND SESSION_NOT_FOUND, USER_NOT_FOUND.
         """
         return await self._defaults.async_unary(self._stub.ListShareLinks, request, timeout, metadata, kwargs)
 

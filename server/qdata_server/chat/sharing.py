@@ -29,7 +29,7 @@ from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import audit
 from qdata_server.chat import convert, rules
 from qdata_server.chat.messages import _branch_ascending, response_budget
-from qdata_server.chat.sessions import session_not_found
+from qdata_server.chat.sessions import load_session, session_not_found
 from qdata_server.db.connection import Conn
 from qdata_server.db.sql import execute, fetch_all, fetch_one
 from qdata_server.db.transactions import Acting, acting_for
@@ -177,6 +177,8 @@ async def list_share_links(deps: Deps, request: chat_pb2.ListShareLinksRequest) 
 
     async def work(conn: Conn) -> list[dict[str, Any]]:
         await load_live_user(conn, user_id)
+        if session_id is not None:
+            await load_session(conn, user_id, session_id)
         params = {
             "user_id": user_id,
             "session_id": session_id,

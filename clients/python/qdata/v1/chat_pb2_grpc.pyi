@@ -208,10 +208,11 @@ class ChatServiceStub:
     ListShareLinks: _grpc.UnaryUnaryMultiCallable[_chat_pb2.ListShareLinksRequest, _chat_pb2.ListShareLinksResponse]
     """Lists the user's share links, newest first, revoked and expired ones included; optionally
     only those of one session. Tokens are never listed. Fails with NOT_FOUND (reason
-    USER_NOT_FOUND), and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a negative page_size or a
-    page_token that was not issued for the same user and session.
+    USER_NOT_FOUND), NOT_FOUND (reason SESSION_NOT_FOUND) if session_id names no session of the
+    user, and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a negative page_size or a page_token
+    that was not issued for the same user and session.
 
-    Errors: NOT_FOUND USER_NOT_FOUND.
+    Errors: NOT_FOUND SESSION_NOT_FOUND, USER_NOT_FOUND.
     """
     UpdateShareLink: _grpc.UnaryUnaryMultiCallable[_chat_pb2.UpdateShareLinkRequest, _chat_pb2.UpdateShareLinkResponse]
     """Updates the share link fields named in update_mask: its expire_time, or its snapshot (path
@@ -430,10 +431,11 @@ class ChatServiceAsyncStub(ChatServiceStub):
     ListShareLinks: _aio.UnaryUnaryMultiCallable[_chat_pb2.ListShareLinksRequest, _chat_pb2.ListShareLinksResponse]  # type: ignore[assignment]
     """Lists the user's share links, newest first, revoked and expired ones included; optionally
     only those of one session. Tokens are never listed. Fails with NOT_FOUND (reason
-    USER_NOT_FOUND), and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a negative page_size or a
-    page_token that was not issued for the same user and session.
+    USER_NOT_FOUND), NOT_FOUND (reason SESSION_NOT_FOUND) if session_id names no session of the
+    user, and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a negative page_size or a page_token
+    that was not issued for the same user and session.
 
-    Errors: NOT_FOUND USER_NOT_FOUND.
+    Errors: NOT_FOUND SESSION_NOT_FOUND, USER_NOT_FOUND.
     """
     UpdateShareLink: _aio.UnaryUnaryMultiCallable[_chat_pb2.UpdateShareLinkRequest, _chat_pb2.UpdateShareLinkResponse]  # type: ignore[assignment]
     """Updates the share link fields named in update_mask: its expire_time, or its snapshot (path
@@ -727,10 +729,11 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_chat_pb2.ListShareLinksResponse, _abc.Awaitable[_chat_pb2.ListShareLinksResponse]]:
         """Lists the user's share links, newest first, revoked and expired ones included; optionally
         only those of one session. Tokens are never listed. Fails with NOT_FOUND (reason
-        USER_NOT_FOUND), and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a negative page_size or a
-        page_token that was not issued for the same user and session.
+        USER_NOT_FOUND), NOT_FOUND (reason SESSION_NOT_FOUND) if session_id names no session of the
+        user, and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a negative page_size or a page_token
+        that was not issued for the same user and session.
 
-        Errors: NOT_FOUND USER_NOT_FOUND.
+        Errors: NOT_FOUND SESSION_NOT_FOUND, USER_NOT_FOUND.
         """
 
     @_abc_1.abstractmethod
