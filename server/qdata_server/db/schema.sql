@@ -1632,9 +1632,12 @@ CREATE POLICY chat_messages_acting_users ON public.chat_messages TO qdata_servic
 
 CREATE POLICY chat_messages_all_users ON public.chat_messages TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
-CREATE POLICY chat_messages_shared_token ON public.chat_messages FOR SELECT TO qdata_service USING ((EXISTS ( SELECT
+CREATE POLICY chat_messages_shared_token ON public.chat_messages FOR SELECT TO qdata_service USING ((((user_id, session_id) IN ( SELECT l.user_id,
+    l.session_id
    FROM public.chat_share_links l
-  WHERE ((l.token_digest = public.qdata_share_token_digest()) AND (l.user_id = chat_messages.user_id) AND (l.session_id = chat_messages.session_id) AND (chat_messages.sequence_number <= l.snapshot_sequence_number)))));
+  WHERE (l.token_digest = public.qdata_share_token_digest()))) AND (sequence_number <= ( SELECT l.snapshot_sequence_number
+   FROM public.chat_share_links l
+  WHERE (l.token_digest = public.qdata_share_token_digest())))));
 
 ALTER TABLE public.chat_sessions ENABLE ROW LEVEL SECURITY;
 
@@ -1642,9 +1645,10 @@ CREATE POLICY chat_sessions_acting_users ON public.chat_sessions TO qdata_servic
 
 CREATE POLICY chat_sessions_all_users ON public.chat_sessions TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
-CREATE POLICY chat_sessions_shared_token ON public.chat_sessions FOR SELECT TO qdata_service USING ((EXISTS ( SELECT
+CREATE POLICY chat_sessions_shared_token ON public.chat_sessions FOR SELECT TO qdata_service USING (((user_id, session_id) IN ( SELECT l.user_id,
+    l.session_id
    FROM public.chat_share_links l
-  WHERE ((l.token_digest = public.qdata_share_token_digest()) AND (l.user_id = chat_sessions.user_id) AND (l.session_id = chat_sessions.session_id)))));
+  WHERE (l.token_digest = public.qdata_share_token_digest()))));
 
 ALTER TABLE public.chat_share_links ENABLE ROW LEVEL SECURITY;
 

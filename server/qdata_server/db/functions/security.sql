@@ -90,7 +90,8 @@ $$;
 -- link with that digest (not revoked, not expired by the database's clock), its session's row,
 -- and that session's messages numbered up to the link's snapshot: nothing of another session or
 -- another link, and no write at all. The server's own queries narrow further (the shared branch,
--- live messages only).
+-- live messages only). Each policy's subqueries do not depend on the row: they probe the unique
+-- digest index once per statement, not once per row.
 CREATE OR REPLACE FUNCTION qdata_share_token_digest() RETURNS bytea
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT decode(nullif(current_setting('qdata.share_token_digest', true), ''), 'hex')
@@ -104,14 +105,13 @@ BEGIN
                AND (expire_at IS NULL OR expire_at > now()));
     DROP POLICY IF EXISTS chat_sessions_shared_token ON chat_sessions;
     CREATE POLICY chat_sessions_shared_token ON chat_sessions FOR SELECT TO qdata_service
-        USING (EXISTS (SELECT FROM chat_share_links l
-                        WHERE l.token_digest = qdata_share_token_digest()
-                          AND l.user_id = chat_sessions.user_id AND l.session_id = chat_sessions.session_id));
+        USING ((user_id, session_id) IN (SELECT l.user_id, l.session_id FROM chat_share_links l
+                                          WHERE l.token_digest = qdata_share_token_digest()));
     DROP POLICY IF EXISTS chat_messages_shared_token ON chat_messages;
     CREATE POLICY chat_messages_shared_token ON chat_messages FOR SELECT TO qdata_service
-        USING (EXISTS (SELECT FROM chat_share_links l
-                        WHERE l.token_digest = qdata_share_token_digest()
-                          AND l.user_id = chat_messages.user_id AND l.session_id = chat_messages.session_id
-                          AND chat_messages.sequence_number <= l.snapshot_sequence_number));
+        USING ((user_id, session_id) IN (SELECT l.user_id, l.session_id FROM chat_share_links l
+                                          WHERE l.token_digest = qdata_share_token_digest())
+               AND sequence_number <= (SELECT l.snapshot_sequence_number FROM chat_share_links l
+                                        WHERE l.token_digest = qdata_share_token_digest()));
 END;
 $$;
