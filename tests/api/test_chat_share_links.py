@@ -302,6 +302,9 @@ async def test_revoked_expired_and_unknown_tokens_get_the_same_answer_at_once(ap
     revoke = chat_pb2.RevokeShareLinkRequest(request_id=rid(), user_id=user.id, share_link_id=revoked.share_link.id)
     reply = await api.chat.RevokeShareLink(revoke)
     assert reply.share_link.HasField("revoke_time")
+    # Revocation holds from the moment the call returns; the other link is untouched.
+    await refuse_token(api, revoked.token)
+    assert await shared(api, expiring.token) == [1]
     # An hour and a second later by the database's clock.
     await age_links(api, 3601)
     never = await refuse_token(api, "qds_" + base64.urlsafe_b64encode(uuid.uuid4().bytes * 2).decode().rstrip("="))
@@ -337,6 +340,17 @@ async def test_revoked_expired_and_unknown_tokens_get_the_same_answer_at_once(ap
             update_mask=field_mask_pb2.FieldMask(paths=["expire_time"]),
         )
     )
+    assert await shared(api, expiring.token) == [1]
+    # Clearing the expiry (the path named, the field unset) makes the link last until revoked.
+    cleared = await api.chat.UpdateShareLink(
+        chat_pb2.UpdateShareLinkRequest(
+            request_id=rid(),
+            share_link=chat_pb2.ShareLink(id=expiring.share_link.id, user_id=user.id),
+            update_mask=field_mask_pb2.FieldMask(paths=["expire_time"]),
+        )
+    )
+    assert not cleared.share_link.HasField("expire_time")
+    await age_links(api, 10 * 365 * 86400)
     assert await shared(api, expiring.token) == [1]
 
 
