@@ -6,6 +6,7 @@ nothing else (the RPC list taken from the contract's descriptors)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import datetime
@@ -419,6 +420,19 @@ async def test_every_share_link_mutation_replays_and_refuses_a_reused_request_id
         api, "SELECT action FROM audit_events WHERE target_type = 'chat_share_link' ORDER BY audit_event_id"
     )
     assert [a["action"] for a in actions] == ["chat.CreateShareLink", "chat.UpdateShareLink", "chat.RevokeShareLink"]
+
+
+async def test_concurrent_replays_create_one_link_and_hand_its_token_out_once(api):
+    user = await create_user(api)
+    session = await create_session(api, user.id)
+    await append(api, session, "hello")
+    request = create_request(session, ALL)
+    replies = await asyncio.gather(*(api.chat.CreateShareLink(request) for _ in range(8)))
+    assert len({r.share_link.id for r in replies}) == 1
+    tokens = [r.token for r in replies if r.token]
+    assert len(tokens) == 1
+    assert await shared(api, tokens[0]) == [1]
+    assert len(await sql(api, "SELECT share_link_id FROM chat_share_links")) == 1
 
 
 # ---- bad input ---------------------------------------------------------------------------------
