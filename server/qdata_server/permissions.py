@@ -1,7 +1,8 @@
 """Which permission every RPC needs: the table the interceptor enforces and tokens are checked against.
 
-A permission is `<family>.<action>` ("ledger.write"); a grant is a permission, a family wildcard
-("ledger.*") or "*". The contract decides each RPC's permission (its `(qdata.v1.permission)`
+A permission is `<family>.<action>` ("ledger.write") or `<family>.<resource>.<action>`
+("chat.shared.read"); a grant is a permission, a family wildcard ("ledger.*", which also covers
+"chat.shared.read" for "chat.*") or "*". The contract decides each RPC's permission (its `(qdata.v1.permission)`
 option, read from the descriptors by qdata_server.contract); a method without one is refused.
 This module depends only on the contract, so configuration (tokens.py) and authentication
 (auth.py) both build on it without importing each other.

@@ -23,7 +23,8 @@ CERT_PREFIX = "cert:"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
-_GRANT = re.compile(r"^(\*|[a-z]+\.\*|[a-z]+\.[a-z]+)$")
+# A permission has two or three parts ("chat.read", "chat.shared.read"); a wildcard names a family.
+_GRANT = re.compile(r"^(\*|[a-z]+\.\*|[a-z]+(\.[a-z]+){1,2})$")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -214,6 +214,38 @@ async def case_delete_message(api):
     return request, "chat_message", f"{session.id}/1"
 
 
+async def _share_link(api) -> tuple[str, str]:
+    user_id, session = await _session(api)
+    response = await api.chat.CreateShareLink(
+        chat_pb2.CreateShareLinkRequest(
+            request_id=rid(), user_id=user_id, session_id=session.id, scope=chat_pb2.SHARE_SCOPE_ALL_BRANCHES
+        )
+    )
+    return user_id, response.share_link.id
+
+
+async def case_create_share_link(api):
+    user_id, session = await _session(api)
+    request = chat_pb2.CreateShareLinkRequest(
+        user_id=user_id, session_id=session.id, scope=chat_pb2.SHARE_SCOPE_CURRENT_BRANCH
+    )
+    return request, "chat_share_link", None
+
+
+async def case_update_share_link(api):
+    user_id, link_id = await _share_link(api)
+    request = chat_pb2.UpdateShareLinkRequest(
+        share_link=chat_pb2.ShareLink(id=link_id, user_id=user_id),
+        update_mask={"paths": ["snapshot_sequence_number"]},
+    )
+    return request, "chat_share_link", link_id
+
+
+async def case_revoke_share_link(api):
+    user_id, link_id = await _share_link(api)
+    return chat_pb2.RevokeShareLinkRequest(user_id=user_id, share_link_id=link_id), "chat_share_link", link_id
+
+
 async def case_upsert_model(api):
     request = usage_pb2.UpsertModelRequest(model=usage_pb2.Model(id="acme/m1", provider="acme", display_name="M1"))
     return request, "model", "acme/m1"
@@ -258,6 +290,9 @@ CASES: dict[tuple[str, str], Case] = {
     ("chat", "AppendMessages"): case_append_messages,
     ("chat", "DeleteMessage"): case_delete_message,
     ("chat", "ImportSession"): case_import_session,
+    ("chat", "CreateShareLink"): case_create_share_link,
+    ("chat", "UpdateShareLink"): case_update_share_link,
+    ("chat", "RevokeShareLink"): case_revoke_share_link,
     ("usage", "UpsertModel"): case_upsert_model,
     ("usage", "RecordUsage"): case_record_usage,
     ("usage", "RateModel"): case_rate_model,

@@ -13,9 +13,10 @@ from tests.support.database import sql
 LIBRECHAT_EXPORT = b'{"conversationId": "c1", "messages": [{"messageId": "m1", "isCreatedByUser": true, "text": "hi"}]}'
 
 
-def calls(stub, user_id: str, session_id: str) -> dict[str, object]:
-    """One call per RPC in which user_id names session_id (and its message 1)."""
+def calls(stub, user_id: str, session_id: str, link_id: str = "", token: str = "") -> dict[str, object]:
+    """One call per RPC in which user_id names session_id (and its message 1, and share link_id)."""
     scope = {"user_id": user_id, "session_id": session_id}
+    link = chat_pb2.ShareLink(id=link_id or rid(), user_id=user_id)
     return {
         "CreateSession": lambda: stub.CreateSession(chat_pb2.CreateSessionRequest(request_id=rid(), user_id=user_id)),
         "GetSession": lambda: stub.GetSession(chat_pb2.GetSessionRequest(**scope)),
@@ -46,7 +47,26 @@ def calls(stub, user_id: str, session_id: str) -> dict[str, object]:
                 request_id=rid(), user_id=user_id, format=chat_pb2.IMPORT_FORMAT_LIBRECHAT, data=LIBRECHAT_EXPORT
             )
         ),
+        "CreateShareLink": lambda: stub.CreateShareLink(
+            chat_pb2.CreateShareLinkRequest(request_id=rid(), scope=chat_pb2.SHARE_SCOPE_ALL_BRANCHES, **scope)
+        ),
+        "ListShareLinks": lambda: stub.ListShareLinks(chat_pb2.ListShareLinksRequest(**scope)),
+        "UpdateShareLink": lambda: stub.UpdateShareLink(
+            chat_pb2.UpdateShareLinkRequest(
+                request_id=rid(), share_link=link, update_mask=field_mask_pb2.FieldMask(paths=["expire_time"])
+            )
+        ),
+        "RevokeShareLink": lambda: stub.RevokeShareLink(
+            chat_pb2.RevokeShareLinkRequest(request_id=rid(), user_id=user_id, share_link_id=link.id)
+        ),
+        # The token's side names no user: a token opens its own link only (test_chat_share_links.py).
+        "GetSharedSession": lambda: stub.GetSharedSession(chat_pb2.GetSharedSessionRequest(token=token or rid())),
+        "ListSharedMessages": lambda: stub.ListSharedMessages(chat_pb2.ListSharedMessagesRequest(token=token or rid())),
     }
+
+
+# The RPCs that name a share link, not a session: another user's link is their NOT_FOUND.
+_LINK_RPCS = {"UpdateShareLink", "RevokeShareLink", "GetSharedSession", "ListSharedMessages"}
 
 
 async def _drain(stream) -> list:
@@ -59,17 +79,23 @@ async def test_another_users_session_is_not_found_for_every_rpc(api):
     session = await create_session(api, alice.id, title="alice's")
     await append(api, session, "a secret only alice knows")
     await create_session(api, mallory.id)
+    shared = await api.chat.CreateShareLink(
+        chat_pb2.CreateShareLinkRequest(
+            request_id=rid(), user_id=alice.id, session_id=session.id, scope=chat_pb2.SHARE_SCOPE_ALL_BRANCHES
+        )
+    )
     before = await chat_state(api)
     methods = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].methods_by_name
 
-    by_mallory = calls(api.chat, mallory.id, session.id)
+    by_mallory = calls(api.chat, mallory.id, session.id, shared.share_link.id)
     missing = calls(api.chat, alice.id, rid())
     assert set(by_mallory) == set(methods)  # every RPC is covered
     for name in methods:
         if name in ("CreateSession", "ListSessions", "ImportSession"):
             continue  # these name only a user; see below
-        foreign = await expect_error(by_mallory[name](), NOT_FOUND, "SESSION_NOT_FOUND")
-        absent = await expect_error(missing[name](), NOT_FOUND, "SESSION_NOT_FOUND")
+        reason = "SHARE_LINK_NOT_FOUND" if name in _LINK_RPCS else "SESSION_NOT_FOUND"
+        foreign = await expect_error(by_mallory[name](), NOT_FOUND, reason)
+        absent = await expect_error(missing[name](), NOT_FOUND, reason)
         # Indistinguishable: same code, reason and message.
         assert (foreign.details(), error_info(foreign)) == (absent.details(), error_info(absent)), name
 

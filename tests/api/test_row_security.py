@@ -58,6 +58,7 @@ USER_TABLES: dict[str, tuple[str, ...]] = {
     "usage_user_days": ("user_id",),
     "model_ratings": ("user_id",),
     "import_log": ("user_id",),
+    "chat_share_links": ("user_id",),
 }
 SETTINGS = dataclasses.replace(
     TEST_SETTINGS,
@@ -121,6 +122,11 @@ async def give_rows_in_every_table(api, user_id: str, other_id: str) -> None:
     await api.chat.ImportSession(
         chat_pb2.ImportSessionRequest(
             request_id=rid(), user_id=user_id, format=chat_pb2.IMPORT_FORMAT_CHATGPT, data=json.dumps(export).encode()
+        )
+    )
+    await api.chat.CreateShareLink(
+        chat_pb2.CreateShareLinkRequest(
+            request_id=rid(), user_id=user_id, session_id=session.id, scope=chat_pb2.SHARE_SCOPE_ALL_BRANCHES
         )
     )
     await api.ledger.CreateHold(

@@ -42,6 +42,10 @@ def test_wildcards():
     assert not auth.grants_allow({"users.*"}, "keys.reveal")
     assert not auth.grants_allow({"users.*"}, "audit.read")
     assert not auth.grants_allow({"users.read"}, "users.write")
+    # chat.shared.read is in the chat family; chat.read does not reach it, nor it chat.read.
+    assert auth.grants_allow({"chat.*"}, "chat.shared.read")
+    assert not auth.grants_allow({"chat.read"}, "chat.shared.read")
+    assert not auth.grants_allow({"chat.shared.read"}, "chat.read")
 
 
 def test_parse_tokens_reads_entries_separated_by_newlines_or_semicolons():
@@ -64,6 +68,8 @@ def test_parse_tokens_reads_entries_separated_by_newlines_or_semicolons():
         "gw sha256:abc users.read",
         f"gw {auth.hash_token(TOKEN)} users.fly",
         f"gw {auth.hash_token(TOKEN)} nothing.*",
+        f"gw {auth.hash_token(TOKEN)} chat.shared.*",  # a family is one part
+        f"gw {auth.hash_token(TOKEN)} chat.shared.write",
         f"gw {auth.hash_token(TOKEN)} ,",
         f"anonymous {auth.hash_token(TOKEN)} *",
         f"gw {auth.hash_token(TOKEN)}",

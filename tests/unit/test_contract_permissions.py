@@ -29,11 +29,12 @@ EXPECTED_PERMISSIONS = {
     "ledger.admin",
     "chat.read",
     "chat.write",
+    "chat.shared.read",
     "usage.read",
     "usage.write",
     "catalog.write",
 }
-_PERMISSION = re.compile(r"\b[a-z]+\.(?:read|write|admin|authenticate|reveal)\b")
+_PERMISSION = re.compile(r"\b[a-z]+(?:\.[a-z]+)?\.(?:read|write|admin|authenticate|reveal)\b")
 
 
 def _contract_services() -> list:

@@ -77,6 +77,7 @@ LANDED = {
     "0012_listing_commit_order": "3a801927276153b0350d3d45864e9e03f5cb26aa626ad34a6da5f9ea0610f2c8",
     "0013_import": "89c4fbacf83c65a1baeb23eee0b40735eb0499e6fd12d4ff61d8629ee8b33ba7",
     "0014_restorable_range_checks": "9763b3dfef6fa390bf7ff62627b3aa77ccff669ad17e6c94dc0aedb8eb97f3c1",
+    "0015_chat_share_links": "b57ba1fc336c296ee171f5af1cda5b41ee2bfe2429218e3aeda011dfe431b285",
     "0016_chat_import": "d25351680dd5d15c6df8d94fc7cb930633c32b79f58149dca510e5a0909a16bb",
 }
 

@@ -36,6 +36,12 @@ RETRY_SAFE_METHODS: tuple[tuple[str, str], ...] = (
     ("qdata.v1.ChatService", "ExportSession"),
     ("qdata.v1.ChatService", "SearchMessages"),
     ("qdata.v1.ChatService", "ImportSession"),
+    ("qdata.v1.ChatService", "CreateShareLink"),
+    ("qdata.v1.ChatService", "ListShareLinks"),
+    ("qdata.v1.ChatService", "UpdateShareLink"),
+    ("qdata.v1.ChatService", "RevokeShareLink"),
+    ("qdata.v1.ChatService", "GetSharedSession"),
+    ("qdata.v1.ChatService", "ListSharedMessages"),
     ("qdata.v1.LedgerService", "GetBalance"),
     ("qdata.v1.LedgerService", "Deposit"),
     ("qdata.v1.LedgerService", "Charge"),
@@ -114,8 +120,17 @@ class ChatService(Service):
     server's idempotency retention (7 days unless the operator sets another); a replay after that
     is a new request. A rejected request leaves no trace, so it can be corrected and retried under the same
     request_id. Each RPC needs the permission its (qdata.v1.permission) option names, here chat.read
-    for reads and chat.write for writes; without it a call fails with PERMISSION_DENIED (reason
-    MISSING_PERMISSION).
+    for reads and chat.write for writes, and chat.shared.read for GetSharedSession and
+    ListSharedMessages; without it a call fails with PERMISSION_DENIED (reason MISSING_PERMISSION).
+
+    Share links: the owner of a session creates a link (CreateShareLink) and receives its token
+    once; whoever holds the token reads a read-only snapshot of the session (GetSharedSession,
+    ListSharedMessages) with a caller token that needs only chat.shared.read, so a public share
+    page's backend can hold that permission and nothing else. The server keeps only the token's
+    SHA-256 digest. The snapshot ends at the session's newest message when the link was created (or
+    last moved by UpdateShareLink); messages appended later are not shared. A message deleted from
+    the session, the session itself and its owner's account disappear from every link at once. A
+    revoked or expired link answers exactly like a token that never existed.
 
     Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
@@ -365,6 +380,117 @@ class ChatService(Service):
         Errors: INVALID_ARGUMENT CONTENT_TOO_LARGE; NOT_FOUND USER_NOT_FOUND.
         """
         return self._defaults.sync_unary(self._stub.ImportSession, request, timeout, metadata, kwargs)
+
+    def CreateShareLink(
+        self,
+        request: chat_pb2.CreateShareLinkRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> chat_pb2.CreateShareLinkResponse:
+        """Creates a read-only share link to a snapshot of one of the user's sessions and returns its
+        token, once: the server keeps only the token's digest and never shows the token again (a
+        replay of the request returns the same link with token empty; revoke it and create another if
+        the first answer was lost). The snapshot holds the session's live messages numbered up to its
+        newest message now; with scope SHARE_SCOPE_CURRENT_BRANCH only those on the branch that ends at
+        the session's current leaf now. Fails with NOT_FOUND (reason SESSION_NOT_FOUND),
+        INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a missing scope or an expire_time not in the
+        future, and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND SESSION_NOT_FOUND.
+        """
+        return self._defaults.sync_unary(self._stub.CreateShareLink, request, timeout, metadata, kwargs)
+
+    def ListShareLinks(
+        self,
+        request: chat_pb2.ListShareLinksRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> chat_pb2.ListShareLinksResponse:
+        """Lists the user's share links, newest first, revoked and expired ones included; optionally
+        only those of one session. Tokens are never listed. Fails with NOT_FOUND (reason
+        USER_NOT_FOUND), NOT_FOUND (reason SESSION_NOT_FOUND) if session_id names no session of the
+        user, and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a negative page_size or a page_token
+        that was not issued for the same user and session.
+
+        Errors: NOT_FOUND SESSION_NOT_FOUND, USER_NOT_FOUND.
+        """
+        return self._defaults.sync_unary(self._stub.ListShareLinks, request, timeout, metadata, kwargs)
+
+    def UpdateShareLink(
+        self,
+        request: chat_pb2.UpdateShareLinkRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> chat_pb2.UpdateShareLinkResponse:
+        """Updates the share link fields named in update_mask: its expire_time, or its snapshot (path
+        "snapshot_sequence_number"), which moves to the session's newest message now (and, with scope
+        SHARE_SCOPE_CURRENT_BRANCH, to the session's current leaf now), so that messages appended since
+        are shared too. The token stays the same. Fails with NOT_FOUND (reason SHARE_LINK_NOT_FOUND) if
+        the link does not exist, belongs to another user or is revoked, INVALID_ARGUMENT (reason
+        INVALID_ARGUMENT) for an empty mask, an unknown path or an expire_time not in the future, and
+        ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
+        """
+        return self._defaults.sync_unary(self._stub.UpdateShareLink, request, timeout, metadata, kwargs)
+
+    def RevokeShareLink(
+        self,
+        request: chat_pb2.RevokeShareLinkRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> chat_pb2.RevokeShareLinkResponse:
+        """Revokes a share link for good: from the moment this call returns, its token answers NOT_FOUND
+        like one that never existed. Revoking a revoked link changes nothing and returns it. Fails with
+        NOT_FOUND (reason SHARE_LINK_NOT_FOUND) and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
+        """
+        return self._defaults.sync_unary(self._stub.RevokeShareLink, request, timeout, metadata, kwargs)
+
+    def GetSharedSession(
+        self,
+        request: chat_pb2.GetSharedSessionRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> chat_pb2.GetSharedSessionResponse:
+        """Returns what a share token shows of its session: title, model and times; never the owner, the
+        session's id, its metadata or tags. Fails with NOT_FOUND (reason SHARE_LINK_NOT_FOUND), the
+        same code, reason and message, for a token that never existed, a revoked or expired link and a
+        deleted session; INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an empty token.
+
+        Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
+        """
+        return self._defaults.sync_unary(self._stub.GetSharedSession, request, timeout, metadata, kwargs)
+
+    def ListSharedMessages(
+        self,
+        request: chat_pb2.ListSharedMessagesRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> chat_pb2.ListSharedMessagesResponse:
+        """Lists the messages a share token shows, in ascending sequence order: the session's live
+        messages up to the link's snapshot (only those on the shared branch with scope
+        SHARE_SCOPE_CURRENT_BRANCH). Arguments of tool calls marked private are empty. Fails with
+        NOT_FOUND (reason SHARE_LINK_NOT_FOUND) as GetSharedSession does, and INVALID_ARGUMENT (reason
+        INVALID_ARGUMENT) for an empty token, a negative page_size, or a page_token that was not
+        issued for the same token.
+
+        Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
+        """
+        return self._defaults.sync_unary(self._stub.ListSharedMessages, request, timeout, metadata, kwargs)
 
 
 class LedgerService(Service):
@@ -1283,8 +1409,17 @@ class AsyncChatService(Service):
     server's idempotency retention (7 days unless the operator sets another); a replay after that
     is a new request. A rejected request leaves no trace, so it can be corrected and retried under the same
     request_id. Each RPC needs the permission its (qdata.v1.permission) option names, here chat.read
-    for reads and chat.write for writes; without it a call fails with PERMISSION_DENIED (reason
-    MISSING_PERMISSION).
+    for reads and chat.write for writes, and chat.shared.read for GetSharedSession and
+    ListSharedMessages; without it a call fails with PERMISSION_DENIED (reason MISSING_PERMISSION).
+
+    Share links: the owner of a session creates a link (CreateShareLink) and receives its token
+    once; whoever holds the token reads a read-only snapshot of the session (GetSharedSession,
+    ListSharedMessages) with a caller token that needs only chat.shared.read, so a public share
+    page's backend can hold that permission and nothing else. The server keeps only the token's
+    SHA-256 digest. The snapshot ends at the session's newest message when the link was created (or
+    last moved by UpdateShareLink); messages appended later are not shared. A message deleted from
+    the session, the session itself and its owner's account disappear from every link at once. A
+    revoked or expired link answers exactly like a token that never existed.
 
     Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
@@ -1534,6 +1669,117 @@ class AsyncChatService(Service):
         Errors: INVALID_ARGUMENT CONTENT_TOO_LARGE; NOT_FOUND USER_NOT_FOUND.
         """
         return await self._defaults.async_unary(self._stub.ImportSession, request, timeout, metadata, kwargs)
+
+    async def CreateShareLink(
+        self,
+        request: chat_pb2.CreateShareLinkRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> chat_pb2.CreateShareLinkResponse:
+        """Creates a read-only share link to a snapshot of one of the user's sessions and returns its
+        token, once: the server keeps only the token's digest and never shows the token again (a
+        replay of the request returns the same link with token empty; revoke it and create another if
+        the first answer was lost). The snapshot holds the session's live messages numbered up to its
+        newest message now; with scope SHARE_SCOPE_CURRENT_BRANCH only those on the branch that ends at
+        the session's current leaf now. Fails with NOT_FOUND (reason SESSION_NOT_FOUND),
+        INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a missing scope or an expire_time not in the
+        future, and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND SESSION_NOT_FOUND.
+        """
+        return await self._defaults.async_unary(self._stub.CreateShareLink, request, timeout, metadata, kwargs)
+
+    async def ListShareLinks(
+        self,
+        request: chat_pb2.ListShareLinksRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> chat_pb2.ListShareLinksResponse:
+        """Lists the user's share links, newest first, revoked and expired ones included; optionally
+        only those of one session. Tokens are never listed. Fails with NOT_FOUND (reason
+        USER_NOT_FOUND), NOT_FOUND (reason SESSION_NOT_FOUND) if session_id names no session of the
+        user, and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a negative page_size or a page_token
+        that was not issued for the same user and session.
+
+        Errors: NOT_FOUND SESSION_NOT_FOUND, USER_NOT_FOUND.
+        """
+        return await self._defaults.async_unary(self._stub.ListShareLinks, request, timeout, metadata, kwargs)
+
+    async def UpdateShareLink(
+        self,
+        request: chat_pb2.UpdateShareLinkRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> chat_pb2.UpdateShareLinkResponse:
+        """Updates the share link fields named in update_mask: its expire_time, or its snapshot (path
+        "snapshot_sequence_number"), which moves to the session's newest message now (and, with scope
+        SHARE_SCOPE_CURRENT_BRANCH, to the session's current leaf now), so that messages appended since
+        are shared too. The token stays the same. Fails with NOT_FOUND (reason SHARE_LINK_NOT_FOUND) if
+        the link does not exist, belongs to another user or is revoked, INVALID_ARGUMENT (reason
+        INVALID_ARGUMENT) for an empty mask, an unknown path or an expire_time not in the future, and
+        ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
+        """
+        return await self._defaults.async_unary(self._stub.UpdateShareLink, request, timeout, metadata, kwargs)
+
+    async def RevokeShareLink(
+        self,
+        request: chat_pb2.RevokeShareLinkRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> chat_pb2.RevokeShareLinkResponse:
+        """Revokes a share link for good: from the moment this call returns, its token answers NOT_FOUND
+        like one that never existed. Revoking a revoked link changes nothing and returns it. Fails with
+        NOT_FOUND (reason SHARE_LINK_NOT_FOUND) and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
+        """
+        return await self._defaults.async_unary(self._stub.RevokeShareLink, request, timeout, metadata, kwargs)
+
+    async def GetSharedSession(
+        self,
+        request: chat_pb2.GetSharedSessionRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> chat_pb2.GetSharedSessionResponse:
+        """Returns what a share token shows of its session: title, model and times; never the owner, the
+        session's id, its metadata or tags. Fails with NOT_FOUND (reason SHARE_LINK_NOT_FOUND), the
+        same code, reason and message, for a token that never existed, a revoked or expired link and a
+        deleted session; INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an empty token.
+
+        Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
+        """
+        return await self._defaults.async_unary(self._stub.GetSharedSession, request, timeout, metadata, kwargs)
+
+    async def ListSharedMessages(
+        self,
+        request: chat_pb2.ListSharedMessagesRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> chat_pb2.ListSharedMessagesResponse:
+        """Lists the messages a share token shows, in ascending sequence order: the session's live
+        messages up to the link's snapshot (only those on the shared branch with scope
+        SHARE_SCOPE_CURRENT_BRANCH). Arguments of tool calls marked private are empty. Fails with
+        NOT_FOUND (reason SHARE_LINK_NOT_FOUND) as GetSharedSession does, and INVALID_ARGUMENT (reason
+        INVALID_ARGUMENT) for an empty token, a negative page_size, or a page_token that was not
+        issued for the same token.
+
+        Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
+        """
+        return await self._defaults.async_unary(self._stub.ListSharedMessages, request, timeout, metadata, kwargs)
 
 
 class AsyncLedgerService(Service):

@@ -265,7 +265,8 @@ class AsyncQdataClient:
     ledger: AsyncLedgerService
     """LedgerService: balances, deposits, charges, refunds, transfers, holds."""
     chat: AsyncChatService
-    """ChatService: sessions and messages; ExportSession streams."""
+    """ChatService: sessions and messages; ExportSession streams; share links (CreateShareLink returns
+    the token once, GetSharedSession and ListSharedMessages need only chat.shared.read)."""
     usage: AsyncUsageService
     """UsageService: the model catalog and usage records."""
 
@@ -319,7 +320,8 @@ class QdataClient:
     ledger: LedgerService
     """LedgerService: balances, deposits, charges, refunds, transfers, holds."""
     chat: ChatService
-    """ChatService: sessions and messages; ExportSession streams."""
+    """ChatService: sessions and messages; ExportSession streams; share links (CreateShareLink returns
+    the token once, GetSharedSession and ListSharedMessages need only chat.shared.read)."""
     usage: UsageService
     """UsageService: the model catalog and usage records."""
 

@@ -38,7 +38,10 @@ def message(row: dict[str, Any]) -> chat_pb2.Message:
             row, "sequence_number parent_sequence_number content model_id input_tokens output_tokens tool_call_id"
         ),
         tool_calls=[
-            chat_pb2.ToolCall(id=c["id"], name=c["name"], arguments_json=c["arguments_json"]) for c in row["tool_calls"]
+            chat_pb2.ToolCall(
+                id=c["id"], name=c["name"], arguments_json=c["arguments_json"], private=c.get("private", False)
+            )
+            for c in row["tool_calls"]
         ],
         create_time=timestamp(row["created_at"]),
     )

@@ -186,7 +186,11 @@ def _check_message(v: Violations, field: str, message: chat_pb2.MessageInput, ma
 
 def tool_calls_json(message: chat_pb2.MessageInput) -> str:
     """The tool calls as the JSON array stored in chat_messages.tool_calls."""
-    return json.dumps(
-        [{"id": c.id, "name": c.name, "arguments_json": c.arguments_json} for c in message.tool_calls],
-        ensure_ascii=False,
-    )
+    calls: list[dict[str, object]] = []
+    for c in message.tool_calls:
+        call: dict[str, object] = {"id": c.id, "name": c.name, "arguments_json": c.arguments_json}
+        if c.private:
+            # Only when set, so the calls stored before the flag existed read the same.
+            call["private"] = True
+        calls.append(call)
+    return json.dumps(calls, ensure_ascii=False)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from qdata.v1 import chat_pb2, chat_pb2_grpc
 from qdata_server.callctx import ServicerContext
-from qdata_server.chat import messages, search, sessions
+from qdata_server.chat import messages, search, sessions, sharing
 from qdata_server.chat.importing import run as importing
 
 if TYPE_CHECKING:
@@ -80,3 +80,33 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self, request: chat_pb2.ImportSessionRequest, context: ServicerContext
     ) -> chat_pb2.ImportSessionResponse:
         return await importing.import_session(self._deps, request)
+
+    async def CreateShareLink(
+        self, request: chat_pb2.CreateShareLinkRequest, context: ServicerContext
+    ) -> chat_pb2.CreateShareLinkResponse:
+        return await sharing.create_share_link(self._deps, request)
+
+    async def ListShareLinks(
+        self, request: chat_pb2.ListShareLinksRequest, context: ServicerContext
+    ) -> chat_pb2.ListShareLinksResponse:
+        return await sharing.list_share_links(self._deps, request)
+
+    async def UpdateShareLink(
+        self, request: chat_pb2.UpdateShareLinkRequest, context: ServicerContext
+    ) -> chat_pb2.UpdateShareLinkResponse:
+        return await sharing.update_share_link(self._deps, request)
+
+    async def RevokeShareLink(
+        self, request: chat_pb2.RevokeShareLinkRequest, context: ServicerContext
+    ) -> chat_pb2.RevokeShareLinkResponse:
+        return await sharing.revoke_share_link(self._deps, request)
+
+    async def GetSharedSession(
+        self, request: chat_pb2.GetSharedSessionRequest, context: ServicerContext
+    ) -> chat_pb2.GetSharedSessionResponse:
+        return await sharing.get_shared_session(self._deps, request)
+
+    async def ListSharedMessages(
+        self, request: chat_pb2.ListSharedMessagesRequest, context: ServicerContext
+    ) -> chat_pb2.ListSharedMessagesResponse:
+        return await sharing.list_shared_messages(self._deps, request)

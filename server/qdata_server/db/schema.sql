@@ -564,6 +564,12 @@ CREATE FUNCTION public.qdata_acting_users() RETURNS uuid[]
     SELECT coalesce(nullif(current_setting('qdata.acting_users', true), ''), '{}')::uuid[]
 $$;
 
+CREATE FUNCTION public.qdata_share_token_digest() RETURNS bytea
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$
+    SELECT decode(nullif(current_setting('qdata.share_token_digest', true), ''), 'hex')
+$$;
+
 CREATE FUNCTION public.reserve_password_check(p_user uuid, p_login text, p_login_digest bytea, p_threshold integer, p_lock_seconds integer) RETURNS TABLE(user_id uuid, status text, password_hash text, failed_count integer, locked_until timestamp with time zone, checked boolean)
     LANGUAGE plpgsql
     AS $$
@@ -1087,6 +1093,24 @@ CREATE TABLE public.chat_sessions (
     CONSTRAINT chat_sessions_title_length CHECK ((char_length(title) <= 200))
 );
 
+CREATE TABLE public.chat_share_links (
+    user_id uuid NOT NULL,
+    share_link_id uuid DEFAULT gen_random_uuid() NOT NULL,
+    session_id uuid NOT NULL,
+    token_digest bytea NOT NULL,
+    scope text NOT NULL,
+    snapshot_sequence_number bigint NOT NULL,
+    leaf_sequence_number bigint DEFAULT 0 NOT NULL,
+    snapshot_at timestamp with time zone DEFAULT now() NOT NULL,
+    expire_at timestamp with time zone,
+    revoked_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT chat_share_links_scope_valid CHECK ((scope = ANY (ARRAY['branch'::text, 'all'::text]))),
+    CONSTRAINT chat_share_links_snapshot_bounded CHECK (((snapshot_sequence_number >= 0) AND ((leaf_sequence_number >= 0) AND (leaf_sequence_number <= snapshot_sequence_number)) AND ((scope = 'branch'::text) OR (leaf_sequence_number = 0)))),
+    CONSTRAINT chat_share_links_token_digest_length CHECK ((octet_length(token_digest) = 32))
+);
+
 CREATE TABLE public.idempotency_keys (
     user_id uuid NOT NULL,
     actor text NOT NULL,
@@ -1403,6 +1427,12 @@ ALTER TABLE ONLY public.chat_messages
 ALTER TABLE ONLY public.chat_sessions
     ADD CONSTRAINT chat_sessions_pkey PRIMARY KEY (user_id, session_id);
 
+ALTER TABLE ONLY public.chat_share_links
+    ADD CONSTRAINT chat_share_links_pkey PRIMARY KEY (user_id, share_link_id);
+
+ALTER TABLE ONLY public.chat_share_links
+    ADD CONSTRAINT chat_share_links_token_digest_key UNIQUE (token_digest);
+
 ALTER TABLE ONLY public.idempotency_keys
     ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (user_id, actor, request_id);
 
@@ -1498,6 +1528,10 @@ CREATE INDEX chat_messages_search_idx ON public.chat_messages USING gin (search)
 
 CREATE INDEX chat_sessions_activity_idx ON public.chat_sessions USING btree (user_id, last_activity_at DESC, session_id DESC);
 
+CREATE INDEX chat_share_links_session_idx ON public.chat_share_links USING btree (user_id, session_id, created_at DESC, share_link_id DESC);
+
+CREATE INDEX chat_share_links_user_idx ON public.chat_share_links USING btree (user_id, created_at DESC, share_link_id DESC);
+
 CREATE INDEX idempotency_keys_created_idx ON public.idempotency_keys USING btree (created_at);
 
 CREATE INDEX ledger_holds_active_idx ON public.ledger_holds USING btree (user_id, currency_code) WHERE (status = 'active'::text);
@@ -1579,6 +1613,9 @@ ALTER TABLE ONLY public.chat_messages
 ALTER TABLE ONLY public.chat_sessions
     ADD CONSTRAINT chat_sessions_user_fkey FOREIGN KEY (user_id) REFERENCES public.users(user_id);
 
+ALTER TABLE ONLY public.chat_share_links
+    ADD CONSTRAINT chat_share_links_session_fkey FOREIGN KEY (user_id, session_id) REFERENCES public.chat_sessions(user_id, session_id) ON DELETE CASCADE;
+
 ALTER TABLE ONLY public.import_log
     ADD CONSTRAINT import_log_user_fkey FOREIGN KEY (user_id) REFERENCES public.users(user_id);
 
@@ -1624,11 +1661,31 @@ CREATE POLICY chat_messages_acting_users ON public.chat_messages TO qdata_servic
 
 CREATE POLICY chat_messages_all_users ON public.chat_messages TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
+CREATE POLICY chat_messages_shared_token ON public.chat_messages FOR SELECT TO qdata_service USING ((((user_id, session_id) IN ( SELECT l.user_id,
+    l.session_id
+   FROM public.chat_share_links l
+  WHERE (l.token_digest = public.qdata_share_token_digest()))) AND (sequence_number <= ( SELECT l.snapshot_sequence_number
+   FROM public.chat_share_links l
+  WHERE (l.token_digest = public.qdata_share_token_digest())))));
+
 ALTER TABLE public.chat_sessions ENABLE ROW LEVEL SECURITY;
 
 CREATE POLICY chat_sessions_acting_users ON public.chat_sessions TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
 
 CREATE POLICY chat_sessions_all_users ON public.chat_sessions TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
+
+CREATE POLICY chat_sessions_shared_token ON public.chat_sessions FOR SELECT TO qdata_service USING (((user_id, session_id) IN ( SELECT l.user_id,
+    l.session_id
+   FROM public.chat_share_links l
+  WHERE (l.token_digest = public.qdata_share_token_digest()))));
+
+ALTER TABLE public.chat_share_links ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY chat_share_links_acting_users ON public.chat_share_links TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+
+CREATE POLICY chat_share_links_all_users ON public.chat_share_links TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
+
+CREATE POLICY chat_share_links_shared_token ON public.chat_share_links FOR SELECT TO qdata_service USING (((token_digest = public.qdata_share_token_digest()) AND (revoked_at IS NULL) AND ((expire_at IS NULL) OR (expire_at > now()))));
 
 ALTER TABLE public.idempotency_keys ENABLE ROW LEVEL SECURITY;
 
@@ -1755,6 +1812,8 @@ GRANT SELECT,INSERT,DELETE ON TABLE public.chat_imports TO qdata_service;
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.chat_messages TO qdata_service;
 
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.chat_sessions TO qdata_service;
+
+GRANT SELECT,INSERT,UPDATE ON TABLE public.chat_share_links TO qdata_service;
 
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.idempotency_keys TO qdata_service;
 

@@ -45,6 +45,12 @@ class ImportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IMPORT_FORMAT_CHATGPT: _ClassVar[ImportFormat]
     IMPORT_FORMAT_LIBRECHAT: _ClassVar[ImportFormat]
     IMPORT_FORMAT_OPEN_WEBUI: _ClassVar[ImportFormat]
+
+class ShareScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SHARE_SCOPE_UNSPECIFIED: _ClassVar[ShareScope]
+    SHARE_SCOPE_CURRENT_BRANCH: _ClassVar[ShareScope]
+    SHARE_SCOPE_ALL_BRANCHES: _ClassVar[ShareScope]
 MESSAGE_ROLE_UNSPECIFIED: MessageRole
 MESSAGE_ROLE_SYSTEM: MessageRole
 MESSAGE_ROLE_USER: MessageRole
@@ -64,6 +70,9 @@ IMPORT_FORMAT_UNSPECIFIED: ImportFormat
 IMPORT_FORMAT_CHATGPT: ImportFormat
 IMPORT_FORMAT_LIBRECHAT: ImportFormat
 IMPORT_FORMAT_OPEN_WEBUI: ImportFormat
+SHARE_SCOPE_UNSPECIFIED: ShareScope
+SHARE_SCOPE_CURRENT_BRANCH: ShareScope
+SHARE_SCOPE_ALL_BRANCHES: ShareScope
 
 class Session(_message.Message):
     __slots__ = ("id", "user_id", "model_id", "title", "metadata", "tags", "pinned", "archived", "current_leaf_sequence_number", "message_count", "last_sequence_number", "total_input_tokens", "total_output_tokens", "last_activity_time", "create_time", "update_time")
@@ -109,14 +118,16 @@ class Session(_message.Message):
     def __init__(self, id: _Optional[str] = ..., user_id: _Optional[str] = ..., model_id: _Optional[str] = ..., title: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Iterable[str]] = ..., pinned: _Optional[bool] = ..., archived: _Optional[bool] = ..., current_leaf_sequence_number: _Optional[int] = ..., message_count: _Optional[int] = ..., last_sequence_number: _Optional[int] = ..., total_input_tokens: _Optional[int] = ..., total_output_tokens: _Optional[int] = ..., last_activity_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ToolCall(_message.Message):
-    __slots__ = ("id", "name", "arguments_json")
+    __slots__ = ("id", "name", "arguments_json", "private")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARGUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    PRIVATE_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     arguments_json: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., arguments_json: _Optional[str] = ...) -> None: ...
+    private: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., arguments_json: _Optional[str] = ..., private: _Optional[bool] = ...) -> None: ...
 
 class Message(_message.Message):
     __slots__ = ("session_id", "sequence_number", "parent_sequence_number", "role", "content", "model_id", "input_tokens", "output_tokens", "tool_calls", "tool_call_id", "create_time")
@@ -440,3 +451,169 @@ class ImportSessionResponse(_message.Message):
     imported_message_count: int
     skipped_node_count: int
     def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., already_imported: _Optional[bool] = ..., source_differs: _Optional[bool] = ..., imported_message_count: _Optional[int] = ..., skipped_node_count: _Optional[int] = ...) -> None: ...
+
+class ShareLink(_message.Message):
+    __slots__ = ("id", "user_id", "session_id", "scope", "snapshot_sequence_number", "leaf_sequence_number", "expire_time", "revoke_time", "snapshot_time", "create_time", "update_time")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_SEQUENCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    LEAF_SEQUENCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    REVOKE_TIME_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_TIME_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    user_id: str
+    session_id: str
+    scope: ShareScope
+    snapshot_sequence_number: int
+    leaf_sequence_number: int
+    expire_time: _timestamp_pb2.Timestamp
+    revoke_time: _timestamp_pb2.Timestamp
+    snapshot_time: _timestamp_pb2.Timestamp
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., scope: _Optional[_Union[ShareScope, str]] = ..., snapshot_sequence_number: _Optional[int] = ..., leaf_sequence_number: _Optional[int] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class SharedSession(_message.Message):
+    __slots__ = ("title", "model_id", "scope", "create_time", "snapshot_time", "expire_time")
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_TIME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    title: str
+    model_id: str
+    scope: ShareScope
+    create_time: _timestamp_pb2.Timestamp
+    snapshot_time: _timestamp_pb2.Timestamp
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, title: _Optional[str] = ..., model_id: _Optional[str] = ..., scope: _Optional[_Union[ShareScope, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class SharedMessage(_message.Message):
+    __slots__ = ("sequence_number", "parent_sequence_number", "role", "content", "model_id", "tool_calls", "tool_call_id", "create_time")
+    SEQUENCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    PARENT_SEQUENCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    sequence_number: int
+    parent_sequence_number: int
+    role: MessageRole
+    content: str
+    model_id: str
+    tool_calls: _containers.RepeatedCompositeFieldContainer[ToolCall]
+    tool_call_id: str
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, sequence_number: _Optional[int] = ..., parent_sequence_number: _Optional[int] = ..., role: _Optional[_Union[MessageRole, str]] = ..., content: _Optional[str] = ..., model_id: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateShareLinkRequest(_message.Message):
+    __slots__ = ("request_id", "user_id", "session_id", "scope", "expire_time")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    user_id: str
+    session_id: str
+    scope: ShareScope
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., scope: _Optional[_Union[ShareScope, str]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateShareLinkResponse(_message.Message):
+    __slots__ = ("share_link", "token")
+    SHARE_LINK_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    share_link: ShareLink
+    token: str
+    def __init__(self, share_link: _Optional[_Union[ShareLink, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...
+
+class ListShareLinksRequest(_message.Message):
+    __slots__ = ("user_id", "session_id", "page_size", "page_token")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    session_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListShareLinksResponse(_message.Message):
+    __slots__ = ("share_links", "next_page_token")
+    SHARE_LINKS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    share_links: _containers.RepeatedCompositeFieldContainer[ShareLink]
+    next_page_token: str
+    def __init__(self, share_links: _Optional[_Iterable[_Union[ShareLink, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class UpdateShareLinkRequest(_message.Message):
+    __slots__ = ("request_id", "share_link", "update_mask")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARE_LINK_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    share_link: ShareLink
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, request_id: _Optional[str] = ..., share_link: _Optional[_Union[ShareLink, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+
+class UpdateShareLinkResponse(_message.Message):
+    __slots__ = ("share_link",)
+    SHARE_LINK_FIELD_NUMBER: _ClassVar[int]
+    share_link: ShareLink
+    def __init__(self, share_link: _Optional[_Union[ShareLink, _Mapping]] = ...) -> None: ...
+
+class RevokeShareLinkRequest(_message.Message):
+    __slots__ = ("request_id", "user_id", "share_link_id")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARE_LINK_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    user_id: str
+    share_link_id: str
+    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., share_link_id: _Optional[str] = ...) -> None: ...
+
+class RevokeShareLinkResponse(_message.Message):
+    __slots__ = ("share_link",)
+    SHARE_LINK_FIELD_NUMBER: _ClassVar[int]
+    share_link: ShareLink
+    def __init__(self, share_link: _Optional[_Union[ShareLink, _Mapping]] = ...) -> None: ...
+
+class GetSharedSessionRequest(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    def __init__(self, token: _Optional[str] = ...) -> None: ...
+
+class GetSharedSessionResponse(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: SharedSession
+    def __init__(self, session: _Optional[_Union[SharedSession, _Mapping]] = ...) -> None: ...
+
+class ListSharedMessagesRequest(_message.Message):
+    __slots__ = ("token", "page_size", "page_token")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    page_size: int
+    page_token: str
+    def __init__(self, token: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListSharedMessagesResponse(_message.Message):
+    __slots__ = ("messages", "next_page_token")
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[SharedMessage]
+    next_page_token: str
+    def __init__(self, messages: _Optional[_Iterable[_Union[SharedMessage, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -60,8 +60,17 @@ class ChatServiceStub:
     server's idempotency retention (7 days unless the operator sets another); a replay after that
     is a new request. A rejected request leaves no trace, so it can be corrected and retried under the same
     request_id. Each RPC needs the permission its (qdata.v1.permission) option names, here chat.read
-    for reads and chat.write for writes; without it a call fails with PERMISSION_DENIED (reason
-    MISSING_PERMISSION).
+    for reads and chat.write for writes, and chat.shared.read for GetSharedSession and
+    ListSharedMessages; without it a call fails with PERMISSION_DENIED (reason MISSING_PERMISSION).
+
+    Share links: the owner of a session creates a link (CreateShareLink) and receives its token
+    once; whoever holds the token reads a read-only snapshot of the session (GetSharedSession,
+    ListSharedMessages) with a caller token that needs only chat.shared.read, so a public share
+    page's backend can hold that permission and nothing else. The server keeps only the token's
+    SHA-256 digest. The snapshot ends at the session's newest message when the link was created (or
+    last moved by UpdateShareLink); messages appended later are not shared. A message deleted from
+    the session, the session itself and its owner's account disappear from every link at once. A
+    revoked or expired link answers exactly like a token that never existed.
 
     Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
@@ -144,6 +153,36 @@ class ChatServiceStub:
                 request_serializer=qdata_dot_v1_dot_chat__pb2.ImportSessionRequest.SerializeToString,
                 response_deserializer=qdata_dot_v1_dot_chat__pb2.ImportSessionResponse.FromString,
                 _registered_method=True)
+        self.CreateShareLink = channel.unary_unary(
+                '/qdata.v1.ChatService/CreateShareLink',
+                request_serializer=qdata_dot_v1_dot_chat__pb2.CreateShareLinkRequest.SerializeToString,
+                response_deserializer=qdata_dot_v1_dot_chat__pb2.CreateShareLinkResponse.FromString,
+                _registered_method=True)
+        self.ListShareLinks = channel.unary_unary(
+                '/qdata.v1.ChatService/ListShareLinks',
+                request_serializer=qdata_dot_v1_dot_chat__pb2.ListShareLinksRequest.SerializeToString,
+                response_deserializer=qdata_dot_v1_dot_chat__pb2.ListShareLinksResponse.FromString,
+                _registered_method=True)
+        self.UpdateShareLink = channel.unary_unary(
+                '/qdata.v1.ChatService/UpdateShareLink',
+                request_serializer=qdata_dot_v1_dot_chat__pb2.UpdateShareLinkRequest.SerializeToString,
+                response_deserializer=qdata_dot_v1_dot_chat__pb2.UpdateShareLinkResponse.FromString,
+                _registered_method=True)
+        self.RevokeShareLink = channel.unary_unary(
+                '/qdata.v1.ChatService/RevokeShareLink',
+                request_serializer=qdata_dot_v1_dot_chat__pb2.RevokeShareLinkRequest.SerializeToString,
+                response_deserializer=qdata_dot_v1_dot_chat__pb2.RevokeShareLinkResponse.FromString,
+                _registered_method=True)
+        self.GetSharedSession = channel.unary_unary(
+                '/qdata.v1.ChatService/GetSharedSession',
+                request_serializer=qdata_dot_v1_dot_chat__pb2.GetSharedSessionRequest.SerializeToString,
+                response_deserializer=qdata_dot_v1_dot_chat__pb2.GetSharedSessionResponse.FromString,
+                _registered_method=True)
+        self.ListSharedMessages = channel.unary_unary(
+                '/qdata.v1.ChatService/ListSharedMessages',
+                request_serializer=qdata_dot_v1_dot_chat__pb2.ListSharedMessagesRequest.SerializeToString,
+                response_deserializer=qdata_dot_v1_dot_chat__pb2.ListSharedMessagesResponse.FromString,
+                _registered_method=True)
 
 
 class ChatServiceServicer:
@@ -181,8 +220,17 @@ class ChatServiceServicer:
     server's idempotency retention (7 days unless the operator sets another); a replay after that
     is a new request. A rejected request leaves no trace, so it can be corrected and retried under the same
     request_id. Each RPC needs the permission its (qdata.v1.permission) option names, here chat.read
-    for reads and chat.write for writes; without it a call fails with PERMISSION_DENIED (reason
-    MISSING_PERMISSION).
+    for reads and chat.write for writes, and chat.shared.read for GetSharedSession and
+    ListSharedMessages; without it a call fails with PERMISSION_DENIED (reason MISSING_PERMISSION).
+
+    Share links: the owner of a session creates a link (CreateShareLink) and receives its token
+    once; whoever holds the token reads a read-only snapshot of the session (GetSharedSession,
+    ListSharedMessages) with a caller token that needs only chat.shared.read, so a public share
+    page's backend can hold that permission and nothing else. The server keeps only the token's
+    SHA-256 digest. The snapshot ends at the session's newest message when the link was created (or
+    last moved by UpdateShareLink); messages appended later are not shared. A message deleted from
+    the session, the session itself and its owner's account disappear from every link at once. A
+    revoked or expired link answers exactly like a token that never existed.
 
     Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
@@ -369,6 +417,87 @@ class ChatServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateShareLink(self, request, context):
+        """Creates a read-only share link to a snapshot of one of the user's sessions and returns its
+        token, once: the server keeps only the token's digest and never shows the token again (a
+        replay of the request returns the same link with token empty; revoke it and create another if
+        the first answer was lost). The snapshot holds the session's live messages numbered up to its
+        newest message now; with scope SHARE_SCOPE_CURRENT_BRANCH only those on the branch that ends at
+        the session's current leaf now. Fails with NOT_FOUND (reason SESSION_NOT_FOUND),
+        INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a missing scope or an expire_time not in the
+        future, and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND SESSION_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListShareLinks(self, request, context):
+        """Lists the user's share links, newest first, revoked and expired ones included; optionally
+        only those of one session. Tokens are never listed. Fails with NOT_FOUND (reason
+        USER_NOT_FOUND), NOT_FOUND (reason SESSION_NOT_FOUND) if session_id names no session of the
+        user, and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a negative page_size or a page_token
+        that was not issued for the same user and session.
+
+        Errors: NOT_FOUND SESSION_NOT_FOUND, USER_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateShareLink(self, request, context):
+        """Updates the share link fields named in update_mask: its expire_time, or its snapshot (path
+        "snapshot_sequence_number"), which moves to the session's newest message now (and, with scope
+        SHARE_SCOPE_CURRENT_BRANCH, to the session's current leaf now), so that messages appended since
+        are shared too. The token stays the same. Fails with NOT_FOUND (reason SHARE_LINK_NOT_FOUND) if
+        the link does not exist, belongs to another user or is revoked, INVALID_ARGUMENT (reason
+        INVALID_ARGUMENT) for an empty mask, an unknown path or an expire_time not in the future, and
+        ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeShareLink(self, request, context):
+        """Revokes a share link for good: from the moment this call returns, its token answers NOT_FOUND
+        like one that never existed. Revoking a revoked link changes nothing and returns it. Fails with
+        NOT_FOUND (reason SHARE_LINK_NOT_FOUND) and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSharedSession(self, request, context):
+        """Returns what a share token shows of its session: title, model and times; never the owner, the
+        session's id, its metadata or tags. Fails with NOT_FOUND (reason SHARE_LINK_NOT_FOUND), the
+        same code, reason and message, for a token that never existed, a revoked or expired link and a
+        deleted session; INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an empty token.
+
+        Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSharedMessages(self, request, context):
+        """Lists the messages a share token shows, in ascending sequence order: the session's live
+        messages up to the link's snapshot (only those on the shared branch with scope
+        SHARE_SCOPE_CURRENT_BRANCH). Arguments of tool calls marked private are empty. Fails with
+        NOT_FOUND (reason SHARE_LINK_NOT_FOUND) as GetSharedSession does, and INVALID_ARGUMENT (reason
+        INVALID_ARGUMENT) for an empty token, a negative page_size, or a page_token that was not
+        issued for the same token.
+
+        Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChatServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -432,6 +561,36 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     request_deserializer=qdata_dot_v1_dot_chat__pb2.ImportSessionRequest.FromString,
                     response_serializer=qdata_dot_v1_dot_chat__pb2.ImportSessionResponse.SerializeToString,
             ),
+            'CreateShareLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateShareLink,
+                    request_deserializer=qdata_dot_v1_dot_chat__pb2.CreateShareLinkRequest.FromString,
+                    response_serializer=qdata_dot_v1_dot_chat__pb2.CreateShareLinkResponse.SerializeToString,
+            ),
+            'ListShareLinks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListShareLinks,
+                    request_deserializer=qdata_dot_v1_dot_chat__pb2.ListShareLinksRequest.FromString,
+                    response_serializer=qdata_dot_v1_dot_chat__pb2.ListShareLinksResponse.SerializeToString,
+            ),
+            'UpdateShareLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateShareLink,
+                    request_deserializer=qdata_dot_v1_dot_chat__pb2.UpdateShareLinkRequest.FromString,
+                    response_serializer=qdata_dot_v1_dot_chat__pb2.UpdateShareLinkResponse.SerializeToString,
+            ),
+            'RevokeShareLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeShareLink,
+                    request_deserializer=qdata_dot_v1_dot_chat__pb2.RevokeShareLinkRequest.FromString,
+                    response_serializer=qdata_dot_v1_dot_chat__pb2.RevokeShareLinkResponse.SerializeToString,
+            ),
+            'GetSharedSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSharedSession,
+                    request_deserializer=qdata_dot_v1_dot_chat__pb2.GetSharedSessionRequest.FromString,
+                    response_serializer=qdata_dot_v1_dot_chat__pb2.GetSharedSessionResponse.SerializeToString,
+            ),
+            'ListSharedMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSharedMessages,
+                    request_deserializer=qdata_dot_v1_dot_chat__pb2.ListSharedMessagesRequest.FromString,
+                    response_serializer=qdata_dot_v1_dot_chat__pb2.ListSharedMessagesResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'qdata.v1.ChatService', rpc_method_handlers)
@@ -475,8 +634,17 @@ class ChatService:
     server's idempotency retention (7 days unless the operator sets another); a replay after that
     is a new request. A rejected request leaves no trace, so it can be corrected and retried under the same
     request_id. Each RPC needs the permission its (qdata.v1.permission) option names, here chat.read
-    for reads and chat.write for writes; without it a call fails with PERMISSION_DENIED (reason
-    MISSING_PERMISSION).
+    for reads and chat.write for writes, and chat.shared.read for GetSharedSession and
+    ListSharedMessages; without it a call fails with PERMISSION_DENIED (reason MISSING_PERMISSION).
+
+    Share links: the owner of a session creates a link (CreateShareLink) and receives its token
+    once; whoever holds the token reads a read-only snapshot of the session (GetSharedSession,
+    ListSharedMessages) with a caller token that needs only chat.shared.read, so a public share
+    page's backend can hold that permission and nothing else. The server keeps only the token's
+    SHA-256 digest. The snapshot ends at the session's newest message when the link was created (or
+    last moved by UpdateShareLink); messages appended later are not shared. A message deleted from
+    the session, the session itself and its owner's account disappear from every link at once. A
+    revoked or expired link answers exactly like a token that never existed.
 
     Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
@@ -807,6 +975,168 @@ class ChatService:
             '/qdata.v1.ChatService/ImportSession',
             qdata_dot_v1_dot_chat__pb2.ImportSessionRequest.SerializeToString,
             qdata_dot_v1_dot_chat__pb2.ImportSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateShareLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qdata.v1.ChatService/CreateShareLink',
+            qdata_dot_v1_dot_chat__pb2.CreateShareLinkRequest.SerializeToString,
+            qdata_dot_v1_dot_chat__pb2.CreateShareLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListShareLinks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qdata.v1.ChatService/ListShareLinks',
+            qdata_dot_v1_dot_chat__pb2.ListShareLinksRequest.SerializeToString,
+            qdata_dot_v1_dot_chat__pb2.ListShareLinksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateShareLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qdata.v1.ChatService/UpdateShareLink',
+            qdata_dot_v1_dot_chat__pb2.UpdateShareLinkRequest.SerializeToString,
+            qdata_dot_v1_dot_chat__pb2.UpdateShareLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeShareLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qdata.v1.ChatService/RevokeShareLink',
+            qdata_dot_v1_dot_chat__pb2.RevokeShareLinkRequest.SerializeToString,
+            qdata_dot_v1_dot_chat__pb2.RevokeShareLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSharedSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qdata.v1.ChatService/GetSharedSession',
+            qdata_dot_v1_dot_chat__pb2.GetSharedSessionRequest.SerializeToString,
+            qdata_dot_v1_dot_chat__pb2.GetSharedSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSharedMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qdata.v1.ChatService/ListSharedMessages',
+            qdata_dot_v1_dot_chat__pb2.ListSharedMessagesRequest.SerializeToString,
+            qdata_dot_v1_dot_chat__pb2.ListSharedMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

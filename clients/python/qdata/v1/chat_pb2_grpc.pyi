@@ -61,8 +61,17 @@ class ChatServiceStub:
     server's idempotency retention (7 days unless the operator sets another); a replay after that
     is a new request. A rejected request leaves no trace, so it can be corrected and retried under the same
     request_id. Each RPC needs the permission its (qdata.v1.permission) option names, here chat.read
-    for reads and chat.write for writes; without it a call fails with PERMISSION_DENIED (reason
-    MISSING_PERMISSION).
+    for reads and chat.write for writes, and chat.shared.read for GetSharedSession and
+    ListSharedMessages; without it a call fails with PERMISSION_DENIED (reason MISSING_PERMISSION).
+
+    Share links: the owner of a session creates a link (CreateShareLink) and receives its token
+    once; whoever holds the token reads a read-only snapshot of the session (GetSharedSession,
+    ListSharedMessages) with a caller token that needs only chat.shared.read, so a public share
+    page's backend can hold that permission and nothing else. The server keeps only the token's
+    SHA-256 digest. The snapshot ends at the session's newest message when the link was created (or
+    last moved by UpdateShareLink); messages appended later are not shared. A message deleted from
+    the session, the session itself and its owner's account disappear from every link at once. A
+    revoked or expired link answers exactly like a token that never existed.
 
     Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
@@ -205,6 +214,63 @@ class ChatServiceStub:
 
     Errors: INVALID_ARGUMENT CONTENT_TOO_LARGE; NOT_FOUND USER_NOT_FOUND.
     """
+    CreateShareLink: _grpc.UnaryUnaryMultiCallable[_chat_pb2.CreateShareLinkRequest, _chat_pb2.CreateShareLinkResponse]
+    """Creates a read-only share link to a snapshot of one of the user's sessions and returns its
+    token, once: the server keeps only the token's digest and never shows the token again (a
+    replay of the request returns the same link with token empty; revoke it and create another if
+    the first answer was lost). The snapshot holds the session's live messages numbered up to its
+    newest message now; with scope SHARE_SCOPE_CURRENT_BRANCH only those on the branch that ends at
+    the session's current leaf now. Fails with NOT_FOUND (reason SESSION_NOT_FOUND),
+    INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a missing scope or an expire_time not in the
+    future, and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+    Errors: NOT_FOUND SESSION_NOT_FOUND.
+    """
+    ListShareLinks: _grpc.UnaryUnaryMultiCallable[_chat_pb2.ListShareLinksRequest, _chat_pb2.ListShareLinksResponse]
+    """Lists the user's share links, newest first, revoked and expired ones included; optionally
+    only those of one session. Tokens are never listed. Fails with NOT_FOUND (reason
+    USER_NOT_FOUND), NOT_FOUND (reason SESSION_NOT_FOUND) if session_id names no session of the
+    user, and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a negative page_size or a page_token
+    that was not issued for the same user and session.
+
+    Errors: NOT_FOUND SESSION_NOT_FOUND, USER_NOT_FOUND.
+    """
+    UpdateShareLink: _grpc.UnaryUnaryMultiCallable[_chat_pb2.UpdateShareLinkRequest, _chat_pb2.UpdateShareLinkResponse]
+    """Updates the share link fields named in update_mask: its expire_time, or its snapshot (path
+    "snapshot_sequence_number"), which moves to the session's newest message now (and, with scope
+    SHARE_SCOPE_CURRENT_BRANCH, to the session's current leaf now), so that messages appended since
+    are shared too. The token stays the same. Fails with NOT_FOUND (reason SHARE_LINK_NOT_FOUND) if
+    the link does not exist, belongs to another user or is revoked, INVALID_ARGUMENT (reason
+    INVALID_ARGUMENT) for an empty mask, an unknown path or an expire_time not in the future, and
+    ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+    Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
+    """
+    RevokeShareLink: _grpc.UnaryUnaryMultiCallable[_chat_pb2.RevokeShareLinkRequest, _chat_pb2.RevokeShareLinkResponse]
+    """Revokes a share link for good: from the moment this call returns, its token answers NOT_FOUND
+    like one that never existed. Revoking a revoked link changes nothing and returns it. Fails with
+    NOT_FOUND (reason SHARE_LINK_NOT_FOUND) and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+    Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
+    """
+    GetSharedSession: _grpc.UnaryUnaryMultiCallable[_chat_pb2.GetSharedSessionRequest, _chat_pb2.GetSharedSessionResponse]
+    """Returns what a share token shows of its session: title, model and times; never the owner, the
+    session's id, its metadata or tags. Fails with NOT_FOUND (reason SHARE_LINK_NOT_FOUND), the
+    same code, reason and message, for a token that never existed, a revoked or expired link and a
+    deleted session; INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an empty token.
+
+    Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
+    """
+    ListSharedMessages: _grpc.UnaryUnaryMultiCallable[_chat_pb2.ListSharedMessagesRequest, _chat_pb2.ListSharedMessagesResponse]
+    """Lists the messages a share token shows, in ascending sequence order: the session's live
+    messages up to the link's snapshot (only those on the shared branch with scope
+    SHARE_SCOPE_CURRENT_BRANCH). Arguments of tool calls marked private are empty. Fails with
+    NOT_FOUND (reason SHARE_LINK_NOT_FOUND) as GetSharedSession does, and INVALID_ARGUMENT (reason
+    INVALID_ARGUMENT) for an empty token, a negative page_size, or a page_token that was not
+    issued for the same token.
+
+    Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
+    """
 
 @_typing.type_check_only
 class ChatServiceAsyncStub(ChatServiceStub):
@@ -242,8 +308,17 @@ class ChatServiceAsyncStub(ChatServiceStub):
     server's idempotency retention (7 days unless the operator sets another); a replay after that
     is a new request. A rejected request leaves no trace, so it can be corrected and retried under the same
     request_id. Each RPC needs the permission its (qdata.v1.permission) option names, here chat.read
-    for reads and chat.write for writes; without it a call fails with PERMISSION_DENIED (reason
-    MISSING_PERMISSION).
+    for reads and chat.write for writes, and chat.shared.read for GetSharedSession and
+    ListSharedMessages; without it a call fails with PERMISSION_DENIED (reason MISSING_PERMISSION).
+
+    Share links: the owner of a session creates a link (CreateShareLink) and receives its token
+    once; whoever holds the token reads a read-only snapshot of the session (GetSharedSession,
+    ListSharedMessages) with a caller token that needs only chat.shared.read, so a public share
+    page's backend can hold that permission and nothing else. The server keeps only the token's
+    SHA-256 digest. The snapshot ends at the session's newest message when the link was created (or
+    last moved by UpdateShareLink); messages appended later are not shared. A message deleted from
+    the session, the session itself and its owner's account disappear from every link at once. A
+    revoked or expired link answers exactly like a token that never existed.
 
     Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
@@ -383,6 +458,63 @@ class ChatServiceAsyncStub(ChatServiceStub):
 
     Errors: INVALID_ARGUMENT CONTENT_TOO_LARGE; NOT_FOUND USER_NOT_FOUND.
     """
+    CreateShareLink: _aio.UnaryUnaryMultiCallable[_chat_pb2.CreateShareLinkRequest, _chat_pb2.CreateShareLinkResponse]  # type: ignore[assignment]
+    """Creates a read-only share link to a snapshot of one of the user's sessions and returns its
+    token, once: the server keeps only the token's digest and never shows the token again (a
+    replay of the request returns the same link with token empty; revoke it and create another if
+    the first answer was lost). The snapshot holds the session's live messages numbered up to its
+    newest message now; with scope SHARE_SCOPE_CURRENT_BRANCH only those on the branch that ends at
+    the session's current leaf now. Fails with NOT_FOUND (reason SESSION_NOT_FOUND),
+    INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a missing scope or an expire_time not in the
+    future, and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+    Errors: NOT_FOUND SESSION_NOT_FOUND.
+    """
+    ListShareLinks: _aio.UnaryUnaryMultiCallable[_chat_pb2.ListShareLinksRequest, _chat_pb2.ListShareLinksResponse]  # type: ignore[assignment]
+    """Lists the user's share links, newest first, revoked and expired ones included; optionally
+    only those of one session. Tokens are never listed. Fails with NOT_FOUND (reason
+    USER_NOT_FOUND), NOT_FOUND (reason SESSION_NOT_FOUND) if session_id names no session of the
+    user, and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a negative page_size or a page_token
+    that was not issued for the same user and session.
+
+    Errors: NOT_FOUND SESSION_NOT_FOUND, USER_NOT_FOUND.
+    """
+    UpdateShareLink: _aio.UnaryUnaryMultiCallable[_chat_pb2.UpdateShareLinkRequest, _chat_pb2.UpdateShareLinkResponse]  # type: ignore[assignment]
+    """Updates the share link fields named in update_mask: its expire_time, or its snapshot (path
+    "snapshot_sequence_number"), which moves to the session's newest message now (and, with scope
+    SHARE_SCOPE_CURRENT_BRANCH, to the session's current leaf now), so that messages appended since
+    are shared too. The token stays the same. Fails with NOT_FOUND (reason SHARE_LINK_NOT_FOUND) if
+    the link does not exist, belongs to another user or is revoked, INVALID_ARGUMENT (reason
+    INVALID_ARGUMENT) for an empty mask, an unknown path or an expire_time not in the future, and
+    ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+    Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
+    """
+    RevokeShareLink: _aio.UnaryUnaryMultiCallable[_chat_pb2.RevokeShareLinkRequest, _chat_pb2.RevokeShareLinkResponse]  # type: ignore[assignment]
+    """Revokes a share link for good: from the moment this call returns, its token answers NOT_FOUND
+    like one that never existed. Revoking a revoked link changes nothing and returns it. Fails with
+    NOT_FOUND (reason SHARE_LINK_NOT_FOUND) and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+    Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
+    """
+    GetSharedSession: _aio.UnaryUnaryMultiCallable[_chat_pb2.GetSharedSessionRequest, _chat_pb2.GetSharedSessionResponse]  # type: ignore[assignment]
+    """Returns what a share token shows of its session: title, model and times; never the owner, the
+    session's id, its metadata or tags. Fails with NOT_FOUND (reason SHARE_LINK_NOT_FOUND), the
+    same code, reason and message, for a token that never existed, a revoked or expired link and a
+    deleted session; INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an empty token.
+
+    Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
+    """
+    ListSharedMessages: _aio.UnaryUnaryMultiCallable[_chat_pb2.ListSharedMessagesRequest, _chat_pb2.ListSharedMessagesResponse]  # type: ignore[assignment]
+    """Lists the messages a share token shows, in ascending sequence order: the session's live
+    messages up to the link's snapshot (only those on the shared branch with scope
+    SHARE_SCOPE_CURRENT_BRANCH). Arguments of tool calls marked private are empty. Fails with
+    NOT_FOUND (reason SHARE_LINK_NOT_FOUND) as GetSharedSession does, and INVALID_ARGUMENT (reason
+    INVALID_ARGUMENT) for an empty token, a negative page_size, or a page_token that was not
+    issued for the same token.
+
+    Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
+    """
 
 class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
     """ChatService keeps every conversation a user has with a model: sessions, their messages in
@@ -419,8 +551,17 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
     server's idempotency retention (7 days unless the operator sets another); a replay after that
     is a new request. A rejected request leaves no trace, so it can be corrected and retried under the same
     request_id. Each RPC needs the permission its (qdata.v1.permission) option names, here chat.read
-    for reads and chat.write for writes; without it a call fails with PERMISSION_DENIED (reason
-    MISSING_PERMISSION).
+    for reads and chat.write for writes, and chat.shared.read for GetSharedSession and
+    ListSharedMessages; without it a call fails with PERMISSION_DENIED (reason MISSING_PERMISSION).
+
+    Share links: the owner of a session creates a link (CreateShareLink) and receives its token
+    once; whoever holds the token reads a read-only snapshot of the session (GetSharedSession,
+    ListSharedMessages) with a caller token that needs only chat.shared.read, so a public share
+    page's backend can hold that permission and nothing else. The server keeps only the token's
+    SHA-256 digest. The snapshot ends at the session's newest message when the link was created (or
+    last moved by UpdateShareLink); messages appended later are not shared. A message deleted from
+    the session, the session itself and its owner's account disappear from every link at once. A
+    revoked or expired link answers exactly like a token that never existed.
 
     Any RPC may also fail with UNAVAILABLE (reason DATABASE_UNAVAILABLE when the database is
     unreachable or a connection to it was lost, DATABASE_READ_ONLY when it accepts no writes, e.g.
@@ -629,6 +770,99 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         ALREADY_EXISTS (reason REQUEST_ID_REUSED).
 
         Errors: INVALID_ARGUMENT CONTENT_TOO_LARGE; NOT_FOUND USER_NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateShareLink(
+        self,
+        request: _chat_pb2.CreateShareLinkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_pb2.CreateShareLinkResponse, _abc.Awaitable[_chat_pb2.CreateShareLinkResponse]]:
+        """Creates a read-only share link to a snapshot of one of the user's sessions and returns its
+        token, once: the server keeps only the token's digest and never shows the token again (a
+        replay of the request returns the same link with token empty; revoke it and create another if
+        the first answer was lost). The snapshot holds the session's live messages numbered up to its
+        newest message now; with scope SHARE_SCOPE_CURRENT_BRANCH only those on the branch that ends at
+        the session's current leaf now. Fails with NOT_FOUND (reason SESSION_NOT_FOUND),
+        INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a missing scope or an expire_time not in the
+        future, and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND SESSION_NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ListShareLinks(
+        self,
+        request: _chat_pb2.ListShareLinksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_pb2.ListShareLinksResponse, _abc.Awaitable[_chat_pb2.ListShareLinksResponse]]:
+        """Lists the user's share links, newest first, revoked and expired ones included; optionally
+        only those of one session. Tokens are never listed. Fails with NOT_FOUND (reason
+        USER_NOT_FOUND), NOT_FOUND (reason SESSION_NOT_FOUND) if session_id names no session of the
+        user, and INVALID_ARGUMENT (reason INVALID_ARGUMENT) for a negative page_size or a page_token
+        that was not issued for the same user and session.
+
+        Errors: NOT_FOUND SESSION_NOT_FOUND, USER_NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateShareLink(
+        self,
+        request: _chat_pb2.UpdateShareLinkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_pb2.UpdateShareLinkResponse, _abc.Awaitable[_chat_pb2.UpdateShareLinkResponse]]:
+        """Updates the share link fields named in update_mask: its expire_time, or its snapshot (path
+        "snapshot_sequence_number"), which moves to the session's newest message now (and, with scope
+        SHARE_SCOPE_CURRENT_BRANCH, to the session's current leaf now), so that messages appended since
+        are shared too. The token stays the same. Fails with NOT_FOUND (reason SHARE_LINK_NOT_FOUND) if
+        the link does not exist, belongs to another user or is revoked, INVALID_ARGUMENT (reason
+        INVALID_ARGUMENT) for an empty mask, an unknown path or an expire_time not in the future, and
+        ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeShareLink(
+        self,
+        request: _chat_pb2.RevokeShareLinkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_pb2.RevokeShareLinkResponse, _abc.Awaitable[_chat_pb2.RevokeShareLinkResponse]]:
+        """Revokes a share link for good: from the moment this call returns, its token answers NOT_FOUND
+        like one that never existed. Revoking a revoked link changes nothing and returns it. Fails with
+        NOT_FOUND (reason SHARE_LINK_NOT_FOUND) and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+
+        Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSharedSession(
+        self,
+        request: _chat_pb2.GetSharedSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_pb2.GetSharedSessionResponse, _abc.Awaitable[_chat_pb2.GetSharedSessionResponse]]:
+        """Returns what a share token shows of its session: title, model and times; never the owner, the
+        session's id, its metadata or tags. Fails with NOT_FOUND (reason SHARE_LINK_NOT_FOUND), the
+        same code, reason and message, for a token that never existed, a revoked or expired link and a
+        deleted session; INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an empty token.
+
+        Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSharedMessages(
+        self,
+        request: _chat_pb2.ListSharedMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_pb2.ListSharedMessagesResponse, _abc.Awaitable[_chat_pb2.ListSharedMessagesResponse]]:
+        """Lists the messages a share token shows, in ascending sequence order: the session's live
+        messages up to the link's snapshot (only those on the shared branch with scope
+        SHARE_SCOPE_CURRENT_BRANCH). Arguments of tool calls marked private are empty. Fails with
+        NOT_FOUND (reason SHARE_LINK_NOT_FOUND) as GetSharedSession does, and INVALID_ARGUMENT (reason
+        INVALID_ARGUMENT) for an empty token, a negative page_size, or a page_token that was not
+        issued for the same token.
+
+        Errors: NOT_FOUND SHARE_LINK_NOT_FOUND.
         """
 
 def add_ChatServiceServicer_to_server(servicer: ChatServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -68,7 +68,8 @@ DECLARE
         ARRAY['usage_model_user_days', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
         ARRAY['usage_user_days', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
         ARRAY['model_ratings', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
-        ARRAY['import_log', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())']
+        ARRAY['import_log', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
+        ARRAY['chat_share_links', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())']
     ];
 BEGIN
     FOREACH spec SLICE 1 IN ARRAY specs LOOP
@@ -81,5 +82,37 @@ BEGIN
         EXECUTE format('CREATE POLICY %I ON %I TO qdata_service USING (qdata_acting_for_all_users()) '
                        'WITH CHECK (qdata_acting_for_all_users())', owned || '_all_users', owned);
     END LOOP;
+END;
+$$;
+
+-- The share token path (ChatService GetSharedSession, ListSharedMessages) acts for no user: it
+-- names the SHA-256 digest of the presented token in the transaction-local setting
+-- qdata.share_token_digest (hex), and these three read-only policies let it see exactly the live
+-- link with that digest (not revoked, not expired by the database's clock), its session's row,
+-- and that session's messages numbered up to the link's snapshot: nothing of another session or
+-- another link, and no write at all. The server's own queries narrow further (the shared branch,
+-- live messages only). Each policy's subqueries do not depend on the row: they probe the unique
+-- digest index once per statement, not once per row.
+CREATE OR REPLACE FUNCTION qdata_share_token_digest() RETURNS bytea
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT decode(nullif(current_setting('qdata.share_token_digest', true), ''), 'hex')
+$$;
+
+DO $$
+BEGIN
+    DROP POLICY IF EXISTS chat_share_links_shared_token ON chat_share_links;
+    CREATE POLICY chat_share_links_shared_token ON chat_share_links FOR SELECT TO qdata_service
+        USING (token_digest = qdata_share_token_digest() AND revoked_at IS NULL
+               AND (expire_at IS NULL OR expire_at > now()));
+    DROP POLICY IF EXISTS chat_sessions_shared_token ON chat_sessions;
+    CREATE POLICY chat_sessions_shared_token ON chat_sessions FOR SELECT TO qdata_service
+        USING ((user_id, session_id) IN (SELECT l.user_id, l.session_id FROM chat_share_links l
+                                          WHERE l.token_digest = qdata_share_token_digest()));
+    DROP POLICY IF EXISTS chat_messages_shared_token ON chat_messages;
+    CREATE POLICY chat_messages_shared_token ON chat_messages FOR SELECT TO qdata_service
+        USING ((user_id, session_id) IN (SELECT l.user_id, l.session_id FROM chat_share_links l
+                                          WHERE l.token_digest = qdata_share_token_digest())
+               AND sequence_number <= (SELECT l.snapshot_sequence_number FROM chat_share_links l
+                                        WHERE l.token_digest = qdata_share_token_digest()));
 END;
 $$;
