@@ -416,3 +416,20 @@ async def _wait_log(server: ServerProcess, check: Callable[[], bool], what: str,
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not logged within {within}s:\n{server.output()[-4000:]}")
         await asyncio.sleep(0.1)
+
+
+def test_prometheus_client_is_never_imported_with_metrics_off():
+    """Every server module but the one made for metrics-on imports without prometheus-client."""
+    import subprocess
+    import sys
+
+    program = (
+        "import importlib, pkgutil, sys, qdata_server\n"
+        "for m in pkgutil.walk_packages(qdata_server.__path__, 'qdata_server.'):\n"
+        "    if m.name not in ('qdata_server.metrics_qdata', 'qdata_server.__main__'):\n"
+        "        importlib.import_module(m.name)\n"
+        "from qdata_server.app import QdataServer\n"
+        "print(sorted(n for n in sys.modules if n.startswith('prometheus_client')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
