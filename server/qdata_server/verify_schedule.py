@@ -89,7 +89,8 @@ class ScheduledVerification:
 
     async def run(self) -> Outcome:
         """One run; sets the gauges and logs what it found (raises if the run fails)."""
-        with background.deadline(min(self.interval(), MAX_RUN_SECONDS), "scheduled-verification"):
+        # A run asked for with the schedule off (interval 0) gets the longest deadline.
+        with background.deadline(min(self.interval() or MAX_RUN_SECONDS, MAX_RUN_SECONDS), "scheduled-verification"):
             ledger = await reads.verify_ledger(
                 self.deps, ledger_pb2.VerifyLedgerRequest(max_discrepancies=MAX_DISCREPANCIES)
             )
