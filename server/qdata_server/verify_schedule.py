@@ -129,20 +129,10 @@ class ScheduledVerification:
         for head in heads:
             shard, head_seq, head_hash = head["chain_shard"], head["last_seq"], bytes(head["last_hash"])
             verified = self._verified.get(shard, Position())
-            if verified.seq > head_seq:
-                problems.append(
-                    Problem(
-                        None,
-                        shard,
-                        head_seq,
-                        "truncated",
-                        f"the head is at position {head_seq}, behind the verified position {verified.seq}",
-                    )
-                )
-                continue
             count, reached, found = await self._walk(shard, verified, head_seq)
             checked += count
-            # Reached the head, or ran out of events before it (the chain's end is gone).
+            # Reached the head, or ran out of events before it (the chain's end is gone, or the head
+            # was moved back behind the verified position).
             if not found and (reached.seq == head_seq or count < SEGMENT):
                 problem = audit_chain.head_problem(shard, head_seq, head_hash, reached.seq, reached.hash)
                 found = [problem] if problem is not None else []
