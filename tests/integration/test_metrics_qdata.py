@@ -26,6 +26,7 @@ from qdata.v1 import chat_pb2_grpc, ledger_pb2, ledger_pb2_grpc, usage_pb2, usag
 from tests.support.calls import create_user, expect_error, rid
 from tests.support.database import scalar, sql
 from tests.support.processes import ServerProcess, free_port, server_env
+from tests.support.server import SERVICE_LOGIN
 from tests.support.usage import create_model, ts, usage
 
 pytestmark = pytest.mark.slow
@@ -285,6 +286,29 @@ async def test_money_usage_errors_pool_and_health_add_up_exactly_over_two_worker
     )
     assert value(pool, "qdata_database_up") == 1
     assert value(pool, "qdata_health_serving") == 1
+
+    # The database refuses the serving login: the probes fail, both gauges drop to 0, then recover.
+    database = await scalar(database_url, "SELECT current_database()")
+    await sql(database_url, f'REVOKE CONNECT ON DATABASE "{database}" FROM PUBLIC')
+    try:
+        await sql(
+            database_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND usename = %s",
+            (SERVICE_LOGIN,),
+        )
+        await eventually(
+            address,
+            lambda s: value(s, "qdata_database_up") == 0 and value(s, "qdata_health_serving") == 0,
+            "the database reported down",
+        )
+    finally:
+        await sql(database_url, f'GRANT CONNECT ON DATABASE "{database}" TO PUBLIC')
+    await eventually(
+        address,
+        lambda s: value(s, "qdata_database_up") == 1 and value(s, "qdata_health_serving") == 1,
+        "the database reported up again",
+    )
 
 
 async def test_database_gauges_and_scheduled_verification(metrics_server, database_url):
