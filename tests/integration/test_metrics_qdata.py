@@ -457,3 +457,42 @@ def test_prometheus_client_is_never_imported_with_metrics_off():
     )
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+async def test_transaction_retries_and_their_errors_are_counted(api):
+    """Serialization failures raised by the database: each failed attempt is a class-40 error, each rerun a retry."""
+    from qdata_server import metrics_hooks
+    from qdata_server.db import transactions
+    from qdata_server.errors import Aborted
+    from qdata_server.metrics_qdata import QdataMetrics
+
+    def count(metric, **labels: str) -> float:
+        [family] = metric.collect()
+        return sum(s.value for s in family.samples if s.name.endswith("_total") and s.labels == labels)
+
+    attempts = 0
+
+    async def work(conn) -> int:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            await conn.execute("DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$")
+        return attempts
+
+    metrics = QdataMetrics()
+    metrics_hooks.install(metrics)
+    try:
+        assert await transactions.run(api.server.pool, work, acting=transactions.ACTING_FOR_NO_USER) == 2
+        # Out of retries: the error is counted per attempt, the retries only while they last.
+        with pytest.raises(Aborted):
+            await transactions.run(
+                api.server.pool, work_always_failing, acting=transactions.ACTING_FOR_NO_USER, retries=2
+            )
+    finally:
+        metrics_hooks.install(None)
+    assert count(metrics.retries, grpc_method="") == 1 + 2
+    assert count(metrics.db_errors, sqlstate_class="40") == 1 + 3
+
+
+async def work_always_failing(conn) -> None:
+    await conn.execute("DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$")
