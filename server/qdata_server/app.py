@@ -4,8 +4,10 @@ The composition root: one `QdataServer` lives in each worker process (created af
 `start` loads what it was not given (inputs.py), opens the pool, builds the Deps (deps.py) and
 the servicers, checks the key ring (gates.py), serves and starts the background jobs
 (background.py: the health monitor of health.py, the expired-hold sweeper, the idempotency purge,
-the usage upkeep); `stop` enters graceful shutdown, which refuses new calls with UNAVAILABLE,
-drains, cancels what the grace period leaves running and closes every database connection.
+the usage upkeep; with metrics on, the pool sampler and, in worker 0, the database-derived
+gauges; in worker 0, the scheduled verification when QDATA_VERIFY_INTERVAL_SECONDS is set);
+`stop` enters graceful shutdown, which refuses new calls with UNAVAILABLE, drains, cancels what
+the grace period leaves running and closes every database connection.
 With TLS configured the port is served with TLS (mutual TLS with a client CA); an optional second,
 plaintext server on QDATA_HEALTH_LISTEN_ADDRESS serves only the same health servicer, for probes.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc import aio
@@ -22,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from qdata.v1 import chat_pb2_grpc, ledger_pb2_grpc, usage_pb2_grpc, user_pb2_grpc
-from qdata_server import background, idempotency, inputs, reflection
+from qdata_server import background, idempotency, inputs, metrics_database, metrics_hooks, reflection
 from qdata_server.auth import Authenticator
 from qdata_server.chat.service import ChatServicer
 from qdata_server.config import ConfigError, Settings
@@ -38,6 +41,10 @@ from qdata_server.usage import maintenance as usage_maintenance
 from qdata_server.usage.service import UsageServicer
 from qdata_server.users.passwords import PasswordHasher
 from qdata_server.users.service import UserServicer
+from qdata_server.verify_schedule import ScheduledVerification
+
+if TYPE_CHECKING:
+    from qdata_server.metrics_qdata import QdataMetrics
 
 __all__ = ["SERVICE_NAMES", "Deps", "QdataServer"]
 
@@ -46,14 +53,26 @@ log = logging.getLogger("qdata.server")
 # How long calls cancelled at the end of the grace period get to roll back and return their
 # connections before the pool closes them anyway.
 CANCEL_WAIT_SECONDS = 5.0
+# How often each worker copies its pool's state into the metrics (metrics_qdata.sample_pool).
+POOL_SAMPLE_SECONDS = 1.0
 
 
 class QdataServer:
     """One gRPC server with its pool; `start` serves, `stop` drains and closes."""
 
-    def __init__(self, settings: Settings, conninfo: str, runtime_inputs: inputs.RuntimeInputs | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        conninfo: str,
+        runtime_inputs: inputs.RuntimeInputs | None = None,
+        *,
+        worker_index: int = 0,
+    ):
         self.settings = settings
         self.conninfo = conninfo
+        # This server's worker number (serve.py); worker 0 also runs the jobs one worker does for
+        # the whole server: the scheduled verification and the database-derived gauges.
+        self.worker_index = worker_index
         # The files' contents to serve with (serve.py reads them once, before the fork); None: read at start.
         self.runtime_inputs = runtime_inputs
         self.health = HealthServicer()
@@ -67,6 +86,7 @@ class QdataServer:
         self._database_health: DatabaseHealth | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._interceptor: ServiceInterceptor | None = None
+        self._metrics: QdataMetrics | None = None
 
     def _serving(self) -> bool:
         return bool(self._database_health and self._database_health.serving)
@@ -118,8 +138,11 @@ class QdataServer:
         server_metrics = None
         if settings.metrics_listen_address:
             from qdata_server.metrics import ServerMetrics
+            from qdata_server.metrics_qdata import QdataMetrics
 
             server_metrics = ServerMetrics()
+            self._metrics = QdataMetrics(settings.ledger_currencies)
+            metrics_hooks.install(self._metrics)
         self._interceptor = ServiceInterceptor(authenticator, server_metrics)
         server = aio.server(interceptors=[self._interceptor], options=options)
         user_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(deps), server)
@@ -167,7 +190,35 @@ class QdataServer:
             )
         # Folds recorded usage into the statistics rollups and keeps usage partitions ahead.
         self._tasks.append(asyncio.create_task(usage_maintenance.run(deps, self._serving), name="qdata-usage-upkeep"))
+        if self._metrics is not None:
+            self._start_metrics_jobs(self._metrics)
+        if settings.verify_interval_seconds > 0 and self.worker_index == 0:
+            verification = ScheduledVerification(deps, self._metrics)
+            self._background(
+                "qdata-verify", settings.verify_interval_seconds, verification.run, "scheduled verification failed"
+            )
         return self.port
+
+    def _start_metrics_jobs(self, metrics: QdataMetrics) -> None:
+        """Samples the pool into the metrics every POOL_SAMPLE_SECONDS; worker 0 also reads the
+        database-derived gauges (metrics_database.py)."""
+        pool, deps = self.pool, self.deps
+        assert pool is not None and deps is not None
+
+        async def sample_pool() -> None:
+            metrics.sample_pool(pool)
+
+        sampler = background.every(
+            lambda: POOL_SAMPLE_SECONDS, sample_pool, log=log, failure="pool sample failed", wait_first=False
+        )
+        self._tasks.append(asyncio.create_task(sampler, name="qdata-pool-metrics"))
+        if self.worker_index == 0:
+            self._background(
+                "qdata-database-gauges",
+                metrics_database.REFRESH_SECONDS,
+                lambda: metrics_database.refresh(deps, metrics),
+                "database gauges failed",
+            )
 
     async def check_health(self) -> bool:
         """Probes the database now; sets and returns the serving status (see health.py)."""
@@ -208,6 +259,8 @@ class QdataServer:
             await background.cancel(task)
         self._tasks.clear()
         await self.health.enter_graceful_shutdown()
+        if self._metrics is not None:
+            self._metrics.health_serving.set(0)
         if in_flight:
             await in_flight.drain(max(0.0, ends - loop.time()))
         if self.server:
@@ -221,7 +274,11 @@ class QdataServer:
         if self._database_health:
             await self._database_health.close()
         if self.pool:
+            if self._metrics is not None:
+                self._metrics.sample_pool(self.pool)  # the last counts, before the pool goes
             lent = await self.pool.close_all()
             if lent:
                 log.warning("closed database connections still lent out at shutdown", extra={"connections": lent})
+        if self._metrics is not None and metrics_hooks.active is self._metrics:
+            metrics_hooks.install(None)
         log.info("stopped")

@@ -97,6 +97,67 @@ class Report:
         return not self.problems
 
 
+async def walk_chain(
+    conn: psycopg.AsyncConnection[Any],
+    shard: int,
+    *,
+    after_seq: int,
+    after_hash: bytes,
+    upto_seq: int,
+    problems: list[Problem],
+    max_problems: int,
+    batch_size: int = 5000,
+    limit: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[int, int, bytes]:
+    """Checks one chain's events after position after_seq (whose hash is after_hash) up to upto_seq.
+
+    Appends the broken links found to problems (until it holds max_problems) and stops after limit
+    events (None: no limit). Returns how many events it checked and the position and stored hash
+    it reached. verify walks whole chains with it; the scheduled verification
+    (verify_schedule.py) walks bounded segments from the positions its last run reached.
+    """
+    checked = 0
+    prev_seq, prev_hash = after_seq, after_hash
+    while len(problems) < max_problems and prev_seq < upto_seq and (limit is None or checked < limit):
+        size = batch_size if limit is None else min(batch_size, limit - checked)
+        rows = await fetch_all(
+            conn, "audit_chain_batch", {"shard": shard, "after_seq": prev_seq, "upto_seq": upto_seq, "limit": size}
+        )
+        if not rows:
+            break
+        for row in rows:
+            seq, row_id = row["chain_seq"], row["audit_event_id"]
+            stored_prev, stored_hash = bytes(row["prev_hash"]), bytes(row["hash"])
+
+            def report(kind: str, detail: str, row_id: int = row_id, seq: int = seq) -> None:
+                problems.append(Problem(row_id, shard, seq, kind, detail))
+
+            if seq != prev_seq + 1:
+                report("missing", f"the events at positions {prev_seq + 1} to {seq - 1} are gone")
+            elif stored_prev != prev_hash:
+                report("relinked", "prev_hash is not the hash of the event before it")
+            if event_hash(stored_prev, row) != stored_hash:
+                report("edited", "its fields do not match its hash (the event was changed)")
+            # Go on from the stored hash: one edit is reported once, not at every later event.
+            prev_seq, prev_hash = seq, stored_hash
+            checked += 1
+        if progress is not None:
+            progress(checked)
+    return checked, prev_seq, prev_hash
+
+
+def head_problem(shard: int, head_seq: int, head_hash: bytes, seq: int, last_hash: bytes) -> Problem | None:
+    """The problem of a chain walked to position seq (stored hash last_hash) whose head says otherwise."""
+    if seq != head_seq:
+        return Problem(
+            None, shard, head_seq, "truncated", f"the head is at position {head_seq} but the last event is at {seq}"
+        )
+    if last_hash != head_hash:
+        return Problem(None, shard, head_seq, "truncated", "the head's hash is not its last event's")
+    return None
+
+
 async def verify(
     conninfo: str,
     *,
@@ -113,47 +174,27 @@ async def verify(
             return Report(0, 0, [Problem(None, 0, 0, "missing", "no chain heads (is migration 0006 applied?)")])
         for head in heads:
             shard, head_seq, head_hash = head["chain_shard"], head["last_seq"], bytes(head["last_hash"])
-            prev_seq, prev_hash = 0, GENESIS
-            while len(problems) < max_problems and prev_seq < head_seq:
-                rows = await fetch_all(
-                    conn,
-                    "audit_chain_batch",
-                    {"shard": shard, "after_seq": prev_seq, "upto_seq": head_seq, "limit": batch_size},
-                )
-                if not rows:
-                    break
-                for row in rows:
-                    seq, row_id = row["chain_seq"], row["audit_event_id"]
-                    stored_prev, stored_hash = bytes(row["prev_hash"]), bytes(row["hash"])
+            done = checked
 
-                    def report(
-                        kind: str, detail: str, row_id: int = row_id, shard: int = shard, seq: int = seq
-                    ) -> None:
-                        problems.append(Problem(row_id, shard, seq, kind, detail))
-
-                    if seq != prev_seq + 1:
-                        report("missing", f"the events at positions {prev_seq + 1} to {seq - 1} are gone")
-                    elif stored_prev != prev_hash:
-                        report("relinked", "prev_hash is not the hash of the event before it")
-                    if event_hash(stored_prev, row) != stored_hash:
-                        report("edited", "its fields do not match its hash (the event was changed)")
-                    # Go on from the stored hash: one edit is reported once, not at every later event.
-                    prev_seq, prev_hash = seq, stored_hash
-                    checked += 1
+            def walked_so_far(n: int, done: int = done) -> None:
                 if progress is not None:
-                    progress(checked)
+                    progress(done + n)
+
+            walked, seq, last_hash = await walk_chain(
+                conn,
+                shard,
+                after_seq=0,
+                after_hash=GENESIS,
+                upto_seq=head_seq,
+                problems=problems,
+                max_problems=max_problems,
+                batch_size=batch_size,
+                progress=walked_so_far,
+            )
+            checked += walked
             if len(problems) >= max_problems:
                 break
-            if prev_seq != head_seq:
-                problems.append(
-                    Problem(
-                        None,
-                        shard,
-                        head_seq,
-                        "truncated",
-                        f"the head is at position {head_seq} but the last event is at {prev_seq}",
-                    )
-                )
-            elif prev_hash != head_hash:
-                problems.append(Problem(None, shard, head_seq, "truncated", "the head's hash is not its last event's"))
+            problem = head_problem(shard, head_seq, head_hash, seq, last_hash)
+            if problem is not None:
+                problems.append(problem)
     return Report(checked, len(heads), problems[:max_problems])

@@ -9,8 +9,12 @@ QdataServer.stop does before it drains.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+from qdata_server import callctx
 
 
 def _always() -> bool:
@@ -41,6 +45,21 @@ async def every(
                 log.warning(failure, extra={"error_type": type(exc).__name__})
         if not wait_first:
             await asyncio.sleep(interval())
+
+
+@contextlib.contextmanager
+def deadline(seconds: float, name: str) -> Iterator[None]:
+    """Bounds the database work of a job run inside by seconds, as a caller's deadline bounds an RPC.
+
+    db/transactions.py sets each statement's statement_timeout from the time left (and refuses to
+    start one with none left, DEADLINE_EXCEEDED), so a job on a slow database gives up instead of
+    running on. name stands for the method in what reads the call context (logs, metrics).
+    """
+    token = callctx.bind(callctx.CallContext(method=name, actor="qdata", deadline=time.monotonic() + seconds))
+    try:
+        yield
+    finally:
+        callctx.unbind(token)
 
 
 async def cancel(task: asyncio.Task[None]) -> None:

@@ -169,6 +169,9 @@ class Settings:
     health_listen_address: str = ""
     # host:port serving Prometheus /metrics for the whole server (empty: no metrics at all).
     metrics_listen_address: str = ""
+    # Seconds between scheduled runs of ledger and audit verification by worker 0 (0: never; see
+    # verify_schedule.py). Their results are the qdata_*verify* metrics and log lines.
+    verify_interval_seconds: float = 0.0
     # The TLS files' contents, read once (by from_env, which checks them) and passed on to every
     # worker; None without TLS, and for settings built in code (see inputs.py).
     tls_material: TlsMaterial | None = dataclasses.field(default=None, repr=False, compare=False)
@@ -274,6 +277,7 @@ class Settings:
             tls_client_ca_file=env.get("QDATA_TLS_CLIENT_CA_FILE", "").strip(),
             health_listen_address=env.get("QDATA_HEALTH_LISTEN_ADDRESS", "").strip(),
             metrics_listen_address=env.get("QDATA_METRICS_LISTEN_ADDRESS", "").strip(),
+            verify_interval_seconds=_float(env, "QDATA_VERIFY_INTERVAL_SECONDS", d.verify_interval_seconds, 0),
         )
         if settings.key_ring and settings.key_ring_file:
             raise ConfigError("set QDATA_KEY_RING or QDATA_KEY_RING_FILE, not both")

@@ -57,6 +57,7 @@ class Deps:
         canonical: Message | None = None,
         key: idempotency.RequestKey | None = None,
         remembered: Work[M] | None = None,
+        committed: Callable[[M], None] | None = None,
     ) -> M:
         """Runs a mutation once per request_id; see qdata_server.idempotency.
 
@@ -75,6 +76,7 @@ class Deps:
             canonical=canonical,
             key=key,
             remembered=remembered,
+            committed=committed,
             retries=self.settings.transaction_retries,
         )
 

@@ -20,6 +20,7 @@ from grpc_health.v1._async import HealthServicer
 from psycopg.rows import DictRow, dict_row
 
 from qdata.v1 import chat_pb2, ledger_pb2, usage_pb2, user_pb2
+from qdata_server import metrics_hooks
 from qdata_server.config import Settings
 from qdata_server.db import migrate, transactions
 from qdata_server.db.pool import QdataPool
@@ -128,6 +129,7 @@ class DatabaseHealth:
             await set_status(self.servicer, serving)
             self.serving = serving
             log.info("health", extra={"serving": serving})
+        metrics_hooks.health(database_up=reachable, serving=serving)
         return serving
 
     def _timeout(self) -> float:

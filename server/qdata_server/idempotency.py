@@ -152,6 +152,7 @@ async def run_idempotent(
     canonical: Message | None = None,
     key: RequestKey | None = None,
     remembered: Callable[[Conn], Awaitable[R]] | None = None,
+    committed: Callable[[R], None] | None = None,
     retries: int = 5,
 ) -> R:
     """Runs work(conn) once per request_id and returns its (stored) response.
@@ -162,13 +163,19 @@ async def run_idempotent(
     needs it. remembered answers a money-moving request whose work raised RequestRemembered (the
     ledger already carries its key, the idempotency record is gone): it runs in a transaction of
     its own, reads the first answer from the ledger rows or raises REQUEST_ID_REUSED, and
-    changes nothing.
+    changes nothing. committed, when given, is called with the response once the transaction that
+    ran work has committed, and never for a replay (the metrics of what moved, counted once).
     """
     if key is None:
         key = request_key(request, user_id=user_id, canonical=canonical, secret_fields=secret_fields)
     ids = key.ids()
 
+    # Whether the last attempt ran work (an attempt that a retry replaced does not count).
+    ran_work = False
+
     async def transaction(conn: Conn) -> R:
+        nonlocal ran_work
+        ran_work = False
         claim = await fetch_row(
             conn, "claim_request_id", {**ids, "method": key.method, "request_hash": key.request_hash}
         )
@@ -178,14 +185,19 @@ async def run_idempotent(
             return response_type.FromString(bytes(claim["stored_response"]))
         response = await work(conn)
         await execute(conn, "store_response", {**ids, "response": response.SerializeToString()})
+        ran_work = True
         return response
 
     acting = acting or transactions.acting_for(user_id)
     try:
-        return await transactions.run(pool, transaction, acting=acting, retries=retries)
+        response = await transactions.run(pool, transaction, acting=acting, retries=retries)
     except RequestRemembered:
         if remembered is None:
             raise
+    else:
+        if ran_work and committed is not None:
+            committed(response)
+        return response
     _note_replay()
     return await transactions.run(pool, remembered, acting=acting, retries=retries)
 

@@ -104,6 +104,7 @@ async def run_worker(
     reuse_port: bool,
     on_ready: Callable[[], None] | None = None,
     runtime_inputs: inputs.RuntimeInputs | None = None,
+    worker_index: int = 0,
 ) -> None:
     """Serves until SIGTERM or SIGINT, then shuts down gracefully (StartupError if it cannot start)."""
     from qdata_server.app import QdataServer
@@ -115,7 +116,7 @@ async def run_worker(
     # Each serving process makes its own tracer provider (its export thread does not survive a fork).
     tracing.start()
     try:
-        server = QdataServer(settings, conninfo, runtime_inputs)
+        server = QdataServer(settings, conninfo, runtime_inputs, worker_index=worker_index)
         await server.start(address, reuse_port=reuse_port)
     except BaseException:
         tracing.shutdown()
@@ -138,7 +139,12 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _worker_main(
-    settings: Settings, conninfo: str, address: str, ready: Event, runtime_inputs: inputs.RuntimeInputs
+    settings: Settings,
+    conninfo: str,
+    address: str,
+    ready: Event,
+    runtime_inputs: inputs.RuntimeInputs,
+    worker_index: int = 0,
 ) -> None:
     """A worker process's entry: serves with the parent's inputs; a refused start exits 1 with its message."""
     from qdata_server import logs
@@ -153,7 +159,15 @@ def _worker_main(
     logs.configure(settings.log_level)
     try:
         asyncio.run(
-            run_worker(settings, conninfo, address, reuse_port=True, on_ready=ready.set, runtime_inputs=runtime_inputs)
+            run_worker(
+                settings,
+                conninfo,
+                address,
+                reuse_port=True,
+                on_ready=ready.set,
+                runtime_inputs=runtime_inputs,
+                worker_index=worker_index,
+            )
         )
     except StartupError as exc:
         sys.stderr.write(f"{exc}\n")
@@ -396,7 +410,9 @@ def _supervise(
     readies = [context.Event() for _ in range(workers)]
     processes = [
         context.Process(
-            target=_worker_main, args=(settings, conninfo, address, ready, runtime_inputs), name=f"qdata-worker-{i}"
+            target=_worker_main,
+            args=(settings, conninfo, address, ready, runtime_inputs, i),
+            name=f"qdata-worker-{i}",
         )
         for i, ready in enumerate(readies)
     ]

@@ -89,6 +89,18 @@ _BY_CLASS: dict[str, Callable[[], QdataError]] = {
 }
 
 
+def sqlstate_class(exc: psycopg.Error) -> str:
+    """The error's SQLSTATE class (its first two characters), the label of qdata_db_errors_total.
+
+    An error without SQLSTATE is the client side losing the connection ("08", connection
+    exception) for an OperationalError, and "" for anything else (a client-side misuse).
+    """
+    sqlstate = exc.sqlstate
+    if sqlstate:
+        return sqlstate[:2]
+    return "08" if isinstance(exc, psycopg.OperationalError) else ""
+
+
 def database_error(exc: BaseException) -> QdataError | None:
     """The domain error a caller gets for this database failure; None if it is a bug (INTERNAL)."""
     if isinstance(exc, PoolTimeout):

@@ -87,6 +87,10 @@ class QdataPool(AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]):
         # forever (tests/integration/test_pgbouncer.py).
         self.pipelined = pipelined
         self._made: weakref.WeakSet[Conn] = weakref.WeakSet()
+        # Checkouts asked for and those that gave up (PoolTimeout), since the last
+        # pop_request_counts (the metrics' pool sampler, metrics_qdata.py).
+        self._requests = 0
+        self._timeouts = 0
         super().__init__(*args, configure=self._register, **kwargs)
 
     async def _register(self, conn: Conn) -> None:
@@ -104,11 +108,23 @@ class QdataPool(AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]):
             await conn.close()
         return len(lent)
 
+    def pop_request_counts(self) -> tuple[int, int]:
+        """Checkouts requested and checkouts that timed out since the last call (then both restart at 0).
+
+        Counted here, once per getconn: psycopg_pool's own stats count each slice of the wait below
+        as a request, and each slice that ends empty-handed as an error.
+        """
+        counts = (self._requests, self._timeouts)
+        self._requests = self._timeouts = 0
+        return counts
+
     async def getconn(self, timeout: float | None = None) -> Conn:  # noqa: ASYNC109 (the pool's API)
+        self._requests += 1
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
+                self._timeouts += 1
                 raise PoolTimeout(f"couldn't get a connection after {timeout or self.timeout:.2f} sec")
             # A pool below its maximum may have given up connecting (an outage): wait in slices of
             # a second, each ending empty-handed starting an attempt (revive), so the request
@@ -119,6 +135,7 @@ class QdataPool(AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]):
                 conn = await super().getconn(timeout=left)
             except PoolTimeout:
                 if deadline - time.monotonic() <= 0:
+                    self._timeouts += 1
                     raise
                 await self.revive()
                 continue

@@ -19,6 +19,13 @@ BEGIN
 END;
 $$;
 
+CREATE FUNCTION public.audit_chain_heads_read() RETURNS TABLE(chain_shard smallint, last_seq bigint, last_hash bytea)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    SELECT h.chain_shard, h.last_seq, h.last_hash FROM audit_chain_heads h ORDER BY h.chain_shard
+$$;
+
 CREATE FUNCTION public.audit_event_hash(p_prev bytea, p_shard smallint, p_seq bigint, p_id bigint, p_time timestamp with time zone, p_actor text, p_user uuid, p_action text, p_target_type text, p_target_id text, p_request_id text, p_summary jsonb) RETURNS bytea
     LANGUAGE sql STABLE PARALLEL SAFE
     AS $$
@@ -1788,6 +1795,9 @@ CREATE POLICY users_all_users ON public.users TO qdata_service USING (public.qda
 GRANT USAGE ON SCHEMA public TO qdata_service;
 
 GRANT USAGE ON SCHEMA usage_partitions TO qdata_service;
+
+REVOKE ALL ON FUNCTION public.audit_chain_heads_read() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.audit_chain_heads_read() TO qdata_service;
 
 GRANT SELECT,INSERT,UPDATE ON TABLE public.ledger_accounts TO qdata_service;
 

@@ -43,11 +43,11 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from qdata.v1.error_reason_pb2 import ErrorReason
-from qdata_server import callctx, tracing
+from qdata_server import callctx, metrics_hooks, tracing
 from qdata_server.contract import wire_reason
 from qdata_server.db.connection import Conn, Pool
 from qdata_server.db.errors import RETRYABLE as _RETRYABLE
-from qdata_server.db.errors import contention, database_error, unavailable
+from qdata_server.db.errors import contention, database_error, sqlstate_class, unavailable
 from qdata_server.db.sql import execute
 from qdata_server.errors import DeadlineExceeded, Unavailable
 
@@ -161,6 +161,7 @@ async def run(
             if attempt > retries:
                 log.warning("transaction gave up after %d retries (sqlstate %s)", retries, exc.sqlstate)
                 raise contention() from None
+            metrics_hooks.transaction_retry(_method_name())
             # Jittered exponential backoff keeps colliding transactions from colliding again.
             await asyncio.sleep(random.uniform(0, 0.005 * (2**attempt)))
         except (psycopg.Error, PoolTimeout) as exc:
@@ -173,6 +174,12 @@ async def run(
                     "database error", extra={"sqlstate": getattr(exc, "sqlstate", None), "reason": error.reason}
                 )
             raise error from None
+
+
+def _method_name() -> str:
+    """The running call's method name ("Charge"), the label of qdata_transaction_retries_total; "" outside a call."""
+    ctx = callctx.current()
+    return ctx.method.rpartition("/")[2] if ctx else ""
 
 
 def prepared_statements_unsupported(pool: AsyncConnectionPool[Any]) -> bool:
@@ -238,12 +245,17 @@ async def _run_once(
                 result = await work(conn)
                 await conn.execute(_COMMIT)
             return result
-        except pg_errors.ReadOnlySqlTransaction:
+        except pg_errors.ReadOnlySqlTransaction as exc:
+            metrics_hooks.database_error(sqlstate_class(exc))
             # This connection reaches a read-only server (a demoted primary, say): close it, so the
             # pool's next connection goes through DNS or target_session_attrs again.
             await conn.close()
             raise
-        except BaseException:
+        except BaseException as exc:
+            # Every database error of a transaction attempt passes here (the one count of
+            # qdata_db_errors_total), before run() retries or maps it (db/errors.py).
+            if isinstance(exc, psycopg.Error):
+                metrics_hooks.database_error(sqlstate_class(exc))
             # Roll back here rather than leave it to the pool, which would log every domain error
             # (NOT_FOUND, ...) as a connection returned mid-transaction. A broken connection is
             # the pool's to discard.

@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 
 from qdata.v1 import ledger_pb2
 from qdata.v1.error_reason_pb2 import ErrorReason
-from qdata_server import audit
+from qdata_server import audit, metrics_hooks
 from qdata_server.db.connection import Conn
 from qdata_server.db.sql import execute, fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
@@ -96,6 +96,7 @@ async def _post(
     owner: uuid.UUID,
     action: str,
     *,
+    kind: str,
     amount: int,
     currency: str | None,
     params: dict[str, Any],
@@ -110,7 +111,8 @@ async def _post(
     which takes its original's), go to the function and the summary; the request is matched on
     replay with that currency and the other understood defaults filled in. The transaction comes
     back as the owner (the sender of a transfer) sees it. A transfer's transaction acts for both
-    of its users (it credits the counterparty's account).
+    of its users (it credits the counterparty's account). kind is the ledger transaction kind the
+    function writes: qdata_money_moved_micros_total counts it once the first call committed.
     """
     money: dict[str, Any] = {"amount_micros": amount}
     canonical = None
@@ -128,9 +130,20 @@ async def _post(
         holder = await request_holder(conn, key)
         return response_type(transaction=await _first_transaction(conn, owner, holder["transaction_id"]))
 
+    def committed(response: R) -> None:
+        moved = response.transaction
+        metrics_hooks.money_moved(kind, moved.currency_code, moved.amount_micros)
+
     acting = acting_for(owner, counterparty) if counterparty else acting_for(owner)
     return await deps.idempotent(
-        request, response_type, work, user_id=owner, acting=acting, key=key, remembered=remembered
+        request,
+        response_type,
+        work,
+        user_id=owner,
+        acting=acting,
+        key=key,
+        remembered=remembered,
+        committed=committed,
     )
 
 
@@ -174,6 +187,7 @@ async def deposit(deps: Deps, request: ledger_pb2.DepositRequest) -> ledger_pb2.
         "ledger_deposit",
         user_id,
         "Deposit",
+        kind="deposit",
         amount=request.amount_micros,
         currency=currency,
         params={
@@ -215,6 +229,7 @@ async def open_balance(deps: Deps, request: ledger_pb2.DepositRequest) -> ledger
         "ledger_opening_balance",
         user_id,
         "OpeningBalance",
+        kind="opening_balance",
         amount=request.amount_micros,
         currency=currency,
         params={"user_id": user_id, "description": request.description},
@@ -238,6 +253,7 @@ async def charge(deps: Deps, request: ledger_pb2.ChargeRequest) -> ledger_pb2.Ch
         "ledger_charge",
         user_id,
         "Charge",
+        kind="charge",
         amount=request.amount_micros,
         currency=currency,
         params={"user_id": user_id, "description": request.description, "reference": request.reference},
@@ -260,6 +276,7 @@ async def refund(deps: Deps, request: ledger_pb2.RefundRequest) -> ledger_pb2.Re
         "ledger_refund",
         user_id,
         "Refund",
+        kind="refund",
         amount=request.amount_micros,
         currency=None,
         params={"user_id": user_id, "original_transaction_id": original_id, "description": request.description},
@@ -290,6 +307,7 @@ async def transfer(deps: Deps, request: ledger_pb2.TransferRequest) -> ledger_pb
         "ledger_transfer",
         from_id,
         "Transfer",
+        kind="transfer",
         amount=request.amount_micros,
         currency=currency,
         params={
@@ -397,8 +415,18 @@ async def capture_hold(deps: Deps, request: ledger_pb2.CaptureHoldRequest) -> le
             transaction=await _first_transaction(conn, user_id, holder["transaction_id"]),
         )
 
+    def committed(response: ledger_pb2.CaptureHoldResponse) -> None:
+        moved = response.transaction
+        metrics_hooks.money_moved("hold_capture", moved.currency_code, moved.amount_micros)
+
     return await deps.idempotent(
-        request, ledger_pb2.CaptureHoldResponse, work, user_id=user_id, key=key, remembered=remembered
+        request,
+        ledger_pb2.CaptureHoldResponse,
+        work,
+        user_id=user_id,
+        key=key,
+        remembered=remembered,
+        committed=committed,
     )
 
 

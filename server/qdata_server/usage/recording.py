@@ -29,7 +29,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from qdata.v1 import usage_pb2
-from qdata_server import callctx
+from qdata_server import callctx, metrics_hooks
 from qdata_server.db.connection import Conn
 from qdata_server.db.constraints import error_for
 from qdata_server.db.sql import execute, fetch_all, fetch_one, fetch_row
@@ -153,13 +153,34 @@ async def _remembered(conn: Conn, key: RequestKey) -> usage_pb2.RecordUsageRespo
     return usage_pb2.RecordUsageResponse(record=convert.usage_record(row))
 
 
+def count_recorded(row: dict[str, Any]) -> None:
+    """Counts a committed usage record (a usage_record row) in the metrics, with the money it moved.
+
+    A billed record without a hold is a charge of its cost; with a hold, a capture of the cost up
+    to the hold's amount and a charge of the overage beyond it (overage_micros).
+    """
+    if metrics_hooks.active is None:
+        return
+    currency = row["currency_code"]
+    billed = row["cost_micros"] if row["billed"] else 0
+    metrics_hooks.usage_recorded(currency, billed)
+    if billed:
+        overage: int = row["overage_micros"]
+        metrics_hooks.money_moved("charge" if row["hold_id"] is None else "hold_capture", currency, billed - overage)
+        if overage:
+            metrics_hooks.money_moved("charge", currency, overage)
+
+
 async def record_usage(deps: Deps, request: usage_pb2.RecordUsageRequest) -> usage_pb2.RecordUsageResponse:
     call = parse(request, datetime.datetime.now(datetime.UTC))
     key = request_key(request, user_id=call.user_id)
+    # The row of the attempt that ran (committed is called only if that attempt committed).
+    recorded: list[dict[str, Any]] = []
 
     async def work(conn: Conn) -> usage_pb2.RecordUsageResponse:
         # The key's actor is also the audit event's (they differ only outside a call, as when seeding).
         row = await fetch_row(conn, "usage_record", {**call.params(), **key.params()})
+        recorded[:] = [row]
         return usage_pb2.RecordUsageResponse(record=convert.usage_record(row))
 
     return await deps.idempotent(
@@ -169,6 +190,7 @@ async def record_usage(deps: Deps, request: usage_pb2.RecordUsageRequest) -> usa
         user_id=call.user_id,
         key=key,
         remembered=lambda conn: _remembered(conn, key),
+        committed=lambda _response: count_recorded(recorded[0]),
     )
 
 
@@ -195,7 +217,10 @@ class _Item:
         return RequestKey(self.call.user_id, actor, self.request.request_id, METHOD, self.request_hash)
 
 
-async def _record_chunk(conn: Conn, items: list[_Item], actor: str) -> dict[int, usage_pb2.RecordUsageResult]:
+async def _record_chunk(
+    conn: Conn, items: list[_Item], actor: str
+) -> tuple[dict[int, usage_pb2.RecordUsageResult], list[dict[str, Any]]]:
+    """Records a chunk; returns each item's result and the rows of the records it created."""
     params = [item.call.params() for item in items]
     rows = await fetch_all(
         conn,
@@ -222,10 +247,12 @@ async def _record_chunk(conn: Conn, items: list[_Item], actor: str) -> dict[int,
         },
     )
     results: dict[int, usage_pb2.RecordUsageResult] = {}
+    created: list[dict[str, Any]] = []
     stored: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
     for row in rows:
         item = items[row["item"]]
         if row["status"] == "recorded":
+            created.append(row)
             response = usage_pb2.RecordUsageResponse(record=convert.usage_record(row))
             for column, value in zip(
                 stored, (item.call.user_id, item.request.request_id, response.SerializeToString()), strict=True
@@ -266,7 +293,7 @@ async def _record_chunk(conn: Conn, items: list[_Item], actor: str) -> dict[int,
             "usage_store_responses",
             {"actor": actor, "user_ids": stored[0], "request_ids": stored[1], "responses": stored[2]},
         )
-    return results
+    return results, created
 
 
 async def record_usage_batch(
@@ -300,12 +327,17 @@ async def record_usage_batch(
     for offset in range(0, len(items), CHUNK_SIZE):
         chunk = items[offset : offset + CHUNK_SIZE]
 
-        async def work(conn: Conn, chunk: list[_Item] = chunk) -> dict[int, usage_pb2.RecordUsageResult]:
+        async def work(
+            conn: Conn, chunk: list[_Item] = chunk
+        ) -> tuple[dict[int, usage_pb2.RecordUsageResult], list[dict[str, Any]]]:
             return await _record_chunk(conn, chunk, actor)
 
         acting = acting_for(*(item.call.user_id for item in chunk))
-        for index, result in (await deps.transaction(work, acting=acting)).items():
-            results[index] = result
+        chunk_results, created = await deps.transaction(work, acting=acting)
+        results.update(chunk_results)
+        # Committed: the chunk's new records count (replays and failed items do not).
+        for row in created:
+            count_recorded(row)
 
     for index, original, request_hash in repeats:
         try:

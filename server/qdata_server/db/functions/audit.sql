@@ -103,6 +103,23 @@ CREATE OR REPLACE TRIGGER audit_chain_heads_no_truncate
     BEFORE TRUNCATE ON audit_chain_heads
     FOR EACH STATEMENT EXECUTE FUNCTION audit_chain_heads_forbid_delete();
 
+-- The chain heads, read with the owner's rights (the serving role may not read audit_chain_heads)
+-- for the serving role's scheduled verification (qdata_server.verify_schedule); read-only, search
+-- path fixed as for audit_events_chain.
+CREATE OR REPLACE FUNCTION audit_chain_heads_read()
+RETURNS TABLE (chain_shard smallint, last_seq bigint, last_hash bytea)
+LANGUAGE sql STABLE SECURITY DEFINER AS $$
+    SELECT h.chain_shard, h.last_seq, h.last_hash FROM audit_chain_heads h ORDER BY h.chain_shard
+$$;
+
+DO $$
+BEGIN
+    EXECUTE format('ALTER FUNCTION audit_chain_heads_read() SET search_path = %I, pg_temp', current_schema());
+END;
+$$;
+REVOKE EXECUTE ON FUNCTION audit_chain_heads_read() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audit_chain_heads_read() TO qdata_service;
+
 -- Appends one audit event in the caller's transaction (the one way events are written). The
 -- summary names what changed, never a password, secret or personal value.
 CREATE OR REPLACE FUNCTION audit_append(

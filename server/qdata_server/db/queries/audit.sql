@@ -2,6 +2,11 @@
 -- Reads every audit chain's newest position and hash (migration 0006).
 SELECT chain_shard, last_seq, last_hash FROM audit_chain_heads ORDER BY chain_shard;
 
+-- name: audit_chain_heads_read
+-- Reads every audit chain's newest position and hash as the serving role (audit_chain_heads_read
+-- in functions/audit.sql), for the scheduled verification.
+SELECT chain_shard, last_seq, last_hash FROM audit_chain_heads_read();
+
 -- name: audit_chain_batch
 -- Reads the next batch of one chain's events up to its head, in chain order, for verification.
 SELECT audit_event_id, chain_shard, chain_seq, occurred_at, actor, user_id, action, target_type, target_id,

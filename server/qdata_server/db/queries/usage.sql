@@ -85,16 +85,21 @@ SELECT model_id, currency_code FROM models WHERE model_id = %(model_id)s;
 
 -- name: usage_record
 -- Records and bills one model call (usage_record in functions/usage.sql); returns the record with its
--- currency.
+-- currency and the amount of its overage charge (0 without one: the money metrics split a hold's
+-- capture from the charge beyond it). The overage is the cost beyond the hold's amount: the
+-- charge itself, written by this statement, is not in the statement's snapshot.
 SELECT r.user_id, r.called_at, r.usage_record_id, r.request_id, r.model_id, r.price_id, r.session_id,
        r.input_tokens, r.cached_input_tokens, r.output_tokens, r.reasoning_tokens, r.latency_ns,
        r.time_to_first_token_ns, r.outcome, r.error_code, r.used_own_provider_key, r.hold_id, r.cost_micros,
-       r.billed, r.ledger_transaction_id, r.overage_transaction_id, r.created_at, p.currency_code
+       r.billed, r.ledger_transaction_id, r.overage_transaction_id, r.created_at, p.currency_code,
+       CASE WHEN r.overage_transaction_id IS NULL THEN 0 ELSE r.cost_micros - h.amount_micros END
+           AS overage_micros
   FROM usage_record(%(user_id)s, %(model_id)s, %(session_id)s, %(input_tokens)s, %(cached_input_tokens)s,
                     %(output_tokens)s, %(reasoning_tokens)s, %(latency_ns)s, %(ttft_ns)s, %(outcome)s,
                     %(error_code)s, %(used_own_provider_key)s, %(hold_id)s, %(called_at)s, %(request_id)s,
                     %(actor)s, %(method)s, %(request_hash)s) r
-  JOIN model_prices p ON p.price_id = r.price_id;
+  JOIN model_prices p ON p.price_id = r.price_id
+  LEFT JOIN ledger_holds h ON h.user_id = r.user_id AND h.hold_id = r.hold_id;
 
 -- name: usage_remembered_record
 -- The usage record billed by a remembered request's ledger transaction (see
@@ -110,7 +115,8 @@ SELECT r.usage_record_id, r.request_id, r.user_id, r.model_id, r.session_id, r.i
 
 -- name: usage_record_batch
 -- Records a chunk of RecordUsageBatch items, each in its own subtransaction; one result row per
--- item in order (see usage_record_batch in functions/usage.sql).
+-- item in order (see usage_record_batch in functions/usage.sql), with usage_record's columns
+-- (overage_micros as there).
 SELECT b.o_item AS item, b.o_status AS status, (b.o_record).user_id, (b.o_record).called_at,
        (b.o_record).usage_record_id, (b.o_record).request_id, (b.o_record).model_id, (b.o_record).price_id,
        (b.o_record).session_id, (b.o_record).input_tokens, (b.o_record).cached_input_tokens,
@@ -119,6 +125,8 @@ SELECT b.o_item AS item, b.o_status AS status, (b.o_record).user_id, (b.o_record
        (b.o_record).used_own_provider_key, (b.o_record).hold_id, (b.o_record).cost_micros, (b.o_record).billed,
        (b.o_record).ledger_transaction_id, (b.o_record).overage_transaction_id, (b.o_record).created_at,
        p.currency_code,
+       CASE WHEN (b.o_record).overage_transaction_id IS NULL THEN 0
+            ELSE (b.o_record).cost_micros - h.amount_micros END AS overage_micros,
        b.o_error_constraint AS error_constraint, b.o_error_detail AS error_detail,
        b.o_error_sqlstate AS error_sqlstate, b.o_stored_method AS stored_method,
        b.o_stored_hash AS stored_hash, b.o_stored_response AS stored_response
@@ -129,6 +137,7 @@ SELECT b.o_item AS item, b.o_status AS status, (b.o_record).user_id, (b.o_record
                           %(outcomes)s::text[], %(error_codes)s::text[], %(used_own_provider_keys)s::boolean[],
                           %(hold_ids)s::uuid[], %(called_at)s::timestamptz[]) b
   LEFT JOIN model_prices p ON p.price_id = (b.o_record).price_id
+  LEFT JOIN ledger_holds h ON h.user_id = (b.o_record).user_id AND h.hold_id = (b.o_record).hold_id
  ORDER BY b.o_item;
 
 -- name: usage_store_responses
