@@ -55,6 +55,11 @@ class ServerProcess:
         self.address = address or f"127.0.0.1:{free_port()}"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("QDATA_", "DATABASE_URL"))}
         full_env.update({"QDATA_LISTEN_ADDRESS": self.address, **PROCESS_DEFAULTS, **env})
+        # The serving processes to wait for: the workers, or the process itself with one (0 = a
+        # worker per core, as config.Settings.worker_count reads it).
+        self.serving_processes = int(full_env.get("QDATA_WORKERS", "1")) or (os.cpu_count() or 1)
+        if full_env.get("QDATA_LOG_LEVEL", "INFO").upper() not in ("DEBUG", "INFO"):
+            self.serving_processes = 0  # the "serving" line is not written
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
@@ -82,7 +87,16 @@ class ServerProcess:
             time.sleep(0.005)
         raise AssertionError(f"{count} workers did not appear within {timeout}s:\n{self.output()}")
 
+    def serving_pids(self) -> set[int]:
+        """The processes that logged "serving" (each has bound the port and accepts calls)."""
+        return {line["pid"] for line in self.lines() if line.get("message") == "serving"}
+
     def wait_serving(self, timeout: float = 60.0) -> None:
+        """Waits for health SERVING and for every serving process to listen.
+
+        A health check reaches one worker; a worker still starting takes no connection yet, so a
+        test that spreads calls over the workers waits for all of them.
+        """
         deadline = time.monotonic() + timeout
         with grpc.insecure_channel(self.address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -90,7 +104,10 @@ class ServerProcess:
                 assert self.process.poll() is None, self.output()
                 try:
                     reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    if (
+                        reply.status == health_pb2.HealthCheckResponse.SERVING
+                        and len(self.serving_pids()) >= self.serving_processes
+                    ):
                         return
                 except grpc.RpcError:
                     pass
