@@ -36,11 +36,16 @@ BEGIN
 END;
 $$;
 
--- Stores the answers of keys the calling transaction claimed (one or many, by position).
+-- Stores the answers of keys the calling transaction claimed (one or many, by position). Each key
+-- is looked up by its primary key, whatever the table's statistics say: a hash join would scan
+-- every key of the actor (and check its row security on each), the cost growing with the table.
 CREATE OR REPLACE FUNCTION idempotency_store(
     p_actor text, p_users uuid[], p_request_ids text[], p_responses bytea[]
 ) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE sql
+SET enable_seqscan = off SET enable_bitmapscan = off SET enable_material = off
+SET enable_hashjoin = off SET enable_mergejoin = off
+AS $$
     UPDATE idempotency_keys k SET response = v.response
       FROM unnest(p_users, p_request_ids, p_responses) AS v(user_id, request_id, response)
      WHERE k.user_id = v.user_id AND k.actor = p_actor AND k.request_id = v.request_id
