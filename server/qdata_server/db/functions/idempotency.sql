@@ -36,17 +36,20 @@ BEGIN
 END;
 $$;
 
--- Stores the answers of keys the calling transaction claimed (one or many, by position). Each key
--- is looked up by its primary key, whatever the table's statistics say: a hash join would scan
--- every key of the actor (and check its row security on each), the cost growing with the table.
+-- Stores the answers of keys the calling transaction claimed (one or many, by position). One
+-- primary-key update per key: a join of the arrays with the table is planned from statistics that
+-- lag behind a table growing by every request, and its plans (a scan of every key of the actor,
+-- with the row-security check on each) cost more the larger the table grows.
 CREATE OR REPLACE FUNCTION idempotency_store(
     p_actor text, p_users uuid[], p_request_ids text[], p_responses bytea[]
 ) RETURNS void
-LANGUAGE sql
-SET enable_seqscan = off SET enable_bitmapscan = off SET enable_material = off
-SET enable_hashjoin = off SET enable_mergejoin = off
+LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_bitmapscan = off
 AS $$
-    UPDATE idempotency_keys k SET response = v.response
-      FROM unnest(p_users, p_request_ids, p_responses) AS v(user_id, request_id, response)
-     WHERE k.user_id = v.user_id AND k.actor = p_actor AND k.request_id = v.request_id
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(p_request_ids, 1), 0) LOOP
+        UPDATE idempotency_keys SET response = p_responses[i]
+         WHERE user_id = p_users[i] AND actor = p_actor AND request_id = p_request_ids[i];
+    END LOOP;
+END;
 $$;
