@@ -113,16 +113,16 @@ END;
 $$;
 
 CREATE FUNCTION public.idempotency_store(p_actor text, p_users uuid[], p_request_ids text[], p_responses bytea[]) RETURNS void
-    LANGUAGE sql
+    LANGUAGE plpgsql
     SET enable_seqscan TO 'off'
     SET enable_bitmapscan TO 'off'
-    SET enable_material TO 'off'
-    SET enable_hashjoin TO 'off'
-    SET enable_mergejoin TO 'off'
     AS $$
-    UPDATE idempotency_keys k SET response = v.response
-      FROM unnest(p_users, p_request_ids, p_responses) AS v(user_id, request_id, response)
-     WHERE k.user_id = v.user_id AND k.actor = p_actor AND k.request_id = v.request_id
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(p_request_ids, 1), 0) LOOP
+        UPDATE idempotency_keys SET response = p_responses[i]
+         WHERE user_id = p_users[i] AND actor = p_actor AND request_id = p_request_ids[i];
+    END LOOP;
+END;
 $$;
 
 CREATE FUNCTION public.ledger_capture_hold(p_user uuid, p_hold uuid, p_amount bigint, p_description text, p_request_id text, p_reference text DEFAULT ''::text, p_actor text DEFAULT NULL::text, p_method text DEFAULT NULL::text, p_request_hash bytea DEFAULT NULL::bytea) RETURNS uuid
@@ -1054,6 +1054,7 @@ DECLARE
     record_id uuid;
     records usage_records[];
     fallback boolean := false;
+    fallback_reason text;
     month timestamptz;
 BEGIN
     BEGIN
@@ -1074,7 +1075,10 @@ BEGIN
             FOR r IN
                 SELECT i, k.method, k.request_hash, k.response
                   FROM unnest(pending) AS i
-                  JOIN idempotency_keys k ON k.user_id = p_users[i] AND k.actor = p_actor AND k.request_id = p_request_ids[i]
+                 CROSS JOIN LATERAL (
+                     SELECT x.method, x.request_hash, x.response FROM idempotency_keys x
+                      WHERE x.user_id = p_users[i] AND x.actor = p_actor AND x.request_id = p_request_ids[i] LIMIT 1
+                 ) k
                  WHERE i <> ALL (working)
             LOOP
                 statuses[r.i] := 'claimed';
@@ -1087,7 +1091,7 @@ BEGIN
         -- Late replays: the ledger carries the key (ledger_check_request, for all of them at once).
         FOR r IN
             SELECT i FROM unnest(working) AS i
-             WHERE EXISTS (SELECT FROM ledger_request_holder(p_users[i], p_actor, p_request_ids[i]))
+             CROSS JOIN LATERAL (SELECT 1 FROM ledger_request_holder(p_users[i], p_actor, p_request_ids[i]) LIMIT 1) h
         LOOP
             statuses[r.i] := 'rejected';
             reasons[r.i] := 'ledger_request_remembered';
@@ -1124,10 +1128,16 @@ BEGIN
                        CASE WHEN h.status = 'active' AND h.expire_at <= now() THEN 'expired' ELSE h.status END
                            AS hold_status
                   FROM items t
-                  LEFT JOIN users u ON u.user_id = t.user_id
-                  LEFT JOIN models m ON m.model_id = t.model_id
-                  LEFT JOIN chat_sessions s ON s.user_id = t.user_id AND s.session_id = t.session_id
-                  LEFT JOIN ledger_holds h ON h.user_id = t.user_id AND h.hold_id = t.hold_id
+                  LEFT JOIN LATERAL (SELECT x.status FROM users x WHERE x.user_id = t.user_id LIMIT 1) u ON true
+                  LEFT JOIN LATERAL (SELECT x.model_id FROM models x WHERE x.model_id = t.model_id LIMIT 1) m ON true
+                  LEFT JOIN LATERAL (
+                      SELECT x.session_id FROM chat_sessions x
+                       WHERE t.session_id IS NOT NULL AND x.user_id = t.user_id AND x.session_id = t.session_id LIMIT 1
+                  ) s ON true
+                  LEFT JOIN LATERAL (
+                      SELECT x.hold_id, x.currency_code, x.amount_micros, x.status, x.expire_at FROM ledger_holds x
+                       WHERE t.hold_id IS NOT NULL AND x.user_id = t.user_id AND x.hold_id = t.hold_id LIMIT 1
+                  ) h ON true
                   LEFT JOIN LATERAL (
                       SELECT p.price_id, p.currency_code, p.input_micros_per_million,
                              p.cached_input_micros_per_million, p.output_micros_per_million,
@@ -1136,19 +1146,22 @@ BEGIN
                        WHERE p.model_id = t.model_id AND p.effective_at <= t.called_at
                        ORDER BY p.effective_at DESC LIMIT 1
                   ) pr ON true
-            ), accounts AS (
-                SELECT a.user_id, a.currency_code, a.posted_micros,
-                       a.held_micros - coalesce((SELECT sum(x.amount_micros) FROM ledger_holds x
-                                                  WHERE x.user_id = a.user_id AND x.currency_code = a.currency_code
-                                                    AND x.status = 'active' AND x.expire_at <= now()), 0) AS held
-                  FROM ledger_accounts a
-                 WHERE a.user_id = ANY (work_users)
             )
+            -- The account's balance as of the first of its items (the loop reads it only then).
             SELECT c.*, coalesce(c.hold_currency, c.price_currency) AS account_currency,
                    c.reason IS NULL AND p_outcomes[c.i] = 'success' AND NOT p_own_keys[c.i] AND c.cost > 0 AS billed,
                    coalesce(a.posted_micros, 0) AS posted, coalesce(a.held, 0) AS held
               FROM checked c
-              LEFT JOIN accounts a ON a.user_id = c.user_id AND a.currency_code = coalesce(c.hold_currency, c.price_currency)
+              LEFT JOIN LATERAL (
+                  SELECT x.posted_micros,
+                         x.held_micros - coalesce((SELECT sum(e.amount_micros) FROM ledger_holds e
+                                                    WHERE e.user_id = x.user_id AND e.currency_code = x.currency_code
+                                                      AND e.status = 'active' AND e.expire_at <= now()), 0) AS held
+                    FROM ledger_accounts x
+                   WHERE c.reason IS NULL AND x.user_id = c.user_id
+                     AND x.currency_code = coalesce(c.hold_currency, c.price_currency)
+                   LIMIT 1
+              ) a ON true
              ORDER BY c.user_id, coalesce(c.hold_currency, c.price_currency), c.i
         LOOP
             IF r.reason IS NOT NULL THEN
@@ -1285,17 +1298,21 @@ BEGIN
                t_currency[j], CASE WHEN leg = 1 THEN -t_amount[j] ELSE t_amount[j] END
           FROM generate_subscripts(t_id, 1) AS j, (VALUES (1::smallint), (2::smallint)) AS legs(leg);
         -- The touched accounts' expired holds are swept (their amounts are out of c_held already).
+        -- (Each target restricted by its keys too, so that its scan is an index scan, not a join's.)
         UPDATE ledger_holds h SET status = 'expired', resolved_at = h.expire_at
           FROM unnest(c_user, c_currency) AS c(user_id, currency_code)
-         WHERE h.user_id = c.user_id AND h.currency_code = c.currency_code AND h.status = 'active'
-           AND h.expire_at <= now();
+         WHERE h.user_id = ANY (c_user) AND h.user_id = c.user_id AND h.currency_code = c.currency_code
+           AND h.status = 'active' AND h.expire_at <= now();
         UPDATE ledger_accounts a SET posted_micros = c.posted, held_micros = c.held, updated_at = now()
           FROM unnest(c_user, c_currency, c_posted, c_held) AS c(user_id, currency_code, posted, held)
-         WHERE a.user_id = c.user_id AND a.currency_code = c.currency_code;
-        UPDATE ledger_holds h
-           SET status = v.status, captured_micros = v.captured, capture_transaction_id = v.tx, resolved_at = now()
-          FROM unnest(h_user, h_id, h_status, h_captured, h_tx) AS v(user_id, hold_id, status, captured, tx)
-         WHERE h.user_id = v.user_id AND h.hold_id = v.hold_id;
+         WHERE a.user_id = ANY (c_user) AND a.user_id = c.user_id AND a.currency_code = c.currency_code;
+        IF cardinality(h_id) > 0 THEN
+            UPDATE ledger_holds h
+               SET status = v.status, captured_micros = v.captured, capture_transaction_id = v.tx, resolved_at = now()
+              FROM unnest(h_user, h_id, h_status, h_captured, h_tx) AS v(user_id, hold_id, status, captured, tx)
+             WHERE h.user_id = ANY (h_user) AND h.hold_id = ANY (h_id) AND h.user_id = v.user_id
+               AND h.hold_id = v.hold_id;
+        END IF;
 
         -- A month without partition (the server creates them ahead; this is the fallback).
         FOR month IN SELECT DISTINCT date_trunc('month', c AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' FROM unnest(a_called) AS c LOOP
@@ -1342,16 +1359,16 @@ BEGIN
                                             'hold_id', p_holds[a_item[j]])
                     FROM generate_subscripts(a_item, 1) AS j ORDER BY a_item[j]));
         -- The rejected items (late replays included) leave no claim behind.
-        IF 'rejected' = ANY (statuses) THEN
-            DELETE FROM idempotency_keys k
-             USING generate_subscripts(p_request_ids, 1) AS i
-             WHERE statuses[i] = 'rejected' AND k.user_id = p_users[i] AND k.actor = p_actor
-               AND k.request_id = p_request_ids[i];
-        END IF;
+        FOR r IN SELECT i FROM generate_subscripts(p_request_ids, 1) AS i WHERE statuses[i] = 'rejected' LOOP
+            DELETE FROM idempotency_keys
+             WHERE user_id = p_users[r.i] AND actor = p_actor AND request_id = p_request_ids[r.i];
+        END LOOP;
     EXCEPTION WHEN integrity_constraint_violation THEN
         fallback := true;
+        GET STACKED DIAGNOSTICS fallback_reason = CONSTRAINT_NAME;
     END;
     IF fallback THEN
+        RAISE WARNING 'usage_record_many fell back to usage_record_batch: %', fallback_reason;
         RETURN QUERY SELECT * FROM usage_record_batch(
             p_actor, p_method, p_request_ids, p_request_hashes, p_users, p_models, p_sessions, p_input, p_cached,
             p_output, p_reasoning, p_latency_ns, p_ttft_ns, p_outcomes, p_error_codes, p_own_keys, p_holds,

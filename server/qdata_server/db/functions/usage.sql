@@ -307,9 +307,10 @@ $$;
 --      released holds, the records, their rollup queue rows and their audit events; and deletes
 --      the claims of the rejected items.
 --
--- A constraint violation in step 4 (a bug, or a lost race on a key's unique index) undoes the
--- whole of it and the batch goes through usage_record_batch instead, item by item, with the
--- per-item answers that gives.
+-- A constraint violation on the way (a bug: the claims serialize every writer of a key, and the
+-- decisions keep the tables' constraints) undoes all of it, and the batch goes through
+-- usage_record_batch instead, item by item, with the per-item answers that gives; PostgreSQL's
+-- log gets a WARNING naming the constraint.
 CREATE OR REPLACE FUNCTION usage_record_many(
     p_actor text, p_method text, p_request_ids text[], p_request_hashes bytea[], p_users uuid[],
     p_models text[], p_sessions uuid[], p_input bigint[], p_cached bigint[], p_output bigint[],
@@ -384,6 +385,7 @@ DECLARE
     record_id uuid;
     records usage_records[];
     fallback boolean := false;
+    fallback_reason text;
     month timestamptz;
 BEGIN
     BEGIN
@@ -694,8 +696,10 @@ BEGIN
         END LOOP;
     EXCEPTION WHEN integrity_constraint_violation THEN
         fallback := true;
+        GET STACKED DIAGNOSTICS fallback_reason = CONSTRAINT_NAME;
     END;
     IF fallback THEN
+        RAISE WARNING 'usage_record_many fell back to usage_record_batch: %', fallback_reason;
         RETURN QUERY SELECT * FROM usage_record_batch(
             p_actor, p_method, p_request_ids, p_request_hashes, p_users, p_models, p_sessions, p_input, p_cached,
             p_output, p_reasoning, p_latency_ns, p_ttft_ns, p_outcomes, p_error_codes, p_own_keys, p_holds,
