@@ -2,7 +2,8 @@
 --
 -- The one implementation of claiming a request's key and storing its first answer, called by the
 -- Python path (qdata_server.idempotency, through queries/common.sql) and by plpgsql
--- (usage_record_batch) alike. A claim and the change it guards commit or vanish together; a
+-- (usage_record_batch) alike; usage_record_many claims a whole batch's keys with one INSERT of
+-- the same rows (and reads taken keys back the same way). A claim and the change it guards commit or vanish together; a
 -- concurrent claim of the same key waits on the primary key until the first transaction ends. The
 -- caller compares the stored method and fingerprint with its own (qdata_server.idempotency's
 -- check_same_request: REQUEST_ID_REUSED when they differ) and answers the stored response.
