@@ -321,11 +321,11 @@ CREATE OR REPLACE FUNCTION usage_record_many(
     o_error_sqlstate text, o_stored_method text, o_stored_hash bytea, o_stored_response bytea
 )
 LANGUAGE plpgsql
--- Every join here is from at most 1,000 items to tables that grow by that much per call, whose
--- statistics lag behind (a table that ANALYZE last saw small): lookups by key, never a hash or
--- merge join that scans a whole table (and checks its row security on every row it scans).
-SET enable_seqscan = off SET enable_bitmapscan = off SET enable_material = off
-SET enable_hashjoin = off SET enable_mergejoin = off
+-- Every read of a table here looks up at most 1,000 items' rows, in tables that grow by that
+-- much per call and whose statistics lag behind (a table that ANALYZE last saw small): by key
+-- (each in a LATERAL subquery, so no join can scan a whole table instead), never by a scan of a
+-- whole table that checks its row security on every row.
+SET enable_seqscan = off SET enable_bitmapscan = off
 AS $$
 DECLARE
     n integer := coalesce(array_length(p_request_ids, 1), 0);
@@ -337,6 +337,7 @@ DECLARE
     stored_hashes bytea[] := array_fill(NULL::bytea, ARRAY[n]);
     stored_responses bytea[] := array_fill(NULL::bytea, ARRAY[n]);
     pending integer[];
+    took boolean[] := array_fill(false, ARRAY[n]);
     working integer[];
     work_users uuid[];
     -- The accepted items, in request order once sorted: what their rows get.
@@ -391,18 +392,22 @@ BEGIN
     BEGIN
         -- 1. The claims (a key whose record is purged between the INSERT and the SELECT is claimed again).
         pending := ARRAY(SELECT generate_series(1, n));
-        working := '{}';
         WHILE cardinality(pending) > 0 LOOP
-            WITH claimed AS (
-                INSERT INTO idempotency_keys (user_id, actor, request_id, method, request_hash, response)
-                SELECT p_users[i], p_actor, p_request_ids[i], p_method, p_request_hashes[i], ''::bytea
-                  FROM unnest(pending) AS i
-                 ORDER BY p_users[i], p_request_ids[i]
-                ON CONFLICT (user_id, actor, request_id) DO NOTHING
-                RETURNING user_id, request_id
-            )
-            SELECT working || coalesce(array_agg(i), '{}') INTO working
-              FROM unnest(pending) AS i JOIN claimed c ON c.user_id = p_users[i] AND c.request_id = p_request_ids[i];
+            FOR r IN
+                WITH claimed AS (
+                    INSERT INTO idempotency_keys (user_id, actor, request_id, method, request_hash, response)
+                    SELECT p_users[i], p_actor, p_request_ids[i], p_method, p_request_hashes[i], ''::bytea
+                      FROM unnest(pending) AS i
+                     ORDER BY p_users[i], p_request_ids[i]
+                    ON CONFLICT (user_id, actor, request_id) DO NOTHING
+                    RETURNING user_id, request_id
+                ), items AS (
+                    SELECT i, p_users[i] AS user_id, p_request_ids[i] AS request_id FROM unnest(pending) AS i
+                )
+                SELECT t.i FROM items t JOIN claimed c ON c.user_id = t.user_id AND c.request_id = t.request_id
+            LOOP
+                took[r.i] := true;
+            END LOOP;
             FOR r IN
                 SELECT i, k.method, k.request_hash, k.response
                   FROM unnest(pending) AS i
@@ -410,15 +415,16 @@ BEGIN
                      SELECT x.method, x.request_hash, x.response FROM idempotency_keys x
                       WHERE x.user_id = p_users[i] AND x.actor = p_actor AND x.request_id = p_request_ids[i] LIMIT 1
                  ) k
-                 WHERE i <> ALL (working)
+                 WHERE NOT took[i]
             LOOP
                 statuses[r.i] := 'claimed';
                 stored_methods[r.i] := r.method;
                 stored_hashes[r.i] := r.request_hash;
                 stored_responses[r.i] := r.response;
             END LOOP;
-            pending := ARRAY(SELECT i FROM unnest(pending) AS i WHERE i <> ALL (working) AND statuses[i] IS NULL);
+            pending := ARRAY(SELECT i FROM unnest(pending) AS i WHERE NOT took[i] AND statuses[i] IS NULL);
         END LOOP;
+        working := ARRAY(SELECT i FROM generate_series(1, n) AS i WHERE took[i]);
         -- Late replays: the ledger carries the key (ledger_check_request, for all of them at once).
         FOR r IN
             SELECT i FROM unnest(working) AS i
