@@ -7,9 +7,11 @@ releases the hold of an unbilled call), queues the record for the rollups and wr
 event. A rejection (INSUFFICIENT_FUNDS, HOLD_EXPIRED, ...) rolls all of it back, so nothing is
 recorded and the request_id stays free for a retry.
 
-RecordUsageBatch sends its items in chunks of CHUNK_SIZE, one transaction and one round trip
-per chunk (usage_record_batch): each item runs in its own subtransaction, so it succeeds or
-fails on its own, and the chunk pays one commit instead of one per record. Items share
+RecordUsageBatch sends all its items in one transaction and one call of usage_record_many,
+which records them with a fixed number of set-based statements (one claim of all the keys, one
+insert per table, one balance update per account) while still deciding each item on its own, in
+request order, as usage_record would: a rejected item leaves nothing behind and does not affect
+the others. The answers of the recorded items are stored with one more statement. Items share
 RecordUsage's idempotency keys (same method, fingerprint and user scope), claimed by the same SQL
 function (idempotency_claim) and compared by the same check (idempotency.check_same_request), so
 a record sent by either RPC replays through the other.
@@ -48,8 +50,6 @@ log = logging.getLogger("qdata.usage")
 # The idempotency method of a usage record, whichever RPC sent it.
 METHOD = "/qdata.v1.UsageService/RecordUsage"
 MAX_BATCH = 1000
-# Items per transaction of a batch; below the 64 subtransactions PostgreSQL caches per backend.
-CHUNK_SIZE = 50
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,14 +217,14 @@ class _Item:
         return RequestKey(self.call.user_id, actor, self.request.request_id, METHOD, self.request_hash)
 
 
-async def _record_chunk(
+async def _record_items(
     conn: Conn, items: list[_Item], actor: str
 ) -> tuple[dict[int, usage_pb2.RecordUsageResult], list[dict[str, Any]]]:
-    """Records a chunk; returns each item's result and the rows of the records it created."""
+    """Records the batch's items; returns each item's result and the rows of the records it created."""
     params = [item.call.params() for item in items]
     rows = await fetch_all(
         conn,
-        "usage_record_batch",
+        "usage_record_many",
         {
             "actor": actor,
             "method": METHOD,
@@ -324,18 +324,15 @@ async def record_usage_batch(
         first[key] = parsed
         items.append(parsed)
 
-    for offset in range(0, len(items), CHUNK_SIZE):
-        chunk = items[offset : offset + CHUNK_SIZE]
+    if items:
 
-        async def work(
-            conn: Conn, chunk: list[_Item] = chunk
-        ) -> tuple[dict[int, usage_pb2.RecordUsageResult], list[dict[str, Any]]]:
-            return await _record_chunk(conn, chunk, actor)
+        async def work(conn: Conn) -> tuple[dict[int, usage_pb2.RecordUsageResult], list[dict[str, Any]]]:
+            return await _record_items(conn, items, actor)
 
-        acting = acting_for(*(item.call.user_id for item in chunk))
-        chunk_results, created = await deps.transaction(work, acting=acting)
-        results.update(chunk_results)
-        # Committed: the chunk's new records count (replays and failed items do not).
+        acting = acting_for(*(item.call.user_id for item in items))
+        batch_results, created = await deps.transaction(work, acting=acting)
+        results.update(batch_results)
+        # Committed: the batch's new records count (replays and failed items do not).
         for row in created:
             count_recorded(row)
 

@@ -3,8 +3,8 @@
 -- The trail is append-only and tamper-evident: events are hash-chained in 32 parallel chains
 -- (the full rule and why 32: 0006_audit_chain.sql; qdata_server.audit_chain verifies it). Every
 -- event, from Python (qdata_server.audit, through queries/common.sql) and from plpgsql
--- (usage_record) alike, is written by audit_append below; the chain trigger decides its place
--- and hash.
+-- (usage_record) alike, is written by audit_append below (or by its set form audit_append_many,
+-- usage_record_many's); the chain trigger decides each event's place and hash.
 
 CREATE OR REPLACE FUNCTION audit_events_forbid_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -129,4 +129,17 @@ CREATE OR REPLACE FUNCTION audit_append(
 LANGUAGE sql AS $$
     INSERT INTO audit_events (actor, user_id, action, target_type, target_id, request_id, summary)
     VALUES (p_actor, p_user, p_action, p_target_type, p_target_id, p_request_id, p_summary)
+$$;
+
+-- Appends one event per element of the arrays, in their order, in the caller's transaction: the
+-- set form of audit_append for a writer of many rows at once (usage_record_many), same rows.
+CREATE OR REPLACE FUNCTION audit_append_many(
+    p_actor text, p_users uuid[], p_action text, p_target_type text, p_target_ids text[], p_request_ids text[],
+    p_summaries jsonb[]
+) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO audit_events (actor, user_id, action, target_type, target_id, request_id, summary)
+    SELECT p_actor, e.user_id, p_action, p_target_type, e.target_id, e.request_id, e.summary
+      FROM unnest(p_users, p_target_ids, p_request_ids, p_summaries) WITH ORDINALITY AS e(user_id, target_id, request_id, summary, n)
+     ORDER BY e.n
 $$;

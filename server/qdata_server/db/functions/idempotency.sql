@@ -2,7 +2,8 @@
 --
 -- The one implementation of claiming a request's key and storing its first answer, called by the
 -- Python path (qdata_server.idempotency, through queries/common.sql) and by plpgsql
--- (usage_record_batch) alike. A claim and the change it guards commit or vanish together; a
+-- (usage_record_batch) alike; usage_record_many claims a whole batch's keys with one INSERT of
+-- the same rows (and reads taken keys back the same way). A claim and the change it guards commit or vanish together; a
 -- concurrent claim of the same key waits on the primary key until the first transaction ends. The
 -- caller compares the stored method and fingerprint with its own (qdata_server.idempotency's
 -- check_same_request: REQUEST_ID_REUSED when they differ) and answers the stored response.
@@ -36,12 +37,20 @@ BEGIN
 END;
 $$;
 
--- Stores the answers of keys the calling transaction claimed (one or many, by position).
+-- Stores the answers of keys the calling transaction claimed (one or many, by position). One
+-- primary-key update per key: a join of the arrays with the table is planned from statistics that
+-- lag behind a table growing by every request, and its plans (a scan of every key of the actor,
+-- with the row-security check on each) cost more the larger the table grows.
 CREATE OR REPLACE FUNCTION idempotency_store(
     p_actor text, p_users uuid[], p_request_ids text[], p_responses bytea[]
 ) RETURNS void
-LANGUAGE sql AS $$
-    UPDATE idempotency_keys k SET response = v.response
-      FROM unnest(p_users, p_request_ids, p_responses) AS v(user_id, request_id, response)
-     WHERE k.user_id = v.user_id AND k.actor = p_actor AND k.request_id = v.request_id
+LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_bitmapscan = off
+AS $$
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(p_request_ids, 1), 0) LOOP
+        UPDATE idempotency_keys SET response = p_responses[i]
+         WHERE user_id = p_users[i] AND actor = p_actor AND request_id = p_request_ids[i];
+    END LOOP;
+END;
 $$;

@@ -76,8 +76,15 @@ BEGIN
         owned := spec[1];
         EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', owned);
         EXECUTE format('DROP POLICY IF EXISTS %I ON %I', owned || '_acting_users', owned);
+        -- qdata_acting_users() as a scalar subquery: evaluated once per statement (an InitPlan,
+        -- still an index condition) instead of parsing the setting again for every row a
+        -- statement checks, which costs about 0.35-0.4 us per acting user per row (measured: a
+        -- RecordUsageBatch of 100 records for 32 users spent about 40% of its database time
+        -- in its policies).
         EXECUTE format('CREATE POLICY %I ON %I TO qdata_service USING (%s) WITH CHECK (%s)',
-                       owned || '_acting_users', owned, spec[2], spec[3]);
+                       owned || '_acting_users', owned,
+                       replace(spec[2], 'qdata_acting_users()', '(SELECT qdata_acting_users())::uuid[]'),
+                       replace(spec[3], 'qdata_acting_users()', '(SELECT qdata_acting_users())::uuid[]'));
         EXECUTE format('DROP POLICY IF EXISTS %I ON %I', owned || '_all_users', owned);
         EXECUTE format('CREATE POLICY %I ON %I TO qdata_service USING (qdata_acting_for_all_users()) '
                        'WITH CHECK (qdata_acting_for_all_users())', owned || '_all_users', owned);

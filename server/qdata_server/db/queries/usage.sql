@@ -113,10 +113,9 @@ SELECT r.usage_record_id, r.request_id, r.user_id, r.model_id, r.session_id, r.i
  WHERE r.user_id = %(user_id)s AND r.called_at BETWEEN %(earliest)s AND %(latest)s
    AND r.ledger_transaction_id = %(transaction_id)s;
 
--- name: usage_record_batch
--- Records a chunk of RecordUsageBatch items, each in its own subtransaction; one result row per
--- item in order (see usage_record_batch in functions/usage.sql), with usage_record's columns
--- (overage_micros as there).
+-- name: usage_record_many
+-- Records the items of a RecordUsageBatch with set-based statements; one result row per item in
+-- order (see usage_record_many in functions/usage.sql).
 SELECT b.o_item AS item, b.o_status AS status, (b.o_record).user_id, (b.o_record).called_at,
        (b.o_record).usage_record_id, (b.o_record).request_id, (b.o_record).model_id, (b.o_record).price_id,
        (b.o_record).session_id, (b.o_record).input_tokens, (b.o_record).cached_input_tokens,
@@ -130,19 +129,19 @@ SELECT b.o_item AS item, b.o_status AS status, (b.o_record).user_id, (b.o_record
        b.o_error_constraint AS error_constraint, b.o_error_detail AS error_detail,
        b.o_error_sqlstate AS error_sqlstate, b.o_stored_method AS stored_method,
        b.o_stored_hash AS stored_hash, b.o_stored_response AS stored_response
-  FROM usage_record_batch(%(actor)s, %(method)s, %(request_ids)s::text[], %(request_hashes)s::bytea[],
-                          %(user_ids)s::uuid[], %(model_ids)s::text[], %(session_ids)s::uuid[],
-                          %(input_tokens)s::bigint[], %(cached_input_tokens)s::bigint[], %(output_tokens)s::bigint[],
-                          %(reasoning_tokens)s::bigint[], %(latency_ns)s::bigint[], %(ttft_ns)s::bigint[],
-                          %(outcomes)s::text[], %(error_codes)s::text[], %(used_own_provider_keys)s::boolean[],
-                          %(hold_ids)s::uuid[], %(called_at)s::timestamptz[]) b
+  FROM usage_record_many(%(actor)s, %(method)s, %(request_ids)s::text[], %(request_hashes)s::bytea[],
+                         %(user_ids)s::uuid[], %(model_ids)s::text[], %(session_ids)s::uuid[],
+                         %(input_tokens)s::bigint[], %(cached_input_tokens)s::bigint[], %(output_tokens)s::bigint[],
+                         %(reasoning_tokens)s::bigint[], %(latency_ns)s::bigint[], %(ttft_ns)s::bigint[],
+                         %(outcomes)s::text[], %(error_codes)s::text[], %(used_own_provider_keys)s::boolean[],
+                         %(hold_ids)s::uuid[], %(called_at)s::timestamptz[]) b
   LEFT JOIN model_prices p ON p.price_id = (b.o_record).price_id
   LEFT JOIN ledger_holds h ON h.user_id = (b.o_record).user_id AND h.hold_id = (b.o_record).hold_id
  ORDER BY b.o_item;
 
 -- name: usage_store_responses
 -- Stores the responses of the batch items recorded in this transaction (their keys were claimed
--- by usage_record_batch).
+-- by usage_record_many).
 SELECT idempotency_store(%(actor)s, %(user_ids)s::uuid[], %(request_ids)s::text[], %(responses)s::bytea[]);
 
 -- name: usage_fold
