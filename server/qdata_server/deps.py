@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
 from google.protobuf.message import Message
@@ -50,6 +50,14 @@ class Deps:
         """Runs one named statement as its own transaction in one round trip; returns its rows."""
         return await transactions.statement(
             self.pool, name, params, acting=acting, retries=self.settings.transaction_retries
+        )
+
+    async def statements(
+        self, queries: Sequence[tuple[str, Params]], *, acting: transactions.Acting
+    ) -> list[list[Row]]:
+        """As statement, for a few statements none of which needs another's result; each one's rows."""
+        return await transactions.statements(
+            self.pool, queries, acting=acting, retries=self.settings.transaction_retries
         )
 
     async def statement_row(self, name: str, params: Params, *, acting: transactions.Acting) -> Row | None:

@@ -14,7 +14,9 @@ With QDATA_PREPARED_STATEMENTS=false (the mode for an old PgBouncer, which misha
 too) each statement goes on its own; see QdataPool.pipelined.
 
 `statement(pool, name, params, acting=...)` is the path of a call whose whole work is one named
-statement (GetBalance, GetUser, GetTransaction, GetHold, the login's lockout reservation): the
+statement (GetBalance, GetUser, GetTransaction, GetHold, the login's lockout reservation; and,
+through `statements`, a few that need none of each other's results, as ListTransactions' user
+check and page): the
 settings and the statement are queued and leave with one Sync, so the call is one round trip and
 two statements. No BEGIN or COMMIT is sent: statements of a pipeline up to its Sync run in one
 implicit transaction (PostgreSQL's extended query protocol), so the settings are local to the
@@ -42,7 +44,7 @@ import logging
 import random
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -168,16 +170,30 @@ async def statement(pool: Pool, name: str, params: Params, *, acting: Acting, re
     transaction that Sync ends (see the module doc). Without pipelining it is `run` of the one
     statement.
     """
-    if not getattr(pool, "pipelined", True):
-        return await run(pool, lambda conn: fetch_all(conn, name, params), acting=acting, retries=retries)
+    [rows] = await statements(pool, [(name, params)], acting=acting, retries=retries)
+    return rows
 
-    async def body(conn: Conn, statement_timeout: str | None) -> list[Row]:
+
+async def statements(
+    pool: Pool, queries: Sequence[tuple[str, Params]], *, acting: Acting, retries: int = 5
+) -> list[list[Row]]:
+    """As statement, for a few statements none of which needs another's result (a check and the
+    read it guards): all leave with one Sync, in one implicit transaction; returns each one's rows.
+    """
+
+    async def one_by_one(conn: Conn) -> list[list[Row]]:
+        return [await fetch_all(conn, name, params) for name, params in queries]
+
+    if not getattr(pool, "pipelined", True):
+        return await run(pool, one_by_one, acting=acting, retries=retries)
+
+    async def body(conn: Conn, statement_timeout: str | None) -> list[list[Row]]:
         # Leaving the pipeline sends its Sync and reads every result: the one round trip (an
         # explicit sync() inside would cost a second one, for the closing Sync).
         async with conn.pipeline():
             await name_acting(conn, acting, statement_timeout=statement_timeout)
-            cursor = await submit(conn, name, params)
-        return await cursor.fetchall()
+            cursors = [await submit(conn, name, params) for name, params in queries]
+        return [await cursor.fetchall() for cursor in cursors]
 
     return await _retrying(pool, body, retries)
 

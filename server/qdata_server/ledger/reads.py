@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from google.protobuf.message import Message
 
@@ -144,23 +144,21 @@ async def list_transactions(
     tokens = await deps.page_tokens()
     cursor = tokens.open(request.page_token, LIST_TRANSACTIONS_PAGES, filters)
 
-    async def work(conn: Conn) -> list[dict[str, Any]]:
-        await _require_user(conn, user_id)
-        return await fetch_all(
-            conn,
-            "ledger_list_transactions",
-            {
-                "user_id": user_id,
-                "start_time": start,
-                "end_time": end,
-                "kinds": kinds or None,
-                "currency_code": currency,
-                "before_position": int(cursor[0]) if cursor else None,
-                "limit": limit + 1,
-            },
-        )
-
-    rows = await deps.transaction(work, acting=acting_for(user_id))
+    page = {
+        "user_id": user_id,
+        "start_time": start,
+        "end_time": end,
+        "kinds": kinds or None,
+        "currency_code": currency,
+        "before_position": int(cursor[0]) if cursor else None,
+        "limit": limit + 1,
+    }
+    # The user check and the page in one round trip (neither needs the other's answer).
+    user, rows = await deps.statements(
+        [("ledger_user_state", {"user_id": user_id}), ("ledger_list_transactions", page)], acting=acting_for(user_id)
+    )
+    if not user:
+        raise _user_never_existed()
     rows, next_token = tokens.page(
         rows,
         limit,
