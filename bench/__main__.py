@@ -42,6 +42,20 @@ def _workers(text: str) -> list[int]:
     return values
 
 
+def _row_keys(text: str) -> list[str]:
+    """--rows: a comma-separated list of the table's row keys (bench/table.py ROWS)."""
+    from bench.table import ROWS
+
+    known = [spec["key"] for spec in ROWS]
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in known]
+    if not keys or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown row(s): {', '.join(unknown) or repr(text)}; known: {', '.join(known)}"
+        )
+    return list(dict.fromkeys(keys))
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench",
@@ -81,6 +95,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     table = p.add_argument_group("--suite table")
     table.add_argument("--quick", action="store_true", help="a sanity run: 1 round of 3 s runs")
+    table.add_argument(
+        "--rows",
+        type=_row_keys,
+        default=None,
+        help="measure only these rows of the table, comma-separated keys (e.g. get_balance_w2,authenticate); "
+        "default every row. A partial run is saved as table-rows-<time>.json, which bench.readme never renders",
+    )
     table.add_argument("--pgbench-scale", type=int, default=10, help="pgbench -i -s; default 10")
     table.add_argument("--pgbench-clients", type=int, default=8, help="pgbench -c; default 8")
     table.add_argument(

@@ -71,6 +71,26 @@ ROWS: tuple[dict[str, Any], ...] = (
 # measurements close a round; get_balance_half needs the round's GetBalance peak.
 SINGLES = ("get_balance_half", "generator_ceiling")
 
+
+def selected_rows(keys: list[str] | None) -> tuple[dict[str, Any], ...]:
+    """The rows a run measures: every row, or those named by --rows (in the table's order).
+
+    The p99 / p50 row measures at half of the "GetBalance, 2 workers" peak, so naming it brings
+    that row along.
+    """
+    if not keys:
+        return ROWS
+    wanted = set(keys)
+    if "get_balance_tail" in wanted:
+        wanted.add("get_balance_w2")
+    return tuple(spec for spec in ROWS if spec["key"] in wanted)
+
+
+def singles_for(rows: tuple[dict[str, Any], ...]) -> tuple[str, ...]:
+    """The single measurements a round of these rows needs (the generator's ceiling always)."""
+    return tuple(s for s in SINGLES if s != "get_balance_half" or any(r["key"] == "get_balance_tail" for r in rows))
+
+
 # What each measurement is, for the report: (label, unit of its value, what "calls" counts).
 LABELS = {
     "charge_cold": ("Charge, 1,000 cold accounts", "tps", "calls"),
@@ -480,14 +500,14 @@ def _measurements(round_: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(rounds: list[dict[str, Any]], rows_measured: tuple[dict[str, Any], ...] = ROWS) -> dict[str, Any]:
     """Per row: the medians of qdata's and the reference's values and of the per-round ratios.
 
     Also the median CPU per call of every measurement over all its runs, and how close each
     generator-driven figure came to the generator's own ceiling.
     """
     rows = {}
-    for spec in ROWS:
+    for spec in rows_measured:
         per_round, qdata_values, ref_values = [], [], []
         for r in rounds:
             if spec["ref"] is None:
@@ -505,9 +525,10 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "ratio": median(per_round),
             "ratio_per_round": per_round,
         }
-    tail = [r["singles"]["get_balance_half"] for r in rounds]
-    rows["get_balance_tail"]["p50_ms"] = median([t["p50_ms"] for t in tail])
-    rows["get_balance_tail"]["p99_ms"] = median([t["p99_ms"] for t in tail])
+    if "get_balance_tail" in rows:
+        tail = [r["singles"]["get_balance_half"] for r in rounds]
+        rows["get_balance_tail"]["p50_ms"] = median([t["p50_ms"] for t in tail])
+        rows["get_balance_tail"]["p99_ms"] = median([t["p99_ms"] for t in tail])
     runs: dict[str, list[dict[str, Any]]] = {}
     for r in rounds:
         for m in _measurements(r):
@@ -561,6 +582,9 @@ def run(args: Any) -> int:
         return 2
     import grpc
 
+    rows_measured = selected_rows(getattr(args, "rows", None))
+    partial = rows_measured != ROWS
+    measured = {m for spec in rows_measured for m in (spec["qdata"], spec["ref"]) if m}
     started = datetime.datetime.now(datetime.UTC)
     report: dict[str, Any] = {
         "suite": "table",
@@ -591,6 +615,7 @@ def run(args: Any) -> int:
             "hot_accounts": HOT_ACCOUNTS,
             "usage_batch": args.usage_batch,
             "pgbench": {"scale": args.pgbench_scale, "clients": args.pgbench_clients, "threads": 2},
+            "rows": [spec["key"] for spec in rows_measured],
         },
         "rounds": [],
     }
@@ -614,8 +639,9 @@ def run(args: Any) -> int:
         database_url, database = servers.start_database(tmp)
         pgbench_exe = pgbench.executable(database.bin_path)  # type: ignore[attr-defined]
         report["machine"]["postgres"] = _postgres_version(database_url)
-        print(f"pgbench -i -s {args.pgbench_scale} ...", flush=True)
-        report["pgbench_init_seconds"] = _init_pgbench(database_url, pgbench_exe, args.pgbench_scale)
+        if "pgbench" in measured:
+            print(f"pgbench -i -s {args.pgbench_scale} ...", flush=True)
+            report["pgbench_init_seconds"] = _init_pgbench(database_url, pgbench_exe, args.pgbench_scale)
 
         print("starting qdata (2 workers; 1 worker; 2 workers with metrics) and the echo (2; 1) ...", flush=True)
         base = {"QDATA_METRICS_LISTEN_ADDRESS": ""}
@@ -657,20 +683,21 @@ def run(args: Any) -> int:
         for number in range(1, args.rounds + 1):
             print(f"\nround {number} (load average {os.getloadavg()[0]:.2f}):", flush=True)
             pairs: dict[str, Any] = {}
-            for spec in ROWS:
+            for spec in rows_measured:
                 if spec["ref"] is None:
                     continue
                 names = (spec["qdata"], spec["ref"])
                 got = {name: measure(env, name, f"r{number}-{name}") for name in (names if number % 2 else names[::-1])}
                 pairs[spec["key"]] = {"qdata": got[spec["qdata"]], "ref": got[spec["ref"]]}
             # Half of this round's "GetBalance, 2 workers" peak (not the metrics pair's re-measurement).
-            env.peak_get_balance = pairs["get_balance_w2"]["qdata"]["value"]
-            singles = {name: measure(env, name, f"r{number}-{name}") for name in SINGLES}
+            if "get_balance_w2" in pairs:
+                env.peak_get_balance = pairs["get_balance_w2"]["qdata"]["value"]
+            singles = {name: measure(env, name, f"r{number}-{name}") for name in singles_for(rows_measured)}
             report["rounds"].append({"round": number, "loadavg": os.getloadavg(), "pairs": pairs, "singles": singles})
 
         report["rss_after_mixed_load"] = _rss_by_worker(table["qdata_w2"][0])
         report["stored"] = _stored_counts(database_url)
-        report["summary"] = summarize(report["rounds"])
+        report["summary"] = summarize(report["rounds"], rows_measured)
         _print_summary(report["summary"], report["rss_after_mixed_load"])
     except Exception as exc:  # the report is still written, and everything started is stopped
         failure = f"{type(exc).__name__}: {exc}"
@@ -687,7 +714,9 @@ def run(args: Any) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     invalid = [m["tag"] for r in report["rounds"] for m in _measurements(r) if not m["ok"]]
     report["invalid_runs"] = invalid
-    report_file.save(report, args.out, f"table-{started.strftime('%Y%m%dT%H%M%SZ')}", failure)
+    # A run of some rows only is never the README's table (bench.readme renders table-<time> files).
+    prefix = "table-rows-" if partial else "table-"
+    report_file.save(report, args.out, f"{prefix}{started.strftime('%Y%m%dT%H%M%SZ')}", failure)
     if invalid:
         print(f"invalid runs (errors under load): {', '.join(invalid)}", file=sys.stderr)
     return 1 if failure or invalid else 0

@@ -14,6 +14,9 @@ from typing import Any, overload
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_NAIVE_EPOCH = datetime.datetime(1970, 1, 1)
+
 
 @overload
 def timestamp(value: datetime.datetime) -> timestamp_pb2.Timestamp: ...
@@ -25,9 +28,10 @@ def timestamp(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None
     """A Timestamp message for value (None stays None: the field is left unset)."""
     if value is None:
         return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    # What Timestamp.FromDatetime computes (a naive value is UTC), in integer arithmetic and
+    # without its calendar round trip (a tenth of the CPU; every read converts a few times).
+    since = value - (_EPOCH if value.tzinfo is not None else _NAIVE_EPOCH)
+    return timestamp_pb2.Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
 
 
 @overload

@@ -2,14 +2,15 @@
 
 One `Deps` is built per process by the composition root (app.py; serve.py's seed builds one
 without a key ring) and handed to every servicer. Service functions take it as their first
-argument and reach the database only through `transaction` and `idempotent`.
+argument and reach the database only through `transaction`, `statement` (a call that is one
+statement: one round trip) and `idempotent`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
 from google.protobuf.message import Message
@@ -17,7 +18,7 @@ from google.protobuf.message import Message
 from qdata_server import idempotency, pagination
 from qdata_server.config import Settings
 from qdata_server.db import transactions
-from qdata_server.db.connection import Conn, Pool
+from qdata_server.db.connection import Conn, Params, Pool, Row
 from qdata_server.pagination import PageTokens
 from qdata_server.users.passwords import PasswordHasher
 from qdata_server.users.vault import KeyRing
@@ -44,6 +45,25 @@ class Deps:
         return await transactions.run(
             self.pool, work, acting=acting, retries=self.settings.transaction_retries, snapshot=snapshot
         )
+
+    async def statement(self, name: str, params: Params, *, acting: transactions.Acting) -> list[Row]:
+        """Runs one named statement as its own transaction in one round trip; returns its rows."""
+        return await transactions.statement(
+            self.pool, name, params, acting=acting, retries=self.settings.transaction_retries
+        )
+
+    async def statements(
+        self, queries: Sequence[tuple[str, Params]], *, acting: transactions.Acting
+    ) -> list[list[Row]]:
+        """As statement, for a few statements none of which needs another's result; each one's rows."""
+        return await transactions.statements(
+            self.pool, queries, acting=acting, retries=self.settings.transaction_retries
+        )
+
+    async def statement_row(self, name: str, params: Params, *, acting: transactions.Acting) -> Row | None:
+        """As statement, for a statement of at most one row: that row, or None."""
+        rows = await self.statement(name, params, acting=acting)
+        return rows[0] if rows else None
 
     async def idempotent(
         self,

@@ -154,7 +154,7 @@ class _Outcome:
                 self.span.end(self.code, self.reason, replay=self.ctx.replay, detach=detach)
 
     def _write(self, seconds: float) -> None:
-        if self.method.startswith(_QUIET_PREFIXES):
+        if self.method.startswith(_QUIET_PREFIXES) or not log.isEnabledFor(logging.INFO):
             return
         fields = {
             "method": self.method,

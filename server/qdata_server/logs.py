@@ -5,6 +5,10 @@ span is active (tracing on, see tracing.py) every line also carries `trace_id` a
 one place a stack trace is written is an unexpected error's line (`stack`, built by
 `redacted_stack`): frames and exception types, never an exception's message. The fields are
 documented in docs/operations.md#logs.
+
+A call's line is written on the event loop for every call, so it is made cheaply: no caller
+frame, thread or process name is looked up for a record (no field shows them; `configure`), the
+time's seconds are formatted once per second, and one JSON encoder serves every line.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import re
 import sys
 import traceback
@@ -23,6 +28,23 @@ from qdata_server import tracing
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
 
+def _iso_utc_milliseconds(created: float, cache: list[Any]) -> str:
+    """datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"), with the text up
+    to the second kept in cache ([second, text]) while the second lasts."""
+    # As datetime.fromtimestamp: the fraction rounded to microseconds, then cut to milliseconds.
+    fraction, whole = math.modf(created)
+    micros = round(fraction * 1e6)
+    second = int(whole)
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    elif micros < 0:
+        second, micros = second - 1, micros + 1_000_000
+    if cache[0] != second:
+        cache[0] = second
+        cache[1] = datetime.datetime.fromtimestamp(second, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{cache[1]}.{micros // 1000:03d}+00:00"
+
+
 class JsonFormatter(logging.Formatter):
     """Formats a record as JSON: time, level, logger, message, the record's extra fields and,
     while a span is active, its trace_id and span_id.
@@ -32,9 +54,14 @@ class JsonFormatter(logging.Formatter):
     `stack=redacted_stack(exc)` instead: its frames and exception types, messages left out.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._second: list[Any] = [None, ""]
+        self._encoder = json.JSONEncoder(default=str)
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
+            "time": _iso_utc_milliseconds(record.created, self._second),
             "level": record.levelname,
             "logger": record.name,
             "pid": record.process,
@@ -46,7 +73,7 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
-        return json.dumps(entry, default=str)
+        return self._encoder.encode(entry)
 
 
 # How deep redacted_stack follows __cause__ / __context__, and how many frames it keeps of each.
@@ -118,6 +145,12 @@ def redacted_stack(exc: BaseException) -> list[dict[str, Any]]:
 
 def configure(level: str) -> None:
     """Routes all logging through the JSON formatter at the given level."""
+    # No line shows where a record was made, in which thread or process name (pid stays): the
+    # logging module's documented switches spare every record those look-ups.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    logging.logAsyncioTasks = False  # type: ignore[attr-defined,unused-ignore]  # Python 3.12+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

@@ -223,6 +223,16 @@ async def test_get_transaction_rejects_bad_lookups(api):
         assert field in field_violations(error)
 
 
+async def test_list_for_a_user_that_never_existed_is_not_found_and_an_empty_history_is_empty(api):
+    # The user check and the page travel together (one round trip): an unknown user is still
+    # NOT_FOUND, not an empty page, and a user without transactions still gets an empty page.
+    request = ledger_pb2.ListTransactionsRequest(user_id=str(uuid.uuid4()))
+    await rejected(api, api.ledger.ListTransactions, request, NOT_FOUND, "USER_NOT_FOUND")
+    fresh = await new_user(api)
+    page = await api.ledger.ListTransactions(ledger_pb2.ListTransactionsRequest(user_id=fresh))
+    assert list(page.transactions) == [] and page.next_page_token == ""
+
+
 # ---- VerifyLedger -------------------------------------------------------------------------------
 
 

@@ -29,7 +29,8 @@ from psycopg.rows import dict_row
 
 from qdata.v1 import chat_pb2, ledger_pb2, usage_pb2, user_pb2
 from qdata_server import auth
-from qdata_server.db import transactions
+from qdata_server.db import sql, transactions
+from qdata_server.db.pool import open_pool
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, ACTING_FOR_NO_USER, NO_USER_ID, acting_for
 from tests.support.calls import rid
 from tests.support.server import SERVICE_LOGIN, TEST_SETTINGS, serving_url, start_api, stop_api
@@ -307,6 +308,44 @@ async def test_a_transfer_is_visible_to_both_of_its_users_only(populated):
     seen_by_a = await serving_rows(api.database_url, "ledger_transactions", acting_for(a))
     incoming = [r for r in seen_by_a if r["kind"] == "transfer" and r["user_id"] == b]
     assert len(incoming) == 1 and incoming[0]["counterparty_user_id"] == a
+
+
+async def test_a_one_statement_call_sees_only_the_acting_users_rows(populated, monkeypatch):
+    """transactions.statement (GetBalance, GetUser, GetTransaction, GetHold, the login's lockout
+    reservation: the settings and one statement in one round trip, no BEGIN) names the acting user
+    for its statement as run does, and the setting ends with it."""
+    api, a, b = populated
+    transfers = {
+        (r["user_id"], r["transaction_id"]): r["counterparty_user_id"]
+        for r in await owner_rows(api.database_url, "SELECT * FROM ledger_transactions WHERE kind = 'transfer'")
+    }
+    # One connection, so each statement below runs on the one the previous one used.
+    pool = await open_pool(
+        dataclasses.replace(SETTINGS, pool_min_size=1, pool_max_size=1), serving_url(api.database_url)
+    )
+    try:
+        for table in USER_TABLES:
+            owners = owners_of(table, transfers)
+            everyone = await owner_rows(api.database_url, f"SELECT * FROM {table}")
+            # A deliberately unfiltered block, run the way the one-statement reads run theirs.
+            monkeypatch.setitem(sql._QUERIES, "unfiltered_for_test", f"SELECT * FROM {table}")
+            for user, other in ((a, b), (b, a)):
+                seen = await transactions.statement(pool, "unfiltered_for_test", {}, acting=acting_for(user))
+                assert seen, f"{table}: the acting user's own rows are visible"
+                assert all(user in owners(r) for r in seen), f"{table}: another user's row is visible"
+                assert len(seen) == len([r for r in everyone if user in owners(r)]), table
+                assert any(other in owners(r) and user not in owners(r) for r in everyone), table
+            nobody = await transactions.statement(pool, "unfiltered_for_test", {}, acting=ACTING_FOR_NO_USER)
+            assert all(owners(r) <= {NO_USER_ID, None} for r in nobody), table
+        # The statement's transaction ended with it: the connection names nobody now, and an
+        # unfiltered query on it outside any of our transactions sees nothing.
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT current_setting('qdata.acting_users', true) AS acting")
+            assert (await cur.fetchone())["acting"] in (None, "")
+            cur = await conn.execute("SELECT * FROM ledger_accounts")
+            assert await cur.fetchall() == []
+    finally:
+        await pool.close()
 
 
 async def health_of(api) -> int:

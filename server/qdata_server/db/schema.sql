@@ -2074,7 +2074,7 @@ CREATE POLICY audit_events_all_users ON public.audit_events TO qdata_service USI
 
 ALTER TABLE public.chat_imports ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY chat_imports_acting_users ON public.chat_imports TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+CREATE POLICY chat_imports_acting_users ON public.chat_imports TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY chat_imports_all_users ON public.chat_imports TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
@@ -2104,7 +2104,7 @@ CREATE POLICY chat_sessions_shared_token ON public.chat_sessions FOR SELECT TO q
 
 ALTER TABLE public.chat_share_links ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY chat_share_links_acting_users ON public.chat_share_links TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+CREATE POLICY chat_share_links_acting_users ON public.chat_share_links TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY chat_share_links_all_users ON public.chat_share_links TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 

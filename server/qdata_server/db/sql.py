@@ -20,6 +20,8 @@ import re
 from importlib import resources
 from typing import LiteralString, cast
 
+from psycopg import AsyncCursor
+
 from qdata_server import tracing
 from qdata_server.db.connection import Conn, Params, Row
 
@@ -115,6 +117,15 @@ async def fetch_all(conn: Conn, name: str, params: Params | None = None) -> list
             return await cur.fetchall()
     cur = await conn.execute(query(name), params or {})
     return await cur.fetchall()
+
+
+async def submit(conn: Conn, name: str, params: Params | None = None) -> AsyncCursor[Row]:
+    """Queues a named block in a pipeline and returns its cursor, whose rows are there once the
+    pipeline syncs (transactions.statement); the span, with tracing on, covers the queueing only."""
+    if tracing.ON:
+        with tracing.database_span(name):
+            return await conn.execute(query(name), params or {})
+    return await conn.execute(query(name), params or {})
 
 
 async def execute(conn: Conn, name: str, params: Params | None = None) -> None:

@@ -12,6 +12,16 @@ in one flush, so naming the user costs no round trip of its own (a statement who
 work reads waits for it; statements run only for their effect ride along with the next one).
 With QDATA_PREPARED_STATEMENTS=false (the mode for an old PgBouncer, which mishandles pipelines
 too) each statement goes on its own; see QdataPool.pipelined.
+
+`statement(pool, name, params, acting=...)` is the path of a call whose whole work is one named
+statement (GetBalance, GetUser, GetTransaction, GetHold, the login's lockout reservation; and,
+through `statements`, a few that need none of each other's results, as ListTransactions' user
+check and page): the
+settings and the statement are queued and leave with one Sync, so the call is one round trip and
+two statements. No BEGIN or COMMIT is sent: statements of a pipeline up to its Sync run in one
+implicit transaction (PostgreSQL's extended query protocol), so the settings are local to the
+statement's transaction exactly as in `run`, row-level security sees the acting users, the
+deadline bounds the statement, and an error rolls the whole back. Same retries as `run`.
 Database trouble becomes a domain error here, through the one SQLSTATE mapping in db/errors.py, so
 no psycopg exception (and no SQL text) travels further up: a violated constraint becomes the error
 db/constraints.py names for it, an outage or a read-only database UNAVAILABLE, a statement stopped
@@ -34,7 +44,7 @@ import logging
 import random
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -45,10 +55,10 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import callctx, metrics_hooks, tracing
 from qdata_server.contract import wire_reason
-from qdata_server.db.connection import Conn, Pool
+from qdata_server.db.connection import Conn, Params, Pool, Row
 from qdata_server.db.errors import RETRYABLE as _RETRYABLE
 from qdata_server.db.errors import contention, database_error, sqlstate_class, unavailable
-from qdata_server.db.sql import execute
+from qdata_server.db.sql import execute, fetch_all, submit
 from qdata_server.errors import DeadlineExceeded, Unavailable
 
 T = TypeVar("T")
@@ -136,6 +146,60 @@ async def run(
     With snapshot, the transaction is REPEATABLE READ and READ ONLY: every statement sees the
     same consistent state (for checks that read a lot, like VerifyLedger).
     """
+    pipelined = getattr(pool, "pipelined", True)
+
+    async def body(conn: Conn, statement_timeout: str | None) -> T:
+        # Pooled connections are in autocommit mode, so the transaction is ours to open: BEGIN,
+        # the settings and the work's first statement are queued and leave in one flush;
+        # COMMIT rides with the pipeline's closing sync. Without pipelining (see
+        # QdataPool.pipelined) each statement is its own round trip.
+        async with conn.pipeline() if pipelined else contextlib.nullcontext():
+            await conn.execute(_BEGIN_SNAPSHOT if snapshot else _BEGIN)
+            await name_acting(conn, acting, statement_timeout=statement_timeout)
+            result = await work(conn)
+            await conn.execute(_COMMIT)
+        return result
+
+    return await _retrying(pool, body, retries)
+
+
+async def statement(pool: Pool, name: str, params: Params, *, acting: Acting, retries: int = 5) -> list[Row]:
+    """Runs the named statement alone in one transaction acting for `acting`; returns its rows.
+
+    One round trip: the settings and the statement leave with one Sync and run in the implicit
+    transaction that Sync ends (see the module doc). Without pipelining it is `run` of the one
+    statement.
+    """
+    [rows] = await statements(pool, [(name, params)], acting=acting, retries=retries)
+    return rows
+
+
+async def statements(
+    pool: Pool, queries: Sequence[tuple[str, Params]], *, acting: Acting, retries: int = 5
+) -> list[list[Row]]:
+    """As statement, for a few statements none of which needs another's result (a check and the
+    read it guards): all leave with one Sync, in one implicit transaction; returns each one's rows.
+    """
+
+    async def one_by_one(conn: Conn) -> list[list[Row]]:
+        return [await fetch_all(conn, name, params) for name, params in queries]
+
+    if not getattr(pool, "pipelined", True):
+        return await run(pool, one_by_one, acting=acting, retries=retries)
+
+    async def body(conn: Conn, statement_timeout: str | None) -> list[list[Row]]:
+        # Leaving the pipeline sends its Sync and reads every result: the one round trip (an
+        # explicit sync() inside would cost a second one, for the closing Sync).
+        async with conn.pipeline():
+            await name_acting(conn, acting, statement_timeout=statement_timeout)
+            cursors = [await submit(conn, name, params) for name, params in queries]
+        return [await cursor.fetchall() for cursor in cursors]
+
+    return await _retrying(pool, body, retries)
+
+
+async def _retrying(pool: Pool, body: Callable[[Conn, str | None], Awaitable[T]], retries: int) -> T:
+    """Runs body(conn, statement_timeout) on a pooled connection, rerunning it as `run` says."""
     attempt = 0
     stale_attempts = 0
     while True:
@@ -144,8 +208,8 @@ async def run(
                 # One span per attempt (its pool wait included), parent of the statements' spans.
                 tries = attempt + stale_attempts + 1
                 with tracing.database_span("transaction", **{"qdata.transaction.attempt": tries}):
-                    return await _run_once(pool, work, acting, snapshot)
-            return await _run_once(pool, work, acting, snapshot)
+                    return await _run_once(pool, body)
+            return await _run_once(pool, body)
         except _STALE_PLAN as exc:
             # A newer replica changed a table under a statement this connection prepared; the
             # rollback in _run_once made psycopg forget (and DEALLOCATE) that connection's
@@ -219,12 +283,7 @@ async def name_acting(
     await execute(conn, "begin_transaction", {**acting.settings(), "statement_timeout": statement_timeout})
 
 
-async def _run_once(
-    pool: Pool,
-    work: Callable[[Conn], Awaitable[T]],
-    acting: Acting,
-    snapshot: bool,
-) -> T:
+async def _run_once(pool: Pool, body: Callable[[Conn, str | None], Awaitable[T]]) -> T:
     ctx = callctx.current()
     left = ctx.time_left() if ctx else None
     if left is not None and left <= _DEADLINE_MARGIN_SECONDS:
@@ -235,16 +294,7 @@ async def _run_once(
     wait = pool.timeout if left is None else max(0.001, min(pool.timeout, left - _CHECKOUT_MARGIN_SECONDS))
     async with pool.connection(timeout=wait) as conn:
         try:
-            # Pooled connections are in autocommit mode, so the transaction is ours to open: BEGIN,
-            # the settings and the work's first statement are queued and leave in one flush;
-            # COMMIT rides with the pipeline's closing sync. Without pipelining (see
-            # QdataPool.pipelined) each statement is its own round trip.
-            async with conn.pipeline() if getattr(pool, "pipelined", True) else contextlib.nullcontext():
-                await conn.execute(_BEGIN_SNAPSHOT if snapshot else _BEGIN)
-                await name_acting(conn, acting, statement_timeout=timeout)
-                result = await work(conn)
-                await conn.execute(_COMMIT)
-            return result
+            return await body(conn, timeout)
         except pg_errors.ReadOnlySqlTransaction as exc:
             metrics_hooks.database_error(sqlstate_class(exc))
             # This connection reaches a read-only server (a demoted primary, say): close it, so the

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from google.protobuf.message import Message
 
@@ -47,13 +47,14 @@ async def get_balance(deps: Deps, request: ledger_pb2.GetBalanceRequest) -> ledg
     assert user_id is not None  # raise_if_any() passed
     rules.check_supported("currency_code", currency, deps.settings.ledger_currencies)
 
-    async def work(conn: Conn) -> dict[str, Any] | None:
-        await _require_user(conn, user_id)
-        return await fetch_one(conn, "ledger_get_balance", {"user_id": user_id, "currency_code": currency})
-
-    row = await deps.transaction(work, acting=acting_for(user_id))
+    # One statement, one round trip: whether the user ever existed and the balance.
+    row = await deps.statement_row(
+        "ledger_get_balance", {"user_id": user_id, "currency_code": currency}, acting=acting_for(user_id)
+    )
+    if row is None:
+        raise _user_never_existed()
     balance = ledger_pb2.Balance(user_id=str(user_id), currency_code=currency)
-    if row is not None:
+    if row["posted_micros"] is not None:
         balance.posted_micros = row["posted_micros"]
         balance.held_micros = row["held_micros"]
         balance.available_micros = row["posted_micros"] - row["held_micros"]
@@ -77,10 +78,7 @@ async def _owned(deps: Deps, request: _ForUser, id_field: str, query_name: str, 
     user_id = v.uuid("user_id", request.user_id)
     row_id = v.uuid(id_field, getattr(request, id_field))
     v.raise_if_any()
-    row = await deps.transaction(
-        lambda conn: fetch_one(conn, query_name, {"user_id": user_id, id_field: row_id}),
-        acting=acting_for(user_id),
-    )
+    row = await deps.statement_row(query_name, {"user_id": user_id, id_field: row_id}, acting=acting_for(user_id))
     if row is None:
         raise missing()
     return row
@@ -146,23 +144,21 @@ async def list_transactions(
     tokens = await deps.page_tokens()
     cursor = tokens.open(request.page_token, LIST_TRANSACTIONS_PAGES, filters)
 
-    async def work(conn: Conn) -> list[dict[str, Any]]:
-        await _require_user(conn, user_id)
-        return await fetch_all(
-            conn,
-            "ledger_list_transactions",
-            {
-                "user_id": user_id,
-                "start_time": start,
-                "end_time": end,
-                "kinds": kinds or None,
-                "currency_code": currency,
-                "before_position": int(cursor[0]) if cursor else None,
-                "limit": limit + 1,
-            },
-        )
-
-    rows = await deps.transaction(work, acting=acting_for(user_id))
+    page = {
+        "user_id": user_id,
+        "start_time": start,
+        "end_time": end,
+        "kinds": kinds or None,
+        "currency_code": currency,
+        "before_position": int(cursor[0]) if cursor else None,
+        "limit": limit + 1,
+    }
+    # The user check and the page in one round trip (neither needs the other's answer).
+    user, rows = await deps.statements(
+        [("ledger_user_state", {"user_id": user_id}), ("ledger_list_transactions", page)], acting=acting_for(user_id)
+    )
+    if not user:
+        raise _user_never_existed()
     rows, next_token = tokens.page(
         rows,
         limit,

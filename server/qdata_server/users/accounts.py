@@ -99,12 +99,9 @@ async def get_user(deps: Deps, request: user_pb2.GetUserRequest) -> user_pb2.Get
         v.add("lookup", "set one of id, email or username")
     v.raise_if_any()
 
-    async def work(conn: Conn) -> dict[str, Any] | None:
-        return await fetch_one(conn, name, params)
-
     # Finding a user by email or username is a search across users; by id, it acts for that user.
     acting = acting_for(params["user_id"]) if lookup == "id" else ACTING_FOR_ALL_USERS
-    row = await deps.transaction(work, acting=acting)
+    row = await deps.statement_row(name, params, acting=acting)
     if row is None:
         raise user_not_found()
     return user_pb2.GetUserResponse(user=convert.user(row))

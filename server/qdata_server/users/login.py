@@ -8,7 +8,9 @@ once. A right password clears the count, also when it cannot log in (a disabled 
 one stays counted. A login that names no user is counted the same way under a keyed digest, so
 that it answers exactly the sequence a real login answers and cannot be told from one. The
 password check (bcrypt or legacy PBKDF2, or a dummy bcrypt for an unknown login) runs off the event
-loop and outside any transaction.
+loop (on the hasher's own thread pool, see passwords.py) and outside any transaction. The
+reservation and the finishing update are each one statement in one round trip
+(Deps.statement), so a login costs two round trips around its hash check.
 """
 
 from __future__ import annotations
@@ -64,16 +66,20 @@ async def authenticate(deps: Deps, request: user_pb2.AuthenticateRequest) -> use
         return user_pb2.AuthenticateResponse(outcome=user_pb2.AUTHENTICATE_OUTCOME_DISABLED)
 
     new_hash = await deps.passwords.hash(request.password) if check.needs_rehash else None
+    params = {"user_id": row["user_id"], "new_hash": new_hash, "old_hash": row["password_hash"]}
 
     async def finish(conn: Conn) -> dict[str, Any] | None:
-        done = await fetch_one(
-            conn, "finish_login", {"user_id": row["user_id"], "new_hash": new_hash, "old_hash": row["password_hash"]}
-        )
-        if done is not None and new_hash is not None:
+        done = await fetch_one(conn, "finish_login", params)
+        if done is not None:
             await _audit(conn, "users.Authenticate", row["user_id"], {"password_rehashed": True})
         return done
 
-    done = await deps.transaction(finish, acting=acting_for(row["user_id"]))
+    # The usual login is one statement (one round trip); a rehash also writes its audit event.
+    acting = acting_for(row["user_id"])
+    if new_hash is None:
+        done = await deps.statement_row("finish_login", params, acting=acting)
+    else:
+        done = await deps.transaction(finish, acting=acting)
     if done is None:  # deleted between the check and now
         return user_pb2.AuthenticateResponse(outcome=user_pb2.AUTHENTICATE_OUTCOME_INVALID_CREDENTIALS)
     return user_pb2.AuthenticateResponse(outcome=user_pb2.AUTHENTICATE_OUTCOME_SUCCESS, user=convert.user(done))
@@ -108,14 +114,12 @@ async def _reserve_check(
         "threshold": deps.settings.lockout_threshold,
         "lock_seconds": deps.settings.lockout_seconds,
     }
-    return await deps.transaction(lambda conn: fetch_one(conn, "reserve_password_check", params), acting=acting)
+    return await deps.statement_row("reserve_password_check", params, acting=acting)
 
 
 async def _clear_failures(deps: Deps, user_id: uuid.UUID) -> None:
     """Forgets the user's counted failures and lock: a right password was given."""
-    await deps.transaction(
-        lambda conn: fetch_one(conn, "clear_failed_logins", {"user_id": user_id}), acting=acting_for(user_id)
-    )
+    await deps.statement_row("clear_failed_logins", {"user_id": user_id}, acting=acting_for(user_id))
 
 
 async def _audit_lock(deps: Deps, row: dict[str, Any]) -> None:

@@ -3,8 +3,14 @@
 bcrypt reads at most 72 bytes (bcrypt 5 raises beyond), so the password is first reduced to
 HMAC-SHA-256(pepper, password), base64-encoded (44 bytes): every byte of any length counts, and
 the optional pepper keeps a stolen table useless without the configuration. bcrypt and PBKDF2
-both run in a worker thread, off the event loop. The same pepper keys the digests under which
-failures of unknown logins are counted (`login_digest`), so the table of those never holds a login.
+both run off the event loop, on a thread pool of their own with one thread per core this process
+may run on (`hash_executor`), not asyncio's default executor: that one is shared with everything
+else sent to a thread (the event loop's getaddrinfo, which psycopg uses when the pool opens a
+connection, and every asyncio.to_thread) and has cores + 4 threads, so a burst of logins would
+queue a new database connection's name lookup behind seconds of hashing, and threads beyond the
+cores add switching, not hashes (bcrypt and hashlib release the GIL while they work). The same
+pepper keys the digests under which failures of unknown logins are counted (`login_digest`), so
+the table of those never holds a login.
 
 Stored formats:
 - current:  "bcrypt-hmac-sha256$" + bcrypt hash ("$2b$12$...")
@@ -19,7 +25,11 @@ import base64
 import dataclasses
 import hashlib
 import hmac
+import os
 import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import bcrypt
 
@@ -37,6 +47,33 @@ SCHEME_DJANGO = "django"
 _SALT = r"(?P<salt>[^$\x00-\x1f\x7f]{1,128})"
 _WERKZEUG = re.compile(r"^pbkdf2:sha256:(?P<iterations>\d{1,8})\$" + _SALT + r"\$(?P<hash>[0-9a-f]{32,128})$")
 _DJANGO = re.compile(r"^pbkdf2_sha256\$(?P<iterations>\d{1,8})\$" + _SALT + r"\$(?P<hash>[A-Za-z0-9+/]{20,172}={0,2})$")
+
+
+T = TypeVar("T")
+# The hashing threads of this process: created on first use, again after a fork (see hash_executor).
+_executor: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def hash_cores() -> int:
+    """The cores this process may run on: the hashing pool's size."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return os.cpu_count() or 1
+
+
+def hash_executor() -> ThreadPoolExecutor:
+    """This process's password-hashing thread pool (hash_cores() threads; see the module doc)."""
+    global _executor
+    pid = os.getpid()
+    if _executor is None or _executor[0] != pid:
+        # A forked worker does not inherit the parent's threads: it builds its own pool.
+        _executor = (pid, ThreadPoolExecutor(max_workers=hash_cores(), thread_name_prefix="qdata-hash"))
+    return _executor[1]
+
+
+async def _off_loop(function: Callable[..., T], *args: str) -> T:
+    return await asyncio.get_running_loop().run_in_executor(hash_executor(), function, *args)
 
 
 class LegacyHashError(ValueError):
@@ -140,11 +177,11 @@ class PasswordHasher:
 
     async def hash(self, password: str) -> str:
         """A new current-scheme hash of password."""
-        return await asyncio.to_thread(self._hash_sync, password)
+        return await _off_loop(self._hash_sync, password)
 
     async def verify(self, password: str, stored: str | None) -> Verification:
         """Checks password against stored; with no stored hash, burns the same time and fails."""
         if not stored:
-            await asyncio.to_thread(self._verify_sync, password, self._dummy_hash)
+            await _off_loop(self._verify_sync, password, self._dummy_hash)
             return Verification(False)
-        return await asyncio.to_thread(self._verify_sync, password, stored)
+        return await _off_loop(self._verify_sync, password, stored)

@@ -49,14 +49,18 @@ SELECT ledger_sweep_expired_holds(%(limit)s) AS swept;
 SELECT status FROM users WHERE user_id = %(user_id)s;
 
 -- name: ledger_get_balance
--- A user's balance in one currency; held counts only holds still reserving at this moment.
-SELECT a.posted_micros,
+-- A user's balance in one currency, GetBalance's whole work in one statement: no row if the user
+-- never existed (deleted users' money stays readable); posted_micros NULL if the user has no
+-- account in the currency. held counts only holds still reserving at this moment.
+SELECT u.status AS user_status,
+       a.posted_micros,
        coalesce((SELECT sum(h.amount_micros) FROM ledger_holds h
                   WHERE h.user_id = a.user_id AND h.currency_code = a.currency_code
                     AND h.status = 'active' AND h.expire_at > now()), 0)::bigint AS held_micros,
        a.updated_at
-  FROM ledger_accounts a
- WHERE a.user_id = %(user_id)s AND a.currency_code = %(currency_code)s;
+  FROM users u
+  LEFT JOIN ledger_accounts a ON a.user_id = u.user_id AND a.currency_code = %(currency_code)s
+ WHERE u.user_id = %(user_id)s;
 
 -- name: ledger_get_transaction
 -- One transaction visible to a user (its owner or a transfer's receiver), with postings and the
