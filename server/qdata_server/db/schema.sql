@@ -38,28 +38,15 @@ CREATE FUNCTION public.audit_event_hash(p_prev bytea, p_shard smallint, p_seq bi
 $$;
 
 CREATE FUNCTION public.audit_events_chain() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+    LANGUAGE plpgsql
     AS $$
-DECLARE
-    head audit_chain_heads;
 BEGIN
-    -- The transaction's own chain (subtransactions share the top-level transaction id).
-    SELECT * INTO head FROM audit_chain_heads
-     WHERE chain_shard = (txid_current() % 32)::smallint
-       FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'audit chain head % is missing; the audit trail cannot be extended', txid_current() % 32;
-    END IF;
-    -- Whatever the caller supplied, the chain decides these.
-    NEW.chain_shard := head.chain_shard;
-    NEW.chain_seq := head.last_seq + 1;
-    NEW.prev_hash := head.last_hash;
-    NEW.hash := audit_event_hash(NEW.prev_hash, NEW.chain_shard, NEW.chain_seq, NEW.audit_event_id,
-                                 NEW.occurred_at, NEW.actor, NEW.user_id, NEW.action, NEW.target_type,
-                                 NEW.target_id, NEW.request_id, NEW.summary);
-    UPDATE audit_chain_heads SET last_seq = NEW.chain_seq, last_hash = NEW.hash
-     WHERE chain_shard = head.chain_shard;
+    NEW.written_xid := pg_current_xact_id()::text::bigint;
+    NEW.chain_shard := NULL;
+    NEW.chain_seq := NULL;
+    NEW.prev_hash := NULL;
+    NEW.hash := NULL;
+    NEW.sealed_at := NULL;
     RETURN NEW;
 END;
 $$;
@@ -68,6 +55,16 @@ CREATE FUNCTION public.audit_events_forbid_change() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        IF OLD.chain_seq IS NULL AND NEW.chain_seq IS NOT NULL
+           AND (NEW.audit_event_id, NEW.occurred_at, NEW.actor, NEW.user_id, NEW.action, NEW.target_type,
+                NEW.target_id, NEW.request_id, NEW.summary, NEW.written_xid)
+               IS NOT DISTINCT FROM
+               (OLD.audit_event_id, OLD.occurred_at, OLD.actor, OLD.user_id, OLD.action, OLD.target_type,
+                OLD.target_id, OLD.request_id, OLD.summary, OLD.written_xid) THEN
+            RETURN NEW;
+        END IF;
+    END IF;
     RAISE EXCEPTION 'audit_events is append-only'
         USING ERRCODE = 'insufficient_privilege', CONSTRAINT = 'audit_events_append_only';
 END;
@@ -78,6 +75,75 @@ CREATE FUNCTION public.audit_hash_field(value text) RETURNS bytea
     AS $$
     SELECT CASE WHEN value IS NULL THEN '\xffffffff'::bytea
                 ELSE int4send(octet_length(convert_to(value, 'UTF8'))) || convert_to(value, 'UTF8') END
+$$;
+
+CREATE FUNCTION public.audit_seal(p_limit integer) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+DECLARE
+    horizon bigint;
+    seqs bigint[];
+    hashes bytea[];
+    moved boolean[];
+    head record;
+    ev record;
+    shard integer;
+    next_hash bytea;
+    sealed integer := 0;
+BEGIN
+    IF p_limit IS NULL OR p_limit < 1 THEN
+        RAISE EXCEPTION 'audit_seal needs a positive limit' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Each statement below must see what the previous sealer committed.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'audit_seal runs under READ COMMITTED only' USING ERRCODE = 'invalid_transaction_state';
+    END IF;
+    IF NOT pg_try_advisory_xact_lock(hashtextextended('qdata.audit_seal', 0)) THEN
+        RETURN 0;
+    END IF;
+    horizon := pg_snapshot_xmin(pg_current_snapshot())::text::bigint;
+    IF NOT EXISTS (SELECT FROM audit_events WHERE chain_seq IS NULL AND written_xid < horizon) THEN
+        RETURN 0;
+    END IF;
+    -- Every head, in order (a writer of a build before 0018 locks one head, so no deadlock).
+    FOR head IN SELECT chain_shard, last_seq, last_hash FROM audit_chain_heads ORDER BY chain_shard FOR UPDATE LOOP
+        seqs[head.chain_shard] := head.last_seq;
+        hashes[head.chain_shard] := head.last_hash;
+        moved[head.chain_shard] := false;
+    END LOOP;
+    FOR ev IN
+        SELECT audit_event_id, written_xid, occurred_at, actor, user_id, action, target_type, target_id,
+               request_id, summary
+          FROM audit_events
+         WHERE chain_seq IS NULL AND written_xid < horizon
+         ORDER BY written_xid, audit_event_id
+         LIMIT p_limit
+    LOOP
+        shard := (ev.written_xid % 32)::integer;
+        IF seqs[shard] IS NULL THEN
+            RAISE EXCEPTION 'audit chain head % is missing; the audit trail cannot be extended', shard;
+        END IF;
+        next_hash := audit_event_hash(hashes[shard], shard::smallint, seqs[shard] + 1, ev.audit_event_id,
+                                      ev.occurred_at, ev.actor, ev.user_id, ev.action, ev.target_type,
+                                      ev.target_id, ev.request_id, ev.summary);
+        UPDATE audit_events
+           SET chain_shard = shard, chain_seq = seqs[shard] + 1, prev_hash = hashes[shard], hash = next_hash,
+               sealed_at = clock_timestamp()
+         WHERE audit_event_id = ev.audit_event_id AND chain_seq IS NULL;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'audit event % was sealed meanwhile by something other than audit_seal', ev.audit_event_id;
+        END IF;
+        seqs[shard] := seqs[shard] + 1;
+        hashes[shard] := next_hash;
+        moved[shard] := true;
+        sealed := sealed + 1;
+    END LOOP;
+    UPDATE audit_chain_heads
+       SET last_seq = seqs[chain_shard], last_hash = hashes[chain_shard]
+     WHERE moved[chain_shard];
+    RETURN sealed;
+END;
 $$;
 
 CREATE FUNCTION public.idempotency_claim(p_user uuid, p_actor text, p_request_id text, p_method text, p_request_hash bytea, OUT claimed boolean, OUT stored_method text, OUT stored_hash bytea, OUT stored_response bytea) RETURNS record
@@ -1008,11 +1074,13 @@ CREATE TABLE public.audit_events (
     target_id text NOT NULL,
     request_id text NOT NULL,
     summary jsonb DEFAULT '{}'::jsonb NOT NULL,
-    chain_shard smallint NOT NULL,
-    chain_seq bigint NOT NULL,
-    prev_hash bytea NOT NULL,
-    hash bytea NOT NULL,
+    chain_shard smallint,
+    chain_seq bigint,
+    prev_hash bytea,
+    hash bytea,
     written_xid bigint DEFAULT ((pg_current_xact_id())::text)::bigint,
+    sealed_at timestamp with time zone,
+    CONSTRAINT audit_events_chain_complete CHECK ((((chain_shard IS NULL) = (chain_seq IS NULL)) AND ((chain_seq IS NULL) = (prev_hash IS NULL)) AND ((prev_hash IS NULL) = (hash IS NULL)) AND ((chain_seq IS NOT NULL) OR (written_xid IS NOT NULL)))),
     CONSTRAINT audit_events_hash_length CHECK (((octet_length(prev_hash) = 32) AND (octet_length(hash) = 32)))
 );
 
@@ -1518,6 +1586,8 @@ CREATE INDEX audit_events_action_idx ON public.audit_events USING btree (action,
 
 CREATE INDEX audit_events_occurred_idx ON public.audit_events USING btree (occurred_at);
 
+CREATE INDEX audit_events_unsealed_idx ON public.audit_events USING btree (written_xid, audit_event_id) WHERE (chain_seq IS NULL);
+
 CREATE INDEX audit_events_user_idx ON public.audit_events USING btree (user_id, audit_event_id);
 
 CREATE INDEX audit_events_user_written_order_idx ON public.audit_events USING btree (user_id, COALESCE(written_xid, (0)::bigint) DESC, audit_event_id DESC);
@@ -1788,6 +1858,9 @@ CREATE POLICY users_all_users ON public.users TO qdata_service USING (public.qda
 GRANT USAGE ON SCHEMA public TO qdata_service;
 
 GRANT USAGE ON SCHEMA usage_partitions TO qdata_service;
+
+REVOKE ALL ON FUNCTION public.audit_seal(p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.audit_seal(p_limit integer) TO qdata_service;
 
 GRANT SELECT,INSERT,UPDATE ON TABLE public.ledger_accounts TO qdata_service;
 
