@@ -58,7 +58,18 @@ def _command(argv: list[str] | None) -> int:
         "command",
         nargs="?",
         default="serve",
-        choices=["serve", "migrate", "status", "verify", "verify-audit", "seal-audit", "seed", "import", "hash-token", "rewrap-keys"],
+        choices=[
+            "serve",
+            "migrate",
+            "status",
+            "verify",
+            "verify-audit",
+            "seal-audit",
+            "seed",
+            "import",
+            "hash-token",
+            "rewrap-keys",
+        ],
     )
     parser.add_argument("file", nargs="?", help="import: the JSON Lines dump")
     parser.add_argument("--dry-run", action="store_true", help="import: validate and report, write nothing")
@@ -113,7 +124,9 @@ def _command(argv: list[str] | None) -> int:
         elif args.command == "verify-audit":
             from qdata_server import audit_chain
 
-            report = asyncio.run(audit_chain.verify(conninfo, max_unsealed_seconds=settings.audit_seal_max_delay_seconds))
+            report = asyncio.run(
+                audit_chain.verify(conninfo, max_unsealed_seconds=settings.audit_seal_max_delay_seconds)
+            )
             for broken in report.problems:
                 print(f"problem: {broken}")
             if report.unsealed:

@@ -103,8 +103,11 @@ async def test_concurrent_writers_and_sealers_seal_every_event_once(api_with):
 
 
 async def test_one_sealer_at_a_time(api):
-    await sql(api, "INSERT INTO audit_events (actor, action, target_type, target_id, request_id)"
-              " SELECT 'test', 'test.Seal', 'thing', n::text, 'r' FROM generate_series(1, 50) AS n")
+    await sql(
+        api,
+        "INSERT INTO audit_events (actor, action, target_type, target_id, request_id)"
+        " SELECT 'test', 'test.Seal', 'thing', n::text, 'r' FROM generate_series(1, 50) AS n",
+    )
     async with await psycopg.AsyncConnection.connect(api.database_url) as holder:
         await holder.execute("SELECT pg_advisory_xact_lock(hashtextextended('qdata.audit_seal', 0))")
         assert await seal(api) == 0  # another sealer is at work: this round skips

@@ -24,9 +24,9 @@ from google.protobuf import timestamp_pb2
 
 from qdata.v1 import chat_pb2, ledger_pb2, usage_pb2, user_pb2
 from qdata_server import audit_chain
+from tests.support.audit import seal
 from tests.support.calls import PASSWORD, create_user, expect_error, field_violations, rid
 from tests.support.chat import append, create_session
-from tests.support.audit import seal
 from tests.support.database import sql
 from tests.support.ledger import create_hold, deposit, new_user
 from tests.support.server import TEST_SETTINGS, Api, ModuleServer

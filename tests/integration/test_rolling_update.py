@@ -205,7 +205,8 @@ async def test_events_chained_by_the_release_before_0018_and_by_the_sealer_make_
             migrating = asyncio.create_task(
                 asyncio.to_thread(migrate.migrate, url, migrations=shipped, sources=shipped_sources)
             )
-            while not await sql(api, "SELECT 1 FROM pg_locks WHERE relation = 'audit_events'::regclass AND NOT granted"):
+            waiting = "SELECT 1 FROM pg_locks WHERE relation = 'audit_events'::regclass AND NOT granted"
+            while not await sql(api, waiting):
                 assert not migrating.done(), migrating.result()
                 await asyncio.sleep(0.01)
             # Writes that come now queue behind the migration's lock, and go through after it.
