@@ -82,7 +82,6 @@ CREATE FUNCTION public.audit_seal(p_limit integer) RETURNS integer
     SET search_path TO 'public', 'pg_temp'
     AS $$
 DECLARE
-    horizon bigint;
     seqs bigint[];
     hashes bytea[];
     moved boolean[];
@@ -102,8 +101,10 @@ BEGIN
     IF NOT pg_try_advisory_xact_lock(hashtextextended('qdata.audit_seal', 0)) THEN
         RETURN 0;
     END IF;
-    horizon := pg_snapshot_xmin(pg_current_snapshot())::text::bigint;
-    IF NOT EXISTS (SELECT FROM audit_events WHERE chain_seq IS NULL AND written_xid < horizon) THEN
+    IF NOT EXISTS (SELECT FROM audit_events
+                    WHERE chain_seq IS NULL
+                      AND (written_xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+                           OR written_xid >= pg_snapshot_xmax(pg_current_snapshot())::text::bigint)) THEN
         RETURN 0;
     END IF;
     -- Every head, in order (a writer of a build before 0018 locks one head, so no deadlock).
@@ -116,7 +117,9 @@ BEGIN
         SELECT audit_event_id, written_xid, occurred_at, actor, user_id, action, target_type, target_id,
                request_id, summary
           FROM audit_events
-         WHERE chain_seq IS NULL AND written_xid < horizon
+         WHERE chain_seq IS NULL
+           AND (written_xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+                OR written_xid >= pg_snapshot_xmax(pg_current_snapshot())::text::bigint)
          ORDER BY written_xid, audit_event_id
          LIMIT p_limit
     LOOP

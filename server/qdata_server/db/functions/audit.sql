@@ -95,12 +95,14 @@ CREATE OR REPLACE TRIGGER audit_events_chain
 -- (written_xid, audit_event_id) order therefore skips nothing (a transaction that commits after
 -- one with a higher id is simply sealed in a later round, once it has ended) and seals each event
 -- once (the update requires chain_seq IS NULL, under the seal lock and the heads' row locks).
--- An event goes on chain written_xid % 32, the chain the trigger used before 0018, after the
--- chain's head, which moves with it.
+-- Events visible with a written_xid at or above the snapshot's xmax cannot come from a
+-- transaction of this cluster (none had that id yet): they were restored from another cluster's
+-- dump, committed there, and are sealed too (otherwise they would wait for this cluster's ids to
+-- catch up). An event goes on chain written_xid % 32, the chain the trigger used before 0018,
+-- after the chain's head, which moves with it.
 CREATE OR REPLACE FUNCTION audit_seal(p_limit integer) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
-    horizon bigint;
     seqs bigint[];
     hashes bytea[];
     moved boolean[];
@@ -120,8 +122,10 @@ BEGIN
     IF NOT pg_try_advisory_xact_lock(hashtextextended('qdata.audit_seal', 0)) THEN
         RETURN 0;
     END IF;
-    horizon := pg_snapshot_xmin(pg_current_snapshot())::text::bigint;
-    IF NOT EXISTS (SELECT FROM audit_events WHERE chain_seq IS NULL AND written_xid < horizon) THEN
+    IF NOT EXISTS (SELECT FROM audit_events
+                    WHERE chain_seq IS NULL
+                      AND (written_xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+                           OR written_xid >= pg_snapshot_xmax(pg_current_snapshot())::text::bigint)) THEN
         RETURN 0;
     END IF;
     -- Every head, in order (a writer of a build before 0018 locks one head, so no deadlock).
@@ -134,7 +138,9 @@ BEGIN
         SELECT audit_event_id, written_xid, occurred_at, actor, user_id, action, target_type, target_id,
                request_id, summary
           FROM audit_events
-         WHERE chain_seq IS NULL AND written_xid < horizon
+         WHERE chain_seq IS NULL
+           AND (written_xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+                OR written_xid >= pg_snapshot_xmax(pg_current_snapshot())::text::bigint)
          ORDER BY written_xid, audit_event_id
          LIMIT p_limit
     LOOP
