@@ -18,9 +18,10 @@ from qdata_server.db import transactions
 from qdata_server.db.connection import Conn, Pool
 from qdata_server.db.sql import fetch_row
 
-# Events per sealing transaction: long enough to amortize a round, short enough that the heads'
-# row locks (which only a writer of a build before 0018 would wait for) are held briefly.
-BATCH = 2000
+# Events per sealing transaction: enough to amortize a round, few enough that the transaction
+# stays short (it writes, so while it runs it holds back ListAuditEvents' horizon, see 0012, and
+# it holds the heads' row locks, which only a writer of a build before 0018 would wait for).
+BATCH = 500
 
 
 async def _seal_batch(conn: Conn, batch: int) -> int:
