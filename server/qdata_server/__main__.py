@@ -5,7 +5,10 @@ migrate  applies pending migrations and changed db/functions files (a Kubernetes
          container runs this)
 status   lists pending migrations and db/functions files
 verify   checks the migration history, the live schema and database code; exits 1 on any problem
-verify-audit  recomputes the audit trail's hash chain; exits 1 on an edited or missing event
+verify-audit  recomputes the audit trail's hash chain; exits 1 on an edited or missing event, or
+         on an event left unsealed longer than QDATA_AUDIT_SEAL_MAX_DELAY_SECONDS
+seal-audit  chains every audit event whose transaction has ended (the servers do it in the
+         background; this is for a database no server is writing to, or before a verify-audit)
 seed     loads the sample data into an empty database
 rewrap-keys [--batch N]
          re-wraps every stored API key's data key under the key ring's primary version, online,
@@ -17,7 +20,7 @@ import FILE [--dry-run] [--jobs N]
 hash-token  reads a caller token on stdin (or makes a new one if stdin is empty) and prints the
          sha256:<hex> form QDATA_AUTH_TOKENS takes
 
-migrate, status, verify, verify-audit and rewrap-keys act on QDATA_OWNER_DATABASE_URL, else
+migrate, status, verify, verify-audit, seal-audit and rewrap-keys act on QDATA_OWNER_DATABASE_URL, else
 DATABASE_URL, else (neither set) the embedded PostgreSQL. serve, seed and import need DATABASE_URL, the
 serving login: with QDATA_OWNER_DATABASE_URL alone they exit 2 with a configuration error.
 """
@@ -55,7 +58,18 @@ def _command(argv: list[str] | None) -> int:
         "command",
         nargs="?",
         default="serve",
-        choices=["serve", "migrate", "status", "verify", "verify-audit", "seed", "import", "hash-token", "rewrap-keys"],
+        choices=[
+            "serve",
+            "migrate",
+            "status",
+            "verify",
+            "verify-audit",
+            "seal-audit",
+            "seed",
+            "import",
+            "hash-token",
+            "rewrap-keys",
+        ],
     )
     parser.add_argument("file", nargs="?", help="import: the JSON Lines dump")
     parser.add_argument("--dry-run", action="store_true", help="import: validate and report, write nothing")
@@ -110,14 +124,26 @@ def _command(argv: list[str] | None) -> int:
         elif args.command == "verify-audit":
             from qdata_server import audit_chain
 
-            report = asyncio.run(audit_chain.verify(conninfo))
+            report = asyncio.run(
+                audit_chain.verify(conninfo, max_unsealed_seconds=settings.audit_seal_max_delay_seconds)
+            )
             for broken in report.problems:
                 print(f"problem: {broken}")
+            if report.unsealed:
+                print(
+                    f"unsealed: {report.unsealed} event(s) not chained yet, the oldest"
+                    f" {report.oldest_unsealed_seconds or 0:.1f} s old"
+                    f" (bound {settings.audit_seal_max_delay_seconds:g} s)"
+                )
             if report.ok:
                 print(f"audit trail intact: {report.checked} event(s) verified in {report.chains} chain(s)")
                 return 0
             print(f"audit trail broken: {len(report.problems)} problem(s) in {report.checked} event(s) checked")
             return 1
+        elif args.command == "seal-audit":
+            from qdata_server import audit_sealer
+
+            print(f"sealed {asyncio.run(audit_sealer.seal_all(conninfo))} audit event(s)")
         elif args.command == "rewrap-keys":
             return rewrap_keys(settings, conninfo, args.batch)
     except migrate.MigrationError as exc:

@@ -4,10 +4,11 @@ The composition root: one `QdataServer` lives in each worker process (created af
 `start` loads what it was not given (inputs.py), opens the pool, builds the Deps (deps.py) and
 the servicers, checks the key ring (gates.py), serves and starts the background jobs
 (background.py: the health monitor of health.py, the expired-hold sweeper, the idempotency purge,
-the usage upkeep; with metrics on, the pool sampler and, in worker 0, the database-derived
-gauges; in worker 0, the scheduled verification when QDATA_VERIFY_INTERVAL_SECONDS is set);
-`stop` enters graceful shutdown, which refuses new calls with UNAVAILABLE, drains, cancels what
-the grace period leaves running and closes every database connection.
+the audit sealer, the usage upkeep; with metrics on, the pool sampler and, in worker 0, the
+database-derived gauges; in worker 0, the scheduled verification when
+QDATA_VERIFY_INTERVAL_SECONDS is set); `stop` enters graceful shutdown, which refuses new calls
+with UNAVAILABLE, drains, cancels what the grace period leaves running and closes every database
+connection.
 With TLS configured the port is served with TLS (mutual TLS with a client CA); an optional second,
 plaintext server on QDATA_HEALTH_LISTEN_ADDRESS serves only the same health servicer, for probes.
 """
@@ -25,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from qdata.v1 import chat_pb2_grpc, ledger_pb2_grpc, usage_pb2_grpc, user_pb2_grpc
-from qdata_server import background, idempotency, inputs, metrics_database, metrics_hooks, reflection
+from qdata_server import audit_sealer, background, idempotency, inputs, metrics_database, metrics_hooks, reflection
 from qdata_server.auth import Authenticator
 from qdata_server.chat.service import ChatServicer
 from qdata_server.config import ConfigError, Settings
@@ -188,6 +189,8 @@ class QdataServer:
                 self._purge_request_ids,
                 "idempotency purge failed",
             )
+        if settings.audit_seal_seconds > 0:
+            self._background("qdata-audit-sealer", settings.audit_seal_seconds, self._seal_audit, "audit seal failed")
         # Folds recorded usage into the statistics rollups and keeps usage partitions ahead.
         self._tasks.append(asyncio.create_task(usage_maintenance.run(deps, self._serving), name="qdata-usage-upkeep"))
         if self._metrics is not None:
@@ -239,6 +242,11 @@ class QdataServer:
         purged = await idempotency.purge_expired(self.pool, self.settings.idempotency_retention_hours * 3600)
         if purged:
             log.info("purged idempotency records", extra={"records": purged})
+
+    async def _seal_audit(self) -> None:
+        """Chains the audit events of ended transactions (audit_sealer.py)."""
+        assert self.pool is not None
+        await audit_sealer.seal(self.pool)
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful shutdown; afterwards no call runs and no database connection is left open.

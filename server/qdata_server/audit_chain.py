@@ -1,7 +1,9 @@
 """Verification of the hash-chained audit trail (`python -m qdata_server verify-audit`).
 
-Migration 0006 chains every audit event, inside the database, to the event before it in one of
-32 chains (chosen by transaction id, so concurrent mutations rarely wait for each other):
+Every audit event is chained, inside the database, to the event before it in one of 32 chains
+(chosen by its writer's transaction id). Since migration 0017 the chaining happens after the
+writer commits, in batches, by one sealer at a time (audit_seal in db/functions/audit.sql, run by
+qdata_server.audit_sealer); until then an event is unsealed. The hash (migration 0006):
 
     hash = sha256(b"qdata.audit.v1" + prev_hash + field(shard) + field(seq) + field(id)
                   + field(time) + field(actor) + field(user_id) + field(action)
@@ -19,6 +21,10 @@ edited event (its stored hash differs from the recomputed one), missing events (
 positions), a relinked event (its prev_hash is not its predecessor's hash: the predecessor was
 edited and re-hashed, or events were swapped) and a chain cut short at the end (the head names a
 position or hash its last event does not have).
+
+Unsealed events are not tampering: they are counted, with the oldest one's age, after the walk.
+An unsealed event older than the sealing bound (QDATA_AUDIT_SEAL_MAX_DELAY_SECONDS) is a problem
+of its own kind, "stale": the sealer is not running or cannot write (docs/security.md).
 """
 
 from __future__ import annotations
@@ -76,21 +82,29 @@ class Problem:
     """One broken link, at the first event that does not verify (or the chain's head)."""
 
     audit_event_id: int | None
-    chain_shard: int
+    chain_shard: int  # -1 for a "stale" (unsealed) event: it has no chain yet
     chain_seq: int
-    kind: str  # "edited", "missing", "relinked", "truncated"
+    kind: str  # "edited", "missing", "relinked", "truncated", "stale" (unsealed beyond the bound)
     detail: str
 
     def __str__(self) -> str:
         where = f"audit event {self.audit_event_id}" if self.audit_event_id is not None else "chain head"
+        if self.kind == "stale":
+            return f"{where} (unsealed): {self.kind}: {self.detail}"
         return f"{where} (chain {self.chain_shard}, position {self.chain_seq}): {self.kind}: {self.detail}"
 
 
 @dataclasses.dataclass(frozen=True)
 class Report:
+    """What a walk found: sealed events checked, the chains walked, broken links, the unsealed."""
+
     checked: int
     chains: int
     problems: list[Problem]
+    # Events not chained yet when the walk ended (not verified, not counted in checked).
+    unsealed: int = 0
+    # Age in seconds of the oldest unsealed event (None: none unsealed).
+    oldest_unsealed_seconds: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -164,8 +178,13 @@ async def verify(
     batch_size: int = 5000,
     max_problems: int = 20,
     progress: Callable[[int], None] | None = None,
+    max_unsealed_seconds: float | None = None,
 ) -> Report:
-    """Recomputes every chain up to its current head; returns the broken links (up to max_problems)."""
+    """Recomputes every chain up to its current head; returns the broken links (up to max_problems).
+
+    Then counts the unsealed events; with max_unsealed_seconds, one older than that is a "stale"
+    problem (at the oldest such event).
+    """
     problems: list[Problem] = []
     checked = 0
     async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True, row_factory=dict_row) as conn:
@@ -197,4 +216,17 @@ async def verify(
             problem = head_problem(shard, head_seq, head_hash, seq, last_hash)
             if problem is not None:
                 problems.append(problem)
-    return Report(checked, len(heads), problems[:max_problems])
+        backlog = (await fetch_all(conn, "audit_unsealed"))[0]
+    unsealed, oldest_age = backlog["unsealed"], backlog["oldest_age_seconds"]
+    if max_unsealed_seconds is not None and oldest_age is not None and oldest_age > max_unsealed_seconds:
+        problems.append(
+            Problem(
+                backlog["oldest_id"],
+                -1,
+                0,
+                "stale",
+                f"unsealed for {oldest_age:.0f} s, longer than the {max_unsealed_seconds:g} s bound"
+                f" ({unsealed} event(s) unsealed: is a sealer running, on a writable database?)",
+            )
+        )
+    return Report(checked, len(heads), problems[:max_problems], unsealed, oldest_age)

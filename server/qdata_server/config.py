@@ -148,6 +148,12 @@ class Settings:
     usage_fold_seconds: float = 1.0
     # Monthly partitions of usage_records kept created ahead of the current month.
     usage_partition_months_ahead: int = 3
+    # Seconds between rounds of the audit sealer, which chains audit events after their
+    # transactions commit (audit_sealer.py; 0: this server never seals, another one must).
+    audit_seal_seconds: float = 0.5
+    # The promised bound on an audit event's time unsealed: verify-audit reports an older unsealed
+    # event as "stale" (a failure). Well above the round interval plus the longest transaction.
+    audit_seal_max_delay_seconds: float = 60.0
     # API key vault key ring (users/vault.py): "1:<base64>,2:<base64>" inline, or the path of a
     # JSON file; neither means a generated development ring (embedded) or no vault (DATABASE_URL).
     key_ring: str = dataclasses.field(default="", repr=False)
@@ -269,6 +275,10 @@ class Settings:
             usage_fold_seconds=_float(env, "QDATA_USAGE_FOLD_SECONDS", d.usage_fold_seconds, 0),
             usage_partition_months_ahead=_int(
                 env, "QDATA_USAGE_PARTITION_MONTHS_AHEAD", d.usage_partition_months_ahead, 1, 120
+            ),
+            audit_seal_seconds=_float(env, "QDATA_AUDIT_SEAL_SECONDS", d.audit_seal_seconds, 0),
+            audit_seal_max_delay_seconds=_float(
+                env, "QDATA_AUDIT_SEAL_MAX_DELAY_SECONDS", d.audit_seal_max_delay_seconds, 1
             ),
             key_ring=env.get("QDATA_KEY_RING", "").strip(),
             key_ring_file=env.get("QDATA_KEY_RING_FILE", "").strip(),

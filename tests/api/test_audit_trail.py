@@ -24,6 +24,7 @@ from google.protobuf import timestamp_pb2
 
 from qdata.v1 import chat_pb2, ledger_pb2, usage_pb2, user_pb2
 from qdata_server import audit_chain
+from tests.support.audit import seal
 from tests.support.calls import PASSWORD, create_user, expect_error, field_violations, rid
 from tests.support.chat import append, create_session
 from tests.support.database import sql
@@ -383,7 +384,10 @@ async def test_mutation_leaves_exactly_one_record(vault_api, stub_name, method_n
     count = await audit_count(api)
     await method(request)
     assert await audit_count(api) == count
-    assert (await audit_chain.verify(api.database_url)).ok
+    await seal(api)
+    report = await audit_chain.verify(api.database_url)
+    assert report.ok, report.problems
+    assert (report.checked, report.unsealed) == (count, 0)
 
 
 async def test_reveal_api_key_leaves_one_record(vault_api):
@@ -472,6 +476,7 @@ async def test_rejected_mutation_leaves_no_record(api):
 async def test_chains_stay_linear_under_concurrent_mutations(api):
     users = await asyncio.gather(*(create_user(api) for _ in range(50)))
     await asyncio.gather(*(deposit(api, u.id, 1000) for u in users[:25]))
+    await seal(api)
     report = await audit_chain.verify(api.database_url, batch_size=3)
     assert report.ok, report.problems
     assert report.checked == await audit_count(api) >= 75
@@ -504,7 +509,13 @@ async def one_chain_of_five(api) -> list[int]:
         api,
         "INSERT INTO audit_events (actor, action, target_type, target_id, request_id, summary)"
         " SELECT 'test', 'test.Tamper', 'thing', n::text, 'r' || n, jsonb_build_object('n', n)"
-        " FROM generate_series(1, 5) AS n RETURNING audit_event_id, chain_seq",
+        " FROM generate_series(1, 5) AS n RETURNING audit_event_id",
+    )
+    await seal(api)
+    rows = await sql(
+        api,
+        "SELECT audit_event_id, chain_seq FROM audit_events WHERE audit_event_id = ANY (%s)",
+        ([r["audit_event_id"] for r in rows],),
     )
     return [r["audit_event_id"] for r in sorted(rows, key=lambda r: r["chain_seq"])]
 
@@ -601,6 +612,14 @@ async def test_chain_fields_are_assigned_by_the_database(api):
         "INSERT INTO audit_events (actor, action, target_type, target_id, request_id, chain_shard, chain_seq,"
         " prev_hash, hash) VALUES ('x', 'x.Y', 't', '1', 'r', 999, 999, %s, %s) RETURNING *",
         (b"\x01" * 32, b"\x02" * 32),
+    )
+    # Appended unsealed, whatever the caller supplied; the sealer decides.
+    assert (row["chain_shard"], row["chain_seq"], row["prev_hash"], row["hash"]) == (None, None, None, None)
+    await seal(api)
+    (row,) = await sql(
+        api,
+        "SELECT chain_shard, chain_seq, hash FROM audit_events WHERE audit_event_id = %s",
+        (row["audit_event_id"],),
     )
     assert 0 <= row["chain_shard"] < 32
     assert row["chain_seq"] != 999

@@ -34,6 +34,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from qdata_server.db import schema as schema_file
 from tests.integration.test_operator_commands import run_command
+from tests.support.audit import seal
 from tests.support.calls import create_user
 from tests.support.chat import append, create_session
 from tests.support.database import SEQUENCES, digest_of, rows, sequence_state, sql
@@ -126,6 +127,7 @@ async def original(postgres_url: str, template_url: str, tmp_path_factory) -> As
             users = await load(api)
             await assert_ledger_clean(api)
             money = await balances(api, users)
+        await seal(url)  # what the servers' background sealer does (the test servers run none)
         dump = tmp_path_factory.mktemp("backup") / "qdata.dump"
         run_tool([pg_tool(url, "pg_dump"), "--format=custom", f"--file={dump}", f"--dbname={url}"])
         yield Original(url, dump, users, money, await snapshot(url))

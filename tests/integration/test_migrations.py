@@ -62,7 +62,7 @@ CODE_DRIFTS = {
     "changed function": "CREATE OR REPLACE FUNCTION qdata_acting_for_all_users() RETURNS boolean"
     " LANGUAGE sql STABLE PARALLEL SAFE AS $$ SELECT true $$",
     "dropped function": "DROP FUNCTION ledger_sweep_expired_holds(integer)",
-    "unpinned search path": "ALTER FUNCTION audit_events_chain() RESET search_path",
+    "unpinned search path": "ALTER FUNCTION audit_seal(integer) RESET search_path",
     "dropped policy": "DROP POLICY chat_messages_acting_users ON chat_messages",
     "row security off": "ALTER TABLE ledger_accounts DISABLE ROW LEVEL SECURITY",
 }

@@ -5,11 +5,14 @@ connection. A column that a newer release adds must not break what this one alre
 (PostgreSQL refuses "cached plan must not change result type" when a prepared statement's result
 shape changes, which a `*` column list makes it do). And a shipped migration that restates
 constraints (0014) lands under a server of the release before it: that server keeps answering,
-stays SERVING, and its `verify` still passes on the migrated database.
+stays SERVING, and its `verify` still passes on the migrated database. And when 0017 moves the
+audit hash chain off the write path, the events the release before it chained in its trigger and
+the ones the new sealer chains make one verifiable trail.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import shutil
 from collections.abc import Awaitable, Callable
@@ -21,8 +24,12 @@ import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from qdata.v1 import chat_pb2, ledger_pb2, usage_pb2, user_pb2
+from qdata_server import audit_chain
 from qdata_server.db import migrate
+from tests.support.audit import seal
 from tests.support.calls import create_user, rid
+from tests.support.database import sql
+from tests.support.ledger import deposit
 from tests.support.server import TEST_SETTINGS, Api, start_api, stop_api
 from tests.support.usage import create_model, usage
 
@@ -160,5 +167,66 @@ async def test_the_previous_release_keeps_serving_and_verifying_while_0014_lands
         # The fingerprint 0014 recorded is the one the previous release computes, too.
         assert migrate.verify(empty_database_url, migrations=previous) == []
         assert migrate.verify(empty_database_url, migrations=shipped) == []
+    finally:
+        await stop_api(api)
+
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+
+
+async def test_events_chained_by_the_release_before_0017_and_by_the_sealer_make_one_trail(
+    empty_database_url, tmp_path, monkeypatch
+):
+    url = empty_database_url
+    shipped = resources.files("qdata_server.db").joinpath("migrations")
+    shipped_sources = resources.files("qdata_server.db").joinpath("functions")
+    # The release before 0017: its migrations, and its audit.sql (which chains in the trigger).
+    previous, previous_sources = tmp_path / "previous", tmp_path / "previous_functions"
+    shutil.copytree(str(shipped), previous)
+    for newer in previous.glob("*.sql"):
+        if int(newer.name[:4]) >= 18:
+            newer.unlink()
+    shutil.copytree(str(shipped_sources), previous_sources)
+    shutil.copy(FIXTURES / "audit_functions_before_0017.sql", previous_sources / "audit.sql")
+    migrate.migrate(url, migrations=previous, sources=previous_sources)
+    shipped_migrations, shipped_files = migrate.load_migrations, migrate.load_sources
+    monkeypatch.setattr(migrate, "load_migrations", lambda folder=None: shipped_migrations(folder or previous))
+    monkeypatch.setattr(migrate, "load_sources", lambda folder=None: shipped_files(folder or previous_sources))
+    # The previous release's server (it has no sealer).
+    api = await start_api(url, dataclasses.replace(SETTINGS, audit_seal_seconds=0))
+    try:
+        users = [await create_user(api) for _ in range(3)]
+        await asyncio.gather(*(deposit(api, u.id, 1000) for u in users))
+        assert await sql(api, "SELECT count(*) AS n FROM audit_events WHERE chain_seq IS NULL") == [{"n": 0}]
+        # A writer of the previous release is in the middle of a transaction (its trigger holds
+        # a chain head) when the new release's migration starts: 0017 waits for it.
+        async with await psycopg.AsyncConnection.connect(url) as writer:
+            await writer.execute("SELECT audit_append('old', NULL, 'test.Old', 't', '1', 'r', '{}'::jsonb)")
+            migrating = asyncio.create_task(
+                asyncio.to_thread(migrate.migrate, url, migrations=shipped, sources=shipped_sources)
+            )
+            waiting = "SELECT 1 FROM pg_locks WHERE relation = 'audit_events'::regclass AND NOT granted"
+            while not await sql(api, waiting):
+                assert not migrating.done(), migrating.result()
+                await asyncio.sleep(0.01)
+            # Writes that come now queue behind the migration's lock, and go through after it.
+            queued = asyncio.gather(*(deposit(api, u.id, 1000) for u in users[:2]))
+            await writer.commit()
+        assert "0017_audit_sealer" in await migrating
+        await queued
+        # The previous release's server goes on writing, now unsealed, and stays in rotation.
+        # (Transaction ids, hence chains, go round: more than 32 writes continue every chain.)
+        for _ in range(3 * CALLS_PER_ROUND):
+            await deposit(api, users[0].id, 1)
+        await assert_serving(api)
+        unsealed = (await sql(api, "SELECT count(*) AS n FROM audit_events WHERE chain_seq IS NULL"))[0]["n"]
+        assert unsealed >= 3 * CALLS_PER_ROUND
+        # The new release's sealer continues the chains the old trigger left.
+        assert await seal(api) == unsealed
+        report = await audit_chain.verify(url, batch_size=5, max_unsealed_seconds=3600)
+        assert report.ok, report.problems
+        events = (await sql(api, "SELECT count(*) AS n FROM audit_events"))[0]["n"]
+        assert (report.checked, report.unsealed) == (events, 0)
+        assert events > unsealed  # both kinds are in the trail
     finally:
         await stop_api(api)

@@ -43,6 +43,9 @@ TEST_SETTINGS = Settings(
     lockout_seconds=60,
     health_probe_seconds=0.2,
     shutdown_grace_seconds=2.0,
+    # No background audit sealer: tests that compare audit rows before and after a call would see
+    # it chain them meanwhile. Tests seal with tests.support.audit.seal (or turn it on).
+    audit_seal_seconds=0,
 )
 
 

@@ -1,14 +1,29 @@
--- Current source: the audit trail's functions and triggers (tables: migrations 0001, 0006, 0012).
+-- Current source: the audit trail's functions and triggers (tables: migrations 0001, 0006, 0012,
+-- 0017).
 --
 -- The trail is append-only and tamper-evident: events are hash-chained in 32 parallel chains
--- (the full rule and why 32: 0006_audit_chain.sql; qdata_server.audit_chain verifies it). Every
--- event, from Python (qdata_server.audit, through queries/common.sql) and from plpgsql
--- (usage_record) alike, is written by audit_append below (or by its set form audit_append_many,
--- usage_record_many's); the chain trigger decides each event's place and hash.
+-- (the hash: 0006_audit_chain.sql; qdata_server.audit_chain verifies it). Every event, from
+-- Python (qdata_server.audit, through queries/common.sql) and from plpgsql (usage_record) alike,
+-- is written by audit_append below (or by its set form audit_append_many, usage_record_many's),
+-- unsealed: the insert trigger only stamps the writer's transaction. audit_seal chains events
+-- after their transactions end, in batches, one sealer at a time (0017_audit_sealer.sql;
+-- qdata_server.audit_sealer runs it; docs/security.md).
 
+-- Refuses every change to an event except its sealing: chain columns going from unset to set,
+-- nothing else touched (audit_seal; the serving role may not UPDATE the table at all).
 CREATE OR REPLACE FUNCTION audit_events_forbid_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        IF OLD.chain_seq IS NULL AND NEW.chain_seq IS NOT NULL
+           AND (NEW.audit_event_id, NEW.occurred_at, NEW.actor, NEW.user_id, NEW.action, NEW.target_type,
+                NEW.target_id, NEW.request_id, NEW.summary, NEW.written_xid)
+               IS NOT DISTINCT FROM
+               (OLD.audit_event_id, OLD.occurred_at, OLD.actor, OLD.user_id, OLD.action, OLD.target_type,
+                OLD.target_id, OLD.request_id, OLD.summary, OLD.written_xid) THEN
+            RETURN NEW;
+        END IF;
+    END IF;
     RAISE EXCEPTION 'audit_events is append-only'
         USING ERRCODE = 'insufficient_privilege', CONSTRAINT = 'audit_events_append_only';
 END;
@@ -50,44 +65,121 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
         || audit_hash_field(p_summary::text))
 $$;
 
--- Links each new event after its chain's head and moves the head. Runs as the owner (the serving
--- role may not touch audit_chain_heads), with the search path fixed to this schema (pg_temp last,
--- so a temporary table of the caller cannot stand in for one of ours).
+-- Stamps each new event with its writer's transaction (top-level, so subtransactions share it)
+-- and leaves it unsealed: whatever the caller supplied, the sealer decides the chain columns. No
+-- lock and no hash on the write path. (The trigger keeps its name from 0006, so a build that
+-- predates 0017 finds the same trigger, never a second one.)
 CREATE OR REPLACE FUNCTION audit_events_chain() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.written_xid := pg_current_xact_id()::text::bigint;
+    NEW.chain_shard := NULL;
+    NEW.chain_seq := NULL;
+    NEW.prev_hash := NULL;
+    NEW.hash := NULL;
+    NEW.sealed_at := NULL;
+    RETURN NEW;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER audit_events_chain
+    BEFORE INSERT ON audit_events
+    FOR EACH ROW EXECUTE FUNCTION audit_events_chain();
+
+-- Chains up to p_limit unsealed events; returns how many it sealed (0 when another sealer holds
+-- the seal lock: one sealer at a time, the others skip their round).
+--
+-- Which events: those whose writing transaction is older than every transaction still running
+-- (written_xid below the snapshot's xmin). Such a transaction has ended, so its events are all
+-- visible now or never will be (rolled back), and no event can join that set later: every
+-- transaction that has yet to commit has an id at or above xmin. Sealing that set in
+-- (written_xid, audit_event_id) order therefore skips nothing (a transaction that commits after
+-- one with a higher id is simply sealed in a later round, once it has ended) and seals each event
+-- once (the update requires chain_seq IS NULL, under the seal lock and the heads' row locks).
+-- Events visible with a written_xid at or above the snapshot's xmax cannot come from a
+-- transaction of this cluster (none had that id yet): they were restored from another cluster's
+-- dump, committed there, and are sealed too (otherwise they would wait for this cluster's ids to
+-- catch up). An event goes on chain written_xid % 32, the chain the trigger used before 0017,
+-- after the chain's head, which moves with it.
+CREATE OR REPLACE FUNCTION audit_seal(p_limit integer) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
-    head audit_chain_heads;
+    seqs bigint[];
+    hashes bytea[];
+    moved boolean[];
+    head record;
+    ev record;
+    shard integer;
+    next_hash bytea;
+    sealed integer := 0;
 BEGIN
-    -- The transaction's own chain (subtransactions share the top-level transaction id).
-    SELECT * INTO head FROM audit_chain_heads
-     WHERE chain_shard = (txid_current() % 32)::smallint
-       FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'audit chain head % is missing; the audit trail cannot be extended', txid_current() % 32;
+    IF p_limit IS NULL OR p_limit < 1 THEN
+        RAISE EXCEPTION 'audit_seal needs a positive limit' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- Whatever the caller supplied, the chain decides these.
-    NEW.chain_shard := head.chain_shard;
-    NEW.chain_seq := head.last_seq + 1;
-    NEW.prev_hash := head.last_hash;
-    NEW.hash := audit_event_hash(NEW.prev_hash, NEW.chain_shard, NEW.chain_seq, NEW.audit_event_id,
-                                 NEW.occurred_at, NEW.actor, NEW.user_id, NEW.action, NEW.target_type,
-                                 NEW.target_id, NEW.request_id, NEW.summary);
-    UPDATE audit_chain_heads SET last_seq = NEW.chain_seq, last_hash = NEW.hash
-     WHERE chain_shard = head.chain_shard;
-    RETURN NEW;
+    -- Each statement below must see what the previous sealer committed.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'audit_seal runs under READ COMMITTED only' USING ERRCODE = 'invalid_transaction_state';
+    END IF;
+    IF NOT pg_try_advisory_xact_lock(hashtextextended('qdata.audit_seal', 0)) THEN
+        RETURN 0;
+    END IF;
+    IF NOT EXISTS (SELECT FROM audit_events
+                    WHERE chain_seq IS NULL
+                      AND (written_xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+                           OR written_xid >= pg_snapshot_xmax(pg_current_snapshot())::text::bigint)) THEN
+        RETURN 0;
+    END IF;
+    -- Every head, in order (a writer of a build before 0017 locks one head, so no deadlock).
+    FOR head IN SELECT chain_shard, last_seq, last_hash FROM audit_chain_heads ORDER BY chain_shard FOR UPDATE LOOP
+        seqs[head.chain_shard] := head.last_seq;
+        hashes[head.chain_shard] := head.last_hash;
+        moved[head.chain_shard] := false;
+    END LOOP;
+    FOR ev IN
+        SELECT audit_event_id, written_xid, occurred_at, actor, user_id, action, target_type, target_id,
+               request_id, summary
+          FROM audit_events
+         WHERE chain_seq IS NULL
+           AND (written_xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+                OR written_xid >= pg_snapshot_xmax(pg_current_snapshot())::text::bigint)
+         ORDER BY written_xid, audit_event_id
+         LIMIT p_limit
+    LOOP
+        shard := (ev.written_xid % 32)::integer;
+        IF seqs[shard] IS NULL THEN
+            RAISE EXCEPTION 'audit chain head % is missing; the audit trail cannot be extended', shard;
+        END IF;
+        next_hash := audit_event_hash(hashes[shard], shard::smallint, seqs[shard] + 1, ev.audit_event_id,
+                                      ev.occurred_at, ev.actor, ev.user_id, ev.action, ev.target_type,
+                                      ev.target_id, ev.request_id, ev.summary);
+        UPDATE audit_events
+           SET chain_shard = shard, chain_seq = seqs[shard] + 1, prev_hash = hashes[shard], hash = next_hash,
+               sealed_at = clock_timestamp()
+         WHERE audit_event_id = ev.audit_event_id AND chain_seq IS NULL;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'audit event % was sealed meanwhile by something other than audit_seal', ev.audit_event_id;
+        END IF;
+        seqs[shard] := seqs[shard] + 1;
+        hashes[shard] := next_hash;
+        moved[shard] := true;
+        sealed := sealed + 1;
+    END LOOP;
+    UPDATE audit_chain_heads
+       SET last_seq = seqs[chain_shard], last_hash = hashes[chain_shard]
+     WHERE moved[chain_shard];
+    RETURN sealed;
 END;
 $$;
 
 DO $$
 BEGIN
-    EXECUTE format('ALTER FUNCTION audit_events_chain() SET search_path = %I, pg_temp', current_schema());
+    EXECUTE format('ALTER FUNCTION audit_seal(integer) SET search_path = %I, pg_temp', current_schema());
 END;
 $$;
-CREATE OR REPLACE TRIGGER audit_events_chain
-    BEFORE INSERT ON audit_events
-    FOR EACH ROW EXECUTE FUNCTION audit_events_chain();
+REVOKE EXECUTE ON FUNCTION audit_seal(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audit_seal(integer) TO qdata_service;
 
--- Heads move forward through the trigger but never disappear.
+-- Heads move forward through audit_seal but never disappear.
 CREATE OR REPLACE FUNCTION audit_chain_heads_forbid_delete() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN

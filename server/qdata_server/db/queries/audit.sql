@@ -8,7 +8,7 @@ SELECT chain_shard, last_seq, last_hash FROM audit_chain_heads ORDER BY chain_sh
 SELECT chain_shard, last_seq, last_hash FROM audit_chain_heads_read();
 
 -- name: audit_chain_batch
--- Reads the next batch of one chain's events up to its head, in chain order, for verification.
+-- Reads the next batch of one chain's sealed events up to its head, in chain order, for verification.
 SELECT audit_event_id, chain_shard, chain_seq, occurred_at, actor, user_id, action, target_type, target_id,
        request_id, summary::text AS summary_text, prev_hash, hash
   FROM audit_events
@@ -34,3 +34,16 @@ SELECT audit_event_id, occurred_at, actor, user_id, action, target_type, target_
         OR (coalesce(written_xid, 0), audit_event_id) < (%(before_order)s::bigint, %(before_id)s::bigint))
  ORDER BY coalesce(written_xid, 0) DESC, audit_event_id DESC
  LIMIT %(limit)s;
+
+-- name: audit_seal
+-- Chains up to limit unsealed audit events after their transactions ended (audit_seal in
+-- functions/audit.sql); sealed is 0 when another sealer is at work.
+SELECT audit_seal(%(limit)s) AS sealed;
+
+-- name: audit_unsealed
+-- Counts the audit events not chained yet, and names the oldest (its id and age in seconds).
+SELECT count(*) AS unsealed,
+       (array_agg(audit_event_id ORDER BY occurred_at, audit_event_id))[1] AS oldest_id,
+       extract(epoch FROM clock_timestamp() - min(occurred_at))::float8 AS oldest_age_seconds
+  FROM audit_events
+ WHERE chain_seq IS NULL;
