@@ -10,6 +10,15 @@ CREATE FUNCTION public.audit_append(p_actor text, p_user uuid, p_action text, p_
     VALUES (p_actor, p_user, p_action, p_target_type, p_target_id, p_request_id, p_summary)
 $$;
 
+CREATE FUNCTION public.audit_append_many(p_actor text, p_users uuid[], p_action text, p_target_type text, p_target_ids text[], p_request_ids text[], p_summaries jsonb[]) RETURNS void
+    LANGUAGE sql
+    AS $$
+    INSERT INTO audit_events (actor, user_id, action, target_type, target_id, request_id, summary)
+    SELECT p_actor, e.user_id, p_action, p_target_type, e.target_id, e.request_id, e.summary
+      FROM unnest(p_users, p_target_ids, p_request_ids, p_summaries) WITH ORDINALITY AS e(user_id, target_id, request_id, summary, n)
+     ORDER BY e.n
+$$;
+
 CREATE FUNCTION public.audit_chain_heads_forbid_delete() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
@@ -17,6 +26,13 @@ BEGIN
     RAISE EXCEPTION 'audit_chain_heads cannot be deleted'
         USING ERRCODE = 'insufficient_privilege', CONSTRAINT = 'audit_events_append_only';
 END;
+$$;
+
+CREATE FUNCTION public.audit_chain_heads_read() RETURNS TABLE(chain_shard smallint, last_seq bigint, last_hash bytea)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    SELECT h.chain_shard, h.last_seq, h.last_hash FROM audit_chain_heads h ORDER BY h.chain_shard
 $$;
 
 CREATE FUNCTION public.audit_event_hash(p_prev bytea, p_shard smallint, p_seq bigint, p_id bigint, p_time timestamp with time zone, p_actor text, p_user uuid, p_action text, p_target_type text, p_target_id text, p_request_id text, p_summary jsonb) RETURNS bytea
@@ -107,7 +123,7 @@ BEGIN
                            OR written_xid >= pg_snapshot_xmax(pg_current_snapshot())::text::bigint)) THEN
         RETURN 0;
     END IF;
-    -- Every head, in order (a writer of a build before 0018 locks one head, so no deadlock).
+    -- Every head, in order (a writer of a build before 0017 locks one head, so no deadlock).
     FOR head IN SELECT chain_shard, last_seq, last_hash FROM audit_chain_heads ORDER BY chain_shard FOR UPDATE LOOP
         seqs[head.chain_shard] := head.last_seq;
         hashes[head.chain_shard] := head.last_hash;
@@ -173,11 +189,16 @@ END;
 $$;
 
 CREATE FUNCTION public.idempotency_store(p_actor text, p_users uuid[], p_request_ids text[], p_responses bytea[]) RETURNS void
-    LANGUAGE sql
+    LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
+    SET enable_bitmapscan TO 'off'
     AS $$
-    UPDATE idempotency_keys k SET response = v.response
-      FROM unnest(p_users, p_request_ids, p_responses) AS v(user_id, request_id, response)
-     WHERE k.user_id = v.user_id AND k.actor = p_actor AND k.request_id = v.request_id
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(p_request_ids, 1), 0) LOOP
+        UPDATE idempotency_keys SET response = p_responses[i]
+         WHERE user_id = p_users[i] AND actor = p_actor AND request_id = p_request_ids[i];
+    END LOOP;
+END;
 $$;
 
 CREATE FUNCTION public.ledger_capture_hold(p_user uuid, p_hold uuid, p_amount bigint, p_description text, p_request_id text, p_reference text DEFAULT ''::text, p_actor text DEFAULT NULL::text, p_method text DEFAULT NULL::text, p_request_hash bytea DEFAULT NULL::bytea) RETURNS uuid
@@ -1049,6 +1070,408 @@ BEGIN
 END;
 $$;
 
+CREATE FUNCTION public.usage_record_many(p_actor text, p_method text, p_request_ids text[], p_request_hashes bytea[], p_users uuid[], p_models text[], p_sessions uuid[], p_input bigint[], p_cached bigint[], p_output bigint[], p_reasoning bigint[], p_latency_ns bigint[], p_ttft_ns bigint[], p_outcomes text[], p_error_codes text[], p_own_keys boolean[], p_holds uuid[], p_called_at timestamp with time zone[]) RETURNS TABLE(o_item integer, o_status text, o_record public.usage_records, o_error_constraint text, o_error_detail text, o_error_sqlstate text, o_stored_method text, o_stored_hash bytea, o_stored_response bytea)
+    LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
+    SET enable_bitmapscan TO 'off'
+    AS $$
+DECLARE
+    n integer := coalesce(array_length(p_request_ids, 1), 0);
+    -- Per item (1-based, as the parameters): 'recorded', 'claimed' or 'rejected', and the rest.
+    statuses text[] := array_fill(NULL::text, ARRAY[n]);
+    reasons text[] := array_fill(NULL::text, ARRAY[n]);
+    details text[] := array_fill(NULL::text, ARRAY[n]);
+    stored_methods text[] := array_fill(NULL::text, ARRAY[n]);
+    stored_hashes bytea[] := array_fill(NULL::bytea, ARRAY[n]);
+    stored_responses bytea[] := array_fill(NULL::bytea, ARRAY[n]);
+    pending integer[];
+    took boolean[] := array_fill(false, ARRAY[n]);
+    working integer[];
+    work_users uuid[];
+    -- The accepted items, in request order once sorted: what their rows get.
+    a_item integer[] := '{}';
+    a_record uuid[] := '{}';
+    a_called timestamptz[] := '{}';
+    a_price uuid[] := '{}';
+    a_currency text[] := '{}';
+    a_cost bigint[] := '{}';
+    a_billed boolean[] := '{}';
+    a_tx uuid[] := '{}';
+    a_overage uuid[] := '{}';
+    -- Ledger transactions to write (charges, captures, overages).
+    t_user uuid[] := '{}';
+    t_id uuid[] := '{}';
+    t_kind text[] := '{}';
+    t_amount bigint[] := '{}';
+    t_currency text[] := '{}';
+    t_item integer[] := '{}';
+    t_record uuid[] := '{}';
+    t_hold uuid[] := '{}';
+    t_keyed boolean[] := '{}';
+    -- Touched accounts and their new balances; resolved holds.
+    c_user uuid[] := '{}';
+    c_currency text[] := '{}';
+    c_posted bigint[] := '{}';
+    c_held bigint[] := '{}';
+    h_user uuid[] := '{}';
+    h_id uuid[] := '{}';
+    h_status text[] := '{}';
+    h_captured bigint[] := '{}';
+    h_tx uuid[] := '{}';
+    -- The account being walked, and the holds its earlier items resolved.
+    cur_user uuid;
+    cur_currency text;
+    cur_posted bigint;
+    cur_held bigint;
+    cur_touched boolean := false;
+    seen_holds uuid[];
+    seen_status text[];
+    r record;
+    seen integer;
+    hold_state text;
+    capture bigint;
+    overage bigint;
+    record_id uuid;
+    records usage_records[];
+    fallback boolean := false;
+    fallback_reason text;
+    month timestamptz;
+BEGIN
+    BEGIN
+        -- 1. The claims (a key whose record is purged between the INSERT and the SELECT is claimed again).
+        pending := ARRAY(SELECT generate_series(1, n));
+        WHILE cardinality(pending) > 0 LOOP
+            FOR r IN
+                WITH claimed AS (
+                    INSERT INTO idempotency_keys (user_id, actor, request_id, method, request_hash, response)
+                    SELECT p_users[i], p_actor, p_request_ids[i], p_method, p_request_hashes[i], ''::bytea
+                      FROM unnest(pending) AS i
+                     ORDER BY p_users[i], p_request_ids[i]
+                    ON CONFLICT (user_id, actor, request_id) DO NOTHING
+                    RETURNING user_id, request_id
+                ), items AS (
+                    SELECT i, p_users[i] AS user_id, p_request_ids[i] AS request_id FROM unnest(pending) AS i
+                )
+                SELECT t.i FROM items t JOIN claimed c ON c.user_id = t.user_id AND c.request_id = t.request_id
+            LOOP
+                took[r.i] := true;
+            END LOOP;
+            FOR r IN
+                SELECT i, k.method, k.request_hash, k.response
+                  FROM unnest(pending) AS i
+                 CROSS JOIN LATERAL (
+                     SELECT x.method, x.request_hash, x.response FROM idempotency_keys x
+                      WHERE x.user_id = p_users[i] AND x.actor = p_actor AND x.request_id = p_request_ids[i] LIMIT 1
+                 ) k
+                 WHERE NOT took[i]
+            LOOP
+                statuses[r.i] := 'claimed';
+                stored_methods[r.i] := r.method;
+                stored_hashes[r.i] := r.request_hash;
+                stored_responses[r.i] := r.response;
+            END LOOP;
+            pending := ARRAY(SELECT i FROM unnest(pending) AS i WHERE NOT took[i] AND statuses[i] IS NULL);
+        END LOOP;
+        working := ARRAY(SELECT i FROM generate_series(1, n) AS i WHERE took[i]);
+        -- Late replays: the ledger carries the key (ledger_check_request, for all of them at once).
+        FOR r IN
+            SELECT i FROM unnest(working) AS i
+             CROSS JOIN LATERAL (SELECT 1 FROM ledger_request_holder(p_users[i], p_actor, p_request_ids[i]) LIMIT 1) h
+        LOOP
+            statuses[r.i] := 'rejected';
+            reasons[r.i] := 'ledger_request_remembered';
+            details[r.i] := '';
+        END LOOP;
+        working := ARRAY(SELECT i FROM unnest(working) AS i WHERE statuses[i] IS NULL ORDER BY i);
+
+        -- 2. The locks, before anything they protect is read.
+        work_users := ARRAY(SELECT DISTINCT p_users[i] FROM unnest(working) AS i);
+        PERFORM 1 FROM ledger_accounts WHERE user_id = ANY (work_users) ORDER BY user_id, currency_code FOR UPDATE;
+        PERFORM 1 FROM users WHERE user_id = ANY (work_users) AND status <> 'deleted' ORDER BY user_id FOR SHARE;
+
+        -- 3. One pass, account by account (the account an item would lock: its hold's, else its price's).
+        FOR r IN
+            WITH items AS (
+                SELECT i, p_users[i] AS user_id, p_models[i] AS model_id, p_sessions[i] AS session_id,
+                       p_holds[i] AS hold_id, coalesce(p_called_at[i], now()) AS called_at
+                  FROM unnest(working) AS i
+            ), checked AS (
+                SELECT t.i, t.user_id, t.model_id, t.session_id, t.hold_id, t.called_at,
+                       CASE WHEN u.status IS NULL OR u.status = 'deleted' THEN 'usage_user_not_found'
+                            WHEN m.model_id IS NULL THEN 'usage_model_not_found'
+                            WHEN t.session_id IS NOT NULL AND s.session_id IS NULL THEN 'usage_session_not_found'
+                            WHEN pr.price_id IS NULL THEN 'usage_model_not_priced'
+                            WHEN t.hold_id IS NOT NULL AND h.hold_id IS NULL THEN 'ledger_hold_not_found'
+                       END AS reason,
+                       pr.price_id, pr.currency_code AS price_currency,
+                       div(p_input[t.i]::numeric * pr.input_micros_per_million
+                           + p_cached[t.i]::numeric * pr.cached_input_micros_per_million
+                           + p_output[t.i]::numeric * pr.output_micros_per_million
+                           + p_reasoning[t.i]::numeric * pr.reasoning_micros_per_million
+                           + 999999, 1000000)::bigint AS cost,
+                       h.currency_code AS hold_currency, h.amount_micros AS hold_amount,
+                       CASE WHEN h.status = 'active' AND h.expire_at <= now() THEN 'expired' ELSE h.status END
+                           AS hold_status
+                  FROM items t
+                  LEFT JOIN LATERAL (SELECT x.status FROM users x WHERE x.user_id = t.user_id LIMIT 1) u ON true
+                  LEFT JOIN LATERAL (SELECT x.model_id FROM models x WHERE x.model_id = t.model_id LIMIT 1) m ON true
+                  LEFT JOIN LATERAL (
+                      SELECT x.session_id FROM chat_sessions x
+                       WHERE t.session_id IS NOT NULL AND x.user_id = t.user_id AND x.session_id = t.session_id LIMIT 1
+                  ) s ON true
+                  LEFT JOIN LATERAL (
+                      SELECT x.hold_id, x.currency_code, x.amount_micros, x.status, x.expire_at FROM ledger_holds x
+                       WHERE t.hold_id IS NOT NULL AND x.user_id = t.user_id AND x.hold_id = t.hold_id LIMIT 1
+                  ) h ON true
+                  LEFT JOIN LATERAL (
+                      SELECT p.price_id, p.currency_code, p.input_micros_per_million,
+                             p.cached_input_micros_per_million, p.output_micros_per_million,
+                             p.reasoning_micros_per_million
+                        FROM model_prices p
+                       WHERE p.model_id = t.model_id AND p.effective_at <= t.called_at
+                       ORDER BY p.effective_at DESC LIMIT 1
+                  ) pr ON true
+            )
+            -- The account's balance as of the first of its items (the loop reads it only then).
+            SELECT c.*, coalesce(c.hold_currency, c.price_currency) AS account_currency,
+                   c.reason IS NULL AND p_outcomes[c.i] = 'success' AND NOT p_own_keys[c.i] AND c.cost > 0 AS billed,
+                   coalesce(a.posted_micros, 0) AS posted, coalesce(a.held, 0) AS held
+              FROM checked c
+              LEFT JOIN LATERAL (
+                  SELECT x.posted_micros,
+                         x.held_micros - coalesce((SELECT sum(e.amount_micros) FROM ledger_holds e
+                                                    WHERE e.user_id = x.user_id AND e.currency_code = x.currency_code
+                                                      AND e.status = 'active' AND e.expire_at <= now()), 0) AS held
+                    FROM ledger_accounts x
+                   WHERE c.reason IS NULL AND x.user_id = c.user_id
+                     AND x.currency_code = coalesce(c.hold_currency, c.price_currency)
+                   LIMIT 1
+              ) a ON true
+             ORDER BY c.user_id, coalesce(c.hold_currency, c.price_currency), c.i
+        LOOP
+            IF r.reason IS NOT NULL THEN
+                statuses[r.i] := 'rejected';
+                reasons[r.i] := r.reason;
+                details[r.i] := CASE r.reason WHEN 'usage_model_not_found' THEN r.model_id
+                                              WHEN 'usage_model_not_priced' THEN r.model_id
+                                              WHEN 'usage_session_not_found' THEN r.session_id::text
+                                              WHEN 'ledger_hold_not_found' THEN r.hold_id::text
+                                              ELSE r.user_id::text END;
+                CONTINUE;
+            END IF;
+            IF cur_user IS DISTINCT FROM r.user_id OR cur_currency IS DISTINCT FROM r.account_currency THEN
+                IF cur_touched THEN
+                    c_user := c_user || cur_user;
+                    c_currency := c_currency || cur_currency;
+                    c_posted := c_posted || cur_posted;
+                    c_held := c_held || cur_held;
+                END IF;
+                cur_user := r.user_id;
+                cur_currency := r.account_currency;
+                cur_posted := r.posted;
+                cur_held := r.held;
+                cur_touched := false;
+                seen_holds := '{}';
+                seen_status := '{}';
+            END IF;
+            record_id := gen_random_uuid();
+            hold_state := NULL;
+            IF r.hold_id IS NOT NULL THEN
+                seen := array_position(seen_holds, r.hold_id);
+                hold_state := CASE WHEN seen IS NULL THEN r.hold_status ELSE seen_status[seen] END;
+            END IF;
+            IF r.billed AND r.hold_id IS NULL THEN
+                IF cur_posted - cur_held < r.cost THEN
+                    statuses[r.i] := 'rejected';
+                    reasons[r.i] := 'ledger_insufficient_funds';
+                    details[r.i] := (cur_posted - cur_held)::text;
+                    CONTINUE;
+                END IF;
+                cur_posted := cur_posted - r.cost;
+                t_user := t_user || r.user_id; t_id := t_id || gen_random_uuid(); t_kind := t_kind || 'charge'::text;
+                t_amount := t_amount || r.cost; t_currency := t_currency || r.price_currency; t_item := t_item || r.i;
+                t_record := t_record || record_id; t_hold := t_hold || NULL::uuid; t_keyed := t_keyed || true;
+                a_tx := a_tx || t_id[cardinality(t_id)];
+                a_overage := a_overage || NULL::uuid;
+            ELSIF r.billed THEN
+                IF r.hold_currency <> r.price_currency THEN
+                    statuses[r.i] := 'rejected';
+                    reasons[r.i] := 'usage_currency_mismatch';
+                    details[r.i] := r.hold_currency;
+                    CONTINUE;
+                ELSIF hold_state <> 'active' THEN
+                    statuses[r.i] := 'rejected';
+                    reasons[r.i] := CASE hold_state WHEN 'captured' THEN 'ledger_hold_already_captured'
+                                                    WHEN 'released' THEN 'ledger_hold_already_released'
+                                                    ELSE 'ledger_hold_expired' END;
+                    details[r.i] := r.hold_id::text;
+                    CONTINUE;
+                END IF;
+                -- The capture takes up to the hold and frees it whole; the overage is charged from
+                -- what is available after it.
+                capture := least(r.cost, r.hold_amount);
+                overage := r.cost - capture;
+                IF overage > 0 AND (cur_posted - capture) - (cur_held - r.hold_amount) < overage THEN
+                    statuses[r.i] := 'rejected';
+                    reasons[r.i] := 'ledger_insufficient_funds';
+                    details[r.i] := ((cur_posted - capture) - (cur_held - r.hold_amount))::text;
+                    CONTINUE;
+                END IF;
+                cur_posted := cur_posted - r.cost;
+                cur_held := cur_held - r.hold_amount;
+                seen_holds := seen_holds || r.hold_id;
+                seen_status := seen_status || 'captured'::text;
+                t_user := t_user || r.user_id; t_id := t_id || gen_random_uuid(); t_kind := t_kind || 'hold_capture'::text;
+                t_amount := t_amount || capture; t_currency := t_currency || r.price_currency; t_item := t_item || r.i;
+                t_record := t_record || record_id; t_hold := t_hold || r.hold_id; t_keyed := t_keyed || true;
+                a_tx := a_tx || t_id[cardinality(t_id)];
+                h_user := h_user || r.user_id; h_id := h_id || r.hold_id; h_status := h_status || 'captured'::text;
+                h_captured := h_captured || capture; h_tx := h_tx || t_id[cardinality(t_id)];
+                IF overage > 0 THEN
+                    t_user := t_user || r.user_id; t_id := t_id || gen_random_uuid(); t_kind := t_kind || 'charge'::text;
+                    t_amount := t_amount || overage; t_currency := t_currency || r.price_currency;
+                    t_item := t_item || r.i; t_record := t_record || record_id; t_hold := t_hold || NULL::uuid;
+                    t_keyed := t_keyed || false;
+                    a_overage := a_overage || t_id[cardinality(t_id)];
+                ELSE
+                    a_overage := a_overage || NULL::uuid;
+                END IF;
+            ELSE
+                -- Unbilled: releases its hold if it still reserves money.
+                IF hold_state = 'active' THEN
+                    cur_held := cur_held - r.hold_amount;
+                    seen_holds := seen_holds || r.hold_id;
+                    seen_status := seen_status || 'released'::text;
+                    h_user := h_user || r.user_id; h_id := h_id || r.hold_id; h_status := h_status || 'released'::text;
+                    h_captured := h_captured || 0::bigint; h_tx := h_tx || NULL::uuid;
+                END IF;
+                a_tx := a_tx || NULL::uuid;
+                a_overage := a_overage || NULL::uuid;
+            END IF;
+            IF r.billed OR hold_state = 'active' THEN
+                cur_touched := true;
+            END IF;
+            statuses[r.i] := 'recorded';
+            a_item := a_item || r.i;
+            a_record := a_record || record_id;
+            a_called := a_called || r.called_at;
+            a_price := a_price || r.price_id;
+            a_currency := a_currency || r.price_currency;
+            a_cost := a_cost || r.cost;
+            a_billed := a_billed || r.billed;
+        END LOOP;
+        IF cur_touched THEN
+            c_user := c_user || cur_user;
+            c_currency := c_currency || cur_currency;
+            c_posted := c_posted || cur_posted;
+            c_held := c_held || cur_held;
+        END IF;
+
+        -- 4. The writes, one statement per table. Transactions in user_id order: their position
+        -- counters are taken in the ledger's lock order.
+        INSERT INTO ledger_transactions (user_id, transaction_id, kind, amount_micros, currency_code, description,
+                                         reference, hold_id, request_id, request_actor, request_method, request_hash)
+        SELECT t_user[j], t_id[j], t_kind[j], t_amount[j], t_currency[j],
+               'Usage of ' || p_models[t_item[j]] || ' (usage/' || t_record[j] || ')', 'usage/' || t_record[j],
+               t_hold[j], p_request_ids[t_item[j]], CASE WHEN t_keyed[j] THEN p_actor END,
+               CASE WHEN t_keyed[j] THEN p_method END, CASE WHEN t_keyed[j] THEN p_request_hashes[t_item[j]] END
+          FROM generate_subscripts(t_id, 1) AS j
+         ORDER BY t_user[j], t_item[j], j;
+        INSERT INTO ledger_postings (user_id, transaction_id, leg, account_user_id, system_account, currency_code,
+                                     amount_micros)
+        SELECT t_user[j], t_id[j], leg, CASE WHEN leg = 1 THEN t_user[j] END, CASE WHEN leg = 2 THEN 'revenue' END,
+               t_currency[j], CASE WHEN leg = 1 THEN -t_amount[j] ELSE t_amount[j] END
+          FROM generate_subscripts(t_id, 1) AS j, (VALUES (1::smallint), (2::smallint)) AS legs(leg);
+        -- The touched accounts' expired holds are swept (their amounts are out of c_held already).
+        -- (Each target restricted by its keys too, so that its scan is an index scan, not a join's.)
+        UPDATE ledger_holds h SET status = 'expired', resolved_at = h.expire_at
+          FROM unnest(c_user, c_currency) AS c(user_id, currency_code)
+         WHERE h.user_id = ANY (c_user) AND h.user_id = c.user_id AND h.currency_code = c.currency_code
+           AND h.status = 'active' AND h.expire_at <= now();
+        UPDATE ledger_accounts a SET posted_micros = c.posted, held_micros = c.held, updated_at = now()
+          FROM unnest(c_user, c_currency, c_posted, c_held) AS c(user_id, currency_code, posted, held)
+         WHERE a.user_id = ANY (c_user) AND a.user_id = c.user_id AND a.currency_code = c.currency_code;
+        IF cardinality(h_id) > 0 THEN
+            UPDATE ledger_holds h
+               SET status = v.status, captured_micros = v.captured, capture_transaction_id = v.tx, resolved_at = now()
+              FROM unnest(h_user, h_id, h_status, h_captured, h_tx) AS v(user_id, hold_id, status, captured, tx)
+             WHERE h.user_id = ANY (h_user) AND h.hold_id = ANY (h_id) AND h.user_id = v.user_id
+               AND h.hold_id = v.hold_id;
+        END IF;
+
+        -- A month without partition (the server creates them ahead; this is the fallback).
+        FOR month IN SELECT DISTINCT date_trunc('month', c AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' FROM unnest(a_called) AS c LOOP
+            IF to_regclass(usage_partition_name(month)) IS NULL THEN
+                PERFORM usage_create_partition(month);
+            END IF;
+        END LOOP;
+        WITH written AS (
+            INSERT INTO usage_records (
+                user_id, called_at, usage_record_id, request_id, model_id, price_id, session_id, input_tokens,
+                cached_input_tokens, output_tokens, reasoning_tokens, latency_ns, time_to_first_token_ns, outcome,
+                error_code, used_own_provider_key, hold_id, cost_micros, billed, ledger_transaction_id,
+                overage_transaction_id)
+            SELECT p_users[i], a_called[j], a_record[j], p_request_ids[i], p_models[i], a_price[j], p_sessions[i],
+                   p_input[i], p_cached[i], p_output[i], p_reasoning[i], p_latency_ns[i], p_ttft_ns[i], p_outcomes[i],
+                   p_error_codes[i], p_own_keys[i], p_holds[i], a_cost[j], a_billed[j], a_tx[j], a_overage[j]
+              FROM generate_subscripts(a_item, 1) AS j, LATERAL (SELECT a_item[j] AS i) x
+             ORDER BY i
+            RETURNING usage_records.user_id, usage_records.called_at, usage_records.usage_record_id,
+                      usage_records.request_id, usage_records.model_id, usage_records.price_id,
+                      usage_records.session_id, usage_records.input_tokens, usage_records.cached_input_tokens,
+                      usage_records.output_tokens, usage_records.reasoning_tokens, usage_records.latency_ns,
+                      usage_records.time_to_first_token_ns, usage_records.outcome, usage_records.error_code,
+                      usage_records.used_own_provider_key, usage_records.hold_id, usage_records.cost_micros,
+                      usage_records.billed, usage_records.ledger_transaction_id,
+                      usage_records.overage_transaction_id, usage_records.created_at
+        )
+        SELECT array_agg(ROW(w.*)::usage_records) INTO records FROM written w;
+        INSERT INTO usage_rollup_queue (
+            model_id, user_id, called_at, is_error, input_tokens, cached_input_tokens, output_tokens,
+            reasoning_tokens, cost_micros, billed_micros, latency_bucket)
+        SELECT p_models[i], p_users[i], a_called[j], p_outcomes[i] = 'error', p_input[i], p_cached[i], p_output[i],
+               p_reasoning[i], a_cost[j], CASE WHEN a_billed[j] THEN a_cost[j] ELSE 0 END,
+               CASE WHEN p_outcomes[i] = 'success' THEN usage_latency_bucket(p_latency_ns[i]) END
+          FROM generate_subscripts(a_item, 1) AS j, LATERAL (SELECT a_item[j] AS i) x;
+        PERFORM audit_append_many(
+            p_actor, ARRAY(SELECT p_users[a_item[j]] FROM generate_subscripts(a_item, 1) AS j ORDER BY a_item[j]),
+            'usage.RecordUsage', 'usage_record',
+            ARRAY(SELECT a_record[j]::text FROM generate_subscripts(a_item, 1) AS j ORDER BY a_item[j]),
+            ARRAY(SELECT p_request_ids[a_item[j]] FROM generate_subscripts(a_item, 1) AS j ORDER BY a_item[j]),
+            ARRAY(SELECT jsonb_build_object('model_id', p_models[a_item[j]], 'price_id', a_price[j],
+                                            'cost_micros', a_cost[j], 'currency_code', a_currency[j],
+                                            'billed', a_billed[j], 'outcome', p_outcomes[a_item[j]],
+                                            'hold_id', p_holds[a_item[j]])
+                    FROM generate_subscripts(a_item, 1) AS j ORDER BY a_item[j]));
+        -- The rejected items (late replays included) leave no claim behind.
+        FOR r IN SELECT i FROM generate_subscripts(p_request_ids, 1) AS i WHERE statuses[i] = 'rejected' LOOP
+            DELETE FROM idempotency_keys
+             WHERE user_id = p_users[r.i] AND actor = p_actor AND request_id = p_request_ids[r.i];
+        END LOOP;
+    EXCEPTION WHEN integrity_constraint_violation THEN
+        fallback := true;
+        GET STACKED DIAGNOSTICS fallback_reason = CONSTRAINT_NAME;
+    END;
+    IF fallback THEN
+        RAISE WARNING 'usage_record_many fell back to usage_record_batch: %', fallback_reason;
+        RETURN QUERY SELECT * FROM usage_record_batch(
+            p_actor, p_method, p_request_ids, p_request_hashes, p_users, p_models, p_sessions, p_input, p_cached,
+            p_output, p_reasoning, p_latency_ns, p_ttft_ns, p_outcomes, p_error_codes, p_own_keys, p_holds,
+            p_called_at);
+        RETURN;
+    END IF;
+
+    RETURN QUERY
+        SELECT i - 1, statuses[i], rec, reasons[i], details[i],
+               CASE WHEN statuses[i] = 'rejected' THEN '23514' END, stored_methods[i], stored_hashes[i],
+               stored_responses[i]
+          FROM generate_series(1, n) AS i
+          LEFT JOIN unnest(a_item, a_record) AS a(item, written_id) ON a.item = i
+          LEFT JOIN unnest(records) AS rec ON rec.usage_record_id = a.written_id
+         ORDER BY i;
+END;
+$$;
+
 CREATE FUNCTION public.usage_reject(p_reason text, p_detail text DEFAULT ''::text) RETURNS void
     LANGUAGE plpgsql
     AS $$
@@ -1718,19 +2141,19 @@ ALTER TABLE ONLY public.user_preferences
 
 ALTER TABLE public.audit_events ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY audit_events_acting_users ON public.audit_events TO qdata_service USING ((COALESCE(user_id, '00000000-0000-0000-0000-000000000000'::uuid) = ANY (public.qdata_acting_users()))) WITH CHECK ((COALESCE(user_id, '00000000-0000-0000-0000-000000000000'::uuid) = ANY (public.qdata_acting_users())));
+CREATE POLICY audit_events_acting_users ON public.audit_events TO qdata_service USING ((COALESCE(user_id, '00000000-0000-0000-0000-000000000000'::uuid) = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((COALESCE(user_id, '00000000-0000-0000-0000-000000000000'::uuid) = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY audit_events_all_users ON public.audit_events TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
 ALTER TABLE public.chat_imports ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY chat_imports_acting_users ON public.chat_imports TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+CREATE POLICY chat_imports_acting_users ON public.chat_imports TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY chat_imports_all_users ON public.chat_imports TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
 ALTER TABLE public.chat_messages ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY chat_messages_acting_users ON public.chat_messages TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+CREATE POLICY chat_messages_acting_users ON public.chat_messages TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY chat_messages_all_users ON public.chat_messages TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
@@ -1743,7 +2166,7 @@ CREATE POLICY chat_messages_shared_token ON public.chat_messages FOR SELECT TO q
 
 ALTER TABLE public.chat_sessions ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY chat_sessions_acting_users ON public.chat_sessions TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+CREATE POLICY chat_sessions_acting_users ON public.chat_sessions TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY chat_sessions_all_users ON public.chat_sessions TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
@@ -1754,7 +2177,7 @@ CREATE POLICY chat_sessions_shared_token ON public.chat_sessions FOR SELECT TO q
 
 ALTER TABLE public.chat_share_links ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY chat_share_links_acting_users ON public.chat_share_links TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+CREATE POLICY chat_share_links_acting_users ON public.chat_share_links TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY chat_share_links_all_users ON public.chat_share_links TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
@@ -1762,105 +2185,108 @@ CREATE POLICY chat_share_links_shared_token ON public.chat_share_links FOR SELEC
 
 ALTER TABLE public.idempotency_keys ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY idempotency_keys_acting_users ON public.idempotency_keys TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+CREATE POLICY idempotency_keys_acting_users ON public.idempotency_keys TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY idempotency_keys_all_users ON public.idempotency_keys TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
 ALTER TABLE public.import_log ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY import_log_acting_users ON public.import_log TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+CREATE POLICY import_log_acting_users ON public.import_log TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY import_log_all_users ON public.import_log TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
 ALTER TABLE public.ledger_accounts ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY ledger_accounts_acting_users ON public.ledger_accounts TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+CREATE POLICY ledger_accounts_acting_users ON public.ledger_accounts TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY ledger_accounts_all_users ON public.ledger_accounts TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
 ALTER TABLE public.ledger_holds ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY ledger_holds_acting_users ON public.ledger_holds TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+CREATE POLICY ledger_holds_acting_users ON public.ledger_holds TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY ledger_holds_all_users ON public.ledger_holds TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
 ALTER TABLE public.ledger_positions ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY ledger_positions_acting_users ON public.ledger_positions TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+CREATE POLICY ledger_positions_acting_users ON public.ledger_positions TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY ledger_positions_all_users ON public.ledger_positions TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
 ALTER TABLE public.ledger_postings ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY ledger_postings_acting_users ON public.ledger_postings TO qdata_service USING (((user_id = ANY (public.qdata_acting_users())) OR (EXISTS ( SELECT
+CREATE POLICY ledger_postings_acting_users ON public.ledger_postings TO qdata_service USING (((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])) OR (EXISTS ( SELECT
    FROM public.ledger_transactions t
-  WHERE ((t.user_id = ledger_postings.user_id) AND (t.transaction_id = ledger_postings.transaction_id) AND (t.counterparty_user_id = ANY (public.qdata_acting_users()))))))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+  WHERE ((t.user_id = ledger_postings.user_id) AND (t.transaction_id = ledger_postings.transaction_id) AND (t.counterparty_user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))))))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY ledger_postings_all_users ON public.ledger_postings TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
 ALTER TABLE public.ledger_transactions ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY ledger_transactions_acting_users ON public.ledger_transactions TO qdata_service USING (((user_id = ANY (public.qdata_acting_users())) OR (counterparty_user_id = ANY (public.qdata_acting_users())))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+CREATE POLICY ledger_transactions_acting_users ON public.ledger_transactions TO qdata_service USING (((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])) OR (counterparty_user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY ledger_transactions_all_users ON public.ledger_transactions TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
 ALTER TABLE public.model_ratings ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY model_ratings_acting_users ON public.model_ratings TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+CREATE POLICY model_ratings_acting_users ON public.model_ratings TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY model_ratings_all_users ON public.model_ratings TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
 ALTER TABLE public.usage_model_user_days ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY usage_model_user_days_acting_users ON public.usage_model_user_days TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+CREATE POLICY usage_model_user_days_acting_users ON public.usage_model_user_days TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY usage_model_user_days_all_users ON public.usage_model_user_days TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
 ALTER TABLE public.usage_model_user_months ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY usage_model_user_months_acting_users ON public.usage_model_user_months TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+CREATE POLICY usage_model_user_months_acting_users ON public.usage_model_user_months TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY usage_model_user_months_all_users ON public.usage_model_user_months TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
 ALTER TABLE public.usage_records ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY usage_records_acting_users ON public.usage_records TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+CREATE POLICY usage_records_acting_users ON public.usage_records TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY usage_records_all_users ON public.usage_records TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
 ALTER TABLE public.usage_rollup_queue ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY usage_rollup_queue_acting_users ON public.usage_rollup_queue TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+CREATE POLICY usage_rollup_queue_acting_users ON public.usage_rollup_queue TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY usage_rollup_queue_all_users ON public.usage_rollup_queue TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
 ALTER TABLE public.usage_user_days ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY usage_user_days_acting_users ON public.usage_user_days TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+CREATE POLICY usage_user_days_acting_users ON public.usage_user_days TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY usage_user_days_all_users ON public.usage_user_days TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
 ALTER TABLE public.user_api_keys ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY user_api_keys_acting_users ON public.user_api_keys TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+CREATE POLICY user_api_keys_acting_users ON public.user_api_keys TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY user_api_keys_all_users ON public.user_api_keys TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
 ALTER TABLE public.user_preferences ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY user_preferences_acting_users ON public.user_preferences TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+CREATE POLICY user_preferences_acting_users ON public.user_preferences TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY user_preferences_all_users ON public.user_preferences TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
 ALTER TABLE public.users ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY users_acting_users ON public.users TO qdata_service USING ((user_id = ANY (public.qdata_acting_users()))) WITH CHECK ((user_id = ANY (public.qdata_acting_users())));
+CREATE POLICY users_acting_users ON public.users TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY users_all_users ON public.users TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
 GRANT USAGE ON SCHEMA public TO qdata_service;
 
 GRANT USAGE ON SCHEMA usage_partitions TO qdata_service;
+
+REVOKE ALL ON FUNCTION public.audit_chain_heads_read() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.audit_chain_heads_read() TO qdata_service;
 
 REVOKE ALL ON FUNCTION public.audit_seal(p_limit integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.audit_seal(p_limit integer) TO qdata_service;
