@@ -11,6 +11,7 @@ from __future__ import annotations
 from qdata.v1 import ledger_pb2
 from qdata_server import verify_schedule
 from qdata_server.verify_schedule import ScheduledVerification
+from tests.support.audit import seal
 from tests.support.calls import create_user, rid
 from tests.support.database import sql
 
@@ -26,6 +27,7 @@ async def test_the_walk_is_bounded_catches_up_and_finds_an_old_edit_on_every_run
     monkeypatch.setattr(verify_schedule, "SEGMENT", 1)
     for _ in range(100):
         await create_user(api)
+    await seal(api)  # the test server runs no background sealer
     heads = await chains(api)
     longest = max(heads.values())
     assert longest >= 3, heads  # some chain holds several events (100 events over 32 chains)
@@ -62,6 +64,7 @@ async def test_a_run_counts_verify_ledgers_discrepancies_and_a_cut_head(api):
             source=ledger_pb2.DEPOSIT_SOURCE_PROMOTION,
         )
     )
+    await seal(api)
     schedule = ScheduledVerification(api.server.deps)
     clean = await schedule.run()
     assert clean.discrepancies == 0 and not clean.problems and clean.audit_checked >= 2

@@ -184,7 +184,7 @@ async def test_events_chained_by_the_release_before_0017_and_by_the_sealer_make_
     previous, previous_sources = tmp_path / "previous", tmp_path / "previous_functions"
     shutil.copytree(str(shipped), previous)
     for newer in previous.glob("*.sql"):
-        if int(newer.name[:4]) >= 18:
+        if int(newer.name[:4]) >= 17:
             newer.unlink()
     shutil.copytree(str(shipped_sources), previous_sources)
     shutil.copy(FIXTURES / "audit_functions_before_0017.sql", previous_sources / "audit.sql")
