@@ -11,18 +11,30 @@ stays SERVING, and its `verify` still passes on the migrated database.
 from __future__ import annotations
 
 import dataclasses
-import shutil
+import subprocess
 from collections.abc import Awaitable, Callable
-from importlib import resources
 from pathlib import Path
 
 import grpc
 import psycopg
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from qdata.v1 import chat_pb2, ledger_pb2, usage_pb2, user_pb2
+from qdata.v1 import (
+    chat_pb2,
+    chat_pb2_grpc,
+    ledger_pb2,
+    ledger_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
+    user_pb2,
+    user_pb2_grpc,
+)
 from qdata_server.db import migrate
+from tests.support import releases
 from tests.support.calls import create_user, rid
+from tests.support.processes import ServerProcess, server_env
+from tests.support.releases import PREVIOUS_RELEASE, Release
 from tests.support.server import TEST_SETTINGS, Api, start_api, stop_api
 from tests.support.usage import create_model, usage
 
@@ -137,28 +149,131 @@ async def test_a_warmed_server_keeps_serving_while_an_additive_migration_lands(d
         await stop_api(api)
 
 
-async def test_the_previous_release_keeps_serving_and_verifying_while_0014_lands(
-    empty_database_url, tmp_path, monkeypatch
-):
-    shipped = resources.files("qdata_server.db").joinpath("migrations")
-    # The release before 0014: the same files without it (its server code is this one).
-    previous = Path(tmp_path / "previous")
-    shutil.copytree(str(shipped), previous)
-    (previous / "0014_restorable_range_checks.sql").unlink()
-    migrate.migrate(empty_database_url, migrations=previous)
-    shipped_migrations = migrate.load_migrations
-    # What the previous release's server knows of (its health counts pending files against these).
-    monkeypatch.setattr(migrate, "load_migrations", lambda folder=None: shipped_migrations(folder or previous))
-    api = await start_api(empty_database_url, SETTINGS)
+@pytest.fixture(scope="session")
+def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Release:
+    """The previous release's server and client, unpacked once per session (skips without history)."""
+    reason = releases.unavailable(PREVIOUS_RELEASE)
+    if reason:
+        pytest.skip(f"the previous release ({PREVIOUS_RELEASE[:12]}) cannot be taken from git: {reason}")
+    release = releases.materialize(PREVIOUS_RELEASE, tmp_path_factory.mktemp("releases"))
+    # Its own code is what runs, not this checkout's (installed editable in the venv).
+    imported = release.python("import qdata, qdata_server; print(qdata_server.__file__); print(qdata.__file__)")
+    assert imported.splitlines() == [
+        str(release.root / "server" / "qdata_server" / "__init__.py"),
+        str(release.root / "clients" / "python" / "qdata" / "__init__.py"),
+    ]
+    return release
+
+
+@dataclasses.dataclass
+class Remote:
+    """Stubs over one channel to a server process (what warm_up and round_of_calls use of an Api)."""
+
+    channel: grpc.aio.Channel
+    users: user_pb2_grpc.UserServiceStub
+    ledger: ledger_pb2_grpc.LedgerServiceStub
+    chat: chat_pb2_grpc.ChatServiceStub
+    usage: usage_pb2_grpc.UsageServiceStub
+
+    @classmethod
+    def of(cls, server: ServerProcess) -> Remote:
+        channel = grpc.aio.insecure_channel(server.address)
+        return cls(
+            channel,
+            user_pb2_grpc.UserServiceStub(channel),
+            ledger_pb2_grpc.LedgerServiceStub(channel),
+            chat_pb2_grpc.ChatServiceStub(channel),
+            usage_pb2_grpc.UsageServiceStub(channel),
+        )
+
+    async def serving(self) -> bool:
+        health = health_pb2_grpc.HealthStub(self.channel)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# The settings of the previous test, as a served process's environment: two workers.
+PROCESS_SETTINGS = {
+    "QDATA_WORKERS": "2",
+    "QDATA_PREPARED_STATEMENTS": "true",
+    "QDATA_POOL_MIN_SIZE": "2",
+    "QDATA_POOL_MAX_SIZE": "2",
+}
+
+
+# The previous release's `verify` (c6f838b and before) names each current-source file whose text a
+# newer release changed ("the database runs a later text than this build ships") and exits 1,
+# although it keeps serving that database; from this release on, `verify` tolerates those texts
+# beside migrations newer than its build. False once PREVIOUS_RELEASE is this release or later.
+PREVIOUS_VERIFY_NAMES_NEWER_TEXTS = True
+
+
+def check(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def previous_verify(release: Release, owner: dict[str, str]) -> list[str]:
+    """The problems the previous release's `verify` reports (its exit status agreeing)."""
+    done = release.run("verify", env=owner)
+    problems = [line.removeprefix("problem: ") for line in done.stdout.splitlines() if line.startswith("problem: ")]
+    assert done.returncode == (1 if problems else 0), f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return problems
+
+
+def expected_previous_verify(release: Release) -> list[str]:
+    """What previous_verify reports on a database this release migrated: see PREVIOUS_VERIFY_NAMES_NEWER_TEXTS."""
+    if not PREVIOUS_VERIFY_NAMES_NEWER_TEXTS:
+        return []
+    theirs = {s.name: s.checksum for s in migrate.load_sources(release.root / "server/qdata_server/db/functions")}
+    return [
+        f"current source functions/{s.name}: the database runs a later text than this build ships "
+        "(a newer release migrated it; or this build reverts a change: see docs/database.md)"
+        for s in migrate.load_sources()
+        if s.name in theirs and theirs[s.name] != s.checksum
+    ]
+
+
+async def test_the_previous_release_keeps_serving_and_verifying_while_this_one_migrates(
+    empty_database_url: str, previous_release: Release, tmp_path: Path
+) -> None:
+    owner = {"QDATA_OWNER_DATABASE_URL": empty_database_url}
+    check(previous_release.run("migrate", env=owner))
+    old = previous_release.serve(server_env(empty_database_url, **PROCESS_SETTINGS), tmp_path / "previous.log")
+    new: ServerProcess | None = None
+    remotes: list[Remote] = []
     try:
-        calls = await warm_up(api)
-        assert await round_of_calls(calls) == []
-        await assert_serving(api)  # nothing pending for the previous release
-        assert migrate.migrate(empty_database_url, migrations=shipped) == ["0014_restorable_range_checks"]
-        assert await round_of_calls(calls) == []
-        await assert_serving(api)
-        # The fingerprint 0014 recorded is the one the previous release computes, too.
-        assert migrate.verify(empty_database_url, migrations=previous) == []
-        assert migrate.verify(empty_database_url, migrations=shipped) == []
+        old.wait_serving()
+        to_old = Remote.of(old)
+        remotes.append(to_old)
+        old_calls = await warm_up(to_old)  # type: ignore[arg-type]
+        assert await round_of_calls(old_calls) == []  # warmed: every query above is now prepared
+        assert await to_old.serving()
+
+        applied = migrate.migrate(empty_database_url)  # this release's
+        assert [label for label in applied if not label.startswith("functions/")] == [
+            "0014_restorable_range_checks",
+            "0015_chat_share_links",
+            "0016_chat_import",
+        ]
+        assert await round_of_calls(old_calls) == []
+        assert await to_old.serving()
+        assert previous_verify(previous_release, owner) == expected_previous_verify(previous_release)
+
+        # This release starts next to it on the same database; both serve.
+        new = ServerProcess(server_env(empty_database_url, **PROCESS_SETTINGS), tmp_path / "this.log")
+        new.wait_serving()
+        to_new = Remote.of(new)
+        remotes.append(to_new)
+        new_calls = await warm_up(to_new)  # type: ignore[arg-type]
+        assert await round_of_calls(new_calls) == []
+        assert await round_of_calls(old_calls) == []
+        assert await to_old.serving() and await to_new.serving()
+        assert migrate.verify(empty_database_url) == []
+        assert previous_verify(previous_release, owner) == expected_previous_verify(previous_release)
     finally:
-        await stop_api(api)
+        for remote in remotes:
+            await remote.channel.close()
+        for server in (old, new):
+            if server is not None:
+                server.stop()
