@@ -3,9 +3,9 @@
 The server prepares statements (the default): psycopg prepares a query after its 5th use on a
 connection. A column that a newer release adds must not break what this one already prepared
 (PostgreSQL refuses "cached plan must not change result type" when a prepared statement's result
-shape changes, which a `*` column list makes it do). And a shipped migration that restates
-constraints (0014) lands under a server of the release before it: that server keeps answering,
-stays SERVING, and its `verify` still passes on the migrated database.
+shape changes, which a `*` column list makes it do). And the previous release itself, taken from
+git (tests/support/releases.py), keeps answering and stays SERVING while this release's
+migrations and current source land under it, then serves next to this release's server.
 """
 
 from __future__ import annotations
