@@ -10,6 +10,7 @@ migrations and current source land under it, then serves next to this release's 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import subprocess
 from collections.abc import Awaitable, Callable
@@ -177,7 +178,9 @@ class Remote:
 
     @classmethod
     def of(cls, server: ServerProcess) -> Remote:
-        channel = grpc.aio.insecure_channel(server.address)
+        # A connection of its own (channels to one address otherwise share one), which the
+        # kernel hands to one of the server's workers.
+        channel = grpc.aio.insecure_channel(server.address, options=[("grpc.use_local_subchannel_pool", 1)])
         return cls(
             channel,
             user_pb2_grpc.UserServiceStub(channel),
@@ -190,6 +193,35 @@ class Remote:
         health = health_pb2_grpc.HealthStub(self.channel)
         reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
         return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@dataclasses.dataclass
+class Workload:
+    """Warmed calls over channels that reach every worker of one server."""
+
+    remotes: list[Remote]
+    calls: Calls
+
+    @classmethod
+    async def over(cls, server: ServerProcess) -> Workload:
+        remotes: list[Remote] = []
+        calls: Calls = {}
+        # A connection goes to a worker by a hash of its address: channels until every worker
+        # logged a call of one (its "rpc" log line names its pid).
+        while len({line["pid"] for line in server.lines() if line.get("message") == "rpc"}) < server.serving_processes:
+            assert len(remotes) < 32, server.output()
+            remote = Remote.of(server)
+            remotes.append(remote)
+            warmed = await warm_up(remote)  # type: ignore[arg-type]
+            calls.update({f"{name} (channel {len(remotes)})": call for name, call in warmed.items()})
+        return cls(remotes, calls)
+
+    async def serving(self) -> bool:
+        return all([await remote.serving() for remote in self.remotes])
+
+    async def close(self) -> None:
+        for remote in self.remotes:
+            await remote.channel.close()
 
 
 # The settings of the previous test, as a served process's environment: two workers.
@@ -241,39 +273,39 @@ async def test_the_previous_release_keeps_serving_and_verifying_while_this_one_m
     check(previous_release.run("migrate", env=owner))
     old = previous_release.serve(server_env(empty_database_url, **PROCESS_SETTINGS), tmp_path / "previous.log")
     new: ServerProcess | None = None
-    remotes: list[Remote] = []
+    workloads: list[Workload] = []
     try:
         old.wait_serving()
-        to_old = Remote.of(old)
-        remotes.append(to_old)
-        old_calls = await warm_up(to_old)  # type: ignore[arg-type]
-        assert await round_of_calls(old_calls) == []  # warmed: every query above is now prepared
+        to_old = await Workload.over(old)
+        workloads.append(to_old)
+        assert await round_of_calls(to_old.calls) == []  # warmed: every query above is now prepared
         assert await to_old.serving()
 
-        applied = migrate.migrate(empty_database_url)  # this release's
+        # This release's migrate, under a round of the previous release's calls.
+        migrating = asyncio.create_task(asyncio.to_thread(migrate.migrate, empty_database_url))
+        assert await round_of_calls(to_old.calls) == []
+        applied = await migrating
         assert [label for label in applied if not label.startswith("functions/")] == [
             "0014_restorable_range_checks",
             "0015_chat_share_links",
             "0016_chat_import",
         ]
-        assert await round_of_calls(old_calls) == []
+        assert await round_of_calls(to_old.calls) == []
         assert await to_old.serving()
         assert previous_verify(previous_release, owner) == expected_previous_verify(previous_release)
 
         # This release starts next to it on the same database; both serve.
         new = ServerProcess(server_env(empty_database_url, **PROCESS_SETTINGS), tmp_path / "this.log")
         new.wait_serving()
-        to_new = Remote.of(new)
-        remotes.append(to_new)
-        new_calls = await warm_up(to_new)  # type: ignore[arg-type]
-        assert await round_of_calls(new_calls) == []
-        assert await round_of_calls(old_calls) == []
+        to_new = await Workload.over(new)
+        workloads.append(to_new)
+        assert await asyncio.gather(round_of_calls(to_old.calls), round_of_calls(to_new.calls)) == [[], []]
         assert await to_old.serving() and await to_new.serving()
         assert migrate.verify(empty_database_url) == []
         assert previous_verify(previous_release, owner) == expected_previous_verify(previous_release)
     finally:
-        for remote in remotes:
-            await remote.channel.close()
+        for workload in workloads:
+            await workload.close()
         for server in (old, new):
             if server is not None:
                 server.stop()
