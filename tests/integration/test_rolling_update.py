@@ -62,7 +62,7 @@ ADDITIVE_MIGRATION = [
 Calls = dict[str, Callable[[], Awaitable[object]]]
 
 
-async def warm_up(api: Api) -> Calls:
+async def warm_up(api: Api | Remote) -> Calls:
     """A call of every kind the server prepares statements for, on rows it creates first."""
     user = await create_user(api)
     deposit = await api.ledger.Deposit(
@@ -212,7 +212,7 @@ class Workload:
             assert len(remotes) < 32, server.output()
             remote = Remote.of(server)
             remotes.append(remote)
-            warmed = await warm_up(remote)  # type: ignore[arg-type]
+            warmed = await warm_up(remote)
             calls.update({f"{name} (channel {len(remotes)})": call for name, call in warmed.items()})
         return cls(remotes, calls)
 
