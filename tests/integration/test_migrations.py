@@ -279,6 +279,30 @@ def test_a_changed_source_file_is_applied_again_and_an_older_build_leaves_it(dat
     assert "functions/ledger.sql: the database runs a later text" in problem
 
 
+def test_verify_takes_a_later_text_beside_a_newer_release_migration_for_that_release(database_url, tmp_path):
+    functions = copy_of(shipped("functions"), tmp_path / "functions")
+    ledger = functions / "ledger.sql"
+    ledger.write_text(
+        ledger.read_text().replace(
+            "-- Raises a business rejection", "-- (next release)\n-- Raises a business rejection"
+        )
+    )
+    migrations = copy_of(shipped("migrations"), tmp_path / "migrations")
+    (migrations / "9999_next_release.sql").write_text("ALTER TABLE users ADD COLUMN next_release_note text NULL;\n")
+    # A newer release migrates the database: a migration and a later text of a file.
+    assert migrate.migrate(database_url, migrations=migrations, sources=functions) == [
+        "9999_next_release",
+        "functions/ledger.sql",
+    ]
+    # This build, still serving next to it, finds the database as that release left it.
+    assert migrate.status(database_url) == []
+    assert migrate.verify(database_url) == []
+    with psycopg.connect(database_url) as conn:
+        conn.execute("ALTER TABLE users ADD COLUMN by_hand text NULL")
+    [problem] = migrate.verify(database_url)
+    assert "the live schema differs" in problem
+
+
 async def test_a_source_file_the_database_never_ran_is_pending_for_health(database_url):
     api = await start_api(database_url)
     try:

@@ -3,33 +3,45 @@
 The server prepares statements (the default): psycopg prepares a query after its 5th use on a
 connection. A column that a newer release adds must not break what this one already prepared
 (PostgreSQL refuses "cached plan must not change result type" when a prepared statement's result
-shape changes, which a `*` column list makes it do). And a shipped migration that restates
-constraints (0014) lands under a server of the release before it: that server keeps answering,
-stays SERVING, and its `verify` still passes on the migrated database. And when 0017 moves the
-audit hash chain off the write path, the events the release before it chained in its trigger and
-the ones the new sealer chains make one verifiable trail.
+shape changes, which a `*` column list makes it do). And the previous release itself, taken from
+git (tests/support/releases.py), keeps answering and stays SERVING while this release's
+migrations and current source land under it, then serves next to this release's server. And when
+0017 moves the audit hash chain off the write path, the events a release before it chained in its
+trigger and the ones the new sealer chains make one verifiable trail.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import shutil
+import subprocess
 from collections.abc import Awaitable, Callable
-from importlib import resources
 from pathlib import Path
 
 import grpc
 import psycopg
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from qdata.v1 import chat_pb2, ledger_pb2, usage_pb2, user_pb2
+from qdata.v1 import (
+    chat_pb2,
+    chat_pb2_grpc,
+    ledger_pb2,
+    ledger_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
+    user_pb2,
+    user_pb2_grpc,
+)
 from qdata_server import audit_chain
 from qdata_server.db import migrate
+from tests.support import releases
 from tests.support.audit import seal
 from tests.support.calls import create_user, rid
 from tests.support.database import sql
 from tests.support.ledger import deposit
+from tests.support.processes import ServerProcess, server_env
+from tests.support.releases import PREVIOUS_RELEASE, Release
 from tests.support.server import TEST_SETTINGS, Api, start_api, stop_api
 from tests.support.usage import create_model, usage
 
@@ -56,7 +68,7 @@ ADDITIVE_MIGRATION = [
 Calls = dict[str, Callable[[], Awaitable[object]]]
 
 
-async def warm_up(api: Api) -> Calls:
+async def warm_up(api: Api | Remote) -> Calls:
     """A call of every kind the server prepares statements for, on rows it creates first."""
     user = await create_user(api)
     deposit = await api.ledger.Deposit(
@@ -144,31 +156,165 @@ async def test_a_warmed_server_keeps_serving_while_an_additive_migration_lands(d
         await stop_api(api)
 
 
-async def test_the_previous_release_keeps_serving_and_verifying_while_0014_lands(
-    empty_database_url, tmp_path, monkeypatch
-):
-    shipped = resources.files("qdata_server.db").joinpath("migrations")
-    # The release before 0014: the same files without it (its server code is this one).
-    previous = Path(tmp_path / "previous")
-    shutil.copytree(str(shipped), previous)
-    (previous / "0014_restorable_range_checks.sql").unlink()
-    migrate.migrate(empty_database_url, migrations=previous)
-    shipped_migrations = migrate.load_migrations
-    # What the previous release's server knows of (its health counts pending files against these).
-    monkeypatch.setattr(migrate, "load_migrations", lambda folder=None: shipped_migrations(folder or previous))
-    api = await start_api(empty_database_url, SETTINGS)
+@pytest.fixture(scope="session")
+def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Release:
+    """The previous release's server and client, unpacked once per session (skips without history)."""
+    reason = releases.unavailable(PREVIOUS_RELEASE)
+    if reason:
+        pytest.skip(f"the previous release ({PREVIOUS_RELEASE[:12]}) cannot be taken from git: {reason}")
+    release = releases.materialize(PREVIOUS_RELEASE, tmp_path_factory.mktemp("releases"))
+    # Its own code is what runs, not this checkout's (installed editable in the venv).
+    imported = release.python("import qdata, qdata_server; print(qdata_server.__file__); print(qdata.__file__)")
+    assert imported.splitlines() == [
+        str(release.root / "server" / "qdata_server" / "__init__.py"),
+        str(release.root / "clients" / "python" / "qdata" / "__init__.py"),
+    ]
+    return release
+
+
+@dataclasses.dataclass
+class Remote:
+    """Stubs over one channel to a server process (what warm_up and round_of_calls use of an Api)."""
+
+    channel: grpc.aio.Channel
+    users: user_pb2_grpc.UserServiceStub
+    ledger: ledger_pb2_grpc.LedgerServiceStub
+    chat: chat_pb2_grpc.ChatServiceStub
+    usage: usage_pb2_grpc.UsageServiceStub
+
+    @classmethod
+    def of(cls, server: ServerProcess) -> Remote:
+        # A connection of its own (channels to one address otherwise share one), which the
+        # kernel hands to one of the server's workers.
+        channel = grpc.aio.insecure_channel(server.address, options=[("grpc.use_local_subchannel_pool", 1)])
+        return cls(
+            channel,
+            user_pb2_grpc.UserServiceStub(channel),
+            ledger_pb2_grpc.LedgerServiceStub(channel),
+            chat_pb2_grpc.ChatServiceStub(channel),
+            usage_pb2_grpc.UsageServiceStub(channel),
+        )
+
+    async def serving(self) -> bool:
+        health = health_pb2_grpc.HealthStub(self.channel)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@dataclasses.dataclass
+class Workload:
+    """Warmed calls over channels that reach every worker of one server."""
+
+    remotes: list[Remote]
+    calls: Calls
+
+    @classmethod
+    async def over(cls, server: ServerProcess) -> Workload:
+        remotes: list[Remote] = []
+        calls: Calls = {}
+        # A connection goes to a worker by a hash of its address: channels until every worker
+        # logged a call of one (its "rpc" log line names its pid).
+        while len({line["pid"] for line in server.lines() if line.get("message") == "rpc"}) < server.serving_processes:
+            assert len(remotes) < 32, server.output()
+            remote = Remote.of(server)
+            remotes.append(remote)
+            warmed = await warm_up(remote)
+            calls.update({f"{name} (channel {len(remotes)})": call for name, call in warmed.items()})
+        return cls(remotes, calls)
+
+    async def serving(self) -> bool:
+        return all([await remote.serving() for remote in self.remotes])
+
+    async def close(self) -> None:
+        for remote in self.remotes:
+            await remote.channel.close()
+
+
+# The settings of the previous test, as a served process's environment: two workers.
+PROCESS_SETTINGS = {
+    "QDATA_WORKERS": "2",
+    "QDATA_PREPARED_STATEMENTS": "true",
+    "QDATA_POOL_MIN_SIZE": "2",
+    "QDATA_POOL_MAX_SIZE": "2",
+}
+
+
+# The previous release's `verify` (c6f838b and before) names each current-source file whose text a
+# newer release changed ("the database runs a later text than this build ships") and exits 1,
+# although it keeps serving that database; from this release on, `verify` tolerates those texts
+# beside migrations newer than its build. False once PREVIOUS_RELEASE is this release or later.
+PREVIOUS_VERIFY_NAMES_NEWER_TEXTS = True
+
+
+def check(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def previous_verify(release: Release, owner: dict[str, str]) -> list[str]:
+    """The problems the previous release's `verify` reports (its exit status agreeing)."""
+    done = release.run("verify", env=owner)
+    problems = [line.removeprefix("problem: ") for line in done.stdout.splitlines() if line.startswith("problem: ")]
+    assert done.returncode == (1 if problems else 0), f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return problems
+
+
+def expected_previous_verify(release: Release) -> list[str]:
+    """What previous_verify reports on a database this release migrated: see PREVIOUS_VERIFY_NAMES_NEWER_TEXTS."""
+    if not PREVIOUS_VERIFY_NAMES_NEWER_TEXTS:
+        return []
+    theirs = {s.name: s.checksum for s in migrate.load_sources(release.root / "server/qdata_server/db/functions")}
+    return [
+        f"current source functions/{s.name}: the database runs a later text than this build ships "
+        "(a newer release migrated it; or this build reverts a change: see docs/database.md)"
+        for s in migrate.load_sources()
+        if s.name in theirs and theirs[s.name] != s.checksum
+    ]
+
+
+async def test_the_previous_release_keeps_serving_and_verifying_while_this_one_migrates(
+    empty_database_url: str, previous_release: Release, tmp_path: Path
+) -> None:
+    owner = {"QDATA_OWNER_DATABASE_URL": empty_database_url}
+    check(previous_release.run("migrate", env=owner))
+    old = previous_release.serve(server_env(empty_database_url, **PROCESS_SETTINGS), tmp_path / "previous.log")
+    new: ServerProcess | None = None
+    workloads: list[Workload] = []
     try:
-        calls = await warm_up(api)
-        assert await round_of_calls(calls) == []
-        await assert_serving(api)  # nothing pending for the previous release
-        assert migrate.migrate(empty_database_url, migrations=shipped) == ["0014_restorable_range_checks"]
-        assert await round_of_calls(calls) == []
-        await assert_serving(api)
-        # The fingerprint 0014 recorded is the one the previous release computes, too.
-        assert migrate.verify(empty_database_url, migrations=previous) == []
-        assert migrate.verify(empty_database_url, migrations=shipped) == []
+        old.wait_serving()
+        to_old = await Workload.over(old)
+        workloads.append(to_old)
+        assert await round_of_calls(to_old.calls) == []  # warmed: every query above is now prepared
+        assert await to_old.serving()
+
+        # This release's migrate, under a round of the previous release's calls.
+        migrating = asyncio.create_task(asyncio.to_thread(migrate.migrate, empty_database_url))
+        assert await round_of_calls(to_old.calls) == []
+        applied = await migrating
+        assert [label for label in applied if not label.startswith("functions/")] == [
+            "0014_restorable_range_checks",
+            "0015_chat_share_links",
+            "0016_chat_import",
+        ]
+        assert await round_of_calls(to_old.calls) == []
+        assert await to_old.serving()
+        assert previous_verify(previous_release, owner) == expected_previous_verify(previous_release)
+
+        # This release starts next to it on the same database; both serve.
+        new = ServerProcess(server_env(empty_database_url, **PROCESS_SETTINGS), tmp_path / "this.log")
+        new.wait_serving()
+        to_new = await Workload.over(new)
+        workloads.append(to_new)
+        assert await asyncio.gather(round_of_calls(to_old.calls), round_of_calls(to_new.calls)) == [[], []]
+        assert await to_old.serving() and await to_new.serving()
+        assert migrate.verify(empty_database_url) == []
+        assert previous_verify(previous_release, owner) == expected_previous_verify(previous_release)
     finally:
-        await stop_api(api)
+        for workload in workloads:
+            await workload.close()
+        for server in (old, new):
+            if server is not None:
+                server.stop()
 
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"

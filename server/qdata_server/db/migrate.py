@@ -445,18 +445,22 @@ def verify(conninfo: str, *, migrations: Folder | None = None, sources: Folder |
     source_files = load_sources(sources)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         applied = _applied(conn)
+        files = load_migrations(migrations)
         try:
-            todo = pending(load_migrations(migrations), applied)
+            todo = pending(files, applied)
         except MigrationError as exc:
             return [str(exc)]
         history = _applied_sources(conn)
         problems += [f"migration {m.label} is not applied" for m in todo]
         problems += [f"current source {s.label} is not applied" for s in pending_sources(source_files, history)]
-        problems += [
-            f"current source {s.label}: the database runs a later text than this build ships "
-            "(a newer release migrated it; or this build reverts a change: see docs/database.md)"
-            for s in superseded_sources(source_files, history)
-        ]
+        # Beside migrations newer than this build, a later text is that newer release's (a rolling
+        # update: this build keeps serving next to it), as pending() tolerates its migrations.
+        if not newer_than_build(files, applied):
+            problems += [
+                f"current source {s.label}: the database runs a later text than this build ships "
+                "(a newer release migrated it; or this build reverts a change: see docs/database.md)"
+                for s in superseded_sources(source_files, history)
+            ]
         if applied and not problems:
             problems += _drift(conn)
     return problems
