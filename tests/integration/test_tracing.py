@@ -233,6 +233,8 @@ def test_transactions_and_statements_are_child_spans_named_by_their_sql_blocks(t
         names = {s.name for s in statements}
         assert names <= set(sql.names()), names
         assert {"begin_transaction", *blocks} <= names, names
+        if call is traced.deposit:  # nothing read back: the one call answers
+            assert names == {"begin_transaction", *blocks}, names
         assert len(spans) == 2 + len(statements), [s.name for s in spans]
         for statement in statements:
             assert attributes(statement.attributes) == {"db.system": "postgresql", "db.system.name": "postgresql"}
