@@ -17,6 +17,24 @@ from qdata_server.db.connection import Conn
 from qdata_server.db.sql import execute
 
 
+def author() -> tuple[str, str]:
+    """The actor and request_id an event of the running RPC carries ("cli" and "" outside one)."""
+    ctx = callctx.current()
+    return (ctx.actor, ctx.request_id) if ctx else ("cli", "")
+
+
+def params(action: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """An event of the running RPC as the SQL functions that append their own take it
+    (audit_actor, audit_action, audit_request_id, audit_summary; target and user are theirs)."""
+    actor, request_id = author()
+    return {
+        "audit_actor": actor,
+        "audit_action": action,
+        "audit_request_id": request_id,
+        "audit_summary": Jsonb(summary),
+    }
+
+
 async def record(
     conn: Conn,
     *,
@@ -27,17 +45,17 @@ async def record(
     summary: dict[str, Any] | None = None,
 ) -> None:
     """Appends one audit event; actor and request_id come from the running RPC."""
-    ctx = callctx.current()
+    actor, request_id = author()
     await execute(
         conn,
         "insert_audit_event",
         {
-            "actor": ctx.actor if ctx else "cli",
+            "actor": actor,
             "user_id": user_id,
             "action": action,
             "target_type": target_type,
             "target_id": target_id,
-            "request_id": ctx.request_id if ctx else "",
+            "request_id": request_id,
             "summary": Jsonb(summary or {}),
         },
     )

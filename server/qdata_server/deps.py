@@ -100,6 +100,29 @@ class Deps:
             retries=self.settings.transaction_retries,
         )
 
+    async def idempotent_once(
+        self,
+        response_type: type[M],
+        work: Callable[[Conn], Awaitable[M | idempotency.Held]],
+        *,
+        key: idempotency.RequestKey,
+        acting: transactions.Acting,
+        remembered: Work[M] | None = None,
+        committed: Callable[[M], None] | None = None,
+    ) -> M:
+        """Like idempotent, for work whose one database call claims the key itself (see
+        qdata_server.idempotency.run_claiming): the ledger's movements."""
+        return await idempotency.run_claiming(
+            self.pool,
+            response_type,
+            work,
+            key=key,
+            acting=acting,
+            remembered=remembered,
+            committed=committed,
+            retries=self.settings.transaction_retries,
+        )
+
     async def replayed(self, request: Message, *, user_id: uuid.UUID | None = None) -> bool:
         """True if request's request_id already holds a committed response."""
         return await idempotency.was_recorded(self.pool, request, user_id=user_id)

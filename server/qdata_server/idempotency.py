@@ -26,8 +26,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
@@ -170,27 +170,93 @@ async def run_idempotent(
         key = request_key(request, user_id=user_id, canonical=canonical, secret_fields=secret_fields)
     ids = key.ids()
 
-    # Whether the last attempt ran work (an attempt that a retry replaced does not count).
-    ran_work = False
-
-    async def transaction(conn: Conn) -> R:
-        nonlocal ran_work
-        ran_work = False
+    async def transaction(conn: Conn) -> tuple[R, bool]:
         claim = await fetch_row(
             conn, "claim_request_id", {**ids, "method": key.method, "request_hash": key.request_hash}
         )
         if not claim["claimed"]:
-            check_same_request(key, claim["stored_method"], claim["stored_hash"])
-            _note_replay()
-            return response_type.FromString(bytes(claim["stored_response"]))
+            return _answer_held(key, response_type, Held.of(claim)), False
         response = await work(conn)
         await execute(conn, "store_response", {**ids, "response": response.SerializeToString()})
-        ran_work = True
-        return response
+        return response, True
 
-    acting = acting or transactions.acting_for(user_id)
+    return await _run(
+        pool,
+        transaction,
+        acting=acting or transactions.acting_for(user_id),
+        remembered=remembered,
+        committed=committed,
+        retries=retries,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Held:
+    """A key that a committed request holds, as idempotency_claim reports it when it did not claim."""
+
+    method: str
+    request_hash: bytes
+    response: bytes
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> Held:
+        """From a row with idempotency_claim's stored_method, stored_hash and stored_response."""
+        return cls(row["stored_method"], bytes(row["stored_hash"]), bytes(row["stored_response"]))
+
+
+def _answer_held(key: RequestKey, response_type: type[R], held: Held) -> R:
+    """The stored first answer of a replay, or REQUEST_ID_REUSED (check_same_request)."""
+    check_same_request(key, held.method, held.request_hash)
+    _note_replay()
+    return response_type.FromString(held.response)
+
+
+async def run_claiming(
+    pool: Pool,
+    response_type: type[R],
+    work: Callable[[Conn], Awaitable[R | Held]],
+    *,
+    key: RequestKey,
+    acting: transactions.Acting,
+    remembered: Callable[[Conn], Awaitable[R]] | None = None,
+    committed: Callable[[R], None] | None = None,
+    retries: int = 5,
+) -> R:
+    """run_idempotent for work whose one database call claims key itself.
+
+    work calls a SQL function that runs idempotency_claim first and does its change only if it
+    took the key, in the same statement that answers (the ledger's *_once functions): it returns
+    the response, or Held (Held.of its row) when a committed request holds the key. The response
+    is stored with the commit, in the same flush; a Held one is answered as run_idempotent
+    answers it (the stored response, or REQUEST_ID_REUSED), and remembered and committed as there too.
+    """
+
+    async def transaction(conn: Conn) -> tuple[R, bool]:
+        outcome = await work(conn)
+        if isinstance(outcome, Held):
+            return _answer_held(key, response_type, outcome), False
+        await execute(conn, "store_response", {**key.ids(), "response": outcome.SerializeToString()})
+        return outcome, True
+
+    return await _run(pool, transaction, acting=acting, remembered=remembered, committed=committed, retries=retries)
+
+
+async def _run(
+    pool: Pool,
+    transaction: Callable[[Conn], Awaitable[tuple[R, bool]]],
+    *,
+    acting: transactions.Acting,
+    remembered: Callable[[Conn], Awaitable[R]] | None,
+    committed: Callable[[R], None] | None,
+    retries: int,
+) -> R:
+    """Runs the claiming transaction; a RequestRemembered is answered by remembered (see above).
+
+    transaction returns the response and whether it ran the work (False: it answered a replay);
+    the attempt that committed decides, so a retried attempt never counts twice for committed.
+    """
     try:
-        response = await transactions.run(pool, transaction, acting=acting, retries=retries)
+        response, ran_work = await transactions.run(pool, transaction, acting=acting, retries=retries)
     except RequestRemembered:
         if remembered is None:
             raise

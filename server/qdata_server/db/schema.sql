@@ -231,6 +231,23 @@ BEGIN
 END;
 $$;
 
+CREATE FUNCTION public.ledger_capture_hold_once(p_user uuid, p_hold uuid, p_amount bigint, p_description text, p_request_id text, p_actor text, p_method text, p_request_hash bytea, p_audit_actor text, p_audit_action text, p_audit_request_id text, p_audit_summary jsonb, OUT claimed boolean, OUT stored_method text, OUT stored_hash bytea, OUT stored_response bytea, OUT transaction_id uuid) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    SELECT c.claimed, c.stored_method, c.stored_hash, c.stored_response
+      INTO claimed, stored_method, stored_hash, stored_response
+      FROM idempotency_claim(p_user, p_actor, p_request_id, p_method, p_request_hash) c;
+    IF claimed THEN
+        transaction_id := ledger_capture_hold(p_user, p_hold, p_amount, p_description, p_request_id,
+                                              p_actor => p_actor, p_method => p_method,
+                                              p_request_hash => p_request_hash);
+        PERFORM audit_append(p_audit_actor, p_user, p_audit_action, 'hold', p_hold::text, p_audit_request_id,
+                             p_audit_summary || jsonb_build_object('transaction_id', transaction_id::text));
+    END IF;
+END;
+$$;
+
 CREATE FUNCTION public.ledger_charge(p_user uuid, p_amount bigint, p_currency text, p_description text, p_reference text, p_request_id text, p_actor text DEFAULT NULL::text, p_method text DEFAULT NULL::text, p_request_hash bytea DEFAULT NULL::bytea) RETURNS uuid
     LANGUAGE plpgsql
     AS $$
@@ -240,6 +257,22 @@ BEGIN
     RETURN ledger_insert_transaction(
         p_user, 'charge', p_amount, p_currency, p_user, NULL, NULL, 'revenue',
         NULL, p_description, p_reference, '', '', NULL, NULL, p_request_id, p_actor, p_method, p_request_hash);
+END;
+$$;
+
+CREATE FUNCTION public.ledger_charge_once(p_user uuid, p_amount bigint, p_currency text, p_description text, p_reference text, p_request_id text, p_actor text, p_method text, p_request_hash bytea, p_audit_actor text, p_audit_action text, p_audit_request_id text, p_audit_summary jsonb, OUT claimed boolean, OUT stored_method text, OUT stored_hash bytea, OUT stored_response bytea, OUT transaction_id uuid) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    SELECT c.claimed, c.stored_method, c.stored_hash, c.stored_response
+      INTO claimed, stored_method, stored_hash, stored_response
+      FROM idempotency_claim(p_user, p_actor, p_request_id, p_method, p_request_hash) c;
+    IF claimed THEN
+        transaction_id := ledger_charge(p_user, p_amount, p_currency, p_description, p_reference,
+                                        p_request_id, p_actor, p_method, p_request_hash);
+        PERFORM audit_append(p_audit_actor, p_user, p_audit_action, 'transaction', transaction_id::text,
+                             p_audit_request_id, p_audit_summary);
+    END IF;
 END;
 $$;
 
@@ -273,6 +306,22 @@ BEGIN
     UPDATE ledger_accounts SET held_micros = held_micros + p_amount, updated_at = now()
      WHERE user_id = p_user AND currency_code = p_currency;
     RETURN new_id;
+END;
+$$;
+
+CREATE FUNCTION public.ledger_create_hold_once(p_user uuid, p_amount bigint, p_currency text, p_ttl_seconds double precision, p_description text, p_reference text, p_request_id text, p_actor text, p_method text, p_request_hash bytea, p_audit_actor text, p_audit_action text, p_audit_request_id text, p_audit_summary jsonb, OUT claimed boolean, OUT stored_method text, OUT stored_hash bytea, OUT stored_response bytea, OUT hold_id uuid) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    SELECT c.claimed, c.stored_method, c.stored_hash, c.stored_response
+      INTO claimed, stored_method, stored_hash, stored_response
+      FROM idempotency_claim(p_user, p_actor, p_request_id, p_method, p_request_hash) c;
+    IF claimed THEN
+        hold_id := ledger_create_hold(p_user, p_amount, p_currency, p_ttl_seconds, p_description, p_reference,
+                                      p_request_id, p_actor, p_method, p_request_hash);
+        PERFORM audit_append(p_audit_actor, p_user, p_audit_action, 'hold', hold_id::text,
+                             p_audit_request_id, p_audit_summary);
+    END IF;
 END;
 $$;
 
@@ -341,6 +390,22 @@ BEGIN
 END;
 $$;
 
+CREATE FUNCTION public.ledger_deposit_once(p_user uuid, p_amount bigint, p_currency text, p_source text, p_external_reference text, p_description text, p_request_id text, p_actor text, p_method text, p_request_hash bytea, p_audit_actor text, p_audit_action text, p_audit_request_id text, p_audit_summary jsonb, OUT claimed boolean, OUT stored_method text, OUT stored_hash bytea, OUT stored_response bytea, OUT transaction_id uuid) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    SELECT c.claimed, c.stored_method, c.stored_hash, c.stored_response
+      INTO claimed, stored_method, stored_hash, stored_response
+      FROM idempotency_claim(p_user, p_actor, p_request_id, p_method, p_request_hash) c;
+    IF claimed THEN
+        transaction_id := ledger_deposit(p_user, p_amount, p_currency, p_source, p_external_reference,
+                                         p_description, p_request_id, p_actor, p_method, p_request_hash);
+        PERFORM audit_append(p_audit_actor, p_user, p_audit_action, 'transaction', transaction_id::text,
+                             p_audit_request_id, p_audit_summary);
+    END IF;
+END;
+$$;
+
 CREATE FUNCTION public.ledger_external_reference_holder(p_external_reference text) RETURNS uuid
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -355,6 +420,16 @@ BEGIN
     RAISE EXCEPTION '% is append-only', TG_TABLE_NAME
         USING ERRCODE = 'insufficient_privilege', CONSTRAINT = 'ledger_append_only';
 END;
+$$;
+
+CREATE FUNCTION public.ledger_hold_answer(p_user uuid, p_hold uuid) RETURNS TABLE(user_id uuid, hold_id uuid, currency_code text, amount_micros bigint, status text, description text, reference text, captured_micros bigint, capture_transaction_id uuid, request_id text, created_at timestamp with time zone, expire_at timestamp with time zone, resolved_at timestamp with time zone, read_at timestamp with time zone)
+    LANGUAGE sql
+    AS $$
+    SELECT h.user_id, h.hold_id, h.currency_code, h.amount_micros, h.status, h.description, h.reference,
+           h.captured_micros, h.capture_transaction_id, h.request_id, h.created_at, h.expire_at, h.resolved_at,
+           now()
+      FROM ledger_holds h
+     WHERE h.user_id = p_user AND h.hold_id = p_hold
 $$;
 
 CREATE FUNCTION public.ledger_insert_transaction(p_owner uuid, p_kind text, p_amount bigint, p_currency text, p_debit_user uuid, p_debit_system text, p_credit_user uuid, p_credit_system text, p_counterparty uuid, p_description text, p_reference text, p_external_reference text, p_deposit_source text, p_original uuid, p_hold uuid, p_request_id text, p_actor text, p_method text, p_request_hash bytea) RETURNS uuid
@@ -487,6 +562,22 @@ BEGIN
 END;
 $$;
 
+CREATE FUNCTION public.ledger_opening_balance_once(p_user uuid, p_amount bigint, p_currency text, p_description text, p_request_id text, p_actor text, p_method text, p_request_hash bytea, p_audit_actor text, p_audit_action text, p_audit_request_id text, p_audit_summary jsonb, OUT claimed boolean, OUT stored_method text, OUT stored_hash bytea, OUT stored_response bytea, OUT transaction_id uuid) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    SELECT c.claimed, c.stored_method, c.stored_hash, c.stored_response
+      INTO claimed, stored_method, stored_hash, stored_response
+      FROM idempotency_claim(p_user, p_actor, p_request_id, p_method, p_request_hash) c;
+    IF claimed THEN
+        transaction_id := ledger_opening_balance(p_user, p_amount, p_currency, p_description, p_request_id,
+                                                 p_actor, p_method, p_request_hash);
+        PERFORM audit_append(p_audit_actor, p_user, p_audit_action, 'transaction', transaction_id::text,
+                             p_audit_request_id, p_audit_summary);
+    END IF;
+END;
+$$;
+
 CREATE FUNCTION public.ledger_refund(p_user uuid, p_original uuid, p_amount bigint, p_description text, p_request_id text, p_actor text DEFAULT NULL::text, p_method text DEFAULT NULL::text, p_request_hash bytea DEFAULT NULL::bytea) RETURNS uuid
     LANGUAGE plpgsql
     AS $$
@@ -517,6 +608,22 @@ BEGIN
 END;
 $$;
 
+CREATE FUNCTION public.ledger_refund_once(p_user uuid, p_original uuid, p_amount bigint, p_description text, p_request_id text, p_actor text, p_method text, p_request_hash bytea, p_audit_actor text, p_audit_action text, p_audit_request_id text, p_audit_summary jsonb, OUT claimed boolean, OUT stored_method text, OUT stored_hash bytea, OUT stored_response bytea, OUT transaction_id uuid) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    SELECT c.claimed, c.stored_method, c.stored_hash, c.stored_response
+      INTO claimed, stored_method, stored_hash, stored_response
+      FROM idempotency_claim(p_user, p_actor, p_request_id, p_method, p_request_hash) c;
+    IF claimed THEN
+        transaction_id := ledger_refund(p_user, p_original, p_amount, p_description, p_request_id,
+                                        p_actor, p_method, p_request_hash);
+        PERFORM audit_append(p_audit_actor, p_user, p_audit_action, 'transaction', transaction_id::text,
+                             p_audit_request_id, p_audit_summary);
+    END IF;
+END;
+$$;
+
 CREATE FUNCTION public.ledger_reject(p_reason text, p_detail text DEFAULT ''::text) RETURNS void
     LANGUAGE plpgsql
     AS $$
@@ -541,6 +648,21 @@ BEGIN
            release_request_id = CASE WHEN p_actor IS NOT NULL THEN p_request_id END,
            release_request_actor = p_actor, release_request_method = p_method, release_request_hash = p_request_hash
      WHERE user_id = p_user AND hold_id = p_hold;
+END;
+$$;
+
+CREATE FUNCTION public.ledger_release_hold_once(p_user uuid, p_hold uuid, p_request_id text, p_actor text, p_method text, p_request_hash bytea, p_audit_actor text, p_audit_action text, p_audit_request_id text, p_audit_summary jsonb, OUT claimed boolean, OUT stored_method text, OUT stored_hash bytea, OUT stored_response bytea) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    SELECT c.claimed, c.stored_method, c.stored_hash, c.stored_response
+      INTO claimed, stored_method, stored_hash, stored_response
+      FROM idempotency_claim(p_user, p_actor, p_request_id, p_method, p_request_hash) c;
+    IF claimed THEN
+        PERFORM ledger_release_hold(p_user, p_hold, p_request_id, p_actor, p_method, p_request_hash);
+        PERFORM audit_append(p_audit_actor, p_user, p_audit_action, 'hold', p_hold::text, p_audit_request_id,
+                             p_audit_summary);
+    END IF;
 END;
 $$;
 
@@ -582,6 +704,22 @@ BEGIN
     END LOOP;
     RETURN swept;
 END;
+$$;
+
+CREATE FUNCTION public.ledger_transaction_answer(p_user uuid, p_transaction uuid) RETURNS TABLE(user_id uuid, transaction_id uuid, kind text, counterparty_user_id uuid, amount_micros bigint, currency_code text, description text, reference text, external_reference text, deposit_source text, original_transaction_id uuid, hold_id uuid, request_id text, created_at timestamp with time zone, postings json, refunded_micros bigint)
+    LANGUAGE sql
+    AS $$
+    SELECT t.user_id, t.transaction_id, t.kind, t.counterparty_user_id, t.amount_micros, t.currency_code,
+           t.description, t.reference, t.external_reference, t.deposit_source, t.original_transaction_id,
+           t.hold_id, t.request_id, t.created_at,
+           (SELECT json_agg(json_build_object(
+                       'account', CASE WHEN p.account_user_id IS NOT NULL THEN 'users/' || p.account_user_id
+                                       ELSE 'system/' || p.system_account END,
+                       'amount_micros', p.amount_micros) ORDER BY p.leg)
+              FROM ledger_postings p WHERE p.user_id = t.user_id AND p.transaction_id = t.transaction_id),
+           0::bigint
+      FROM ledger_transactions t
+     WHERE t.user_id = p_user AND t.transaction_id = p_transaction
 $$;
 
 CREATE FUNCTION public.ledger_transactions_position() RETURNS trigger
@@ -629,6 +767,22 @@ BEGIN
     RETURN ledger_insert_transaction(
         p_from, 'transfer', p_amount, p_currency, p_from, NULL, p_to, NULL,
         p_to, p_description, p_reference, '', '', NULL, NULL, p_request_id, p_actor, p_method, p_request_hash);
+END;
+$$;
+
+CREATE FUNCTION public.ledger_transfer_once(p_from uuid, p_to uuid, p_amount bigint, p_currency text, p_description text, p_reference text, p_request_id text, p_actor text, p_method text, p_request_hash bytea, p_audit_actor text, p_audit_action text, p_audit_request_id text, p_audit_summary jsonb, OUT claimed boolean, OUT stored_method text, OUT stored_hash bytea, OUT stored_response bytea, OUT transaction_id uuid) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    SELECT c.claimed, c.stored_method, c.stored_hash, c.stored_response
+      INTO claimed, stored_method, stored_hash, stored_response
+      FROM idempotency_claim(p_from, p_actor, p_request_id, p_method, p_request_hash) c;
+    IF claimed THEN
+        transaction_id := ledger_transfer(p_from, p_to, p_amount, p_currency, p_description, p_reference,
+                                          p_request_id, p_actor, p_method, p_request_hash);
+        PERFORM audit_append(p_audit_actor, p_from, p_audit_action, 'transaction', transaction_id::text,
+                             p_audit_request_id, p_audit_summary);
+    END IF;
 END;
 $$;
 

@@ -170,6 +170,9 @@ class _Checking:
     async def idempotent(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise _Checked
 
+    async def idempotent_once(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise _Checked
+
     async def transaction(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise _Checked
 

@@ -19,7 +19,7 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import IO, Any, TypeVar, cast
 
 from google.protobuf.message import Message
@@ -34,6 +34,7 @@ from qdata_server.db.sql import execute, fetch_all
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
 from qdata_server.deps import Deps, Work
 from qdata_server.errors import QdataError
+from qdata_server.idempotency import Held
 from qdata_server.importer.dump import Parsed, Problem, Step, UserPlan, parse
 from qdata_server.ledger import operations as ledger
 from qdata_server.ledger import reads as ledger_reads
@@ -80,21 +81,39 @@ class _Logging(Deps):
             response = await work(conn)
             if isinstance(response, user_pb2.ImportUsersResponse) and not response.imported_count:
                 return response  # no user, nothing to log (the user's import failed)
-            await execute(
-                conn,
-                "import_log_insert",
-                {
-                    "user_id": current.plan.user_id,
-                    "request_id": current.step.request_id,
-                    "step": current.step.kind,
-                    "legacy_key": current.plan.key,
-                    "legacy": Jsonb(current.step.legacy),
-                    "response": _resume_record(response),
-                },
-            )
+            await _log_step(conn, current, response)
             return response
 
         return await super().idempotent(request, response_type, logged, **kwargs)
+
+    async def idempotent_once(
+        self, response_type: type[M], work: Callable[[Conn], Awaitable[M | Held]], **kwargs: Any
+    ) -> M:
+        current = _current.get()
+
+        async def logged(conn: Conn) -> M | Held:
+            outcome = await work(conn)
+            if not isinstance(outcome, Held):  # a key already held ran nothing: nothing to log
+                await _log_step(conn, current, outcome)
+            return outcome
+
+        return await super().idempotent_once(response_type, logged, **kwargs)
+
+
+async def _log_step(conn: Conn, current: _Current, response: Message) -> None:
+    """Writes the running step's import_log row in the step's transaction."""
+    await execute(
+        conn,
+        "import_log_insert",
+        {
+            "user_id": current.plan.user_id,
+            "request_id": current.step.request_id,
+            "step": current.step.kind,
+            "legacy_key": current.plan.key,
+            "legacy": Jsonb(current.step.legacy),
+            "response": _resume_record(response),
+        },
+    )
 
 
 @dataclasses.dataclass

@@ -1,4 +1,11 @@
-"""Ledger mutations: each is one idempotent transaction around one ledger_* SQL function.
+"""Ledger mutations: each is one idempotent transaction around one ledger_*_once SQL function.
+
+One database call does the whole request (db/functions/ledger.sql, "one-call forms"): it claims
+the request's idempotency key, moves the money, appends the audit event and returns the answer
+(the new transaction or hold) in the same statement; the answer is stored with the commit, in the
+same flush. BEGIN and the acting-user settings leave with the call, so a movement is two round
+trips: the call, and the stored answer with COMMIT. A key that a committed request already holds
+comes back from the call (idempotency.Held) and is answered by idempotency's one comparison.
 
 The SQL functions (db/functions/ledger.sql) lock the user accounts involved in user_id order, check
 funds, append the immutable transaction and its postings and move the cached balances; business
@@ -23,10 +30,10 @@ from qdata.v1 import ledger_pb2
 from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import audit, metrics_hooks
 from qdata_server.db.connection import Conn
-from qdata_server.db.sql import execute, fetch_one, fetch_row
+from qdata_server.db.sql import fetch_one, fetch_row
 from qdata_server.db.transactions import ACTING_FOR_ALL_USERS, acting_for
 from qdata_server.errors import FieldViolation, Internal, InvalidArgument
-from qdata_server.idempotency import RequestKey, check_same_request, request_key
+from qdata_server.idempotency import Held, RequestKey, check_same_request, request_key
 from qdata_server.ledger import convert, rules
 from qdata_server.validation import Violations
 
@@ -37,6 +44,13 @@ M = TypeVar("M", bound=Message)
 R = TypeVar(
     "R", ledger_pb2.DepositResponse, ledger_pb2.ChargeResponse, ledger_pb2.RefundResponse, ledger_pb2.TransferResponse
 )
+
+
+# The hold's columns in ledger_capture_hold_once's answer (each prefixed hold_ there).
+_HOLD_COLUMNS = (
+    "user_id hold_id currency_code amount_micros status description reference captured_micros "
+    "capture_transaction_id request_id created_at expire_at resolved_at read_at"
+).split()
 
 
 class _Amounted(Protocol):
@@ -75,17 +89,9 @@ async def _first_transaction(conn: Conn, user_id: uuid.UUID, transaction_id: uui
     return transaction
 
 
-async def _record(
-    conn: Conn, action: str, target_type: str, target_id: Any, user_id: uuid.UUID, **summary: Any
-) -> None:
-    await audit.record(
-        conn,
-        action=f"ledger.{action}",
-        target_type=target_type,
-        target_id=str(target_id),
-        user_id=user_id,
-        summary=summary,
-    )
+def _once(action: str, key: RequestKey, **summary: Any) -> dict[str, Any]:
+    """The key and the audit event (action ledger.<action>) as a ledger *_once function takes them."""
+    return {**key.params(), **audit.params(f"ledger.{action}", summary)}
 
 
 async def _post(
@@ -104,7 +110,8 @@ async def _post(
     counterparty: uuid.UUID | None = None,
     understood: dict[str, object] | None = None,
 ) -> R:
-    """Runs one money-moving ledger function idempotently, audits it and answers its transaction.
+    """Runs one money-moving ledger function idempotently, audits it and answers its transaction,
+    all in one database call (query_name names a *_once block: claim, movement, audit, answer).
 
     Deposit, Charge, Refund and Transfer differ only in the function, its other parameters and
     the rest of the audit summary. The amount, and the currency as resolved (None for a refund,
@@ -121,10 +128,11 @@ async def _post(
         canonical = _understood(request, currency_code=currency, **(understood or {}))
     key = request_key(request, user_id=owner, canonical=canonical)
 
-    async def work(conn: Conn) -> R:
-        row = await fetch_row(conn, query_name, {**params, **money, **key.params()})
-        await _record(conn, action, "transaction", row["transaction_id"], owner, **money, **(summary or {}))
-        return response_type(transaction=await _transaction(conn, owner, row["transaction_id"]))
+    async def work(conn: Conn) -> R | Held:
+        row = await fetch_row(conn, query_name, {**params, **money, **_once(action, key, **money, **(summary or {}))})
+        if not row["claimed"]:
+            return Held.of(row)
+        return response_type(transaction=convert.transaction(row))
 
     async def remembered(conn: Conn) -> R:
         holder = await request_holder(conn, key)
@@ -135,15 +143,8 @@ async def _post(
         metrics_hooks.money_moved(kind, moved.currency_code, moved.amount_micros)
 
     acting = acting_for(owner, counterparty) if counterparty else acting_for(owner)
-    return await deps.idempotent(
-        request,
-        response_type,
-        work,
-        user_id=owner,
-        acting=acting,
-        key=key,
-        remembered=remembered,
-        committed=committed,
+    return await deps.idempotent_once(
+        response_type, work, key=key, acting=acting, remembered=remembered, committed=committed
     )
 
 
@@ -184,7 +185,7 @@ async def deposit(deps: Deps, request: ledger_pb2.DepositRequest) -> ledger_pb2.
         deps,
         request,
         ledger_pb2.DepositResponse,
-        "ledger_deposit",
+        "ledger_deposit_once",
         user_id,
         "Deposit",
         kind="deposit",
@@ -226,7 +227,7 @@ async def open_balance(deps: Deps, request: ledger_pb2.DepositRequest) -> ledger
         deps,
         request,
         ledger_pb2.DepositResponse,
-        "ledger_opening_balance",
+        "ledger_opening_balance_once",
         user_id,
         "OpeningBalance",
         kind="opening_balance",
@@ -250,7 +251,7 @@ async def charge(deps: Deps, request: ledger_pb2.ChargeRequest) -> ledger_pb2.Ch
         deps,
         request,
         ledger_pb2.ChargeResponse,
-        "ledger_charge",
+        "ledger_charge_once",
         user_id,
         "Charge",
         kind="charge",
@@ -273,7 +274,7 @@ async def refund(deps: Deps, request: ledger_pb2.RefundRequest) -> ledger_pb2.Re
         deps,
         request,
         ledger_pb2.RefundResponse,
-        "ledger_refund",
+        "ledger_refund_once",
         user_id,
         "Refund",
         kind="refund",
@@ -304,7 +305,7 @@ async def transfer(deps: Deps, request: ledger_pb2.TransferRequest) -> ledger_pb
         deps,
         request,
         ledger_pb2.TransferResponse,
-        "ledger_transfer",
+        "ledger_transfer_once",
         from_id,
         "Transfer",
         kind="transfer",
@@ -333,10 +334,10 @@ async def create_hold(deps: Deps, request: ledger_pb2.CreateHoldRequest) -> ledg
     rules.check_supported("currency_code", currency, deps.settings.ledger_currencies)
     key = request_key(request, user_id=user_id, canonical=_understood(request, currency_code=currency))
 
-    async def work(conn: Conn) -> ledger_pb2.CreateHoldResponse:
+    async def work(conn: Conn) -> ledger_pb2.CreateHoldResponse | Held:
         row = await fetch_row(
             conn,
-            "ledger_create_hold",
+            "ledger_create_hold_once",
             {
                 "user_id": user_id,
                 "amount_micros": request.amount_micros,
@@ -344,20 +345,18 @@ async def create_hold(deps: Deps, request: ledger_pb2.CreateHoldRequest) -> ledg
                 "ttl_seconds": ttl_seconds,
                 "description": request.description,
                 "reference": request.reference,
-                **key.params(),
+                **_once(
+                    "CreateHold",
+                    key,
+                    amount_micros=request.amount_micros,
+                    currency_code=currency,
+                    ttl_seconds=ttl_seconds,
+                ),
             },
         )
-        await _record(
-            conn,
-            "CreateHold",
-            "hold",
-            row["hold_id"],
-            user_id,
-            amount_micros=request.amount_micros,
-            currency_code=currency,
-            ttl_seconds=ttl_seconds,
-        )
-        return ledger_pb2.CreateHoldResponse(hold=await _hold(conn, user_id, row["hold_id"]))
+        if not row["claimed"]:
+            return Held.of(row)
+        return ledger_pb2.CreateHoldResponse(hold=convert.hold(row, row["read_at"]))
 
     async def remembered(conn: Conn) -> ledger_pb2.CreateHoldResponse:
         holder = await request_holder(conn, key)
@@ -366,8 +365,8 @@ async def create_hold(deps: Deps, request: ledger_pb2.CreateHoldRequest) -> ledg
         created = {**row, "status": "active", "captured_micros": 0, "capture_transaction_id": None, "resolved_at": None}
         return ledger_pb2.CreateHoldResponse(hold=convert.hold(created, row["created_at"]))
 
-    return await deps.idempotent(
-        request, ledger_pb2.CreateHoldResponse, work, user_id=user_id, key=key, remembered=remembered
+    return await deps.idempotent_once(
+        ledger_pb2.CreateHoldResponse, work, key=key, acting=acting_for(user_id), remembered=remembered
     )
 
 
@@ -381,30 +380,24 @@ async def capture_hold(deps: Deps, request: ledger_pb2.CaptureHoldRequest) -> le
     assert user_id is not None and hold_id is not None  # raise_if_any() passed
     key = request_key(request, user_id=user_id)
 
-    async def work(conn: Conn) -> ledger_pb2.CaptureHoldResponse:
+    async def work(conn: Conn) -> ledger_pb2.CaptureHoldResponse | Held:
+        # The audit summary's transaction_id is added by the function, which creates it.
         row = await fetch_row(
             conn,
-            "ledger_capture_hold",
+            "ledger_capture_hold_once",
             {
                 "user_id": user_id,
                 "hold_id": hold_id,
                 "amount_micros": request.amount_micros,
                 "description": request.description,
-                **key.params(),
+                **_once("CaptureHold", key, amount_micros=request.amount_micros),
             },
         )
-        await _record(
-            conn,
-            "CaptureHold",
-            "hold",
-            hold_id,
-            user_id,
-            amount_micros=request.amount_micros,
-            transaction_id=str(row["transaction_id"]),
-        )
+        if not row["claimed"]:
+            return Held.of(row)
+        hold = {column: row[f"hold_{column}"] for column in _HOLD_COLUMNS}
         return ledger_pb2.CaptureHoldResponse(
-            hold=await _hold(conn, user_id, hold_id),
-            transaction=await _transaction(conn, user_id, row["transaction_id"]),
+            hold=convert.hold(hold, hold["read_at"]), transaction=convert.transaction(row)
         )
 
     async def remembered(conn: Conn) -> ledger_pb2.CaptureHoldResponse:
@@ -419,12 +412,11 @@ async def capture_hold(deps: Deps, request: ledger_pb2.CaptureHoldRequest) -> le
         moved = response.transaction
         metrics_hooks.money_moved("hold_capture", moved.currency_code, moved.amount_micros)
 
-    return await deps.idempotent(
-        request,
+    return await deps.idempotent_once(
         ledger_pb2.CaptureHoldResponse,
         work,
-        user_id=user_id,
         key=key,
+        acting=acting_for(user_id),
         remembered=remembered,
         committed=committed,
     )
@@ -438,18 +430,21 @@ async def release_hold(deps: Deps, request: ledger_pb2.ReleaseHoldRequest) -> le
     assert user_id is not None and hold_id is not None  # raise_if_any() passed
     key = request_key(request, user_id=user_id)
 
-    async def work(conn: Conn) -> ledger_pb2.ReleaseHoldResponse:
-        await execute(conn, "ledger_release_hold", {"user_id": user_id, "hold_id": hold_id, **key.params()})
-        await _record(conn, "ReleaseHold", "hold", hold_id, user_id)
-        return ledger_pb2.ReleaseHoldResponse(hold=await _hold(conn, user_id, hold_id))
+    async def work(conn: Conn) -> ledger_pb2.ReleaseHoldResponse | Held:
+        row = await fetch_row(
+            conn, "ledger_release_hold_once", {"user_id": user_id, "hold_id": hold_id, **_once("ReleaseHold", key)}
+        )
+        if not row["claimed"]:
+            return Held.of(row)
+        return ledger_pb2.ReleaseHoldResponse(hold=convert.hold(row, row["read_at"]))
 
     async def remembered(conn: Conn) -> ledger_pb2.ReleaseHoldResponse:
         holder = await request_holder(conn, key)
         # A released hold never changes again.
         return ledger_pb2.ReleaseHoldResponse(hold=await _hold(conn, user_id, holder["hold_id"]))
 
-    return await deps.idempotent(
-        request, ledger_pb2.ReleaseHoldResponse, work, user_id=user_id, key=key, remembered=remembered
+    return await deps.idempotent_once(
+        ledger_pb2.ReleaseHoldResponse, work, key=key, acting=acting_for(user_id), remembered=remembered
     )
 
 

@@ -438,6 +438,225 @@ BEGIN
 END;
 $$;
 
+-- The server's one-call forms of the movements above (the path every RPC takes; the functions
+-- above keep their signatures for plpgsql callers and for the previous release during a rolling
+-- update). Each one claims the request's idempotency key with idempotency_claim and, only if it
+-- took the key, moves the money through its function above and appends the audit event with
+-- audit_append, all in the calling transaction. When a committed request already holds the key,
+-- nothing moves: the claim's stored method, fingerprint and response come back for the server to
+-- compare (qdata_server.idempotency's check_same_request) and answer. The audit event's actor,
+-- action, request id and summary come from the server, as for every other event; its target is
+-- the new transaction or the hold. The statements that call these (queries/ledger.sql) read the
+-- answer in the same statement (ledger_transaction_answer, ledger_hold_answer), so the claim, the
+-- movement, the audit row and the answer cost one round trip.
+
+-- A transaction as the request that created it answers it: the owner's view, nothing refunded
+-- yet. VOLATILE so that it sees what the one-call function in the same statement has just written.
+CREATE OR REPLACE FUNCTION ledger_transaction_answer(p_user uuid, p_transaction uuid)
+RETURNS TABLE (
+    user_id uuid, transaction_id uuid, kind text, counterparty_user_id uuid, amount_micros bigint,
+    currency_code text, description text, reference text, external_reference text, deposit_source text,
+    original_transaction_id uuid, hold_id uuid, request_id text, created_at timestamptz, postings json,
+    refunded_micros bigint
+)
+LANGUAGE sql VOLATILE AS $$
+    SELECT t.user_id, t.transaction_id, t.kind, t.counterparty_user_id, t.amount_micros, t.currency_code,
+           t.description, t.reference, t.external_reference, t.deposit_source, t.original_transaction_id,
+           t.hold_id, t.request_id, t.created_at,
+           (SELECT json_agg(json_build_object(
+                       'account', CASE WHEN p.account_user_id IS NOT NULL THEN 'users/' || p.account_user_id
+                                       ELSE 'system/' || p.system_account END,
+                       'amount_micros', p.amount_micros) ORDER BY p.leg)
+              FROM ledger_postings p WHERE p.user_id = t.user_id AND p.transaction_id = t.transaction_id),
+           0::bigint
+      FROM ledger_transactions t
+     WHERE t.user_id = p_user AND t.transaction_id = p_transaction
+$$;
+
+-- A hold as it reads now (read_at: the time its expiry is judged by). VOLATILE as above.
+CREATE OR REPLACE FUNCTION ledger_hold_answer(p_user uuid, p_hold uuid)
+RETURNS TABLE (
+    user_id uuid, hold_id uuid, currency_code text, amount_micros bigint, status text, description text,
+    reference text, captured_micros bigint, capture_transaction_id uuid, request_id text,
+    created_at timestamptz, expire_at timestamptz, resolved_at timestamptz, read_at timestamptz
+)
+LANGUAGE sql VOLATILE AS $$
+    SELECT h.user_id, h.hold_id, h.currency_code, h.amount_micros, h.status, h.description, h.reference,
+           h.captured_micros, h.capture_transaction_id, h.request_id, h.created_at, h.expire_at, h.resolved_at,
+           now()
+      FROM ledger_holds h
+     WHERE h.user_id = p_user AND h.hold_id = p_hold
+$$;
+
+CREATE OR REPLACE FUNCTION ledger_deposit_once(
+    p_user uuid, p_amount bigint, p_currency text, p_source text, p_external_reference text,
+    p_description text, p_request_id text, p_actor text, p_method text, p_request_hash bytea,
+    p_audit_actor text, p_audit_action text, p_audit_request_id text, p_audit_summary jsonb,
+    OUT claimed boolean, OUT stored_method text, OUT stored_hash bytea, OUT stored_response bytea,
+    OUT transaction_id uuid
+)
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT c.claimed, c.stored_method, c.stored_hash, c.stored_response
+      INTO claimed, stored_method, stored_hash, stored_response
+      FROM idempotency_claim(p_user, p_actor, p_request_id, p_method, p_request_hash) c;
+    IF claimed THEN
+        transaction_id := ledger_deposit(p_user, p_amount, p_currency, p_source, p_external_reference,
+                                         p_description, p_request_id, p_actor, p_method, p_request_hash);
+        PERFORM audit_append(p_audit_actor, p_user, p_audit_action, 'transaction', transaction_id::text,
+                             p_audit_request_id, p_audit_summary);
+    END IF;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION ledger_opening_balance_once(
+    p_user uuid, p_amount bigint, p_currency text, p_description text, p_request_id text,
+    p_actor text, p_method text, p_request_hash bytea,
+    p_audit_actor text, p_audit_action text, p_audit_request_id text, p_audit_summary jsonb,
+    OUT claimed boolean, OUT stored_method text, OUT stored_hash bytea, OUT stored_response bytea,
+    OUT transaction_id uuid
+)
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT c.claimed, c.stored_method, c.stored_hash, c.stored_response
+      INTO claimed, stored_method, stored_hash, stored_response
+      FROM idempotency_claim(p_user, p_actor, p_request_id, p_method, p_request_hash) c;
+    IF claimed THEN
+        transaction_id := ledger_opening_balance(p_user, p_amount, p_currency, p_description, p_request_id,
+                                                 p_actor, p_method, p_request_hash);
+        PERFORM audit_append(p_audit_actor, p_user, p_audit_action, 'transaction', transaction_id::text,
+                             p_audit_request_id, p_audit_summary);
+    END IF;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION ledger_charge_once(
+    p_user uuid, p_amount bigint, p_currency text, p_description text, p_reference text,
+    p_request_id text, p_actor text, p_method text, p_request_hash bytea,
+    p_audit_actor text, p_audit_action text, p_audit_request_id text, p_audit_summary jsonb,
+    OUT claimed boolean, OUT stored_method text, OUT stored_hash bytea, OUT stored_response bytea,
+    OUT transaction_id uuid
+)
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT c.claimed, c.stored_method, c.stored_hash, c.stored_response
+      INTO claimed, stored_method, stored_hash, stored_response
+      FROM idempotency_claim(p_user, p_actor, p_request_id, p_method, p_request_hash) c;
+    IF claimed THEN
+        transaction_id := ledger_charge(p_user, p_amount, p_currency, p_description, p_reference,
+                                        p_request_id, p_actor, p_method, p_request_hash);
+        PERFORM audit_append(p_audit_actor, p_user, p_audit_action, 'transaction', transaction_id::text,
+                             p_audit_request_id, p_audit_summary);
+    END IF;
+END;
+$$;
+
+-- The key, the claim and the audit event belong to the sender, as does the transaction.
+CREATE OR REPLACE FUNCTION ledger_transfer_once(
+    p_from uuid, p_to uuid, p_amount bigint, p_currency text, p_description text, p_reference text,
+    p_request_id text, p_actor text, p_method text, p_request_hash bytea,
+    p_audit_actor text, p_audit_action text, p_audit_request_id text, p_audit_summary jsonb,
+    OUT claimed boolean, OUT stored_method text, OUT stored_hash bytea, OUT stored_response bytea,
+    OUT transaction_id uuid
+)
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT c.claimed, c.stored_method, c.stored_hash, c.stored_response
+      INTO claimed, stored_method, stored_hash, stored_response
+      FROM idempotency_claim(p_from, p_actor, p_request_id, p_method, p_request_hash) c;
+    IF claimed THEN
+        transaction_id := ledger_transfer(p_from, p_to, p_amount, p_currency, p_description, p_reference,
+                                          p_request_id, p_actor, p_method, p_request_hash);
+        PERFORM audit_append(p_audit_actor, p_from, p_audit_action, 'transaction', transaction_id::text,
+                             p_audit_request_id, p_audit_summary);
+    END IF;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION ledger_refund_once(
+    p_user uuid, p_original uuid, p_amount bigint, p_description text, p_request_id text,
+    p_actor text, p_method text, p_request_hash bytea,
+    p_audit_actor text, p_audit_action text, p_audit_request_id text, p_audit_summary jsonb,
+    OUT claimed boolean, OUT stored_method text, OUT stored_hash bytea, OUT stored_response bytea,
+    OUT transaction_id uuid
+)
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT c.claimed, c.stored_method, c.stored_hash, c.stored_response
+      INTO claimed, stored_method, stored_hash, stored_response
+      FROM idempotency_claim(p_user, p_actor, p_request_id, p_method, p_request_hash) c;
+    IF claimed THEN
+        transaction_id := ledger_refund(p_user, p_original, p_amount, p_description, p_request_id,
+                                        p_actor, p_method, p_request_hash);
+        PERFORM audit_append(p_audit_actor, p_user, p_audit_action, 'transaction', transaction_id::text,
+                             p_audit_request_id, p_audit_summary);
+    END IF;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION ledger_create_hold_once(
+    p_user uuid, p_amount bigint, p_currency text, p_ttl_seconds double precision, p_description text,
+    p_reference text, p_request_id text, p_actor text, p_method text, p_request_hash bytea,
+    p_audit_actor text, p_audit_action text, p_audit_request_id text, p_audit_summary jsonb,
+    OUT claimed boolean, OUT stored_method text, OUT stored_hash bytea, OUT stored_response bytea,
+    OUT hold_id uuid
+)
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT c.claimed, c.stored_method, c.stored_hash, c.stored_response
+      INTO claimed, stored_method, stored_hash, stored_response
+      FROM idempotency_claim(p_user, p_actor, p_request_id, p_method, p_request_hash) c;
+    IF claimed THEN
+        hold_id := ledger_create_hold(p_user, p_amount, p_currency, p_ttl_seconds, p_description, p_reference,
+                                      p_request_id, p_actor, p_method, p_request_hash);
+        PERFORM audit_append(p_audit_actor, p_user, p_audit_action, 'hold', hold_id::text,
+                             p_audit_request_id, p_audit_summary);
+    END IF;
+END;
+$$;
+
+-- The audit summary names the capture transaction, which only exists here: it is added to the
+-- server's summary as transaction_id.
+CREATE OR REPLACE FUNCTION ledger_capture_hold_once(
+    p_user uuid, p_hold uuid, p_amount bigint, p_description text, p_request_id text,
+    p_actor text, p_method text, p_request_hash bytea,
+    p_audit_actor text, p_audit_action text, p_audit_request_id text, p_audit_summary jsonb,
+    OUT claimed boolean, OUT stored_method text, OUT stored_hash bytea, OUT stored_response bytea,
+    OUT transaction_id uuid
+)
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT c.claimed, c.stored_method, c.stored_hash, c.stored_response
+      INTO claimed, stored_method, stored_hash, stored_response
+      FROM idempotency_claim(p_user, p_actor, p_request_id, p_method, p_request_hash) c;
+    IF claimed THEN
+        transaction_id := ledger_capture_hold(p_user, p_hold, p_amount, p_description, p_request_id,
+                                              p_actor => p_actor, p_method => p_method,
+                                              p_request_hash => p_request_hash);
+        PERFORM audit_append(p_audit_actor, p_user, p_audit_action, 'hold', p_hold::text, p_audit_request_id,
+                             p_audit_summary || jsonb_build_object('transaction_id', transaction_id::text));
+    END IF;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION ledger_release_hold_once(
+    p_user uuid, p_hold uuid, p_request_id text, p_actor text, p_method text, p_request_hash bytea,
+    p_audit_actor text, p_audit_action text, p_audit_request_id text, p_audit_summary jsonb,
+    OUT claimed boolean, OUT stored_method text, OUT stored_hash bytea, OUT stored_response bytea
+)
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT c.claimed, c.stored_method, c.stored_hash, c.stored_response
+      INTO claimed, stored_method, stored_hash, stored_response
+      FROM idempotency_claim(p_user, p_actor, p_request_id, p_method, p_request_hash) c;
+    IF claimed THEN
+        PERFORM ledger_release_hold(p_user, p_hold, p_request_id, p_actor, p_method, p_request_hash);
+        PERFORM audit_append(p_audit_actor, p_user, p_audit_action, 'hold', p_hold::text, p_audit_request_id,
+                             p_audit_summary);
+    END IF;
+END;
+$$;
+
 -- Assigns the positions of a new transaction (why positions: 0012_listing_commit_order.sql). The
 -- counters are taken in user_id order, the order in which the ledger locks accounts, so two
 -- transactions never wait on each other's counters in a cycle. Runs as the owner: the serving

@@ -181,3 +181,110 @@ SELECT (SELECT count(*) FROM ledger_accounts WHERE %(user_id)s::uuid IS NULL OR 
 -- Credits an imported user's opening balance from the opening_balances system account.
 SELECT ledger_opening_balance(%(user_id)s, %(amount_micros)s, %(currency_code)s, %(description)s, %(request_id)s,
                               %(actor)s, %(method)s, %(request_hash)s) AS transaction_id;
+
+-- name: ledger_deposit_once
+-- Claims the key, credits a user and audits it (ledger_deposit_once); answers the claim and the new
+-- transaction in the same round trip.
+SELECT o.claimed, o.stored_method, o.stored_hash, o.stored_response,
+       a.user_id, a.transaction_id, a.kind, a.counterparty_user_id, a.amount_micros, a.currency_code,
+       a.description, a.reference, a.external_reference, a.deposit_source, a.original_transaction_id, a.hold_id,
+       a.request_id, a.created_at, a.postings, a.refunded_micros
+  FROM ledger_deposit_once(%(user_id)s, %(amount_micros)s, %(currency_code)s, %(source)s, %(external_reference)s,
+                           %(description)s, %(request_id)s, %(actor)s, %(method)s, %(request_hash)s,
+                           %(audit_actor)s, %(audit_action)s, %(audit_request_id)s, %(audit_summary)s::jsonb) o
+  LEFT JOIN LATERAL ledger_transaction_answer(%(user_id)s, o.transaction_id) a ON o.claimed;
+
+-- name: ledger_opening_balance_once
+-- Claims the key, credits an imported user's opening balance and audits it
+-- (ledger_opening_balance_once); answers the claim and the new transaction in the same round trip.
+SELECT o.claimed, o.stored_method, o.stored_hash, o.stored_response,
+       a.user_id, a.transaction_id, a.kind, a.counterparty_user_id, a.amount_micros, a.currency_code,
+       a.description, a.reference, a.external_reference, a.deposit_source, a.original_transaction_id, a.hold_id,
+       a.request_id, a.created_at, a.postings, a.refunded_micros
+  FROM ledger_opening_balance_once(%(user_id)s, %(amount_micros)s, %(currency_code)s, %(description)s,
+                                   %(request_id)s, %(actor)s, %(method)s, %(request_hash)s,
+                                   %(audit_actor)s, %(audit_action)s, %(audit_request_id)s,
+                                   %(audit_summary)s::jsonb) o
+  LEFT JOIN LATERAL ledger_transaction_answer(%(user_id)s, o.transaction_id) a ON o.claimed;
+
+-- name: ledger_charge_once
+-- Claims the key, debits a user for revenue and audits it (ledger_charge_once; INSUFFICIENT_FUNDS
+-- rejects); answers the claim and the new transaction in the same round trip.
+SELECT o.claimed, o.stored_method, o.stored_hash, o.stored_response,
+       a.user_id, a.transaction_id, a.kind, a.counterparty_user_id, a.amount_micros, a.currency_code,
+       a.description, a.reference, a.external_reference, a.deposit_source, a.original_transaction_id, a.hold_id,
+       a.request_id, a.created_at, a.postings, a.refunded_micros
+  FROM ledger_charge_once(%(user_id)s, %(amount_micros)s, %(currency_code)s, %(description)s, %(reference)s,
+                          %(request_id)s, %(actor)s, %(method)s, %(request_hash)s,
+                          %(audit_actor)s, %(audit_action)s, %(audit_request_id)s, %(audit_summary)s::jsonb) o
+  LEFT JOIN LATERAL ledger_transaction_answer(%(user_id)s, o.transaction_id) a ON o.claimed;
+
+-- name: ledger_transfer_once
+-- Claims the sender's key, moves credits between two users and audits it (ledger_transfer_once);
+-- answers the claim and the new transaction as the sender sees it in the same round trip.
+SELECT o.claimed, o.stored_method, o.stored_hash, o.stored_response,
+       a.user_id, a.transaction_id, a.kind, a.counterparty_user_id, a.amount_micros, a.currency_code,
+       a.description, a.reference, a.external_reference, a.deposit_source, a.original_transaction_id, a.hold_id,
+       a.request_id, a.created_at, a.postings, a.refunded_micros
+  FROM ledger_transfer_once(%(from_user_id)s, %(to_user_id)s, %(amount_micros)s, %(currency_code)s,
+                            %(description)s, %(reference)s, %(request_id)s, %(actor)s, %(method)s,
+                            %(request_hash)s, %(audit_actor)s, %(audit_action)s, %(audit_request_id)s,
+                            %(audit_summary)s::jsonb) o
+  LEFT JOIN LATERAL ledger_transaction_answer(%(from_user_id)s, o.transaction_id) a ON o.claimed;
+
+-- name: ledger_refund_once
+-- Claims the key, refunds part of a CHARGE or HOLD_CAPTURE and audits it (ledger_refund_once);
+-- answers the claim and the new transaction in the same round trip.
+SELECT o.claimed, o.stored_method, o.stored_hash, o.stored_response,
+       a.user_id, a.transaction_id, a.kind, a.counterparty_user_id, a.amount_micros, a.currency_code,
+       a.description, a.reference, a.external_reference, a.deposit_source, a.original_transaction_id, a.hold_id,
+       a.request_id, a.created_at, a.postings, a.refunded_micros
+  FROM ledger_refund_once(%(user_id)s, %(original_transaction_id)s, %(amount_micros)s, %(description)s,
+                          %(request_id)s, %(actor)s, %(method)s, %(request_hash)s,
+                          %(audit_actor)s, %(audit_action)s, %(audit_request_id)s, %(audit_summary)s::jsonb) o
+  LEFT JOIN LATERAL ledger_transaction_answer(%(user_id)s, o.transaction_id) a ON o.claimed;
+
+-- name: ledger_create_hold_once
+-- Claims the key, reserves credits and audits it (ledger_create_hold_once); answers the claim and
+-- the new hold in the same round trip.
+SELECT o.claimed, o.stored_method, o.stored_hash, o.stored_response,
+       h.user_id, h.hold_id, h.currency_code, h.amount_micros, h.status, h.description, h.reference,
+       h.captured_micros, h.capture_transaction_id, h.request_id, h.created_at, h.expire_at, h.resolved_at,
+       h.read_at
+  FROM ledger_create_hold_once(%(user_id)s, %(amount_micros)s, %(currency_code)s, %(ttl_seconds)s,
+                               %(description)s, %(reference)s, %(request_id)s, %(actor)s, %(method)s,
+                               %(request_hash)s, %(audit_actor)s, %(audit_action)s, %(audit_request_id)s,
+                               %(audit_summary)s::jsonb) o
+  LEFT JOIN LATERAL ledger_hold_answer(%(user_id)s, o.hold_id) h ON o.claimed;
+
+-- name: ledger_capture_hold_once
+-- Claims the key, charges part or all of an active hold and audits it (ledger_capture_hold_once);
+-- answers the claim, the captured hold (its columns prefixed hold_) and the capture transaction in
+-- the same round trip.
+SELECT o.claimed, o.stored_method, o.stored_hash, o.stored_response,
+       h.user_id AS hold_user_id, h.hold_id AS hold_hold_id, h.currency_code AS hold_currency_code,
+       h.amount_micros AS hold_amount_micros, h.status AS hold_status, h.description AS hold_description,
+       h.reference AS hold_reference, h.captured_micros AS hold_captured_micros,
+       h.capture_transaction_id AS hold_capture_transaction_id, h.request_id AS hold_request_id,
+       h.created_at AS hold_created_at, h.expire_at AS hold_expire_at, h.resolved_at AS hold_resolved_at,
+       h.read_at AS hold_read_at,
+       a.user_id, a.transaction_id, a.kind, a.counterparty_user_id, a.amount_micros, a.currency_code,
+       a.description, a.reference, a.external_reference, a.deposit_source, a.original_transaction_id, a.hold_id,
+       a.request_id, a.created_at, a.postings, a.refunded_micros
+  FROM ledger_capture_hold_once(%(user_id)s, %(hold_id)s, %(amount_micros)s, %(description)s, %(request_id)s,
+                                %(actor)s, %(method)s, %(request_hash)s, %(audit_actor)s, %(audit_action)s,
+                                %(audit_request_id)s, %(audit_summary)s::jsonb) o
+  LEFT JOIN LATERAL ledger_hold_answer(%(user_id)s, %(hold_id)s) h ON o.claimed
+  LEFT JOIN LATERAL ledger_transaction_answer(%(user_id)s, o.transaction_id) a ON o.claimed;
+
+-- name: ledger_release_hold_once
+-- Claims the key, releases an active hold and audits it (ledger_release_hold_once); answers the
+-- claim and the released hold in the same round trip.
+SELECT o.claimed, o.stored_method, o.stored_hash, o.stored_response,
+       h.user_id, h.hold_id, h.currency_code, h.amount_micros, h.status, h.description, h.reference,
+       h.captured_micros, h.capture_transaction_id, h.request_id, h.created_at, h.expire_at, h.resolved_at,
+       h.read_at
+  FROM ledger_release_hold_once(%(user_id)s, %(hold_id)s, %(request_id)s, %(actor)s, %(method)s,
+                                %(request_hash)s, %(audit_actor)s, %(audit_action)s, %(audit_request_id)s,
+                                %(audit_summary)s::jsonb) o
+  LEFT JOIN LATERAL ledger_hold_answer(%(user_id)s, %(hold_id)s) h ON o.claimed;
