@@ -9,16 +9,22 @@ The runtime's descriptor pool keeps no source info, so the qdata.v1 files it wou
 comments. They are replaced by the ones in ``qdata/v1/descriptors.binpb`` (written by
 clients/python/generate.py with protoc's ``--include_source_info``), and ``grpcurl describe
 qdata.v1.LedgerService`` shows the contract's documentation.
+
+protobuf's upb descriptor pool does not find a method by its full name (``qdata.v1.LedgerService.
+Charge``), so ``grpcurl describe`` of a method, or of a service.method a tool resolves, got "Symbol
+not found". Such a request asks for its service's name instead (the same file holds both), and
+the answer echoes the request as it was sent.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from importlib import resources
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc import aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
@@ -34,6 +40,16 @@ def documented_files() -> dict[str, bytes]:
     return {file.name: file.SerializeToString() for file in files}
 
 
+def service_of_method(symbol: str) -> str | None:
+    """The service's full name if symbol names one of its methods (pkg.Service.Method), else None."""
+    service, _, method = symbol.rpartition(".")
+    try:
+        found = descriptor_pool.Default().FindServiceByName(service)
+    except KeyError:
+        return None
+    return service if method in found.methods_by_name else None
+
+
 class DocumentedReflectionServicer(ReflectionServicer):
     """grpcio-reflection's servicer, sending the documented form of the files it has one for."""
 
@@ -44,7 +60,27 @@ class DocumentedReflectionServicer(ReflectionServicer):
     async def ServerReflectionInfo(
         self, request_iterator: Any, context: Any
     ) -> AsyncIterator[reflection_pb2.ServerReflectionResponse]:
-        async for response in super().ServerReflectionInfo(request_iterator, context):
+        # The requests as sent, in order: the base servicer answers each one in turn.
+        sent: deque[reflection_pb2.ServerReflectionRequest] = deque()
+
+        async def requests() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+            async for request in request_iterator:
+                sent.append(request)
+                service = (
+                    service_of_method(request.file_containing_symbol)
+                    if request.HasField("file_containing_symbol")
+                    else None
+                )
+                if service is not None:
+                    asked = reflection_pb2.ServerReflectionRequest()
+                    asked.CopyFrom(request)
+                    asked.file_containing_symbol = service
+                    request = asked
+                yield request
+
+        async for response in super().ServerReflectionInfo(requests(), context):
+            if sent:
+                response.original_request.CopyFrom(sent.popleft())
             if response.HasField("file_descriptor_response"):
                 protos = response.file_descriptor_response.file_descriptor_proto
                 for i, data in enumerate(protos):

@@ -75,3 +75,20 @@ async def test_describe_shows_the_contracts_comments(api):
     assert described.returncode == 0, described.stderr
     assert "rpc GetBalance" in described.stdout
     assert "Returns a user's balance in one currency." in described.stdout
+
+
+async def test_describe_finds_a_method_by_its_full_name(api):
+    # protobuf's upb pool does not resolve pkg.Service.Method; reflection asks for the service.
+    described = await asyncio.to_thread(
+        run,
+        [GRPCURL, "-plaintext", "-max-time", "10", api.address, "describe", "qdata.v1.LedgerService.Charge"],
+    )
+    assert described.returncode == 0, described.stderr
+    assert "qdata.v1.LedgerService.Charge is a method" in described.stdout
+    assert "rpc Charge ( .qdata.v1.ChargeRequest ) returns ( .qdata.v1.ChargeResponse )" in described.stdout
+    missing = await asyncio.to_thread(
+        run,
+        [GRPCURL, "-plaintext", "-max-time", "10", api.address, "describe", "qdata.v1.LedgerService.NoSuchMethod"],
+    )
+    assert missing.returncode != 0
+    assert "Symbol not found" in missing.stderr
