@@ -289,8 +289,9 @@ class UsageServiceServicer:
         one record's failure does not affect the others. The batch has no request_id of its own: each
         record's request_id makes it idempotent, so a whole batch may be resent after a timeout
         (records that succeeded are replayed, records that failed are tried again). A request_id that
-        appears twice in one batch is a replay of its first occurrence. Fails as a whole only with
-        INVALID_ARGUMENT (reason INVALID_ARGUMENT) for no records or more than 1,000.
+        appears twice in one batch is a replay of its first occurrence. The batch commits as one
+        transaction: one that runs out of its deadline records none of its items. Fails as a whole
+        only with INVALID_ARGUMENT (reason INVALID_ARGUMENT) for no records or more than 1,000.
 
         Errors: NOT_FOUND HOLD_NOT_FOUND, MODEL_NOT_FOUND, SESSION_NOT_FOUND, USER_NOT_FOUND;
         FAILED_PRECONDITION CURRENCY_MISMATCH, HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED,
