@@ -13,6 +13,8 @@ import grpc.aio
 
 from qdata._calls import AsyncResponseStream, CallDefaults, MetadataPairs, ResponseStream, Service
 from qdata.v1 import (
+    budget_pb2,
+    budget_pb2_grpc,
     chat_pb2,
     chat_pb2_grpc,
     ledger_pb2,
@@ -24,6 +26,12 @@ from qdata.v1 import (
 )
 
 RETRY_SAFE_METHODS: tuple[tuple[str, str], ...] = (
+    ("qdata.v1.BudgetService", "CreateBudget"),
+    ("qdata.v1.BudgetService", "GetBudget"),
+    ("qdata.v1.BudgetService", "ListBudgets"),
+    ("qdata.v1.BudgetService", "UpdateBudget"),
+    ("qdata.v1.BudgetService", "DeleteBudget"),
+    ("qdata.v1.BudgetService", "ListBudgetAlerts"),
     ("qdata.v1.ChatService", "CreateSession"),
     ("qdata.v1.ChatService", "GetSession"),
     ("qdata.v1.ChatService", "ListSessions"),
@@ -81,6 +89,159 @@ RETRY_SAFE_METHODS: tuple[tuple[str, str], ...] = (
 """(service, method) of every RPC that is safe to resend: the reads (permission "<family>.read")
 and the mutations that carry a request_id. The client's opt-in retry policy covers these only.
 """
+
+
+class BudgetService(Service):
+    """qdata.v1.BudgetService for :class:`qdata.client.QdataClient`.
+
+    BudgetService keeps users' spend controls: budgets that cap what a user is billed in one
+    currency over a period, optionally for one model or one calling service, and the alerts raised
+    when spend crosses a budget's thresholds.
+
+    A budget counts its user's billed spend in its currency: LedgerService Charge and CaptureHold,
+    the charges and hold captures of billed UsageService RecordUsage / RecordUsageBatch records,
+    and, while they are active, the holds of CreateHold (a hold counts until it is captured,
+    released or expires; holds carry no model, so they count toward budgets without a model
+    scope). Deposits and transfers are not spend. A Refund gives its amount back to every budget
+    the refunded transaction counted toward, if that budget's period is still the current one.
+    The budget's "consumed" amount is its spend in the current period plus its active holds.
+
+    Enforcement is part of the spending call's own transaction: a Charge, CreateHold, CaptureHold
+    or billed usage record that raises the consumption of a HARD budget that applies to it above
+    the budget's limit fails with FAILED_PRECONDITION (reason BUDGET_EXCEEDED) and changes nothing,
+    however many such calls run at once. Among several budgets that would be exceeded the error
+    names the one with the least room left. A call that lowers consumption (a capture below its
+    hold, a refund, a release) never fails on a budget. SOFT budgets are never enforced; both
+    kinds raise alerts.
+
+    Periods reset by time alone, in the budget's time zone: DAILY from local midnight, WEEKLY from
+    Monday 00:00, MONTHLY from the first of the month 00:00 (calendar periods, so a daily period
+    that spans a daylight-saving change is 23 or 25 hours long); LIFETIME never resets. A new
+    budget starts with the spend already made in its current period (what the ledger recorded
+    since the period began, less refunds).
+
+    Each threshold in alert_thresholds_percent raises at most one BudgetAlert per budget and
+    period: the first spend that leaves consumption at or above that share of the limit creates it,
+    in the spend's own transaction, so an alert exists if and only if the spend that crossed it
+    committed. ListBudgetAlerts returns alerts in the order they committed with a resumable cursor,
+    so a notifier that stores its cursor sends each alert once.
+
+    Every mutating request takes a request_id, scoped to the calling service and the user (as in
+    LedgerService); a replay returns the first response, the same request_id with other parameters
+    fails with ALREADY_EXISTS (reason REQUEST_ID_REUSED). Every change writes an audit event.
+
+    Reads need budgets.read, changes budgets.write, and the alert feed budgets.alerts.read; without
+    it a call fails with PERMISSION_DENIED (reason MISSING_PERMISSION). ErrorReason
+    (error_reason.proto) documents every reason; the Errors paragraph that ends each RPC's comment
+    lists the reasons it can raise beyond those of any RPC.
+    """
+
+    def __init__(self, channel: grpc.Channel, defaults: CallDefaults) -> None:
+        super().__init__(defaults)
+        self._stub = budget_pb2_grpc.BudgetServiceStub(channel)
+
+    def CreateBudget(
+        self,
+        request: budget_pb2.CreateBudgetRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> budget_pb2.CreateBudgetResponse:
+        """Creates a budget for a user. Its spend in the current period starts at what the user was
+        already billed since the period began. Fails with NOT_FOUND (reason USER_NOT_FOUND) for an
+        unknown or deleted user, NOT_FOUND (reason MODEL_NOT_FOUND, with a field violation on
+        budget.model_id) for a scope naming a model not in the catalog, INVALID_ARGUMENT for a bad
+        field (reason UNSUPPORTED_CURRENCY for a currency that is not enabled) and
+        FAILED_PRECONDITION (reason TOO_MANY_BUDGETS) when the user already has 20 budgets.
+
+        Errors: NOT_FOUND USER_NOT_FOUND, NOT_FOUND MODEL_NOT_FOUND, INVALID_ARGUMENT
+        UNSUPPORTED_CURRENCY, FAILED_PRECONDITION TOO_MANY_BUDGETS.
+        """
+        return self._defaults.sync_unary(self._stub.CreateBudget, request, timeout, metadata, kwargs)
+
+    def GetBudget(
+        self,
+        request: budget_pb2.GetBudgetRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> budget_pb2.GetBudgetResponse:
+        """Returns a budget with its consumption in the current period. Fails with NOT_FOUND (reason
+        BUDGET_NOT_FOUND) if it does not exist or belongs to another user.
+
+        Errors: NOT_FOUND BUDGET_NOT_FOUND.
+        """
+        return self._defaults.sync_unary(self._stub.GetBudget, request, timeout, metadata, kwargs)
+
+    def ListBudgets(
+        self,
+        request: budget_pb2.ListBudgetsRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> budget_pb2.ListBudgetsResponse:
+        """Lists a user's budgets, oldest first, each with its consumption in the current period. A user
+        without budgets (or unknown) gets an empty list.
+
+        Errors: none of its own.
+        """
+        return self._defaults.sync_unary(self._stub.ListBudgets, request, timeout, metadata, kwargs)
+
+    def UpdateBudget(
+        self,
+        request: budget_pb2.UpdateBudgetRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> budget_pb2.UpdateBudgetResponse:
+        """Changes a budget's display name, limit, enforcement or alert thresholds; the change applies
+        to the very next spend (a lower limit than the current consumption blocks further spend of a
+        HARD budget at once; it does not undo spend). Period, time zone, currency and scope cannot
+        change: create another budget. Fails with NOT_FOUND (reason BUDGET_NOT_FOUND) and
+        INVALID_ARGUMENT for a bad value or an update_mask path that is unknown or immutable.
+
+        Errors: NOT_FOUND BUDGET_NOT_FOUND.
+        """
+        return self._defaults.sync_unary(self._stub.UpdateBudget, request, timeout, metadata, kwargs)
+
+    def DeleteBudget(
+        self,
+        request: budget_pb2.DeleteBudgetRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> budget_pb2.DeleteBudgetResponse:
+        """Deletes a budget: it no longer limits or counts spend. Its alerts stay listed. Fails with
+        NOT_FOUND (reason BUDGET_NOT_FOUND) if it does not exist (a replay of the delete returns the
+        first response).
+
+        Errors: NOT_FOUND BUDGET_NOT_FOUND.
+        """
+        return self._defaults.sync_unary(self._stub.DeleteBudget, request, timeout, metadata, kwargs)
+
+    def ListBudgetAlerts(
+        self,
+        request: budget_pb2.ListBudgetAlertsRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> budget_pb2.ListBudgetAlertsResponse:
+        """Lists budget alerts in the order they committed, oldest first, for one user or for all users
+        (empty user_id). next_page_token is always set: calling again with it later returns the
+        alerts committed since (a page shorter than page_size means the feed is caught up). An alert
+        is listed once every transaction that began writing before its own has ended (normally within
+        milliseconds), so a reader polling with its cursor never skips one. Fails with
+        INVALID_ARGUMENT for a bad page_token or one issued for other filters.
+
+        Errors: none of its own.
+        """
+        return self._defaults.sync_unary(self._stub.ListBudgetAlerts, request, timeout, metadata, kwargs)
 
 
 class ChatService(Service):
@@ -1371,6 +1532,159 @@ class UserService(Service):
         Errors: none of its own.
         """
         return self._defaults.sync_unary(self._stub.ListAuditEvents, request, timeout, metadata, kwargs)
+
+
+class AsyncBudgetService(Service):
+    """qdata.v1.BudgetService for :class:`qdata.client.AsyncQdataClient`.
+
+    BudgetService keeps users' spend controls: budgets that cap what a user is billed in one
+    currency over a period, optionally for one model or one calling service, and the alerts raised
+    when spend crosses a budget's thresholds.
+
+    A budget counts its user's billed spend in its currency: LedgerService Charge and CaptureHold,
+    the charges and hold captures of billed UsageService RecordUsage / RecordUsageBatch records,
+    and, while they are active, the holds of CreateHold (a hold counts until it is captured,
+    released or expires; holds carry no model, so they count toward budgets without a model
+    scope). Deposits and transfers are not spend. A Refund gives its amount back to every budget
+    the refunded transaction counted toward, if that budget's period is still the current one.
+    The budget's "consumed" amount is its spend in the current period plus its active holds.
+
+    Enforcement is part of the spending call's own transaction: a Charge, CreateHold, CaptureHold
+    or billed usage record that raises the consumption of a HARD budget that applies to it above
+    the budget's limit fails with FAILED_PRECONDITION (reason BUDGET_EXCEEDED) and changes nothing,
+    however many such calls run at once. Among several budgets that would be exceeded the error
+    names the one with the least room left. A call that lowers consumption (a capture below its
+    hold, a refund, a release) never fails on a budget. SOFT budgets are never enforced; both
+    kinds raise alerts.
+
+    Periods reset by time alone, in the budget's time zone: DAILY from local midnight, WEEKLY from
+    Monday 00:00, MONTHLY from the first of the month 00:00 (calendar periods, so a daily period
+    that spans a daylight-saving change is 23 or 25 hours long); LIFETIME never resets. A new
+    budget starts with the spend already made in its current period (what the ledger recorded
+    since the period began, less refunds).
+
+    Each threshold in alert_thresholds_percent raises at most one BudgetAlert per budget and
+    period: the first spend that leaves consumption at or above that share of the limit creates it,
+    in the spend's own transaction, so an alert exists if and only if the spend that crossed it
+    committed. ListBudgetAlerts returns alerts in the order they committed with a resumable cursor,
+    so a notifier that stores its cursor sends each alert once.
+
+    Every mutating request takes a request_id, scoped to the calling service and the user (as in
+    LedgerService); a replay returns the first response, the same request_id with other parameters
+    fails with ALREADY_EXISTS (reason REQUEST_ID_REUSED). Every change writes an audit event.
+
+    Reads need budgets.read, changes budgets.write, and the alert feed budgets.alerts.read; without
+    it a call fails with PERMISSION_DENIED (reason MISSING_PERMISSION). ErrorReason
+    (error_reason.proto) documents every reason; the Errors paragraph that ends each RPC's comment
+    lists the reasons it can raise beyond those of any RPC.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, defaults: CallDefaults) -> None:
+        super().__init__(defaults)
+        self._stub = budget_pb2_grpc.BudgetServiceStub(channel)
+
+    async def CreateBudget(
+        self,
+        request: budget_pb2.CreateBudgetRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> budget_pb2.CreateBudgetResponse:
+        """Creates a budget for a user. Its spend in the current period starts at what the user was
+        already billed since the period began. Fails with NOT_FOUND (reason USER_NOT_FOUND) for an
+        unknown or deleted user, NOT_FOUND (reason MODEL_NOT_FOUND, with a field violation on
+        budget.model_id) for a scope naming a model not in the catalog, INVALID_ARGUMENT for a bad
+        field (reason UNSUPPORTED_CURRENCY for a currency that is not enabled) and
+        FAILED_PRECONDITION (reason TOO_MANY_BUDGETS) when the user already has 20 budgets.
+
+        Errors: NOT_FOUND USER_NOT_FOUND, NOT_FOUND MODEL_NOT_FOUND, INVALID_ARGUMENT
+        UNSUPPORTED_CURRENCY, FAILED_PRECONDITION TOO_MANY_BUDGETS.
+        """
+        return await self._defaults.async_unary(self._stub.CreateBudget, request, timeout, metadata, kwargs)
+
+    async def GetBudget(
+        self,
+        request: budget_pb2.GetBudgetRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> budget_pb2.GetBudgetResponse:
+        """Returns a budget with its consumption in the current period. Fails with NOT_FOUND (reason
+        BUDGET_NOT_FOUND) if it does not exist or belongs to another user.
+
+        Errors: NOT_FOUND BUDGET_NOT_FOUND.
+        """
+        return await self._defaults.async_unary(self._stub.GetBudget, request, timeout, metadata, kwargs)
+
+    async def ListBudgets(
+        self,
+        request: budget_pb2.ListBudgetsRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> budget_pb2.ListBudgetsResponse:
+        """Lists a user's budgets, oldest first, each with its consumption in the current period. A user
+        without budgets (or unknown) gets an empty list.
+
+        Errors: none of its own.
+        """
+        return await self._defaults.async_unary(self._stub.ListBudgets, request, timeout, metadata, kwargs)
+
+    async def UpdateBudget(
+        self,
+        request: budget_pb2.UpdateBudgetRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> budget_pb2.UpdateBudgetResponse:
+        """Changes a budget's display name, limit, enforcement or alert thresholds; the change applies
+        to the very next spend (a lower limit than the current consumption blocks further spend of a
+        HARD budget at once; it does not undo spend). Period, time zone, currency and scope cannot
+        change: create another budget. Fails with NOT_FOUND (reason BUDGET_NOT_FOUND) and
+        INVALID_ARGUMENT for a bad value or an update_mask path that is unknown or immutable.
+
+        Errors: NOT_FOUND BUDGET_NOT_FOUND.
+        """
+        return await self._defaults.async_unary(self._stub.UpdateBudget, request, timeout, metadata, kwargs)
+
+    async def DeleteBudget(
+        self,
+        request: budget_pb2.DeleteBudgetRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> budget_pb2.DeleteBudgetResponse:
+        """Deletes a budget: it no longer limits or counts spend. Its alerts stay listed. Fails with
+        NOT_FOUND (reason BUDGET_NOT_FOUND) if it does not exist (a replay of the delete returns the
+        first response).
+
+        Errors: NOT_FOUND BUDGET_NOT_FOUND.
+        """
+        return await self._defaults.async_unary(self._stub.DeleteBudget, request, timeout, metadata, kwargs)
+
+    async def ListBudgetAlerts(
+        self,
+        request: budget_pb2.ListBudgetAlertsRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataPairs | None = None,
+        **kwargs: Any,
+    ) -> budget_pb2.ListBudgetAlertsResponse:
+        """Lists budget alerts in the order they committed, oldest first, for one user or for all users
+        (empty user_id). next_page_token is always set: calling again with it later returns the
+        alerts committed since (a page shorter than page_size means the feed is caught up). An alert
+        is listed once every transaction that began writing before its own has ended (normally within
+        milliseconds), so a reader polling with its cursor never skips one. Fails with
+        INVALID_ARGUMENT for a bad page_token or one issued for other filters.
+
+        Errors: none of its own.
+        """
+        return await self._defaults.async_unary(self._stub.ListBudgetAlerts, request, timeout, metadata, kwargs)
 
 
 class AsyncChatService(Service):

@@ -1673,6 +1673,61 @@ ALTER TABLE public.audit_events ALTER COLUMN audit_event_id ADD GENERATED ALWAYS
     CACHE 1
 );
 
+CREATE TABLE public.budget_alerts (
+    user_id uuid NOT NULL,
+    alert_id uuid DEFAULT gen_random_uuid() NOT NULL,
+    budget_id uuid NOT NULL,
+    period_start timestamp with time zone NOT NULL,
+    period_end timestamp with time zone,
+    threshold_percent integer NOT NULL,
+    limit_micros bigint NOT NULL,
+    consumed_micros bigint NOT NULL,
+    currency_code text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    written_xid bigint NOT NULL,
+    CONSTRAINT budget_alerts_threshold_range CHECK (((threshold_percent >= 1) AND (threshold_percent <= 100)))
+);
+
+CREATE TABLE public.budget_periods (
+    user_id uuid NOT NULL,
+    budget_id uuid NOT NULL,
+    period_start timestamp with time zone NOT NULL,
+    spent_micros bigint NOT NULL,
+    CONSTRAINT budget_periods_spent_nonnegative CHECK ((spent_micros >= 0))
+);
+
+CREATE TABLE public.budget_spend_entries (
+    user_id uuid NOT NULL,
+    transaction_id uuid NOT NULL,
+    budget_id uuid NOT NULL,
+    period_start timestamp with time zone NOT NULL,
+    amount_micros bigint NOT NULL,
+    refunded_micros bigint DEFAULT 0 NOT NULL,
+    CONSTRAINT budget_spend_entries_amounts_valid CHECK (((amount_micros > 0) AND ((refunded_micros >= 0) AND (refunded_micros <= amount_micros))))
+);
+
+CREATE TABLE public.budgets (
+    user_id uuid NOT NULL,
+    budget_id uuid DEFAULT gen_random_uuid() NOT NULL,
+    display_name text DEFAULT ''::text NOT NULL,
+    currency_code text NOT NULL,
+    limit_micros bigint NOT NULL,
+    period text NOT NULL,
+    time_zone text DEFAULT 'UTC'::text NOT NULL,
+    model_id text,
+    caller text,
+    enforcement text DEFAULT 'hard'::text NOT NULL,
+    alert_thresholds_percent integer[] DEFAULT '{}'::integer[] NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT budgets_caller_length CHECK (((char_length(caller) >= 1) AND (char_length(caller) <= 100))),
+    CONSTRAINT budgets_display_name_length CHECK ((char_length(display_name) <= 100)),
+    CONSTRAINT budgets_enforcement_valid CHECK ((enforcement = ANY (ARRAY['hard'::text, 'soft'::text]))),
+    CONSTRAINT budgets_limit_range CHECK (((limit_micros >= 1) AND (limit_micros <= '1000000000000000'::bigint))),
+    CONSTRAINT budgets_period_valid CHECK ((period = ANY (ARRAY['daily'::text, 'weekly'::text, 'monthly'::text, 'lifetime'::text]))),
+    CONSTRAINT budgets_thresholds_valid CHECK (((cardinality(alert_thresholds_percent) <= 10) AND (1 <= ALL (alert_thresholds_percent)) AND (100 >= ALL (alert_thresholds_percent))))
+);
+
 CREATE TABLE public.chat_imports (
     user_id uuid NOT NULL,
     source_format text NOT NULL,
@@ -1822,6 +1877,8 @@ CREATE TABLE public.ledger_transactions (
     request_hash bytea,
     owner_position bigint NOT NULL,
     counterparty_position bigint,
+    model_id text,
+    caller text,
     CONSTRAINT ledger_transactions_amount_positive CHECK ((amount_micros > 0)),
     CONSTRAINT ledger_transactions_capture_has_hold CHECK (((kind = 'hold_capture'::text) = (hold_id IS NOT NULL))),
     CONSTRAINT ledger_transactions_counterparty_position_consistent CHECK (((counterparty_user_id IS NULL) = (counterparty_position IS NULL))),
@@ -2063,6 +2120,21 @@ ALTER TABLE ONLY public.audit_events
 ALTER TABLE ONLY public.audit_events
     ADD CONSTRAINT audit_events_pkey PRIMARY KEY (audit_event_id);
 
+ALTER TABLE ONLY public.budget_alerts
+    ADD CONSTRAINT budget_alerts_once_key UNIQUE (user_id, budget_id, period_start, threshold_percent);
+
+ALTER TABLE ONLY public.budget_alerts
+    ADD CONSTRAINT budget_alerts_pkey PRIMARY KEY (user_id, alert_id);
+
+ALTER TABLE ONLY public.budget_periods
+    ADD CONSTRAINT budget_periods_pkey PRIMARY KEY (user_id, budget_id, period_start);
+
+ALTER TABLE ONLY public.budget_spend_entries
+    ADD CONSTRAINT budget_spend_entries_pkey PRIMARY KEY (user_id, transaction_id, budget_id);
+
+ALTER TABLE ONLY public.budgets
+    ADD CONSTRAINT budgets_pkey PRIMARY KEY (user_id, budget_id);
+
 ALTER TABLE ONLY public.chat_imports
     ADD CONSTRAINT chat_imports_pkey PRIMARY KEY (user_id, source_format, source_id);
 
@@ -2174,6 +2246,16 @@ CREATE INDEX audit_events_user_written_order_idx ON public.audit_events USING bt
 
 CREATE INDEX audit_events_written_order_idx ON public.audit_events USING btree (COALESCE(written_xid, (0)::bigint) DESC, audit_event_id DESC);
 
+CREATE INDEX budget_alerts_feed_idx ON public.budget_alerts USING btree (written_xid, alert_id);
+
+CREATE INDEX budget_alerts_user_feed_idx ON public.budget_alerts USING btree (user_id, written_xid, alert_id);
+
+CREATE INDEX budget_spend_entries_budget_idx ON public.budget_spend_entries USING btree (user_id, budget_id);
+
+CREATE INDEX budgets_user_created_idx ON public.budgets USING btree (user_id, created_at, budget_id);
+
+CREATE INDEX budgets_user_currency_idx ON public.budgets USING btree (user_id, currency_code);
+
 CREATE INDEX chat_messages_search_idx ON public.chat_messages USING gin (search);
 
 CREATE INDEX chat_sessions_activity_idx ON public.chat_sessions USING btree (user_id, last_activity_at DESC, session_id DESC);
@@ -2254,6 +2336,15 @@ CREATE TRIGGER model_prices_immutable BEFORE DELETE OR UPDATE ON public.model_pr
 
 CREATE TRIGGER model_prices_no_truncate BEFORE TRUNCATE ON public.model_prices FOR EACH STATEMENT EXECUTE FUNCTION public.usage_forbid_change();
 
+ALTER TABLE ONLY public.budget_periods
+    ADD CONSTRAINT budget_periods_budget_fkey FOREIGN KEY (user_id, budget_id) REFERENCES public.budgets(user_id, budget_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.budget_spend_entries
+    ADD CONSTRAINT budget_spend_entries_budget_fkey FOREIGN KEY (user_id, budget_id) REFERENCES public.budgets(user_id, budget_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.budgets
+    ADD CONSTRAINT budgets_user_fkey FOREIGN KEY (user_id) REFERENCES public.users(user_id);
+
 ALTER TABLE ONLY public.chat_imports
     ADD CONSTRAINT chat_imports_session_fkey FOREIGN KEY (user_id, session_id) REFERENCES public.chat_sessions(user_id, session_id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED;
 
@@ -2298,6 +2389,30 @@ ALTER TABLE public.audit_events ENABLE ROW LEVEL SECURITY;
 CREATE POLICY audit_events_acting_users ON public.audit_events TO qdata_service USING ((COALESCE(user_id, '00000000-0000-0000-0000-000000000000'::uuid) = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((COALESCE(user_id, '00000000-0000-0000-0000-000000000000'::uuid) = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
 
 CREATE POLICY audit_events_all_users ON public.audit_events TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
+
+ALTER TABLE public.budget_alerts ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY budget_alerts_acting_users ON public.budget_alerts TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
+
+CREATE POLICY budget_alerts_all_users ON public.budget_alerts TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
+
+ALTER TABLE public.budget_periods ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY budget_periods_acting_users ON public.budget_periods TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
+
+CREATE POLICY budget_periods_all_users ON public.budget_periods TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
+
+ALTER TABLE public.budget_spend_entries ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY budget_spend_entries_acting_users ON public.budget_spend_entries TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
+
+CREATE POLICY budget_spend_entries_all_users ON public.budget_spend_entries TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
+
+ALTER TABLE public.budgets ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY budgets_acting_users ON public.budgets TO qdata_service USING ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[]))) WITH CHECK ((user_id = ANY (( SELECT public.qdata_acting_users() AS qdata_acting_users)::uuid[])));
+
+CREATE POLICY budgets_all_users ON public.budgets TO qdata_service USING (public.qdata_acting_for_all_users()) WITH CHECK (public.qdata_acting_for_all_users());
 
 ALTER TABLE public.chat_imports ENABLE ROW LEVEL SECURITY;
 
@@ -2462,6 +2577,14 @@ GRANT SELECT,INSERT ON TABLE public.usage_records TO qdata_service;
 GRANT SELECT,INSERT ON TABLE public.audit_events TO qdata_service;
 
 GRANT USAGE ON SEQUENCE public.audit_events_audit_event_id_seq TO qdata_service;
+
+GRANT SELECT,INSERT ON TABLE public.budget_alerts TO qdata_service;
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.budget_periods TO qdata_service;
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.budget_spend_entries TO qdata_service;
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.budgets TO qdata_service;
 
 GRANT SELECT,INSERT,DELETE ON TABLE public.chat_imports TO qdata_service;
 

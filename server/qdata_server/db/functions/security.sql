@@ -69,7 +69,11 @@ DECLARE
         ARRAY['usage_user_days', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
         ARRAY['model_ratings', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
         ARRAY['import_log', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
-        ARRAY['chat_share_links', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())']
+        ARRAY['chat_share_links', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
+        ARRAY['budgets', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
+        ARRAY['budget_periods', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
+        ARRAY['budget_spend_entries', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())'],
+        ARRAY['budget_alerts', 'user_id = ANY (qdata_acting_users())', 'user_id = ANY (qdata_acting_users())']
     ];
 BEGIN
     FOREACH spec SLICE 1 IN ARRAY specs LOOP
