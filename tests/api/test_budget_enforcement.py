@@ -13,57 +13,29 @@ import zoneinfo
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
 
-from qdata.v1 import ledger_pb2, usage_pb2
-from tests.support.budgets import alerts_of, create_budget, update_budget, usage_of
+from qdata.v1 import ledger_pb2
+from tests.support.budgets import (
+    MODEL,
+    OTHER_MODEL,
+    alerts_of,
+    capture,
+    charge,
+    create_budget,
+    hold,
+    priced,
+    record,
+    update_budget,
+    usage_of,
+)
 from tests.support.calls import error_info, expect_error, rid
 from tests.support.database import scalar, sql
 from tests.support.ledger import age_holds, ledger_state
-from tests.support.usage import create_model, funded_user, usage
+from tests.support.usage import funded_user
 
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 EXCEEDED = "BUDGET_EXCEEDED"
 UTC = datetime.UTC
-MODEL = "test/budget-model"
-OTHER_MODEL = "test/other-model"
-
-
-async def priced(api, model_id: str = MODEL) -> None:
-    """A model whose call of usage(..., input_tokens=n, output_tokens=0) costs exactly n / 10 micros."""
-    await create_model(api, model_id, input_=100_000, output=0, cached=0, reasoning=0)
-
-
-def record(user_id: str, micros: int, model_id: str = MODEL, **fields) -> usage_pb2.RecordUsageRequest:
-    """A RecordUsage request that bills exactly `micros`."""
-    return usage(user_id, model_id, input_tokens=micros * 10, output_tokens=0, **fields)
-
-
-async def charge(api, user_id: str, micros: int, request_id: str | None = None) -> ledger_pb2.Transaction:
-    response = await api.ledger.Charge(
-        ledger_pb2.ChargeRequest(
-            request_id=request_id or rid(), user_id=user_id, amount_micros=micros, currency_code="USD"
-        )
-    )
-    return response.transaction
-
-
-async def hold(api, user_id: str, micros: int, ttl_seconds: float = 600) -> ledger_pb2.Hold:
-    ttl = duration_pb2.Duration()
-    ttl.FromNanoseconds(int(ttl_seconds * 1e9))
-    response = await api.ledger.CreateHold(
-        ledger_pb2.CreateHoldRequest(
-            request_id=rid(), user_id=user_id, amount_micros=micros, currency_code="USD", ttl=ttl
-        )
-    )
-    return response.hold
-
-
-async def capture(api, user_id: str, hold_id: str, micros: int) -> ledger_pb2.Transaction:
-    response = await api.ledger.CaptureHold(
-        ledger_pb2.CaptureHoldRequest(request_id=rid(), user_id=user_id, hold_id=hold_id, amount_micros=micros)
-    )
-    return response.transaction
 
 
 async def refund(api, user_id: str, transaction_id: str, micros: int) -> None:

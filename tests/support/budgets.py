@@ -9,14 +9,17 @@ CreateBudget. `usage_of` and `alerts_of` read what the database holds for a budg
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+from google.protobuf import duration_pb2
 from psycopg.rows import dict_row
 
+from qdata.v1 import ledger_pb2, usage_pb2
+from tests.support.calls import rid
 from tests.support.server import Api
+from tests.support.usage import create_model, usage
 
 
 def _clock_setting(api: Api) -> str:
@@ -108,5 +111,44 @@ async def alerts_of(api: Api, user_id: str, budget_id: str | None = None) -> lis
         return await cur.fetchall()
 
 
-def new_id() -> str:
-    return str(uuid.uuid4())
+# ---- spend through the API ------------------------------------------------------------------
+
+MODEL = "test/budget-model"
+OTHER_MODEL = "test/other-model"
+
+
+async def priced(api, model_id: str = MODEL) -> None:
+    """A model whose call of usage(..., input_tokens=n, output_tokens=0) costs exactly n / 10 micros."""
+    await create_model(api, model_id, input_=100_000, output=0, cached=0, reasoning=0)
+
+
+def record(user_id: str, micros: int, model_id: str = MODEL, **fields) -> usage_pb2.RecordUsageRequest:
+    """A RecordUsage request that bills exactly `micros`."""
+    return usage(user_id, model_id, input_tokens=micros * 10, output_tokens=0, **fields)
+
+
+async def charge(api, user_id: str, micros: int, request_id: str | None = None) -> ledger_pb2.Transaction:
+    response = await api.ledger.Charge(
+        ledger_pb2.ChargeRequest(
+            request_id=request_id or rid(), user_id=user_id, amount_micros=micros, currency_code="USD"
+        )
+    )
+    return response.transaction
+
+
+async def hold(api, user_id: str, micros: int, ttl_seconds: float = 600) -> ledger_pb2.Hold:
+    ttl = duration_pb2.Duration()
+    ttl.FromNanoseconds(int(ttl_seconds * 1e9))
+    response = await api.ledger.CreateHold(
+        ledger_pb2.CreateHoldRequest(
+            request_id=rid(), user_id=user_id, amount_micros=micros, currency_code="USD", ttl=ttl
+        )
+    )
+    return response.hold
+
+
+async def capture(api, user_id: str, hold_id: str, micros: int) -> ledger_pb2.Transaction:
+    response = await api.ledger.CaptureHold(
+        ledger_pb2.CaptureHoldRequest(request_id=rid(), user_id=user_id, hold_id=hold_id, amount_micros=micros)
+    )
+    return response.transaction
