@@ -169,7 +169,7 @@ CREATE FUNCTION public.budget_backfill(p_user uuid, p_budget uuid) RETURNS void
     LANGUAGE plpgsql
     AS $$
 DECLARE
-    b budgets;
+    b record;
     bounds record;
 BEGIN
     SELECT * INTO b FROM budgets WHERE user_id = p_user AND budget_id = p_budget;
@@ -388,8 +388,10 @@ END;
 $$;
 
 CREATE FUNCTION public.budget_usage(p_user uuid, p_budget uuid) RETURNS TABLE(period_start timestamp with time zone, period_end timestamp with time zone, spent_micros bigint, held_micros bigint)
-    LANGUAGE sql
+    LANGUAGE plpgsql
     AS $$
+BEGIN
+    RETURN QUERY
     SELECT CASE WHEN b.period = 'lifetime' THEN NULL ELSE pb.period_start END, pb.period_end,
            coalesce((SELECT p.spent_micros FROM budget_periods p
                       WHERE p.user_id = b.user_id AND p.budget_id = b.budget_id
@@ -400,7 +402,8 @@ CREATE FUNCTION public.budget_usage(p_user uuid, p_budget uuid) RETURNS TABLE(pe
                         AND (b.caller IS NULL OR h.request_actor = b.caller)), 0)::bigint
       FROM budgets b
      CROSS JOIN LATERAL budget_period_bounds(b.period, b.time_zone, budget_now()) pb
-     WHERE b.user_id = p_user AND b.budget_id = p_budget
+     WHERE b.user_id = p_user AND b.budget_id = p_budget;
+END;
 $$;
 
 CREATE FUNCTION public.idempotency_claim(p_user uuid, p_actor text, p_request_id text, p_method text, p_request_hash bytea, OUT claimed boolean, OUT stored_method text, OUT stored_hash bytea, OUT stored_response bytea) RETURNS record

@@ -51,10 +51,13 @@ $$;
 
 -- A budget's consumption in its current period (budget_now), as the caller's row security lets
 -- it see the budget (no row: no such budget). period_start and period_end are NULL for a
--- lifetime budget. VOLATILE: it sees the calling statement's own writes.
+-- lifetime budget. VOLATILE: it sees the calling statement's own writes. (plpgsql, so that this
+-- file, which sorts before the ledger's, never needs the budget tables to exist to be created.)
 CREATE OR REPLACE FUNCTION budget_usage(p_user uuid, p_budget uuid)
 RETURNS TABLE (period_start timestamptz, period_end timestamptz, spent_micros bigint, held_micros bigint)
-LANGUAGE sql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN QUERY
     SELECT CASE WHEN b.period = 'lifetime' THEN NULL ELSE pb.period_start END, pb.period_end,
            coalesce((SELECT p.spent_micros FROM budget_periods p
                       WHERE p.user_id = b.user_id AND p.budget_id = b.budget_id
@@ -65,7 +68,8 @@ LANGUAGE sql VOLATILE AS $$
                         AND (b.caller IS NULL OR h.request_actor = b.caller)), 0)::bigint
       FROM budgets b
      CROSS JOIN LATERAL budget_period_bounds(b.period, b.time_zone, budget_now()) pb
-     WHERE b.user_id = p_user AND b.budget_id = p_budget
+     WHERE b.user_id = p_user AND b.budget_id = p_budget;
+END;
 $$;
 
 -- Starts a new budget with the spend already made in its current period: every charge and hold
@@ -77,7 +81,7 @@ $$;
 CREATE OR REPLACE FUNCTION budget_backfill(p_user uuid, p_budget uuid) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    b budgets;
+    b record;
     bounds record;
 BEGIN
     SELECT * INTO b FROM budgets WHERE user_id = p_user AND budget_id = p_budget;

@@ -24,12 +24,12 @@ ALTER TABLE ledger_transactions ADD COLUMN model_id text, ADD COLUMN caller text
 -- NULL, so the previous release's positional calls still run); the old signatures are dropped so
 -- that no call is ambiguous, and the new ones created here at once (their current text is in
 -- db/functions/ledger.sql, applied right after) so that no call finds them missing in between.
-DROP FUNCTION ledger_insert_transaction(uuid, text, bigint, text, uuid, text, uuid, text, uuid, text, text, text,
-                                        text, uuid, uuid, text, text, text, bytea);
-DROP FUNCTION ledger_charge(uuid, bigint, text, text, text, text, text, text, bytea);
-DROP FUNCTION ledger_capture_hold(uuid, uuid, bigint, text, text, text, text, text, bytea);
+DROP FUNCTION IF EXISTS ledger_insert_transaction(uuid, text, bigint, text, uuid, text, uuid, text, uuid, text, text, text,
+                                                  text, uuid, uuid, text, text, text, bytea);
+DROP FUNCTION IF EXISTS ledger_charge(uuid, bigint, text, text, text, text, text, text, bytea);
+DROP FUNCTION IF EXISTS ledger_capture_hold(uuid, uuid, bigint, text, text, text, text, text, bytea);
 
-CREATE FUNCTION ledger_insert_transaction(
+CREATE OR REPLACE FUNCTION ledger_insert_transaction(
     p_owner uuid, p_kind text, p_amount bigint, p_currency text, p_debit_user uuid, p_debit_system text,
     p_credit_user uuid, p_credit_system text, p_counterparty uuid, p_description text, p_reference text,
     p_external_reference text, p_deposit_source text, p_original uuid, p_hold uuid, p_request_id text,
@@ -54,7 +54,7 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION ledger_charge(
+CREATE OR REPLACE FUNCTION ledger_charge(
     p_user uuid, p_amount bigint, p_currency text, p_description text, p_reference text, p_request_id text,
     p_actor text DEFAULT NULL, p_method text DEFAULT NULL, p_request_hash bytea DEFAULT NULL,
     p_model text DEFAULT NULL, p_caller text DEFAULT NULL
@@ -70,7 +70,7 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION ledger_capture_hold(
+CREATE OR REPLACE FUNCTION ledger_capture_hold(
     p_user uuid, p_hold uuid, p_amount bigint, p_description text, p_request_id text, p_reference text DEFAULT '',
     p_actor text DEFAULT NULL, p_method text DEFAULT NULL, p_request_hash bytea DEFAULT NULL,
     p_model text DEFAULT NULL, p_caller text DEFAULT NULL
