@@ -12,6 +12,7 @@ import datetime
 import zoneinfo
 
 import grpc
+import psycopg
 import pytest
 
 from qdata.v1 import ledger_pb2
@@ -280,6 +281,19 @@ async def test_a_capture_below_its_hold_never_fails_even_under_a_lowered_limit(a
     await api.usage.RecordUsage(record(user.id, 500, hold_id=second.id))
     assert await figures(api, user.id, budget) == (900, 0)
     await exceeded(charge(api, user.id, 1))
+
+
+async def test_a_capture_fails_only_above_what_its_hold_counted(api):
+    user = await funded_user(api)
+    # The hold is the tests' caller's ("anonymous"); the gateway's budget never counted it.
+    gateway = await create_budget(api, user.id, limit_micros=100, caller="chat-gateway")
+    held = await hold(api, user.id, 500)
+    capture_as_gateway = "SELECT ledger_capture_hold(%s, %s, %s, '', %s, p_caller => 'chat-gateway')"
+    with pytest.raises(psycopg.errors.CheckViolation) as raised:
+        await sql(api, capture_as_gateway, (user.id, held.id, 101, rid()))
+    assert raised.value.diag.constraint_name == "budget_exceeded"
+    await sql(api, capture_as_gateway, (user.id, held.id, 100, rid()))
+    assert await figures(api, user.id, gateway) == (100, 0)
 
 
 # ---- refunds ----------------------------------------------------------------------------------
