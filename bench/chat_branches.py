@@ -204,7 +204,7 @@ def _explain(database_url: str, user_id: str, session: dict) -> dict[str, dict]:
         for kind, (name, params) in cases.items():
             with conn.transaction(force_rollback=True):
                 settings = acting_for(uuid.UUID(user_id)).settings()
-                conn.execute(query("begin_transaction"), {**settings, "statement_timeout": None})
+                conn.execute(query("begin_transaction"), {**settings, "statement_timeout": None, "clock": ""})
                 [row] = conn.execute(
                     "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query(name), {**keys, **params}
                 ).fetchall()

@@ -29,6 +29,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from qdata_server.clock import Clock
 from qdata_server.db import migrate, roles
 from tests.support.server import (
     SERVICE_LOGIN,
@@ -115,6 +116,14 @@ def api_with(module_server: ModuleServer) -> Callable[..., Awaitable[Api]]:
         return await module_server.api(dataclasses.replace(TEST_SETTINGS, **changes))
 
     return serve
+
+
+@pytest.fixture
+def clock(module_server: ModuleServer, api: Api) -> Iterator[Clock]:
+    """The budgets' clock of `api`'s server (qdata_server/clock.py), for the test to move:
+    `clock.now = datetime(..., tzinfo=UTC)`; None (the start) is the database's time."""
+    yield module_server.clock
+    module_server.clock.now = None
 
 
 @pytest.fixture

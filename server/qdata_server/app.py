@@ -29,6 +29,7 @@ from qdata.v1 import chat_pb2_grpc, ledger_pb2_grpc, usage_pb2_grpc, user_pb2_gr
 from qdata_server import audit_sealer, background, idempotency, inputs, metrics_database, metrics_hooks, reflection
 from qdata_server.auth import Authenticator
 from qdata_server.chat.service import ChatServicer
+from qdata_server.clock import Clock
 from qdata_server.config import ConfigError, Settings
 from qdata_server.db.pool import QdataPool, open_pool
 from qdata_server.deps import Deps
@@ -68,8 +69,11 @@ class QdataServer:
         runtime_inputs: inputs.RuntimeInputs | None = None,
         *,
         worker_index: int = 0,
+        clock: Clock | None = None,
     ):
         self.settings = settings
+        # The budgets' clock (clock.py): None, database time, except in tests that move it.
+        self.clock = clock
         self.conninfo = conninfo
         # This server's worker number (serve.py); worker 0 also runs the jobs one worker does for
         # the whole server: the scheduled verification and the database-derived gauges.
@@ -119,6 +123,7 @@ class QdataServer:
         # The pool connects in the background: a database that is down at start leaves the
         # server up and NOT_SERVING until the health monitor reaches it.
         pool = self.pool = await open_pool(settings, self.conninfo, wait=False)
+        pool.clock = self.clock
         passwords = await PasswordHasher.create(settings)
         deps = self.deps = Deps(settings=settings, pool=pool, passwords=passwords, key_ring=key_ring)
         key_ring_gate = KeyRingGate(key_ring)

@@ -165,7 +165,8 @@ async def explain(conn: psycopg.AsyncConnection, user_id: str, name: str, params
     """
     async with conn.transaction(force_rollback=True):
         await conn.execute(
-            query("begin_transaction"), {**acting_for(uuid.UUID(user_id)).settings(), "statement_timeout": None}
+            query("begin_transaction"),
+            {**acting_for(uuid.UUID(user_id)).settings(), "statement_timeout": None, "clock": ""},
         )
         if not generic:
             cur = await conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query(name), params)

@@ -19,6 +19,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from qdata.v1 import chat_pb2_grpc, ledger_pb2_grpc, usage_pb2_grpc, user_pb2_grpc
 from qdata_server.app import QdataServer
+from qdata_server.clock import Clock
 from qdata_server.config import Settings
 from tests.support.database import FreshState
 
@@ -93,9 +94,16 @@ class Api:
     usage: usage_pb2_grpc.UsageServiceStub
 
 
-async def start_api(database_url: str, settings: Settings = TEST_SETTINGS, *, serve_through: str | None = None) -> Api:
-    """Serves database_url as SERVICE_LOGIN (or through serve_through, e.g. a pooler in front of it)."""
-    server = QdataServer(settings, serve_through or serving_url(database_url))
+async def start_api(
+    database_url: str,
+    settings: Settings = TEST_SETTINGS,
+    *,
+    serve_through: str | None = None,
+    clock: Clock | None = None,
+) -> Api:
+    """Serves database_url as SERVICE_LOGIN (or through serve_through, e.g. a pooler in front of it);
+    clock: the budgets' clock the server is built with (qdata_server/clock.py)."""
+    server = QdataServer(settings, serve_through or serving_url(database_url), clock=clock)
     port = await server.start("127.0.0.1:0")
     address = f"127.0.0.1:{port}"
     channel = grpc.aio.insecure_channel(address)
@@ -149,6 +157,9 @@ class ModuleServer:
         self.database_url = database_url
         self.fresh = FreshState.take(database_url)
         self._running: Api | None = None
+        # The budgets' clock of the module's servers: database time (now None) unless a test
+        # moves it (the `clock` fixture); every test starts with it at database time.
+        self.clock = Clock()
 
     async def api(self, settings: Settings = TEST_SETTINGS) -> Api:
         running = self._running
@@ -156,8 +167,9 @@ class ModuleServer:
             self._running = None
             await stop_api(running)
         await self.fresh.restore(self.database_url)
+        self.clock.now = None
         if self._running is None:
-            self._running = await start_api(self.database_url, settings)
+            self._running = await start_api(self.database_url, settings, clock=self.clock)
         return self._running
 
     async def close(self) -> None:

@@ -346,7 +346,9 @@ def sql_functions() -> dict[str, str]:
 def sql_triggers() -> dict[str, set[str]]:
     """Table -> the functions its triggers execute."""
     found: dict[str, set[str]] = {}
-    pattern = r"CREATE\s+TRIGGER\s+\w+\s+.*?\bON\s+(\w+)\s+.*?EXECUTE\s+(?:FUNCTION|PROCEDURE)\s+(\w+)"
+    pattern = (
+        r"CREATE\s+(?:OR\s+REPLACE\s+)?TRIGGER\s+\w+\s+.*?\bON\s+(\w+)\s+.*?EXECUTE\s+(?:FUNCTION|PROCEDURE)\s+(\w+)"
+    )
     for match in re.finditer(pattern, sql_sources(), re.I | re.S):
         found.setdefault(match.group(1), set()).add(match.group(2))
     return found

@@ -39,6 +39,15 @@ OVER_REPORTED: dict[tuple[str, str], str] = {
         )
         for rpc in ("RecordUsage", "RecordUsageBatch")
     },
+    # Budgets' triggers (db/functions/budget_enforcement.sql) fire on every insert into
+    # ledger_transactions and ledger_holds (and the scan sees no trigger event), but only a charge,
+    # a hold capture or a new hold raises consumption.
+    **{
+        (f"/qdata.v1.LedgerService/{rpc}", "BUDGET_EXCEEDED"): (
+            "only charges, hold captures and new holds raise a budget's consumption"
+        )
+        for rpc in ("Deposit", "Refund", "Transfer", "ReleaseHold")
+    },
     ("/qdata.v1.ChatService/ImportSession", "SESSION_NOT_FOUND"): (
         "the messages go into the session created in the same transaction, and an earlier import's session"
         " is held by chat_imports' foreign key"

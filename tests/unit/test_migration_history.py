@@ -80,7 +80,7 @@ LANDED = {
     "0015_chat_share_links": "b57ba1fc336c296ee171f5af1cda5b41ee2bfe2429218e3aeda011dfe431b285",
     "0016_chat_import": "d25351680dd5d15c6df8d94fc7cb930633c32b79f58149dca510e5a0909a16bb",
     "0017_audit_sealer": "0b558a68d02d8f1d7ae2449ce9d74b6d6cf5d0bd41866b10075e5afc4d6e4b3d",
-    "0018_budgets": "5140bee463ff4c4bbbf5b921ca760a29befa9a8476858325fee061600c909862",
+    "0018_budgets": "9dbdd9fe197c150bc80202e490d4287199b39ce303d5e76696daa92500a01d63",
 }
 
 

@@ -701,6 +701,9 @@ class LedgerService(Service):
     reads, ledger.write for writes and ledger.admin for VerifyLedger; without it a call fails with
     PERMISSION_DENIED (reason MISSING_PERMISSION).
 
+    Charge, CreateHold and CaptureHold count toward the user's budgets and fail when they would
+    exceed one: BudgetService (budget.proto) keeps budgets and says what counts.
+
     ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
     paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
@@ -757,12 +760,14 @@ class LedgerService(Service):
     ) -> ledger_pb2.ChargeResponse:
         """Debits a user's account and returns the CHARGE transaction. Fails with FAILED_PRECONDITION
         (reason INSUFFICIENT_FUNDS) if the available balance is lower than amount_micros; nothing
-        changes then and the request_id is not used up. Also fails with INVALID_ARGUMENT (reason
+        changes then and the request_id is not used up. Fails with FAILED_PRECONDITION (reason
+        BUDGET_EXCEEDED) if the charge would raise a HARD budget of the user above its limit (nothing
+        changes, the request_id is not used up). Also fails with INVALID_ARGUMENT (reason
         INVALID_ARGUMENT or UNSUPPORTED_CURRENCY), NOT_FOUND (reason USER_NOT_FOUND) and ALREADY_EXISTS
         (reason REQUEST_ID_REUSED).
 
         Errors: INVALID_ARGUMENT UNSUPPORTED_CURRENCY; NOT_FOUND USER_NOT_FOUND; FAILED_PRECONDITION
-        INSUFFICIENT_FUNDS.
+        BUDGET_EXCEEDED, INSUFFICIENT_FUNDS.
         """
         return self._defaults.sync_unary(self._stub.Charge, request, timeout, metadata, kwargs)
 
@@ -821,12 +826,14 @@ class LedgerService(Service):
         available balance (not the posted one) until it is captured, released or expires; an expired
         hold stops counting at its expire_time even if no sweeper has run yet. Fails with
         FAILED_PRECONDITION (reason INSUFFICIENT_FUNDS) if the available balance is lower than
-        amount_micros (nothing changes and the request_id is not used up), INVALID_ARGUMENT (reason
-        INVALID_ARGUMENT) for an invalid amount or ttl, INVALID_ARGUMENT (reason UNSUPPORTED_CURRENCY),
-        NOT_FOUND (reason USER_NOT_FOUND) and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+        amount_micros (nothing changes and the request_id is not used up), FAILED_PRECONDITION
+        (reason BUDGET_EXCEEDED) if the held amount would raise a HARD budget of the user above its
+        limit (likewise), INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an invalid amount or ttl,
+        INVALID_ARGUMENT (reason UNSUPPORTED_CURRENCY), NOT_FOUND (reason USER_NOT_FOUND) and
+        ALREADY_EXISTS (reason REQUEST_ID_REUSED).
 
         Errors: INVALID_ARGUMENT UNSUPPORTED_CURRENCY; NOT_FOUND USER_NOT_FOUND; FAILED_PRECONDITION
-        INSUFFICIENT_FUNDS.
+        BUDGET_EXCEEDED, INSUFFICIENT_FUNDS.
         """
         return self._defaults.sync_unary(self._stub.CreateHold, request, timeout, metadata, kwargs)
 
@@ -862,10 +869,12 @@ class LedgerService(Service):
         (reason CAPTURE_EXCEEDS_HOLD) if amount_micros is greater than the hold's amount, a request
         that can never succeed because a hold's amount never changes; INVALID_ARGUMENT (reason
         INVALID_ARGUMENT) for a missing or non-positive amount; ALREADY_EXISTS (reason
-        REQUEST_ID_REUSED).
+        REQUEST_ID_REUSED). Fails with FAILED_PRECONDITION (reason BUDGET_EXCEEDED) only where the
+        captured amount exceeds what the hold counted toward a HARD budget (a budget with a caller
+        scope the hold did not count toward): a capture never raises consumption above the hold's.
 
         Errors: INVALID_ARGUMENT CAPTURE_EXCEEDS_HOLD; NOT_FOUND HOLD_NOT_FOUND, USER_NOT_FOUND;
-        FAILED_PRECONDITION HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED, HOLD_EXPIRED.
+        FAILED_PRECONDITION BUDGET_EXCEEDED, HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED, HOLD_EXPIRED.
         """
         return self._defaults.sync_unary(self._stub.CaptureHold, request, timeout, metadata, kwargs)
 
@@ -1003,6 +1012,9 @@ class UsageService(Service):
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
     MALFORMED_REQUEST).
 
+    A billed record's charge or hold capture counts toward the user's budgets and fails when it
+    would exceed one: BudgetService (budget.proto) keeps budgets and says what counts.
+
     ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
     paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
@@ -1100,12 +1112,14 @@ class UsageService(Service):
         HOLD_EXPIRED) if the record is billed and the hold is no longer active (retry without hold_id
         to charge the balance instead; an unbilled record leaves an inactive hold as it is);
         FAILED_PRECONDITION (reason CURRENCY_MISMATCH) if the hold's currency is not the price's;
+        FAILED_PRECONDITION (reason BUDGET_EXCEEDED) if billing it would raise a HARD budget of the
+        user above its limit (nothing is recorded, a hold stays active);
         INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an invalid field; ALREADY_EXISTS
         (reason REQUEST_ID_REUSED).
 
         Errors: NOT_FOUND HOLD_NOT_FOUND, MODEL_NOT_FOUND, SESSION_NOT_FOUND, USER_NOT_FOUND;
-        FAILED_PRECONDITION CURRENCY_MISMATCH, HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED,
-        HOLD_EXPIRED, INSUFFICIENT_FUNDS, MODEL_NOT_PRICED.
+        FAILED_PRECONDITION BUDGET_EXCEEDED, CURRENCY_MISMATCH, HOLD_ALREADY_CAPTURED,
+        HOLD_ALREADY_RELEASED, HOLD_EXPIRED, INSUFFICIENT_FUNDS, MODEL_NOT_PRICED.
         """
         return self._defaults.sync_unary(self._stub.RecordUsage, request, timeout, metadata, kwargs)
 
@@ -1123,12 +1137,14 @@ class UsageService(Service):
         record's request_id makes it idempotent, so a whole batch may be resent after a timeout
         (records that succeeded are replayed, records that failed are tried again). A request_id that
         appears twice in one batch is a replay of its first occurrence. The batch commits as one
-        transaction: one that runs out of its deadline records none of its items. Fails as a whole
-        only with INVALID_ARGUMENT (reason INVALID_ARGUMENT) for no records or more than 1,000.
+        transaction: one that runs out of its deadline records none of its items. Budgets judge the
+        items in request order: those that fit are recorded, each later one that would exceed a HARD
+        budget fails with BUDGET_EXCEEDED. Fails as a whole only with INVALID_ARGUMENT (reason
+        INVALID_ARGUMENT) for no records or more than 1,000.
 
         Errors: NOT_FOUND HOLD_NOT_FOUND, MODEL_NOT_FOUND, SESSION_NOT_FOUND, USER_NOT_FOUND;
-        FAILED_PRECONDITION CURRENCY_MISMATCH, HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED,
-        HOLD_EXPIRED, INSUFFICIENT_FUNDS, MODEL_NOT_PRICED (per item, in
+        FAILED_PRECONDITION BUDGET_EXCEEDED, CURRENCY_MISMATCH, HOLD_ALREADY_CAPTURED,
+        HOLD_ALREADY_RELEASED, HOLD_EXPIRED, INSUFFICIENT_FUNDS, MODEL_NOT_PRICED (per item, in
         RecordUsageResult.error_reason).
         """
         return self._defaults.sync_unary(self._stub.RecordUsageBatch, request, timeout, metadata, kwargs)
@@ -2144,6 +2160,9 @@ class AsyncLedgerService(Service):
     reads, ledger.write for writes and ledger.admin for VerifyLedger; without it a call fails with
     PERMISSION_DENIED (reason MISSING_PERMISSION).
 
+    Charge, CreateHold and CaptureHold count toward the user's budgets and fail when they would
+    exceed one: BudgetService (budget.proto) keeps budgets and says what counts.
+
     ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
     paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
@@ -2200,12 +2219,14 @@ class AsyncLedgerService(Service):
     ) -> ledger_pb2.ChargeResponse:
         """Debits a user's account and returns the CHARGE transaction. Fails with FAILED_PRECONDITION
         (reason INSUFFICIENT_FUNDS) if the available balance is lower than amount_micros; nothing
-        changes then and the request_id is not used up. Also fails with INVALID_ARGUMENT (reason
+        changes then and the request_id is not used up. Fails with FAILED_PRECONDITION (reason
+        BUDGET_EXCEEDED) if the charge would raise a HARD budget of the user above its limit (nothing
+        changes, the request_id is not used up). Also fails with INVALID_ARGUMENT (reason
         INVALID_ARGUMENT or UNSUPPORTED_CURRENCY), NOT_FOUND (reason USER_NOT_FOUND) and ALREADY_EXISTS
         (reason REQUEST_ID_REUSED).
 
         Errors: INVALID_ARGUMENT UNSUPPORTED_CURRENCY; NOT_FOUND USER_NOT_FOUND; FAILED_PRECONDITION
-        INSUFFICIENT_FUNDS.
+        BUDGET_EXCEEDED, INSUFFICIENT_FUNDS.
         """
         return await self._defaults.async_unary(self._stub.Charge, request, timeout, metadata, kwargs)
 
@@ -2264,12 +2285,14 @@ class AsyncLedgerService(Service):
         available balance (not the posted one) until it is captured, released or expires; an expired
         hold stops counting at its expire_time even if no sweeper has run yet. Fails with
         FAILED_PRECONDITION (reason INSUFFICIENT_FUNDS) if the available balance is lower than
-        amount_micros (nothing changes and the request_id is not used up), INVALID_ARGUMENT (reason
-        INVALID_ARGUMENT) for an invalid amount or ttl, INVALID_ARGUMENT (reason UNSUPPORTED_CURRENCY),
-        NOT_FOUND (reason USER_NOT_FOUND) and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+        amount_micros (nothing changes and the request_id is not used up), FAILED_PRECONDITION
+        (reason BUDGET_EXCEEDED) if the held amount would raise a HARD budget of the user above its
+        limit (likewise), INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an invalid amount or ttl,
+        INVALID_ARGUMENT (reason UNSUPPORTED_CURRENCY), NOT_FOUND (reason USER_NOT_FOUND) and
+        ALREADY_EXISTS (reason REQUEST_ID_REUSED).
 
         Errors: INVALID_ARGUMENT UNSUPPORTED_CURRENCY; NOT_FOUND USER_NOT_FOUND; FAILED_PRECONDITION
-        INSUFFICIENT_FUNDS.
+        BUDGET_EXCEEDED, INSUFFICIENT_FUNDS.
         """
         return await self._defaults.async_unary(self._stub.CreateHold, request, timeout, metadata, kwargs)
 
@@ -2305,10 +2328,12 @@ class AsyncLedgerService(Service):
         (reason CAPTURE_EXCEEDS_HOLD) if amount_micros is greater than the hold's amount, a request
         that can never succeed because a hold's amount never changes; INVALID_ARGUMENT (reason
         INVALID_ARGUMENT) for a missing or non-positive amount; ALREADY_EXISTS (reason
-        REQUEST_ID_REUSED).
+        REQUEST_ID_REUSED). Fails with FAILED_PRECONDITION (reason BUDGET_EXCEEDED) only where the
+        captured amount exceeds what the hold counted toward a HARD budget (a budget with a caller
+        scope the hold did not count toward): a capture never raises consumption above the hold's.
 
         Errors: INVALID_ARGUMENT CAPTURE_EXCEEDS_HOLD; NOT_FOUND HOLD_NOT_FOUND, USER_NOT_FOUND;
-        FAILED_PRECONDITION HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED, HOLD_EXPIRED.
+        FAILED_PRECONDITION BUDGET_EXCEEDED, HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED, HOLD_EXPIRED.
         """
         return await self._defaults.async_unary(self._stub.CaptureHold, request, timeout, metadata, kwargs)
 
@@ -2446,6 +2471,9 @@ class AsyncUsageService(Service):
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
     MALFORMED_REQUEST).
 
+    A billed record's charge or hold capture counts toward the user's budgets and fails when it
+    would exceed one: BudgetService (budget.proto) keeps budgets and says what counts.
+
     ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
     paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
@@ -2543,12 +2571,14 @@ class AsyncUsageService(Service):
         HOLD_EXPIRED) if the record is billed and the hold is no longer active (retry without hold_id
         to charge the balance instead; an unbilled record leaves an inactive hold as it is);
         FAILED_PRECONDITION (reason CURRENCY_MISMATCH) if the hold's currency is not the price's;
+        FAILED_PRECONDITION (reason BUDGET_EXCEEDED) if billing it would raise a HARD budget of the
+        user above its limit (nothing is recorded, a hold stays active);
         INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an invalid field; ALREADY_EXISTS
         (reason REQUEST_ID_REUSED).
 
         Errors: NOT_FOUND HOLD_NOT_FOUND, MODEL_NOT_FOUND, SESSION_NOT_FOUND, USER_NOT_FOUND;
-        FAILED_PRECONDITION CURRENCY_MISMATCH, HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED,
-        HOLD_EXPIRED, INSUFFICIENT_FUNDS, MODEL_NOT_PRICED.
+        FAILED_PRECONDITION BUDGET_EXCEEDED, CURRENCY_MISMATCH, HOLD_ALREADY_CAPTURED,
+        HOLD_ALREADY_RELEASED, HOLD_EXPIRED, INSUFFICIENT_FUNDS, MODEL_NOT_PRICED.
         """
         return await self._defaults.async_unary(self._stub.RecordUsage, request, timeout, metadata, kwargs)
 
@@ -2566,12 +2596,14 @@ class AsyncUsageService(Service):
         record's request_id makes it idempotent, so a whole batch may be resent after a timeout
         (records that succeeded are replayed, records that failed are tried again). A request_id that
         appears twice in one batch is a replay of its first occurrence. The batch commits as one
-        transaction: one that runs out of its deadline records none of its items. Fails as a whole
-        only with INVALID_ARGUMENT (reason INVALID_ARGUMENT) for no records or more than 1,000.
+        transaction: one that runs out of its deadline records none of its items. Budgets judge the
+        items in request order: those that fit are recorded, each later one that would exceed a HARD
+        budget fails with BUDGET_EXCEEDED. Fails as a whole only with INVALID_ARGUMENT (reason
+        INVALID_ARGUMENT) for no records or more than 1,000.
 
         Errors: NOT_FOUND HOLD_NOT_FOUND, MODEL_NOT_FOUND, SESSION_NOT_FOUND, USER_NOT_FOUND;
-        FAILED_PRECONDITION CURRENCY_MISMATCH, HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED,
-        HOLD_EXPIRED, INSUFFICIENT_FUNDS, MODEL_NOT_PRICED (per item, in
+        FAILED_PRECONDITION BUDGET_EXCEEDED, CURRENCY_MISMATCH, HOLD_ALREADY_CAPTURED,
+        HOLD_ALREADY_RELEASED, HOLD_EXPIRED, INSUFFICIENT_FUNDS, MODEL_NOT_PRICED (per item, in
         RecordUsageResult.error_reason).
         """
         return await self._defaults.async_unary(self._stub.RecordUsageBatch, request, timeout, metadata, kwargs)

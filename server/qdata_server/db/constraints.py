@@ -9,6 +9,7 @@ have kept itself, so its violation is a bug and surfaces as INTERNAL.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from qdata.v1.error_reason_pb2 import ErrorReason
@@ -21,6 +22,16 @@ from qdata_server.errors import (
     QdataError,
     RequestRemembered,
 )
+
+
+def _budget_metadata(detail: str) -> dict[str, str]:
+    """The metadata of a budget_exceeded rejection from its DETAIL (empty if it has none)."""
+    try:
+        parsed = json.loads(detail) if detail else {}
+    except ValueError:
+        return {}
+    return {str(key): str(value) for key, value in parsed.items()} if isinstance(parsed, dict) else {}
+
 
 # Each factory gets the DETAIL of the error ("" if none).
 CONSTRAINT_ERRORS: dict[str, Callable[[str], QdataError]] = {
@@ -104,6 +115,13 @@ CONSTRAINT_ERRORS: dict[str, Callable[[str], QdataError]] = {
     "usage_currency_mismatch": lambda detail: FailedPrecondition(
         f"the hold is in {detail or 'another currency'}, not in the currency of the model's price",
         reason=ErrorReason.ERROR_REASON_CURRENCY_MISMATCH,
+    ),
+    # Budgets (db/functions/budget_enforcement.sql): DETAIL is a JSON object of strings, the
+    # ErrorInfo metadata of BUDGET_EXCEEDED (error_reason.proto).
+    "budget_exceeded": lambda detail: FailedPrecondition(
+        "the call would exceed a budget's limit",
+        reason=ErrorReason.ERROR_REASON_BUDGET_EXCEEDED,
+        metadata=_budget_metadata(detail),
     ),
     "model_prices_model_effective_key": lambda _: AlreadyExists(
         "the model already has a price version with this effective_time",

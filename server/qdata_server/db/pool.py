@@ -14,6 +14,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from qdata_server.clock import Clock
 from qdata_server.config import Settings
 from qdata_server.db.connection import Conn
 
@@ -86,6 +87,8 @@ class QdataPool(AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]):
         # linked to a client whose backend sat idle after COMMIT, and every later call waited
         # forever (tests/integration/test_pgbouncer.py).
         self.pipelined = pipelined
+        # The budgets' clock its transactions send (qdata_server/clock.py); None: database time.
+        self.clock: Clock | None = None
         self._made: weakref.WeakSet[Conn] = weakref.WeakSet()
         # Checkouts asked for and those that gave up (PoolTimeout), since the last
         # pop_request_counts (the metrics' pool sampler, metrics_qdata.py).

@@ -165,6 +165,247 @@ BEGIN
 END;
 $$;
 
+CREATE FUNCTION public.budget_backfill(p_user uuid, p_budget uuid) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    b record;
+    bounds record;
+BEGIN
+    SELECT * INTO b FROM budgets WHERE user_id = p_user AND budget_id = p_budget;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT * INTO bounds FROM budget_period_bounds(b.period, b.time_zone, budget_now());
+    WITH counted AS (
+        INSERT INTO budget_spend_entries (user_id, transaction_id, budget_id, period_start, amount_micros,
+                                          refunded_micros)
+        SELECT t.user_id, t.transaction_id, b.budget_id, bounds.period_start, t.amount_micros,
+               least(t.amount_micros, coalesce(r.refunded, 0))
+          FROM ledger_transactions t
+          LEFT JOIN LATERAL (
+              SELECT sum(x.amount_micros) AS refunded FROM ledger_transactions x
+               WHERE x.user_id = t.user_id AND x.original_transaction_id = t.transaction_id AND x.kind = 'refund'
+          ) r ON true
+         WHERE t.user_id = p_user AND t.currency_code = b.currency_code AND t.kind IN ('charge', 'hold_capture')
+           AND t.amount_micros > 0
+           AND t.created_at >= bounds.period_start AND (bounds.period_end IS NULL OR t.created_at < bounds.period_end)
+           AND (b.model_id IS NULL OR t.model_id = b.model_id)
+           AND (b.caller IS NULL OR coalesce(t.caller, t.request_actor) = b.caller)
+        ON CONFLICT ON CONSTRAINT budget_spend_entries_pkey DO NOTHING
+        RETURNING amount_micros - refunded_micros AS net
+    )
+    INSERT INTO budget_periods AS p (user_id, budget_id, period_start, spent_micros)
+    SELECT p_user, b.budget_id, bounds.period_start, sum(net) FROM counted HAVING count(*) > 0
+    ON CONFLICT ON CONSTRAINT budget_periods_pkey DO UPDATE SET spent_micros = p.spent_micros + excluded.spent_micros;
+END;
+$$;
+
+CREATE FUNCTION public.budget_holds_counted() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+DECLARE
+    at timestamptz;
+    f record;
+BEGIN
+    PERFORM 1 FROM (SELECT DISTINCT n.user_id, n.currency_code FROM new_rows n WHERE n.status = 'active') a
+     WHERE EXISTS (SELECT 1 FROM budgets b WHERE b.user_id = a.user_id AND b.currency_code = a.currency_code)
+     LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    at := budget_now();
+    WITH applied AS (
+        SELECT n.user_id, n.hold_id, n.amount_micros, b.budget_id, b.currency_code, b.caller,
+               pb.period_start, pb.period_end
+          FROM new_rows n
+          JOIN budgets b ON b.user_id = n.user_id AND b.currency_code = n.currency_code AND b.model_id IS NULL
+                        AND (b.caller IS NULL OR b.caller = n.request_actor)
+         CROSS JOIN LATERAL budget_period_bounds(b.period, b.time_zone, at) pb
+         WHERE n.status = 'active'
+    ), per_budget AS (
+        SELECT a.user_id, a.budget_id, a.period_start, a.period_end, sum(a.amount_micros)::bigint AS added,
+               coalesce((SELECT p.spent_micros FROM budget_periods p
+                          WHERE p.user_id = a.user_id AND p.budget_id = a.budget_id
+                            AND p.period_start = a.period_start), 0) AS spent,
+               coalesce((SELECT sum(h.amount_micros) FROM ledger_holds h
+                          WHERE h.user_id = a.user_id AND h.currency_code = a.currency_code
+                            AND h.status = 'active' AND h.expire_at > now()
+                            AND (a.caller IS NULL OR h.request_actor = a.caller)), 0)::bigint AS held_now
+          FROM applied a
+         GROUP BY a.user_id, a.budget_id, a.period_start, a.period_end, a.currency_code, a.caller
+    )
+    SELECT array_agg(user_id) AS users, array_agg(budget_id) AS budgets, array_agg(period_start) AS starts,
+           array_agg(period_end) AS ends, array_agg(spent) AS spent, array_agg(held_now - added) AS held,
+           array_agg(added) AS increase
+      INTO f FROM per_budget;
+    IF f.users IS NOT NULL THEN
+        PERFORM budget_judge(f.users, f.budgets, f.starts, f.ends, f.spent, f.held, f.increase, at);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE FUNCTION public.budget_judge(p_users uuid[], p_budgets uuid[], p_period_starts timestamp with time zone[], p_period_ends timestamp with time zone[], p_spent_before bigint[], p_held_before bigint[], p_increase bigint[], p_at timestamp with time zone) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    worst record;
+BEGIN
+    SELECT b.budget_id, b.limit_micros, v.spent, v.held, v.increase, v.period_end INTO worst
+      FROM unnest(p_users, p_budgets, p_period_starts, p_period_ends, p_spent_before, p_held_before, p_increase)
+           AS v(user_id, budget_id, period_start, period_end, spent, held, increase)
+      JOIN budgets b ON b.user_id = v.user_id AND b.budget_id = v.budget_id
+     WHERE b.enforcement = 'hard' AND v.increase > 0 AND v.spent + v.held + v.increase > b.limit_micros
+     ORDER BY b.limit_micros - v.spent - v.held, b.budget_id
+     LIMIT 1;
+    IF FOUND THEN
+        PERFORM ledger_reject('budget_exceeded', jsonb_build_object(
+            'budget_id', worst.budget_id::text,
+            'limit_micros', worst.limit_micros::text,
+            'spent_micros', worst.spent::text,
+            'held_micros', worst.held::text,
+            'requested_micros', worst.increase::text,
+            'period_end', coalesce(to_char(worst.period_end AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '')
+        )::text);
+    END IF;
+    INSERT INTO budget_alerts (user_id, budget_id, period_start, period_end, threshold_percent, limit_micros,
+                               consumed_micros, currency_code, created_at, written_xid)
+    SELECT v.user_id, v.budget_id, v.period_start, v.period_end, t.threshold, b.limit_micros,
+           v.spent + v.held + v.increase, b.currency_code, p_at, pg_current_xact_id()::text::bigint
+      FROM unnest(p_users, p_budgets, p_period_starts, p_period_ends, p_spent_before, p_held_before, p_increase)
+           AS v(user_id, budget_id, period_start, period_end, spent, held, increase)
+      JOIN budgets b ON b.user_id = v.user_id AND b.budget_id = v.budget_id
+     CROSS JOIN LATERAL unnest(b.alert_thresholds_percent) AS t(threshold)
+     WHERE v.increase > 0 AND (v.spent + v.held + v.increase)::numeric * 100 >= t.threshold::numeric * b.limit_micros
+     ORDER BY v.user_id, v.budget_id, t.threshold
+    ON CONFLICT ON CONSTRAINT budget_alerts_once_key DO NOTHING;
+END;
+$$;
+
+CREATE FUNCTION public.budget_now() RETURNS timestamp with time zone
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT coalesce(nullif(current_setting('qdata.clock', true), '')::timestamptz, now())
+$$;
+
+CREATE FUNCTION public.budget_period_bounds(p_period text, p_time_zone text, p_at timestamp with time zone, OUT period_start timestamp with time zone, OUT period_end timestamp with time zone) RETURNS record
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT CASE WHEN p_period = 'lifetime' THEN '-infinity'::timestamptz
+                ELSE date_trunc(u.unit, p_at, p_time_zone) END,
+           CASE WHEN p_period = 'lifetime' THEN NULL
+                ELSE (date_trunc(u.unit, p_at, p_time_zone) AT TIME ZONE p_time_zone
+                      + make_interval(days => CASE u.unit WHEN 'day' THEN 1 WHEN 'week' THEN 7 ELSE 0 END,
+                                      months => CASE u.unit WHEN 'month' THEN 1 ELSE 0 END))
+                     AT TIME ZONE p_time_zone END
+      FROM (SELECT CASE p_period WHEN 'daily' THEN 'day' WHEN 'weekly' THEN 'week' ELSE 'month' END AS unit) u
+$$;
+
+CREATE FUNCTION public.budget_transactions_counted() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+DECLARE
+    at timestamptz;
+    captured uuid[];
+    f record;
+BEGIN
+    -- The common case: no budget on any account the statement wrote (one index probe per account).
+    PERFORM 1 FROM (SELECT DISTINCT n.user_id, n.currency_code FROM new_rows n
+                     WHERE n.kind IN ('charge', 'hold_capture', 'refund')) a
+     WHERE EXISTS (SELECT 1 FROM budgets b WHERE b.user_id = a.user_id AND b.currency_code = a.currency_code)
+     LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    at := budget_now();
+
+    WITH back AS (
+        SELECT e.user_id, e.transaction_id, e.budget_id, e.period_start,
+               least(r.amount_micros, e.amount_micros - e.refunded_micros) AS given
+          FROM new_rows r
+          JOIN budget_spend_entries e ON e.user_id = r.user_id AND e.transaction_id = r.original_transaction_id
+          JOIN budgets b ON b.user_id = e.user_id AND b.budget_id = e.budget_id
+         CROSS JOIN LATERAL budget_period_bounds(b.period, b.time_zone, at) pb
+         WHERE r.kind = 'refund' AND e.period_start = pb.period_start AND e.amount_micros > e.refunded_micros
+    ), entries AS (
+        UPDATE budget_spend_entries e SET refunded_micros = e.refunded_micros + k.given
+          FROM back k
+         WHERE e.user_id = k.user_id AND e.transaction_id = k.transaction_id AND e.budget_id = k.budget_id
+    )
+    UPDATE budget_periods p SET spent_micros = p.spent_micros - k.given
+      FROM (SELECT user_id, budget_id, period_start, sum(given) AS given FROM back
+             GROUP BY user_id, budget_id, period_start) k
+     WHERE p.user_id = k.user_id AND p.budget_id = k.budget_id AND p.period_start = k.period_start;
+
+    captured := ARRAY(SELECT n.hold_id FROM new_rows n WHERE n.kind = 'hold_capture' AND n.hold_id IS NOT NULL);
+    WITH applied AS (
+        SELECT n.user_id, n.transaction_id, n.amount_micros, b.budget_id, b.currency_code, b.model_id,
+               b.caller, pb.period_start, pb.period_end, coalesce(h.amount_micros, 0) AS freed
+          FROM new_rows n
+          JOIN budgets b ON b.user_id = n.user_id AND b.currency_code = n.currency_code
+                        AND (b.model_id IS NULL OR b.model_id = n.model_id)
+                        AND (b.caller IS NULL OR b.caller = coalesce(n.caller, n.request_actor))
+         CROSS JOIN LATERAL budget_period_bounds(b.period, b.time_zone, at) pb
+          LEFT JOIN LATERAL (
+              SELECT x.amount_micros FROM ledger_holds x
+               WHERE n.hold_id IS NOT NULL AND b.model_id IS NULL AND x.user_id = n.user_id
+                 AND x.hold_id = n.hold_id AND (b.caller IS NULL OR x.request_actor = b.caller)
+          ) h ON true
+         WHERE n.kind IN ('charge', 'hold_capture') AND n.amount_micros > 0
+    ), entries AS (
+        INSERT INTO budget_spend_entries (user_id, transaction_id, budget_id, period_start, amount_micros)
+        SELECT user_id, transaction_id, budget_id, period_start, amount_micros FROM applied
+    ), per_budget AS (
+        SELECT a.user_id, a.budget_id, a.period_start, a.period_end, sum(a.amount_micros)::bigint AS added,
+               sum(a.freed)::bigint AS freed,
+               coalesce((SELECT p.spent_micros FROM budget_periods p
+                          WHERE p.user_id = a.user_id AND p.budget_id = a.budget_id
+                            AND p.period_start = a.period_start), 0) AS spent,
+               coalesce((SELECT sum(h.amount_micros) FROM ledger_holds h
+                          WHERE a.model_id IS NULL AND h.user_id = a.user_id AND h.currency_code = a.currency_code
+                            AND h.status = 'active' AND h.expire_at > now()
+                            AND (a.caller IS NULL OR h.request_actor = a.caller)
+                            AND h.hold_id <> ALL (captured)), 0)::bigint AS held_others
+          FROM applied a
+         GROUP BY a.user_id, a.budget_id, a.period_start, a.period_end, a.model_id, a.currency_code, a.caller
+    ), periods AS (
+        INSERT INTO budget_periods AS p (user_id, budget_id, period_start, spent_micros)
+        SELECT user_id, budget_id, period_start, added FROM per_budget
+        ON CONFLICT ON CONSTRAINT budget_periods_pkey DO UPDATE SET spent_micros = p.spent_micros + excluded.spent_micros
+    )
+    SELECT array_agg(user_id) AS users, array_agg(budget_id) AS budgets, array_agg(period_start) AS starts,
+           array_agg(period_end) AS ends, array_agg(spent) AS spent, array_agg(held_others + freed) AS held,
+           array_agg(added - freed) AS increase
+      INTO f FROM per_budget;
+    IF f.users IS NOT NULL THEN
+        PERFORM budget_judge(f.users, f.budgets, f.starts, f.ends, f.spent, f.held, f.increase, at);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE FUNCTION public.budget_usage(p_user uuid, p_budget uuid) RETURNS TABLE(period_start timestamp with time zone, period_end timestamp with time zone, spent_micros bigint, held_micros bigint)
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    RETURN QUERY
+    SELECT CASE WHEN b.period = 'lifetime' THEN NULL ELSE pb.period_start END, pb.period_end,
+           coalesce((SELECT p.spent_micros FROM budget_periods p
+                      WHERE p.user_id = b.user_id AND p.budget_id = b.budget_id
+                        AND p.period_start = pb.period_start), 0)::bigint,
+           coalesce((SELECT sum(h.amount_micros) FROM ledger_holds h
+                      WHERE b.model_id IS NULL AND h.user_id = b.user_id AND h.currency_code = b.currency_code
+                        AND h.status = 'active' AND h.expire_at > now()
+                        AND (b.caller IS NULL OR h.request_actor = b.caller)), 0)::bigint
+      FROM budgets b
+     CROSS JOIN LATERAL budget_period_bounds(b.period, b.time_zone, budget_now()) pb
+     WHERE b.user_id = p_user AND b.budget_id = p_budget;
+END;
+$$;
+
 CREATE FUNCTION public.idempotency_claim(p_user uuid, p_actor text, p_request_id text, p_method text, p_request_hash bytea, OUT claimed boolean, OUT stored_method text, OUT stored_hash bytea, OUT stored_response bytea) RETURNS record
     LANGUAGE plpgsql
     AS $$
@@ -201,7 +442,7 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION public.ledger_capture_hold(p_user uuid, p_hold uuid, p_amount bigint, p_description text, p_request_id text, p_reference text DEFAULT ''::text, p_actor text DEFAULT NULL::text, p_method text DEFAULT NULL::text, p_request_hash bytea DEFAULT NULL::bytea) RETURNS uuid
+CREATE FUNCTION public.ledger_capture_hold(p_user uuid, p_hold uuid, p_amount bigint, p_description text, p_request_id text, p_reference text DEFAULT ''::text, p_actor text DEFAULT NULL::text, p_method text DEFAULT NULL::text, p_request_hash bytea DEFAULT NULL::bytea, p_model text DEFAULT NULL::text, p_caller text DEFAULT NULL::text) RETURNS uuid
     LANGUAGE plpgsql
     AS $$
 DECLARE
@@ -223,7 +464,7 @@ BEGIN
         p_user, 'hold_capture', p_amount, hold.currency_code, p_user, NULL, NULL, 'revenue',
         NULL, CASE WHEN p_description = '' THEN hold.description ELSE p_description END,
         CASE WHEN p_reference = '' THEN hold.reference ELSE p_reference END,
-        '', '', NULL, p_hold, p_request_id, p_actor, p_method, p_request_hash);
+        '', '', NULL, p_hold, p_request_id, p_actor, p_method, p_request_hash, p_model, p_caller);
     UPDATE ledger_holds
        SET status = 'captured', captured_micros = p_amount, capture_transaction_id = new_id, resolved_at = now()
      WHERE user_id = p_user AND hold_id = p_hold;
@@ -248,7 +489,7 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION public.ledger_charge(p_user uuid, p_amount bigint, p_currency text, p_description text, p_reference text, p_request_id text, p_actor text DEFAULT NULL::text, p_method text DEFAULT NULL::text, p_request_hash bytea DEFAULT NULL::bytea) RETURNS uuid
+CREATE FUNCTION public.ledger_charge(p_user uuid, p_amount bigint, p_currency text, p_description text, p_reference text, p_request_id text, p_actor text DEFAULT NULL::text, p_method text DEFAULT NULL::text, p_request_hash bytea DEFAULT NULL::bytea, p_model text DEFAULT NULL::text, p_caller text DEFAULT NULL::text) RETURNS uuid
     LANGUAGE plpgsql
     AS $$
 BEGIN
@@ -256,7 +497,8 @@ BEGIN
     PERFORM ledger_debit_available(ledger_lock_account(p_user, p_currency), p_amount);
     RETURN ledger_insert_transaction(
         p_user, 'charge', p_amount, p_currency, p_user, NULL, NULL, 'revenue',
-        NULL, p_description, p_reference, '', '', NULL, NULL, p_request_id, p_actor, p_method, p_request_hash);
+        NULL, p_description, p_reference, '', '', NULL, NULL, p_request_id, p_actor, p_method, p_request_hash,
+        p_model, p_caller);
 END;
 $$;
 
@@ -432,7 +674,7 @@ CREATE FUNCTION public.ledger_hold_answer(p_user uuid, p_hold uuid) RETURNS TABL
      WHERE h.user_id = p_user AND h.hold_id = p_hold
 $$;
 
-CREATE FUNCTION public.ledger_insert_transaction(p_owner uuid, p_kind text, p_amount bigint, p_currency text, p_debit_user uuid, p_debit_system text, p_credit_user uuid, p_credit_system text, p_counterparty uuid, p_description text, p_reference text, p_external_reference text, p_deposit_source text, p_original uuid, p_hold uuid, p_request_id text, p_actor text, p_method text, p_request_hash bytea) RETURNS uuid
+CREATE FUNCTION public.ledger_insert_transaction(p_owner uuid, p_kind text, p_amount bigint, p_currency text, p_debit_user uuid, p_debit_system text, p_credit_user uuid, p_credit_system text, p_counterparty uuid, p_description text, p_reference text, p_external_reference text, p_deposit_source text, p_original uuid, p_hold uuid, p_request_id text, p_actor text, p_method text, p_request_hash bytea, p_model text DEFAULT NULL::text, p_caller text DEFAULT NULL::text) RETURNS uuid
     LANGUAGE plpgsql
     AS $$
 DECLARE
@@ -441,10 +683,10 @@ BEGIN
     INSERT INTO ledger_transactions (user_id, kind, counterparty_user_id, amount_micros, currency_code,
                                      description, reference, external_reference, deposit_source,
                                      original_transaction_id, hold_id, request_id, request_actor,
-                                     request_method, request_hash)
+                                     request_method, request_hash, model_id, caller)
     VALUES (p_owner, p_kind, p_counterparty, p_amount, p_currency, p_description, p_reference,
             p_external_reference, p_deposit_source, p_original, p_hold, p_request_id, p_actor,
-            p_method, p_request_hash)
+            p_method, p_request_hash, p_model, coalesce(p_caller, p_actor))
     RETURNING transaction_id INTO new_id;
     INSERT INTO ledger_postings (user_id, transaction_id, leg, account_user_id, system_account, currency_code, amount_micros)
     VALUES (p_owner, new_id, 1, p_debit_user, p_debit_system, p_currency, -p_amount),
@@ -1125,7 +1367,7 @@ BEGIN
     IF rec.billed AND p_hold IS NULL THEN
         rec.ledger_transaction_id := ledger_charge(
             p_user, rec.cost_micros, price.currency_code, description, 'usage/' || rec.usage_record_id, p_request_id,
-            key_actor, p_method, p_request_hash);
+            key_actor, p_method, p_request_hash, p_model, p_actor);
     ELSIF rec.billed THEN
         IF hold.currency_code <> price.currency_code THEN
             PERFORM usage_reject('usage_currency_mismatch', hold.currency_code);
@@ -1135,11 +1377,11 @@ BEGIN
         -- capture carries the key; the overage is part of the same record.
         rec.ledger_transaction_id := ledger_capture_hold(
             p_user, p_hold, least(rec.cost_micros, hold.amount_micros), description, p_request_id,
-            'usage/' || rec.usage_record_id, key_actor, p_method, p_request_hash);
+            'usage/' || rec.usage_record_id, key_actor, p_method, p_request_hash, p_model, p_actor);
         IF rec.cost_micros > hold.amount_micros THEN
             rec.overage_transaction_id := ledger_charge(
                 p_user, rec.cost_micros - hold.amount_micros, price.currency_code, description,
-                'usage/' || rec.usage_record_id, p_request_id);
+                'usage/' || rec.usage_record_id, p_request_id, p_model => p_model, p_caller => p_actor);
         END IF;
     ELSIF p_hold IS NOT NULL THEN
         -- Unbilled: release the hold if it still reserves money, leave an inactive one as it is.
@@ -1521,21 +1763,8 @@ BEGIN
             c_held := c_held || cur_held;
         END IF;
 
-        -- 4. The writes, one statement per table. Transactions in user_id order: their position
-        -- counters are taken in the ledger's lock order.
-        INSERT INTO ledger_transactions (user_id, transaction_id, kind, amount_micros, currency_code, description,
-                                         reference, hold_id, request_id, request_actor, request_method, request_hash)
-        SELECT t_user[j], t_id[j], t_kind[j], t_amount[j], t_currency[j],
-               'Usage of ' || p_models[t_item[j]] || ' (usage/' || t_record[j] || ')', 'usage/' || t_record[j],
-               t_hold[j], p_request_ids[t_item[j]], CASE WHEN t_keyed[j] THEN p_actor END,
-               CASE WHEN t_keyed[j] THEN p_method END, CASE WHEN t_keyed[j] THEN p_request_hashes[t_item[j]] END
-          FROM generate_subscripts(t_id, 1) AS j
-         ORDER BY t_user[j], t_item[j], j;
-        INSERT INTO ledger_postings (user_id, transaction_id, leg, account_user_id, system_account, currency_code,
-                                     amount_micros)
-        SELECT t_user[j], t_id[j], leg, CASE WHEN leg = 1 THEN t_user[j] END, CASE WHEN leg = 2 THEN 'revenue' END,
-               t_currency[j], CASE WHEN leg = 1 THEN -t_amount[j] ELSE t_amount[j] END
-          FROM generate_subscripts(t_id, 1) AS j, (VALUES (1::smallint), (2::smallint)) AS legs(leg);
+        -- 4. The writes, one statement per table. The holds first, so that the budgets' trigger on
+        -- the transactions (functions/budget_enforcement.sql) sees the batch's holds resolved.
         -- The touched accounts' expired holds are swept (their amounts are out of c_held already).
         -- (Each target restricted by its keys too, so that its scan is an index scan, not a join's.)
         UPDATE ledger_holds h SET status = 'expired', resolved_at = h.expire_at
@@ -1552,6 +1781,23 @@ BEGIN
              WHERE h.user_id = ANY (h_user) AND h.hold_id = ANY (h_id) AND h.user_id = v.user_id
                AND h.hold_id = v.hold_id;
         END IF;
+
+        -- Transactions in user_id order: their position counters are taken in the ledger's lock order.
+        INSERT INTO ledger_transactions (user_id, transaction_id, kind, amount_micros, currency_code, description,
+                                         reference, hold_id, request_id, request_actor, request_method, request_hash,
+                                         model_id, caller)
+        SELECT t_user[j], t_id[j], t_kind[j], t_amount[j], t_currency[j],
+               'Usage of ' || p_models[t_item[j]] || ' (usage/' || t_record[j] || ')', 'usage/' || t_record[j],
+               t_hold[j], p_request_ids[t_item[j]], CASE WHEN t_keyed[j] THEN p_actor END,
+               CASE WHEN t_keyed[j] THEN p_method END, CASE WHEN t_keyed[j] THEN p_request_hashes[t_item[j]] END,
+               p_models[t_item[j]], p_actor
+          FROM generate_subscripts(t_id, 1) AS j
+         ORDER BY t_user[j], t_item[j], j;
+        INSERT INTO ledger_postings (user_id, transaction_id, leg, account_user_id, system_account, currency_code,
+                                     amount_micros)
+        SELECT t_user[j], t_id[j], leg, CASE WHEN leg = 1 THEN t_user[j] END, CASE WHEN leg = 2 THEN 'revenue' END,
+               t_currency[j], CASE WHEN leg = 1 THEN -t_amount[j] ELSE t_amount[j] END
+          FROM generate_subscripts(t_id, 1) AS j, (VALUES (1::smallint), (2::smallint)) AS legs(leg);
 
         -- A month without partition (the server creates them ahead; this is the fallback).
         FOR month IN SELECT DISTINCT date_trunc('month', c AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' FROM unnest(a_called) AS c LOOP
@@ -1607,7 +1853,11 @@ BEGIN
         GET STACKED DIAGNOSTICS fallback_reason = CONSTRAINT_NAME;
     END;
     IF fallback THEN
-        RAISE WARNING 'usage_record_many fell back to usage_record_batch: %', fallback_reason;
+        -- A budget the batch as a whole would exceed is no bug: item by item, the items that fit
+        -- are recorded in order and the rest fail with BUDGET_EXCEEDED.
+        IF fallback_reason IS DISTINCT FROM 'budget_exceeded' THEN
+            RAISE WARNING 'usage_record_many fell back to usage_record_batch: %', fallback_reason;
+        END IF;
         RETURN QUERY SELECT * FROM usage_record_batch(
             p_actor, p_method, p_request_ids, p_request_hashes, p_users, p_models, p_sessions, p_input, p_cached,
             p_output, p_reasoning, p_latency_ns, p_ttft_ns, p_outcomes, p_error_codes, p_own_keys, p_holds,
@@ -2322,6 +2572,10 @@ CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON public.audit_events F
 
 CREATE TRIGGER audit_events_no_update_delete BEFORE DELETE OR UPDATE ON public.audit_events FOR EACH ROW EXECUTE FUNCTION public.audit_events_forbid_change();
 
+CREATE TRIGGER budget_holds_counted AFTER INSERT ON public.ledger_holds REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.budget_holds_counted();
+
+CREATE TRIGGER budget_transactions_counted AFTER INSERT ON public.ledger_transactions REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.budget_transactions_counted();
+
 CREATE TRIGGER ledger_postings_immutable BEFORE DELETE OR UPDATE ON public.ledger_postings FOR EACH ROW EXECUTE FUNCTION public.ledger_forbid_change();
 
 CREATE TRIGGER ledger_postings_no_truncate BEFORE TRUNCATE ON public.ledger_postings FOR EACH STATEMENT EXECUTE FUNCTION public.ledger_forbid_change();
@@ -2559,6 +2813,12 @@ GRANT ALL ON FUNCTION public.audit_chain_heads_read() TO qdata_service;
 
 REVOKE ALL ON FUNCTION public.audit_seal(p_limit integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.audit_seal(p_limit integer) TO qdata_service;
+
+REVOKE ALL ON FUNCTION public.budget_holds_counted() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.budget_judge(p_users uuid[], p_budgets uuid[], p_period_starts timestamp with time zone[], p_period_ends timestamp with time zone[], p_spent_before bigint[], p_held_before bigint[], p_increase bigint[], p_at timestamp with time zone) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.budget_transactions_counted() FROM PUBLIC;
 
 GRANT SELECT,INSERT,UPDATE ON TABLE public.ledger_accounts TO qdata_service;
 

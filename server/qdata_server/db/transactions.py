@@ -54,6 +54,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from qdata.v1.error_reason_pb2 import ErrorReason
 from qdata_server import callctx, metrics_hooks, tracing
+from qdata_server.clock import clock_setting
 from qdata_server.contract import wire_reason
 from qdata_server.db.connection import Conn, Params, Pool, Row
 from qdata_server.db.errors import RETRYABLE as _RETRYABLE
@@ -147,6 +148,7 @@ async def run(
     same consistent state (for checks that read a lot, like VerifyLedger).
     """
     pipelined = getattr(pool, "pipelined", True)
+    clock = clock_setting(getattr(pool, "clock", None))
 
     async def body(conn: Conn, statement_timeout: str | None) -> T:
         # Pooled connections are in autocommit mode, so the transaction is ours to open: BEGIN,
@@ -155,7 +157,7 @@ async def run(
         # QdataPool.pipelined) each statement is its own round trip.
         async with conn.pipeline() if pipelined else contextlib.nullcontext():
             await conn.execute(_BEGIN_SNAPSHOT if snapshot else _BEGIN)
-            await name_acting(conn, acting, statement_timeout=statement_timeout)
+            await name_acting(conn, acting, statement_timeout=statement_timeout, clock=clock)
             result = await work(conn)
             await conn.execute(_COMMIT)
         return result
@@ -187,11 +189,13 @@ async def statements(
     if not getattr(pool, "pipelined", True):
         return await run(pool, one_by_one, acting=acting, retries=retries)
 
+    clock = clock_setting(getattr(pool, "clock", None))
+
     async def body(conn: Conn, statement_timeout: str | None) -> list[list[Row]]:
         # Leaving the pipeline sends its Sync and reads every result: the one round trip (an
         # explicit sync() inside would cost a second one, for the closing Sync).
         async with conn.pipeline():
-            await name_acting(conn, acting, statement_timeout=statement_timeout)
+            await name_acting(conn, acting, statement_timeout=statement_timeout, clock=clock)
             cursors = [await submit(conn, name, params) for name, params in queries]
         return [await cursor.fetchall() for cursor in cursors]
 
@@ -277,10 +281,13 @@ def prepared_statement_lost(pool: AsyncConnectionPool[Any], exc: psycopg.Error) 
 
 
 async def name_acting(
-    conn: psycopg.AsyncConnection[Any], acting: Acting, *, statement_timeout: str | None = None
+    conn: psycopg.AsyncConnection[Any], acting: Acting, *, statement_timeout: str | None = None, clock: str = ""
 ) -> None:
-    """Names whom the transaction open on conn acts for (and bounds its statements)."""
-    await execute(conn, "begin_transaction", {**acting.settings(), "statement_timeout": statement_timeout})
+    """Names whom the transaction open on conn acts for (and bounds its statements); clock is the
+    budgets' injected time (qdata_server/clock.py; empty: the database's own)."""
+    await execute(
+        conn, "begin_transaction", {**acting.settings(), "statement_timeout": statement_timeout, "clock": clock}
+    )
 
 
 async def _run_once(pool: Pool, body: Callable[[Conn, str | None], Awaitable[T]]) -> T:

@@ -70,6 +70,9 @@ class LedgerServiceStub:
     reads, ledger.write for writes and ledger.admin for VerifyLedger; without it a call fails with
     PERMISSION_DENIED (reason MISSING_PERMISSION).
 
+    Charge, CreateHold and CaptureHold count toward the user's budgets and fail when they would
+    exceed one: BudgetService (budget.proto) keeps budgets and says what counts.
+
     ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
     paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
@@ -187,6 +190,9 @@ class LedgerServiceServicer:
     reads, ledger.write for writes and ledger.admin for VerifyLedger; without it a call fails with
     PERMISSION_DENIED (reason MISSING_PERMISSION).
 
+    Charge, CreateHold and CaptureHold count toward the user's budgets and fail when they would
+    exceed one: BudgetService (budget.proto) keeps budgets and says what counts.
+
     ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
     paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
@@ -222,12 +228,14 @@ class LedgerServiceServicer:
     def Charge(self, request, context):
         """Debits a user's account and returns the CHARGE transaction. Fails with FAILED_PRECONDITION
         (reason INSUFFICIENT_FUNDS) if the available balance is lower than amount_micros; nothing
-        changes then and the request_id is not used up. Also fails with INVALID_ARGUMENT (reason
+        changes then and the request_id is not used up. Fails with FAILED_PRECONDITION (reason
+        BUDGET_EXCEEDED) if the charge would raise a HARD budget of the user above its limit (nothing
+        changes, the request_id is not used up). Also fails with INVALID_ARGUMENT (reason
         INVALID_ARGUMENT or UNSUPPORTED_CURRENCY), NOT_FOUND (reason USER_NOT_FOUND) and ALREADY_EXISTS
         (reason REQUEST_ID_REUSED).
 
         Errors: INVALID_ARGUMENT UNSUPPORTED_CURRENCY; NOT_FOUND USER_NOT_FOUND; FAILED_PRECONDITION
-        INSUFFICIENT_FUNDS.
+        BUDGET_EXCEEDED, INSUFFICIENT_FUNDS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -271,12 +279,14 @@ class LedgerServiceServicer:
         available balance (not the posted one) until it is captured, released or expires; an expired
         hold stops counting at its expire_time even if no sweeper has run yet. Fails with
         FAILED_PRECONDITION (reason INSUFFICIENT_FUNDS) if the available balance is lower than
-        amount_micros (nothing changes and the request_id is not used up), INVALID_ARGUMENT (reason
-        INVALID_ARGUMENT) for an invalid amount or ttl, INVALID_ARGUMENT (reason UNSUPPORTED_CURRENCY),
-        NOT_FOUND (reason USER_NOT_FOUND) and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+        amount_micros (nothing changes and the request_id is not used up), FAILED_PRECONDITION
+        (reason BUDGET_EXCEEDED) if the held amount would raise a HARD budget of the user above its
+        limit (likewise), INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an invalid amount or ttl,
+        INVALID_ARGUMENT (reason UNSUPPORTED_CURRENCY), NOT_FOUND (reason USER_NOT_FOUND) and
+        ALREADY_EXISTS (reason REQUEST_ID_REUSED).
 
         Errors: INVALID_ARGUMENT UNSUPPORTED_CURRENCY; NOT_FOUND USER_NOT_FOUND; FAILED_PRECONDITION
-        INSUFFICIENT_FUNDS.
+        BUDGET_EXCEEDED, INSUFFICIENT_FUNDS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -302,10 +312,12 @@ class LedgerServiceServicer:
         (reason CAPTURE_EXCEEDS_HOLD) if amount_micros is greater than the hold's amount, a request
         that can never succeed because a hold's amount never changes; INVALID_ARGUMENT (reason
         INVALID_ARGUMENT) for a missing or non-positive amount; ALREADY_EXISTS (reason
-        REQUEST_ID_REUSED).
+        REQUEST_ID_REUSED). Fails with FAILED_PRECONDITION (reason BUDGET_EXCEEDED) only where the
+        captured amount exceeds what the hold counted toward a HARD budget (a budget with a caller
+        scope the hold did not count toward): a capture never raises consumption above the hold's.
 
         Errors: INVALID_ARGUMENT CAPTURE_EXCEEDS_HOLD; NOT_FOUND HOLD_NOT_FOUND, USER_NOT_FOUND;
-        FAILED_PRECONDITION HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED, HOLD_EXPIRED.
+        FAILED_PRECONDITION BUDGET_EXCEEDED, HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED, HOLD_EXPIRED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -480,6 +492,9 @@ class LedgerService:
     Each RPC needs the permission its (qdata.v1.permission) option names, here ledger.read for
     reads, ledger.write for writes and ledger.admin for VerifyLedger; without it a call fails with
     PERMISSION_DENIED (reason MISSING_PERMISSION).
+
+    Charge, CreateHold and CaptureHold count toward the user's budgets and fail when they would
+    exceed one: BudgetService (budget.proto) keeps budgets and says what counts.
 
     ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
     paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.

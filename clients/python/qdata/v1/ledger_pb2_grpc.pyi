@@ -71,6 +71,9 @@ class LedgerServiceStub:
     reads, ledger.write for writes and ledger.admin for VerifyLedger; without it a call fails with
     PERMISSION_DENIED (reason MISSING_PERMISSION).
 
+    Charge, CreateHold and CaptureHold count toward the user's budgets and fail when they would
+    exceed one: BudgetService (budget.proto) keeps budgets and says what counts.
+
     ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
     paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
@@ -102,12 +105,14 @@ class LedgerServiceStub:
     Charge: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ChargeRequest, _ledger_pb2.ChargeResponse]
     """Debits a user's account and returns the CHARGE transaction. Fails with FAILED_PRECONDITION
     (reason INSUFFICIENT_FUNDS) if the available balance is lower than amount_micros; nothing
-    changes then and the request_id is not used up. Also fails with INVALID_ARGUMENT (reason
+    changes then and the request_id is not used up. Fails with FAILED_PRECONDITION (reason
+    BUDGET_EXCEEDED) if the charge would raise a HARD budget of the user above its limit (nothing
+    changes, the request_id is not used up). Also fails with INVALID_ARGUMENT (reason
     INVALID_ARGUMENT or UNSUPPORTED_CURRENCY), NOT_FOUND (reason USER_NOT_FOUND) and ALREADY_EXISTS
     (reason REQUEST_ID_REUSED).
 
     Errors: INVALID_ARGUMENT UNSUPPORTED_CURRENCY; NOT_FOUND USER_NOT_FOUND; FAILED_PRECONDITION
-    INSUFFICIENT_FUNDS.
+    BUDGET_EXCEEDED, INSUFFICIENT_FUNDS.
     """
     Refund: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.RefundRequest, _ledger_pb2.RefundResponse]
     """Returns part or all of a CHARGE or HOLD_CAPTURE transaction to the user and returns the REFUND
@@ -139,12 +144,14 @@ class LedgerServiceStub:
     available balance (not the posted one) until it is captured, released or expires; an expired
     hold stops counting at its expire_time even if no sweeper has run yet. Fails with
     FAILED_PRECONDITION (reason INSUFFICIENT_FUNDS) if the available balance is lower than
-    amount_micros (nothing changes and the request_id is not used up), INVALID_ARGUMENT (reason
-    INVALID_ARGUMENT) for an invalid amount or ttl, INVALID_ARGUMENT (reason UNSUPPORTED_CURRENCY),
-    NOT_FOUND (reason USER_NOT_FOUND) and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+    amount_micros (nothing changes and the request_id is not used up), FAILED_PRECONDITION
+    (reason BUDGET_EXCEEDED) if the held amount would raise a HARD budget of the user above its
+    limit (likewise), INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an invalid amount or ttl,
+    INVALID_ARGUMENT (reason UNSUPPORTED_CURRENCY), NOT_FOUND (reason USER_NOT_FOUND) and
+    ALREADY_EXISTS (reason REQUEST_ID_REUSED).
 
     Errors: INVALID_ARGUMENT UNSUPPORTED_CURRENCY; NOT_FOUND USER_NOT_FOUND; FAILED_PRECONDITION
-    INSUFFICIENT_FUNDS.
+    BUDGET_EXCEEDED, INSUFFICIENT_FUNDS.
     """
     GetHold: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetHoldRequest, _ledger_pb2.GetHoldResponse]
     """Returns one hold, with its status as of now (an ACTIVE hold past its expire_time is reported
@@ -162,10 +169,12 @@ class LedgerServiceStub:
     (reason CAPTURE_EXCEEDS_HOLD) if amount_micros is greater than the hold's amount, a request
     that can never succeed because a hold's amount never changes; INVALID_ARGUMENT (reason
     INVALID_ARGUMENT) for a missing or non-positive amount; ALREADY_EXISTS (reason
-    REQUEST_ID_REUSED).
+    REQUEST_ID_REUSED). Fails with FAILED_PRECONDITION (reason BUDGET_EXCEEDED) only where the
+    captured amount exceeds what the hold counted toward a HARD budget (a budget with a caller
+    scope the hold did not count toward): a capture never raises consumption above the hold's.
 
     Errors: INVALID_ARGUMENT CAPTURE_EXCEEDS_HOLD; NOT_FOUND HOLD_NOT_FOUND, USER_NOT_FOUND;
-    FAILED_PRECONDITION HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED, HOLD_EXPIRED.
+    FAILED_PRECONDITION BUDGET_EXCEEDED, HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED, HOLD_EXPIRED.
     """
     ReleaseHold: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ReleaseHoldRequest, _ledger_pb2.ReleaseHoldResponse]
     """Releases an active hold without charging anything; its amount becomes available again. Fails
@@ -252,6 +261,9 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     reads, ledger.write for writes and ledger.admin for VerifyLedger; without it a call fails with
     PERMISSION_DENIED (reason MISSING_PERMISSION).
 
+    Charge, CreateHold and CaptureHold count toward the user's budgets and fail when they would
+    exceed one: BudgetService (budget.proto) keeps budgets and says what counts.
+
     ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
     paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
@@ -280,12 +292,14 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     Charge: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ChargeRequest, _ledger_pb2.ChargeResponse]  # type: ignore[assignment]
     """Debits a user's account and returns the CHARGE transaction. Fails with FAILED_PRECONDITION
     (reason INSUFFICIENT_FUNDS) if the available balance is lower than amount_micros; nothing
-    changes then and the request_id is not used up. Also fails with INVALID_ARGUMENT (reason
+    changes then and the request_id is not used up. Fails with FAILED_PRECONDITION (reason
+    BUDGET_EXCEEDED) if the charge would raise a HARD budget of the user above its limit (nothing
+    changes, the request_id is not used up). Also fails with INVALID_ARGUMENT (reason
     INVALID_ARGUMENT or UNSUPPORTED_CURRENCY), NOT_FOUND (reason USER_NOT_FOUND) and ALREADY_EXISTS
     (reason REQUEST_ID_REUSED).
 
     Errors: INVALID_ARGUMENT UNSUPPORTED_CURRENCY; NOT_FOUND USER_NOT_FOUND; FAILED_PRECONDITION
-    INSUFFICIENT_FUNDS.
+    BUDGET_EXCEEDED, INSUFFICIENT_FUNDS.
     """
     Refund: _aio.UnaryUnaryMultiCallable[_ledger_pb2.RefundRequest, _ledger_pb2.RefundResponse]  # type: ignore[assignment]
     """Returns part or all of a CHARGE or HOLD_CAPTURE transaction to the user and returns the REFUND
@@ -317,12 +331,14 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     available balance (not the posted one) until it is captured, released or expires; an expired
     hold stops counting at its expire_time even if no sweeper has run yet. Fails with
     FAILED_PRECONDITION (reason INSUFFICIENT_FUNDS) if the available balance is lower than
-    amount_micros (nothing changes and the request_id is not used up), INVALID_ARGUMENT (reason
-    INVALID_ARGUMENT) for an invalid amount or ttl, INVALID_ARGUMENT (reason UNSUPPORTED_CURRENCY),
-    NOT_FOUND (reason USER_NOT_FOUND) and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+    amount_micros (nothing changes and the request_id is not used up), FAILED_PRECONDITION
+    (reason BUDGET_EXCEEDED) if the held amount would raise a HARD budget of the user above its
+    limit (likewise), INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an invalid amount or ttl,
+    INVALID_ARGUMENT (reason UNSUPPORTED_CURRENCY), NOT_FOUND (reason USER_NOT_FOUND) and
+    ALREADY_EXISTS (reason REQUEST_ID_REUSED).
 
     Errors: INVALID_ARGUMENT UNSUPPORTED_CURRENCY; NOT_FOUND USER_NOT_FOUND; FAILED_PRECONDITION
-    INSUFFICIENT_FUNDS.
+    BUDGET_EXCEEDED, INSUFFICIENT_FUNDS.
     """
     GetHold: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetHoldRequest, _ledger_pb2.GetHoldResponse]  # type: ignore[assignment]
     """Returns one hold, with its status as of now (an ACTIVE hold past its expire_time is reported
@@ -340,10 +356,12 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     (reason CAPTURE_EXCEEDS_HOLD) if amount_micros is greater than the hold's amount, a request
     that can never succeed because a hold's amount never changes; INVALID_ARGUMENT (reason
     INVALID_ARGUMENT) for a missing or non-positive amount; ALREADY_EXISTS (reason
-    REQUEST_ID_REUSED).
+    REQUEST_ID_REUSED). Fails with FAILED_PRECONDITION (reason BUDGET_EXCEEDED) only where the
+    captured amount exceeds what the hold counted toward a HARD budget (a budget with a caller
+    scope the hold did not count toward): a capture never raises consumption above the hold's.
 
     Errors: INVALID_ARGUMENT CAPTURE_EXCEEDS_HOLD; NOT_FOUND HOLD_NOT_FOUND, USER_NOT_FOUND;
-    FAILED_PRECONDITION HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED, HOLD_EXPIRED.
+    FAILED_PRECONDITION BUDGET_EXCEEDED, HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED, HOLD_EXPIRED.
     """
     ReleaseHold: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ReleaseHoldRequest, _ledger_pb2.ReleaseHoldResponse]  # type: ignore[assignment]
     """Releases an active hold without charging anything; its amount becomes available again. Fails
@@ -429,6 +447,9 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     reads, ledger.write for writes and ledger.admin for VerifyLedger; without it a call fails with
     PERMISSION_DENIED (reason MISSING_PERMISSION).
 
+    Charge, CreateHold and CaptureHold count toward the user's budgets and fail when they would
+    exceed one: BudgetService (budget.proto) keeps budgets and says what counts.
+
     ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
     paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
@@ -473,12 +494,14 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_ledger_pb2.ChargeResponse, _abc.Awaitable[_ledger_pb2.ChargeResponse]]:
         """Debits a user's account and returns the CHARGE transaction. Fails with FAILED_PRECONDITION
         (reason INSUFFICIENT_FUNDS) if the available balance is lower than amount_micros; nothing
-        changes then and the request_id is not used up. Also fails with INVALID_ARGUMENT (reason
+        changes then and the request_id is not used up. Fails with FAILED_PRECONDITION (reason
+        BUDGET_EXCEEDED) if the charge would raise a HARD budget of the user above its limit (nothing
+        changes, the request_id is not used up). Also fails with INVALID_ARGUMENT (reason
         INVALID_ARGUMENT or UNSUPPORTED_CURRENCY), NOT_FOUND (reason USER_NOT_FOUND) and ALREADY_EXISTS
         (reason REQUEST_ID_REUSED).
 
         Errors: INVALID_ARGUMENT UNSUPPORTED_CURRENCY; NOT_FOUND USER_NOT_FOUND; FAILED_PRECONDITION
-        INSUFFICIENT_FUNDS.
+        BUDGET_EXCEEDED, INSUFFICIENT_FUNDS.
         """
 
     @_abc_1.abstractmethod
@@ -528,12 +551,14 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         available balance (not the posted one) until it is captured, released or expires; an expired
         hold stops counting at its expire_time even if no sweeper has run yet. Fails with
         FAILED_PRECONDITION (reason INSUFFICIENT_FUNDS) if the available balance is lower than
-        amount_micros (nothing changes and the request_id is not used up), INVALID_ARGUMENT (reason
-        INVALID_ARGUMENT) for an invalid amount or ttl, INVALID_ARGUMENT (reason UNSUPPORTED_CURRENCY),
-        NOT_FOUND (reason USER_NOT_FOUND) and ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+        amount_micros (nothing changes and the request_id is not used up), FAILED_PRECONDITION
+        (reason BUDGET_EXCEEDED) if the held amount would raise a HARD budget of the user above its
+        limit (likewise), INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an invalid amount or ttl,
+        INVALID_ARGUMENT (reason UNSUPPORTED_CURRENCY), NOT_FOUND (reason USER_NOT_FOUND) and
+        ALREADY_EXISTS (reason REQUEST_ID_REUSED).
 
         Errors: INVALID_ARGUMENT UNSUPPORTED_CURRENCY; NOT_FOUND USER_NOT_FOUND; FAILED_PRECONDITION
-        INSUFFICIENT_FUNDS.
+        BUDGET_EXCEEDED, INSUFFICIENT_FUNDS.
         """
 
     @_abc_1.abstractmethod
@@ -563,10 +588,12 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         (reason CAPTURE_EXCEEDS_HOLD) if amount_micros is greater than the hold's amount, a request
         that can never succeed because a hold's amount never changes; INVALID_ARGUMENT (reason
         INVALID_ARGUMENT) for a missing or non-positive amount; ALREADY_EXISTS (reason
-        REQUEST_ID_REUSED).
+        REQUEST_ID_REUSED). Fails with FAILED_PRECONDITION (reason BUDGET_EXCEEDED) only where the
+        captured amount exceeds what the hold counted toward a HARD budget (a budget with a caller
+        scope the hold did not count toward): a capture never raises consumption above the hold's.
 
         Errors: INVALID_ARGUMENT CAPTURE_EXCEEDS_HOLD; NOT_FOUND HOLD_NOT_FOUND, USER_NOT_FOUND;
-        FAILED_PRECONDITION HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED, HOLD_EXPIRED.
+        FAILED_PRECONDITION BUDGET_EXCEEDED, HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED, HOLD_EXPIRED.
         """
 
     @_abc_1.abstractmethod

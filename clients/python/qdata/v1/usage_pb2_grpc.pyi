@@ -83,6 +83,9 @@ class UsageServiceStub:
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
     MALFORMED_REQUEST).
 
+    A billed record's charge or hold capture counts toward the user's budgets and fails when it
+    would exceed one: BudgetService (budget.proto) keeps budgets and says what counts.
+
     ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
     paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
@@ -137,12 +140,14 @@ class UsageServiceStub:
     HOLD_EXPIRED) if the record is billed and the hold is no longer active (retry without hold_id
     to charge the balance instead; an unbilled record leaves an inactive hold as it is);
     FAILED_PRECONDITION (reason CURRENCY_MISMATCH) if the hold's currency is not the price's;
+    FAILED_PRECONDITION (reason BUDGET_EXCEEDED) if billing it would raise a HARD budget of the
+    user above its limit (nothing is recorded, a hold stays active);
     INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an invalid field; ALREADY_EXISTS
     (reason REQUEST_ID_REUSED).
 
     Errors: NOT_FOUND HOLD_NOT_FOUND, MODEL_NOT_FOUND, SESSION_NOT_FOUND, USER_NOT_FOUND;
-    FAILED_PRECONDITION CURRENCY_MISMATCH, HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED,
-    HOLD_EXPIRED, INSUFFICIENT_FUNDS, MODEL_NOT_PRICED.
+    FAILED_PRECONDITION BUDGET_EXCEEDED, CURRENCY_MISMATCH, HOLD_ALREADY_CAPTURED,
+    HOLD_ALREADY_RELEASED, HOLD_EXPIRED, INSUFFICIENT_FUNDS, MODEL_NOT_PRICED.
     """
     RecordUsageBatch: _grpc.UnaryUnaryMultiCallable[_usage_pb2.RecordUsageBatchRequest, _usage_pb2.RecordUsageBatchResponse]
     """Records up to 1,000 model calls in one call, far faster than one call each. Each record is
@@ -151,12 +156,14 @@ class UsageServiceStub:
     record's request_id makes it idempotent, so a whole batch may be resent after a timeout
     (records that succeeded are replayed, records that failed are tried again). A request_id that
     appears twice in one batch is a replay of its first occurrence. The batch commits as one
-    transaction: one that runs out of its deadline records none of its items. Fails as a whole
-    only with INVALID_ARGUMENT (reason INVALID_ARGUMENT) for no records or more than 1,000.
+    transaction: one that runs out of its deadline records none of its items. Budgets judge the
+    items in request order: those that fit are recorded, each later one that would exceed a HARD
+    budget fails with BUDGET_EXCEEDED. Fails as a whole only with INVALID_ARGUMENT (reason
+    INVALID_ARGUMENT) for no records or more than 1,000.
 
     Errors: NOT_FOUND HOLD_NOT_FOUND, MODEL_NOT_FOUND, SESSION_NOT_FOUND, USER_NOT_FOUND;
-    FAILED_PRECONDITION CURRENCY_MISMATCH, HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED,
-    HOLD_EXPIRED, INSUFFICIENT_FUNDS, MODEL_NOT_PRICED (per item, in
+    FAILED_PRECONDITION BUDGET_EXCEEDED, CURRENCY_MISMATCH, HOLD_ALREADY_CAPTURED,
+    HOLD_ALREADY_RELEASED, HOLD_EXPIRED, INSUFFICIENT_FUNDS, MODEL_NOT_PRICED (per item, in
     RecordUsageResult.error_reason).
     """
     GetUserUsage: _grpc.UnaryUnaryMultiCallable[_usage_pb2.GetUserUsageRequest, _usage_pb2.GetUserUsageResponse]
@@ -259,6 +266,9 @@ class UsageServiceAsyncStub(UsageServiceStub):
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
     MALFORMED_REQUEST).
 
+    A billed record's charge or hold capture counts toward the user's budgets and fails when it
+    would exceed one: BudgetService (budget.proto) keeps budgets and says what counts.
+
     ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
     paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
@@ -310,12 +320,14 @@ class UsageServiceAsyncStub(UsageServiceStub):
     HOLD_EXPIRED) if the record is billed and the hold is no longer active (retry without hold_id
     to charge the balance instead; an unbilled record leaves an inactive hold as it is);
     FAILED_PRECONDITION (reason CURRENCY_MISMATCH) if the hold's currency is not the price's;
+    FAILED_PRECONDITION (reason BUDGET_EXCEEDED) if billing it would raise a HARD budget of the
+    user above its limit (nothing is recorded, a hold stays active);
     INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an invalid field; ALREADY_EXISTS
     (reason REQUEST_ID_REUSED).
 
     Errors: NOT_FOUND HOLD_NOT_FOUND, MODEL_NOT_FOUND, SESSION_NOT_FOUND, USER_NOT_FOUND;
-    FAILED_PRECONDITION CURRENCY_MISMATCH, HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED,
-    HOLD_EXPIRED, INSUFFICIENT_FUNDS, MODEL_NOT_PRICED.
+    FAILED_PRECONDITION BUDGET_EXCEEDED, CURRENCY_MISMATCH, HOLD_ALREADY_CAPTURED,
+    HOLD_ALREADY_RELEASED, HOLD_EXPIRED, INSUFFICIENT_FUNDS, MODEL_NOT_PRICED.
     """
     RecordUsageBatch: _aio.UnaryUnaryMultiCallable[_usage_pb2.RecordUsageBatchRequest, _usage_pb2.RecordUsageBatchResponse]  # type: ignore[assignment]
     """Records up to 1,000 model calls in one call, far faster than one call each. Each record is
@@ -324,12 +336,14 @@ class UsageServiceAsyncStub(UsageServiceStub):
     record's request_id makes it idempotent, so a whole batch may be resent after a timeout
     (records that succeeded are replayed, records that failed are tried again). A request_id that
     appears twice in one batch is a replay of its first occurrence. The batch commits as one
-    transaction: one that runs out of its deadline records none of its items. Fails as a whole
-    only with INVALID_ARGUMENT (reason INVALID_ARGUMENT) for no records or more than 1,000.
+    transaction: one that runs out of its deadline records none of its items. Budgets judge the
+    items in request order: those that fit are recorded, each later one that would exceed a HARD
+    budget fails with BUDGET_EXCEEDED. Fails as a whole only with INVALID_ARGUMENT (reason
+    INVALID_ARGUMENT) for no records or more than 1,000.
 
     Errors: NOT_FOUND HOLD_NOT_FOUND, MODEL_NOT_FOUND, SESSION_NOT_FOUND, USER_NOT_FOUND;
-    FAILED_PRECONDITION CURRENCY_MISMATCH, HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED,
-    HOLD_EXPIRED, INSUFFICIENT_FUNDS, MODEL_NOT_PRICED (per item, in
+    FAILED_PRECONDITION BUDGET_EXCEEDED, CURRENCY_MISMATCH, HOLD_ALREADY_CAPTURED,
+    HOLD_ALREADY_RELEASED, HOLD_EXPIRED, INSUFFICIENT_FUNDS, MODEL_NOT_PRICED (per item, in
     RecordUsageResult.error_reason).
     """
     GetUserUsage: _aio.UnaryUnaryMultiCallable[_usage_pb2.GetUserUsageRequest, _usage_pb2.GetUserUsageResponse]  # type: ignore[assignment]
@@ -431,6 +445,9 @@ class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
     request whose bytes do not parse as its message fails with INVALID_ARGUMENT (reason
     MALFORMED_REQUEST).
 
+    A billed record's charge or hold capture counts toward the user's budgets and fails when it
+    would exceed one: BudgetService (budget.proto) keeps budgets and says what counts.
+
     ErrorReason (error_reason.proto) documents every reason with its status code; the Errors
     paragraph that ends each RPC's comment lists the reasons it can raise beyond those of any RPC.
     """
@@ -510,12 +527,14 @@ class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
         HOLD_EXPIRED) if the record is billed and the hold is no longer active (retry without hold_id
         to charge the balance instead; an unbilled record leaves an inactive hold as it is);
         FAILED_PRECONDITION (reason CURRENCY_MISMATCH) if the hold's currency is not the price's;
+        FAILED_PRECONDITION (reason BUDGET_EXCEEDED) if billing it would raise a HARD budget of the
+        user above its limit (nothing is recorded, a hold stays active);
         INVALID_ARGUMENT (reason INVALID_ARGUMENT) for an invalid field; ALREADY_EXISTS
         (reason REQUEST_ID_REUSED).
 
         Errors: NOT_FOUND HOLD_NOT_FOUND, MODEL_NOT_FOUND, SESSION_NOT_FOUND, USER_NOT_FOUND;
-        FAILED_PRECONDITION CURRENCY_MISMATCH, HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED,
-        HOLD_EXPIRED, INSUFFICIENT_FUNDS, MODEL_NOT_PRICED.
+        FAILED_PRECONDITION BUDGET_EXCEEDED, CURRENCY_MISMATCH, HOLD_ALREADY_CAPTURED,
+        HOLD_ALREADY_RELEASED, HOLD_EXPIRED, INSUFFICIENT_FUNDS, MODEL_NOT_PRICED.
         """
 
     @_abc_1.abstractmethod
@@ -530,12 +549,14 @@ class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
         record's request_id makes it idempotent, so a whole batch may be resent after a timeout
         (records that succeeded are replayed, records that failed are tried again). A request_id that
         appears twice in one batch is a replay of its first occurrence. The batch commits as one
-        transaction: one that runs out of its deadline records none of its items. Fails as a whole
-        only with INVALID_ARGUMENT (reason INVALID_ARGUMENT) for no records or more than 1,000.
+        transaction: one that runs out of its deadline records none of its items. Budgets judge the
+        items in request order: those that fit are recorded, each later one that would exceed a HARD
+        budget fails with BUDGET_EXCEEDED. Fails as a whole only with INVALID_ARGUMENT (reason
+        INVALID_ARGUMENT) for no records or more than 1,000.
 
         Errors: NOT_FOUND HOLD_NOT_FOUND, MODEL_NOT_FOUND, SESSION_NOT_FOUND, USER_NOT_FOUND;
-        FAILED_PRECONDITION CURRENCY_MISMATCH, HOLD_ALREADY_CAPTURED, HOLD_ALREADY_RELEASED,
-        HOLD_EXPIRED, INSUFFICIENT_FUNDS, MODEL_NOT_PRICED (per item, in
+        FAILED_PRECONDITION BUDGET_EXCEEDED, CURRENCY_MISMATCH, HOLD_ALREADY_CAPTURED,
+        HOLD_ALREADY_RELEASED, HOLD_EXPIRED, INSUFFICIENT_FUNDS, MODEL_NOT_PRICED (per item, in
         RecordUsageResult.error_reason).
         """
 

@@ -92,11 +92,14 @@ $$;
 
 -- Appends one transaction with its two legs (debit and credit, each a user or a system
 -- account) and its request key; the callers move the user accounts' cached balances themselves.
+-- p_model: the catalog model a usage charge paid for; p_caller: the calling service that moved
+-- the money (default: the key's actor), the two scopes of a budget (0018_budgets.sql). The
+-- insert fires the budgets' trigger (functions/budget_enforcement.sql), which may reject it.
 CREATE OR REPLACE FUNCTION ledger_insert_transaction(
     p_owner uuid, p_kind text, p_amount bigint, p_currency text, p_debit_user uuid, p_debit_system text,
     p_credit_user uuid, p_credit_system text, p_counterparty uuid, p_description text, p_reference text,
     p_external_reference text, p_deposit_source text, p_original uuid, p_hold uuid, p_request_id text,
-    p_actor text, p_method text, p_request_hash bytea
+    p_actor text, p_method text, p_request_hash bytea, p_model text DEFAULT NULL, p_caller text DEFAULT NULL
 ) RETURNS uuid
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -105,10 +108,10 @@ BEGIN
     INSERT INTO ledger_transactions (user_id, kind, counterparty_user_id, amount_micros, currency_code,
                                      description, reference, external_reference, deposit_source,
                                      original_transaction_id, hold_id, request_id, request_actor,
-                                     request_method, request_hash)
+                                     request_method, request_hash, model_id, caller)
     VALUES (p_owner, p_kind, p_counterparty, p_amount, p_currency, p_description, p_reference,
             p_external_reference, p_deposit_source, p_original, p_hold, p_request_id, p_actor,
-            p_method, p_request_hash)
+            p_method, p_request_hash, p_model, coalesce(p_caller, p_actor))
     RETURNING transaction_id INTO new_id;
     INSERT INTO ledger_postings (user_id, transaction_id, leg, account_user_id, system_account, currency_code, amount_micros)
     VALUES (p_owner, new_id, 1, p_debit_user, p_debit_system, p_currency, -p_amount),
@@ -237,7 +240,8 @@ $$;
 
 CREATE OR REPLACE FUNCTION ledger_charge(
     p_user uuid, p_amount bigint, p_currency text, p_description text, p_reference text, p_request_id text,
-    p_actor text DEFAULT NULL, p_method text DEFAULT NULL, p_request_hash bytea DEFAULT NULL
+    p_actor text DEFAULT NULL, p_method text DEFAULT NULL, p_request_hash bytea DEFAULT NULL,
+    p_model text DEFAULT NULL, p_caller text DEFAULT NULL
 ) RETURNS uuid
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -245,7 +249,8 @@ BEGIN
     PERFORM ledger_debit_available(ledger_lock_account(p_user, p_currency), p_amount);
     RETURN ledger_insert_transaction(
         p_user, 'charge', p_amount, p_currency, p_user, NULL, NULL, 'revenue',
-        NULL, p_description, p_reference, '', '', NULL, NULL, p_request_id, p_actor, p_method, p_request_hash);
+        NULL, p_description, p_reference, '', '', NULL, NULL, p_request_id, p_actor, p_method, p_request_hash,
+        p_model, p_caller);
 END;
 $$;
 
@@ -358,10 +363,12 @@ BEGIN
 END;
 $$;
 
--- p_reference: the capture transaction's reference; empty keeps the hold's own.
+-- p_reference: the capture transaction's reference; empty keeps the hold's own. p_model, p_caller:
+-- as for ledger_insert_transaction.
 CREATE OR REPLACE FUNCTION ledger_capture_hold(
     p_user uuid, p_hold uuid, p_amount bigint, p_description text, p_request_id text, p_reference text DEFAULT '',
-    p_actor text DEFAULT NULL, p_method text DEFAULT NULL, p_request_hash bytea DEFAULT NULL
+    p_actor text DEFAULT NULL, p_method text DEFAULT NULL, p_request_hash bytea DEFAULT NULL,
+    p_model text DEFAULT NULL, p_caller text DEFAULT NULL
 ) RETURNS uuid
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -383,7 +390,7 @@ BEGIN
         p_user, 'hold_capture', p_amount, hold.currency_code, p_user, NULL, NULL, 'revenue',
         NULL, CASE WHEN p_description = '' THEN hold.description ELSE p_description END,
         CASE WHEN p_reference = '' THEN hold.reference ELSE p_reference END,
-        '', '', NULL, p_hold, p_request_id, p_actor, p_method, p_request_hash);
+        '', '', NULL, p_hold, p_request_id, p_actor, p_method, p_request_hash, p_model, p_caller);
     UPDATE ledger_holds
        SET status = 'captured', captured_micros = p_amount, capture_transaction_id = new_id, resolved_at = now()
      WHERE user_id = p_user AND hold_id = p_hold;

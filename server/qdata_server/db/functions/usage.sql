@@ -164,7 +164,7 @@ BEGIN
     IF rec.billed AND p_hold IS NULL THEN
         rec.ledger_transaction_id := ledger_charge(
             p_user, rec.cost_micros, price.currency_code, description, 'usage/' || rec.usage_record_id, p_request_id,
-            key_actor, p_method, p_request_hash);
+            key_actor, p_method, p_request_hash, p_model, p_actor);
     ELSIF rec.billed THEN
         IF hold.currency_code <> price.currency_code THEN
             PERFORM usage_reject('usage_currency_mismatch', hold.currency_code);
@@ -174,11 +174,11 @@ BEGIN
         -- capture carries the key; the overage is part of the same record.
         rec.ledger_transaction_id := ledger_capture_hold(
             p_user, p_hold, least(rec.cost_micros, hold.amount_micros), description, p_request_id,
-            'usage/' || rec.usage_record_id, key_actor, p_method, p_request_hash);
+            'usage/' || rec.usage_record_id, key_actor, p_method, p_request_hash, p_model, p_actor);
         IF rec.cost_micros > hold.amount_micros THEN
             rec.overage_transaction_id := ledger_charge(
                 p_user, rec.cost_micros - hold.amount_micros, price.currency_code, description,
-                'usage/' || rec.usage_record_id, p_request_id);
+                'usage/' || rec.usage_record_id, p_request_id, p_model => p_model, p_caller => p_actor);
         END IF;
     ELSIF p_hold IS NOT NULL THEN
         -- Unbilled: release the hold if it still reserves money, leave an inactive one as it is.
@@ -310,7 +310,9 @@ $$;
 -- A constraint violation on the way (a bug: the claims serialize every writer of a key, and the
 -- decisions keep the tables' constraints) undoes all of it, and the batch goes through
 -- usage_record_batch instead, item by item, with the per-item answers that gives; PostgreSQL's
--- log gets a WARNING naming the constraint.
+-- log gets a WARNING naming the constraint. So does a HARD budget the batch's spend would exceed
+-- (the budgets' trigger rejects the whole statement with 'budget_exceeded'), without the WARNING:
+-- item by item, the items that fit are recorded in order and the others fail with BUDGET_EXCEEDED.
 CREATE OR REPLACE FUNCTION usage_record_many(
     p_actor text, p_method text, p_request_ids text[], p_request_hashes bytea[], p_users uuid[],
     p_models text[], p_sessions uuid[], p_input bigint[], p_cached bigint[], p_output bigint[],
@@ -619,21 +621,8 @@ BEGIN
             c_held := c_held || cur_held;
         END IF;
 
-        -- 4. The writes, one statement per table. Transactions in user_id order: their position
-        -- counters are taken in the ledger's lock order.
-        INSERT INTO ledger_transactions (user_id, transaction_id, kind, amount_micros, currency_code, description,
-                                         reference, hold_id, request_id, request_actor, request_method, request_hash)
-        SELECT t_user[j], t_id[j], t_kind[j], t_amount[j], t_currency[j],
-               'Usage of ' || p_models[t_item[j]] || ' (usage/' || t_record[j] || ')', 'usage/' || t_record[j],
-               t_hold[j], p_request_ids[t_item[j]], CASE WHEN t_keyed[j] THEN p_actor END,
-               CASE WHEN t_keyed[j] THEN p_method END, CASE WHEN t_keyed[j] THEN p_request_hashes[t_item[j]] END
-          FROM generate_subscripts(t_id, 1) AS j
-         ORDER BY t_user[j], t_item[j], j;
-        INSERT INTO ledger_postings (user_id, transaction_id, leg, account_user_id, system_account, currency_code,
-                                     amount_micros)
-        SELECT t_user[j], t_id[j], leg, CASE WHEN leg = 1 THEN t_user[j] END, CASE WHEN leg = 2 THEN 'revenue' END,
-               t_currency[j], CASE WHEN leg = 1 THEN -t_amount[j] ELSE t_amount[j] END
-          FROM generate_subscripts(t_id, 1) AS j, (VALUES (1::smallint), (2::smallint)) AS legs(leg);
+        -- 4. The writes, one statement per table. The holds first, so that the budgets' trigger on
+        -- the transactions (functions/budget_enforcement.sql) sees the batch's holds resolved.
         -- The touched accounts' expired holds are swept (their amounts are out of c_held already).
         -- (Each target restricted by its keys too, so that its scan is an index scan, not a join's.)
         UPDATE ledger_holds h SET status = 'expired', resolved_at = h.expire_at
@@ -650,6 +639,23 @@ BEGIN
              WHERE h.user_id = ANY (h_user) AND h.hold_id = ANY (h_id) AND h.user_id = v.user_id
                AND h.hold_id = v.hold_id;
         END IF;
+
+        -- Transactions in user_id order: their position counters are taken in the ledger's lock order.
+        INSERT INTO ledger_transactions (user_id, transaction_id, kind, amount_micros, currency_code, description,
+                                         reference, hold_id, request_id, request_actor, request_method, request_hash,
+                                         model_id, caller)
+        SELECT t_user[j], t_id[j], t_kind[j], t_amount[j], t_currency[j],
+               'Usage of ' || p_models[t_item[j]] || ' (usage/' || t_record[j] || ')', 'usage/' || t_record[j],
+               t_hold[j], p_request_ids[t_item[j]], CASE WHEN t_keyed[j] THEN p_actor END,
+               CASE WHEN t_keyed[j] THEN p_method END, CASE WHEN t_keyed[j] THEN p_request_hashes[t_item[j]] END,
+               p_models[t_item[j]], p_actor
+          FROM generate_subscripts(t_id, 1) AS j
+         ORDER BY t_user[j], t_item[j], j;
+        INSERT INTO ledger_postings (user_id, transaction_id, leg, account_user_id, system_account, currency_code,
+                                     amount_micros)
+        SELECT t_user[j], t_id[j], leg, CASE WHEN leg = 1 THEN t_user[j] END, CASE WHEN leg = 2 THEN 'revenue' END,
+               t_currency[j], CASE WHEN leg = 1 THEN -t_amount[j] ELSE t_amount[j] END
+          FROM generate_subscripts(t_id, 1) AS j, (VALUES (1::smallint), (2::smallint)) AS legs(leg);
 
         -- A month without partition (the server creates them ahead; this is the fallback).
         FOR month IN SELECT DISTINCT date_trunc('month', c AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' FROM unnest(a_called) AS c LOOP
@@ -705,7 +711,11 @@ BEGIN
         GET STACKED DIAGNOSTICS fallback_reason = CONSTRAINT_NAME;
     END;
     IF fallback THEN
-        RAISE WARNING 'usage_record_many fell back to usage_record_batch: %', fallback_reason;
+        -- A budget the batch as a whole would exceed is no bug: item by item, the items that fit
+        -- are recorded in order and the rest fail with BUDGET_EXCEEDED.
+        IF fallback_reason IS DISTINCT FROM 'budget_exceeded' THEN
+            RAISE WARNING 'usage_record_many fell back to usage_record_batch: %', fallback_reason;
+        END IF;
         RETURN QUERY SELECT * FROM usage_record_batch(
             p_actor, p_method, p_request_ids, p_request_hashes, p_users, p_models, p_sessions, p_input, p_cached,
             p_output, p_reasoning, p_latency_ns, p_ttft_ns, p_outcomes, p_error_codes, p_own_keys, p_holds,

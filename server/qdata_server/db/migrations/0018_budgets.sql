@@ -20,6 +20,89 @@
 -- the two scopes a budget can have. NULL in rows written before this migration.
 ALTER TABLE ledger_transactions ADD COLUMN model_id text, ADD COLUMN caller text;
 
+-- The ledger functions that write transactions take them as two trailing parameters (default
+-- NULL, so the previous release's positional calls still run); the old signatures are dropped so
+-- that no call is ambiguous, and the new ones created here at once (their current text is in
+-- db/functions/ledger.sql, applied right after) so that no call finds them missing in between.
+DROP FUNCTION IF EXISTS ledger_insert_transaction(uuid, text, bigint, text, uuid, text, uuid, text, uuid, text, text, text,
+                                                  text, uuid, uuid, text, text, text, bytea);
+DROP FUNCTION IF EXISTS ledger_charge(uuid, bigint, text, text, text, text, text, text, bytea);
+DROP FUNCTION IF EXISTS ledger_capture_hold(uuid, uuid, bigint, text, text, text, text, text, bytea);
+
+CREATE OR REPLACE FUNCTION ledger_insert_transaction(
+    p_owner uuid, p_kind text, p_amount bigint, p_currency text, p_debit_user uuid, p_debit_system text,
+    p_credit_user uuid, p_credit_system text, p_counterparty uuid, p_description text, p_reference text,
+    p_external_reference text, p_deposit_source text, p_original uuid, p_hold uuid, p_request_id text,
+    p_actor text, p_method text, p_request_hash bytea, p_model text DEFAULT NULL, p_caller text DEFAULT NULL
+) RETURNS uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    new_id uuid;
+BEGIN
+    INSERT INTO ledger_transactions (user_id, kind, counterparty_user_id, amount_micros, currency_code,
+                                     description, reference, external_reference, deposit_source,
+                                     original_transaction_id, hold_id, request_id, request_actor,
+                                     request_method, request_hash, model_id, caller)
+    VALUES (p_owner, p_kind, p_counterparty, p_amount, p_currency, p_description, p_reference,
+            p_external_reference, p_deposit_source, p_original, p_hold, p_request_id, p_actor,
+            p_method, p_request_hash, p_model, coalesce(p_caller, p_actor))
+    RETURNING transaction_id INTO new_id;
+    INSERT INTO ledger_postings (user_id, transaction_id, leg, account_user_id, system_account, currency_code, amount_micros)
+    VALUES (p_owner, new_id, 1, p_debit_user, p_debit_system, p_currency, -p_amount),
+           (p_owner, new_id, 2, p_credit_user, p_credit_system, p_currency, p_amount);
+    RETURN new_id;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION ledger_charge(
+    p_user uuid, p_amount bigint, p_currency text, p_description text, p_reference text, p_request_id text,
+    p_actor text DEFAULT NULL, p_method text DEFAULT NULL, p_request_hash bytea DEFAULT NULL,
+    p_model text DEFAULT NULL, p_caller text DEFAULT NULL
+) RETURNS uuid
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM ledger_check_request(p_user, p_actor, p_request_id);
+    PERFORM ledger_debit_available(ledger_lock_account(p_user, p_currency), p_amount);
+    RETURN ledger_insert_transaction(
+        p_user, 'charge', p_amount, p_currency, p_user, NULL, NULL, 'revenue',
+        NULL, p_description, p_reference, '', '', NULL, NULL, p_request_id, p_actor, p_method, p_request_hash,
+        p_model, p_caller);
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION ledger_capture_hold(
+    p_user uuid, p_hold uuid, p_amount bigint, p_description text, p_request_id text, p_reference text DEFAULT '',
+    p_actor text DEFAULT NULL, p_method text DEFAULT NULL, p_request_hash bytea DEFAULT NULL,
+    p_model text DEFAULT NULL, p_caller text DEFAULT NULL
+) RETURNS uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    hold ledger_holds;
+    new_id uuid;
+BEGIN
+    -- Before the hold's status: a late replay finds the hold captured by its own first call.
+    PERFORM ledger_check_request(p_user, p_actor, p_request_id);
+    hold := ledger_lock_active_hold(p_user, p_hold);
+    IF p_amount > hold.amount_micros THEN
+        PERFORM ledger_reject('ledger_capture_exceeds_hold', hold.amount_micros::text);
+    END IF;
+    -- The reservation goes away whole; the captured part leaves the account.
+    UPDATE ledger_accounts
+       SET held_micros = held_micros - hold.amount_micros, posted_micros = posted_micros - p_amount,
+           updated_at = now()
+     WHERE user_id = p_user AND currency_code = hold.currency_code;
+    new_id := ledger_insert_transaction(
+        p_user, 'hold_capture', p_amount, hold.currency_code, p_user, NULL, NULL, 'revenue',
+        NULL, CASE WHEN p_description = '' THEN hold.description ELSE p_description END,
+        CASE WHEN p_reference = '' THEN hold.reference ELSE p_reference END,
+        '', '', NULL, p_hold, p_request_id, p_actor, p_method, p_request_hash, p_model, p_caller);
+    UPDATE ledger_holds
+       SET status = 'captured', captured_micros = p_amount, capture_transaction_id = new_id, resolved_at = now()
+     WHERE user_id = p_user AND hold_id = p_hold;
+    RETURN new_id;
+END;
+$$;
+
 CREATE TABLE budgets (
     user_id                  uuid        NOT NULL,
     budget_id                uuid        NOT NULL DEFAULT gen_random_uuid(),
@@ -87,7 +170,8 @@ CREATE INDEX budget_spend_entries_budget_idx ON budget_spend_entries (user_id, b
 
 -- A threshold reached, once per budget, period and threshold (the unique key), written in the
 -- transaction of the spend that reached it. No foreign key: alerts outlive their budget.
--- written_xid (set by a trigger, as for audit_events) orders the feed by commit (see
+-- written_xid (pg_current_xact_id() of the writing transaction, set by the code that inserts the
+-- alert: budget_judge in db/functions/budget_enforcement.sql) orders the feed by commit (see
 -- budget_alerts_listable in db/functions/budgets.sql).
 CREATE TABLE budget_alerts (
     user_id           uuid        NOT NULL,

@@ -51,10 +51,12 @@ SELECT current_setting('transaction_read_only') = 'on' AS read_only;
 -- name: begin_transaction
 -- Opens every server transaction (see db/functions/security.sql): names the users it
 -- acts for and whether it is a cross-user path, and bounds its statements by the caller's
--- deadline (NULL keeps the role's statement_timeout). Queued with the first statement of the work.
+-- deadline (NULL keeps the role's statement_timeout); qdata.clock is the budgets' injected time
+-- (empty: the database's own; see qdata_server/clock.py). Queued with the first statement of the work.
 SELECT set_config('qdata.acting_users', %(acting_users)s, true),
        set_config('qdata.all_users', %(all_users)s, true),
-       set_config('statement_timeout', coalesce(%(statement_timeout)s, current_setting('statement_timeout')), true);
+       set_config('statement_timeout', coalesce(%(statement_timeout)s, current_setting('statement_timeout')), true),
+       set_config('qdata.clock', %(clock)s, true);
 
 -- name: serving_role_confined
 -- True if row-level security applies to the current role (not a superuser, not BYPASSRLS, not
