@@ -33,7 +33,7 @@ def alert_values(user_id: str, threshold: int, *, budget_id: str | None = None, 
     start = datetime.datetime.min if lifetime else DAY
     return [
         user_id,
-        budget_id or str(uuid.UUID(int=threshold)),
+        budget_id or str(uuid.uuid4()),
         "-infinity" if lifetime else start,
         None if lifetime else DAY + datetime.timedelta(days=1),
         threshold,
@@ -167,3 +167,38 @@ async def test_an_alert_of_a_rolled_back_transaction_never_appears(api):
         await conn.rollback()
     kept = await insert_alert(api, user.id, 30)
     assert [a.id for a in (await feed(api)).alerts] == [kept]
+
+
+# ---- the qdata_budget_alerts gauge (metrics_database.py) ----------------------------------------
+
+
+async def test_the_alert_gauge_counts_each_listable_alert_once_by_threshold(api, monkeypatch):
+    from qdata_server import metrics_database
+    from qdata_server.metrics_qdata import QdataMetrics
+
+    metrics = QdataMetrics()
+
+    async def counted() -> dict[str, float]:
+        await metrics_database.refresh(api.server.deps, metrics)
+        [family] = metrics.database_gauges().budget_alerts.collect()
+        return {s.labels["threshold"]: s.value for s in family.samples}
+
+    user = await create_user(api)
+    assert await counted() == {}
+    for threshold in (50, 50, 80):
+        await insert_alert(api, user.id, threshold)
+    assert await counted() == {"50": 2, "80": 1}
+    assert await counted() == {"50": 2, "80": 1}  # counted once, however many rounds
+    async with await psycopg.AsyncConnection.connect(api.database_url) as open_transaction:
+        await open_transaction.execute(INSERT_ALERT, alert_values(user.id, 100))
+        await insert_alert(api, user.id, 50)
+        # Neither the open transaction's alert nor the one after it, until it ends.
+        assert await counted() == {"50": 2, "80": 1}
+        await open_transaction.commit()
+    assert await counted() == {"50": 3, "80": 1, "100": 1}
+    # A bounded number per round: a long history is caught up over several rounds.
+    monkeypatch.setattr(metrics_database, "BUDGET_ALERTS_PER_ROUND", 2)
+    for threshold in (10, 10, 10, 20):
+        await insert_alert(api, user.id, threshold)
+    assert await counted() == {"50": 3, "80": 1, "100": 1, "10": 2}
+    assert await counted() == {"50": 3, "80": 1, "100": 1, "10": 3, "20": 1}
