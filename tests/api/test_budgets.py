@@ -626,3 +626,15 @@ async def test_budget_calls_need_the_budgets_permissions(api_with):
                         assert error_info(error).reason == "MISSING_PERMISSION"
                 else:
                     assert allowed, f"{needs} call as {name} was not refused"
+
+
+async def test_the_python_client_exposes_the_budget_service(api):
+    from qdata.client import AsyncQdataClient
+
+    user = await create_user(api)
+    async with AsyncQdataClient(api.address) as client:
+        made = (await client.budgets.CreateBudget(create_request(user.id))).budget
+        listed = await client.budgets.ListBudgets(budget_pb2.ListBudgetsRequest(user_id=user.id))
+        alerts = await client.budgets.ListBudgetAlerts(budget_pb2.ListBudgetAlertsRequest(user_id=user.id))
+    assert list(listed.budgets) == [made]
+    assert list(alerts.alerts) == [] and alerts.next_page_token
