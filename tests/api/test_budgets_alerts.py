@@ -202,3 +202,19 @@ async def test_the_alert_gauge_counts_each_listable_alert_once_by_threshold(api,
         await insert_alert(api, user.id, threshold)
     assert await counted() == {"50": 3, "80": 1, "100": 1, "10": 2}
     assert await counted() == {"50": 3, "80": 1, "100": 1, "10": 3, "20": 1}
+
+
+async def test_an_alert_with_a_transaction_id_this_cluster_has_not_reached_waits(api):
+    """A restored alert from a cluster further ahead is not listed (it would move cursors past the
+    alerts written here meanwhile, which a reader would then skip)."""
+    user = await create_user(api)
+    async with await psycopg.AsyncConnection.connect(api.database_url, autocommit=True) as conn:
+        await conn.execute(
+            INSERT_ALERT.replace("pg_current_xact_id()::text::bigint", "pg_current_xact_id()::text::bigint + 1000000"),
+            alert_values(user.id, 40),
+        )
+    local = await insert_alert(api, user.id, 50)
+    page = await feed(api)
+    assert [a.id for a in page.alerts] == [local]
+    later = await insert_alert(api, user.id, 60)
+    assert [a.id for a in (await feed(api, token=page.next_page_token)).alerts] == [later]

@@ -63,14 +63,15 @@ SELECT b.user_id, b.budget_id, b.display_name, b.currency_code, b.limit_micros, 
 -- the cursor (budget_alerts_feed_idx). Only alerts of transactions that have ended are listed:
 -- written_xid below the snapshot's xmin (every transaction that may still commit has an id at or
 -- above it, so an alert that appears later sorts after every alert listed now and a reader that
--- resumes from its cursor never skips one), or at or above its xmax (restored from another
--- cluster, committed there; the rule of audit_seal in functions/audit.sql).
+-- resumes from its cursor never skips one). Unlike audit_seal (functions/audit.sql), alerts at or
+-- above the snapshot's xmax (restored from another cluster's logical dump) are not listed until
+-- this cluster's ids pass them: listing them would move readers' cursors past every alert this
+-- cluster writes until then, and a cursor must never skip one.
 SELECT user_id, alert_id, budget_id, threshold_percent, limit_micros, consumed_micros, currency_code,
        nullif(period_start, '-infinity'::timestamptz) AS period_start, period_end, created_at, written_xid
   FROM budget_alerts
  WHERE (written_xid, alert_id) > (%(after_xid)s::bigint, %(after_alert_id)s::uuid)
-   AND (written_xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
-        OR written_xid >= pg_snapshot_xmax(pg_current_snapshot())::text::bigint)
+   AND written_xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
  ORDER BY written_xid, alert_id
  LIMIT %(limit)s;
 
@@ -81,7 +82,6 @@ SELECT user_id, alert_id, budget_id, threshold_percent, limit_micros, consumed_m
   FROM budget_alerts
  WHERE user_id = %(user_id)s
    AND (written_xid, alert_id) > (%(after_xid)s::bigint, %(after_alert_id)s::uuid)
-   AND (written_xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
-        OR written_xid >= pg_snapshot_xmax(pg_current_snapshot())::text::bigint)
+   AND written_xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
  ORDER BY written_xid, alert_id
  LIMIT %(limit)s;

@@ -25,8 +25,7 @@ WITH taken AS (
     SELECT written_xid, alert_id, threshold_percent
       FROM budget_alerts
      WHERE (written_xid, alert_id) > (%(after_xid)s::bigint, %(after_alert_id)s::uuid)
-       AND (written_xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
-            OR written_xid >= pg_snapshot_xmax(pg_current_snapshot())::text::bigint)
+       AND written_xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
      ORDER BY written_xid, alert_id
      LIMIT %(limit)s
 ), last AS (
