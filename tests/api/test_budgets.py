@@ -638,3 +638,21 @@ async def test_the_python_client_exposes_the_budget_service(api):
         alerts = await client.budgets.ListBudgetAlerts(budget_pb2.ListBudgetAlertsRequest(user_id=user.id))
     assert list(listed.budgets) == [made]
     assert list(alerts.alerts) == [] and alerts.next_page_token
+
+
+async def test_concurrent_creations_in_two_currencies_never_pass_twenty(api_with):
+    import asyncio
+
+    api = await api_with(ledger_currencies=("USD", "EUR"))
+    user = await create_user(api)
+    for _ in range(MAX_BUDGETS_PER_USER - 1):
+        await create(api, user.id)
+    # Different currencies take different account locks: the count is taken under the user's own.
+    calls = [api.budgets.CreateBudget(create_request(user.id, currency_code=c)) for c in ["USD", "EUR"] * 4]
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    failures = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len(outcomes) - len(failures) == 1
+    assert {(f.code(), error_info(f).reason) for f in failures} == {
+        (grpc.StatusCode.FAILED_PRECONDITION, "TOO_MANY_BUDGETS")
+    }
+    assert await stored_budgets(api) == MAX_BUDGETS_PER_USER
