@@ -25,9 +25,10 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from qdata.v1 import chat_pb2_grpc, ledger_pb2_grpc, usage_pb2_grpc, user_pb2_grpc
+from qdata.v1 import budget_pb2_grpc, chat_pb2_grpc, ledger_pb2_grpc, usage_pb2_grpc, user_pb2_grpc
 from qdata_server import audit_sealer, background, idempotency, inputs, metrics_database, metrics_hooks, reflection
 from qdata_server.auth import Authenticator
+from qdata_server.budgets.service import BudgetServicer
 from qdata_server.chat.service import ChatServicer
 from qdata_server.clock import Clock
 from qdata_server.config import ConfigError, Settings
@@ -155,6 +156,7 @@ class QdataServer:
         ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(deps), server)
         chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(deps), server)
         usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(deps), server)
+        budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(deps), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if settings.reflection:
             reflection.enable((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
-from qdata.v1 import chat_pb2, ledger_pb2, options_pb2, usage_pb2, user_pb2
+from qdata.v1 import budget_pb2, chat_pb2, ledger_pb2, options_pb2, usage_pb2, user_pb2
 from qdata.v1.error_reason_pb2 import ErrorReason
 
 # Every service the server serves, in the order app.py registers them.
@@ -21,6 +21,7 @@ SERVICE_DESCRIPTORS: tuple[ServiceDescriptor, ...] = (
     ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"],
     chat_pb2.DESCRIPTOR.services_by_name["ChatService"],
     usage_pb2.DESCRIPTOR.services_by_name["UsageService"],
+    budget_pb2.DESCRIPTOR.services_by_name["BudgetService"],
 )
 
 # ErrorInfo.reason is the enum value's name without this prefix (see error_reason.proto).

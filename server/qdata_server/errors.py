@@ -85,6 +85,19 @@ class PermissionDenied(QdataError):
 class NotFound(QdataError):
     code = grpc.StatusCode.NOT_FOUND
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: Reason | None = None,
+        metadata: dict[str, str] | None = None,
+        violations: list[FieldViolation] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        # A request field that names what was not found (BudgetService's model_id scope): sent
+        # as a BadRequest field violation beside the ErrorInfo.
+        self.violations = list(violations or ())
+
 
 class AlreadyExists(QdataError):
     code = grpc.StatusCode.ALREADY_EXISTS
@@ -151,7 +164,7 @@ def _pack(message: Message) -> any_pb2.Any:
 def to_grpc_status(error: QdataError) -> grpc.Status:
     """Builds the rich status for a domain error (ErrorInfo always, BadRequest for bad input)."""
     details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata))]
-    if isinstance(error, InvalidArgument):
+    if isinstance(error, InvalidArgument) or (isinstance(error, NotFound) and error.violations):
         details.append(
             _pack(
                 error_details_pb2.BadRequest(

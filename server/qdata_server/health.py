@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 from psycopg.rows import DictRow, dict_row
 
-from qdata.v1 import chat_pb2, ledger_pb2, usage_pb2, user_pb2
+from qdata.v1 import budget_pb2, chat_pb2, ledger_pb2, usage_pb2, user_pb2
 from qdata_server import metrics_hooks
 from qdata_server.config import Settings
 from qdata_server.db import migrate, transactions
@@ -39,6 +39,7 @@ SERVICE_NAMES = (
     ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,
     chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
     usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name,
+    budget_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
 )
 
 

@@ -200,6 +200,25 @@ class DatabaseGauges:
             multiprocess_mode="livemax",
         )
         self._currencies: set[str] = set()
+        self.budget_alerts = Gauge(
+            "qdata_budget_alerts",
+            "Budget alerts the database holds, by threshold percent (listable ones: their transactions ended).",
+            ("threshold",),
+            registry=None,
+            multiprocess_mode="livemax",
+        )
+        # Where the count of budget alerts has got to in the feed's order (metrics_database.py
+        # counts only the alerts after it, a bounded number per round), and the counts so far.
+        self.budget_alerts_cursor: tuple[int, str] = (0, "00000000-0000-0000-0000-000000000000")
+        self._budget_alerts: dict[int, int] = {}
+
+    def count_budget_alerts(self, counts: dict[int, int], cursor: tuple[int, str] | None) -> None:
+        """Adds the alerts counted after budget_alerts_cursor and moves it (None: none were new)."""
+        for threshold, alerts in counts.items():
+            self._budget_alerts[threshold] = self._budget_alerts.get(threshold, 0) + alerts
+            self.budget_alerts.labels(str(threshold)).set(self._budget_alerts[threshold])
+        if cursor is not None:
+            self.budget_alerts_cursor = cursor
 
     def set(self, *, fold_lag_seconds: float, holds: int, held_micros: dict[str, int]) -> None:
         self.fold_lag.set(fold_lag_seconds)

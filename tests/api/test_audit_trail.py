@@ -14,6 +14,7 @@ import itertools
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ import psycopg
 import pytest
 from google.protobuf import timestamp_pb2
 
-from qdata.v1 import chat_pb2, ledger_pb2, usage_pb2, user_pb2
+from qdata.v1 import budget_pb2, chat_pb2, ledger_pb2, usage_pb2, user_pb2
 from qdata_server import audit_chain
 from tests.support.audit import seal
 from tests.support.calls import PASSWORD, create_user, expect_error, field_violations, rid
@@ -37,6 +38,7 @@ SERVICES = [
     ("ledger", ledger_pb2, "LedgerService"),
     ("chat", chat_pb2, "ChatService"),
     ("usage", usage_pb2, "UsageService"),
+    ("budgets", budget_pb2, "BudgetService"),
 ]
 METHODS = [
     (stub, m.name, getattr(module, m.input_type.name))
@@ -247,6 +249,39 @@ async def case_revoke_share_link(api):
     return chat_pb2.RevokeShareLinkRequest(user_id=user_id, share_link_id=link_id), "chat_share_link", link_id
 
 
+async def _budget(api) -> tuple[str, str]:
+    user = await create_user(api)
+    response = await api.budgets.CreateBudget(
+        budget_pb2.CreateBudgetRequest(
+            request_id=rid(),
+            user_id=user.id,
+            budget=budget_pb2.Budget(limit_micros=1_000, period=budget_pb2.BUDGET_PERIOD_DAILY),
+        )
+    )
+    return user.id, response.budget.id
+
+
+async def case_create_budget(api):
+    user = await create_user(api)
+    budget = budget_pb2.Budget(limit_micros=1_000, period=budget_pb2.BUDGET_PERIOD_WEEKLY)
+    return budget_pb2.CreateBudgetRequest(user_id=user.id, budget=budget), "budget", None
+
+
+async def case_update_budget(api):
+    user_id, budget_id = await _budget(api)
+    request = budget_pb2.UpdateBudgetRequest(
+        user_id=user_id,
+        budget=budget_pb2.Budget(id=budget_id, limit_micros=2_000),
+        update_mask={"paths": ["limit_micros"]},
+    )
+    return request, "budget", budget_id
+
+
+async def case_delete_budget(api):
+    user_id, budget_id = await _budget(api)
+    return budget_pb2.DeleteBudgetRequest(user_id=user_id, budget_id=budget_id), "budget", budget_id
+
+
 async def case_upsert_model(api):
     request = usage_pb2.UpsertModelRequest(model=usage_pb2.Model(id="acme/m1", provider="acme", display_name="M1"))
     return request, "model", "acme/m1"
@@ -297,6 +332,9 @@ CASES: dict[tuple[str, str], Case] = {
     ("usage", "UpsertModel"): case_upsert_model,
     ("usage", "RecordUsage"): case_record_usage,
     ("usage", "RateModel"): case_rate_model,
+    ("budgets", "CreateBudget"): case_create_budget,
+    ("budgets", "UpdateBudget"): case_update_budget,
+    ("budgets", "DeleteBudget"): case_delete_budget,
 }
 
 
@@ -440,6 +478,7 @@ async def test_reads_leave_no_record(api, stub_name, method_name, request_class)
         "ledger": {"user_id": user.id, "currency_code": "USD"},
         "chat": {"user_id": user.id, "session_id": session.id, "sequence_number": 1, "query": "hello"},
         "usage": {"user_id": user.id, "model_id": "openai/gpt-4o-mini"},
+        "budgets": {"user_id": user.id, "budget_id": str(uuid.uuid4())},
     }
     count = await audit_count(api)
     method = getattr(getattr(api, stub_name), method_name)

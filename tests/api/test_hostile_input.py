@@ -11,7 +11,7 @@ import grpc
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
 
-from qdata.v1 import chat_pb2, ledger_pb2, usage_pb2, user_pb2
+from qdata.v1 import budget_pb2, chat_pb2, ledger_pb2, usage_pb2, user_pb2
 from tests.support.calls import PASSWORD, create_user, rid
 
 HOSTILE_STRINGS = [
@@ -39,6 +39,7 @@ SERVICES = [
     ("ledger", ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"], ledger_pb2),
     ("chat", chat_pb2.DESCRIPTOR.services_by_name["ChatService"], chat_pb2),
     ("usage", usage_pb2.DESCRIPTOR.services_by_name["UsageService"], usage_pb2),
+    ("budgets", budget_pb2.DESCRIPTOR.services_by_name["BudgetService"], budget_pb2),
 ]
 
 
@@ -100,6 +101,36 @@ def valid_bases(user: user_pb2.User, session: chat_pb2.Session | None = None) ->
     }
 
 
+async def budget_bases(api, user: user_pb2.User) -> dict[str, object]:
+    """Valid BudgetService requests naming one budget of user's (every field set, so each is varied)."""
+    budget = budget_pb2.Budget(
+        display_name="cap",
+        currency_code="USD",
+        limit_micros=1_000,
+        period=budget_pb2.BUDGET_PERIOD_DAILY,
+        time_zone="Europe/Berlin",
+        caller="svc",
+        enforcement=budget_pb2.BUDGET_ENFORCEMENT_SOFT,
+        alert_thresholds_percent=[50],
+    )
+    made = (
+        await api.budgets.CreateBudget(budget_pb2.CreateBudgetRequest(request_id=rid(), user_id=user.id, budget=budget))
+    ).budget
+    ids = {"user_id": user.id, "budget_id": made.id}
+    return {
+        "CreateBudget": budget_pb2.CreateBudgetRequest(user_id=user.id, budget=budget),
+        "GetBudget": budget_pb2.GetBudgetRequest(**ids),
+        "ListBudgets": budget_pb2.ListBudgetsRequest(user_id=user.id, page_size=5),
+        "UpdateBudget": budget_pb2.UpdateBudgetRequest(
+            user_id=user.id,
+            budget=made,
+            update_mask={"paths": ["display_name", "limit_micros", "enforcement", "alert_thresholds_percent"]},
+        ),
+        "DeleteBudget": budget_pb2.DeleteBudgetRequest(**ids),
+        "ListBudgetAlerts": budget_pb2.ListBudgetAlertsRequest(user_id=user.id, page_size=5),
+    }
+
+
 def variants(message_class, base=None) -> list:
     """One request per (scalar field, hostile value), the rest valid, including nested messages."""
     return list(_mutations(message_class, base))
@@ -157,6 +188,8 @@ async def test_hostile_scalars_never_cause_internal_errors(api, stub_name, metho
             chat_pb2.AppendMessagesRequest(request_id=rid(), user_id=user.id, session_id=session.id, messages=[hello])
         )
     base = valid_bases(user, session).get(method_name) if stub_name in ("users", "chat") else None
+    if stub_name == "budgets":
+        base = (await budget_bases(api, user))[method_name]
     for request in variants(request_class, base):
         try:
             await method(request, timeout=10)

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from qdata.v1 import chat_pb2_grpc, ledger_pb2_grpc, usage_pb2_grpc, user_pb2_grpc
+from qdata.v1 import budget_pb2_grpc, chat_pb2_grpc, ledger_pb2_grpc, usage_pb2_grpc, user_pb2_grpc
 from qdata_server.app import QdataServer
 from qdata_server.clock import Clock
 from qdata_server.config import Settings
@@ -92,6 +92,7 @@ class Api:
     ledger: ledger_pb2_grpc.LedgerServiceStub
     chat: chat_pb2_grpc.ChatServiceStub
     usage: usage_pb2_grpc.UsageServiceStub
+    budgets: budget_pb2_grpc.BudgetServiceStub
 
 
 async def start_api(
@@ -116,6 +117,7 @@ async def start_api(
         ledger=ledger_pb2_grpc.LedgerServiceStub(channel),
         chat=chat_pb2_grpc.ChatServiceStub(channel),
         usage=usage_pb2_grpc.UsageServiceStub(channel),
+        budgets=budget_pb2_grpc.BudgetServiceStub(channel),
     )
 
 

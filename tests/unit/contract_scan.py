@@ -64,6 +64,7 @@ SERVICER_MODULES = {
     "LedgerService": "qdata_server.ledger.service",
     "ChatService": "qdata_server.chat.service",
     "UsageService": "qdata_server.usage.service",
+    "BudgetService": "qdata_server.budgets.service",
 }
 
 ALL_REASONS = frozenset(v.name.removeprefix(REASON_PREFIX) for v in ErrorReason.DESCRIPTOR.values if v.number)
@@ -259,7 +260,13 @@ class Reach:
 
 # The service packages: the shared layer's walk does not enter them (app.py, the composition root,
 # names their servicers and background loops, which are not what every RPC runs).
-SERVICE_PACKAGES = ("qdata_server.users.", "qdata_server.ledger.", "qdata_server.chat.", "qdata_server.usage.")
+SERVICE_PACKAGES = (
+    "qdata_server.users.",
+    "qdata_server.ledger.",
+    "qdata_server.chat.",
+    "qdata_server.usage.",
+    "qdata_server.budgets.",
+)
 
 
 def walk(entries: Iterable[tuple[Module, ast.AST]], *, shared: bool = False) -> Reach:

@@ -148,10 +148,10 @@ async def test_the_server_sees_the_user_agent(stand_in):
 
 
 def test_retry_safe_methods_are_the_reads_and_the_writes_with_a_request_id():
-    from qdata.v1 import chat_pb2, options_pb2, usage_pb2
+    from qdata.v1 import budget_pb2, chat_pb2, options_pb2, usage_pb2
 
     expected = set()
-    for module in (chat_pb2, ledger_pb2, usage_pb2, user_pb2):
+    for module in (budget_pb2, chat_pb2, ledger_pb2, usage_pb2, user_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 permission = method.GetOptions().Extensions[options_pb2.permission]

@@ -33,6 +33,9 @@ EXPECTED_PERMISSIONS = {
     "usage.read",
     "usage.write",
     "catalog.write",
+    "budgets.read",
+    "budgets.write",
+    "budgets.alerts.read",
 }
 _PERMISSION = re.compile(r"\b[a-z]+(?:\.[a-z]+)?\.(?:read|write|admin|authenticate|reveal)\b")
 

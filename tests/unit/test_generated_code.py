@@ -36,7 +36,7 @@ def test_generated_code_is_fresh(tmp_path):
 
 def test_every_proto_has_generated_modules():
     protos = sorted(p.stem for p in (ROOT / "protos" / "qdata" / "v1").glob("*.proto"))
-    assert protos == ["chat", "error_reason", "ledger", "options", "usage", "user"]
+    assert protos == ["budget", "chat", "error_reason", "ledger", "options", "usage", "user"]
     for stem in protos:
         for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi"):
             assert (GENERATED / f"{stem}{suffix}").is_file()

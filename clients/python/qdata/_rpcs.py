@@ -155,8 +155,8 @@ class BudgetService(Service):
         field (reason UNSUPPORTED_CURRENCY for a currency that is not enabled) and
         FAILED_PRECONDITION (reason TOO_MANY_BUDGETS) when the user already has 20 budgets.
 
-        Errors: NOT_FOUND USER_NOT_FOUND, NOT_FOUND MODEL_NOT_FOUND, INVALID_ARGUMENT
-        UNSUPPORTED_CURRENCY, FAILED_PRECONDITION TOO_MANY_BUDGETS.
+        Errors: NOT_FOUND USER_NOT_FOUND, MODEL_NOT_FOUND; INVALID_ARGUMENT UNSUPPORTED_CURRENCY;
+        FAILED_PRECONDITION TOO_MANY_BUDGETS.
         """
         return self._defaults.sync_unary(self._stub.CreateBudget, request, timeout, metadata, kwargs)
 
@@ -1614,8 +1614,8 @@ class AsyncBudgetService(Service):
         field (reason UNSUPPORTED_CURRENCY for a currency that is not enabled) and
         FAILED_PRECONDITION (reason TOO_MANY_BUDGETS) when the user already has 20 budgets.
 
-        Errors: NOT_FOUND USER_NOT_FOUND, NOT_FOUND MODEL_NOT_FOUND, INVALID_ARGUMENT
-        UNSUPPORTED_CURRENCY, FAILED_PRECONDITION TOO_MANY_BUDGETS.
+        Errors: NOT_FOUND USER_NOT_FOUND, MODEL_NOT_FOUND; INVALID_ARGUMENT UNSUPPORTED_CURRENCY;
+        FAILED_PRECONDITION TOO_MANY_BUDGETS.
         """
         return await self._defaults.async_unary(self._stub.CreateBudget, request, timeout, metadata, kwargs)
 

@@ -1,8 +1,8 @@
 """A thin, typed client for qdata over the generated ``qdata.v1`` stubs.
 
 Two clients share one design: :class:`AsyncQdataClient` (``grpc.aio``, for asyncio services) and
-:class:`QdataClient` (blocking ``grpc``, for threads). Each owns one channel and exposes the four
-services as ``.users``, ``.ledger``, ``.chat`` and ``.usage``. Every RPC is a typed method of its
+:class:`QdataClient` (blocking ``grpc``, for threads). Each owns one channel and exposes the five
+services as ``.users``, ``.ledger``, ``.chat``, ``.usage`` and ``.budgets``. Every RPC is a typed method of its
 service (generated from the contract into :mod:`qdata._rpcs`): you call it by its proto name with
 the generated request message and get the generated response message back, and a type checker
 (mypy, pyright) knows both. Nothing about the messages is re-implemented here::
@@ -103,10 +103,12 @@ from qdata._calls import (
 )
 from qdata._rpcs import (
     RETRY_SAFE_METHODS,
+    AsyncBudgetService,
     AsyncChatService,
     AsyncLedgerService,
     AsyncUsageService,
     AsyncUserService,
+    BudgetService,
     ChatService,
     LedgerService,
     UsageService,
@@ -119,12 +121,14 @@ __all__ = [
     "USER_AGENT",
     "Aborted",
     "AlreadyExists",
+    "AsyncBudgetService",
     "AsyncChatService",
     "AsyncLedgerService",
     "AsyncQdataClient",
     "AsyncResponseStream",
     "AsyncUsageService",
     "AsyncUserService",
+    "BudgetService",
     "Cancelled",
     "ChatService",
     "DataLoss",
@@ -269,6 +273,10 @@ class AsyncQdataClient:
     the token once, GetSharedSession and ListSharedMessages need only chat.shared.read)."""
     usage: AsyncUsageService
     """UsageService: the model catalog and usage records."""
+    budgets: AsyncBudgetService
+    """BudgetService: users' spend caps (budgets.read / budgets.write) and the alert feed
+    ListBudgetAlerts (budgets.alerts.read), whose next_page_token is always set: store it and pass
+    it back to get the alerts committed since."""
 
     def __init__(
         self,
@@ -294,6 +302,7 @@ class AsyncQdataClient:
         self.ledger = AsyncLedgerService(self.channel, defaults)
         self.chat = AsyncChatService(self.channel, defaults)
         self.usage = AsyncUsageService(self.channel, defaults)
+        self.budgets = AsyncBudgetService(self.channel, defaults)
 
     async def close(self, grace: float | None = None) -> None:
         """Closes the channel; calls still running get ``grace`` seconds, then are cancelled."""
@@ -324,6 +333,10 @@ class QdataClient:
     the token once, GetSharedSession and ListSharedMessages need only chat.shared.read)."""
     usage: UsageService
     """UsageService: the model catalog and usage records."""
+    budgets: BudgetService
+    """BudgetService: users' spend caps (budgets.read / budgets.write) and the alert feed
+    ListBudgetAlerts (budgets.alerts.read), whose next_page_token is always set: store it and pass
+    it back to get the alerts committed since."""
 
     def __init__(
         self,
@@ -349,6 +362,7 @@ class QdataClient:
         self.ledger = LedgerService(self.channel, defaults)
         self.chat = ChatService(self.channel, defaults)
         self.usage = UsageService(self.channel, defaults)
+        self.budgets = BudgetService(self.channel, defaults)
 
     def close(self) -> None:
         """Closes the channel, cancelling calls still running."""

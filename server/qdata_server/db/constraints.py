@@ -127,6 +127,20 @@ CONSTRAINT_ERRORS: dict[str, Callable[[str], QdataError]] = {
         "the model already has a price version with this effective_time",
         reason=ErrorReason.ERROR_REASON_PRICE_VERSION_EXISTS,
     ),
+    # BudgetService's writes (db/functions/budgets.sql, through ledger_reject).
+    "budget_not_found": lambda _: NotFound("budget not found", reason=ErrorReason.ERROR_REASON_BUDGET_NOT_FOUND),
+    "budget_too_many": lambda detail: FailedPrecondition(
+        f"the user already has the maximum number of budgets ({detail or 20})",
+        reason=ErrorReason.ERROR_REASON_TOO_MANY_BUDGETS,
+    ),
+    "budget_time_zone_unknown": lambda _: InvalidArgument(
+        [FieldViolation("budget.time_zone", "must be an IANA time zone name PostgreSQL knows, e.g. Europe/Berlin")]
+    ),
+    "budget_model_not_found": lambda _: NotFound(
+        "model not found",
+        reason=ErrorReason.ERROR_REASON_MODEL_NOT_FOUND,
+        violations=[FieldViolation("budget.model_id", "names no model in the catalog")],
+    ),
 }
 
 

@@ -157,8 +157,8 @@ class BudgetServiceServicer:
         field (reason UNSUPPORTED_CURRENCY for a currency that is not enabled) and
         FAILED_PRECONDITION (reason TOO_MANY_BUDGETS) when the user already has 20 budgets.
 
-        Errors: NOT_FOUND USER_NOT_FOUND, NOT_FOUND MODEL_NOT_FOUND, INVALID_ARGUMENT
-        UNSUPPORTED_CURRENCY, FAILED_PRECONDITION TOO_MANY_BUDGETS.
+        Errors: NOT_FOUND USER_NOT_FOUND, MODEL_NOT_FOUND; INVALID_ARGUMENT UNSUPPORTED_CURRENCY;
+        FAILED_PRECONDITION TOO_MANY_BUDGETS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -81,8 +81,8 @@ class BudgetServiceStub:
     field (reason UNSUPPORTED_CURRENCY for a currency that is not enabled) and
     FAILED_PRECONDITION (reason TOO_MANY_BUDGETS) when the user already has 20 budgets.
 
-    Errors: NOT_FOUND USER_NOT_FOUND, NOT_FOUND MODEL_NOT_FOUND, INVALID_ARGUMENT
-    UNSUPPORTED_CURRENCY, FAILED_PRECONDITION TOO_MANY_BUDGETS.
+    Errors: NOT_FOUND USER_NOT_FOUND, MODEL_NOT_FOUND; INVALID_ARGUMENT UNSUPPORTED_CURRENCY;
+    FAILED_PRECONDITION TOO_MANY_BUDGETS.
     """
     GetBudget: _grpc.UnaryUnaryMultiCallable[_budget_pb2.GetBudgetRequest, _budget_pb2.GetBudgetResponse]
     """Returns a budget with its consumption in the current period. Fails with NOT_FOUND (reason
@@ -176,8 +176,8 @@ class BudgetServiceAsyncStub(BudgetServiceStub):
     field (reason UNSUPPORTED_CURRENCY for a currency that is not enabled) and
     FAILED_PRECONDITION (reason TOO_MANY_BUDGETS) when the user already has 20 budgets.
 
-    Errors: NOT_FOUND USER_NOT_FOUND, NOT_FOUND MODEL_NOT_FOUND, INVALID_ARGUMENT
-    UNSUPPORTED_CURRENCY, FAILED_PRECONDITION TOO_MANY_BUDGETS.
+    Errors: NOT_FOUND USER_NOT_FOUND, MODEL_NOT_FOUND; INVALID_ARGUMENT UNSUPPORTED_CURRENCY;
+    FAILED_PRECONDITION TOO_MANY_BUDGETS.
     """
     GetBudget: _aio.UnaryUnaryMultiCallable[_budget_pb2.GetBudgetRequest, _budget_pb2.GetBudgetResponse]  # type: ignore[assignment]
     """Returns a budget with its consumption in the current period. Fails with NOT_FOUND (reason
@@ -274,8 +274,8 @@ class BudgetServiceServicer(metaclass=_abc_1.ABCMeta):
         field (reason UNSUPPORTED_CURRENCY for a currency that is not enabled) and
         FAILED_PRECONDITION (reason TOO_MANY_BUDGETS) when the user already has 20 budgets.
 
-        Errors: NOT_FOUND USER_NOT_FOUND, NOT_FOUND MODEL_NOT_FOUND, INVALID_ARGUMENT
-        UNSUPPORTED_CURRENCY, FAILED_PRECONDITION TOO_MANY_BUDGETS.
+        Errors: NOT_FOUND USER_NOT_FOUND, MODEL_NOT_FOUND; INVALID_ARGUMENT UNSUPPORTED_CURRENCY;
+        FAILED_PRECONDITION TOO_MANY_BUDGETS.
         """
 
     @_abc_1.abstractmethod

@@ -7,7 +7,8 @@
 --                       (the nil UUID stands for "no user": idempotency records and audit events
 --                       of requests made for nobody, such as catalog changes);
 --   qdata.all_users     'on' only for the named cross-user paths (statistics, VerifyLedger,
---                       ListAuditEvents, ListUsers, login by email, the background sweepers).
+--                       ListAuditEvents, ListUsers, login by email, the background sweepers,
+--                       ListBudgetAlerts for every user, the database-derived gauges).
 -- With neither set, the serving role (qdata_service) sees no user's rows at all. The owner is not
 -- subject to these policies (they are not FORCEd): operator commands such as verify-audit and
 -- rewrap-keys run as the owner.
