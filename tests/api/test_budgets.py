@@ -24,6 +24,7 @@ from qdata_server.budgets.rules import MAX_BUDGETS_PER_USER
 from qdata_server.tokens import hash_token
 from tests.support.calls import case_id, create_user, error_info, expect_error, field_violations, rid
 from tests.support.server import TEST_SETTINGS
+from tests.support.ledger import charge, deposit
 from tests.support.usage import create_model
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -659,13 +660,10 @@ async def test_concurrent_creations_in_two_currencies_never_pass_twenty(api_with
 
 
 async def test_a_new_budget_starts_with_the_spend_of_its_current_period(api):
-    from tests.support.ledger import charge, deposit
 
     user = await create_user(api)
     await deposit(api, user.id, 10_000)
     await charge(api, user.id, 300)
     made = await create(api, user.id, limit_micros=1_000)
-    # PLACEHOLDER: budget_backfill does nothing until the enforcement's budget_enforcement.sql
-    # replaces the placeholder; then this is 300 spent and 700 remaining.
-    assert (made.current_period.spent_micros, made.current_period.remaining_micros) == (0, 1_000)
+    assert (made.current_period.spent_micros, made.current_period.remaining_micros) == (300, 700)
     assert (await get(api, user.id, made.id)).current_period == made.current_period

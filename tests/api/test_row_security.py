@@ -61,10 +61,10 @@ USER_TABLES: dict[str, tuple[str, ...]] = {
     "import_log": ("user_id",),
     "chat_share_links": ("user_id",),
     "budgets": ("user_id",),
+    "budget_periods": ("user_id",),
+    "budget_spend_entries": ("user_id",),
+    "budget_alerts": ("user_id",),
 }
-# User-owned tables whose rows only a spend writes (the budget enforcement in the ledger's write
-# path): under row-level security like the others (checked below), not yet given rows here.
-AWAITING_SPEND = {"budget_periods", "budget_spend_entries", "budget_alerts"}
 SETTINGS = dataclasses.replace(
     TEST_SETTINGS,
     key_ring="1:" + base64.b64encode(os.urandom(32)).decode(),
@@ -141,14 +141,21 @@ async def give_rows_in_every_table(api, user_id: str, other_id: str) -> None:
     await api.ledger.Transfer(
         ledger_pb2.TransferRequest(request_id=rid(), from_user_id=user_id, to_user_id=other_id, amount_micros=5)
     )
-    await api.usage.RecordUsage(usage(user_id))
+    # A SOFT budget that the usage record below reaches 1% of: its rows in budget_periods,
+    # budget_spend_entries and budget_alerts come from that spend.
     await api.budgets.CreateBudget(
         budget_pb2.CreateBudgetRequest(
             request_id=rid(),
             user_id=user_id,
-            budget=budget_pb2.Budget(limit_micros=1_000, period=budget_pb2.BUDGET_PERIOD_DAILY),
+            budget=budget_pb2.Budget(
+                limit_micros=1_000,
+                period=budget_pb2.BUDGET_PERIOD_DAILY,
+                enforcement=budget_pb2.BUDGET_ENFORCEMENT_SOFT,
+                alert_thresholds_percent=[1],
+            ),
         )
     )
+    await api.usage.RecordUsage(usage(user_id))
     await api.usage.RateModel(
         usage_pb2.RateModelRequest(request_id=rid(), user_id=user_id, model_id="openai/gpt-4o-mini", stars=4)
     )
@@ -203,7 +210,7 @@ async def test_every_table_with_user_rows_is_under_row_level_security(database_u
         "               AND NOT a.attisdropped)",
     )
     # A new user-owned table must join USER_TABLES (and so this file's checks) and get policies.
-    assert {t["name"] for t in tables} == set(USER_TABLES) | AWAITING_SPEND
+    assert {t["name"] for t in tables} == set(USER_TABLES)
     assert [t["name"] for t in tables if not t["secured"]] == []
 
 

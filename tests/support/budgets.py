@@ -1,10 +1,10 @@
 """Budgets for the enforcement tests (tests/api/test_budget_enforcement*.py).
 
-`create_budget` makes a budget as BudgetService.CreateBudget does: under the account lock
-(ledger_lock_account), the budget row, then budget_backfill (db/functions/budget_enforcement.sql)
-so the budget starts with the spend already made in its current period, judged by the server's
-budgets' clock. It writes as the database owner; once BudgetService serves, it becomes a call of
-CreateBudget. `usage_of` and `alerts_of` read what the database holds for a budget.
+`create_budget`, `update_budget` and `usage_of` go through BudgetService (CreateBudget,
+UpdateBudget, GetBudget). `alerts_of` reads budget_alerts as the owner: it sees an alert the
+moment its transaction commits, and orders a transaction's alerts by threshold, where the feed
+(ListBudgetAlerts, tested in tests/api/test_budgets_alerts.py) waits for older transactions and
+orders by id.
 """
 
 from __future__ import annotations
@@ -12,19 +12,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import datetime
+
 import psycopg
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 from psycopg.rows import dict_row
 
-from qdata.v1 import ledger_pb2, usage_pb2
+from qdata.v1 import budget_pb2, ledger_pb2, usage_pb2
 from tests.support.calls import rid
 from tests.support.server import Api
 from tests.support.usage import create_model, usage
 
 
-def _clock_setting(api: Api) -> str:
-    clock = api.server.clock
-    return clock.setting() if clock is not None else ""
+_PERIODS = {
+    "daily": budget_pb2.BUDGET_PERIOD_DAILY,
+    "weekly": budget_pb2.BUDGET_PERIOD_WEEKLY,
+    "monthly": budget_pb2.BUDGET_PERIOD_MONTHLY,
+    "lifetime": budget_pb2.BUDGET_PERIOD_LIFETIME,
+}
+_ENFORCEMENTS = {"hard": budget_pb2.BUDGET_ENFORCEMENT_HARD, "soft": budget_pb2.BUDGET_ENFORCEMENT_SOFT}
 
 
 async def create_budget(
@@ -40,62 +46,63 @@ async def create_budget(
     thresholds: Sequence[int] = (),
     currency_code: str = "USD",
 ) -> str:
-    """A new budget of user_id; returns its id."""
-    async with await psycopg.AsyncConnection.connect(api.database_url) as conn, conn.transaction():
-        await conn.execute("SELECT set_config('qdata.clock', %s, true)", (_clock_setting(api),))
-        await conn.execute("SELECT ledger_lock_account(%s, %s)", (user_id, currency_code))
-        cur = await conn.execute(
-            "INSERT INTO budgets (user_id, currency_code, limit_micros, period, time_zone, model_id, caller,"
-            " enforcement, alert_thresholds_percent)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING budget_id",
-            (
-                user_id,
-                currency_code,
-                limit_micros,
-                period,
-                time_zone,
-                model_id or None,
-                caller or None,
-                enforcement,
-                sorted(thresholds),
+    """A new budget of user_id, made with BudgetService.CreateBudget; returns its id."""
+    response = await api.budgets.CreateBudget(
+        budget_pb2.CreateBudgetRequest(
+            request_id=rid(),
+            user_id=user_id,
+            budget=budget_pb2.Budget(
+                currency_code=currency_code,
+                limit_micros=limit_micros,
+                period=_PERIODS[period],
+                time_zone=time_zone,
+                model_id=model_id,
+                caller=caller,
+                enforcement=_ENFORCEMENTS[enforcement],
+                alert_thresholds_percent=list(thresholds),
             ),
         )
-        row = await cur.fetchone()
-        assert row is not None
-        budget_id = row[0]
-        await conn.execute("SELECT budget_backfill(%s, %s)", (user_id, budget_id))
-    return str(budget_id)
+    )
+    return response.budget.id
 
 
 async def update_budget(api: Api, user_id: str, budget_id: str, **values: Any) -> None:
-    """Changes a budget's mutable columns (limit_micros, enforcement, ...) under the account lock."""
-    async with await psycopg.AsyncConnection.connect(api.database_url) as conn, conn.transaction():
-        await conn.execute(
-            "SELECT ledger_lock_account(user_id, currency_code) FROM budgets WHERE user_id = %s AND budget_id = %s",
-            (user_id, budget_id),
+    """Changes a budget's mutable fields (limit_micros, enforcement, ...) with UpdateBudget."""
+    budget = budget_pb2.Budget(id=budget_id)
+    for field, value in values.items():
+        assert field in {"limit_micros", "enforcement", "alert_thresholds_percent", "display_name"}, field
+        if field == "enforcement":
+            budget.enforcement = _ENFORCEMENTS[value]
+        elif field == "alert_thresholds_percent":
+            budget.alert_thresholds_percent.extend(value)
+        else:
+            setattr(budget, field, value)
+    await api.budgets.UpdateBudget(
+        budget_pb2.UpdateBudgetRequest(
+            request_id=rid(),
+            user_id=user_id,
+            budget=budget,
+            update_mask=field_mask_pb2.FieldMask(paths=list(values)),
         )
-        for column, value in values.items():
-            assert column in {"limit_micros", "enforcement", "alert_thresholds_percent", "display_name"}, column
-            await conn.execute(
-                psycopg.sql.SQL(
-                    "UPDATE budgets SET {} = %s, updated_at = now() WHERE user_id = %s AND budget_id = %s"
-                ).format(psycopg.sql.Identifier(column)),
-                (value, user_id, budget_id),
-            )
+    )
+
+
+def _time(stamp: timestamp_pb2.Timestamp, present: bool) -> datetime.datetime | None:
+    return stamp.ToDatetime(tzinfo=datetime.UTC) if present else None
 
 
 async def usage_of(api: Api, user_id: str, budget_id: str) -> dict[str, Any]:
-    """budget_usage of the budget now (the server's budgets' clock): period, spent, held, consumed."""
-    async with await psycopg.AsyncConnection.connect(api.database_url, row_factory=dict_row) as conn:
-        async with conn.transaction():
-            await conn.execute("SELECT set_config('qdata.clock', %s, true)", (_clock_setting(api),))
-            cur = await conn.execute(
-                "SELECT period_start, period_end, spent_micros, held_micros FROM budget_usage(%s, %s)",
-                (user_id, budget_id),
-            )
-            row = await cur.fetchone()
-    assert row is not None, "no such budget"
-    return {**row, "consumed_micros": row["spent_micros"] + row["held_micros"]}
+    """The budget's current period as GetBudget reports it (the server's budgets' clock): period
+    bounds (None for a lifetime budget), spent, held and consumed."""
+    response = await api.budgets.GetBudget(budget_pb2.GetBudgetRequest(user_id=user_id, budget_id=budget_id))
+    current = response.budget.current_period
+    return {
+        "period_start": _time(current.period_start, current.HasField("period_start")),
+        "period_end": _time(current.period_end, current.HasField("period_end")),
+        "spent_micros": current.spent_micros,
+        "held_micros": current.held_micros,
+        "consumed_micros": current.spent_micros + current.held_micros,
+    }
 
 
 async def alerts_of(api: Api, user_id: str, budget_id: str | None = None) -> list[dict[str, Any]]:

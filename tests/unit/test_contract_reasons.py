@@ -48,6 +48,10 @@ OVER_REPORTED: dict[tuple[str, str], str] = {
         )
         for rpc in ("Deposit", "Refund", "Transfer", "ReleaseHold")
     },
+    ("/qdata.v1.BudgetService/CreateBudget", "BUDGET_EXCEEDED"): (
+        "its account lock (ledger_lock_account) only updates ledger_holds, sweeping expired holds; the"
+        " budgets' trigger on ledger_holds fires on inserts"
+    ),
     ("/qdata.v1.ChatService/ImportSession", "SESSION_NOT_FOUND"): (
         "the messages go into the session created in the same transaction, and an earlier import's session"
         " is held by chat_imports' foreign key"
