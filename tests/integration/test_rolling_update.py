@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import shutil
 import subprocess
 from collections.abc import Awaitable, Callable
-from importlib import resources
 from pathlib import Path
 
 import grpc
@@ -160,13 +158,12 @@ async def test_a_warmed_server_keeps_serving_while_an_additive_migration_lands(d
         await stop_api(api)
 
 
-@pytest.fixture(scope="session")
-def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Release:
-    """The previous release's server and client, unpacked once per session (skips without history)."""
-    reason = releases.unavailable(PREVIOUS_RELEASE)
+def unpacked_release(commit: str, tmp_path_factory: pytest.TempPathFactory) -> Release:
+    """A release's server and client from git (skips the test without the history)."""
+    reason = releases.unavailable(commit)
     if reason:
-        pytest.skip(f"the previous release ({PREVIOUS_RELEASE[:12]}) cannot be taken from git: {reason}")
-    release = releases.materialize(PREVIOUS_RELEASE, tmp_path_factory.mktemp("releases"))
+        pytest.skip(f"the release {commit[:12]} cannot be taken from git: {reason}")
+    release = releases.materialize(commit, tmp_path_factory.mktemp("releases"))
     # Its own code is what runs, not this checkout's (installed editable in the venv).
     imported = release.python("import qdata, qdata_server; print(qdata_server.__file__); print(qdata.__file__)")
     assert imported.splitlines() == [
@@ -174,6 +171,22 @@ def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Release:
         str(release.root / "clients" / "python" / "qdata" / "__init__.py"),
     ]
     return release
+
+
+@pytest.fixture(scope="session")
+def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Release:
+    """The previous release's server and client, unpacked once per session."""
+    return unpacked_release(PREVIOUS_RELEASE, tmp_path_factory)
+
+
+# The last release whose audit trigger chained events in the write's transaction (before 0017).
+RELEASE_BEFORE_0017 = "c6f838b7aacf440c07eaf88940c123aa8a09122e"
+
+
+@pytest.fixture(scope="session")
+def release_before_0017(tmp_path_factory: pytest.TempPathFactory) -> Release:
+    """The release before the sealer, unpacked once per session."""
+    return unpacked_release(RELEASE_BEFORE_0017, tmp_path_factory)
 
 
 @dataclasses.dataclass
@@ -322,62 +335,50 @@ async def test_the_previous_release_keeps_serving_and_verifying_while_this_one_m
                 server.stop()
 
 
-FIXTURES = Path(__file__).parent.parent / "fixtures"
-
-
 async def test_events_chained_by_the_release_before_0017_and_by_the_sealer_make_one_trail(
-    empty_database_url, tmp_path, monkeypatch
-):
+    empty_database_url: str, release_before_0017: Release, tmp_path: Path
+) -> None:
     url = empty_database_url
-    shipped = resources.files("qdata_server.db").joinpath("migrations")
-    shipped_sources = resources.files("qdata_server.db").joinpath("functions")
-    # The release before 0017: its migrations, and its audit.sql (which chains in the trigger).
-    previous, previous_sources = tmp_path / "previous", tmp_path / "previous_functions"
-    shutil.copytree(str(shipped), previous)
-    for newer in previous.glob("*.sql"):
-        if int(newer.name[:4]) >= 17:
-            newer.unlink()
-    shutil.copytree(str(shipped_sources), previous_sources)
-    shutil.copy(FIXTURES / "audit_functions_before_0017.sql", previous_sources / "audit.sql")
-    migrate.migrate(url, migrations=previous, sources=previous_sources)
-    shipped_migrations, shipped_files = migrate.load_migrations, migrate.load_sources
-    monkeypatch.setattr(migrate, "load_migrations", lambda folder=None: shipped_migrations(folder or previous))
-    monkeypatch.setattr(migrate, "load_sources", lambda folder=None: shipped_files(folder or previous_sources))
-    # The previous release's server (it has no sealer).
-    api = await start_api(url, dataclasses.replace(SETTINGS, audit_seal_seconds=0))
+    owner = {"QDATA_OWNER_DATABASE_URL": url}
+    # The release before 0017, migrated and serving: its audit trigger chains every event.
+    check(release_before_0017.run("migrate", env=owner))
+    old = release_before_0017.serve(server_env(url, **PROCESS_SETTINGS), tmp_path / "previous.log")
+    remote: Remote | None = None
     try:
-        users = [await create_user(api) for _ in range(3)]
-        await asyncio.gather(*(deposit(api, u.id, 1000) for u in users))
-        assert await sql(api, "SELECT count(*) AS n FROM audit_events WHERE chain_seq IS NULL") == [{"n": 0}]
-        # A writer of the previous release is in the middle of a transaction (its trigger holds
-        # a chain head) when the new release's migration starts: 0017 waits for it.
+        old.wait_serving()
+        remote = Remote.of(old)
+        users = [await create_user(remote) for _ in range(3)]
+        await asyncio.gather(*(deposit(remote, u.id, 1000) for u in users))
+        assert await sql(url, "SELECT count(*) AS n FROM audit_events WHERE chain_seq IS NULL") == [{"n": 0}]
+        # A writer of that release is in the middle of a transaction (its trigger holds a chain
+        # head) when this release's migration starts: 0017 waits for it.
         async with await psycopg.AsyncConnection.connect(url) as writer:
             await writer.execute("SELECT audit_append('old', NULL, 'test.Old', 't', '1', 'r', '{}'::jsonb)")
-            migrating = asyncio.create_task(
-                asyncio.to_thread(migrate.migrate, url, migrations=shipped, sources=shipped_sources)
-            )
+            migrating = asyncio.create_task(asyncio.to_thread(migrate.migrate, url))
             waiting = "SELECT 1 FROM pg_locks WHERE relation = 'audit_events'::regclass AND NOT granted"
-            while not await sql(api, waiting):
+            while not await sql(url, waiting):
                 assert not migrating.done(), migrating.result()
                 await asyncio.sleep(0.01)
             # Writes that come now queue behind the migration's lock, and go through after it.
-            queued = asyncio.gather(*(deposit(api, u.id, 1000) for u in users[:2]))
+            queued = asyncio.gather(*(deposit(remote, u.id, 1000) for u in users[:2]))
             await writer.commit()
         assert "0017_audit_sealer" in await migrating
         await queued
-        # The previous release's server goes on writing, now unsealed, and stays in rotation.
+        # The old release's server goes on writing, now unsealed, and stays in rotation.
         # (Transaction ids, hence chains, go round: more than 32 writes continue every chain.)
         for _ in range(3 * CALLS_PER_ROUND):
-            await deposit(api, users[0].id, 1)
-        await assert_serving(api)
-        unsealed = (await sql(api, "SELECT count(*) AS n FROM audit_events WHERE chain_seq IS NULL"))[0]["n"]
+            await deposit(remote, users[0].id, 1)
+        assert await remote.serving()
+        unsealed = (await sql(url, "SELECT count(*) AS n FROM audit_events WHERE chain_seq IS NULL"))[0]["n"]
         assert unsealed >= 3 * CALLS_PER_ROUND
-        # The new release's sealer continues the chains the old trigger left.
-        assert await seal(api) == unsealed
+        # This release's sealer continues the chains the old trigger left.
+        assert await seal(url) == unsealed
         report = await audit_chain.verify(url, batch_size=5, max_unsealed_seconds=3600)
         assert report.ok, report.problems
-        events = (await sql(api, "SELECT count(*) AS n FROM audit_events"))[0]["n"]
+        events = (await sql(url, "SELECT count(*) AS n FROM audit_events"))[0]["n"]
         assert (report.checked, report.unsealed) == (events, 0)
         assert events > unsealed  # both kinds are in the trail
     finally:
-        await stop_api(api)
+        if remote is not None:
+            await remote.channel.close()
+        old.stop()
