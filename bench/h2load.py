@@ -153,6 +153,33 @@ def percentiles(log_file: Path) -> dict[str, float]:
     return {"p50_ms": cuts[49], "p90_ms": cuts[89], "p99_ms": cuts[98]}
 
 
+def by_second(log_file: Path) -> list[dict[str, float]]:
+    """Per second of the run (by request start): requests, p50, p99 and max time in ms.
+
+    Shows whether a tail is spread over the run or comes from a few seconds of it (something else
+    running then).
+    """
+    requests: list[tuple[int, float]] = []
+    with log_file.open() as rows:
+        for row in rows:
+            fields = row.split("\t")
+            if len(fields) >= 3 and fields[1] != "-1":
+                requests.append((int(fields[0]), int(fields[2]) / 1000))
+    if not requests:
+        return []
+    first = min(start for start, _ in requests)
+    grouped: dict[int, list[float]] = {}
+    for start, duration in requests:
+        grouped.setdefault((start - first) // 1_000_000, []).append(duration)
+    out = []
+    for second in sorted(grouped):
+        durations = sorted(grouped[second])
+        cuts = statistics.quantiles(durations, n=100, method="inclusive") if len(durations) > 1 else durations * 99
+        out.append({"second": second, "requests": len(durations), "p50_ms": cuts[49], "p99_ms": cuts[98]})
+        out[-1]["max_ms"] = durations[-1]
+    return out
+
+
 def check_payload(result: Result, expected_frame_bytes: int, *, tolerance: float = 0.0) -> None:
     """Counts gRPC errors from the DATA bytes (see the module docstring).
 

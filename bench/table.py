@@ -39,7 +39,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench import cpu, h2load, loadgen, pgbench, procs, servers
+from bench import background, cpu, h2load, loadgen, pgbench, procs, servers
 from bench import report as report_file
 from bench.report import median, ratio
 
@@ -129,6 +129,7 @@ class Env:
     alice: str
     alice_get_user: Any = None  # the GetUser target, whose bytes echo_w2_get_user echoes
     peak_get_balance: float | None = None
+    pgbench_made: bool = False
 
 
 # --- CPU windows ---------------------------------------------------------------------------------
@@ -157,9 +158,12 @@ def _h2load_row(env: Env, target: servers.Target, load: h2load.Load, tag: str, d
     if env.args.warmup > 0:
         h2load.run(env.h2load, target.url, body, duration=env.args.warmup, load=load)
     expected = len(h2load.grpc_frame(target.probe()))
+    sampler = background.Sampler(env.database_url).start()
     before = _reading(env, target.server)
-    result = h2load.run(env.h2load, target.url, body, duration=duration, load=load, log_file=env.tmp / f"{tag}.log")
+    log_file = env.tmp / f"{tag}.log"
+    result = h2load.run(env.h2load, target.url, body, duration=duration, load=load, log_file=log_file)
     used = cpu.difference(before, _reading(env, target.server))
+    activity = sampler.stop()
     h2load.check_payload(result, expected, tolerance=target.size_tolerance)
     if not target.server.alive():
         raise RuntimeError(f"{target.server.name} died under load:\n{target.server.log_tail()}")
@@ -176,6 +180,8 @@ def _h2load_row(env: Env, target: servers.Target, load: h2load.Load, tag: str, d
         "cpu_s": used,
         "cpu_ms_per_call": cpu.per_call_ms(used, result.done),
         "raw": dataclasses.asdict(result),
+        "background": activity,
+        "by_second": h2load.by_second(log_file),
     }
 
 
@@ -300,6 +306,18 @@ def _balance_target(server: Any, address: str, uid: str) -> servers.Target:
     return servers.Target("GetBalance", server, address, GET_BALANCE, message, validate)
 
 
+def _bench_databases(env: Env) -> list[str]:
+    """The owner's URLs of the bench's databases: qdata's, and pgbench's when it was made."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    urls = [env.database_url]
+    if env.pgbench_made:
+        params = conninfo_to_dict(env.database_url)
+        params["dbname"] = PGBENCH_DATABASE
+        urls.append(make_conninfo(**params))
+    return urls
+
+
 def measure(env: Env, name: str, tag: str) -> dict[str, Any]:
     """One measured run of the named measurement; returns its row (value, calls, CPU, checks)."""
     args = env.args
@@ -355,8 +373,13 @@ def measure(env: Env, name: str, tag: str) -> dict[str, Any]:
             raise RuntimeError("get_balance_half needs the round's GetBalance peak")
         rate = env.peak_get_balance / 2
         half = dataclasses.replace(load, rate_per_connection=rate / load.connections)
+        # A steady state first: what the earlier rows wrote is vacuumed and analyzed now rather than
+        # by autovacuum during the window (bench/README.md, "The p99 / p50 row").
+        settled = background.settle(_bench_databases(env))
+        print(f"  {'':<28}settled: {settled}", flush=True)
         row = _h2load_row(env, _balance_target(main, main_address, env.alice), half, tag, args.duration)
         row["target_rps"] = rate
+        row["settled"] = settled
     elif name == "generator_ceiling":
         server, address = env.servers["echo_w2"]
         row = _generator_row(env, loadgen.Spec("echo", address, users=env.cold[:1], **gen), server)
@@ -385,6 +408,15 @@ def _print_row(row: dict[str, Any]) -> None:
         f"generator {ms('load_generator'):>6}  errors {row['errors']}",
         flush=True,
     )
+    seen = row.get("background")
+    if seen and (seen["running_samples"] or seen["autovacuums_finished"] or seen["autoanalyzes_finished"]):
+        slow = [s["second"] for s in row.get("by_second", []) if row["p50_ms"] and s["max_ms"] > 10 * row["p50_ms"]]
+        print(
+            f"  {'':<28}meanwhile in PostgreSQL: running in {seen['running_samples']} of {seen['samples']} samples; "
+            f"{seen['autovacuums_finished']} autovacuum(s), {seen['autoanalyzes_finished']} autoanalyze(s) finished; "
+            f"seconds with a call over 10x p50: {slow}",
+            flush=True,
+        )
 
 
 # --- set-up ---------------------------------------------------------------------------------------
@@ -677,6 +709,7 @@ def run(args: Any) -> int:
             cold=cold,
             hot=hot,
             alice=alice,
+            pgbench_made="pgbench" in measured,
         )
         env.alice_get_user = servers.get_user_target(table["qdata_w2"][0], main_address, alice)
 
