@@ -87,3 +87,33 @@ def test_pgbench_parse_refuses_output_without_a_summary() -> None:
 def test_pgbench_connection_args_from_a_socket_url() -> None:
     url = "postgresql://postgres:@/qdata_bench?host=/tmp/pg.sock&port=5432"
     assert pgbench.connection_args(url) == ["-h", "/tmp/pg.sock", "-p", "5432", "-U", "postgres"]
+
+
+def test_by_second_groups_requests_by_their_start_second(tmp_path) -> None:
+    from bench import h2load
+
+    start = 1_700_000_000_000_000
+    rows = [(start, 200, 1_000), (start + 500_000, 200, 3_000), (start + 1_200_000, 200, 90_000)]
+    rows.append((start + 1_300_000, -1, 5_000))  # a request that never finished is left out
+    log = tmp_path / "h2load.log"
+    log.write_text("".join(f"{t}\t{status}\t{us}\n" for t, status, us in rows))
+
+    seconds = h2load.by_second(log)
+
+    assert [(s["second"], s["requests"], s["max_ms"]) for s in seconds] == [(0, 2, 3.0), (1, 1, 90.0)]
+    assert seconds[0]["p50_ms"] == 2.0
+
+
+def test_background_kinds_name_autovacuum_targets_and_qdata_jobs() -> None:
+    from bench import background
+
+    kinds, targets = background._kinds(
+        [
+            ("autovacuum worker", "active", "autovacuum: VACUUM ANALYZE public.ledger_accounts"),
+            ("autovacuum worker", "starting", ""),
+            ("client backend", "active", "SELECT audit_seal($1) AS sealed;"),
+        ]
+    )
+
+    assert kinds == {"autovacuum", "audit_sealer"}
+    assert targets == ["VACUUM ANALYZE public.ledger_accounts"]
