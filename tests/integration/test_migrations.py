@@ -365,3 +365,56 @@ def test_a_no_transaction_migration_creates_an_index_concurrently(database_url, 
     )
     assert migrate.migrate(database_url, migrations=migrations) == [f"{second:04d}_broken"]
     assert migrate.verify(database_url, migrations=migrations) == []
+
+
+def changed_security_source(tmp_path: Path) -> Path:
+    """The shipped functions with security.sql changed by a comment: migrate applies it again."""
+    functions = copy_of(shipped("functions"), tmp_path / "functions")
+    security = functions / "security.sql"
+    security.write_text("-- (changed by the next release)\n" + security.read_text())
+    return functions
+
+
+def test_a_source_file_that_deadlocks_with_a_serving_transaction_is_rolled_back_and_applied_again(
+    database_url, tmp_path
+):
+    # security.sql re-creates the policies of every user-owned table, users first and
+    # ledger_holds later. A serving transaction holds ledger_holds, migrate locks users and then
+    # waits for ledger_holds, and the transaction then reads users: a cycle, which PostgreSQL breaks
+    # by aborting migrate's transaction (the older waiter checks first).
+    functions = changed_security_source(tmp_path)
+    with psycopg.connect(database_url) as serving, ThreadPoolExecutor(1) as pool:
+        serving.execute("LOCK TABLE ledger_holds IN ROW EXCLUSIVE MODE")
+        migrating = pool.submit(migrate.migrate, database_url, sources=functions)
+        with psycopg.connect(database_url, autocommit=True) as watcher:
+            waiting = "SELECT 1 FROM pg_locks WHERE relation = 'ledger_holds'::regclass AND NOT granted"
+            while not watcher.execute(waiting).fetchall():
+                assert not migrating.done(), migrating.result()
+        # The serving transaction's next read closes the cycle; it goes through (migrate gave way).
+        serving.execute("SELECT count(*) FROM users").fetchall()
+        serving.commit()
+        assert migrating.result(timeout=60) == ["functions/security.sql"]
+    assert migrate.verify(database_url, sources=functions) == []
+
+
+def test_a_source_file_waits_for_a_lock_only_so_long_and_tries_again(database_url, tmp_path, monkeypatch):
+    # A long transaction on a table the file must lock: every later query of that table would
+    # queue behind the file's waiting lock request, so the file gives up after LOCK_TIMEOUT,
+    # rolls back, and tries again later; it lands once the long transaction is over.
+    monkeypatch.setattr(migrate, "LOCK_TIMEOUT", "100ms")
+    functions = changed_security_source(tmp_path)
+    with psycopg.connect(database_url) as long_running, ThreadPoolExecutor(1) as pool:
+        long_running.execute("LOCK TABLE ledger_holds IN ROW EXCLUSIVE MODE")
+        migrating = pool.submit(migrate.migrate, database_url, sources=functions)
+        with psycopg.connect(database_url, autocommit=True) as reader:
+            waiting = "SELECT 1 FROM pg_locks WHERE relation = 'ledger_holds'::regclass AND NOT granted"
+            while not reader.execute(waiting).fetchall():
+                assert not migrating.done(), migrating.result()
+            # Meanwhile other transactions read users, which the file locked before it began to
+            # wait: none is stuck behind the file for longer than its lock timeout.
+            reader.execute("SET statement_timeout = '10s'")
+            for _ in range(3):
+                reader.execute("SELECT count(*) FROM users").fetchall()
+        long_running.commit()
+        assert migrating.result(timeout=60) == ["functions/security.sql"]
+    assert migrate.verify(database_url, sources=functions) == []

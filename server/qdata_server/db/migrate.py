@@ -23,7 +23,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import random
 import re
+import time
 from collections.abc import Iterable
 from importlib import resources
 from importlib.abc import Traversable
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import errors as pg_errors
 from psycopg.rows import tuple_row
 
 log = logging.getLogger("qdata.migrate")
@@ -375,17 +378,48 @@ def _fingerprints(conn: psycopg.Connection[Any]) -> tuple[str, str]:
     return _fingerprint(conn), _code_fingerprint(conn)
 
 
-def _apply(conn: psycopg.Connection[Any], sql_text: str, record: str, values: tuple[object, ...]) -> None:
-    """Runs sql_text and its bookkeeping row (values, then the resulting fingerprints) in one transaction."""
-    with conn.transaction():
-        conn.execute(sql_text.encode("utf-8"))
-        conn.execute(record, (*values, *_fingerprints(conn)))
+# Migrations and current-source files run while earlier replicas serve (docs/operations.md,
+# "Upgrades"). Their DDL takes ACCESS EXCLUSIVE locks table after table (security.sql alone
+# re-creates the policies of every user-owned table), and two things go wrong under traffic: a
+# lock request that waits queues every later query of that table behind it, and a serving
+# transaction that holds one table and then reads one the file has already locked closes a cycle
+# that PostgreSQL breaks by aborting the file (it is the older waiter, so its deadlock check runs
+# first). So a file waits at most LOCK_TIMEOUT for any one lock, and a file that lost a lock wait
+# or a deadlock is rolled back and tried again, up to LOCK_ATTEMPTS times with jittered backoff:
+# what it did is undone, and the serving transaction it collided with goes through meanwhile.
+LOCK_TIMEOUT = "2s"
+LOCK_ATTEMPTS = 8
+
+
+def _apply(conn: psycopg.Connection[Any], label: str, sql_text: str, record: str, values: tuple[object, ...]) -> None:
+    """Runs sql_text and its bookkeeping row (values, then the resulting fingerprints) in one
+    transaction, again after a lost lock wait or deadlock (see LOCK_TIMEOUT)."""
+    for attempt in range(1, LOCK_ATTEMPTS + 1):
+        try:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                conn.execute(sql_text.encode("utf-8"))
+                conn.execute(record, (*values, *_fingerprints(conn)))
+            return
+        except (pg_errors.LockNotAvailable, pg_errors.DeadlockDetected) as exc:
+            if attempt == LOCK_ATTEMPTS:
+                raise
+            pause = min(5.0, 0.2 * 2**attempt) * random.uniform(0.5, 1.0)
+            log.warning(
+                "%s: %s (attempt %d of %d); rolled back, trying again in %.1f s",
+                label,
+                type(exc).__name__,
+                attempt,
+                LOCK_ATTEMPTS,
+                pause,
+            )
+            time.sleep(pause)
 
 
 def _apply_migration(conn: psycopg.Connection[Any], migration: Migration) -> None:
     values = (migration.version, migration.name, migration.checksum)
     if migration.transactional:
-        _apply(conn, migration.sql, _RECORD_MIGRATION, values)
+        _apply(conn, migration.label, migration.sql, _RECORD_MIGRATION, values)
         return
     # Autocommit, one statement at a time (several in one query string would form one implicit
     # transaction, which CREATE INDEX CONCURRENTLY refuses); recorded once all succeeded.
@@ -422,7 +456,7 @@ def migrate(conninfo: str, *, migrations: Folder | None = None, sources: Folder 
                     source.label,
                 )
             for source in pending_sources(source_files, history):
-                _apply(conn, source.sql, _RECORD_SOURCE, (source.name, source.checksum))
+                _apply(conn, source.label, source.sql, _RECORD_SOURCE, (source.name, source.checksum))
                 applied_now.append(source.label)
                 log.info("applied current source %s", source.label)
         finally:
