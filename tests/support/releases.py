@@ -22,7 +22,7 @@ from tests.support.processes import ServerProcess
 # The last release: the commit that was main's last landed state when the current release cycle
 # began. Bump it at each release to the release's commit (the last landed main), so that the
 # rolling-update test runs the release that production runs next to the one being shipped.
-PREVIOUS_RELEASE = "c6f838b7aacf440c07eaf88940c123aa8a09122e"
+PREVIOUS_RELEASE = "879b048c2a090efdf002533f19e48e71267ddb6c"
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
