@@ -24,6 +24,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from qdata.v1 import (
+    budget_pb2,
+    budget_pb2_grpc,
     chat_pb2,
     chat_pb2_grpc,
     ledger_pb2,
@@ -327,6 +329,29 @@ async def test_the_previous_release_keeps_serving_and_verifying_while_this_one_m
         assert await to_old.serving() and await to_new.serving()
         assert migrate.verify(empty_database_url) == []
         assert previous_verify(previous_release, owner) == expected_previous_verify(previous_release)
+
+        # A budget made through this release binds the previous one's calls too (the triggers run
+        # in the database); its refusal, a reason it does not know, reaches its caller as INTERNAL
+        # with nothing changed (docs/services/budgets.md, "Rolling out").
+        old_remote, new_remote = to_old.remotes[0], to_new.remotes[0]
+        user = await create_user(new_remote)
+        await deposit(new_remote, user.id, 10 * USD)
+        await budget_pb2_grpc.BudgetServiceStub(new_remote.channel).CreateBudget(
+            budget_pb2.CreateBudgetRequest(
+                request_id=rid(),
+                user_id=user.id,
+                budget=budget_pb2.Budget(limit_micros=USD, period=budget_pb2.BUDGET_PERIOD_DAILY),
+            )
+        )
+        over = ledger_pb2.ChargeRequest(request_id=rid(), user_id=user.id, amount_micros=2 * USD)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await old_remote.ledger.Charge(over)
+        assert refused.value.code() == grpc.StatusCode.INTERNAL
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await new_remote.ledger.Charge(over)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        balance = await old_remote.ledger.GetBalance(ledger_pb2.GetBalanceRequest(user_id=user.id))
+        assert balance.balance.available_micros == 10 * USD
     finally:
         for workload in workloads:
             await workload.close()
