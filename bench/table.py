@@ -574,11 +574,24 @@ async def _create_budgets(address: str, users: list[str], count: int, model_id: 
     return len(users) * len(budgets)
 
 
-async def _check_budgets(address: str, users: list[str], count: int) -> dict[str, Any]:
+def _idle_budgets(budgets: list[Any], since: datetime.datetime) -> list[str]:
+    """The ids of the budgets that counted no spend in a current period that began before since."""
+    return [
+        b.id
+        for b in budgets
+        if b.current_period.spent_micros <= 0
+        and not (
+            b.current_period.HasField("period_start") and b.current_period.period_start.ToDatetime(datetime.UTC) > since
+        )
+    ]
+
+
+async def _check_budgets(address: str, users: list[str], count: int, since: datetime.datetime) -> dict[str, Any]:
     """After the run: each user still has its `count` budgets, and every one of them counted spend.
 
     Raises if not: a budget that counted nothing did not apply to the calls, so its row would not
-    measure what it says.
+    measure what it says. A budget whose current period began after `since` (the run crossed
+    midnight or a month's end, UTC) is not judged: its spend may all be in the period before.
     """
     import grpc
 
@@ -596,7 +609,7 @@ async def _check_budgets(address: str, users: list[str], count: int) -> dict[str
 
         found = await asyncio.gather(*(one(u) for u in users))
     budgets = [b for per_user in found for b in per_user]
-    idle = [b.id for b in budgets if b.current_period.spent_micros <= 0]
+    idle = _idle_budgets(budgets, since)
     if any(len(per_user) != count for per_user in found) or idle:
         raise RuntimeError(
             f"budget rows: expected {count} budget(s) per account, each with spend; "
@@ -870,7 +883,7 @@ def run(args: Any) -> int:
         report["rss_after_mixed_load"] = _rss_by_worker(table["qdata_w2"][0])
         report["stored"] = _stored_counts(database_url)
         report["budgets_after_run"] = {
-            name: asyncio.run(_check_budgets(main_address, users, BUDGET_SETS[name][1]))
+            name: asyncio.run(_check_budgets(main_address, users, BUDGET_SETS[name][1], started))
             for name, users in budget_accounts.items()
             if BUDGET_SETS[name][1]
         }

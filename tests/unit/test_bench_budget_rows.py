@@ -7,6 +7,7 @@ they create on the messages bench.table builds.
 from __future__ import annotations
 
 import argparse
+import datetime
 from typing import Any
 
 import pytest
@@ -113,3 +114,25 @@ def test_readme_renders_the_budget_rows_and_says_when_a_file_has_none() -> None:
     assert usage in lines
     older = readme.render_budgets({"charge_cold": {}}, {})
     assert len(older) == 2 and "not in this results file" in older[1]
+
+
+def test_the_check_after_the_run_flags_a_budget_without_spend_unless_its_period_began_during_the_run() -> None:
+    from google.protobuf import timestamp_pb2
+
+    since = datetime.datetime(2026, 12, 1, 23, 55, tzinfo=datetime.UTC)
+
+    def budget(budget_id: str, spent: int, start: datetime.datetime | None) -> Any:
+        usage = budget_pb2.BudgetUsage(spent_micros=spent)
+        if start is not None:
+            usage.period_start.CopyFrom(timestamp_pb2.Timestamp(seconds=int(start.timestamp())))
+        return budget_pb2.Budget(id=budget_id, current_period=usage)
+
+    before = datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)
+    after = datetime.datetime(2026, 12, 2, tzinfo=datetime.UTC)
+    budgets = [
+        budget("spent", 5, before),
+        budget("idle", 0, before),
+        budget("idle-lifetime", 0, None),
+        budget("new-day", 0, after),
+    ]
+    assert table._idle_budgets(budgets, since) == ["idle", "idle-lifetime"]
