@@ -115,6 +115,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     table.add_argument("--cold-accounts", type=int, default=1000, help="accounts of the cold Charge rows; default 1000")
     table.add_argument("--usage-batch", type=int, default=100, help="records per RecordUsageBatch; default 100")
+    table.add_argument(
+        "--budget-accounts",
+        type=int,
+        default=200,
+        help="accounts of each of the budget rows' 6 sets (Charge, RecordUsage x 0, 1, 3 budgets); default 200",
+    )
     chat = p.add_argument_group("--suite chat")
     chat.add_argument("--small-messages", type=int, default=1_000, help="messages in the small session; default 1000")
     chat.add_argument("--big-messages", type=int, default=100_000, help="messages in the big session; default 100000")

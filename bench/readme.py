@@ -50,6 +50,19 @@ CPU_ROWS = (
     ("checkpw", "bcrypt.checkpw alone (cost 8)"),
     ("get_user_w2", "GetUser, 2 workers"),
     ("generator_ceiling", "the grpc.aio generator against the echo"),
+    ("charge_budgets_0", "Charge, no budget"),
+    ("charge_budgets_1", "Charge, 1 budget"),
+    ("charge_budgets_3", "Charge, 3 budgets"),
+    ("usage_budgets_0", "RecordUsage one per call, no budget, per record"),
+    ("usage_budgets_1", "RecordUsage one per call, 1 budget, per record"),
+    ("usage_budgets_3", "RecordUsage one per call, 3 budgets, per record"),
+)
+# The budget rows (issue 16): key -> (call, budgets per account, unit).
+BUDGET_ROWS = (
+    ("charge_budgets_1", "Charge (generator)", 1, "tps"),
+    ("charge_budgets_3", "Charge (generator)", 3, "tps"),
+    ("usage_budgets_1", "RecordUsage one per call (generator)", 1, "records/s"),
+    ("usage_budgets_3", "RecordUsage one per call (generator)", 3, "records/s"),
 )
 
 
@@ -190,8 +203,36 @@ def render_table(report: dict[str, Any], name: str) -> list[str]:
         f"| Charge, cold (generator) | {_num(m_charge['qdata_value'])} tps | {_num(m_charge['ref_value'])} tps | "
         f"{_ratio_cell(m_charge, False)} |",
     ]
+    lines += render_budgets(rows, settings)
     if report.get("failure") or report.get("invalid_runs"):
         lines += ["", f"**This run failed or had invalid runs**: {report.get('failure')} {report.get('invalid_runs')}"]
+    return lines
+
+
+def render_budgets(rows: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """The budget rows (issue 16), or one line saying the results file has none (it predates them)."""
+    intro = "The cost of budgets on the hot path (issue 16)"
+    if not any(key in rows for key, *_ in BUDGET_ROWS):
+        lines = ["", f"{intro}: not in this results file (it predates those rows; see the rows' description above)."]
+        return lines
+    accounts = settings.get("budget_accounts", "?")
+    lines = [
+        "",
+        f"{intro}: the same 2-worker server, each load on its own {accounts} accounts with 1 or 3 HARD "
+        "budgets that every call counts toward / on other accounts with none, alternating (the budgets are "
+        "described above; no call is refused, no threshold reached):",
+        "",
+        "| call | budgets per account | with budgets | no budget | ratio with / without [per round] |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for key, call, count, unit in BUDGET_ROWS:
+        if key not in rows:
+            continue
+        row = rows[key]
+        lines.append(
+            f"| {call} | {count} | {_num(row['qdata_value'])} {unit} | {_num(row['ref_value'])} {unit} | "
+            f"{_ratio_cell(row, False)} |"
+        )
     return lines
 
 

@@ -12,6 +12,9 @@ Servers, all started once and idle while another is measured:
 - qdata with 1 worker: "GetBalance, 1 worker";
 - qdata with 2 workers and QDATA_METRICS_LISTEN_ADDRESS set: the cost of metrics (issue 12);
 - the bare grpc.aio echo (bench/echo.py) with 2 workers and with 1.
+The budget rows (issue 16) run on the first server, each over its own set of accounts: Charge and
+RecordUsage with 1 and with 3 applicable budgets, each against the same load on accounts with none
+(see BUDGET_SETS and _budgets_for).
 All qdata servers run QDATA_BCRYPT_COST=8 (the Authenticate row's cost) and QDATA_LOG_LEVEL=WARNING.
 
 CPU per call: utime+stime from /proc of the measured server's processes, of the whole PostgreSQL
@@ -64,7 +67,27 @@ ROWS: tuple[dict[str, Any], ...] = (
     {"key": "get_user", "qdata": "get_user_w2", "ref": "echo_w2_get_user", "goal": ""},
     {"key": "metrics_get_balance", "qdata": "get_balance_metrics", "ref": "get_balance_w2", "goal": ""},
     {"key": "metrics_charge", "qdata": "charge_metrics", "ref": "charge_cold", "goal": ""},
+    {"key": "charge_budgets_1", "qdata": "charge_budgets_1", "ref": "charge_budgets_0", "goal": ""},
+    {"key": "charge_budgets_3", "qdata": "charge_budgets_3", "ref": "charge_budgets_0", "goal": ""},
+    {"key": "usage_budgets_1", "qdata": "usage_budgets_1", "ref": "usage_budgets_0", "goal": ""},
+    {"key": "usage_budgets_3", "qdata": "usage_budgets_3", "ref": "usage_budgets_0", "goal": ""},
 )
+
+# The budget rows' measurements: name -> (generator kind, budgets on each of its accounts). Each has
+# its own set of --budget-accounts funded accounts, so no two share an account, a budget or a
+# rollup row; the budgets are made through BudgetService before the first round.
+BUDGET_SETS = {
+    "charge_budgets_0": ("charge", 0),
+    "charge_budgets_1": ("charge", 1),
+    "charge_budgets_3": ("charge", 3),
+    "usage_budgets_0": ("record_usage", 0),
+    "usage_budgets_1": ("record_usage", 1),
+    "usage_budgets_3": ("record_usage", 3),
+}
+# Far above what any account can spend (each holds 1,000 USD): no call is ever refused and no
+# threshold is ever reached, so the rows measure the check and the rollup, not rejections or alerts.
+BUDGET_LIMIT_MICROS = 10**12
+BUDGET_THRESHOLDS = (50, 80, 100)
 
 # Each row with a reference is a pair measured in its own alternating order every round (so
 # Charge cold is measured three times a round: against pgbench, hot and metrics-on). The single
@@ -110,6 +133,12 @@ LABELS = {
     "get_balance_metrics": ("GetBalance, 2 workers, metrics on", "rps", "calls"),
     "charge_metrics": ("Charge, 1,000 cold accounts, metrics on", "tps", "calls"),
     "generator_ceiling": ("the Python generator against the echo, 2 workers", "calls/s", "calls"),
+    "charge_budgets_0": ("Charge, accounts without a budget", "tps", "calls"),
+    "charge_budgets_1": ("Charge, 1 budget per account", "tps", "calls"),
+    "charge_budgets_3": ("Charge, 3 budgets per account", "tps", "calls"),
+    "usage_budgets_0": ("RecordUsage one per call, accounts without a budget", "records/s", "records"),
+    "usage_budgets_1": ("RecordUsage one per call, 1 budget per account", "records/s", "records"),
+    "usage_budgets_3": ("RecordUsage one per call, 3 budgets per account", "records/s", "records"),
 }
 
 
@@ -130,6 +159,8 @@ class Env:
     alice_get_user: Any = None  # the GetUser target, whose bytes echo_w2_get_user echoes
     peak_get_balance: float | None = None
     pgbench_made: bool = False
+    # The budget rows' accounts: measurement name (BUDGET_SETS) -> its users.
+    budget_accounts: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
 
 # --- CPU windows ---------------------------------------------------------------------------------
@@ -380,6 +411,11 @@ def measure(env: Env, name: str, tag: str) -> dict[str, Any]:
         row = _h2load_row(env, _balance_target(main, main_address, env.alice), half, tag, args.duration)
         row["target_rps"] = rate
         row["settled"] = settled
+    elif name in BUDGET_SETS:
+        kind, _count = BUDGET_SETS[name]
+        model = USAGE_MODEL if kind == "record_usage" else ""
+        spec = loadgen.Spec(kind, main_address, users=env.budget_accounts[name], model_id=model, **gen)
+        row = _generator_row(env, spec, main)
     elif name == "generator_ceiling":
         server, address = env.servers["echo_w2"]
         row = _generator_row(env, loadgen.Spec("echo", address, users=env.cold[:1], **gen), server)
@@ -482,6 +518,108 @@ def _upsert_model(address: str) -> None:
             ),
             timeout=30,
         )
+
+
+def _budgets_for(count: int, model_id: str) -> list[Any]:
+    """The budgets each account of a budget row gets: none, 1 or 3, all of them applying to its calls.
+
+    1: a DAILY budget on all the user's spend. 3: that, a MONTHLY one scoped to the calling service
+    (the bench's servers accept every call as the anonymous caller, whose name the ledger records as
+    the caller) and a LIFETIME one scoped to the row's model (RecordUsage) or unscoped (Charge, which
+    names no model, so a model-scoped budget would not apply to it). All HARD, in USD, UTC, with
+    alerts at 50, 80 and 100%, and a limit no account can reach.
+    """
+    from qdata.v1 import budget_pb2
+    from qdata_server.tokens import ANONYMOUS
+
+    def budget(name: str, period: budget_pb2.BudgetPeriod.ValueType, **scope: str) -> Any:
+        return budget_pb2.Budget(
+            display_name=f"bench {name}",
+            currency_code="USD",
+            limit_micros=BUDGET_LIMIT_MICROS,
+            period=period,
+            time_zone="UTC",
+            enforcement=budget_pb2.BUDGET_ENFORCEMENT_HARD,
+            alert_thresholds_percent=BUDGET_THRESHOLDS,
+            **scope,
+        )
+
+    made = [
+        budget("daily", budget_pb2.BUDGET_PERIOD_DAILY),
+        budget("monthly, this caller", budget_pb2.BUDGET_PERIOD_MONTHLY, caller=ANONYMOUS),
+        budget("lifetime", budget_pb2.BUDGET_PERIOD_LIFETIME, model_id=model_id),
+    ]
+    return made[:count]
+
+
+async def _create_budgets(address: str, users: list[str], count: int, model_id: str) -> int:
+    """Gives each user the budgets _budgets_for names, through BudgetService.CreateBudget; returns how many."""
+    import grpc
+
+    from qdata.v1 import budget_pb2, budget_pb2_grpc
+
+    budgets = _budgets_for(count, model_id)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = budget_pb2_grpc.BudgetServiceStub(channel)
+        gate = asyncio.Semaphore(16)
+
+        async def one(user_id: str, budget: Any) -> None:
+            async with gate:
+                request = budget_pb2.CreateBudgetRequest(request_id=str(uuid.uuid4()), user_id=user_id, budget=budget)
+                made = (await stub.CreateBudget(request, timeout=60)).budget
+            if made.user_id != user_id or made.limit_micros != BUDGET_LIMIT_MICROS or made.period != budget.period:
+                raise RuntimeError(f"CreateBudget answered an unexpected budget: {made}")
+
+        await asyncio.gather(*(one(u, b) for u in users for b in budgets))
+    return len(users) * len(budgets)
+
+
+def _idle_budgets(budgets: list[Any], since: datetime.datetime) -> list[str]:
+    """The ids of the budgets that counted no spend in a current period that began before since."""
+    return [
+        b.id
+        for b in budgets
+        if b.current_period.spent_micros <= 0
+        and not (
+            b.current_period.HasField("period_start") and b.current_period.period_start.ToDatetime(datetime.UTC) > since
+        )
+    ]
+
+
+async def _check_budgets(address: str, users: list[str], count: int, since: datetime.datetime) -> dict[str, Any]:
+    """After the run: each user still has its `count` budgets, and every one of them counted spend.
+
+    Raises if not: a budget that counted nothing did not apply to the calls, so its row would not
+    measure what it says. A budget whose current period began after `since` (the run crossed
+    midnight or a month's end, UTC) is not judged: its spend may all be in the period before.
+    """
+    import grpc
+
+    from qdata.v1 import budget_pb2, budget_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = budget_pb2_grpc.BudgetServiceStub(channel)
+        gate = asyncio.Semaphore(16)
+
+        async def one(user_id: str) -> list[Any]:
+            async with gate:
+                request = budget_pb2.ListBudgetsRequest(user_id=user_id, page_size=100)
+                reply = await stub.ListBudgets(request, timeout=60)
+            return list(reply.budgets)
+
+        found = await asyncio.gather(*(one(u) for u in users))
+    budgets = [b for per_user in found for b in per_user]
+    idle = _idle_budgets(budgets, since)
+    if any(len(per_user) != count for per_user in found) or idle:
+        raise RuntimeError(
+            f"budget rows: expected {count} budget(s) per account, each with spend; "
+            f"found counts {sorted({len(p) for p in found})}, {len(idle)} budget(s) without spend"
+        )
+    return {
+        "accounts": len(users),
+        "budgets": len(budgets),
+        "spent_micros": sum(b.current_period.spent_micros for b in budgets),
+    }
 
 
 def _init_pgbench(env_url: str, exe: Path, scale: int) -> float:
@@ -646,6 +784,9 @@ def run(args: Any) -> int:
             "cold_accounts": args.cold_accounts,
             "hot_accounts": HOT_ACCOUNTS,
             "usage_batch": args.usage_batch,
+            "budget_accounts": args.budget_accounts,
+            "budget_limit_micros": BUDGET_LIMIT_MICROS,
+            "budget_thresholds_percent": list(BUDGET_THRESHOLDS),
             "pgbench": {"scale": args.pgbench_scale, "clients": args.pgbench_clients, "threads": 2},
             "rows": [spec["key"] for spec in rows_measured],
         },
@@ -697,6 +838,16 @@ def run(args: Any) -> int:
         cold = asyncio.run(_create_users(main_address, args.cold_accounts, "cold", 1_000_000_000))
         hot = asyncio.run(_create_users(main_address, HOT_ACCOUNTS, "hot", 1_000_000_000))
         _upsert_model(main_address)
+        budget_accounts: dict[str, list[str]] = {}
+        for name, (kind, count) in BUDGET_SETS.items():
+            if name not in measured:
+                continue
+            print(f"{name}: {args.budget_accounts} funded accounts with {count} budget(s) each ...", flush=True)
+            users = asyncio.run(_create_users(main_address, args.budget_accounts, f"b{count}{kind[0]}", 1_000_000_000))
+            if count:
+                model = USAGE_MODEL if kind == "record_usage" else ""
+                asyncio.run(_create_budgets(main_address, users, count, model))
+            budget_accounts[name] = users
         alice = servers.user_id(main_address, "alice")
         env = Env(
             args=args,
@@ -710,6 +861,7 @@ def run(args: Any) -> int:
             hot=hot,
             alice=alice,
             pgbench_made="pgbench" in measured,
+            budget_accounts=budget_accounts,
         )
         env.alice_get_user = servers.get_user_target(table["qdata_w2"][0], main_address, alice)
 
@@ -730,6 +882,11 @@ def run(args: Any) -> int:
 
         report["rss_after_mixed_load"] = _rss_by_worker(table["qdata_w2"][0])
         report["stored"] = _stored_counts(database_url)
+        report["budgets_after_run"] = {
+            name: asyncio.run(_check_budgets(main_address, users, BUDGET_SETS[name][1], started))
+            for name, users in budget_accounts.items()
+            if BUDGET_SETS[name][1]
+        }
         report["summary"] = summarize(report["rounds"], rows_measured)
         _print_summary(report["summary"], report["rss_after_mixed_load"])
     except Exception as exc:  # the report is still written, and everything started is stopped
