@@ -23,8 +23,8 @@ from qdata_server import auth
 from qdata_server.budgets.rules import MAX_BUDGETS_PER_USER
 from qdata_server.tokens import hash_token
 from tests.support.calls import case_id, create_user, error_info, expect_error, field_violations, rid
-from tests.support.server import TEST_SETTINGS
 from tests.support.ledger import charge, deposit
+from tests.support.server import TEST_SETTINGS
 from tests.support.usage import create_model
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND

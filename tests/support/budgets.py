@@ -9,10 +9,9 @@ orders by id.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Sequence
 from typing import Any
-
-import datetime
 
 import psycopg
 from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
@@ -22,7 +21,6 @@ from qdata.v1 import budget_pb2, ledger_pb2, usage_pb2
 from tests.support.calls import rid
 from tests.support.server import Api
 from tests.support.usage import create_model, usage
-
 
 _PERIODS = {
     "daily": budget_pb2.BUDGET_PERIOD_DAILY,
