@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import time
 import uuid
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -667,3 +668,18 @@ async def test_a_new_budget_starts_with_the_spend_of_its_current_period(api):
     made = await create(api, user.id, limit_micros=1_000)
     assert (made.current_period.spent_micros, made.current_period.remaining_micros) == (300, 700)
     assert (await get(api, user.id, made.id)).current_period == made.current_period
+
+
+async def test_the_time_zone_list_is_read_again_for_a_name_it_lacks_at_most_once_a_minute(api, monkeypatch):
+    from qdata_server.budgets import time_zones
+
+    user = await create_user(api)
+    # A list read before the database knew Europe/Berlin (say, before a tz database upgrade).
+    monkeypatch.setattr(time_zones, "_names", frozenset({"UTC"}))
+    monkeypatch.setattr(time_zones, "_read_at", time.monotonic())
+    error = await expect_error(api.budgets.CreateBudget(create_request(user.id, time_zone="Europe/Berlin")), INVALID)
+    assert set(field_violations(error)) == {"budget.time_zone"}
+    # A minute later the unknown name makes the server read the list again, and it is found.
+    monkeypatch.setattr(time_zones, "_read_at", time.monotonic() - time_zones.REFRESH_AFTER_SECONDS)
+    assert (await create(api, user.id, time_zone="Europe/Berlin")).time_zone == "Europe/Berlin"
+    assert "Europe/Berlin" in time_zones._names

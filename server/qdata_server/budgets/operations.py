@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from qdata.v1 import budget_pb2
 from qdata_server import audit
-from qdata_server.budgets import convert, rules
+from qdata_server.budgets import convert, rules, time_zones
 from qdata_server.db.connection import Conn
 from qdata_server.db.sql import fetch_row
 from qdata_server.db.transactions import acting_for
+from qdata_server.errors import FieldViolation, InvalidArgument
 from qdata_server.idempotency import Held, RequestKey, request_key
 from qdata_server.validation import Violations, mask_flags, mask_paths
 
@@ -53,6 +54,8 @@ async def create_budget(deps: Deps, request: budget_pb2.CreateBudgetRequest) -> 
     v.raise_if_any()
     assert user_id is not None  # raise_if_any() passed
     rules.check_supported("budget.currency_code", currency, deps.settings.ledger_currencies)
+    if not await time_zones.known(deps, time_zone):
+        raise InvalidArgument([FieldViolation("budget.time_zone", rules.TIME_ZONE_UNKNOWN)])
 
     # The request as understood: defaults filled in, thresholds sorted, output-only fields dropped,
     # so a replay that spells a default out (or orders its thresholds otherwise) matches.

@@ -85,8 +85,12 @@ def display_name(v: Violations, field: str, value: str) -> str:
     return v.text(field, value, MAX_DISPLAY_NAME_LENGTH)
 
 
+# Why a time zone name is refused (budgets/time_zones.py decides).
+TIME_ZONE_UNKNOWN = "must be the name of a zone in PostgreSQL's tz database, exactly, e.g. Europe/Berlin"
+
+
 def time_zone(v: Violations, field: str, value: str) -> str:
-    """The zone's name (empty means UTC); whether PostgreSQL knows it is the database's check."""
+    """The zone's name (empty means UTC); whether PostgreSQL knows it: budgets/time_zones.py."""
     name = value or "UTC"
     v.text(field, name, MAX_TIME_ZONE_LENGTH)
     return name

@@ -133,9 +133,6 @@ CONSTRAINT_ERRORS: dict[str, Callable[[str], QdataError]] = {
         f"the user already has the maximum number of budgets ({detail or 20})",
         reason=ErrorReason.ERROR_REASON_TOO_MANY_BUDGETS,
     ),
-    "budget_time_zone_unknown": lambda _: InvalidArgument(
-        [FieldViolation("budget.time_zone", "must be an IANA time zone name PostgreSQL knows, e.g. Europe/Berlin")]
-    ),
     "budget_model_not_found": lambda _: NotFound(
         "model not found",
         reason=ErrorReason.ERROR_REASON_MODEL_NOT_FOUND,

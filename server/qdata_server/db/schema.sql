@@ -227,11 +227,6 @@ BEGIN
     IF NOT claimed THEN
         RETURN;
     END IF;
-    -- Names of the tz database only: no abbreviation (PST) and no POSIX rule (UTC+3).
-    PERFORM 1 FROM pg_timezone_names WHERE name = p_time_zone;
-    IF NOT FOUND THEN
-        PERFORM ledger_reject('budget_time_zone_unknown', '');
-    END IF;
     IF p_model IS NOT NULL THEN
         PERFORM 1 FROM models m WHERE m.model_id = p_model;
         IF NOT FOUND THEN

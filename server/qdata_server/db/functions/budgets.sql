@@ -3,15 +3,16 @@
 --
 -- Each write is one database call, like the ledger's *_once functions: it claims the request's
 -- idempotency key with idempotency_claim and, only if it took the key, checks what only the
--- database can tell (the time zone, the model, the user's count of budgets), locks the user's
+-- database can tell (the model, the user's count of budgets; the server checked the time zone
+-- against pg_timezone_names, budgets/time_zones.py), locks the user's
 -- account in the budget's currency (the row lock every spend of that user and currency holds, so
 -- a budget never changes in the middle of a spend's check; CreateBudget takes it with
 -- ledger_lock_account, which also rejects an unknown or deleted user), writes, and appends the
 -- audit event with audit_append.
 -- When a committed request already holds the key nothing changes: the claim's stored method,
 -- fingerprint and response come back for the server to compare and answer. Rejections go through
--- ledger_reject with the pseudo-constraints budget_not_found, budget_too_many,
--- budget_time_zone_unknown and budget_model_not_found (db/constraints.py maps them) and roll
+-- ledger_reject with the pseudo-constraints budget_not_found, budget_too_many
+-- and budget_model_not_found (db/constraints.py maps them) and roll
 -- everything back, the claim included. The statements that call these (queries/budgets.sql) read
 -- the answer in the same statement through budget_answer.
 
@@ -54,11 +55,6 @@ BEGIN
       FROM idempotency_claim(p_user, p_actor, p_request_id, p_method, p_request_hash) c;
     IF NOT claimed THEN
         RETURN;
-    END IF;
-    -- Names of the tz database only: no abbreviation (PST) and no POSIX rule (UTC+3).
-    PERFORM 1 FROM pg_timezone_names WHERE name = p_time_zone;
-    IF NOT FOUND THEN
-        PERFORM ledger_reject('budget_time_zone_unknown', '');
     END IF;
     IF p_model IS NOT NULL THEN
         PERFORM 1 FROM models m WHERE m.model_id = p_model;

@@ -1,3 +1,8 @@
+-- name: time_zone_names
+-- Every time zone name PostgreSQL knows (its tz database). Slow (about 70 ms: the view reads every
+-- zone file), so the server reads it once per process (budgets/time_zones.py).
+SELECT name FROM pg_timezone_names;
+
 -- name: budget_create_once
 -- Claims the key, creates a budget with the spend already made in its current period and audits
 -- it (budget_create_once in functions/budgets.sql); answers the claim and the new budget with its
