@@ -281,6 +281,7 @@ $$;
 
 CREATE FUNCTION public.budget_holds_counted() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
+    SET plan_cache_mode TO 'force_generic_plan'
     SET search_path TO 'public', 'pg_temp'
     AS $$
 DECLARE
@@ -327,6 +328,7 @@ $$;
 
 CREATE FUNCTION public.budget_judge(p_users uuid[], p_budgets uuid[], p_period_starts timestamp with time zone[], p_period_ends timestamp with time zone[], p_spent_before bigint[], p_held_before bigint[], p_increase bigint[], p_at timestamp with time zone) RETURNS void
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
     worst record;
@@ -383,6 +385,7 @@ $$;
 
 CREATE FUNCTION public.budget_transactions_counted() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
+    SET plan_cache_mode TO 'force_generic_plan'
     SET search_path TO 'public', 'pg_temp'
     AS $$
 DECLARE

@@ -23,7 +23,12 @@
 -- budget, period and threshold (budget_alerts_once_key).
 --
 -- The triggers run as the owner (SECURITY DEFINER, search path fixed as for
--- ledger_transactions_position): what counts never depends on the caller's row security.
+-- ledger_transactions_position): what counts never depends on the caller's row security. They
+-- and budget_judge plan their statements once per session (plan_cache_mode =
+-- force_generic_plan): every statement looks rows up by key (user, budget, transaction), so a
+-- plan for the parameters at hand is no better, and PostgreSQL's default kept re-planning some of
+-- them for every spend (measured with track_functions, one budget, 550 Charges: the trigger's
+-- own time 0.25 -> 0.18 ms per Charge, budget_judge 0.079 -> 0.056 ms).
 
 -- The budgets' clock: the server's injected time (qdata.clock, set by begin_transaction; empty
 -- unless the server was built with a clock, as tests do), else the transaction's time.
@@ -122,7 +127,9 @@ CREATE OR REPLACE FUNCTION budget_judge(
     p_users uuid[], p_budgets uuid[], p_period_starts timestamptz[], p_period_ends timestamptz[],
     p_spent_before bigint[], p_held_before bigint[], p_increase bigint[], p_at timestamptz
 ) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Generic plans for its statements (see the top of this file).
+SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     worst record;
 BEGIN
@@ -167,7 +174,9 @@ $$;
 -- 'active' (ledger_capture_hold marks it after the insert), so the live held sum leaves out the
 -- holds this statement captures.
 CREATE OR REPLACE FUNCTION budget_transactions_counted() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER AS $$
+LANGUAGE plpgsql SECURITY DEFINER
+-- Generic plans for its statements (see the top of this file).
+SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     at timestamptz;
     captured uuid[];
@@ -252,7 +261,9 @@ $$;
 -- budgets without a model scope in its currency (and caller, compared with its request_actor) by
 -- its amount; the budgets are judged.
 CREATE OR REPLACE FUNCTION budget_holds_counted() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER AS $$
+LANGUAGE plpgsql SECURITY DEFINER
+-- Generic plans for its statements (see the top of this file).
+SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     at timestamptz;
     f record;
