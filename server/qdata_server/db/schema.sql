@@ -255,8 +255,6 @@ $$;
 CREATE FUNCTION public.budget_delete_once(p_user uuid, p_budget uuid, p_request_id text, p_actor text, p_method text, p_request_hash bytea, p_audit_actor text, p_audit_action text, p_audit_request_id text, p_audit_summary jsonb, OUT claimed boolean, OUT stored_method text, OUT stored_hash bytea, OUT stored_response bytea) RETURNS record
     LANGUAGE plpgsql
     AS $$
-DECLARE
-    currency text;
 BEGIN
     SELECT c.claimed, c.stored_method, c.stored_hash, c.stored_response
       INTO claimed, stored_method, stored_hash, stored_response
@@ -264,12 +262,7 @@ BEGIN
     IF NOT claimed THEN
         RETURN;
     END IF;
-    SELECT b.currency_code INTO currency FROM budgets b WHERE b.user_id = p_user AND b.budget_id = p_budget;
-    IF NOT FOUND THEN
-        PERFORM ledger_reject('budget_not_found', p_budget::text);
-    END IF;
-    -- The account's row lock, as in budget_update_once.
-    PERFORM 1 FROM ledger_accounts a WHERE a.user_id = p_user AND a.currency_code = currency FOR UPDATE;
+    PERFORM budget_lock_for_change(p_user, p_budget);
     DELETE FROM budgets b WHERE b.user_id = p_user AND b.budget_id = p_budget;
     IF NOT FOUND THEN
         PERFORM ledger_reject('budget_not_found', p_budget::text);
@@ -361,6 +354,20 @@ BEGIN
      WHERE v.increase > 0 AND (v.spent + v.held + v.increase)::numeric * 100 >= t.threshold::numeric * b.limit_micros
      ORDER BY v.user_id, v.budget_id, t.threshold
     ON CONFLICT ON CONSTRAINT budget_alerts_once_key DO NOTHING;
+END;
+$$;
+
+CREATE FUNCTION public.budget_lock_for_change(p_user uuid, p_budget uuid) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    currency text;
+BEGIN
+    SELECT b.currency_code INTO currency FROM budgets b WHERE b.user_id = p_user AND b.budget_id = p_budget;
+    IF NOT FOUND THEN
+        PERFORM ledger_reject('budget_not_found', p_budget::text);
+    END IF;
+    PERFORM 1 FROM ledger_accounts a WHERE a.user_id = p_user AND a.currency_code = currency FOR UPDATE;
 END;
 $$;
 
@@ -471,8 +478,6 @@ $$;
 CREATE FUNCTION public.budget_update_once(p_user uuid, p_budget uuid, p_set_display_name boolean, p_display_name text, p_set_limit boolean, p_limit bigint, p_set_enforcement boolean, p_enforcement text, p_set_thresholds boolean, p_thresholds integer[], p_request_id text, p_actor text, p_method text, p_request_hash bytea, p_audit_actor text, p_audit_action text, p_audit_request_id text, p_audit_summary jsonb, OUT claimed boolean, OUT stored_method text, OUT stored_hash bytea, OUT stored_response bytea, OUT budget_id uuid) RETURNS record
     LANGUAGE plpgsql
     AS $$
-DECLARE
-    currency text;
 BEGIN
     SELECT c.claimed, c.stored_method, c.stored_hash, c.stored_response
       INTO claimed, stored_method, stored_hash, stored_response
@@ -480,13 +485,7 @@ BEGIN
     IF NOT claimed THEN
         RETURN;
     END IF;
-    SELECT b.currency_code INTO currency FROM budgets b WHERE b.user_id = p_user AND b.budget_id = p_budget;
-    IF NOT FOUND THEN
-        PERFORM ledger_reject('budget_not_found', p_budget::text);
-    END IF;
-    -- The account's row lock, as ledger_lock_account takes it (the account exists: CreateBudget
-    -- made it). A deleted user's budget still answers; such a user cannot spend.
-    PERFORM 1 FROM ledger_accounts a WHERE a.user_id = p_user AND a.currency_code = currency FOR UPDATE;
+    PERFORM budget_lock_for_change(p_user, p_budget);
     UPDATE budgets b
        SET display_name = CASE WHEN p_set_display_name THEN p_display_name ELSE b.display_name END,
            limit_micros = CASE WHEN p_set_limit THEN p_limit ELSE b.limit_micros END,

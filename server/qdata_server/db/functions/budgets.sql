@@ -81,6 +81,23 @@ BEGIN
 END;
 $$;
 
+-- Before an update or a deletion: rejects an unknown budget (budget_not_found), then takes the
+-- row lock of the budget's account, as ledger_lock_account takes it (the account exists:
+-- CreateBudget made it), so the change and a spend's check never interleave. A deleted user's
+-- budget still answers; such a user cannot spend.
+CREATE OR REPLACE FUNCTION budget_lock_for_change(p_user uuid, p_budget uuid) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    currency text;
+BEGIN
+    SELECT b.currency_code INTO currency FROM budgets b WHERE b.user_id = p_user AND b.budget_id = p_budget;
+    IF NOT FOUND THEN
+        PERFORM ledger_reject('budget_not_found', p_budget::text);
+    END IF;
+    PERFORM 1 FROM ledger_accounts a WHERE a.user_id = p_user AND a.currency_code = currency FOR UPDATE;
+END;
+$$;
+
 -- Sets the fields whose p_set_* is true; the budget's other fields are immutable.
 CREATE OR REPLACE FUNCTION budget_update_once(
     p_user uuid, p_budget uuid, p_set_display_name boolean, p_display_name text, p_set_limit boolean,
@@ -91,8 +108,6 @@ CREATE OR REPLACE FUNCTION budget_update_once(
     OUT budget_id uuid
 )
 LANGUAGE plpgsql AS $$
-DECLARE
-    currency text;
 BEGIN
     SELECT c.claimed, c.stored_method, c.stored_hash, c.stored_response
       INTO claimed, stored_method, stored_hash, stored_response
@@ -100,13 +115,7 @@ BEGIN
     IF NOT claimed THEN
         RETURN;
     END IF;
-    SELECT b.currency_code INTO currency FROM budgets b WHERE b.user_id = p_user AND b.budget_id = p_budget;
-    IF NOT FOUND THEN
-        PERFORM ledger_reject('budget_not_found', p_budget::text);
-    END IF;
-    -- The account's row lock, as ledger_lock_account takes it (the account exists: CreateBudget
-    -- made it). A deleted user's budget still answers; such a user cannot spend.
-    PERFORM 1 FROM ledger_accounts a WHERE a.user_id = p_user AND a.currency_code = currency FOR UPDATE;
+    PERFORM budget_lock_for_change(p_user, p_budget);
     UPDATE budgets b
        SET display_name = CASE WHEN p_set_display_name THEN p_display_name ELSE b.display_name END,
            limit_micros = CASE WHEN p_set_limit THEN p_limit ELSE b.limit_micros END,
@@ -132,8 +141,6 @@ CREATE OR REPLACE FUNCTION budget_delete_once(
     OUT claimed boolean, OUT stored_method text, OUT stored_hash bytea, OUT stored_response bytea
 )
 LANGUAGE plpgsql AS $$
-DECLARE
-    currency text;
 BEGIN
     SELECT c.claimed, c.stored_method, c.stored_hash, c.stored_response
       INTO claimed, stored_method, stored_hash, stored_response
@@ -141,12 +148,7 @@ BEGIN
     IF NOT claimed THEN
         RETURN;
     END IF;
-    SELECT b.currency_code INTO currency FROM budgets b WHERE b.user_id = p_user AND b.budget_id = p_budget;
-    IF NOT FOUND THEN
-        PERFORM ledger_reject('budget_not_found', p_budget::text);
-    END IF;
-    -- The account's row lock, as in budget_update_once.
-    PERFORM 1 FROM ledger_accounts a WHERE a.user_id = p_user AND a.currency_code = currency FOR UPDATE;
+    PERFORM budget_lock_for_change(p_user, p_budget);
     DELETE FROM budgets b WHERE b.user_id = p_user AND b.budget_id = p_budget;
     IF NOT FOUND THEN
         PERFORM ledger_reject('budget_not_found', p_budget::text);
